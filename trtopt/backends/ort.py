@@ -1,0 +1,108 @@
+"""ONNX Runtime backend: always present, the embedded default, CPU and whatever providers the build has."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trtopt.backends.base import Capabilities
+from trtopt.config import OrtConfig
+from trtopt.errors import TrtoptError
+
+_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+               "all": "ORT_ENABLE_ALL"}
+
+
+class OrtRunner:
+    """An ``onnxruntime.InferenceSession`` behind the Runner protocol, checking feeds before running."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: Path, config: OrtConfig):
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        unknown = [p for p in config.providers if p not in available]
+        if unknown:
+            raise TrtoptError(f"ONNX Runtime provider {unknown[0]} is not available in this build",
+                              f"available providers: {', '.join(available)}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[config.graph_optimization_level])
+        if config.intra_op_threads:
+            options.intra_op_num_threads = config.intra_op_threads
+        if config.inter_op_threads:
+            options.inter_op_num_threads = config.inter_op_threads
+        options.log_severity_level = 3  # errors only: the library never prints warnings of its own runtime
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=list(config.providers))
+        except Exception as e:  # ORT raises Fail/InvalidGraph/NotImplemented with long messages
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TrtoptError(f"ONNX Runtime cannot load {path}: {first[:300]}",
+                              "check that the model is valid ONNX for this onnxruntime version") from e
+        self.path = path
+        self.config = config
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def check_feed(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Names and static dimensions of ``feed`` against the session's inputs (error names the input)."""
+        from trtopt.artifacts import numpy_dtype_of_onnx_type
+
+        missing = [n for n in self.inputs if n not in feed]
+        if missing:
+            raise TrtoptError(f"{self.path.name} needs input {missing[0]!r}, the feed has {', '.join(feed) or 'none'}",
+                              f"provide {', '.join(self.inputs)}")
+        out = {}
+        for name, meta in self.inputs.items():
+            arr = np.asarray(feed[name])
+            expected = meta.shape
+            ok = len(arr.shape) == len(expected) and all(
+                not isinstance(e, int) or e == a for e, a in zip(expected, arr.shape))
+            if not ok:
+                shown = ", ".join(str(e) if isinstance(e, int) else (e or "?") for e in expected)
+                raise TrtoptError(f"input {name!r} of {self.path.name} expects shape ({shown}), got {tuple(arr.shape)}",
+                                  "pass data of that shape (or --input-shape matching the model)")
+            out[name] = arr.astype(numpy_dtype_of_onnx_type(meta.type), copy=False)
+        return out
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch; outputs by name."""
+        results = self.session.run(self.output_names, feed)
+        return dict(zip(self.output_names, results))
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.backend, "model": str(self.path), "precision": "fp32",
+                "providers": self.session.get_providers(),
+                "intra_op_threads": self.config.intra_op_threads or os.cpu_count(),
+                "inter_op_threads": self.config.inter_op_threads,
+                "graph_optimization_level": self.config.graph_optimization_level}
+
+    def close(self) -> None:
+        self.session = None
+
+
+class OrtBackend:
+    name = "onnxruntime"
+    capabilities = Capabilities(model_formats=("onnx",), precisions=("fp32", "fp16", "int8"),
+                                devices=("cpu", "cuda"), dynamic_shapes=True)
+
+    def availability(self) -> tuple[bool, str]:
+        try:
+            import onnxruntime
+        except ImportError as e:
+            return False, f"onnxruntime not importable ({e})"
+        return True, onnxruntime.__version__
+
+    def load(self, model: Any, config: OrtConfig | None = None, **options: Any) -> OrtRunner:
+        """Open an ONNX file (path or OnnxArtifact) in a session configured by ``config``."""
+        from trtopt.artifacts import inspect_onnx
+
+        path = Path(getattr(model, "path", model))
+        inspect_onnx(path)  # a clear error for a missing/corrupt file or missing .onnx.data
+        return OrtRunner(path, config or OrtConfig(**options))
+
+
+BACKEND = OrtBackend()

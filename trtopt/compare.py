@@ -1,0 +1,291 @@
+"""Accuracy of a candidate's outputs against a reference's, and task metrics on logits.
+
+A compressed model (pruned, INT8, FP16, a TensorRT engine) is only useful if its outputs stay close to
+the original's. This module compares output arrays element by element and as whole vectors:
+
+- the element rule is numpy's ``allclose``: an element passes if
+  ``|candidate - reference| <= atol + rtol * |reference|`` (NaN matches only NaN, inf only the same inf);
+- cosine similarity of the flattened outputs catches a uniform drift that per-element tolerances let
+  through (and forgives a few outliers that they do not);
+- the error distribution (mean, p50, p90, p99, max) tells a rare outlier from a general shift;
+- for ``(batch, classes)`` outputs, top-1 agreement says how often the predicted class is unchanged.
+
+Everything is numpy on host arrays; backends deliver the outputs, this module only judges them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from trtopt.errors import TrtoptError
+
+#: Percentiles of the absolute error reported by :func:`compare_output`, as (key, percent) pairs.
+_ERROR_PERCENTILES = (("abs_error_p50", 50.0), ("abs_error_p90", 90.0), ("abs_error_p99", 99.0))
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """When a candidate output counts as equal to the reference output.
+
+    Attributes:
+        atol: absolute tolerance per element, in the output's own unit.
+        rtol: relative tolerance per element, as a fraction of ``|reference|``.
+        min_cosine: lowest acceptable cosine similarity of the flattened outputs, in [-1, 1].
+
+    An output passes if every element satisfies ``|candidate - reference| <= atol + rtol * |reference|``
+    and the cosine similarity is at least ``min_cosine``.
+    """
+
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    min_cosine: float = 0.999
+
+    def __post_init__(self) -> None:
+        for field, low, high in (("atol", 0.0, math.inf), ("rtol", 0.0, math.inf),
+                                 ("min_cosine", -1.0, 1.0)):
+            value = getattr(self, field)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value) and low <= value <= high):
+                bounds = f"between {low} and {high}" if math.isfinite(high) else f">= {low}"
+                raise TrtoptError(f"Tolerances.{field} must be a finite number {bounds}, got {value!r}",
+                                  f"set {field} to a value {bounds}")
+
+    def to_dict(self) -> dict[str, float]:
+        """The tolerances as a JSON-ready dict (field name -> value)."""
+        return dataclasses.asdict(self)
+
+
+def _cosine(reference: np.ndarray, candidate: np.ndarray) -> float | None:
+    """Cosine similarity of two 1-D float64 vectors; 1.0 if both are zero (or empty), None if one is.
+
+    With exactly one zero vector the angle is undefined; None leaves the verdict to the element rule
+    (an all-zero ReLU output against FP16 noise of 1e-7 should pass on atol, not fail on cosine 0).
+    Each vector is divided by its largest magnitude first so that squaring cannot overflow.
+    """
+    reference_peak = float(np.max(np.abs(reference))) if reference.size else 0.0
+    candidate_peak = float(np.max(np.abs(candidate))) if candidate.size else 0.0
+    if reference_peak == 0.0 or candidate_peak == 0.0:
+        return 1.0 if reference_peak == candidate_peak else None
+    reference_unit = reference / reference_peak
+    candidate_unit = candidate / candidate_peak
+    value = float(np.dot(reference_unit, candidate_unit)
+                  / (np.linalg.norm(reference_unit) * np.linalg.norm(candidate_unit)))
+    return min(1.0, max(-1.0, value))
+
+
+def compare_output(name: str, reference: ArrayLike, candidate: ArrayLike, tol: Tolerances,
+                   ) -> dict[str, Any]:
+    """Compare one candidate output with the reference output of the same name.
+
+    Args:
+        name: output name, used in the result and in errors.
+        reference: the trusted output (e.g. FP32 PyTorch), any shape and numeric dtype.
+        candidate: the output under test; must have the reference's shape.
+        tol: element and cosine tolerances.
+
+    Returns:
+        A dict with:
+        ``output`` (name), ``shape`` (list of ints);
+        ``max_abs_error``, ``mean_abs_error``, ``abs_error_p50``, ``abs_error_p90``, ``abs_error_p99``
+        (of ``|candidate - reference|`` in the output's unit) and ``max_rel_error``
+        (of ``|candidate - reference| / max(|reference|, atol)``; the ``atol`` floor keeps near-zero
+        reference values from blowing the ratio up, down to the smallest positive float if atol is 0),
+        all over the elements finite in both arrays, or None if there are none;
+        ``cosine`` (of the flattened float64 outputs over the same elements; 1.0 if both are zero,
+        None if only one is, since the angle is then undefined);
+        ``mismatched_elements`` (elements failing the allclose rule, non-finite mismatches included);
+        ``nan_count`` (NaN or infinite elements in the candidate);
+        ``top1_agreement`` (for 2-D outputs with more than one column and at least one row: fraction of
+        rows whose argmax is the same in both; otherwise None);
+        ``passed`` (no mismatched element and cosine >= ``tol.min_cosine``, the latter skipped when
+        cosine is None).
+
+    Raises:
+        TrtoptError: if the shapes differ.
+    """
+    reference_array = np.asarray(reference, dtype=np.float64)
+    candidate_array = np.asarray(candidate, dtype=np.float64)
+    if reference_array.shape != candidate_array.shape:
+        raise TrtoptError(
+            f"output '{name}' has shape {candidate_array.shape} in the candidate but "
+            f"{reference_array.shape} in the reference",
+            "compare the models on the same inputs and batch size, and check the export's output order")
+    close = np.isclose(candidate_array, reference_array, rtol=tol.rtol, atol=tol.atol, equal_nan=True)
+    both_finite = np.isfinite(reference_array) & np.isfinite(candidate_array)
+    reference_finite = reference_array[both_finite]
+    candidate_finite = candidate_array[both_finite]
+    abs_error = np.abs(candidate_finite - reference_finite)
+    cosine = _cosine(reference_finite, candidate_finite)
+    mismatched = int(close.size - np.count_nonzero(close))
+
+    result: dict[str, Any] = {"output": name, "shape": [int(size) for size in reference_array.shape]}
+    if abs_error.size:
+        floor = max(tol.atol, np.finfo(np.float64).tiny)
+        result["max_abs_error"] = float(abs_error.max())
+        result["mean_abs_error"] = float(abs_error.mean())
+        percentiles = np.percentile(abs_error, [percent for _, percent in _ERROR_PERCENTILES])
+        result.update({key: float(value)
+                       for (key, _), value in zip(_ERROR_PERCENTILES, percentiles, strict=True)})
+        result["max_rel_error"] = float((abs_error / np.maximum(np.abs(reference_finite), floor)).max())
+    else:
+        result.update(dict.fromkeys(
+            ["max_abs_error", "mean_abs_error", *(key for key, _ in _ERROR_PERCENTILES), "max_rel_error"]))
+    top1 = None
+    if reference_array.ndim == 2 and reference_array.shape[1] > 1 and reference_array.shape[0] > 0:
+        top1 = float(np.mean(np.argmax(reference_array, axis=1) == np.argmax(candidate_array, axis=1)))
+    result.update({
+        "cosine": cosine,
+        "mismatched_elements": mismatched,
+        "nan_count": int(candidate_array.size - np.count_nonzero(np.isfinite(candidate_array))),
+        "top1_agreement": top1,
+        "passed": mismatched == 0 and (cosine is None or cosine >= tol.min_cosine),
+    })
+    return result
+
+
+def compare_outputs(reference: Mapping[str, ArrayLike], candidate: Mapping[str, ArrayLike],
+                    tol: Tolerances) -> dict[str, Any]:
+    """Compare every output of a candidate with the reference's.
+
+    Outputs are matched by name when both sides have the same names. Exporters and engine builders
+    sometimes rename outputs (``output`` vs ``logits``, ``output_0``), so when the names differ but the
+    counts agree, outputs are matched by position (mapping order) instead, and the result says so.
+
+    Args:
+        reference: output name -> array of the trusted model.
+        candidate: output name -> array of the model under test.
+        tol: tolerances applied to every output.
+
+    Returns:
+        ``{"passed": bool, "matched_by": "name" | "position", "tolerances": tol.to_dict(),
+        "outputs": [...]}`` where each entry of ``outputs`` is :func:`compare_output` (named after the
+        reference output) plus ``candidate_output``, the candidate's name for it; ``passed`` is True if
+        every output passed.
+
+    Raises:
+        TrtoptError: if there are no outputs, the counts differ, or an output's shapes differ.
+    """
+    if not reference:
+        raise TrtoptError("the reference has no outputs to compare",
+                          "run the reference model and pass its outputs (name -> array)")
+    if set(reference) == set(candidate):
+        matched_by = "name"
+        pairs = [(name, name) for name in reference]
+    elif len(reference) == len(candidate):
+        matched_by = "position"
+        pairs = list(zip(reference, candidate, strict=True))
+    else:
+        missing = sorted(set(reference) - set(candidate))
+        extra = sorted(set(candidate) - set(reference))
+        raise TrtoptError(
+            f"the candidate has {len(candidate)} outputs and the reference {len(reference)}: "
+            f"missing from the candidate {missing}, not in the reference {extra}",
+            "compare models with the same outputs, or select the shared outputs before comparing")
+    outputs = []
+    for reference_name, candidate_name in pairs:
+        entry = compare_output(reference_name, reference[reference_name], candidate[candidate_name], tol)
+        entry["candidate_output"] = candidate_name
+        outputs.append(entry)
+    return {"passed": all(entry["passed"] for entry in outputs), "matched_by": matched_by,
+            "tolerances": tol.to_dict(), "outputs": outputs}
+
+
+def failed_outputs_message(result: Mapping[str, Any]) -> str:
+    """One line naming each failed output of a :func:`compare_outputs` result and how far off it is.
+
+    For use in error messages: for every failed output, its max_abs_error against atol, max_rel_error
+    against rtol, cosine against min_cosine, and the mismatched (and non-finite) element counts.
+    """
+    tol = result["tolerances"]
+    parts = []
+    for entry in result["outputs"]:
+        if entry["passed"]:
+            continue
+        total = math.prod(entry["shape"])
+        text = (f"output '{entry['output']}': max_abs_error {_number(entry['max_abs_error'])} "
+                f"(atol {tol['atol']:g}), max_rel_error {_number(entry['max_rel_error'])} "
+                f"(rtol {tol['rtol']:g}), cosine {_number(entry['cosine'], 6)} (min {tol['min_cosine']:g}), "
+                f"{entry['mismatched_elements']}/{total} elements mismatched")
+        if entry["nan_count"]:
+            text += f", {entry['nan_count']} NaN/inf in the candidate"
+        parts.append(text)
+    return "; ".join(parts) if parts else "all outputs are within tolerances"
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    """A compact rendering of a measured value for messages ('n/a' when there was nothing to measure)."""
+    return "n/a" if value is None else f"{value:.{digits}g}"
+
+
+def topk_accuracy(logits: ArrayLike, labels: ArrayLike, k: int = 1) -> float:
+    """Fraction of rows whose true label is among the ``k`` highest logits, in [0, 1].
+
+    Args:
+        logits: ``(N, C)`` scores (logits or probabilities) for N samples and C classes.
+        labels: ``(N,)`` integer class indices in ``[0, C)``.
+        k: how many top classes count as a hit, 1 <= k <= C.
+
+    Ties among equal scores at the k-th place are broken arbitrarily.
+
+    Raises:
+        TrtoptError: on wrong shapes, an empty batch, non-integer or out-of-range labels, or a bad k.
+    """
+    scores = np.asarray(logits)
+    targets = np.asarray(labels)
+    if scores.ndim != 2 or scores.shape[0] == 0:
+        raise TrtoptError(f"top-k accuracy needs logits of shape (N, C) with N >= 1, got {scores.shape}",
+                          "pass the classifier's (batch, classes) output")
+    if targets.shape != (scores.shape[0],):
+        raise TrtoptError(f"labels of shape {targets.shape} do not fit logits of shape {scores.shape}",
+                          f"pass one integer label per row, shape ({scores.shape[0]},)")
+    if not np.issubdtype(targets.dtype, np.integer):
+        raise TrtoptError(f"labels must be integer class indices, got dtype {targets.dtype}",
+                          "convert the labels to integers, e.g. labels.astype(np.int64)")
+    classes = scores.shape[1]
+    if np.any(targets < 0) or np.any(targets >= classes):
+        raise TrtoptError(f"labels must lie in [0, {classes}), got values from {targets.min()} to "
+                          f"{targets.max()}", "check that labels and logits use the same class indexing")
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= classes:
+        raise TrtoptError(f"k must be an integer from 1 to the number of classes ({classes}), got {k!r}",
+                          "use k=1 or k=5 on a model with at least that many classes")
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return float(np.mean(np.any(top == targets[:, None], axis=1)))
+
+
+def concat_batches(batches: Sequence[Mapping[str, ArrayLike]]) -> dict[str, np.ndarray]:
+    """Join outputs collected batch by batch into one array per output, along axis 0 (the batch axis).
+
+    Args:
+        batches: one dict per batch, output name -> array of shape ``(batch, ...)``; every batch must
+            have the same output names and the same trailing dimensions per output.
+
+    Returns:
+        Output name -> array of shape ``(sum of batch sizes, ...)``, in the first batch's name order.
+
+    Raises:
+        TrtoptError: if there are no batches, the names differ between batches, or shapes do not join.
+    """
+    if not batches:
+        raise TrtoptError("no batches to concatenate", "collect outputs of at least one batch")
+    names = list(batches[0])
+    for index, batch in enumerate(batches):
+        if set(batch) != set(names):
+            raise TrtoptError(f"batch {index} has outputs {sorted(batch)} but batch 0 has {sorted(names)}",
+                              "collect the same outputs from every batch")
+    joined = {}
+    for name in names:
+        arrays = [np.asarray(batch[name]) for batch in batches]
+        if any(array.ndim == 0 for array in arrays) or len({array.shape[1:] for array in arrays}) > 1:
+            raise TrtoptError(
+                f"output '{name}' cannot be joined along the batch axis: shapes "
+                f"{sorted({array.shape for array in arrays})}",
+                "give every batch the same trailing dimensions and a leading batch axis")
+        joined[name] = np.concatenate(arrays, axis=0)
+    return joined

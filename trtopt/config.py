@@ -1,0 +1,226 @@
+"""Frozen, validated configs per stage, and the `Recipe` that groups them (YAML ⇄ objects).
+
+Configs are frozen dataclasses. They are built from plain dicts by :func:`from_dict`, which rejects
+unknown keys (a typo in a recipe is an error, not a silently ignored option) and converts nested dicts
+and lists. Precedence is defaults < recipe file < CLI flags: :func:`merge` applies overrides on top of
+an existing config and re-validates. Stage configs that belong to one module live there
+(`profile.TimingConfig`, `compare.Tolerances`); the ones below are shared by several stages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from trtopt.compare import Tolerances
+from trtopt.errors import TrtoptError
+from trtopt.profile import TimingConfig
+
+RECIPE_VERSION = 1
+C = TypeVar("C")
+
+EXPORTERS = ("auto", "dynamo", "torchscript")
+EXTERNAL_DATA = ("auto", "always", "never")
+GRAPH_OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """How a PyTorch model becomes ONNX.
+
+    Attributes:
+        opset: ONNX opset; the dynamo exporter needs >= 18.
+        dynamic_batch: make axis 0 of every input and output symbolic ("batch").
+        exporter: "dynamo" (torch.export based), "torchscript" (the legacy tracer), or "auto": dynamo,
+            falling back to TorchScript when dynamo fails; the artifact records which one ran and why.
+        example_batch_size: batch of the example inputs used for tracing. At least 2, otherwise the
+            exporter may specialize the batch axis to 1.
+        simplify: run onnxslim (constant folding, dead-node removal, fusion of trivial patterns).
+        external_data: "auto" keeps weights inline unless the model is near protobuf's 2 GB limit,
+            "always" writes them to ``<name>.onnx.data``, "never" forbids the side file.
+        check_parity: run the exported model in ONNX Runtime and compare it with PyTorch before the
+            file is moved into place; a failing export is never written.
+        parity_batch_sizes: batch sizes checked (proves the dynamic batch axis works).
+        parity: error tolerances for the parity check (FP32 vs FP32: tight).
+    """
+
+    opset: int = 18
+    dynamic_batch: bool = True
+    exporter: str = "auto"
+    example_batch_size: int = 2
+    simplify: bool = True
+    external_data: str = "auto"
+    check_parity: bool = True
+    parity_batch_sizes: tuple[int, ...] = (1, 8)
+    parity: Tolerances = field(default_factory=lambda: Tolerances(atol=1e-4, rtol=1e-3, min_cosine=0.9999))
+
+    def __post_init__(self) -> None:
+        _choice("export.exporter", self.exporter, EXPORTERS)
+        _choice("export.external_data", self.external_data, EXTERNAL_DATA)
+        if not 7 <= self.opset <= 25:
+            raise TrtoptError(f"export.opset={self.opset} is outside 7..25", "use an opset such as 17 or 18")
+        if self.exporter == "dynamo" and self.opset < 18:
+            raise TrtoptError(f"the dynamo exporter emits opset >= 18, but export.opset={self.opset}",
+                              "use opset 18+ or exporter 'torchscript'")
+        if self.example_batch_size < 1 or any(b < 1 for b in self.parity_batch_sizes):
+            raise TrtoptError("export batch sizes must be >= 1", "fix example_batch_size / parity_batch_sizes")
+
+
+@dataclass(frozen=True)
+class OrtConfig:
+    """ONNX Runtime session options.
+
+    Attributes:
+        intra_op_threads: threads inside one operator; None lets ONNX Runtime pick (all physical cores).
+        inter_op_threads: threads across independent operators (parallel mode only).
+        graph_optimization_level: "disable", "basic", "extended" or "all".
+        providers: execution providers in priority order; each must be available in this build.
+    """
+
+    intra_op_threads: int | None = None
+    inter_op_threads: int | None = 1
+    graph_optimization_level: str = "all"
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+
+    def __post_init__(self) -> None:
+        _choice("ort.graph_optimization_level", self.graph_optimization_level, GRAPH_OPT_LEVELS)
+        if not self.providers:
+            raise TrtoptError("ort.providers is empty", "name at least one provider, e.g. CPUExecutionProvider")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A run described on disk: which model, which inputs, and every stage's config.
+
+    Attributes:
+        model: a model spec (see `trtopt.models`), e.g. "torchvision:resnet18" or "zoo:efficientnet_lite0".
+        checkpoint: optional state-dict/checkpoint file loaded into the model.
+        input_shapes: per input name, the shape *without* the batch axis; empty = the model's default.
+        data: calibration/eval inputs (.npy/.npz file or image folder); None = seeded random inputs.
+        batch_sizes: batch sizes profiled.
+        threads: CPU threads for both PyTorch and ONNX Runtime, so the comparison is like for like.
+    """
+
+    model: str
+    checkpoint: str | None = None
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    data: str | None = None
+    batch_sizes: tuple[int, ...] = (1, 8)
+    threads: int | None = None
+    export: ExportConfig = field(default_factory=ExportConfig)
+    ort: OrtConfig = field(default_factory=OrtConfig)
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    compare: Tolerances = field(default_factory=Tolerances)
+    version: int = RECIPE_VERSION
+
+    def __post_init__(self) -> None:
+        if self.version != RECIPE_VERSION:
+            raise TrtoptError(f"recipe version {self.version} is not supported (this trtopt reads {RECIPE_VERSION})",
+                              "update the recipe or trtopt")
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise TrtoptError(f"batch_sizes {self.batch_sizes} must be non-empty and >= 1", "e.g. batch_sizes: [1, 8]")
+        if self.threads is not None and self.threads < 1:
+            raise TrtoptError(f"threads={self.threads} must be >= 1", "omit it to use the default")
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise TrtoptError(f"{name}={value!r} is not one of {', '.join(allowed)}", f"set {name} to one of those")
+
+
+def to_dict(config: Any) -> Any:
+    """A config (or nested configs) as plain JSON/YAML-able data (tuples become lists)."""
+    if dataclasses.is_dataclass(config):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, (list, tuple)):
+        return [to_dict(v) for v in config]
+    if isinstance(config, dict):
+        return {k: to_dict(v) for k, v in config.items()}
+    return config
+
+
+def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
+    """Build the frozen config ``cls`` from plain data, rejecting unknown keys and coercing lists.
+
+    Raises TrtoptError naming the offending key (with its dotted path) and the valid keys.
+    """
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise TrtoptError(f"unknown key {where}{unknown[0]!r} in {cls.__name__}",
+                          f"valid keys: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}{k}.") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise TrtoptError(f"invalid {cls.__name__}: {e}", "check the recipe against the documented keys") from e
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    """Convert YAML/JSON data to the annotated type: nested configs, tuples, dicts of tuples."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _coerce(non_none[0], value, where) if len(non_none) == 1 else value
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise TrtoptError(f"{where.rstrip('.')} must be a mapping", f"write it as keys of {hint.__name__}")
+        return from_dict(hint, value, where)
+    if origin is tuple and isinstance(value, (list, tuple)):
+        inner = args[0] if args else Any
+        return tuple(_coerce(inner, v, where) for v in value)
+    if origin is dict and isinstance(value, dict):
+        inner = args[1] if len(args) == 2 else Any
+        return {k: _coerce(inner, v, where) for k, v in value.items()}
+    return value
+
+
+def merge(config: C, overrides: dict[str, Any]) -> C:
+    """Return ``config`` with ``overrides`` applied (None values are ignored: "flag not given").
+
+    Nested configs take nested dicts: ``merge(recipe, {"export": {"opset": 17}})``.
+    """
+    current = to_dict(config)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(current.get(key), dict):
+            current[key] = {**current[key], **{k: v for k, v in value.items() if v is not None}}
+        else:
+            current[key] = value
+    return from_dict(type(config), current)
+
+
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    """Read a YAML recipe file into a validated :class:`Recipe`."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise TrtoptError(f"recipe {p} does not exist", "give the path of a YAML recipe")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise TrtoptError(f"recipe {p} is not valid YAML ({str(e).splitlines()[0]})", "fix the YAML syntax") from e
+    if not isinstance(data, dict):
+        raise TrtoptError(f"recipe {p} must be a YAML mapping", "start it with 'model: ...'")
+    return from_dict(Recipe, data)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe as YAML text (saved beside every result so runs can be reproduced)."""
+    import yaml
+
+    return yaml.safe_dump(to_dict(recipe), sort_keys=False)

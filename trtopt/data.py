@@ -1,0 +1,202 @@
+"""Model inputs for parity checks, calibration, evaluation and profiling.
+
+Inputs are always a *feed*: a dict from input name to a numpy array whose axis 0 is the sample axis.
+Sources:
+    None / "random"          seeded random inputs of each input's shape and range
+    ``file.npy``             one array (single-input models), shape (N, *input_shape)
+    ``file.npz``             one array per input name (or one array for a single-input model)
+    ``path/to/images/``      an image folder (recursively, sorted), standard preprocessing
+    ``skimage:photos``       20 real photographs shipped inside scikit-image (astronaut, coffee, ...)
+    a Python iterable        of feeds (dicts) or arrays, concatenated (see :func:`from_iterable`)
+Everything is deterministic: same source, same seed, same arrays in the same order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trtopt.errors import TrtoptError, missing_dependency
+from trtopt.models import ImagePreprocess, InputSpec
+
+Feed = dict[str, np.ndarray]
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
+                  "colorwheel", "logo", "camera", "coins", "moon", "page", "brick", "grass", "gravel", "clock",
+                  "text", "cell")
+
+
+def random_feed(inputs: Sequence[InputSpec], count: int, seed: int = 0) -> Feed:
+    """``count`` seeded random samples per input: uniform in [low, high) (integers for int dtypes)."""
+    rng = np.random.default_rng(seed)
+    feed: Feed = {}
+    for spec in inputs:
+        shape = (count, *spec.shape)
+        if np.issubdtype(np.dtype(spec.dtype), np.integer):
+            feed[spec.name] = rng.integers(int(spec.low), int(spec.high), size=shape, dtype=spec.dtype)
+        else:
+            feed[spec.name] = rng.uniform(spec.low, spec.high, size=shape).astype(spec.dtype)
+    return feed
+
+
+def load_feed(source: str | os.PathLike | Iterable | None, inputs: Sequence[InputSpec], count: int | None = None,
+              seed: int = 0, preprocess: ImagePreprocess | None = None) -> Feed:
+    """Load inputs from ``source`` (see module docstring) and check them against ``inputs``.
+
+    Args:
+        source: the data source; None or "random" gives seeded random data.
+        inputs: the model's inputs (names, shapes without batch, dtypes).
+        count: number of samples; random data needs it (default 8), real data is truncated to it.
+        seed: seed for random data.
+        preprocess: image preprocessing for image folders / photos (default: 224 px ImageNet).
+    """
+    if source is None or (isinstance(source, str) and source == "random"):
+        return random_feed(inputs, count or 8, seed)
+    if isinstance(source, (str, os.PathLike)):
+        feed = _load_path(str(source), inputs, preprocess or ImagePreprocess())
+    else:
+        feed = from_iterable(source, inputs)
+    if count is not None:
+        feed = {k: v[:count] for k, v in feed.items()}
+    return check_feed(feed, inputs, str(source) if isinstance(source, (str, os.PathLike)) else "iterable")
+
+
+def _load_path(source: str, inputs: Sequence[InputSpec], preprocess: ImagePreprocess) -> Feed:
+    if source == "skimage:photos":
+        return {inputs[0].name: skimage_photos(preprocess)}
+    path = Path(source)
+    if not path.exists():
+        raise TrtoptError(f"data source {path} does not exist", "give a .npy/.npz file, an image folder, or skimage:photos")
+    if path.is_dir():
+        return {inputs[0].name: load_image_folder(path, preprocess)}
+    if path.suffix == ".npy":
+        return {inputs[0].name: _np_load(path)}
+    if path.suffix == ".npz":
+        with _np_load(path) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+        if len(inputs) == 1 and len(arrays) == 1:
+            return {inputs[0].name: next(iter(arrays.values()))}
+        return arrays
+    raise TrtoptError(f"data source {path} has an unknown type {path.suffix!r}", "use .npy, .npz or an image folder")
+
+
+def _np_load(path: Path) -> Any:
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise TrtoptError(f"{path} is not a readable numpy file ({type(e).__name__}: {e})", "re-save it with numpy.save/savez") from e
+
+
+def check_feed(feed: Mapping[str, np.ndarray], inputs: Sequence[InputSpec], where: str = "inputs") -> Feed:
+    """Validate a feed against the model inputs and cast to their dtypes.
+
+    Raises TrtoptError naming the input for: a missing or unexpected name, a wrong per-sample shape,
+    no samples, or NaN/inf values.
+    """
+    names = [s.name for s in inputs]
+    missing = [n for n in names if n not in feed]
+    if missing:
+        raise TrtoptError(f"{where} lack input {missing[0]!r} (have {', '.join(feed) or 'none'})",
+                          f"provide arrays named {', '.join(names)}")
+    extra = [k for k in feed if k not in names]
+    if extra:
+        raise TrtoptError(f"{where} have unexpected input {extra[0]!r}", f"the model's inputs are {', '.join(names)}")
+    out: Feed = {}
+    counts = set()
+    for spec in inputs:
+        arr = np.asarray(feed[spec.name])
+        if arr.ndim != len(spec.shape) + 1 or tuple(arr.shape[1:]) != tuple(spec.shape):
+            raise TrtoptError(
+                f"input {spec.name!r} has shape {tuple(arr.shape)}, expected (N, {', '.join(map(str, spec.shape))})",
+                "pass data of the model's input shape, or set --input-shape to the shape the data has",
+            )
+        if arr.shape[0] == 0:
+            raise TrtoptError(f"{where} hold no samples for input {spec.name!r}", "provide at least one sample")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise TrtoptError(f"input {spec.name!r} from {where} contains NaN or inf", "clean the data")
+        counts.add(arr.shape[0])
+        out[spec.name] = arr.astype(spec.dtype, copy=False)
+    if len(counts) > 1:
+        raise TrtoptError(f"{where} have different sample counts per input {sorted(counts)}", "give every input N samples")
+    return out
+
+
+def from_iterable(items: Iterable, inputs: Sequence[InputSpec]) -> Feed:
+    """Concatenate an iterable of feeds (dicts) or of arrays (single-input models) into one feed."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for item in items:
+        batch = item if isinstance(item, Mapping) else {inputs[0].name: item}
+        for k, v in batch.items():
+            v = np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
+            parts.setdefault(k, []).append(v)
+    if not parts:
+        raise TrtoptError("the data iterable yielded nothing", "provide at least one batch")
+    return {k: np.concatenate(v, axis=0) for k, v in parts.items()}
+
+
+def preprocess_image(image: Any, pre: ImagePreprocess) -> np.ndarray:
+    """A PIL image → float32 array (3, size, size): shorter side to ``resize``, center crop, normalize."""
+    from PIL import Image
+
+    image = image.convert("RGB")
+    w, h = image.size
+    scale = pre.resize / min(w, h)
+    image = image.resize((max(pre.size, round(w * scale)), max(pre.size, round(h * scale))), Image.BILINEAR)
+    w, h = image.size
+    left, top = (w - pre.size) // 2, (h - pre.size) // 2
+    image = image.crop((left, top, left + pre.size, top + pre.size))
+    arr = np.asarray(image, dtype=np.float32) / 255.0
+    arr = (arr - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def load_image_folder(path: str | os.PathLike, pre: ImagePreprocess) -> np.ndarray:
+    """All images under ``path`` (recursive, sorted by relative path) as (N, 3, size, size) float32."""
+    from PIL import Image, UnidentifiedImageError
+
+    files = sorted(p for p in Path(path).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise TrtoptError(f"image folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})", "point at a folder of images")
+    arrays = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                arrays.append(preprocess_image(im, pre))
+        except (UnidentifiedImageError, OSError) as e:
+            raise TrtoptError(f"image {f} cannot be read ({type(e).__name__})", "remove or replace the file") from e
+    return np.stack(arrays)
+
+
+def skimage_photos(pre: ImagePreprocess) -> np.ndarray:
+    """The real photographs shipped in scikit-image, preprocessed: (19, 3, size, size) float32."""
+    try:
+        import skimage.data
+    except ImportError as e:
+        raise missing_dependency("scikit-image", "models", "the skimage:photos data source") from e
+    from PIL import Image
+
+    arrays = []
+    for name in SKIMAGE_PHOTOS:
+        img = np.asarray(getattr(skimage.data, name)())
+        if img.dtype != np.uint8:
+            img = (img.astype(np.float32) * 255).astype(np.uint8)
+        arrays.append(preprocess_image(Image.fromarray(img[..., :3] if img.ndim == 3 else img), pre))
+    return np.stack(arrays)
+
+
+def take_batch(feed: Mapping[str, np.ndarray], batch_size: int, start: int = 0) -> Feed:
+    """``batch_size`` samples from ``feed`` starting at ``start``, wrapping around (repeats if fewer)."""
+    n = len(next(iter(feed.values())))
+    idx = (np.arange(batch_size) + start) % n
+    return {k: np.ascontiguousarray(v[idx]) for k, v in feed.items()}
+
+
+def iter_batches(feed: Mapping[str, np.ndarray], batch_size: int) -> Iterator[Feed]:
+    """Consecutive batches covering every sample once (the last one may be smaller)."""
+    n = len(next(iter(feed.values())))
+    for start in range(0, n, batch_size):
+        yield {k: v[start:start + batch_size] for k, v in feed.items()}

@@ -1,0 +1,187 @@
+"""PyTorch → ONNX export with a dynamic batch axis, optional onnxslim, and a parity check.
+
+The export is staged: the model is exported, simplified and checked against PyTorch in ONNX Runtime
+inside a temporary folder beside the destination, and only a model that passed is moved into place
+(``model.onnx`` and, when weights are external, ``model.onnx.data``). A failed export leaves nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from trtopt.artifacts import OnnxArtifact, inspect_onnx
+from trtopt.compare import compare_outputs, failed_outputs_message
+from trtopt.config import ExportConfig, OrtConfig
+from trtopt.data import Feed, random_feed, take_batch
+from trtopt.errors import TrtoptError
+from trtopt.files import ensure_writable, staging_dir
+from trtopt.models import LoadedModel
+
+# Protobuf cannot serialize a message over 2 GiB; stay clear of it when weights are inline.
+INLINE_LIMIT_BYTES = 1_800_000_000
+
+
+def export_onnx(loaded: LoadedModel, path: str | os.PathLike, config: ExportConfig = ExportConfig(),
+                feed: Feed | None = None, force: bool = False,
+                on_step: Callable[[str], None] | None = None) -> OnnxArtifact:
+    """Export ``loaded`` to ONNX at ``path`` and return the checked artifact.
+
+    Args:
+        loaded: the model and its input specs (see `trtopt.models.load_model`).
+        path: destination ``.onnx`` file; a ``<path>.data`` side file is written beside it when the
+            weights are external.
+        config: exporter, opset, dynamic batch, simplification, external data, parity tolerances.
+        feed: real inputs for tracing and the parity check (axis 0 = samples); seeded random inputs
+            of the model's input specs when None.
+        force: overwrite existing outputs.
+        on_step: called with a short description as each step starts (for progress display).
+
+    Returns:
+        The artifact: sizes, hashes, signature, which exporter ran (and why, if it fell back), and
+        the parity result per checked batch size.
+
+    Raises:
+        TrtoptError: the output exists without ``force``; both exporters failed; the parity check
+        failed (the message names the output and its errors).
+    """
+    step = on_step or (lambda _msg: None)
+    target = ensure_writable(path, force)
+    data_target = target.with_name(target.name + ".data")
+    if data_target.exists() and not force:
+        raise TrtoptError(f"output {data_target} already exists", "pass --force to overwrite it or choose another path")
+    feed = feed if feed is not None else random_feed(loaded.inputs, max(8, config.example_batch_size), seed=0)
+    notes: list[str] = []
+    with staging_dir(target) as stage:
+        staged = stage / target.name
+        step(f"exporting {loaded.spec}")
+        exporter = _export(loaded, staged, config, take_batch(feed, config.example_batch_size), notes)
+        step("simplifying and saving")
+        _finalize(staged, config, notes)
+        parity: dict[str, Any] = {}
+        if config.check_parity:
+            step("checking parity with PyTorch in ONNX Runtime")
+            parity = check_parity(loaded, staged, feed, config)
+        step("writing")
+        staged_data = staged.with_name(staged.name + ".data")
+        if data_target.exists():
+            data_target.unlink()
+        if staged_data.exists():
+            os.replace(staged_data, data_target)
+        os.replace(staged, target)
+    return inspect_onnx(target, exporter=exporter, notes=tuple(notes), parity=parity)
+
+
+def _export(loaded: LoadedModel, staged: Path, config: ExportConfig, example: Feed, notes: list[str]) -> str:
+    """Run the chosen exporter(s) into ``staged``; returns the name of the one that succeeded."""
+    if config.exporter in ("auto", "dynamo"):
+        try:
+            _torch_export(loaded, staged, config, example, dynamo=True)
+            return "dynamo"
+        except Exception as e:  # the dynamo exporter raises many types (torch._dynamo, onnxscript, ...)
+            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+            if config.exporter == "dynamo":
+                raise TrtoptError(f"the dynamo exporter failed for {loaded.spec} ({reason})",
+                                  "try exporter: torchscript (--exporter torchscript)") from e
+            notes.append(f"dynamo exporter failed ({reason}); fell back to the TorchScript exporter")
+            for leftover in staged.parent.iterdir():
+                leftover.unlink()
+    try:
+        _torch_export(loaded, staged, config, example, dynamo=False)
+    except Exception as e:
+        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+        raise TrtoptError(f"the TorchScript exporter failed for {loaded.spec} ({reason})",
+                          "make the model traceable (no data-dependent Python control flow) or fix the failing op") from e
+    return "torchscript"
+
+
+def _torch_export(loaded: LoadedModel, staged: Path, config: ExportConfig, example: Feed, dynamo: bool) -> None:
+    import torch
+
+    # Distinct tensor objects per input: the exporter can silently merge an input passed twice.
+    args = tuple(torch.from_numpy(example[s.name].copy()) for s in loaded.inputs)
+    input_names = [s.name for s in loaded.inputs]
+    output_names = list(loaded.output_names)
+    kwargs: dict[str, Any] = dict(input_names=input_names, output_names=output_names, opset_version=config.opset)
+    if config.dynamic_batch:
+        if dynamo:
+            batch = torch.export.Dim("batch", min=1, max=65536)
+            kwargs["dynamic_shapes"] = tuple({0: batch} for _ in args)
+        else:
+            kwargs["dynamic_axes"] = {n: {0: "batch"} for n in input_names + output_names}
+    if dynamo:
+        kwargs.update(dynamo=True, external_data=True, optimize=True, verbose=False)
+    else:
+        kwargs.update(dynamo=False, do_constant_folding=True)
+    # The exporters print progress and warnings of their own; trtopt reports what matters itself.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(loaded.module, args, str(staged), **kwargs)
+
+
+def _finalize(staged: Path, config: ExportConfig, notes: list[str]) -> None:
+    """Load the exported model (with any side file), simplify it, and save it per ``external_data``."""
+    import onnx
+
+    model = onnx.load(str(staged), load_external_data=True)
+    if config.simplify:
+        import onnxslim
+
+        nodes_before = len(model.graph.node)
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = onnxslim.slim(model)
+        notes.append(f"onnxslim: {nodes_before} -> {len(model.graph.node)} nodes")
+    for leftover in staged.parent.iterdir():
+        leftover.unlink()
+    size = model.ByteSize()
+    external = config.external_data == "always" or (config.external_data == "auto" and size > INLINE_LIMIT_BYTES)
+    if not external and size > INLINE_LIMIT_BYTES:
+        raise TrtoptError(f"the model is {size / 1e9:.2f} GB, too large for an ONNX file without external data",
+                          "set export.external_data to auto or always")
+    if external:
+        onnx.save_model(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=staged.name + ".data", size_threshold=1024)
+        notes.append(f"weights in external data file {staged.name}.data")
+    else:
+        onnx.save_model(model, str(staged))
+
+
+def check_parity(loaded: LoadedModel, onnx_path: str | os.PathLike, feed: Feed,
+                 config: ExportConfig = ExportConfig()) -> dict[str, Any]:
+    """Run PyTorch and ONNX Runtime (CPU, FP32) on the same real inputs and compare every output.
+
+    Checked at each of ``config.parity_batch_sizes`` (only the first one without a dynamic batch), so
+    a batch axis that was specialized during export fails here rather than in deployment.
+
+    Returns:
+        ``{"batch_<n>": compare_outputs(...) result}`` for each batch size.
+
+    Raises:
+        TrtoptError naming the first failing output, its errors and the tolerances.
+    """
+    from trtopt.backends.ort import OrtRunner
+    from trtopt.backends.torch import TorchRunner
+
+    torch_runner = TorchRunner(loaded)
+    ort_runner = OrtRunner(Path(onnx_path), OrtConfig())
+    batch_sizes = config.parity_batch_sizes if config.dynamic_batch else (config.example_batch_size,)
+    results: dict[str, Any] = {}
+    try:
+        for batch_size in batch_sizes:
+            batch = take_batch(feed, batch_size)
+            reference = torch_runner.infer(batch)
+            candidate = ort_runner.infer(ort_runner.check_feed(batch))
+            result = compare_outputs(reference, candidate, config.parity)
+            results[f"batch_{batch_size}"] = result
+            if not result["passed"]:
+                raise TrtoptError(f"ONNX export of {loaded.spec} differs from PyTorch at batch {batch_size}: "
+                                  f"{failed_outputs_message(result)}",
+                                  "loosen export.parity tolerances if this is expected, else report the failing op")
+    finally:
+        ort_runner.close()
+    return results

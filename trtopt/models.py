@@ -1,0 +1,274 @@
+"""Loading a PyTorch model from a spec string.
+
+Specs:
+    ``torchvision:NAME``          a torchvision architecture (random init unless ``pretrained``)
+    ``timm:NAME``                 a timm architecture
+    ``zoo:NAME``                  a real pretrained model that ships inside a Python package (see `trtopt.zoo`)
+    ``package.module:factory``    any importable callable returning an ``nn.Module``
+    ``path/to/model.pt``          a TorchScript file, or an ExportedProgram (``.pt2``)
+plus an optional ``checkpoint`` (state dict or a dict holding one under ``state_dict``/``model``) loaded
+strictly into the architecture. Pretrained hub weights cannot be downloaded here; asking for them fails
+with a message saying what to do instead (a local checkpoint, or a ``zoo:`` model).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trtopt.errors import TrtoptError, missing_dependency
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input, described without its batch axis.
+
+    Attributes:
+        name: input name, used in ONNX and in data files (.npz keys).
+        shape: shape without the batch axis, e.g. (3, 224, 224).
+        dtype: numpy dtype name ("float32", "int64").
+        low / high: value range for seeded random inputs ([low, high) for integers: token ids, masks).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    low: float = 0.0
+    high: float = 1.0
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """Standard image preprocessing: resize the shorter side, center crop, scale to [0, 1], normalize."""
+
+    size: int = 224
+    resize: int = 256
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for export/profiling: the module in eval mode and how to feed it.
+
+    Attributes:
+        module: the ``nn.Module`` (eval mode, on the CPU).
+        spec: the spec it was loaded from.
+        inputs: its inputs in call order (positional arguments of ``forward``).
+        output_names: names given to its outputs in ONNX.
+        preprocess: image preprocessing, for image-classification models.
+        description: one line for reports ("torchvision resnet18, random init").
+    """
+
+    module: Any
+    spec: str
+    inputs: tuple[InputSpec, ...]
+    output_names: tuple[str, ...] = ("output",)
+    preprocess: ImagePreprocess | None = None
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def image_inputs(shape: tuple[int, ...] = (3, 224, 224), name: str = "input") -> tuple[InputSpec, ...]:
+    """The usual single image input (normalized pixels roughly in [-2, 2.5])."""
+    return (InputSpec(name, tuple(shape), "float32", -2.0, 2.5),)
+
+
+def is_onnx_path(spec: str) -> bool:
+    """True when ``spec`` names an ONNX file rather than a PyTorch model."""
+    return spec.lower().endswith(".onnx")
+
+
+def load_model(spec: str, checkpoint: str | os.PathLike | None = None, pretrained: bool = False,
+               input_shape: tuple[int, ...] | None = None) -> LoadedModel:
+    """Load ``spec`` (see module docstring) on the CPU in eval mode.
+
+    Args:
+        spec: the model spec.
+        checkpoint: a state-dict/checkpoint file loaded strictly into the architecture.
+        pretrained: ask for the hub's pretrained weights (fails offline unless already cached).
+        input_shape: override the input shape (without batch) of a single-input model.
+
+    Raises:
+        TrtoptError: unknown spec, missing file, weights that don't fit, offline hub request.
+    """
+    if is_onnx_path(spec):
+        raise TrtoptError(f"{spec} is an ONNX file, not a PyTorch model",
+                          "use it where an ONNX model is expected (trtopt bench/compare accept it directly)")
+    loaded = _load_architecture(spec, pretrained)
+    if checkpoint is not None:
+        load_checkpoint_(loaded.module, checkpoint)
+    if input_shape is not None:
+        if len(loaded.inputs) != 1:
+            raise TrtoptError(f"--input-shape applies to single-input models, {spec} has {len(loaded.inputs)} inputs",
+                              "pass shapes per input name (name:dims)")
+        first = loaded.inputs[0]
+        loaded.inputs = (InputSpec(first.name, tuple(input_shape), first.dtype, first.low, first.high),)
+    loaded.module.eval()
+    return loaded
+
+
+def _load_architecture(spec: str, pretrained: bool) -> LoadedModel:
+    if ":" not in spec or Path(spec).exists():
+        return _load_file(spec, pretrained)
+    source, name = spec.split(":", 1)
+    if source == "torchvision":
+        return _load_torchvision(name, pretrained)
+    if source == "timm":
+        return _load_timm(name, pretrained)
+    if source == "zoo":
+        from trtopt import zoo
+
+        return zoo.load(name)
+    return _load_factory(source, name, pretrained)
+
+
+def _load_torchvision(name: str, pretrained: bool) -> LoadedModel:
+    import torchvision
+
+    if name not in torchvision.models.list_models():
+        raise TrtoptError(f"torchvision has no model {name!r}", "see torchvision.models.list_models() for the names")
+    weights = None
+    if pretrained:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        _require_cached_download(f"torchvision:{name}", weights.url)
+    module = torchvision.models.get_model(name, weights=weights)
+    size = 299 if name == "inception_v3" else 224
+    return LoadedModel(module, f"torchvision:{name}", image_inputs((3, size, size)),
+                       preprocess=ImagePreprocess(size=size, resize=int(size * 256 / 224)),
+                       description=f"torchvision {name}, {'pretrained' if pretrained else 'random init'}")
+
+
+def _require_cached_download(spec: str, url: str) -> None:
+    """Fail fast, before any network access, when hub weights are not in the local torch hub cache."""
+    import torch
+
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if not cached.is_file():
+        raise TrtoptError(
+            f"pretrained weights for {spec} need a download from {url}, which is not possible offline",
+            f"put the file at {cached}, pass --checkpoint FILE, or use a model that ships its weights (zoo:efficientnet_lite0)",
+        )
+
+
+def _load_timm(name: str, pretrained: bool) -> LoadedModel:
+    try:
+        import timm
+    except ImportError as e:
+        raise missing_dependency("timm", "models", "timm:" + name) from e
+    if name not in timm.list_models():
+        raise TrtoptError(f"timm has no model {name!r}", "see timm.list_models() for the names")
+    if pretrained:
+        raise TrtoptError(f"pretrained weights for timm:{name} come from the Hugging Face hub, which is not reachable offline",
+                          "download them elsewhere and pass --checkpoint FILE, or use zoo:efficientnet_lite0")
+    module = timm.create_model(name, pretrained=False)
+    cfg = getattr(module, "pretrained_cfg", {}) or {}
+    c, h, w = tuple(cfg.get("input_size", (3, 224, 224)))
+    pre = ImagePreprocess(size=h, resize=int(h / cfg.get("crop_pct", 0.875)),
+                          mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)))
+    return LoadedModel(module, f"timm:{name}", image_inputs((c, h, w)), preprocess=pre,
+                       description=f"timm {name}, random init")
+
+
+def _load_factory(module_name: str, attr: str, pretrained: bool) -> LoadedModel:
+    try:
+        mod = importlib.import_module(module_name)
+    except ImportError as e:
+        raise TrtoptError(f"unknown model spec '{module_name}:{attr}': cannot import module {module_name!r} ({e})",
+                          "use torchvision:NAME, timm:NAME, zoo:NAME, package.module:factory or a model file") from e
+    factory = getattr(mod, attr, None)
+    if not callable(factory):
+        raise TrtoptError(f"{module_name} has no callable {attr!r}", "name a function or class that returns an nn.Module")
+    result = factory(pretrained=True) if pretrained else factory()
+    if isinstance(result, LoadedModel):
+        return result
+    _require_module(result, f"{module_name}:{attr}")
+    inputs = getattr(result, "trtopt_inputs", None) or image_inputs()
+    return LoadedModel(result, f"{module_name}:{attr}", tuple(inputs), description=f"{module_name}:{attr}")
+
+
+def _require_module(obj: Any, spec: str) -> None:
+    import torch
+
+    if not isinstance(obj, torch.nn.Module):
+        raise TrtoptError(f"{spec} returned {type(obj).__name__}, not a torch.nn.Module", "return the model itself")
+
+
+def _load_file(spec: str, pretrained: bool) -> LoadedModel:
+    import torch
+
+    path = Path(spec)
+    if not path.exists():
+        hint = "a path that exists" if ("/" in spec or "." in spec) else "torchvision:NAME, timm:NAME, zoo:NAME or package.module:factory"
+        raise TrtoptError(f"unknown model spec or missing file {spec!r}", f"give {hint}")
+    if path.suffix == ".pt2":
+        try:
+            program = torch.export.load(str(path))
+        except Exception as e:
+            raise TrtoptError(f"{path} is not a loadable ExportedProgram ({type(e).__name__})", "re-save it with torch.export.save") from e
+        module = program.module()
+        inputs = tuple(InputSpec(f"input_{i}" if i else "input", tuple(a.shape[1:]), str(a.dtype).replace("torch.", ""))
+                       for i, a in enumerate(program.example_inputs[0]))
+        return LoadedModel(module, spec, inputs, description=f"ExportedProgram {path.name}")
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:
+        raise TrtoptError(
+            f"{path} is not a TorchScript model (a state dict or checkpoint needs its architecture)",
+            f"pass the architecture as the model and this file as --checkpoint, e.g. --model torchvision:resnet18 --checkpoint {path}",
+        ) from e
+    return LoadedModel(module, spec, image_inputs(), description=f"TorchScript {path.name}")
+
+
+def load_checkpoint_(module: Any, checkpoint: str | os.PathLike) -> None:
+    """Load a state dict (or a checkpoint dict holding one) into ``module`` in place, strictly.
+
+    Reads with ``weights_only=True``: a checkpoint can't run code. Mismatched keys or shapes raise
+    TrtoptError naming the first offending parameter.
+    """
+    import torch
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise TrtoptError(f"checkpoint {path} does not exist", "check the path")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise TrtoptError(f"checkpoint {path} cannot be read as a PyTorch state dict ({type(e).__name__})",
+                          "save it with torch.save(model.state_dict(), path)") from e
+    if isinstance(state, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict):
+        raise TrtoptError(f"checkpoint {path} holds {type(state).__name__}, not a state dict", "save model.state_dict()")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        which = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise TrtoptError(f"checkpoint {path} does not fit the architecture ({which}; {len(missing)} missing, "
+                          f"{len(unexpected)} unexpected keys)", "pass the architecture the checkpoint was trained with")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise TrtoptError(f"checkpoint {path}: {k} has shape {tuple(v.shape)}, the model expects {tuple(expected[k].shape)}",
+                              "pass the architecture the checkpoint was trained with")
+    module.load_state_dict(state, strict=True)
+
+
+def parameter_count(module: Any) -> int:
+    """Number of parameters (elements, not bytes) of a module."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def parameter_bytes(module: Any) -> int:
+    """Bytes taken by a module's parameters and buffers at their stored dtypes."""
+    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))

@@ -1,0 +1,334 @@
+"""Timing harness and latency statistics, independent of the execution backend.
+
+A *runner* is any object with ``infer(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]`` (an ONNX
+Runtime session wrapper, a TensorRT engine wrapper, an eager PyTorch model wrapper). This module times
+runners and turns per-call latencies into statistics; it never imports a backend.
+
+Why it is built this way:
+
+- Candidates are timed *interleaved* (A B C A B C ...) in one process, so slow drift (thermal throttling,
+  clock boosts, a noisy neighbour) hits every candidate equally instead of whichever ran last; the
+  starting candidate rotates each round so that none always runs first, right after the gap between
+  rounds (progress display, cold caches).
+- Each call is timed with :func:`time.perf_counter_ns` and reported in milliseconds. For GPU runners the
+  runner's ``infer`` must synchronize before returning (it returns host arrays), so wall time is the time
+  to a usable result.
+- Speedups are medians' ratios with a bootstrap confidence interval. Samples of one round were taken
+  under the same conditions, so the bootstrap resamples *rounds* (the same indices on both sides), which
+  keeps the shared drift out of the interval.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from trtopt.errors import TrtoptError
+
+#: Percentiles reported by :func:`latency_stats`, as (key, percent) pairs.
+_LATENCY_PERCENTILES = (
+    ("latency_ms_p50", 50.0),
+    ("latency_ms_p90", 90.0),
+    ("latency_ms_p95", 95.0),
+    ("latency_ms_p99", 99.0),
+)
+
+#: Upper bound on the number of resampled values held at once by :func:`speedup_interval` (~32 MiB of
+#: int64 indices), so long runs with many bootstrap samples do not allocate gigabytes.
+_BOOTSTRAP_CHUNK_ELEMENTS = 4_000_000
+
+
+class Runner(Protocol):
+    """What the harness needs from a backend session: one synchronous inference call."""
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model on ``feed`` (input name -> array) and return output name -> host array."""
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    """How to time candidates and how to summarize the timings.
+
+    Attributes:
+        warmup_iterations: untimed calls per runner before timing (lazy init, autotuning, caches).
+        iterations: timed calls per runner when ``duration_s`` is not set.
+        duration_s: if set, time for about this many seconds per runner (the timed phase runs for
+            ``duration_s * number of runners`` seconds in total) instead of a fixed count.
+        min_iterations: in duration mode, the fewest timed calls per runner, however long they take.
+        bootstrap_samples: resamples drawn for speedup confidence intervals.
+        confidence: two-sided confidence level of those intervals, strictly between 0 and 1.
+        seed: seed of the bootstrap's random generator, so intervals are reproducible.
+    """
+
+    warmup_iterations: int = 10
+    iterations: int = 100
+    duration_s: float | None = None
+    min_iterations: int = 10
+    bootstrap_samples: int = 2000
+    confidence: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require_int("warmup_iterations", self.warmup_iterations, minimum=0)
+        _require_int("iterations", self.iterations, minimum=1)
+        _require_int("min_iterations", self.min_iterations, minimum=1)
+        _require_int("bootstrap_samples", self.bootstrap_samples, minimum=1)
+        _require_int("seed", self.seed, minimum=0)
+        if self.duration_s is not None and not (
+                isinstance(self.duration_s, (int, float)) and not isinstance(self.duration_s, bool)
+                and math.isfinite(self.duration_s) and self.duration_s > 0):
+            raise TrtoptError(f"TimingConfig.duration_s must be a number of seconds above zero or None, "
+                              f"got {self.duration_s!r}", "set duration_s to e.g. 5.0, or leave it unset")
+        if not (isinstance(self.confidence, (int, float)) and not isinstance(self.confidence, bool)
+                and 0.0 < self.confidence < 1.0):
+            raise TrtoptError(f"TimingConfig.confidence must be strictly between 0 and 1, "
+                              f"got {self.confidence!r}", "use e.g. 0.95 for a 95 % interval")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as a JSON-ready dict (field name -> value)."""
+        return dataclasses.asdict(self)
+
+
+def _require_int(field: str, value: object, minimum: int) -> None:
+    """Raise if a TimingConfig field is not an integer of at least ``minimum`` (bools are rejected)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise TrtoptError(f"TimingConfig.{field} must be an integer >= {minimum}, got {value!r}",
+                          f"set {field} to a whole number of at least {minimum}")
+
+
+def latency_stats(samples_ms: Sequence[float], batch_size: int) -> dict[str, Any]:
+    """Summarize per-call latencies of one candidate.
+
+    Args:
+        samples_ms: one latency per timed call, in milliseconds (each call processes ``batch_size``
+            samples).
+        batch_size: samples per call, used for throughput.
+
+    Returns:
+        ``iterations``, ``batch_size``, ``latency_ms_{min,mean,p50,p90,p95,p99,max,std}`` (p50 is the
+        median; percentiles use linear interpolation; std is the sample standard deviation, 0 for one
+        call), ``cov_percent`` (std / mean * 100, the run-to-run noise) and
+        ``throughput_samples_per_s`` (batch_size * 1000 / mean latency in ms). Both ratios are None when
+        the mean latency is 0 (a clock too coarse to see the call). The raw samples are not included;
+        keep them beside the statistics if needed.
+
+    Raises:
+        TrtoptError: if there are no samples, a sample is negative or not finite, or batch_size < 1.
+    """
+    values = np.asarray(samples_ms, dtype=np.float64).ravel()
+    if values.size == 0:
+        raise TrtoptError("cannot compute latency statistics from zero timed calls",
+                          "time at least one iteration (TimingConfig.iterations >= 1)")
+    if not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise TrtoptError("latency samples must be finite and non-negative milliseconds",
+                          "pass the per-call times measured by time_interleaved")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise TrtoptError(f"batch_size must be an integer >= 1, got {batch_size!r}",
+                          "pass the number of samples each timed call processes")
+    mean = float(values.mean())
+    std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+    stats: dict[str, Any] = {
+        "iterations": int(values.size),
+        "batch_size": batch_size,
+        "latency_ms_min": float(values.min()),
+        "latency_ms_mean": mean,
+    }
+    percentiles = np.percentile(values, [percent for _, percent in _LATENCY_PERCENTILES])
+    stats.update({key: float(value)
+                  for (key, _), value in zip(_LATENCY_PERCENTILES, percentiles, strict=True)})
+    stats.update({
+        "latency_ms_max": float(values.max()),
+        "latency_ms_std": std,
+        "cov_percent": std / mean * 100.0 if mean > 0 else None,
+        "throughput_samples_per_s": batch_size * 1000.0 / mean if mean > 0 else None,
+    })
+    return stats
+
+
+def _feeds_per_runner(names: Sequence[str],
+                      feed: Mapping[str, np.ndarray] | Mapping[str, Mapping[str, np.ndarray]],
+                      ) -> dict[str, dict[str, np.ndarray]]:
+    """Resolve ``feed`` to one input dict per runner name.
+
+    ``feed`` is per runner when its keys are exactly the runner names and every value is itself a
+    mapping (input name -> array); otherwise it is one feed shared by all runners. Dicts are built once
+    here so that no copying happens inside the timed loop.
+    """
+    if set(feed) == set(names) and all(isinstance(value, Mapping) for value in feed.values()):
+        return {name: dict(feed[name]) for name in names}
+    if any(isinstance(value, Mapping) for value in feed.values()):
+        raise TrtoptError(
+            f"feed looks like one feed per runner but its keys {sorted(feed)} are not the runner names "
+            f"{sorted(names)}",
+            "give exactly one feed per runner, keyed by runner name, or one shared feed "
+            "(input name -> array)")
+    shared = dict(feed)
+    return {name: shared for name in names}
+
+
+def time_interleaved(runners: Mapping[str, Runner],
+                     feed: Mapping[str, np.ndarray] | Mapping[str, Mapping[str, np.ndarray]],
+                     config: TimingConfig,
+                     on_iteration: Callable[[int, int], None] | None = None) -> dict[str, list[float]]:
+    """Time several runners against each other, interleaved, and return each call's latency.
+
+    First every runner is warmed up with ``config.warmup_iterations`` untimed calls, in turn. Then the
+    timed phase runs in rounds; a round calls every runner once, starting at runner ``r mod n`` in round
+    ``r`` so that no runner is always first. Each call is timed alone with ``time.perf_counter_ns``.
+    With ``config.duration_s`` unset there are ``config.iterations`` rounds; with it set, rounds continue
+    until the timed phase has lasted ``duration_s * len(runners)`` seconds and at least
+    ``config.min_iterations`` rounds are done.
+
+    Args:
+        runners: name -> runner (an object with ``infer(feed) -> outputs``); the order of the mapping is
+            the order within a round.
+        feed: either one feed (input name -> array) shared by all runners, or one feed per runner keyed
+            by runner name (for candidates whose input names or dtypes differ).
+        config: counts and duration.
+        on_iteration: called as ``on_iteration(rounds_done, total_rounds)`` after each timed round, for
+            progress display; ``total_rounds`` is -1 in duration mode, where it is not known up front.
+
+    Returns:
+        Runner name -> list of per-call latencies in milliseconds, in round order (index ``i`` of every
+        list was timed in round ``i``, which :func:`speedup_interval` relies on for pairing).
+
+    Raises:
+        TrtoptError: if there are no runners or the feed does not fit them.
+    """
+    names = list(runners)
+    if not names:
+        raise TrtoptError("no runners to time", "pass at least one name -> runner")
+    feeds = _feeds_per_runner(names, feed)
+    calls = [(name, runners[name].infer, feeds[name]) for name in names]
+    for _warmup in range(config.warmup_iterations):
+        for _name, infer, inputs in calls:
+            infer(inputs)
+
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    total_rounds = -1 if config.duration_s is not None else config.iterations
+    budget_ns = None if config.duration_s is None else int(config.duration_s * len(names) * 1e9)
+    started_ns = time.perf_counter_ns()
+    round_index = 0
+    while True:
+        if budget_ns is None:
+            if round_index >= config.iterations:
+                break
+        elif (round_index >= config.min_iterations
+              and time.perf_counter_ns() - started_ns >= budget_ns):
+            break
+        start = round_index % len(calls)
+        for name, infer, inputs in calls[start:] + calls[:start]:
+            begin_ns = time.perf_counter_ns()
+            infer(inputs)
+            samples[name].append((time.perf_counter_ns() - begin_ns) / 1e6)
+        round_index += 1
+        if on_iteration is not None:
+            on_iteration(round_index, total_rounds)
+    return samples
+
+
+def _bootstrap_median_ratios(baseline: np.ndarray, candidate: np.ndarray, paired: bool,
+                             config: TimingConfig) -> np.ndarray:
+    """``config.bootstrap_samples`` resampled values of median(baseline) / median(candidate).
+
+    Paired: each resample draws round indices once and uses them on both sides. Independent: each side
+    draws its own indices. Resamples are drawn in chunks of about ``_BOOTSTRAP_CHUNK_ELEMENTS`` values
+    to vectorize without unbounded memory.
+    """
+    rng = np.random.default_rng(config.seed)
+    per_resample = baseline.size if paired else baseline.size + candidate.size
+    chunk = max(1, _BOOTSTRAP_CHUNK_ELEMENTS // per_resample)
+    ratios = np.empty(config.bootstrap_samples, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for first in range(0, config.bootstrap_samples, chunk):
+            count = min(chunk, config.bootstrap_samples - first)
+            baseline_index = rng.integers(0, baseline.size, size=(count, baseline.size))
+            candidate_index = baseline_index if paired else rng.integers(
+                0, candidate.size, size=(count, candidate.size))
+            ratios[first:first + count] = (np.median(baseline[baseline_index], axis=1)
+                                           / np.median(candidate[candidate_index], axis=1))
+    return ratios
+
+
+def speedup_interval(baseline_ms: Sequence[float], candidate_ms: Sequence[float],
+                     config: TimingConfig) -> dict[str, Any]:
+    """Speedup of a candidate over a baseline, with a bootstrap confidence interval.
+
+    The speedup is ``median(baseline_ms) / median(candidate_ms)`` (unitless; above 1 means the candidate
+    is faster). The interval is the percentile interval of ``config.bootstrap_samples`` bootstrap
+    resamples at level ``config.confidence``, seeded by ``config.seed`` (same inputs, same interval).
+    When both lists have the same length they are taken to be interleaved rounds (as returned by
+    :func:`time_interleaved`) and resampled in pairs, so drift shared within a round cancels; otherwise
+    each side is resampled independently.
+
+    Args:
+        baseline_ms: per-call latencies of the baseline, milliseconds.
+        candidate_ms: per-call latencies of the candidate, milliseconds.
+        config: bootstrap size, confidence level and seed.
+
+    Returns:
+        ``speedup``, ``speedup_ci_low``, ``speedup_ci_high``, ``confidence``, ``bootstrap_samples`` and
+        ``method`` (which bootstrap was used).
+
+    Raises:
+        TrtoptError: if either list is empty or has a non-positive median.
+    """
+    baseline = np.asarray(baseline_ms, dtype=np.float64).ravel()
+    candidate = np.asarray(candidate_ms, dtype=np.float64).ravel()
+    for side, values in (("baseline", baseline), ("candidate", candidate)):
+        if values.size == 0 or not np.all(np.isfinite(values)):
+            raise TrtoptError(f"{side} latencies must be a non-empty list of finite milliseconds",
+                              "time at least one iteration of each candidate")
+        if np.median(values) <= 0:
+            raise TrtoptError(f"{side} median latency is {np.median(values)} ms; a speedup needs it above 0",
+                              "time a workload long enough for the clock to resolve")
+    paired = baseline.size == candidate.size
+    ratios = _bootstrap_median_ratios(baseline, candidate, paired, config)
+    alpha = 1.0 - config.confidence
+    low, high = np.quantile(ratios, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return {
+        "speedup": float(np.median(baseline) / np.median(candidate)),
+        "speedup_ci_low": float(low),
+        "speedup_ci_high": float(high),
+        "confidence": config.confidence,
+        "bootstrap_samples": config.bootstrap_samples,
+        "method": ("paired bootstrap of the median ratio" if paired
+                   else "independent bootstrap of the median ratio"),
+    }
+
+
+def compare_latency(samples: Mapping[str, Sequence[float]], baseline: str, batch_size: int,
+                    config: TimingConfig) -> dict[str, Any]:
+    """Latency statistics of every candidate and each one's speedup over the baseline.
+
+    Args:
+        samples: candidate name -> per-call latencies in milliseconds (e.g. from :func:`time_interleaved`).
+        baseline: name of the candidate the others are compared with.
+        batch_size: samples per call, for throughput.
+        config: bootstrap settings for the speedup intervals; also recorded in the result.
+
+    Returns:
+        ``{"baseline": name, "batch_size": n, "timing": config.to_dict(), "candidates": {name: stats}}``
+        where ``stats`` is :func:`latency_stats` and, for every candidate but the baseline, also
+        ``speedup_vs_baseline`` from :func:`speedup_interval`.
+
+    Raises:
+        TrtoptError: if ``baseline`` is not one of the candidates.
+    """
+    if baseline not in samples:
+        raise TrtoptError(f"baseline '{baseline}' is not among the timed candidates {sorted(samples)}",
+                          "name one of the timed candidates as the baseline")
+    candidates: dict[str, dict[str, Any]] = {}
+    for name, values in samples.items():
+        stats = latency_stats(values, batch_size)
+        if name != baseline:
+            stats["speedup_vs_baseline"] = speedup_interval(samples[baseline], values, config)
+        candidates[name] = stats
+    return {"baseline": baseline, "batch_size": batch_size, "timing": config.to_dict(),
+            "candidates": candidates}

