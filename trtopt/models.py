@@ -86,7 +86,7 @@ def is_onnx_path(spec: str) -> bool:
 
 
 def load_model(spec: str, checkpoint: str | os.PathLike | None = None, pretrained: bool = False,
-               input_shape: tuple[int, ...] | None = None) -> LoadedModel:
+               input_shape: tuple[int, ...] | None = None, seed: int = 0) -> LoadedModel:
     """Load ``spec`` (see module docstring) on the CPU in eval mode.
 
     Args:
@@ -94,6 +94,7 @@ def load_model(spec: str, checkpoint: str | os.PathLike | None = None, pretraine
         checkpoint: a state-dict/checkpoint file loaded strictly into the architecture.
         pretrained: ask for the hub's pretrained weights (fails offline unless already cached).
         input_shape: override the input shape (without batch) of a single-input model.
+        seed: seed for randomly initialized weights.
 
     Raises:
         TrtoptError: unknown spec, missing file, weights that don't fit, offline hub request.
@@ -101,7 +102,13 @@ def load_model(spec: str, checkpoint: str | os.PathLike | None = None, pretraine
     if is_onnx_path(spec):
         raise TrtoptError(f"{spec} is an ONNX file, not a PyTorch model",
                           "use it where an ONNX model is expected (trtopt bench/compare accept it directly)")
-    loaded = _load_architecture(spec, pretrained)
+    import torch
+
+    # Random-init architectures get the same weights every time (reproducible numbers, and a model
+    # loaded twice, e.g. as reference and as candidate, is the same model); the global RNG is untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        loaded = _load_architecture(spec, pretrained)
     if checkpoint is not None:
         load_checkpoint_(loaded.module, checkpoint)
     if input_shape is not None:

@@ -25,10 +25,11 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from trtopt.backends.base import Runner
 from trtopt.errors import TrtoptError
 
 #: Percentiles reported by :func:`latency_stats`, as (key, percent) pairs.
@@ -42,13 +43,6 @@ _LATENCY_PERCENTILES = (
 #: Upper bound on the number of resampled values held at once by :func:`speedup_interval` (~32 MiB of
 #: int64 indices), so long runs with many bootstrap samples do not allocate gigabytes.
 _BOOTSTRAP_CHUNK_ELEMENTS = 4_000_000
-
-
-class Runner(Protocol):
-    """What the harness needs from a backend session: one synchronous inference call."""
-
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the model on ``feed`` (input name -> array) and return output name -> host array."""
 
 
 @dataclass(frozen=True)

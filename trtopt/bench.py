@@ -1,0 +1,146 @@
+"""Side-by-side latency of several models: open each on its backend, time them interleaved per batch size.
+
+A *candidate* is one model on one backend: a PyTorch spec runs eagerly in PyTorch, an ``.onnx`` file runs
+in ONNX Runtime. All candidates get the same inputs and the same thread count, and are timed in one
+process, interleaved, so the speedup of each against the first (the baseline) is like for like.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trtopt.artifacts import OnnxArtifact, inspect_onnx
+from trtopt.backends.base import Runner
+from trtopt.config import OrtConfig
+from trtopt.data import Feed, take_batch
+from trtopt.errors import TrtoptError
+from trtopt.models import InputSpec, LoadedModel, is_onnx_path, load_model, parameter_bytes, parameter_count
+from trtopt.profile import TimingConfig, compare_latency, time_interleaved
+
+
+@dataclass
+class Candidate:
+    """One model on one backend, opened and ready to time.
+
+    Attributes:
+        name: label in reports ("pytorch-fp32", "resnet18.onnx").
+        backend / precision: what runs it.
+        runner: the open runner.
+        inputs: its inputs (without batch axis), used to build feeds.
+        size_bytes: deployable size (ONNX incl. side files; parameter bytes for a PyTorch model).
+        parameters: parameter count when known.
+        source: the spec or path it came from.
+    """
+
+    name: str
+    backend: str
+    precision: str
+    runner: Runner
+    inputs: tuple[InputSpec, ...]
+    size_bytes: int | None = None
+    parameters: int | None = None
+    source: str = ""
+    artifact: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "backend": self.backend, "precision": self.precision, "source": self.source,
+                "size_bytes": self.size_bytes, "parameters": self.parameters, "runner": self.runner.describe()}
+
+
+def torch_candidate(loaded: LoadedModel, name: str = "pytorch-fp32", threads: int | None = None) -> Candidate:
+    """The eager PyTorch FP32 model as a candidate (the baseline of every report)."""
+    from trtopt.backends import get_backend
+
+    runner = get_backend("torch").load(loaded, threads=threads)
+    return Candidate(name, "torch", "fp32", runner, loaded.inputs, size_bytes=parameter_bytes(loaded.module),
+                     parameters=parameter_count(loaded.module), source=loaded.spec)
+
+
+def onnx_candidate(artifact: OnnxArtifact | str | os.PathLike, name: str | None = None,
+                   ort: OrtConfig = OrtConfig(), input_shapes: dict[str, tuple[int, ...]] | None = None) -> Candidate:
+    """An ONNX model in ONNX Runtime as a candidate."""
+    from trtopt.backends import get_backend
+
+    art = artifact if isinstance(artifact, OnnxArtifact) else inspect_onnx(artifact)
+    runner = get_backend("onnxruntime").load(art, config=ort)
+    return Candidate(name or art.path.name, "onnxruntime", "fp32", runner, onnx_input_specs(art, input_shapes),
+                     size_bytes=art.size_bytes, source=str(art.path), artifact=art.to_dict())
+
+
+def onnx_input_specs(art: OnnxArtifact, overrides: dict[str, tuple[int, ...]] | None = None) -> tuple[InputSpec, ...]:
+    """Input specs (without batch axis) from an ONNX signature; symbolic non-batch axes need an override."""
+    overrides = overrides or {}
+    specs = []
+    for t in art.inputs:
+        if t.name in overrides:
+            shape = tuple(overrides[t.name])
+        else:
+            shape = t.shape[1:]
+            if any(not isinstance(d, int) or d <= 0 for d in shape):
+                raise TrtoptError(f"input {t.name!r} of {art.path.name} has symbolic axes {list(t.shape)}",
+                                  f"pass --input-shape {t.name}:DIMS (without the batch axis, e.g. 3x224x224)")
+        high = 2 if t.dtype == "bool" else (100 if "int" in t.dtype else 1.0)
+        specs.append(InputSpec(t.name, tuple(int(d) for d in shape), t.dtype, 0, high))
+    return tuple(specs)
+
+
+def open_candidate(source: str, threads: int | None = None, ort: OrtConfig | None = None,
+                   input_shapes: dict[str, tuple[int, ...]] | None = None, checkpoint: str | None = None) -> Candidate:
+    """Open a spec: ``.onnx`` → ONNX Runtime, anything else → PyTorch eager (see `trtopt.models`)."""
+    if is_onnx_path(source):
+        return onnx_candidate(source, ort=ort or OrtConfig(intra_op_threads=threads), input_shapes=input_shapes)
+    single = next(iter(input_shapes.values())) if input_shapes and len(input_shapes) == 1 else None
+    loaded = load_model(source, checkpoint=checkpoint, input_shape=single)
+    return torch_candidate(loaded, name=source, threads=threads)
+
+
+def bench(candidates: Sequence[Candidate], feed: Feed, batch_sizes: Sequence[int], timing: TimingConfig = TimingConfig(),
+          on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Time every candidate at every batch size, interleaved; the first candidate is the baseline.
+
+    Args:
+        candidates: opened candidates (all must accept ``feed``'s input names).
+        feed: real or random inputs; batches are taken from it (wrapping when it is smaller).
+        batch_sizes: batch sizes to time.
+        timing: warm-up, iterations or duration, bootstrap settings.
+        on_progress: called as ``(label, done, total)`` while timing (total = -1 with a duration).
+
+    Returns:
+        ``{"baseline": name, "candidates": [describe()...], "per_batch": [compare_latency(...) per batch]}``.
+    """
+    if not candidates:
+        raise TrtoptError("nothing to benchmark", "name at least one model or ONNX file")
+    names = [c.name for c in candidates]
+    if len(set(names)) != len(names):
+        raise TrtoptError(f"candidate names repeat: {names}", "give each model once")
+    per_batch = []
+    for batch_size in batch_sizes:
+        batch = take_batch(feed, batch_size)
+        feeds = {c.name: _feed_for(c, batch) for c in candidates}
+        callback = (lambda done, total, b=batch_size: on_progress(f"batch {b}", done, total)) if on_progress else None
+        samples = time_interleaved({c.name: c.runner for c in candidates}, feeds, timing, on_iteration=callback)
+        per_batch.append(compare_latency(samples, names[0], batch_size, timing))
+    return {"baseline": names[0], "candidates": [c.describe() for c in candidates], "per_batch": per_batch}
+
+
+def _feed_for(candidate: Candidate, batch: Feed) -> Feed:
+    checker = getattr(candidate.runner, "check_feed", None)
+    return checker(batch) if checker else batch
+
+
+def run_all(candidate: Candidate, feed: Feed, batch_size: int = 8) -> dict[str, Any]:
+    """Outputs of ``candidate`` over every sample of ``feed``, concatenated (for accuracy comparisons)."""
+    from trtopt.compare import concat_batches
+    from trtopt.data import iter_batches
+
+    return concat_batches([candidate.runner.infer(_feed_for(candidate, b)) for b in iter_batches(feed, batch_size)])
+
+
+def default_output_path(spec: str, out_dir: str | os.PathLike = ".") -> Path:
+    """``<out_dir>/<model name>.onnx`` for a spec like ``torchvision:resnet18``."""
+    stem = spec.rsplit(":", 1)[-1].rsplit("/", 1)[-1].rsplit(".", 1)[0] if not is_onnx_path(spec) else Path(spec).stem
+    return Path(out_dir) / f"{stem}.onnx"

@@ -1,0 +1,306 @@
+"""The ``trtopt`` command: a thin layer of flags over the library's functions.
+
+User errors (`TrtoptError`) print one line, ``trtopt: error: <problem>; fix: <what to do>``, and exit 2
+with no traceback; ``--debug`` shows it. Logging and progress display are configured here, never in the
+library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from trtopt._version import __version__
+from trtopt.errors import TrtoptError
+
+EXIT_USAGE = 2
+EXIT_CHECK_FAILED = 1
+
+
+def parse_shapes(values: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
+    """``["3x224x224"]`` or ``["input_ids:64", "attention_mask:64"]`` → {name or "": dims}."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for value in values or []:
+        name, _, dims = value.rpartition(":")
+        try:
+            shape = tuple(int(d) for d in dims.lower().replace(",", "x").split("x") if d)
+        except ValueError:
+            raise TrtoptError(f"cannot read input shape {value!r}", "write it as 3x224x224 or NAME:3x224x224") from None
+        if not shape or any(d <= 0 for d in shape):
+            raise TrtoptError(f"input shape {value!r} has no or non-positive dimensions", "e.g. 3x224x224")
+        shapes[name] = shape
+    return shapes
+
+
+def _console(args: argparse.Namespace):
+    from rich.console import Console
+
+    return Console(stderr=True, quiet=args.quiet)
+
+
+def _step_printer(args: argparse.Namespace):
+    console = _console(args)
+    return lambda msg: console.print(f"[dim]·[/dim] {msg}")
+
+
+def _progress(args: argparse.Namespace):
+    """A rich progress bar fed by ``(label, done, total)`` callbacks; returns (context, callback)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=_console(args), transient=True, disable=args.quiet)
+    tasks: dict[str, Any] = {}
+
+    def update(label: str, done: int, total: int) -> None:
+        if label not in tasks:
+            tasks[label] = progress.add_task(f"timing {label}", total=total if total > 0 else None)
+        progress.update(tasks[label], completed=done)
+
+    return progress, update
+
+
+def _write_json(path: str | None, data: Any, force: bool) -> None:
+    if path:
+        from trtopt.files import write_json
+
+        write_json(path, data, force=force)
+
+
+def _timing(args: argparse.Namespace):
+    from trtopt.profile import TimingConfig
+
+    return TimingConfig(warmup_iterations=args.warmup, iterations=args.iterations, duration_s=args.duration,
+                        min_iterations=min(10, args.iterations))
+
+
+def _feed_for(args: argparse.Namespace, inputs, preprocess=None, count=None):
+    from trtopt.data import load_feed
+
+    return load_feed(args.data, inputs, count=count or args.samples, seed=args.seed, preprocess=preprocess)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from trtopt.compare import Tolerances
+    from trtopt.config import ExportConfig
+    from trtopt.export import export_onnx
+    from trtopt.models import load_model
+
+    shapes = parse_shapes(args.input_shape)
+    loaded = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
+                        input_shape=next(iter(shapes.values())) if len(shapes) == 1 else None)
+    config = ExportConfig(opset=args.opset, dynamic_batch=not args.static_batch, exporter=args.exporter,
+                          simplify=not args.no_simplify, external_data=args.external_data, check_parity=not args.no_parity,
+                          parity=Tolerances(atol=args.atol, rtol=args.rtol, min_cosine=args.min_cosine))
+    feed = _feed_for(args, loaded.inputs, loaded.preprocess, count=max(args.samples or 8, 8))
+    artifact = export_onnx(loaded, args.output, config, feed=feed, force=args.force, on_step=_step_printer(args))
+    result = artifact.to_dict()
+    _write_json(args.json, result, args.force)
+    parity = ", ".join(f"{k}: max abs {v['outputs'][0]['max_abs_error']:.2e}, cosine {v['outputs'][0]['cosine']:.6f}"
+                       for k, v in artifact.parity.items())
+    print(f"wrote {artifact.path} ({artifact.size_bytes / 1e6:.2f} MB, {artifact.exporter} exporter, opset {artifact.opset})"
+          + (f"; parity {parity}" if parity else ""))
+    for note in artifact.notes:
+        print(f"  note: {note}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from trtopt.bench import bench, open_candidate
+    from trtopt.report import build_report, markdown_table, render_markdown
+
+    shapes = parse_shapes(args.input_shape)
+    if args.json:
+        from trtopt.files import ensure_writable
+
+        ensure_writable(args.json, args.force)
+    candidates = [open_candidate(m, threads=args.threads, input_shapes=_named(shapes, None), checkpoint=args.checkpoint)
+                  for m in args.models]
+    shapes_named = {s.name: s.shape for s in candidates[0].inputs}
+    preprocess = getattr(getattr(candidates[0].runner, "loaded", None), "preprocess", None)
+    feed = _feed_for(args, candidates[0].inputs, preprocess)
+    progress, update = _progress(args)
+    with progress:
+        result = bench(candidates, feed, args.batch_sizes, _timing(args), on_progress=update)
+    report = build_report("trtopt bench", result, recipe={"models": args.models, "batch_sizes": args.batch_sizes,
+                                                           "threads": args.threads, "data": args.data or "random",
+                                                           "input_shapes": shapes_named})
+    _write_json(args.json, report, args.force)
+    print(render_markdown(report) if args.markdown else markdown_table(report["rows"]))
+    return 0
+
+
+def _named(shapes: dict[str, tuple[int, ...]], default_name: str | None) -> dict[str, tuple[int, ...]] | None:
+    if not shapes:
+        return None
+    return {(k or default_name or "input"): v for k, v in shapes.items()}
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from trtopt.bench import open_candidate, run_all
+    from trtopt.compare import Tolerances, compare_outputs
+
+    shapes = _named(parse_shapes(args.input_shape), None)
+    reference = open_candidate(args.reference, threads=args.threads, input_shapes=shapes, checkpoint=args.checkpoint)
+    candidate = open_candidate(args.candidate, threads=args.threads, input_shapes=shapes)
+    preprocess = getattr(getattr(reference.runner, "loaded", None), "preprocess", None)
+    feed = _feed_for(args, reference.inputs, preprocess)
+    tol = Tolerances(atol=args.atol, rtol=args.rtol, min_cosine=args.min_cosine)
+    result = compare_outputs(run_all(reference, feed), run_all(candidate, feed), tol)
+    result.update(reference=args.reference, candidate=args.candidate, samples=len(next(iter(feed.values()))))
+    _write_json(args.json, result, args.force)
+    for out in result["outputs"]:
+        agree = "" if out["top1_agreement"] is None else f", top-1 agreement {out['top1_agreement']:.3f}"
+        print(f"{'PASS' if out['passed'] else 'FAIL'} {out['output']}: max abs {out['max_abs_error']:.3e}, "
+              f"max rel {out['max_rel_error']:.3e}, p99 abs {out['abs_error_p99']:.3e}, cosine {out['cosine']}{agree}")
+    if not result["passed"]:
+        from trtopt.compare import failed_outputs_message
+
+        print(f"trtopt: outputs differ beyond tolerances: {failed_outputs_message(result)}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from trtopt.doctor import diagnose
+
+    found = diagnose()
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    env = found["environment"]
+    print(f"trtopt {__version__} · Python {env['python']} · {env['cpu_model']} ({env['cpu_count_logical']} CPUs)")
+    for name, pkg in sorted(env["packages"].items()):
+        print(f"  {name:18} {pkg}")
+    print("backends:")
+    for name, b in found["backends"].items():
+        print(f"  {name:12} {'yes' if b['available'] else 'no ':3}  {b['detail']}")
+    ort = found["onnxruntime"]
+    if ort["available"]:
+        print(f"onnxruntime providers: {', '.join(ort['providers'])}")
+    cuda = found["cuda"]
+    print(f"CUDA: {'%d device(s)' % cuda['device_count'] if cuda['available'] else cuda['reason']}")
+    print(f"GPU: {', '.join(g['name'] for g in found['gpus']) or 'none'}")
+    for line in found["advice"]:
+        print(f"advice: {line}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from trtopt.demo import default_recipe, run_demo
+    from trtopt.report import markdown_table
+
+    progress, update = _progress(args)
+    with progress:
+        report, paths = run_demo(default_recipe(iterations=args.iterations), args.out, force=args.force,
+                                 on_step=_step_printer(args), on_progress=update)
+    print(markdown_table(report["rows"]))
+    print(f"\nreport: {paths['markdown']} (data: {paths['json']}); model: {paths['onnx']}")
+    return 0
+
+
+def _add_timing(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], metavar="N", help="batch sizes (default 1 8)")
+    p.add_argument("--iterations", type=int, default=100, help="timed calls per candidate and batch size (default 100)")
+    p.add_argument("--duration", type=float, default=None, metavar="S", help="time for S seconds per candidate instead")
+    p.add_argument("--warmup", type=int, default=10, help="untimed calls first (default 10)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch and ONNX Runtime alike")
+
+
+def _add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, help="inputs: .npy/.npz, an image folder, skimage:photos (default: random)")
+    p.add_argument("--samples", type=int, default=None, help="number of samples (random data: default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random inputs")
+    p.add_argument("--input-shape", action="append", metavar="[NAME:]DIMS",
+                   help="input shape without batch, e.g. 3x224x224 (repeat per input)")
+
+
+def _add_tolerances(p: argparse.ArgumentParser, atol: float, rtol: float, cosine: float) -> None:
+    p.add_argument("--atol", type=float, default=atol, help=f"absolute tolerance (default {atol})")
+    p.add_argument("--rtol", type=float, default=rtol, help=f"relative tolerance (default {rtol})")
+    p.add_argument("--min-cosine", type=float, default=cosine, help=f"minimum cosine similarity (default {cosine})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trtopt", description="Make PyTorch models small and fast for NVIDIA "
+                                     "inference, and prove it with numbers.")
+    parser.add_argument("--version", action="version", version=f"trtopt {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    # The same two flags after the subcommand too (``trtopt export ... -q``); SUPPRESS keeps the global value.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress display")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("export", parents=[common], help="export a PyTorch model to ONNX and check parity with PyTorch")
+    p.add_argument("model", help="torchvision:NAME, timm:NAME, zoo:NAME, package.module:factory, or a TorchScript file")
+    p.add_argument("-o", "--output", required=True, help="destination .onnx file")
+    p.add_argument("--checkpoint", help="state dict / checkpoint to load into the architecture")
+    p.add_argument("--pretrained", action="store_true", help="hub weights (must already be in the local cache)")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto")
+    p.add_argument("--static-batch", action="store_true", help="fix the batch axis instead of making it dynamic")
+    p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+    p.add_argument("--external-data", choices=("auto", "always", "never"), default="auto")
+    p.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    p.add_argument("--json", help="write the artifact record (sizes, hashes, parity) here")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    _add_data(p)
+    _add_tolerances(p, 1e-4, 1e-3, 0.9999)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench", parents=[common], help="time models side by side (interleaved); the first is the baseline")
+    p.add_argument("models", nargs="+", help="model specs (PyTorch eager) and/or .onnx files (ONNX Runtime)")
+    p.add_argument("--checkpoint", help="checkpoint for the PyTorch model specs")
+    p.add_argument("--json", help="write the report JSON here")
+    p.add_argument("--markdown", action="store_true", help="print the full Markdown report")
+    p.add_argument("--force", action="store_true", help="overwrite --json")
+    _add_timing(p)
+    _add_data(p)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("compare", parents=[common], help="compare a candidate's outputs with a reference's (exit 1 if they differ)")
+    p.add_argument("reference", help="model spec or .onnx file")
+    p.add_argument("candidate", help="model spec or .onnx file")
+    p.add_argument("--checkpoint", help="checkpoint for a PyTorch reference")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", help="write the comparison JSON here")
+    p.add_argument("--force", action="store_true", help="overwrite --json")
+    _add_data(p)
+    _add_tolerances(p, 1e-4, 1e-3, 0.999)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("doctor", parents=[common], help="what this machine can run and what to install")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("demo", parents=[common], help="the main job: real pretrained model + real photos, export, parity, profile, report")
+    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--iterations", type=int, default=100, help="timed calls per variant and batch size")
+    p.add_argument("--force", action="store_true", help="overwrite an existing run directory's outputs")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except TrtoptError as e:
+        if args.debug:
+            raise
+        print(f"trtopt: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("trtopt: interrupted; no partial outputs were kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

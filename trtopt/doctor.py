@@ -1,0 +1,65 @@
+"""What this machine can run: backends, providers, TensorRT, CUDA, GPU, and what to install.
+
+Every probe catches its own failure and reports it as data, so ``trtopt doctor`` works on any machine.
+CUDA is probed through cuda-python's runtime (``cudaGetDeviceCount`` returns an error code instead of
+raising when there is no GPU), never by creating a TensorRT object: on a machine without a GPU those can
+come back half-initialized and crash later.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trtopt import backends
+from trtopt.environment import environment, gpus, package_version
+
+
+def probe_cuda() -> dict[str, Any]:
+    """CUDA device count and driver version via cuda-python, without raising."""
+    if package_version("cuda-bindings") is None and package_version("cuda-python") is None:
+        return {"available": False, "reason": "cuda-python is not installed"}
+    try:
+        from cuda.bindings import runtime
+    except ImportError:
+        try:
+            from cuda import cudart as runtime  # cuda-python < 12.6 layout
+        except ImportError as e:
+            return {"available": False, "reason": f"cuda-python does not import ({e})"}
+    err, count = runtime.cudaGetDeviceCount()
+    if int(err) != 0 or count == 0:
+        return {"available": False, "reason": f"no CUDA device ({getattr(err, 'name', err)})", "device_count": 0}
+    _, driver = runtime.cudaDriverGetVersion()
+    _, rt = runtime.cudaRuntimeGetVersion()
+    return {"available": True, "device_count": count, "driver_version": driver, "runtime_version": rt}
+
+
+def probe_onnxruntime() -> dict[str, Any]:
+    """ONNX Runtime version and execution providers of this build."""
+    try:
+        import onnxruntime
+    except ImportError as e:
+        return {"available": False, "reason": str(e)}
+    return {"available": True, "version": onnxruntime.__version__,
+            "providers": onnxruntime.get_available_providers(), "device": onnxruntime.get_device()}
+
+
+def diagnose() -> dict[str, Any]:
+    """The doctor's findings as data: environment, backends, CUDA, GPUs and advice lines."""
+    found: dict[str, Any] = {"environment": environment(), "backends": {}}
+    for name in backends.names():
+        ok, detail = backends.get_backend(name).availability()
+        found["backends"][name] = {"available": ok, "detail": detail,
+                                   "capabilities": backends.get_backend(name).capabilities.to_dict()}
+    found["onnxruntime"] = probe_onnxruntime()
+    found["cuda"] = probe_cuda()
+    found["gpus"] = gpus()
+    advice = []
+    if not found["backends"]["tensorrt"]["available"]:
+        advice.append("TensorRT: on a machine with an NVIDIA GPU, pip install 'trtopt[tensorrt]' "
+                      "(JetPack ships it on Jetson); until then export ONNX and time it with ONNX Runtime")
+    if not found["cuda"]["available"]:
+        advice.append("CUDA: no GPU visible; timing runs on the CPU with ONNX Runtime and PyTorch")
+    if package_version("efficientnet-lite-pytorch") is None:
+        advice.append("Real models for the demo: pip install 'trtopt[models]'")
+    found["advice"] = advice
+    return found

@@ -1,0 +1,148 @@
+"""The JSON report is the source of truth; Markdown is rendered from it.
+
+A report holds the environment that produced it, the resolved recipe, every variant (model on a backend
+at a precision) with its size, latency per batch size and accuracy against the FP32 PyTorch original,
+and the seed formulas computed from those numbers (compression ratio, speedup ratio). Tables are built
+from rows (`variant_rows`), never by editing strings.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from trtopt import metrics
+from trtopt.environment import environment
+from trtopt.files import write_json, write_text
+
+REPORT_VERSION = 1
+
+
+def build_report(title: str, bench_result: Mapping[str, Any], accuracy: Mapping[str, Any] | None = None,
+                 recipe: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Assemble a report dict from a `trtopt.bench.bench` result and optional accuracy results.
+
+    Args:
+        title: headline of the rendered report.
+        bench_result: candidates and per-batch latency (the first candidate is the baseline).
+        accuracy: per candidate name, a `trtopt.compare.compare_outputs` result against the baseline.
+        recipe: the resolved recipe/config, saved for reproducibility.
+        extra: any further sections (model info, parity, predictions).
+    """
+    report: dict[str, Any] = {
+        "report_version": REPORT_VERSION,
+        "title": title,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "environment": environment(),
+        "recipe": dict(recipe or {}),
+        "baseline": bench_result["baseline"],
+        "candidates": list(bench_result["candidates"]),
+        "latency": list(bench_result["per_batch"]),
+        "accuracy": dict(accuracy or {}),
+    }
+    report.update(extra or {})
+    report["rows"] = variant_rows(report)
+    return report
+
+
+def variant_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per (candidate, batch size) with the seed numbers, units in the keys."""
+    baseline = next(c for c in report["candidates"] if c["name"] == report["baseline"])
+    rows = []
+    for per_batch in report["latency"]:
+        base_p50 = per_batch["candidates"][report["baseline"]]["latency_ms_p50"]
+        for cand in report["candidates"]:
+            stats = per_batch["candidates"][cand["name"]]
+            speed = stats.get("speedup_vs_baseline") or {}
+            acc = report["accuracy"].get(cand["name"]) or {}
+            first = (acc.get("outputs") or [{}])[0]
+            size = cand.get("size_bytes")
+            rows.append({
+                "variant": cand["name"],
+                "backend": cand["backend"],
+                "precision": cand["precision"],
+                "size_bytes": size,
+                "compression_ratio": metrics.compression_ratio(baseline["size_bytes"], size)
+                if size and baseline.get("size_bytes") else None,
+                "parameters": cand.get("parameters"),
+                "batch_size": per_batch["batch_size"],
+                "latency_ms_p50": stats["latency_ms_p50"],
+                "latency_ms_p99": stats["latency_ms_p99"],
+                "cov_percent": stats["cov_percent"],
+                "throughput_samples_per_s": stats["throughput_samples_per_s"],
+                "speedup_ratio": 1.0 if cand["name"] == report["baseline"]
+                else metrics.speedup_ratio(base_p50, stats["latency_ms_p50"]),
+                "speedup_ci_low": speed.get("speedup_ci_low"),
+                "speedup_ci_high": speed.get("speedup_ci_high"),
+                "top1_agreement": first.get("top1_agreement"),
+                "max_abs_error": first.get("max_abs_error"),
+                "cosine": first.get("cosine"),
+            })
+    return rows
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+_COLUMNS: tuple[tuple[str, str, Callable[[Mapping[str, Any]], str]], ...] = (
+    ("variant", "variant", lambda r: f"{r['variant']}"),
+    ("backend", "backend · precision", lambda r: f"{r['backend']} · {r['precision']}"),
+    ("size", "size (MB)", lambda r: _fmt(r["size_bytes"] / 1e6 if r["size_bytes"] else None, ".2f")),
+    ("compression", "compression ×", lambda r: _fmt(r["compression_ratio"], ".2f")),
+    ("batch", "batch", lambda r: str(r["batch_size"])),
+    ("p50", "p50 (ms)", lambda r: _fmt(r["latency_ms_p50"], ".3f")),
+    ("p99", "p99 (ms)", lambda r: _fmt(r["latency_ms_p99"], ".3f")),
+    ("cov", "CoV %", lambda r: _fmt(r["cov_percent"], ".1f")),
+    ("throughput", "samples/s", lambda r: _fmt(r["throughput_samples_per_s"], ".1f")),
+    ("speedup", "speedup × [95% CI]", lambda r: f"{r['speedup_ratio']:.2f}" + (
+        f" [{r['speedup_ci_low']:.2f}, {r['speedup_ci_high']:.2f}]" if r["speedup_ci_low"] is not None else "")),
+    ("top1", "top-1 agree", lambda r: _fmt(r["top1_agreement"], ".3f")),
+    ("err", "max abs err", lambda r: _fmt(r["max_abs_error"], ".2e")),
+)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns=_COLUMNS) -> str:
+    """Render rows as a GitHub Markdown table with the given (key, header, formatter) columns."""
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(f(r) for _, _, f in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """The report as Markdown: headline table, then environment and provenance."""
+    env = report["environment"]
+    pk = env.get("packages", {})
+    gpu = ", ".join(g.get("name", "?") for g in env.get("gpus", [])) or "none"
+    parts = [
+        f"# {report['title']}",
+        "",
+        f"Baseline: **{report['baseline']}**. Speedup = baseline p50 / variant p50, timed interleaved in one "
+        "process; the interval is a paired bootstrap of the median ratio. Compression = baseline bytes / "
+        "variant bytes (PyTorch: parameter bytes; ONNX: file plus external data).",
+        "",
+        markdown_table(report["rows"]),
+        "",
+        "## Environment",
+        "",
+        f"- CPU: {env['cpu_model']} ({env['cpu_count_logical']} logical CPUs); GPU: {gpu}",
+        f"- Python {env['python']}, torch {pk.get('torch', '–')}, onnxruntime {pk.get('onnxruntime', '–')}, "
+        f"onnx {pk.get('onnx', '–')}, TensorRT {pk.get('tensorrt', 'not installed')}",
+        "- Threads: " + ", ".join(f"{c['name']}: {c['runner'].get('intra_op_threads')}" for c in report["candidates"]),
+        f"- Created {report['created_utc']} by trtopt {env['trtopt']}",
+    ]
+    for section in report.get("notes", []):
+        parts += ["", f"- {section}"]
+    return "\n".join(parts) + "\n"
+
+
+def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike, force: bool = False) -> dict[str, Path]:
+    """Write ``report.json`` and ``report.md`` into ``out_dir`` atomically; returns their paths."""
+    out = Path(out_dir)
+    paths = {"json": out / "report.json", "markdown": out / "report.md"}
+    write_json(paths["json"], report, force=force)
+    write_text(paths["markdown"], render_markdown(report), force=force)
+    return paths
