@@ -24,7 +24,6 @@ def tiny_cnn():
 @pytest.fixture
 def cli_env():
     """Environment for running the ``trtopt`` CLI in a subprocess with tiny models importable."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), env.get("PYTHONPATH", "")])
-    env["HF_HUB_OFFLINE"] = "1"
-    return env
+    from tests_env import cli_environment
+
+    return cli_environment()

@@ -129,6 +129,9 @@ def inspect_onnx(path: str | os.PathLike, **extra: Any) -> OnnxArtifact:
                           "re-export it; the file is corrupt or not ONNX") from e
     if not model.graph.node and not model.graph.output:
         raise TrtoptError(f"{p} is not a readable ONNX model (empty graph)", "re-export it; the file is corrupt or not ONNX")
+    if not model.opset_import:  # required by the ONNX spec; a file cut off at its end loses it last
+        raise TrtoptError(f"{p} is not a readable ONNX model (no opset imports; truncated?)",
+                          "re-export it; the file is corrupt or not ONNX")
     data_files = external_data_files(model, p.parent)
     missing = [f for f in data_files if not f.is_file()]
     if missing:

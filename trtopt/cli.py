@@ -289,7 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # trtopt's own warnings show; third-party libraries' (exporters, optimizers) only with --debug.
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("trtopt").setLevel(logging.DEBUG if args.debug else logging.WARNING)
+    # Third-party deprecation chatter (torch.jit, exporters) would bury trtopt's one-line messages;
+    # route Python warnings into logging and show them only with --debug.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.DEBUG if args.debug else logging.ERROR)
     try:
         return args.func(args)
     except TrtoptError as e:

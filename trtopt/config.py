@@ -62,8 +62,8 @@ class ExportConfig:
     def __post_init__(self) -> None:
         _choice("export.exporter", self.exporter, EXPORTERS)
         _choice("export.external_data", self.external_data, EXTERNAL_DATA)
-        if not 7 <= self.opset <= 25:
-            raise TrtoptError(f"export.opset={self.opset} is outside 7..25", "use an opset such as 17 or 18")
+        if not isinstance(self.opset, int) or isinstance(self.opset, bool) or not 7 <= self.opset <= 25:
+            raise TrtoptError(f"export.opset={self.opset!r} is not an integer in 7..25", "use an opset such as 17 or 18")
         if self.exporter == "dynamo" and self.opset < 18:
             raise TrtoptError(f"the dynamo exporter emits opset >= 18, but export.opset={self.opset}",
                               "use opset 18+ or exporter 'torchscript'")
@@ -154,7 +154,7 @@ def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise TrtoptError(f"unknown key {where}{unknown[0]!r} in {cls.__name__}",
+        raise TrtoptError(f"unknown key {where + unknown[0]!r} in {cls.__name__}",
                           f"valid keys: {', '.join(sorted(names))}")
     kwargs = {k: _coerce(hints[k], v, f"{where}{k}.") for k, v in data.items()}
     try:
@@ -190,17 +190,23 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
 def merge(config: C, overrides: dict[str, Any]) -> C:
     """Return ``config`` with ``overrides`` applied (None values are ignored: "flag not given").
 
-    Nested configs take nested dicts: ``merge(recipe, {"export": {"opset": 17}})``.
+    Nested configs take nested dicts, at any depth: ``merge(recipe, {"export": {"opset": 17}})`` changes
+    only ``export.opset`` and keeps the rest of ``recipe.export``.
     """
-    current = to_dict(config)
+    return from_dict(type(config), _merge_dicts(to_dict(config), overrides))
+
+
+def _merge_dicts(current: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``current`` updated by ``overrides`` at any depth, skipping None values."""
+    merged = dict(current)
     for key, value in overrides.items():
         if value is None:
             continue
-        if isinstance(value, dict) and isinstance(current.get(key), dict):
-            current[key] = {**current[key], **{k: v for k, v in value.items() if v is not None}}
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge_dicts(merged[key], value)
         else:
-            current[key] = value
-    return from_dict(type(config), current)
+            merged[key] = value
+    return merged
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:

@@ -6,7 +6,7 @@ Sources:
     ``file.npy``             one array (single-input models), shape (N, *input_shape)
     ``file.npz``             one array per input name (or one array for a single-input model)
     ``path/to/images/``      an image folder (recursively, sorted), standard preprocessing
-    ``skimage:photos``       20 real photographs shipped inside scikit-image (astronaut, coffee, ...)
+    ``skimage:photos``       19 real photographs shipped inside scikit-image (astronaut, coffee, ...)
     a Python iterable        of feeds (dicts) or arrays, concatenated (see :func:`from_iterable`)
 Everything is deterministic: same source, same seed, same arrays in the same order.
 """

@@ -10,15 +10,16 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from trtopt.artifacts import OnnxArtifact, inspect_onnx
 from trtopt.compare import compare_outputs, failed_outputs_message
 from trtopt.config import ExportConfig, OrtConfig
-from trtopt.data import Feed, random_feed, take_batch
+from trtopt.data import Feed, check_feed, random_feed, take_batch
 from trtopt.errors import TrtoptError
 from trtopt.files import ensure_writable, staging_dir
 from trtopt.models import LoadedModel
@@ -47,22 +48,26 @@ def export_onnx(loaded: LoadedModel, path: str | os.PathLike, config: ExportConf
         the parity result per checked batch size.
 
     Raises:
-        TrtoptError: the output exists without ``force``; both exporters failed; the parity check
-        failed (the message names the output and its errors).
+        TrtoptError: the output exists without ``force``; ``feed`` does not fit the model's inputs
+        (the message names the input); both exporters failed; the parity check failed (the message
+        names the output and its errors).
     """
     step = on_step or (lambda _msg: None)
     target = ensure_writable(path, force)
     data_target = target.with_name(target.name + ".data")
     if data_target.exists() and not force:
         raise TrtoptError(f"output {data_target} already exists", "pass --force to overwrite it or choose another path")
-    feed = feed if feed is not None else random_feed(loaded.inputs, max(8, config.example_batch_size), seed=0)
+    if feed is None:
+        feed = random_feed(loaded.inputs, max(8, config.example_batch_size), seed=0)
+    else:  # a feed that does not fit would otherwise surface as an exporter failure (KeyError, shape error)
+        feed = check_feed(feed, loaded.inputs, "export inputs")
     notes: list[str] = []
     with staging_dir(target) as stage:
         staged = stage / target.name
         step(f"exporting {loaded.spec}")
         exporter = _export(loaded, staged, config, take_batch(feed, config.example_batch_size), notes)
         step("simplifying and saving")
-        _finalize(staged, config, notes)
+        _finalize(staged, config, notes, loaded.output_names)
         parity: dict[str, Any] = {}
         if config.check_parity:
             step("checking parity with PyTorch in ONNX Runtime")
@@ -107,7 +112,11 @@ def _torch_export(loaded: LoadedModel, staged: Path, config: ExportConfig, examp
     args = tuple(torch.from_numpy(example[s.name].copy()) for s in loaded.inputs)
     input_names = [s.name for s in loaded.inputs]
     output_names = list(loaded.output_names)
-    kwargs: dict[str, Any] = dict(input_names=input_names, output_names=output_names, opset_version=config.opset)
+    # The dynamo exporter can give an output's new name to an internal value as well (seen with
+    # all-MiniLM: two definitions of "embedding"), so its outputs are renamed afterwards instead.
+    kwargs: dict[str, Any] = dict(input_names=input_names, opset_version=config.opset)
+    if not dynamo:
+        kwargs["output_names"] = output_names
     if config.dynamic_batch:
         if dynamo:
             batch = torch.export.Dim("batch", min=1, max=65536)
@@ -124,18 +133,14 @@ def _torch_export(loaded: LoadedModel, staged: Path, config: ExportConfig, examp
         torch.onnx.export(loaded.module, args, str(staged), **kwargs)
 
 
-def _finalize(staged: Path, config: ExportConfig, notes: list[str]) -> None:
+def _finalize(staged: Path, config: ExportConfig, notes: list[str], output_names: Sequence[str]) -> None:
     """Load the exported model (with any side file), simplify it, and save it per ``external_data``."""
     import onnx
 
     model = onnx.load(str(staged), load_external_data=True)
+    rename_outputs_(model, output_names)
     if config.simplify:
-        import onnxslim
-
-        nodes_before = len(model.graph.node)
-        with contextlib.redirect_stdout(io.StringIO()):
-            model = onnxslim.slim(model)
-        notes.append(f"onnxslim: {nodes_before} -> {len(model.graph.node)} nodes")
+        model = _simplify(model, notes)
     for leftover in staged.parent.iterdir():
         leftover.unlink()
     size = model.ByteSize()
@@ -149,6 +154,64 @@ def _finalize(staged: Path, config: ExportConfig, notes: list[str]) -> None:
         notes.append(f"weights in external data file {staged.name}.data")
     else:
         onnx.save_model(model, str(staged))
+    try:
+        onnx.checker.check_model(str(staged))
+    except onnx.checker.ValidationError as e:
+        raise TrtoptError(f"the exported ONNX model is invalid: {str(e).strip().splitlines()[0][:200]}",
+                          "try --exporter torchscript or another opset") from e
+
+
+def rename_outputs_(model: Any, names: Sequence[str]) -> None:
+    """Rename the graph outputs of ``model`` in place to ``names`` (positionally), keeping names unique.
+
+    An internal value that already carries a wanted name is renamed first (``<name>__0``), then every
+    reference to the old output name (node inputs/outputs, value_info, graph outputs) is rewritten.
+    """
+    graph = model.graph
+    for output, new in zip(graph.output, names):
+        old = output.name
+        if old == new:
+            continue
+        taken = {v for node in graph.node for v in node.output} | {i.name for i in graph.input} | {
+            t.name for t in graph.initializer}
+        if new in taken:
+            _rename_value(graph, new, f"{new}__0")
+        _rename_value(graph, old, new)
+
+
+def _rename_value(graph: Any, old: str, new: str) -> None:
+    for node in graph.node:
+        node.input[:] = [new if v == old else v for v in node.input]
+        node.output[:] = [new if v == old else v for v in node.output]
+    for info in list(graph.output) + list(graph.value_info) + list(graph.input):
+        if info.name == old:
+            info.name = new
+    for init in graph.initializer:
+        if init.name == old:
+            init.name = new
+
+
+def _simplify(model: Any, notes: list[str]) -> Any:
+    """onnxslim the model; if onnxslim fails, keep the exporter's graph and say so in the notes.
+
+    onnxslim walks the graph recursively, so deep graphs (transformers) need more than Python's default
+    recursion limit; it is raised for the call and restored afterwards.
+    """
+    import onnxslim
+
+    nodes_before = len(model.graph.node)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 20_000))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            slim = onnxslim.slim(model)
+    except Exception as e:  # a simplifier bug must not lose a valid export
+        notes.append(f"onnxslim failed ({type(e).__name__}); kept the exporter's graph")
+        return model
+    finally:
+        sys.setrecursionlimit(limit)
+    notes.append(f"onnxslim: {nodes_before} -> {len(slim.graph.node)} nodes")
+    return slim
 
 
 def check_parity(loaded: LoadedModel, onnx_path: str | os.PathLike, feed: Feed,

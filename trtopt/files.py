@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -41,15 +42,28 @@ def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[Path
     """
     target = ensure_writable(path, force)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_temp_file(target)
     try:
         yield tmp_path
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _create_temp_file(target: Path) -> Path:
+    """Create an empty, uniquely named file beside ``target`` with the permissions the umask gives.
+
+    (``tempfile.mkstemp`` would create it 0600, and the rename would carry that onto the result.)
+    """
+    for _ in range(100):
+        tmp_path = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp_path
+    raise FileExistsError(f"no free temporary name beside {target}")
 
 
 def write_text(path: str | os.PathLike, text: str, force: bool = False) -> Path:

@@ -228,7 +228,7 @@ def _load_file(spec: str, pretrained: bool) -> LoadedModel:
     except Exception as e:
         raise TrtoptError(
             f"{path} is not a TorchScript model (a state dict or checkpoint needs its architecture)",
-            f"pass the architecture as the model and this file as --checkpoint, e.g. --model torchvision:resnet18 --checkpoint {path}",
+            f"give the architecture as the model spec and this file as --checkpoint (e.g. torchvision:resnet18 --checkpoint {path})",
         ) from e
     return LoadedModel(module, spec, image_inputs(), description=f"TorchScript {path.name}")
 

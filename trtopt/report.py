@@ -16,7 +16,7 @@ from typing import Any
 
 from trtopt import metrics
 from trtopt.environment import environment
-from trtopt.files import write_json, write_text
+from trtopt.files import ensure_writable, write_json, write_text
 
 REPORT_VERSION = 1
 
@@ -140,9 +140,16 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
 
 def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike, force: bool = False) -> dict[str, Path]:
-    """Write ``report.json`` and ``report.md`` into ``out_dir`` atomically; returns their paths."""
+    """Write ``report.json`` and ``report.md`` into ``out_dir`` atomically; returns their paths.
+
+    Both paths are checked (and the Markdown rendered) before either file is written, so a refusal
+    leaves no new JSON beside an old Markdown file.
+    """
     out = Path(out_dir)
     paths = {"json": out / "report.json", "markdown": out / "report.md"}
+    for path in paths.values():
+        ensure_writable(path, force)
+    markdown = render_markdown(report)
     write_json(paths["json"], report, force=force)
-    write_text(paths["markdown"], render_markdown(report), force=force)
+    write_text(paths["markdown"], markdown, force=force)
     return paths

@@ -13,6 +13,11 @@ from trtopt.environment import package_version
 from trtopt.errors import TrtoptError, missing_dependency
 
 
+def _installed_version() -> str | None:
+    """Version of the installed TensorRT Python package (any of its distribution names), or None."""
+    return package_version("tensorrt") or package_version("tensorrt-cu12") or package_version("tensorrt-cu13")
+
+
 class TensorRTBackend:
     name = "tensorrt"
     capabilities = Capabilities(model_formats=("onnx", "engine"), precisions=("fp32", "fp16", "bf16", "int8", "fp8"),
@@ -20,7 +25,7 @@ class TensorRTBackend:
 
     def availability(self) -> tuple[bool, str]:
         """Whether the TensorRT Python package is installed (by metadata: TensorRT is not imported)."""
-        version = package_version("tensorrt") or package_version("tensorrt-cu12") or package_version("tensorrt-cu13")
+        version = _installed_version()
         if version is None:
             return False, "TensorRT is not installed (GPU machines only: pip install 'trtopt[tensorrt]')"
         from trtopt.doctor import probe_cuda
@@ -34,7 +39,7 @@ class TensorRTBackend:
         """Refuse, naming the reason, on machines where TensorRT can't run; the engine runner needs a GPU."""
         ok, detail = self.availability()
         if not ok:
-            if package_version("tensorrt") is None:
+            if _installed_version() is None:
                 raise missing_dependency("tensorrt", "tensorrt", "the tensorrt backend")
             raise TrtoptError(f"the tensorrt backend cannot run here: {detail}", "run on a machine with an NVIDIA GPU")
         raise TrtoptError("the tensorrt engine runner is not part of this trtopt release",

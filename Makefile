@@ -1,0 +1,34 @@
+# Two entry points, both from a fresh clone: `make demo` (the main job) and `make test` (the whole suite).
+# The venv pins torch/torchvision to the builds this machine type has on disk (see ../shared/ENVIRONMENT.md);
+# the project and all its extras are installed in one pip command so pip never swaps the torch build.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.trtopt-installed
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install demo test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[models,dev]' $(TORCH_PINS)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/trtopt demo --out runs/demo --force
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_resnet18.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,265 @@
+"""Tests for trtopt.config: building configs from plain data, validation, merging, YAML recipes."""
+
+from __future__ import annotations
+
+import pytest
+
+from trtopt.compare import Tolerances
+from trtopt.config import (
+    RECIPE_VERSION,
+    ExportConfig,
+    OrtConfig,
+    Recipe,
+    dump_recipe,
+    from_dict,
+    load_recipe,
+    merge,
+    to_dict,
+)
+from trtopt.errors import TrtoptError
+from trtopt.profile import TimingConfig
+
+
+def full_recipe_dict() -> dict:
+    return {
+        "model": "torchvision:resnet18",
+        "checkpoint": "weights.pt",
+        "input_shapes": {"input": [3, 160, 160]},
+        "data": "calib/",
+        "batch_sizes": [1, 4, 16],
+        "threads": 2,
+        "export": {"opset": 17, "exporter": "torchscript", "parity_batch_sizes": [1, 3],
+                   "parity": {"atol": 1e-3, "rtol": 1e-2, "min_cosine": 0.99}},
+        "ort": {"intra_op_threads": 4, "graph_optimization_level": "basic",
+                "providers": ["CPUExecutionProvider"]},
+        "timing": {"warmup_iterations": 2, "iterations": 7, "seed": 3},
+        "compare": {"atol": 0.01},
+        "version": RECIPE_VERSION,
+    }
+
+
+# --- from_dict -------------------------------------------------------------------------------------
+
+
+def test_from_dict_builds_nested_configs_and_tuples():
+    r = from_dict(Recipe, full_recipe_dict())
+    assert isinstance(r.export, ExportConfig) and isinstance(r.ort, OrtConfig)
+    assert isinstance(r.timing, TimingConfig) and isinstance(r.compare, Tolerances)
+    assert r.batch_sizes == (1, 4, 16)
+    assert r.input_shapes == {"input": (3, 160, 160)}
+    assert r.export.opset == 17 and r.export.exporter == "torchscript"
+    assert r.export.parity_batch_sizes == (1, 3)
+    assert r.export.parity == Tolerances(atol=1e-3, rtol=1e-2, min_cosine=0.99)
+    assert r.ort.providers == ("CPUExecutionProvider",)
+    assert r.ort.intra_op_threads == 4 and r.ort.graph_optimization_level == "basic"
+    assert (r.timing.warmup_iterations, r.timing.iterations, r.timing.seed) == (2, 7, 3)
+    assert r.compare.atol == 0.01
+    # unspecified fields keep their defaults
+    assert r.compare.rtol == Tolerances().rtol
+    assert r.timing.confidence == TimingConfig().confidence
+    assert r.export.simplify is True
+
+
+def test_from_dict_minimal_recipe_uses_defaults():
+    r = from_dict(Recipe, {"model": "tiny_models:tiny_cnn"})
+    assert r == Recipe(model="tiny_models:tiny_cnn")
+    assert r.export == ExportConfig() and r.ort == OrtConfig() and r.timing == TimingConfig()
+    assert r.batch_sizes == (1, 8)
+    assert r.version == RECIPE_VERSION
+
+
+def test_configs_are_frozen():
+    r = Recipe(model="m")
+    with pytest.raises(AttributeError):
+        r.model = "other"  # type: ignore[misc]
+
+
+def test_unknown_top_level_key_is_rejected_with_valid_keys():
+    with pytest.raises(TrtoptError) as e:
+        from_dict(Recipe, {"model": "m", "batch_size": [1]})
+    msg = str(e.value)
+    assert "'batch_size'" in msg
+    assert "batch_sizes" in msg and "checkpoint" in msg  # valid keys are listed
+
+
+def test_unknown_nested_key_names_its_dotted_path():
+    with pytest.raises(TrtoptError) as e:
+        from_dict(Recipe, {"model": "m", "export": {"opsett": 17}})
+    msg = str(e.value)
+    assert "'export.opsett'" in msg
+    assert "ExportConfig" in msg
+    for key in ("opset", "exporter", "dynamic_batch", "parity_batch_sizes"):
+        assert key in e.value.fix
+
+
+def test_unknown_key_two_levels_deep_names_full_path():
+    with pytest.raises(TrtoptError, match=r"'export\.parity\.atoll'"):
+        from_dict(Recipe, {"model": "m", "export": {"parity": {"atoll": 1.0}}})
+
+
+def test_nested_config_must_be_a_mapping():
+    with pytest.raises(TrtoptError, match="export must be a mapping"):
+        from_dict(Recipe, {"model": "m", "export": 17})
+
+
+def test_missing_required_model_is_named():
+    with pytest.raises(TrtoptError, match="model"):
+        from_dict(Recipe, {"batch_sizes": [1]})
+
+
+@pytest.mark.parametrize("data, fragment", [
+    ({"export": {"exporter": "onnxscript"}}, "export.exporter='onnxscript'"),
+    ({"export": {"external_data": "sometimes"}}, "export.external_data='sometimes'"),
+    ({"export": {"opset": 6}}, "export.opset=6"),
+    ({"export": {"opset": 26}}, "export.opset=26"),
+    ({"export": {"opset": "18"}}, "export.opset='18'"),
+    ({"export": {"exporter": "dynamo", "opset": 17}}, "export.opset=17"),
+    ({"export": {"example_batch_size": 0}}, "batch sizes"),
+    ({"export": {"parity_batch_sizes": [1, 0]}}, "batch sizes"),
+    ({"ort": {"graph_optimization_level": "max"}}, "ort.graph_optimization_level='max'"),
+    ({"ort": {"providers": []}}, "ort.providers"),
+    ({"batch_sizes": []}, "batch_sizes"),
+    ({"batch_sizes": [1, 0]}, "batch_sizes"),
+    ({"threads": 0}, "threads=0"),
+    ({"version": RECIPE_VERSION + 1}, f"version {RECIPE_VERSION + 1}"),
+    ({"timing": {"iterations": 0}}, "iterations"),
+    ({"compare": {"atol": -1.0}}, "atol"),
+])
+def test_invalid_values_raise_naming_the_setting(data, fragment):
+    with pytest.raises(TrtoptError) as e:
+        from_dict(Recipe, {"model": "m", **data})
+    assert fragment in str(e.value)
+
+
+def test_dynamo_exporter_with_opset_18_is_valid():
+    assert from_dict(ExportConfig, {"exporter": "dynamo", "opset": 18}).opset == 18
+
+
+def test_to_dict_gives_plain_data_and_round_trips():
+    r = from_dict(Recipe, full_recipe_dict())
+    d = to_dict(r)
+    assert d["batch_sizes"] == [1, 4, 16]
+    assert d["input_shapes"] == {"input": [3, 160, 160]}
+    assert d["export"]["parity"] == {"atol": 1e-3, "rtol": 1e-2, "min_cosine": 0.99}
+    assert from_dict(Recipe, d) == r
+
+
+# --- merge -----------------------------------------------------------------------------------------
+
+
+def test_merge_applies_overrides_and_ignores_none():
+    base = Recipe(model="a", batch_sizes=(1, 8), threads=4)
+    out = merge(base, {"model": "b", "threads": None, "batch_sizes": [2], "checkpoint": None})
+    assert out.model == "b"
+    assert out.threads == 4  # None = "flag not given"
+    assert out.batch_sizes == (2,)
+    assert out.checkpoint is None
+    assert base.model == "a"  # the original is unchanged
+
+
+def test_merge_nested_dict_changes_only_named_fields():
+    base = from_dict(Recipe, {"model": "m", "export": {"opset": 17, "exporter": "torchscript", "simplify": False}})
+    out = merge(base, {"export": {"opset": 19, "exporter": None}})
+    assert out.export.opset == 19
+    assert out.export.exporter == "torchscript"
+    assert out.export.simplify is False
+
+
+def test_merge_two_levels_deep_keeps_sibling_fields():
+    base = from_dict(Recipe, {"model": "m", "export": {"parity": {"rtol": 0.5}}})
+    out = merge(base, {"export": {"parity": {"atol": 0.1}}})
+    assert out.export.parity.atol == 0.1
+    assert out.export.parity.rtol == 0.5  # the recipe's value survives a CLI override of a sibling
+
+
+def test_precedence_defaults_recipe_cli(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("model: torchvision:resnet18\nthreads: 2\ntiming:\n  iterations: 50\n", encoding="utf-8")
+    recipe = load_recipe(path)
+    cli = {"threads": 8, "data": None, "timing": {"iterations": None, "warmup_iterations": 1}}
+    final = merge(recipe, cli)
+    assert final.threads == 8  # CLI beats recipe
+    assert final.timing.iterations == 50  # recipe beats default, CLI flag not given
+    assert final.timing.warmup_iterations == 1  # CLI beats default
+    assert final.timing.min_iterations == TimingConfig().min_iterations  # default
+    assert final.data is None
+
+
+def test_merge_revalidates():
+    with pytest.raises(TrtoptError, match="export.opset=17"):
+        merge(Recipe(model="m"), {"export": {"exporter": "dynamo", "opset": 17}})
+    with pytest.raises(TrtoptError, match="'export.opsett'"):
+        merge(Recipe(model="m"), {"export": {"opsett": 17}})
+
+
+def test_merge_works_on_a_stage_config():
+    out = merge(ExportConfig(), {"opset": 17, "parity_batch_sizes": [2, 4]})
+    assert out == ExportConfig(opset=17, parity_batch_sizes=(2, 4))
+
+
+# --- YAML recipes ----------------------------------------------------------------------------------
+
+
+def test_load_recipe_from_yaml(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(
+        "model: zoo:efficientnet_lite0\n"
+        "batch_sizes: [1, 2]\n"
+        "input_shapes:\n  input: [3, 192, 192]\n"
+        "export:\n  opset: 17\n  exporter: torchscript\n",
+        encoding="utf-8",
+    )
+    r = load_recipe(path)
+    assert r.model == "zoo:efficientnet_lite0"
+    assert r.batch_sizes == (1, 2)
+    assert r.input_shapes == {"input": (3, 192, 192)}
+    assert r.export.opset == 17 and r.export.exporter == "torchscript"
+
+
+def test_dump_and_load_recipe_round_trip(tmp_path):
+    original = from_dict(Recipe, full_recipe_dict())
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_recipe(original), encoding="utf-8")
+    assert load_recipe(path) == original
+
+
+def test_dump_recipe_is_plain_yaml():
+    import yaml
+
+    text = dump_recipe(Recipe(model="m", batch_sizes=(1, 8)))
+    data = yaml.safe_load(text)
+    assert data["model"] == "m"
+    assert data["batch_sizes"] == [1, 8]
+    assert data["export"]["opset"] == ExportConfig().opset
+
+
+def test_load_recipe_missing_file(tmp_path):
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(TrtoptError, match="does not exist") as e:
+        load_recipe(path)
+    assert str(path) in str(e.value)
+
+
+def test_load_recipe_invalid_yaml(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: [unclosed\nbatch_sizes: 1\n", encoding="utf-8")
+    with pytest.raises(TrtoptError, match="not valid YAML") as e:
+        load_recipe(path)
+    assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("text", ["- model: m\n", "just a string\n", ""])
+def test_load_recipe_must_be_a_mapping(tmp_path, text):
+    path = tmp_path / "list.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(TrtoptError, match="must be a YAML mapping") as e:
+        load_recipe(path)
+    assert str(path) in str(e.value)
+
+
+def test_load_recipe_reports_unknown_key_with_path(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("model: m\nort:\n  intra_threads: 2\n", encoding="utf-8")
+    with pytest.raises(TrtoptError, match=r"'ort\.intra_threads'") as e:
+        load_recipe(path)
+    assert "intra_op_threads" in str(e.value)

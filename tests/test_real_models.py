@@ -1,0 +1,110 @@
+"""Export + parity on real architectures and real pretrained weights, dynamic batch checked at 1 and 8.
+
+Slow tier (tens of seconds each): deselect with ``-m "not slow"``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from trtopt.config import ExportConfig
+from trtopt.data import load_feed, take_batch
+from trtopt.export import export_onnx
+from trtopt.models import InputSpec, LoadedModel, load_model
+
+pytestmark = pytest.mark.slow
+
+SENTENCES = [
+    "A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
+    "A man is riding a horse.", "A woman is playing violin.", "Two men pushed carts through the woods.",
+    "A man is riding a white horse on an enclosed ground.", "A monkey is playing drums.",
+    "Someone in a gorilla costume is playing a set of drums.", "The new movie is awesome.",
+]
+
+
+def _export_and_check(loaded: LoadedModel, feed, tmp_path, tol_atol=1e-4):
+    cfg = ExportConfig(parity=ExportConfig().parity.__class__(atol=tol_atol, rtol=1e-3, min_cosine=0.9999))
+    art = export_onnx(loaded, tmp_path / "model.onnx", cfg, feed=feed)
+    assert set(art.parity) == {"batch_1", "batch_8"}
+    assert all(r["passed"] for r in art.parity.values())
+    assert art.inputs[0].shape[0] == "batch"
+    # The file runs in a fresh session at both batch sizes with outputs whose batch axis follows the input.
+    session = ort.InferenceSession(str(art.path), providers=["CPUExecutionProvider"])
+    for b in (1, 8):
+        outs = session.run(None, take_batch(feed, b))
+        assert outs[0].shape[0] == b
+    return art
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+def test_torchvision_models_export_with_parity(name, tmp_path):
+    loaded = load_model(f"torchvision:{name}")
+    feed = load_feed("skimage:photos", loaded.inputs, count=8, preprocess=loaded.preprocess)
+    art = _export_and_check(loaded, feed, tmp_path)
+    assert art.exporter == "dynamo"
+
+
+def test_pretrained_efficientnet_lite0_agrees_on_real_photos(tmp_path):
+    loaded = load_model("zoo:efficientnet_lite0")
+    feed = load_feed("skimage:photos", loaded.inputs, preprocess=loaded.preprocess)
+    art = _export_and_check(loaded, feed, tmp_path)
+    session = ort.InferenceSession(str(art.path), providers=["CPUExecutionProvider"])
+    onnx_logits = session.run(None, feed)[0]
+    with torch.inference_mode():
+        torch_logits = loaded.module(torch.from_numpy(feed["input"])).numpy()
+    assert (onnx_logits.argmax(1) == torch_logits.argmax(1)).all()
+    assert torch_logits[2].argmax() == 967  # scikit-image's "coffee" photo: ImageNet class 'espresso'
+
+
+def test_minilm_sentence_encoder_on_real_text(tmp_path):
+    from trtopt.zoo import tokenize_for_minilm
+
+    loaded = load_model("zoo:minilm_l6")
+    feed = tokenize_for_minilm(SENTENCES)
+    art = _export_and_check(loaded, feed, tmp_path)
+    assert [t.name for t in art.inputs] == ["input_ids", "attention_mask"]
+    session = ort.InferenceSession(str(art.path), providers=["CPUExecutionProvider"])
+    emb = session.run(None, feed)[0]
+    assert emb.shape == (len(SENTENCES), 384)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    sims = emb @ emb.T
+    # Semantics survive export: the two eating sentences are closer than eating vs violin.
+    assert sims[0, 1] > sims[0, 4] + 0.2
+
+
+class _Encoder(torch.nn.Module):
+    """torch.nn.TransformerEncoder over (N, 16, 32) sequences."""
+
+    def __init__(self):
+        super().__init__()
+        layer = torch.nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, batch_first=True)
+        self.encoder = torch.nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+
+    def forward(self, x):
+        return self.encoder(x)
+
+
+def test_torch_transformer_encoder(tmp_path):
+    torch.manual_seed(0)
+    loaded = LoadedModel(_Encoder().eval(), "test:transformer_encoder", (InputSpec("input", (16, 32), "float32", -1, 1),))
+    feed = load_feed(None, loaded.inputs, count=8)
+    _export_and_check(loaded, feed, tmp_path)
+
+
+def test_demo_end_to_end(tmp_path):
+    from trtopt.demo import default_recipe, run_demo
+
+    report, paths = run_demo(default_recipe(iterations=5), tmp_path / "demo")
+    assert {p.name for p in (tmp_path / "demo").iterdir()} >= {"model.onnx", "report.json", "report.md", "recipe.yaml"}
+    rows = report["rows"]
+    assert [(r["variant"], r["batch_size"]) for r in rows] == [
+        ("pytorch-fp32", 1), ("onnxruntime-fp32", 1), ("pytorch-fp32", 8), ("onnxruntime-fp32", 8)]
+    ort_rows = [r for r in rows if r["variant"] == "onnxruntime-fp32"]
+    assert all(r["top1_agreement"] == 1.0 for r in ort_rows)
+    assert all(r["compression_ratio"] > 0.9 for r in ort_rows)  # FP32 ONNX ≈ FP32 parameters
+    coffee = next(p for p in report["predictions"] if p["image"] == "coffee")
+    assert coffee["pytorch-fp32"] == coffee["onnxruntime-fp32"] == "espresso"
+    assert "| onnxruntime-fp32 |" in paths["markdown"].read_text()
