@@ -7,6 +7,7 @@ Sources:
     ``file.npz``             one array per input name (or one array for a single-input model)
     ``path/to/images/``      an image folder (recursively, sorted), standard preprocessing
     ``skimage:photos``       19 real photographs shipped inside scikit-image (astronaut, coffee, ...)
+    a feed (dict) or array   used as is (an array feeds a single-input model)
     a Python iterable        of feeds (dicts) or arrays, concatenated (see :func:`from_iterable`)
 Everything is deterministic: same source, same seed, same arrays in the same order.
 """
@@ -58,6 +59,10 @@ def load_feed(source: str | os.PathLike | Iterable | None, inputs: Sequence[Inpu
         return random_feed(inputs, count or 8, seed)
     if isinstance(source, (str, os.PathLike)):
         feed = _load_path(str(source), inputs, preprocess or ImagePreprocess())
+    elif isinstance(source, Mapping):
+        feed = {k: np.asarray(v) for k, v in source.items()}
+    elif isinstance(source, np.ndarray):
+        feed = {inputs[0].name: source}
     else:
         feed = from_iterable(source, inputs)
     if count is not None:

@@ -76,7 +76,7 @@ class OrtRunner:
     def describe(self) -> dict[str, Any]:
         return {"backend": self.backend, "model": str(self.path), "precision": "fp32",
                 "providers": self.session.get_providers(),
-                "intra_op_threads": self.config.intra_op_threads or os.cpu_count(),
+                "intra_op_threads": self.config.intra_op_threads,  # None: ONNX Runtime default (physical cores)
                 "inter_op_threads": self.config.inter_op_threads,
                 "graph_optimization_level": self.config.graph_optimization_level}
 
