@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ class OrtRunner:
             options.intra_op_num_threads = config.intra_op_threads
         if config.inter_op_threads:
             options.inter_op_num_threads = config.inter_op_threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.allow_spinning else "0")
         options.log_severity_level = 3  # errors only: the library never prints warnings of its own runtime
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=list(config.providers))
@@ -78,7 +78,8 @@ class OrtRunner:
                 "providers": self.session.get_providers(),
                 "intra_op_threads": self.config.intra_op_threads,  # None: ONNX Runtime default (physical cores)
                 "inter_op_threads": self.config.inter_op_threads,
-                "graph_optimization_level": self.config.graph_optimization_level}
+                "graph_optimization_level": self.config.graph_optimization_level,
+                "allow_spinning": self.config.allow_spinning}
 
     def close(self) -> None:
         self.session = None
