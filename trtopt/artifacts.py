@@ -43,6 +43,8 @@ class OnnxArtifact:
         opset: default-domain opset.
         inputs / outputs: graph signature.
         producer: what wrote it ("pytorch 2.14.1", "onnxslim", ...).
+        precision: "int8" when it holds Q/DQ nodes, "fp16" when its weights are half precision, else "fp32".
+        metadata: the model's ``trtopt.*`` metadata properties (e.g. the quantization target).
         exporter: "dynamo" or "torchscript" when trtopt exported it, else None.
         notes: how it was made, e.g. why the exporter fell back, whether it was simplified.
         parity: the parity-check result (see `trtopt.compare.compare_outputs`), per batch size.
@@ -56,6 +58,8 @@ class OnnxArtifact:
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
     producer: str = ""
+    precision: str = "fp32"
+    metadata: dict[str, str] = field(default_factory=dict)
     exporter: str | None = None
     notes: tuple[str, ...] = ()
     parity: dict[str, Any] = field(default_factory=dict)
@@ -142,10 +146,23 @@ def inspect_onnx(path: str | os.PathLike, **extra: Any) -> OnnxArtifact:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     size = p.stat().st_size + sum(f.stat().st_size for f in data_files)
     producer = f"{model.producer_name} {model.producer_version}".strip()
+    metadata = {m.key: m.value for m in model.metadata_props if m.key.startswith("trtopt.")}
     return OnnxArtifact(
         path=p, data_files=data_files, sha256=sha256_file(p), size_bytes=size, opset=opset,
-        inputs=_tensor_infos(graph_inputs), outputs=_tensor_infos(model.graph.output), producer=producer, **extra,
+        inputs=_tensor_infos(graph_inputs), outputs=_tensor_infos(model.graph.output), producer=producer,
+        precision=_precision(model), metadata=metadata, **extra,
     )
+
+
+def _precision(model: Any) -> str:
+    """"int8" if the graph quantizes (Q/DQ), "fp16" if most weights are float16, else "fp32"."""
+    import onnx
+
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
+        return "int8"
+    types = [t.data_type for t in model.graph.initializer]
+    half = sum(t == onnx.TensorProto.FLOAT16 for t in types)
+    return "fp16" if types and half > len(types) // 2 else "fp32"
 
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
@@ -158,3 +175,83 @@ def numpy_dtype_of_onnx_type(ort_type: str) -> str:
     if ort_type not in _ORT_TYPES:
         raise TrtoptError(f"input type {ort_type} is not supported", f"use one of {', '.join(_ORT_TYPES)}")
     return _ORT_TYPES[ort_type]
+
+
+RANGES_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TensorRange:
+    """Calibrated range of one tensor.
+
+    Attributes:
+        amax: symmetric range, max |x| kept after the method's clipping (scale = amax / 127 for int8).
+        min / max: observed extremes, clipped to [-amax, amax] (asymmetric uint8 activations use these).
+    """
+
+    amax: float
+    min: float
+    max: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"amax": self.amax, "min": self.min, "max": self.max}
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """Per-tensor activation ranges: what calibration produces once and every quantization target reads.
+
+    Attributes:
+        tensors: tensor name → range.
+        method: "minmax", "entropy", "percentile" or "mse" (or "tensorrt-cache" when read from a cache).
+        samples: calibration samples seen.
+        data_sha256: fingerprint of the calibration data (the exact arrays, in order).
+        model_sha256: sha256 of the FP32 ONNX file calibrated.
+        settings: method parameters (bins, percentile, ...).
+    """
+
+    tensors: dict[str, TensorRange]
+    method: str
+    samples: int
+    data_sha256: str = ""
+    model_sha256: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": RANGES_VERSION, "method": self.method, "samples": self.samples,
+                "data_sha256": self.data_sha256, "model_sha256": self.model_sha256, "settings": dict(self.settings),
+                "tensors": {name: r.to_dict() for name, r in self.tensors.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "ranges") -> Ranges:
+        """Parse :meth:`to_dict` output; raises TrtoptError naming what is missing or malformed."""
+        if not isinstance(data, dict) or data.get("version") != RANGES_VERSION or "tensors" not in data:
+            raise TrtoptError(f"{where} is not a trtopt ranges file (version {RANGES_VERSION})",
+                              "create it with trtopt calibrate")
+        try:
+            tensors = {name: TensorRange(float(r["amax"]), float(r["min"]), float(r["max"]))
+                       for name, r in data["tensors"].items()}
+        except (KeyError, TypeError, ValueError) as e:
+            raise TrtoptError(f"{where} has a malformed tensor entry ({e})", "recreate it with trtopt calibrate") from e
+        return cls(tensors, str(data.get("method", "")), int(data.get("samples", 0)), str(data.get("data_sha256", "")),
+                   str(data.get("model_sha256", "")), dict(data.get("settings", {})))
+
+    def save(self, path: str | os.PathLike, force: bool = False) -> Path:
+        """Write the ranges as JSON atomically."""
+        from trtopt.files import write_json
+
+        return write_json(path, self.to_dict(), force=force)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Ranges:
+        """Read a ranges JSON file written by :meth:`save`."""
+        import json
+
+        p = Path(path)
+        if not p.is_file():
+            raise TrtoptError(f"ranges file {p} does not exist", "create it with trtopt calibrate")
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise TrtoptError(f"ranges file {p} is not valid JSON ({e})", "recreate it with trtopt calibrate") from e
+        return cls.from_dict(data, where=str(p))

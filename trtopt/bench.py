@@ -67,7 +67,7 @@ def onnx_candidate(artifact: OnnxArtifact | str | os.PathLike, name: str | None 
 
     art = artifact if isinstance(artifact, OnnxArtifact) else inspect_onnx(artifact)
     runner = get_backend("onnxruntime").load(art, config=ort)
-    return Candidate(name or art.path.name, "onnxruntime", "fp32", runner, onnx_input_specs(art, input_shapes),
+    return Candidate(name or art.path.name, "onnxruntime", art.precision, runner, onnx_input_specs(art, input_shapes),
                      size_bytes=art.size_bytes, source=str(art.path), artifact=art.to_dict())
 
 
@@ -92,7 +92,10 @@ def open_candidate(source: str, threads: int | None = None, ort: OrtConfig | Non
                    input_shapes: dict[str, tuple[int, ...]] | None = None, checkpoint: str | None = None) -> Candidate:
     """Open a spec: ``.onnx`` → ONNX Runtime, anything else → PyTorch eager (see `trtopt.models`)."""
     if is_onnx_path(source):
-        return onnx_candidate(source, ort=ort or OrtConfig(intra_op_threads=threads), input_shapes=input_shapes)
+        from trtopt.quantize import evaluation_config
+
+        art = inspect_onnx(source)
+        return onnx_candidate(art, ort=ort or evaluation_config(art, threads), input_shapes=input_shapes)
     single = next(iter(input_shapes.values())) if input_shapes and len(input_shapes) == 1 else None
     loaded = load_model(source, checkpoint=checkpoint, input_shape=single)
     return torch_candidate(loaded, name=source, threads=threads)

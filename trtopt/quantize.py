@@ -1,0 +1,220 @@
+"""Ranges → INT8 Q/DQ ONNX, in the layout each target runtime runs fast.
+
+One set of calibrated ranges (`trtopt.calibrate`) serves every target; only the Q/DQ layout differs:
+
+``onnxruntime``  U8S8: asymmetric uint8 activations (zero point from the calibrated min/max), symmetric
+                 int8 per-channel weights, Q/DQ around every operator ONNX Runtime's CPU kernels fuse
+                 (Conv, MatMul, Gemm, Add, Relu, pooling, Concat, ...). On this CPU (AVX-512 VNNI) this
+                 is the layout that is faster than FP32; S8S8 is not (ENVIRONMENT.md).
+``tensorrt``     TensorRT's explicit-quantization rules: symmetric int8 (zero point 0) everywhere,
+                 per-channel weights (axis = output channel), per-tensor activations, Q/DQ only on the
+                 *inputs* of Conv/ConvTranspose/MatMul/Gemm (TensorRT fuses and propagates the rest).
+                 This is what TensorRT 11 requires (no implicit INT8) and what 10.x prefers.
+
+Placement and weight quantization are done by ONNX Runtime's quantization tool (`quantize_static`),
+fed with trtopt's ranges through its calibration-cache path, so no calibration runs twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trtopt.artifacts import OnnxArtifact, Ranges, inspect_onnx
+from trtopt.errors import TrtoptError
+from trtopt.files import ensure_writable, staging_dir
+
+TARGETS = ("onnxruntime", "tensorrt")
+# Ops whose inputs carry Q/DQ in TensorRT's rules (weights and activations).
+TENSORRT_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# Ops that make a model worth quantizing at all (they hold the MACs).
+COMPUTE_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """How ranges become a Q/DQ model.
+
+    Attributes:
+        target: "onnxruntime" (U8S8, for CPUs) or "tensorrt" (symmetric S8S8, inputs of GEMM-like ops).
+        per_channel: per-output-channel weight scales (both targets want this; per-tensor is for A/B tests).
+        exclude_nodes: node names kept in FP32 (mixed precision).
+        exclude_op_types: op types kept in FP32 (e.g. "Softmax", "Gemm").
+        op_types: op types to quantize; None = the target's default set.
+    """
+
+    target: str = "onnxruntime"
+    per_channel: bool = True
+    exclude_nodes: tuple[str, ...] = ()
+    exclude_op_types: tuple[str, ...] = ()
+    op_types: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise TrtoptError(f"quantize target {self.target!r} is not one of {', '.join(TARGETS)}",
+                              "use --target onnxruntime (CPU) or --target tensorrt")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "per_channel": self.per_channel, "exclude_nodes": list(self.exclude_nodes),
+                "exclude_op_types": list(self.exclude_op_types),
+                "op_types": None if self.op_types is None else list(self.op_types)}
+
+
+def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.PathLike,
+             config: QuantizeConfig = QuantizeConfig(), force: bool = False,
+             on_step: Callable[[str], None] | None = None) -> OnnxArtifact:
+    """Write the INT8 Q/DQ version of an FP32 ONNX model for ``config.target``.
+
+    Args:
+        onnx_path: the FP32 ONNX model that ``ranges`` were calibrated on.
+        ranges: calibrated activation ranges (tensor names of ``onnx_path``).
+        out_path: destination ``.onnx`` (written atomically; weights inline unless > 2 GB).
+        config: target layout, per-channel weights, exclusions.
+        force: overwrite an existing output.
+
+    Raises:
+        TrtoptError: the model has nothing to quantize, ranges lack a tensor the layout needs, the
+        ranges come from another model, or the output exists without ``force``.
+    """
+    import onnx
+
+    step = on_step or (lambda _msg: None)
+    target = ensure_writable(out_path, force)
+    source = inspect_onnx(onnx_path)
+    if ranges.model_sha256 and ranges.model_sha256 != source.sha256:
+        raise TrtoptError(f"the ranges were calibrated on another model (sha256 {ranges.model_sha256[:12]}…, "
+                          f"{source.path.name} is {source.sha256[:12]}…)", f"calibrate {source.path.name} itself")
+    model = onnx.load(str(source.path), load_external_data=False)
+    excluded = set(config.exclude_nodes) | {n.name for n in model.graph.node if n.op_type in config.exclude_op_types}
+    unknown = sorted(set(config.exclude_nodes) - {n.name for n in model.graph.node})
+    if unknown:
+        raise TrtoptError(f"--exclude names node {unknown[0]!r}, which is not in {source.path.name}",
+                          "list node names with trtopt quantize --list-nodes or exclude by op type")
+    compute = [n for n in model.graph.node if n.op_type in COMPUTE_OP_TYPES and n.name not in excluded]
+    if not compute:
+        raise TrtoptError(f"{source.path.name} has no quantizable layers ({', '.join(COMPUTE_OP_TYPES)}) left to quantize",
+                          "INT8 pays off only for Conv/MatMul/Gemm; keep this model in FP32/FP16")
+    with staging_dir(target) as stage:
+        step("preparing the model (shape inference)")
+        prepared = _prepare(source.path, stage)
+        step(f"placing Q/DQ for {config.target}")
+        staged = stage / target.name
+        _run_ort_quantizer(prepared, staged, ranges, config, sorted(excluded), stage)
+        _stamp(staged, config, ranges)
+        onnx.checker.check_model(str(staged))
+        os.replace(staged, target)
+    counts = qdq_counts(target)
+    notes = (f"target {config.target}: {_layout(config)}",
+             f"{counts['QuantizeLinear']} QuantizeLinear, {counts['DequantizeLinear']} DequantizeLinear nodes",
+             f"{len(excluded)} node(s) kept in FP32" + (f": {', '.join(sorted(excluded)[:8])}" if excluded else ""))
+    return inspect_onnx(target, notes=notes)
+
+
+def _layout(config: QuantizeConfig) -> str:
+    if config.target == "tensorrt":
+        return "symmetric int8 activations and weights (zero point 0), Q/DQ on inputs of Conv/MatMul/Gemm"
+    return "uint8 asymmetric activations, int8 symmetric weights (U8S8), Q/DQ around fusable ops"
+
+
+def _prepare(path: Path, stage: Path) -> Path:
+    """Shape inference (no graph rewrites, so tensor names stay those the ranges were calibrated on)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = stage / "prepared.onnx"
+    with contextlib.redirect_stdout(io.StringIO()), _quiet_logging():
+        quant_pre_process(str(path), str(out), skip_optimization=True, skip_symbolic_shape=False)
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_logging():
+    """ONNX Runtime's quantization tool logs through the root logger; keep it out of the user's output."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _run_ort_quantizer(prepared: Path, staged: Path, ranges: Ranges, config: QuantizeConfig,
+                       excluded: list[str], stage: Path) -> None:
+    import numpy as np
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        raise TrtoptError("this onnxruntime cannot take precomputed ranges (quantize_static has no calibration_cache_path)",
+                          "pip install 'onnxruntime>=1.24'")
+    symmetric = config.target == "tensorrt"
+    data = {}
+    for name, r in ranges.tensors.items():
+        low, high = (-r.amax, r.amax) if symmetric else (min(r.min, 0.0), max(r.max, 0.0))
+        data[name] = (np.array(low, np.float32), np.array(high, np.float32))
+    cache = stage / "ranges.json"
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
+    op_types = list(config.op_types) if config.op_types else (list(TENSORRT_OP_TYPES) if symmetric else None)
+    extra: dict[str, Any] = {"ActivationSymmetric": symmetric, "WeightSymmetric": True}
+    if symmetric:
+        # TensorRT: quantize what enters a GEMM-like op, not what leaves it.
+        extra["OpTypesToExcludeOutputQuantization"] = list(TENSORRT_OP_TYPES)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), _quiet_logging():
+            quantize_static(
+                str(prepared), str(staged), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=op_types, per_channel=config.per_channel, reduce_range=False,
+                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
+                nodes_to_exclude=excluded, calibrate_method=CalibrationMethod.MinMax, extra_options=extra,
+                calibration_cache_path=str(cache),
+            )
+    except KeyError as e:
+        raise TrtoptError(f"the ranges have no entry for tensor {e.args[0]!r}, which the {config.target} layout quantizes",
+                          "calibrate this exact model (trtopt calibrate) so every activation has a range") from e
+
+
+def _stamp(path: Path, config: QuantizeConfig, ranges: Ranges) -> None:
+    """Record the target and calibration in the model's metadata, so the file says what it is for."""
+    import onnx
+
+    model = onnx.load(str(path))
+    props = {"trtopt.quantize.target": config.target, "trtopt.calibration.method": ranges.method,
+             "trtopt.calibration.samples": str(ranges.samples), "trtopt.calibration.data_sha256": ranges.data_sha256}
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save_model(model, str(path))
+
+
+def evaluation_config(artifact: OnnxArtifact, threads: int | None = None) -> Any:
+    """ONNX Runtime settings that compute what the model's target would compute.
+
+    A ``tensorrt``-target Q/DQ model is evaluated with graph optimizations off, i.e. with the exact
+    float semantics of Q/DQ that TensorRT implements. ONNX Runtime's fused S8S8 CPU kernels lose accuracy
+    on this CPU (ResNet-18: top-1 agreement with FP32 0.74 fused vs 1.00 unfused, cosine 0.985 vs
+    0.9998), which is a property of those kernels, not of the model TensorRT will build.
+    """
+    from trtopt.config import OrtConfig
+
+    level = "disable" if artifact.metadata.get("trtopt.quantize.target") == "tensorrt" else "all"
+    return OrtConfig(intra_op_threads=threads, graph_optimization_level=level)
+
+
+def qdq_counts(path: str | os.PathLike) -> dict[str, int]:
+    """How many QuantizeLinear / DequantizeLinear nodes a model holds."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    counts = {"QuantizeLinear": 0, "DequantizeLinear": 0}
+    for node in model.graph.node:
+        if node.op_type in counts:
+            counts[node.op_type] += 1
+    return counts
