@@ -202,6 +202,135 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _onnx_feed(args: argparse.Namespace, onnx_path: str):
+    """Inputs for an ONNX model: its signature (with --input-shape overrides) and --data/--samples."""
+    from trtopt.artifacts import inspect_onnx
+    from trtopt.bench import onnx_input_specs
+
+    specs = onnx_input_specs(inspect_onnx(onnx_path), _named(parse_shapes(args.input_shape), None))
+    return _feed_for(args, specs)
+
+
+def _calibration_config(args: argparse.Namespace):
+    from trtopt.calibrate import CalibrationConfig
+
+    return CalibrationConfig(method=args.method, percentile=args.percentile, batch_size=args.batch_size)
+
+
+def _calibrate(args: argparse.Namespace, onnx_path: str):
+    from trtopt.calibrate import calibrate
+
+    feed = _onnx_feed(args, onnx_path)
+    progress, update = _progress(args)
+    with progress:
+        return calibrate(onnx_path, feed, _calibration_config(args),
+                         on_progress=lambda done, total: update("calibration", done, total))
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from trtopt.files import ensure_writable
+
+    ensure_writable(args.output, args.force)
+    if args.cache:
+        ensure_writable(args.cache, args.force)
+    ranges = _calibrate(args, args.model)
+    ranges.save(args.output, force=args.force)
+    print(f"wrote {args.output}: {len(ranges.tensors)} tensor ranges ({ranges.method}, {ranges.samples} samples, "
+          f"data sha256 {ranges.data_sha256[:12]}…)")
+    if args.cache:
+        from trtopt.trt_cache import ranges_to_cache, write_cache
+
+        cache = ranges_to_cache(ranges, trt_version=args.trt_version)
+        write_cache(cache, args.cache, force=args.force)
+        print(f"wrote {args.cache}: TensorRT {cache.trt_version} calibration cache ({cache.header})")
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from trtopt.artifacts import Ranges, inspect_onnx
+    from trtopt.files import ensure_writable
+    from trtopt.quantize import QuantizeConfig, quantize
+
+    ensure_writable(args.output, args.force)
+    if args.ranges and args.data:
+        raise TrtoptError("both --ranges and --data given", "use --ranges FILE (calibrated) or --data SRC (calibrate now)")
+    ranges = Ranges.load(args.ranges) if args.ranges else _calibrate(args, args.model)
+    names, op_types = _split_excludes(args.model, args.exclude or [])
+    config = QuantizeConfig(target=args.target, per_channel=args.per_channel, exclude_nodes=names,
+                            exclude_op_types=op_types)
+    if args.max_accuracy_drop is not None:
+        config = _mixed_precision(args, ranges, config)
+    artifact = quantize(args.model, ranges, args.output, config, force=args.force, on_step=_step_printer(args))
+    source = inspect_onnx(args.model)
+    print(f"wrote {artifact.path} ({artifact.size_bytes / 1e6:.2f} MB, {source.size_bytes / artifact.size_bytes:.2f}× "
+          f"smaller than {source.path.name})")
+    for note in artifact.notes:
+        print(f"  {note}")
+    if args.json:
+        _write_json(args.json, artifact.to_dict(), args.force)
+    return 0
+
+
+def _split_excludes(onnx_path: str, values: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """--exclude values as (node names, op types): a node name wins, else an op type present in the model."""
+    import onnx
+
+    nodes = onnx.load(onnx_path, load_external_data=False).graph.node
+    names = {n.name for n in nodes}
+    ops = {n.op_type for n in nodes}
+    unknown = [v for v in values if v not in names and v not in ops]
+    if unknown:
+        raise TrtoptError(f"--exclude {unknown[0]!r} is neither a node name nor an op type in {onnx_path}",
+                          f"op types there: {', '.join(sorted(ops))}")
+    return tuple(v for v in values if v in names), tuple(v for v in values if v not in names)
+
+
+def _mixed_precision(args: argparse.Namespace, ranges, config):
+    """Keep the fewest layers in FP32 so that top-1 agreement with FP32 drops by at most --max-accuracy-drop."""
+    from dataclasses import replace
+
+    from trtopt.sensitivity import agreement_scorer, choose_mixed_precision, _outputs
+
+    feed = _onnx_feed(args, args.model)
+    reference = _outputs(Path(args.model), feed, None)
+    choice = choose_mixed_precision(args.model, ranges, config, agreement_scorer(feed, reference),
+                                    args.max_accuracy_drop, on_step=_step_printer(args))
+    print(f"mixed precision: {len(choice['exclude_nodes'])} layer(s) kept in FP32 "
+          f"({', '.join(choice['exclude_nodes']) or 'none'}); top-1 agreement {choice['score']:.4f} "
+          f"(bar: ≥ {1 - args.max_accuracy_drop:.4f}{'' if choice['met'] else ', NOT met'})")
+    return replace(config, exclude_nodes=tuple(config.exclude_nodes) + tuple(choice["exclude_nodes"]))
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from trtopt import trt_cache
+
+    if args.action == "inspect":
+        found = trt_cache.inspect_cache(trt_cache.read_cache(args.file), onnx_path=args.onnx,
+                                        expected_trt_version=args.trt_version)
+        if args.json:
+            print(json.dumps(found, indent=2))
+        else:
+            print(f"TensorRT {found['trt_version']} ({found['version_code']}), {found['algorithm']}, "
+                  f"{found['tensor_count']} tensors, amax {found['amax_min']:.4g}..{found['amax_max']:.4g}")
+            for warning in found["warnings"]:
+                print(f"warning: {warning}")
+        return 0
+    if not args.output:
+        raise TrtoptError(f"trtopt cache {args.action} needs -o/--output", "name the file to write")
+    if args.action == "convert":
+        cache = trt_cache.convert_cache(trt_cache.read_cache(args.file), trt_version=args.trt_version)
+        trt_cache.write_cache(cache, args.output, force=args.force)
+    elif args.action == "from-ranges":
+        from trtopt.artifacts import Ranges
+
+        cache = trt_cache.ranges_to_cache(Ranges.load(args.file), trt_version=args.trt_version or "10.3.0")
+        trt_cache.write_cache(cache, args.output, force=args.force)
+    else:  # to-ranges
+        trt_cache.cache_to_ranges(trt_cache.read_cache(args.file)).save(args.output, force=args.force)
+    print(f"wrote {args.output}")
+    return 0
+
+
 def _add_timing(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], metavar="N", help="batch sizes (default 1 8)")
     p.add_argument("--iterations", type=int, default=100, help="timed calls per candidate and batch size (default 100)")
@@ -216,6 +345,13 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for random inputs")
     p.add_argument("--input-shape", action="append", metavar="[NAME:]DIMS",
                    help="input shape without batch, e.g. 3x224x224 (repeat per input)")
+
+
+def _add_calibration(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=("entropy", "minmax", "percentile", "mse"), default="entropy",
+                   help="range method (default entropy, TensorRT's EntropyCalibration2)")
+    p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
+    p.add_argument("--batch-size", type=int, default=16, help="samples per calibration run (memory bound)")
 
 
 def _add_tolerances(p: argparse.ArgumentParser, atol: float, rtol: float, cosine: float) -> None:
@@ -273,6 +409,43 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p)
     _add_tolerances(p, 1e-4, 1e-3, 0.999)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("calibrate", parents=[common], help="streaming INT8 calibration of an FP32 ONNX model → ranges JSON")
+    p.add_argument("model", help="FP32 .onnx file")
+    p.add_argument("-o", "--output", required=True, help="ranges JSON to write")
+    p.add_argument("--cache", help="also write a TensorRT calibration cache here")
+    p.add_argument("--trt-version", default="10.3.0", help="TensorRT version the cache is for (default 10.3.0, JetPack 6)")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    _add_calibration(p)
+    _add_data(p)
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("quantize", parents=[common], help="ranges → INT8 Q/DQ ONNX for a target (onnxruntime or tensorrt)")
+    p.add_argument("model", help="FP32 .onnx file (the one the ranges were calibrated on)")
+    p.add_argument("-o", "--output", required=True, help="INT8 .onnx to write")
+    p.add_argument("--ranges", help="ranges JSON from trtopt calibrate (else calibrate now on --data)")
+    p.add_argument("--target", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
+                   help="onnxruntime: U8S8 for CPUs; tensorrt: symmetric S8S8 Q/DQ on Conv/MatMul/Gemm inputs")
+    p.add_argument("--exclude", action="append", metavar="NAME|OPTYPE", help="keep a node (or every node of an op type) in FP32")
+    p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
+                   help="per-channel weight scales (default: on for tensorrt, off for onnxruntime)")
+    p.add_argument("--max-accuracy-drop", type=float, default=None, metavar="FRACTION",
+                   help="keep the fewest layers in FP32 so top-1 agreement with FP32 drops by at most this (e.g. 0.01)")
+    p.add_argument("--json", help="write the artifact record here")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    _add_calibration(p)
+    _add_data(p)
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("cache", parents=[common], help="TensorRT calibration caches: inspect, convert, from/to ranges")
+    p.add_argument("action", choices=("inspect", "convert", "from-ranges", "to-ranges"))
+    p.add_argument("file", help="a cache (inspect, convert, to-ranges) or a ranges JSON (from-ranges)")
+    p.add_argument("-o", "--output", help="file to write (convert, from-ranges, to-ranges)")
+    p.add_argument("--onnx", help="inspect: check tensor names against this model")
+    p.add_argument("--trt-version", default=None, help="inspect: expected version; convert/from-ranges: target version")
+    p.add_argument("--json", action="store_true", help="inspect: print JSON")
+    p.add_argument("--force", action="store_true", help="overwrite the output")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("doctor", parents=[common], help="what this machine can run and what to install")
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
