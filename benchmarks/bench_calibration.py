@@ -294,6 +294,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     ranges: dict[tuple[str, int], dict[str, float]] = {}
     started = time.perf_counter()
+    load_before = os.getloadavg()  # other work on the machine slows every run: recorded, not hidden
     with tempfile.TemporaryDirectory(prefix="bench-calibration-") as tmp:
         # Exported in a child too: this process stays small (no torch), so nothing of it leaks into
         # the measurements, and the machine's memory goes to the runs.
@@ -353,6 +354,8 @@ def main() -> None:
         if args.modelopt_python else {"status": "skipped", "reason": MODELOPT_NOTE},
         "notes": NOTES,
         "rows": rows, "summary": summary, "total_benchmark_s": round(time.perf_counter() - started, 1),
+        "load_average_1_5_15_min": {"before": [round(v, 2) for v in load_before],
+                                    "after": [round(v, 2) for v in os.getloadavg()]},
     }
     from trtopt.files import write_json
 

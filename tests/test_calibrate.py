@@ -391,6 +391,21 @@ def test_external_data_and_nothing_written_to_the_cwd(cnn, tmp_path, monkeypatch
     assert os.listdir(work) == [] and sorted(os.listdir(ext.parent)) == before
 
 
+def test_temporary_files_are_removed_after_success_and_error(cnn, tmp_path, monkeypatch):
+    _, art, feed = cnn
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    during = []
+    calibrate(art, feed, CalibrationConfig(method="minmax"), on_progress=lambda *_: during.append(os.listdir(scratch)))
+    assert during[0]  # the augmented model lived there while calibrating
+    bad = {"input": feed["input"].copy()}
+    bad["input"][-1] = np.nan
+    with pytest.raises(TrtoptError, match="NaN"):
+        calibrate(art, bad, CalibrationConfig(batch_size=8))
+    assert os.listdir(scratch) == []
+
+
 def test_two_input_model(tmp_path):
     loaded = load_model("tiny_models:two_input_mlp")
     art = export_onnx(loaded, tmp_path / "mlp.onnx", ExportConfig(exporter="torchscript", opset=17))

@@ -19,7 +19,7 @@ from trtopt.config import OrtConfig
 from trtopt.data import Feed, take_batch
 from trtopt.errors import TrtoptError
 from trtopt.models import InputSpec, LoadedModel, is_onnx_path, load_model, parameter_bytes, parameter_count
-from trtopt.profile import TimingConfig, compare_latency, time_interleaved
+from trtopt.profile import TimingConfig, compare_latency, speedup_interval, time_interleaved
 
 
 @dataclass
@@ -102,7 +102,8 @@ def open_candidate(source: str, threads: int | None = None, ort: OrtConfig | Non
 
 
 def bench(candidates: Sequence[Candidate], feed: Feed, batch_sizes: Sequence[int], timing: TimingConfig = TimingConfig(),
-          on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+          on_progress: Callable[[str, int, int], None] | None = None,
+          also_versus: Sequence[str] = ()) -> dict[str, Any]:
     """Time every candidate at every batch size, interleaved; the first candidate is the baseline.
 
     Args:
@@ -111,6 +112,8 @@ def bench(candidates: Sequence[Candidate], feed: Feed, batch_sizes: Sequence[int
         batch_sizes: batch sizes to time.
         timing: warm-up, iterations or duration, bootstrap settings.
         on_progress: called as ``(label, done, total)`` while timing (total = -1 with a duration).
+        also_versus: further reference candidates (e.g. "onnxruntime-fp32"): every other candidate also
+            gets ``speedup_vs[<name>]``, from the same interleaved samples.
 
     Returns:
         ``{"baseline": name, "candidates": [describe()...], "per_batch": [compare_latency(...) per batch]}``.
@@ -126,7 +129,14 @@ def bench(candidates: Sequence[Candidate], feed: Feed, batch_sizes: Sequence[int
         feeds = {c.name: _feed_for(c, batch) for c in candidates}
         callback = (lambda done, total, b=batch_size: on_progress(f"batch {b}", done, total)) if on_progress else None
         samples = time_interleaved({c.name: c.runner for c in candidates}, feeds, timing, on_iteration=callback)
-        per_batch.append(compare_latency(samples, names[0], batch_size, timing))
+        result = compare_latency(samples, names[0], batch_size, timing)
+        for ref in also_versus:
+            if ref not in samples:
+                raise TrtoptError(f"reference {ref!r} is not a candidate", f"choose one of {', '.join(names)}")
+            for name, stats in result["candidates"].items():
+                if name not in (ref, names[0]):
+                    stats.setdefault("speedup_vs", {})[ref] = speedup_interval(samples[ref], samples[name], timing)
+        per_batch.append(result)
     return {"baseline": names[0], "candidates": [c.describe() for c in candidates], "per_batch": per_batch}
 
 

@@ -256,7 +256,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raise TrtoptError("both --ranges and --data given", "use --ranges FILE (calibrated) or --data SRC (calibrate now)")
     ranges = Ranges.load(args.ranges) if args.ranges else _calibrate(args, args.model)
     names, op_types = _split_excludes(args.model, args.exclude or [])
-    config = QuantizeConfig(target=args.target, per_channel=args.per_channel, exclude_nodes=names,
+    config = QuantizeConfig(target=args.target, per_channel=args.per_channel, reduce_range=args.reduce_range,
+                            exclude_nodes=names,
                             exclude_op_types=op_types)
     if args.max_accuracy_drop is not None:
         config = _mixed_precision(args, ranges, config)
@@ -427,8 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
                    help="onnxruntime: U8S8 for CPUs; tensorrt: symmetric S8S8 Q/DQ on Conv/MatMul/Gemm inputs")
     p.add_argument("--exclude", action="append", metavar="NAME|OPTYPE", help="keep a node (or every node of an op type) in FP32")
-    p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
-                   help="per-channel weight scales (default: on for tensorrt, off for onnxruntime)")
+    p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
+                   help="per-channel weight scales (default on)")
+    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
+                   help="7-bit weights (default: on for onnxruntime, whose x86 U8S8 kernels can saturate; off for tensorrt)")
     p.add_argument("--max-accuracy-drop", type=float, default=None, metavar="FRACTION",
                    help="keep the fewest layers in FP32 so top-1 agreement with FP32 drops by at most this (e.g. 0.01)")
     p.add_argument("--json", help="write the artifact record here")

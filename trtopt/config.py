@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from trtopt.calibrate import CalibrationConfig
 from trtopt.compare import Tolerances
 from trtopt.errors import TrtoptError
 from trtopt.profile import TimingConfig
+from trtopt.quantize import QuantizeConfig
 
 RECIPE_VERSION = 1
 C = TypeVar("C")
@@ -121,6 +123,8 @@ class Recipe:
     ort: OrtConfig = field(default_factory=OrtConfig)
     timing: TimingConfig = field(default_factory=TimingConfig)
     compare: Tolerances = field(default_factory=Tolerances)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     version: int = RECIPE_VERSION
 
     def __post_init__(self) -> None:

@@ -77,6 +77,7 @@ def variant_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
                 else metrics.speedup_ratio(base_p50, stats["latency_ms_p50"]),
                 "speedup_ci_low": speed.get("speedup_ci_low"),
                 "speedup_ci_high": speed.get("speedup_ci_high"),
+                "speedup_vs": {ref: v["speedup"] for ref, v in (stats.get("speedup_vs") or {}).items()},
                 "top1_agreement": first.get("top1_agreement"),
                 "max_abs_error": first.get("max_abs_error"),
                 "cosine": first.get("cosine"),
@@ -100,6 +101,8 @@ _COLUMNS: tuple[tuple[str, str, Callable[[Mapping[str, Any]], str]], ...] = (
     ("throughput", "samples/s", lambda r: _fmt(r["throughput_samples_per_s"], ".1f")),
     ("speedup", "speedup × [95% CI]", lambda r: f"{r['speedup_ratio']:.2f}" + (
         f" [{r['speedup_ci_low']:.2f}, {r['speedup_ci_high']:.2f}]" if r["speedup_ci_low"] is not None else "")),
+    ("versus", "speedup vs other", lambda r: ", ".join(f"{v:.2f}× vs {k}" for k, v in r.get("speedup_vs", {}).items())
+     or "–"),
     ("top1", "top-1 agree", lambda r: _fmt(r["top1_agreement"], ".3f")),
     ("err", "max abs err", lambda r: _fmt(r["max_abs_error"], ".2e")),
 )
@@ -107,6 +110,7 @@ _COLUMNS: tuple[tuple[str, str, Callable[[Mapping[str, Any]], str]], ...] = (
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns=_COLUMNS) -> str:
     """Render rows as a GitHub Markdown table with the given (key, header, formatter) columns."""
+    columns = [c for c in columns if any(c[2](r) != "–" for r in rows)] or list(columns)  # drop empty columns
     lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(f(r) for _, _, f in columns) + " |" for r in rows]
     return "\n".join(lines)
@@ -134,9 +138,39 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "- Threads: " + ", ".join(f"{c['name']}: {c['runner'].get('intra_op_threads')}" for c in report["candidates"]),
         f"- Created {report['created_utc']} by trtopt {env['trtopt']}",
     ]
+    if "int8" in report:
+        parts += ["", *_int8_markdown(report)]
     for section in report.get("notes", []):
         parts += ["", f"- {section}"]
     return "\n".join(parts) + "\n"
+
+
+def _int8_markdown(report: Mapping[str, Any]) -> list[str]:
+    """INT8 section: calibration, the TensorRT-target model's agreement, and the layers that quantize worst."""
+    int8 = report["int8"]
+    cal = int8["calibration"]
+    lines = ["## INT8", "",
+             f"- Calibration: {cal['method']} on {report['data']['samples']} samples "
+             f"(streaming, {cal['num_bins']} bins); ranges in `{Path(int8['ranges']).name}`.",
+             f"- TensorRT Q/DQ model `{Path(int8['tensorrt_qdq']['path']).name}` "
+             f"({int8['tensorrt_qdq']['size_bytes'] / 1e6:.2f} MB) and TensorRT 10.3 cache "
+             f"`{Path(int8['tensorrt_cache']).name}` for Jetson."]
+    acc = report["accuracy"].get("tensorrt-int8-qdq")
+    if acc:
+        first = acc["outputs"][0]
+        lines.append(f"- TensorRT-target model, exact Q/DQ semantics on the CPU: top-1 agreement "
+                     f"{_fmt(first['top1_agreement'], '.3f')}, cosine {_fmt(first['cosine'], '.5f')} vs FP32.")
+    worst = sorted(int8["activation_sqnr"], key=lambda r: r["sqnr_db"])[:5]
+    if worst:
+        lines += ["", "Lowest activation SQNR (ONNX Runtime INT8 vs FP32, real inputs):", "",
+                  "| tensor | op | SQNR (dB) | max abs err |", "|---|---|---|---|"]
+        lines += [f"| {r['tensor']} | {r['op_type']} | {r['sqnr_db']:.1f} | {r['max_abs_error']:.3g} |" for r in worst]
+    weights = int8["weight_error"]
+    if weights:
+        w = max(weights, key=lambda r: r["rel_error_max"])
+        lines += ["", f"Weights: {len(weights)} quantized tensors; largest error relative to max |w|: "
+                      f"{w['rel_error_max']:.2e} ({w['weight']}, {'per-channel' if w['per_channel'] else 'per-tensor'})."]
+    return lines
 
 
 def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike, force: bool = False) -> dict[str, Path]:
