@@ -108,7 +108,8 @@ class Recipe:
         model: a model spec (see `trtopt.models`), e.g. "torchvision:resnet18" or "zoo:efficientnet_lite0".
         checkpoint: optional state-dict/checkpoint file loaded into the model.
         input_shapes: per input name, the shape *without* the batch axis; empty = the model's default.
-        data: calibration/eval inputs (.npy/.npz file or image folder); None = seeded random inputs.
+        data: evaluation inputs (.npy/.npz file, image folder, skimage:photos); None = seeded random inputs.
+        calibration_data: INT8 calibration inputs (same kinds); None = ``data``.
         batch_sizes: batch sizes profiled.
         threads: CPU threads for both PyTorch and ONNX Runtime, so the comparison is like for like.
     """
@@ -117,6 +118,7 @@ class Recipe:
     checkpoint: str | None = None
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     data: str | None = None
+    calibration_data: str | None = None
     batch_sizes: tuple[int, ...] = (1, 8)
     threads: int | None = None
     export: ExportConfig = field(default_factory=ExportConfig)

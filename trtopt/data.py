@@ -73,6 +73,12 @@ def load_feed(source: str | os.PathLike | Iterable | None, inputs: Sequence[Inpu
 def _load_path(source: str, inputs: Sequence[InputSpec], preprocess: ImagePreprocess) -> Feed:
     if source == "skimage:photos":
         return {inputs[0].name: skimage_photos(preprocess)}
+    if source.startswith("skimage:crops"):
+        count = source.removeprefix("skimage:crops").lstrip(":") or "128"
+        if not count.isdigit() or int(count) < 1:
+            raise TrtoptError(f"data source {source!r} has no valid count", "write it as skimage:crops:N, e.g. skimage:crops:128")
+        crops = iter_photo_crops(int(count), size=preprocess.size, pre=preprocess)
+        return {inputs[0].name: np.concatenate([b["input"] for b in crops])}
     path = Path(source)
     if not path.exists():
         raise TrtoptError(f"data source {path} does not exist", "give a .npy/.npz file, an image folder, or skimage:photos")
@@ -119,6 +125,9 @@ def check_feed(feed: Mapping[str, np.ndarray], inputs: Sequence[InputSpec], wher
                 f"input {spec.name!r} has shape {tuple(arr.shape)}, expected (N, {', '.join(map(str, spec.shape))})",
                 "pass data of the model's input shape, or set --input-shape to the shape the data has",
             )
+        if arr.dtype.kind not in "biuf":
+            raise TrtoptError(f"input {spec.name!r} from {where} has dtype {arr.dtype}, the model expects {spec.dtype}",
+                              f"provide numeric ({spec.dtype}) arrays")
         if arr.shape[0] == 0:
             raise TrtoptError(f"{where} hold no samples for input {spec.name!r}", "provide at least one sample")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
@@ -191,6 +200,27 @@ def skimage_photos(pre: ImagePreprocess) -> np.ndarray:
             img = (img.astype(np.float32) * 255).astype(np.uint8)
         arrays.append(preprocess_image(Image.fromarray(img[..., :3] if img.ndim == 3 else img), pre))
     return np.stack(arrays)
+
+
+def iter_photo_crops(count: int, batch_size: int = 16, size: int = 224, seed: int = 0,
+                     pre: ImagePreprocess | None = None) -> Iterator[Feed]:
+    """``count`` calibration images made from the scikit-image photos, in batches of ``batch_size``.
+
+    Sample k is a seeded random ``size`` crop of photo k % 19 (photos preprocessed at 256 px), flipped
+    horizontally with probability 1/2; it depends only on (seed, k), so batching never changes the data.
+    Yields feeds ``{"input": (b, 3, size, size) float32}``; memory is one batch, whatever ``count``.
+    """
+    base = pre or ImagePreprocess()
+    source = int(round(size * 256 / 224))
+    photos = skimage_photos(ImagePreprocess(size=source, resize=source, mean=base.mean, std=base.std))
+    for start in range(0, count, batch_size):
+        batch = []
+        for k in range(start, min(start + batch_size, count)):
+            rng = np.random.default_rng([seed, k])
+            top, left = rng.integers(0, source - size + 1, size=2)
+            img = photos[k % len(photos), :, top:top + size, left:left + size]
+            batch.append(img[:, :, ::-1] if rng.random() < 0.5 else img)
+        yield {"input": np.ascontiguousarray(np.stack(batch))}
 
 
 def take_batch(feed: Mapping[str, np.ndarray], batch_size: int, start: int = 0) -> Feed:

@@ -150,7 +150,8 @@ def _int8_markdown(report: Mapping[str, Any]) -> list[str]:
     int8 = report["int8"]
     cal = int8["calibration"]
     lines = ["## INT8", "",
-             f"- Calibration: {cal['method']} on {report['data']['samples']} samples "
+             f"- Calibration: {cal['method']} on {int8['calibration_samples']} samples of "
+             f"{report['recipe'].get('calibration_data') or report['data']['source']} "
              f"(streaming, {cal['num_bins']} bins); ranges in `{Path(int8['ranges']).name}`.",
              f"- TensorRT Q/DQ model `{Path(int8['tensorrt_qdq']['path']).name}` "
              f"({int8['tensorrt_qdq']['size_bytes'] / 1e6:.2f} MB) and TensorRT 10.3 cache "
