@@ -142,7 +142,10 @@ def _prepare(path: Path, stage: Path) -> Path:
 
     out = stage / "prepared.onnx"
     with contextlib.redirect_stdout(io.StringIO()), _quiet_logging():
-        quant_pre_process(str(path), str(out), skip_optimization=True, skip_symbolic_shape=False)
+        try:
+            quant_pre_process(str(path), str(out), skip_optimization=True, skip_symbolic_shape=False)
+        except Exception:  # ORT's symbolic shape inference fails on some exporter graphs (MiniLM: Expand)
+            quant_pre_process(str(path), str(out), skip_optimization=True, skip_symbolic_shape=True)
     return out
 
 

