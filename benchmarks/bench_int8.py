@@ -34,6 +34,7 @@ from trtopt.files import write_json
 from trtopt.models import load_model
 from trtopt.profile import TimingConfig
 from trtopt.quantize import QuantizeConfig, evaluation_config, quantize
+from trtopt.sensitivity import choose_mixed_precision, cosine_scorer
 
 OUT = Path(__file__).resolve().parent / "results" / "int8_cpu.json"
 THREADS = 2
@@ -132,7 +133,7 @@ def digits(tmp: Path) -> dict[str, Any]:
             "top1_accuracy": acc, "test_samples": int(len(test.labels))}
 
 
-def minilm(tmp: Path) -> dict[str, Any]:
+def minilm(tmp: Path, mixed: bool) -> dict[str, Any]:
     from trtopt.zoo import minilm_card_sentences, tokenize_for_minilm
 
     loaded = load_model("zoo:minilm_l6")
@@ -141,14 +142,25 @@ def minilm(tmp: Path) -> dict[str, Any]:
     calib, feed = tokenize_for_minilm(calib_text), tokenize_for_minilm(eval_text)
     fp32 = export_onnx(loaded, tmp / "minilm.onnx", ExportConfig(), feed=feed, force=True)
     ref = outputs(fp32.path, feed)
-    ranges = calibrate(fp32.path, calib, CalibrationConfig(method="percentile"))
-    result = {"model": "zoo:minilm_l6", "calibration": f"percentile, {len(calib_text)} model-card sentences",
+    ranges = calibrate(fp32.path, calib, CalibrationConfig(method="minmax"))
+    result = {"model": "zoo:minilm_l6", "calibration": f"minmax, {len(calib_text)} model-card sentences",
               "evaluation": f"{len(eval_text)} other model-card sentences", "embedding_cosine_vs_fp32": {}}
-    for target in ("onnxruntime", "tensorrt"):
-        q = quantize(fp32.path, ranges, tmp / f"minilm_{target}.onnx", QuantizeConfig(target=target), force=True)
-        result["embedding_cosine_vs_fp32"][f"trtopt_int8_{target}"] = agreement(ref, outputs(q.path, feed))
+    configs = {"onnxruntime_all_ops": QuantizeConfig(target="onnxruntime"),
+               "onnxruntime_matmul_only": QuantizeConfig(target="onnxruntime", op_types=("MatMul", "Gemm")),
+               "tensorrt": QuantizeConfig(target="tensorrt")}
+    for name, config in configs.items():
+        q = quantize(fp32.path, ranges, tmp / f"minilm_{name}.onnx", config, force=True)
+        result["embedding_cosine_vs_fp32"][f"trtopt_int8_{name}"] = agreement(ref, outputs(q.path, feed))
     ort_quantize_static(fp32.path, calib, tmp / "minilm_ort.onnx")
     result["embedding_cosine_vs_fp32"]["ort_int8"] = agreement(ref, outputs(tmp / "minilm_ort.onnx", feed))
+    if mixed:
+        start = time.perf_counter()
+        choice = choose_mixed_precision(fp32.path, ranges, configs["tensorrt"], cosine_scorer(feed, ref, THREADS), 0.01)
+        result["mixed_precision_tensorrt"] = {
+            "bar": "mean cosine to FP32 >= 0.99", "seconds": time.perf_counter() - start, "met": choice["met"],
+            "int8_cosine": choice["sensitivity"]["int8_score"], "cosine": choice["score"],
+            "fp32_layers": choice["exclude_nodes"], "quantizable_layers": len(choice["sensitivity"]["layers"]),
+            "most_sensitive": choice["sensitivity"]["layers"][:8]}
     return result
 
 
@@ -158,6 +170,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["torchvision:resnet18", "torchvision:resnet50",
                                                          "zoo:efficientnet_lite0"])
     parser.add_argument("--method", default="percentile", help="trtopt calibration method for image models")
+    parser.add_argument("--no-mixed", action="store_true", help="skip MiniLM's mixed-precision search (~6 min)")
     args = parser.parse_args()
     timing = TimingConfig(warmup_iterations=5, iterations=10 if args.quick else 50)
     results: dict[str, Any] = {"environment": environment(), "threads": THREADS, "timing": timing.to_dict(),
@@ -173,7 +186,7 @@ def main() -> None:
             print(f"  accuracy vs FP32: {r['accuracy_vs_fp32']}", flush=True)
         results["digits"] = digits(Path(tmp))
         print(f"digits: {results['digits']['top1_accuracy']}", flush=True)
-        results["minilm"] = minilm(Path(tmp))
+        results["minilm"] = minilm(Path(tmp), mixed=not args.no_mixed)
         print(f"minilm: {results['minilm']['embedding_cosine_vs_fp32']}", flush=True)
     write_json(OUT, results, force=True)
     print(f"wrote {OUT}")

@@ -16,7 +16,7 @@ from trtopt.errors import TrtoptError
 from trtopt.export import export_onnx
 from trtopt.models import load_model
 from trtopt.quant_error import activation_sqnr, weight_errors
-from trtopt.quantize import QuantizeConfig, evaluation_config, qdq_counts, quantize
+from trtopt.quantize import QuantizeConfig, evaluation_config, quantize
 
 
 @pytest.fixture(scope="module")

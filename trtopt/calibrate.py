@@ -497,7 +497,7 @@ def _check_requested(model: Any, path: Path, tensors: Sequence[str]) -> list[str
     return list(out)
 
 
-def _write_augmented(model: Any, source: Path, outputs: Sequence[str], folder: Path) -> Path:
+def write_with_outputs(model: Any, source: Path, outputs: Sequence[str], folder: Path) -> Path:
     """Save ``model`` with exactly ``outputs`` as graph outputs into ``folder``; returns the path.
 
     External data stays where it is referenced: the side files are hard-linked into ``folder`` (ONNX
@@ -721,7 +721,7 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
             ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
         runner = None
         if fetched:
-            augmented = _write_augmented(model, path, fetched, Path(tmp))
+            augmented = write_with_outputs(model, path, fetched, Path(tmp))
             runner = OrtRunner(augmented, ort or OrtConfig())
         del model
         for k, feed in enumerate(batches):

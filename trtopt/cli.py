@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from trtopt._version import __version__
@@ -257,7 +258,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     ranges = Ranges.load(args.ranges) if args.ranges else _calibrate(args, args.model)
     names, op_types = _split_excludes(args.model, args.exclude or [])
     config = QuantizeConfig(target=args.target, per_channel=args.per_channel, reduce_range=args.reduce_range,
-                            exclude_nodes=names,
+                            op_types=tuple(args.op_types.split(",")) if args.op_types else None, exclude_nodes=names,
                             exclude_op_types=op_types)
     if args.max_accuracy_drop is not None:
         config = _mixed_precision(args, ranges, config)
@@ -287,17 +288,18 @@ def _split_excludes(onnx_path: str, values: list[str]) -> tuple[tuple[str, ...],
 
 
 def _mixed_precision(args: argparse.Namespace, ranges, config):
-    """Keep the fewest layers in FP32 so that top-1 agreement with FP32 drops by at most --max-accuracy-drop."""
+    """Keep the fewest layers in FP32 so that agreement (or cosine) with FP32 drops by at most --max-accuracy-drop."""
     from dataclasses import replace
 
-    from trtopt.sensitivity import agreement_scorer, choose_mixed_precision, _outputs
+    from trtopt.sensitivity import agreement_scorer, choose_mixed_precision, cosine_scorer, model_outputs
 
     feed = _onnx_feed(args, args.model)
-    reference = _outputs(Path(args.model), feed, None)
-    choice = choose_mixed_precision(args.model, ranges, config, agreement_scorer(feed, reference),
-                                    args.max_accuracy_drop, on_step=_step_printer(args))
+    reference = model_outputs(Path(args.model), feed, None)
+    scorer = (agreement_scorer if args.metric == "agreement" else cosine_scorer)(feed, reference)
+    choice = choose_mixed_precision(args.model, ranges, config, scorer, args.max_accuracy_drop,
+                                    on_step=_step_printer(args))
     print(f"mixed precision: {len(choice['exclude_nodes'])} layer(s) kept in FP32 "
-          f"({', '.join(choice['exclude_nodes']) or 'none'}); top-1 agreement {choice['score']:.4f} "
+          f"({', '.join(choice['exclude_nodes']) or 'none'}); {args.metric} {choice['score']:.4f} "
           f"(bar: ≥ {1 - args.max_accuracy_drop:.4f}{'' if choice['met'] else ', NOT met'})")
     return replace(config, exclude_nodes=tuple(config.exclude_nodes) + tuple(choice["exclude_nodes"]))
 
@@ -428,12 +430,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
                    help="onnxruntime: U8S8 for CPUs; tensorrt: symmetric S8S8 Q/DQ on Conv/MatMul/Gemm inputs")
     p.add_argument("--exclude", action="append", metavar="NAME|OPTYPE", help="keep a node (or every node of an op type) in FP32")
+    p.add_argument("--op-types", default=None, metavar="A,B",
+                   help="op types to quantize (default: the target's set; transformers on onnxruntime: MatMul,Gemm)")
     p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
                    help="per-channel weight scales (default on)")
     p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
                    help="7-bit weights (default: on for onnxruntime, whose x86 U8S8 kernels can saturate; off for tensorrt)")
     p.add_argument("--max-accuracy-drop", type=float, default=None, metavar="FRACTION",
-                   help="keep the fewest layers in FP32 so top-1 agreement with FP32 drops by at most this (e.g. 0.01)")
+                   help="keep the fewest layers in FP32 so --metric vs FP32 drops by at most this (e.g. 0.01)")
+    p.add_argument("--metric", choices=("agreement", "cosine"), default="agreement",
+                   help="score for --max-accuracy-drop: top-1 agreement (classifiers) or mean cosine (embeddings)")
     p.add_argument("--json", help="write the artifact record here")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     _add_calibration(p)

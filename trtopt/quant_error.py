@@ -140,7 +140,7 @@ def activation_sqnr(fp32_path: str | os.PathLike, qdq_path: str | os.PathLike, f
     import onnx
 
     from trtopt.backends.ort import OrtRunner
-    from trtopt.calibrate import _write_augmented as write_with_outputs
+    from trtopt.calibrate import write_with_outputs
 
     fp32 = onnx.load(str(fp32_path), load_external_data=False)
     qdq = onnx.load(str(qdq_path), load_external_data=False)

@@ -28,7 +28,7 @@ from trtopt.quantize import COMPUTE_OP_TYPES, QuantizeConfig, evaluation_config,
 Scorer = Callable[[Path], float]
 
 
-def _outputs(path: Path, feed: Feed, threads: int | None, batch_size: int = 32) -> np.ndarray:
+def model_outputs(path: Path, feed: Feed, threads: int | None, batch_size: int = 32) -> np.ndarray:
     """First output of the model over every sample (ONNX Runtime with the target's evaluation settings)."""
     from trtopt.bench import onnx_candidate, run_all
 
@@ -44,13 +44,13 @@ def accuracy_scorer(feed: Feed, labels: np.ndarray, threads: int | None = None) 
     """Top-1 accuracy (fraction) of a classifier's first output against ``labels``."""
     from trtopt.compare import topk_accuracy
 
-    return lambda path: topk_accuracy(_outputs(path, feed, threads), labels)
+    return lambda path: topk_accuracy(model_outputs(path, feed, threads), labels)
 
 
 def agreement_scorer(feed: Feed, reference: np.ndarray, threads: int | None = None) -> Scorer:
     """Fraction of samples whose argmax matches the FP32 reference logits (no labels needed)."""
     ref = reference.argmax(axis=-1)
-    return lambda path: float((_outputs(path, feed, threads).argmax(axis=-1) == ref).mean())
+    return lambda path: float((model_outputs(path, feed, threads).argmax(axis=-1) == ref).mean())
 
 
 def cosine_scorer(feed: Feed, reference: np.ndarray, threads: int | None = None) -> Scorer:
@@ -58,7 +58,7 @@ def cosine_scorer(feed: Feed, reference: np.ndarray, threads: int | None = None)
     ref = reference.reshape(len(reference), -1).astype(np.float64)
 
     def score(path: Path) -> float:
-        out = _outputs(path, feed, threads).reshape(len(ref), -1).astype(np.float64)
+        out = model_outputs(path, feed, threads).reshape(len(ref), -1).astype(np.float64)
         num = (out * ref).sum(1)
         den = np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1)
         return float(np.mean(num / np.maximum(den, 1e-30)))
