@@ -19,8 +19,12 @@ the process that made it. Each run is a fresh subprocess, so peak RSS (``ru_maxr
   exceeds ``--ort-max-rss-gb`` are skipped and recorded with the prediction, and a watchdog kills a
   run that passes the limit anyway.
 
-Writes ``benchmarks/results/calibration.json`` and prints a table. Run:
-``.venv/bin/python benchmarks/bench_calibration.py [--sizes 64,256,1024] [--ort-trend-sizes 16,32]``.
+Optionally, ModelOpt's ONNX PTQ (``--modelopt-python``: the python of a throwaway venv with nvidia-modelopt,
+outside this repository; its time includes quantization, which it does not offer separately).
+
+Writes ``benchmarks/results/calibration.json`` and prints a table; about 5 minutes on 2 idle cores (8 with
+ModelOpt). Run: ``.venv/bin/python benchmarks/bench_calibration.py [--sizes 64,256,1024]
+[--ort-trend-sizes 16,32] [--modelopt-python /path/to/venv/bin/python]``.
 """
 
 from __future__ import annotations
@@ -42,7 +46,6 @@ import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CROP = 224
-SOURCE_SIZE = 256  # photos are preprocessed to 256x256, then randomly cropped to 224
 ORT_PERCENTILE = 99.999
 TOOLS = {"trtopt-entropy": ("trtopt", "entropy"), "trtopt-percentile": ("trtopt", "percentile"),
          "ort-entropy": ("ort", "Entropy"), "ort-percentile": ("ort", "Percentile"),
@@ -72,25 +75,13 @@ MODELOPT_NOTE = ("not measured: nvidia-modelopt is not a trtopt dependency, and 
 
 # --- data -------------------------------------------------------------------------------------------
 
-def load_photos() -> np.ndarray:
-    """The 19 scikit-image photographs, preprocessed to (19, 3, 256, 256) float32, ImageNet-normalized."""
-    from trtopt.data import skimage_photos
-    from trtopt.models import ImagePreprocess
+def calibration_images(count: int, batch_size: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """``count`` samples (3, 224, 224) in batches: `trtopt.data.iter_photo_crops` (seeded crops + flips of
+    the 19 photos; sample k depends only on (seed, k), not on batching)."""
+    from trtopt.data import iter_photo_crops
 
-    return skimage_photos(ImagePreprocess(size=SOURCE_SIZE, resize=SOURCE_SIZE))
-
-
-def calibration_images(photos: np.ndarray, count: int, batch_size: int, seed: int = 0) -> Iterator[np.ndarray]:
-    """``count`` samples (3, 224, 224) in batches: sample k is a seeded random crop of photo k % 19,
-    flipped horizontally with probability 1/2. Sample k depends only on (seed, k), not on batching."""
-    for start in range(0, count, batch_size):
-        batch = []
-        for k in range(start, min(start + batch_size, count)):
-            rng = np.random.default_rng([seed, k])
-            top, left = rng.integers(0, SOURCE_SIZE - CROP + 1, size=2)
-            img = photos[k % len(photos), :, top:top + CROP, left:left + CROP]
-            batch.append(img[:, :, ::-1] if rng.random() < 0.5 else img)
-        yield np.ascontiguousarray(np.stack(batch))
+    for batch in iter_photo_crops(count, batch_size, size=CROP, seed=seed):
+        yield batch["input"]
 
 
 # --- one measurement (runs in a child process) ------------------------------------------------------
@@ -101,7 +92,6 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     n, batch_size, model = spec["samples"], spec["batch_size"], spec["model"]
     if tool == "modelopt":  # runs in ModelOpt's own venv, without trtopt: the data come as a .npy file
         return modelopt_child(spec, method)
-    photos = load_photos()
     if tool == "trtopt":
         from trtopt.calibrate import CalibrationConfig, calibrate
 
@@ -109,7 +99,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         # (trtopt's own default is 99.99; the percentile does not change the cost).
         config = CalibrationConfig(method=method, batch_size=batch_size, percentile=ORT_PERCENTILE)
         start = time.perf_counter()
-        ranges = calibrate(model, ({"input": b} for b in calibration_images(photos, n, batch_size)), config)
+        ranges = calibrate(model, ({"input": b} for b in calibration_images(n, batch_size)), config)
         wall = time.perf_counter() - start
         amax = {k: r.amax for k, r in ranges.tensors.items()}
         settings = config.to_dict()
@@ -118,7 +108,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
         class Reader(CalibrationDataReader):
             def __init__(self) -> None:
-                self.batches = calibration_images(photos, n, batch_size)
+                self.batches = calibration_images(n, batch_size)
 
             def get_next(self) -> dict[str, np.ndarray] | None:
                 batch = next(self.batches, None)
@@ -267,7 +257,10 @@ def main() -> None:
     parser.add_argument("--modelopt-python", default="",
                         help="python of a throwaway venv with nvidia-modelopt (CPU torch, onnx_graphsurgeon, "
                              "onnxscript, lief); adds modelopt-entropy, which includes quantization")
-    parser.add_argument("--timeout-s", type=float, default=900.0, help="per run")
+    parser.add_argument("--max-predicted-s", type=float, default=150.0,
+                        help="skip sizes of ORT/ModelOpt whose predicted wall time (a line through their measured "
+                             "runs) exceeds this, to keep the whole benchmark near 10 minutes on 2 cores")
+    parser.add_argument("--timeout-s", type=float, default=300.0, help="per run; a run past it is recorded as failed")
     parser.add_argument("--out", type=Path, default=RESULTS / "calibration.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -306,15 +299,20 @@ def main() -> None:
             times: list[tuple[int, float]] = []
             for n in (trend + sizes) if is_ort else sizes:
                 row: dict[str, Any] = {"tool": tool, "samples": n, "batch_size": args.batch_size}
-                line = fit_line(measured) if is_ort else None
-                if is_ort and line is not None:
+                line, time_line = (fit_line(measured), fit_line(times)) if is_ort else (None, None)
+                if line is not None and time_line is not None:
                     predicted = line[0] + line[1] * n
+                    predicted_s = time_line[0] + time_line[1] * n
+                    reason = ""
                     if predicted > limit_mb:
-                        time_line = fit_line(times)
+                        reason = (f"predicted peak RSS {predicted / 1024:.1f} GB exceeds --ort-max-rss-gb "
+                                  f"{args.ort_max_rss_gb:g} (keeps every activation until the end)")
+                    elif predicted_s > args.max_predicted_s:
+                        reason = (f"predicted wall time {predicted_s:.0f} s exceeds --max-predicted-s "
+                                  f"{args.max_predicted_s:g}")
+                    if reason:
                         row.update(status="skipped", predicted_peak_rss_mb=round(predicted),
-                                   predicted_wall_s=round(time_line[0] + time_line[1] * n, 1) if time_line else None,
-                                   reason=f"predicted peak RSS {predicted / 1024:.1f} GB exceeds --ort-max-rss-gb "
-                                          f"{args.ort_max_rss_gb:g} (keeps every activation until the end)")
+                                   predicted_wall_s=round(predicted_s, 1), reason=reason)
                         rows.append(row)
                         print(f"{tool:18s} {n:5d}  skipped: {row['reason']}", flush=True)
                         continue
@@ -323,7 +321,7 @@ def main() -> None:
                 python = sys.executable
                 if TOOLS[tool][0] == "modelopt":
                     spec["data"] = str(Path(tmp) / f"data{n}.npy")
-                    np.save(spec["data"], np.concatenate(list(calibration_images(load_photos(), n, 64))))
+                    np.save(spec["data"], np.concatenate(list(calibration_images(n, 64))))
                     python = args.modelopt_python
                 result = run_child(spec, limit_mb + 512 if is_ort else None, args.timeout_s, python)
                 if "error" in result:
@@ -347,7 +345,7 @@ def main() -> None:
         "title": "INT8 calibration of ResNet-18 (random init) on 2 CPU cores: trtopt streaming vs ONNX Runtime",
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": model, "data": {"source": "skimage photos (19), seeded random 224-px crops + flips",
-                                 "generator": "calibration_images(photos, count, batch_size, seed=0)"},
+                                 "generator": "trtopt.data.iter_photo_crops(count, batch_size, seed=0)"},
         "environment": environment(), "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                                                 if not k.startswith("child") and k != "export_to"},
         "modelopt": {"status": "measured", "python": args.modelopt_python, "note": MODELOPT_MEASURED}
@@ -419,7 +417,8 @@ def markdown(rows: list[dict[str, Any]], sizes: list[int]) -> str:
             elif r["status"] == "ok":
                 cells.append(f"{r['wall_s']:.1f} / {r['peak_rss_mb']}")
             elif r["status"] == "skipped":
-                cells.append(f"skipped (~{r['predicted_peak_rss_mb'] / 1024:.0f} GB predicted)")
+                cells.append(f"skipped (predicted ~{r['predicted_wall_s']:.0f} s / "
+                             f"{r['predicted_peak_rss_mb'] / 1024:.1f} GB)")
             else:
                 cells.append("failed")
         lines.append(f"| {tool} | " + " | ".join(cells) + " |")

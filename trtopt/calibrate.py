@@ -500,6 +500,8 @@ def _check_requested(model: Any, path: Path, tensors: Sequence[str]) -> list[str
 def write_with_outputs(model: Any, source: Path, outputs: Sequence[str], folder: Path) -> Path:
     """Save ``model`` with exactly ``outputs`` as graph outputs into ``folder``; returns the path.
 
+    ``model`` (a ModelProto loaded without its external data) has its graph outputs replaced in place.
+
     External data stays where it is referenced: the side files are hard-linked into ``folder`` (ONNX
     Runtime refuses side files outside the model's folder, symlinks included), copied when linking
     is not possible (another filesystem).
