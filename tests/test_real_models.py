@@ -98,16 +98,24 @@ def test_demo_end_to_end(tmp_path):
     from trtopt.demo import default_recipe, run_demo
 
     report, paths = run_demo(default_recipe(iterations=5), tmp_path / "demo")
-    assert {p.name for p in (tmp_path / "demo").iterdir()} >= {"model.onnx", "report.json", "report.md", "recipe.yaml"}
+    assert {p.name for p in (tmp_path / "demo").iterdir()} >= {
+        "model.onnx", "model.int8.onnxruntime.onnx", "model.int8.tensorrt.onnx", "ranges.json", "calibration.cache",
+        "report.json", "report.md", "recipe.yaml"}
     rows = report["rows"]
-    assert [(r["variant"], r["batch_size"]) for r in rows] == [
-        ("pytorch-fp32", 1), ("onnxruntime-fp32", 1), ("pytorch-fp32", 8), ("onnxruntime-fp32", 8)]
+    variants = ["pytorch-fp32", "onnxruntime-fp32", "onnxruntime-int8"]
+    assert [(r["variant"], r["batch_size"]) for r in rows] == [(v, b) for b in (1, 8) for v in variants]
     ort_rows = [r for r in rows if r["variant"] == "onnxruntime-fp32"]
     assert all(r["top1_agreement"] == 1.0 for r in ort_rows)
     assert all(r["compression_ratio"] > 0.9 for r in ort_rows)  # FP32 ONNX ≈ FP32 parameters
+    int8_rows = [r for r in rows if r["variant"] == "onnxruntime-int8"]
+    assert all(r["compression_ratio"] > 3.5 and r["top1_agreement"] >= 0.8 for r in int8_rows)
+    assert all("onnxruntime-fp32" in r["speedup_vs"] for r in int8_rows)
+    assert report["accuracy"]["tensorrt-int8-qdq"]["outputs"][0]["top1_agreement"] >= 0.8
     coffee = next(p for p in report["predictions"] if p["image"] == "coffee")
-    assert coffee["pytorch-fp32"] == coffee["onnxruntime-fp32"] == "espresso"
-    assert "| onnxruntime-fp32 |" in paths["markdown"].read_text()
+    assert coffee["pytorch-fp32"] == coffee["onnxruntime-fp32"] == coffee["onnxruntime-int8"] == "espresso"
+    assert (tmp_path / "demo" / "calibration.cache").read_text().startswith("TRT-100300-")
+    text = paths["markdown"].read_text()
+    assert "| onnxruntime-int8 |" in text and "## INT8" in text
 
 
 def test_efficientnet_int8_agreement_at_least_ort_quantize_static(tmp_path):
