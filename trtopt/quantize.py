@@ -169,7 +169,7 @@ def _run_ort_quantizer(prepared: Path, staged: Path, ranges: Ranges, config: Qua
 
     if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
         raise TrtoptError("this onnxruntime cannot take precomputed ranges (quantize_static has no calibration_cache_path)",
-                          "pip install 'onnxruntime>=1.24'")
+                          "upgrade onnxruntime (1.32 has it): pip install -U onnxruntime")
     symmetric = config.target == "tensorrt"
     data = {}
     for name, r in ranges.tensors.items():
