@@ -165,3 +165,22 @@ def test_mixed_precision_meets_the_bar_with_fewest_layers(digits):
     # the greedy choice is minimal along its own order: one layer fewer would not meet the bar
     if choice["exclude_nodes"]:
         assert choice["fp32_score"] - choice["trail"][-2]["score"] > 0.003
+
+
+def test_fp16_by_casts_keeps_float32_io_and_matches(digits):
+    from trtopt.quantize import to_fp16
+
+    tmp, art, _, test = digits
+    half = to_fp16(art.path, tmp / "fp16.onnx", force=True)
+    model = onnx.load(str(half.path))
+    assert half.precision == "fp16" and half.metadata["trtopt.precision"] == "fp16"
+    assert [t.dtype for t in half.inputs] == ["float32"] and [t.dtype for t in half.outputs] == ["float32"]
+    assert any(n.op_type == "Cast" for n in model.graph.node)
+    assert all(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer
+               if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) and len(t.dims) > 1)
+    assert half.size_bytes < art.size_bytes * 0.55
+    ref, got = _run(art.path, test.inputs), _run(half.path, test.inputs)
+    cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+    assert cos.min() > 0.9999 and (ref.argmax(1) == got.argmax(1)).all()
+    with pytest.raises(TrtoptError, match="--force"):
+        to_fp16(art.path, half.path)

@@ -253,6 +253,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from trtopt.quantize import QuantizeConfig, quantize
 
     ensure_writable(args.output, args.force)
+    if args.precision == "fp16":
+        from trtopt.quantize import to_fp16
+
+        artifact = to_fp16(args.model, args.output, exclude_op_types=tuple(args.exclude or ()), force=args.force)
+        print(f"wrote {artifact.path} ({artifact.size_bytes / 1e6:.2f} MB); {artifact.notes[0]}")
+        return 0
     if args.ranges and args.data:
         raise TrtoptError("both --ranges and --data given", "use --ranges FILE (calibrated) or --data SRC (calibrate now)")
     ranges = Ranges.load(args.ranges) if args.ranges else _calibrate(args, args.model)
@@ -423,10 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p)
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("quantize", parents=[common], help="ranges → INT8 Q/DQ ONNX for a target (onnxruntime or tensorrt)")
+    p = sub.add_parser("quantize", parents=[common], help="ranges → INT8 Q/DQ ONNX for a target (onnxruntime or tensorrt), or FP16 by casts")
     p.add_argument("model", help="FP32 .onnx file (the one the ranges were calibrated on)")
     p.add_argument("-o", "--output", required=True, help="INT8 .onnx to write")
     p.add_argument("--ranges", help="ranges JSON from trtopt calibrate (else calibrate now on --data)")
+    p.add_argument("--precision", choices=("int8", "fp16"), default="int8",
+                   help="int8 (Q/DQ from ranges) or fp16 (casts: TensorRT 11's FP16 route; --exclude takes op types)")
     p.add_argument("--target", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
                    help="onnxruntime: U8S8 for CPUs; tensorrt: symmetric S8S8 Q/DQ on Conv/MatMul/Gemm inputs")
     p.add_argument("--exclude", action="append", metavar="NAME|OPTYPE", help="keep a node (or every node of an op type) in FP32")

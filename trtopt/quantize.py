@@ -23,6 +23,7 @@ import io
 import logging
 import os
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,3 +242,31 @@ def qdq_counts(path: str | os.PathLike) -> dict[str, int]:
         if node.op_type in counts:
             counts[node.op_type] += 1
     return counts
+
+
+def to_fp16(onnx_path: str | os.PathLike, out_path: str | os.PathLike, exclude_op_types: tuple[str, ...] = (),
+            force: bool = False) -> OnnxArtifact:
+    """FP16 by casts: weights and compute in float16, inputs/outputs kept float32 behind Cast nodes.
+
+    This is how TensorRT 11 takes FP16 (strongly typed networks: precision comes from the graph, there
+    is no FP16 builder flag), and it runs unchanged in ONNX Runtime. The conversion is onnxconverter-
+    common's ``convert_float_to_float16`` (it also keeps ops without float16 kernels, e.g. Resize's
+    scales, in float32); ``exclude_op_types`` keeps more op types in float32 (e.g. "Softmax").
+    """
+    import onnx
+    from onnxconverter_common import float16
+
+    target = ensure_writable(out_path, force)
+    source = inspect_onnx(onnx_path)
+    model = onnx.load(str(source.path))
+    with staging_dir(target) as stage, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # onnxconverter-common warns about values it clamps to the fp16 range
+        half = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=list(exclude_op_types) or None)
+        entry = half.metadata_props.add()
+        entry.key, entry.value = "trtopt.precision", "fp16"
+        staged = stage / target.name
+        onnx.save_model(half, str(staged))
+        onnx.checker.check_model(str(staged))
+        os.replace(staged, target)
+    casts = sum(n.op_type == "Cast" for n in half.graph.node)
+    return inspect_onnx(target, notes=(f"fp16 weights and compute, float32 inputs/outputs ({casts} Cast nodes)",))
