@@ -33,7 +33,7 @@ from trtopt.export import export_onnx
 from trtopt.files import write_json
 from trtopt.models import load_model
 from trtopt.profile import TimingConfig
-from trtopt.quantize import QuantizeConfig, evaluation_config, quantize
+from trtopt.quantize import QuantizeConfig, quantize
 from trtopt.sensitivity import choose_mixed_precision, cosine_scorer
 
 OUT = Path(__file__).resolve().parent / "results" / "int8_cpu.json"
@@ -67,8 +67,7 @@ def ort_quantize_static(fp32: Path, feed: dict[str, np.ndarray], out: Path) -> f
 
 
 def outputs(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
-    art = inspect_onnx(path)
-    return next(iter(run_all(onnx_candidate(art, ort=evaluation_config(art, THREADS)), feed, 16).values()))
+    return next(iter(run_all(onnx_candidate(path, threads=THREADS), feed, 16).values()))
 
 
 def agreement(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:

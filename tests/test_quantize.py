@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from trtopt.artifacts import Ranges, TensorRange, inspect_onnx
+from trtopt.artifacts import Ranges, TensorRange
 from trtopt.calibrate import CalibrationConfig, calibrate
 from trtopt.compare import topk_accuracy
 from trtopt.config import ExportConfig
@@ -16,7 +16,7 @@ from trtopt.errors import TrtoptError
 from trtopt.export import export_onnx
 from trtopt.models import load_model
 from trtopt.quant_error import activation_sqnr, weight_errors
-from trtopt.quantize import QuantizeConfig, evaluation_config, quantize
+from trtopt.quantize import QuantizeConfig, quantize
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +36,7 @@ def digits(tmp_path_factory):
 def _run(path, feed, threads=1):
     from trtopt.bench import onnx_candidate, run_all
 
-    art = inspect_onnx(path)
-    return next(iter(run_all(onnx_candidate(art, ort=evaluation_config(art, threads)), feed, 64).values()))
+    return next(iter(run_all(onnx_candidate(path, threads=threads), feed, 64).values()))
 
 
 def _zero_points(model):

@@ -61,12 +61,18 @@ def torch_candidate(loaded: LoadedModel, name: str = "pytorch-fp32", threads: in
 
 
 def onnx_candidate(artifact: OnnxArtifact | str | os.PathLike, name: str | None = None,
-                   ort: OrtConfig = OrtConfig(), input_shapes: dict[str, tuple[int, ...]] | None = None) -> Candidate:
-    """An ONNX model in ONNX Runtime as a candidate."""
+                   ort: OrtConfig | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None,
+                   threads: int | None = None) -> Candidate:
+    """An ONNX model in ONNX Runtime as a candidate.
+
+    Without ``ort``, the session computes what the model's target would (`trtopt.quantize.evaluation_config`:
+    a TensorRT-target Q/DQ model runs with exact Q/DQ semantics) on ``threads`` threads.
+    """
     from trtopt.backends import get_backend
+    from trtopt.quantize import evaluation_config
 
     art = artifact if isinstance(artifact, OnnxArtifact) else inspect_onnx(artifact)
-    runner = get_backend("onnxruntime").load(art, config=ort)
+    runner = get_backend("onnxruntime").load(art, config=ort or evaluation_config(art, threads))
     return Candidate(name or art.path.name, "onnxruntime", art.precision, runner, onnx_input_specs(art, input_shapes),
                      size_bytes=art.size_bytes, source=str(art.path), artifact=art.to_dict())
 
@@ -92,10 +98,7 @@ def open_candidate(source: str, threads: int | None = None, ort: OrtConfig | Non
                    input_shapes: dict[str, tuple[int, ...]] | None = None, checkpoint: str | None = None) -> Candidate:
     """Open a spec: ``.onnx`` → ONNX Runtime, anything else → PyTorch eager (see `trtopt.models`)."""
     if is_onnx_path(source):
-        from trtopt.quantize import evaluation_config
-
-        art = inspect_onnx(source)
-        return onnx_candidate(art, ort=ort or evaluation_config(art, threads), input_shapes=input_shapes)
+        return onnx_candidate(source, ort=ort, input_shapes=input_shapes, threads=threads)
     single = next(iter(input_shapes.values())) if input_shapes and len(input_shapes) == 1 else None
     loaded = load_model(source, checkpoint=checkpoint, input_shape=single)
     return torch_candidate(loaded, name=source, threads=threads)

@@ -118,7 +118,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from trtopt.files import ensure_writable
 
         ensure_writable(args.json, args.force)
-    candidates = [open_candidate(m, threads=args.threads, input_shapes=_named(shapes, None), checkpoint=args.checkpoint)
+    candidates = [open_candidate(m, threads=args.threads, input_shapes=_named(shapes), checkpoint=args.checkpoint)
                   for m in args.models]
     shapes_named = {s.name: s.shape for s in candidates[0].inputs}
     preprocess = getattr(getattr(candidates[0].runner, "loaded", None), "preprocess", None)
@@ -134,17 +134,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _named(shapes: dict[str, tuple[int, ...]], default_name: str | None) -> dict[str, tuple[int, ...]] | None:
+def _named(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]] | None:
+    """--input-shape values keyed by input name (an unnamed shape is for "input"); None when none given."""
     if not shapes:
         return None
-    return {(k or default_name or "input"): v for k, v in shapes.items()}
+    return {(k or "input"): v for k, v in shapes.items()}
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from trtopt.bench import open_candidate, run_all
     from trtopt.compare import Tolerances, compare_outputs
 
-    shapes = _named(parse_shapes(args.input_shape), None)
+    shapes = _named(parse_shapes(args.input_shape))
     reference = open_candidate(args.reference, threads=args.threads, input_shapes=shapes, checkpoint=args.checkpoint)
     candidate = open_candidate(args.candidate, threads=args.threads, input_shapes=shapes)
     preprocess = getattr(getattr(reference.runner, "loaded", None), "preprocess", None)
@@ -208,7 +209,7 @@ def _onnx_feed(args: argparse.Namespace, onnx_path: str):
     from trtopt.artifacts import inspect_onnx
     from trtopt.bench import onnx_input_specs
 
-    specs = onnx_input_specs(inspect_onnx(onnx_path), _named(parse_shapes(args.input_shape), None))
+    specs = onnx_input_specs(inspect_onnx(onnx_path), _named(parse_shapes(args.input_shape)))
     return _feed_for(args, specs)
 
 

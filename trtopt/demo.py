@@ -28,7 +28,7 @@ from trtopt.files import write_text
 from trtopt.models import load_model
 from trtopt.profile import TimingConfig
 from trtopt.quant_error import activation_sqnr, weight_errors
-from trtopt.quantize import evaluation_config, quantize
+from trtopt.quantize import quantize
 from trtopt.report import build_report, write_report
 from trtopt.trt_cache import ranges_to_cache, write_cache
 
@@ -78,7 +78,7 @@ def run_demo(recipe: Recipe, out_dir: str | os.PathLike, force: bool = False,
     step(f"comparing outputs on all {len(next(iter(feed.values())))} inputs")
     reference = run_all(candidates[0], feed)
     outputs = {c.name: run_all(c, feed) for c in candidates[1:]}
-    trt_qdq = onnx_candidate(int8["tensorrt"], "tensorrt-int8-qdq", evaluation_config(int8["tensorrt"], recipe.threads))
+    trt_qdq = onnx_candidate(int8["tensorrt"], "tensorrt-int8-qdq", threads=recipe.threads)
     outputs[trt_qdq.name] = run_all(trt_qdq, feed)
     accuracy = {name: compare_outputs(reference, out_, recipe.compare) for name, out_ in outputs.items()}
     step("measuring quantization error per layer")

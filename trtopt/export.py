@@ -94,8 +94,7 @@ def _export(loaded: LoadedModel, staged: Path, config: ExportConfig, example: Fe
                 raise TrtoptError(f"the dynamo exporter failed for {loaded.spec} ({reason})",
                                   "try exporter: torchscript (--exporter torchscript)") from e
             notes.append(f"dynamo exporter failed ({reason}); fell back to the TorchScript exporter")
-            for leftover in staged.parent.iterdir():
-                leftover.unlink()
+            _clear(staged.parent)
     try:
         _torch_export(loaded, staged, config, example, dynamo=False)
     except Exception as e:
@@ -133,6 +132,12 @@ def _torch_export(loaded: LoadedModel, staged: Path, config: ExportConfig, examp
         torch.onnx.export(loaded.module, args, str(staged), **kwargs)
 
 
+def _clear(folder: Path) -> None:
+    """Empty the staging folder (a failed exporter's or the raw export's files)."""
+    for leftover in folder.iterdir():
+        leftover.unlink()
+
+
 def _finalize(staged: Path, config: ExportConfig, notes: list[str], output_names: Sequence[str]) -> None:
     """Load the exported model (with any side file), simplify it, and save it per ``external_data``."""
     import onnx
@@ -141,8 +146,7 @@ def _finalize(staged: Path, config: ExportConfig, notes: list[str], output_names
     rename_outputs_(model, output_names)
     if config.simplify:
         model = _simplify(model, notes)
-    for leftover in staged.parent.iterdir():
-        leftover.unlink()
+    _clear(staged.parent)
     size = model.ByteSize()
     external = config.external_data == "always" or (config.external_data == "auto" and size > INLINE_LIMIT_BYTES)
     if not external and size > INLINE_LIMIT_BYTES:

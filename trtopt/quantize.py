@@ -120,10 +120,9 @@ def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.Pa
         step(f"placing Q/DQ for {config.target}")
         staged = stage / target.name
         _run_ort_quantizer(prepared, staged, ranges, config, sorted(excluded), stage)
-        _stamp(staged, config, ranges)
+        counts = _stamp(staged, config, ranges)
         onnx.checker.check_model(str(staged))
         os.replace(staged, target)
-    counts = qdq_counts(target)
     notes = (f"target {config.target}: {_layout(config)}",
              f"{counts['QuantizeLinear']} QuantizeLinear, {counts['DequantizeLinear']} DequantizeLinear nodes",
              f"{len(excluded)} node(s) kept in FP32" + (f": {', '.join(sorted(excluded)[:8])}" if excluded else ""))
@@ -205,17 +204,25 @@ def _run_ort_quantizer(prepared: Path, staged: Path, ranges: Ranges, config: Qua
                           "calibrate this exact model (trtopt calibrate) so every activation has a range") from e
 
 
-def _stamp(path: Path, config: QuantizeConfig, ranges: Ranges) -> None:
-    """Record the target and calibration in the model's metadata, so the file says what it is for."""
+def _stamp(path: Path, config: QuantizeConfig, ranges: Ranges) -> dict[str, int]:
+    """Record the target and calibration in the model's metadata, so the file says what it is for.
+
+    Returns how many QuantizeLinear / DequantizeLinear nodes the model holds (counted on the same load).
+    """
     import onnx
 
     model = onnx.load(str(path))
+    counts = {"QuantizeLinear": 0, "DequantizeLinear": 0}
+    for node in model.graph.node:
+        if node.op_type in counts:
+            counts[node.op_type] += 1
     props = {"trtopt.quantize.target": config.target, "trtopt.calibration.method": ranges.method,
              "trtopt.calibration.samples": str(ranges.samples), "trtopt.calibration.data_sha256": ranges.data_sha256}
     for key, value in props.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save_model(model, str(path))
+    return counts
 
 
 def evaluation_config(artifact: OnnxArtifact, threads: int | None = None) -> Any:
@@ -230,18 +237,6 @@ def evaluation_config(artifact: OnnxArtifact, threads: int | None = None) -> Any
 
     level = "disable" if artifact.metadata.get("trtopt.quantize.target") == "tensorrt" else "all"
     return OrtConfig(intra_op_threads=threads, graph_optimization_level=level)
-
-
-def qdq_counts(path: str | os.PathLike) -> dict[str, int]:
-    """How many QuantizeLinear / DequantizeLinear nodes a model holds."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    counts = {"QuantizeLinear": 0, "DequantizeLinear": 0}
-    for node in model.graph.node:
-        if node.op_type in counts:
-            counts[node.op_type] += 1
-    return counts
 
 
 def to_fp16(onnx_path: str | os.PathLike, out_path: str | os.PathLike, exclude_op_types: tuple[str, ...] = (),

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from trtopt.artifacts import Ranges, inspect_onnx
+from trtopt.artifacts import Ranges
 from trtopt.data import Feed
 from trtopt.errors import TrtoptError
-from trtopt.quantize import COMPUTE_OP_TYPES, QuantizeConfig, evaluation_config, quantize
+from trtopt.quantize import COMPUTE_OP_TYPES, QuantizeConfig, quantize
 
 Scorer = Callable[[Path], float]
 
@@ -32,8 +32,7 @@ def model_outputs(path: Path, feed: Feed, threads: int | None, batch_size: int =
     """First output of the model over every sample (ONNX Runtime with the target's evaluation settings)."""
     from trtopt.bench import onnx_candidate, run_all
 
-    art = inspect_onnx(path)
-    cand = onnx_candidate(art, ort=evaluation_config(art, threads))
+    cand = onnx_candidate(path, threads=threads)
     try:
         return next(iter(run_all(cand, feed, batch_size).values()))
     finally:

@@ -99,11 +99,11 @@ class OrtBackend:
 
     def load(self, model: Any, config: OrtConfig | None = None, **options: Any) -> OrtRunner:
         """Open an ONNX file (path or OnnxArtifact) in a session configured by ``config``."""
-        from trtopt.artifacts import inspect_onnx
+        from trtopt.artifacts import OnnxArtifact, inspect_onnx
 
-        path = Path(getattr(model, "path", model))
-        inspect_onnx(path)  # a clear error for a missing/corrupt file or missing .onnx.data
-        return OrtRunner(path, config or OrtConfig(**options))
+        if not isinstance(model, OnnxArtifact):
+            model = inspect_onnx(model)  # a clear error for a missing/corrupt file or missing .onnx.data
+        return OrtRunner(model.path, config or OrtConfig(**options))
 
 
 BACKEND = OrtBackend()
