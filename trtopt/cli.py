@@ -8,6 +8,7 @@ library.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -20,6 +21,10 @@ from trtopt.errors import TrtoptError
 
 EXIT_USAGE = 2
 EXIT_CHECK_FAILED = 1
+
+# Subcommands of each area live beside it, in a module with ``add_commands(sub, common)``; listing them
+# here keeps this file the one place that builds the parser. They import their heavy libraries lazily.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def parse_shapes(values: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
@@ -474,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=100, help="timed calls per variant and batch size")
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory's outputs")
     p.set_defaults(func=cmd_demo)
+
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).add_commands(sub, common)
     return parser
 
 
