@@ -106,7 +106,7 @@ def open_candidate(source: str, threads: int | None = None, ort: OrtConfig | Non
 
 def bench(candidates: Sequence[Candidate], feed: Feed, batch_sizes: Sequence[int], timing: TimingConfig = TimingConfig(),
           on_progress: Callable[[str, int, int], None] | None = None,
-          also_versus: Sequence[str] = ()) -> dict[str, Any]:
+          also_versus: Sequence[str] = (), repeats: int = 1) -> dict[str, Any]:
     """Time every candidate at every batch size, interleaved; the first candidate is the baseline.
 
     Args:
@@ -117,12 +117,19 @@ def bench(candidates: Sequence[Candidate], feed: Feed, batch_sizes: Sequence[int
         on_progress: called as ``(label, done, total)`` while timing (total = -1 with a duration).
         also_versus: further reference candidates (e.g. "onnxruntime-fp32"): every other candidate also
             gets ``speedup_vs[<name>]``, from the same interleaved samples.
+        repeats: independent timing runs per batch size (each with its own warm-up). Statistics pool
+            them; regression gating needs several, because run-to-run variation (measured here: medians
+            of one unchanged model 25 % apart between runs) is larger than the noise within a run.
 
     Returns:
-        ``{"baseline": name, "candidates": [describe()...], "per_batch": [compare_latency(...) per batch]}``.
+        ``{"baseline": name, "candidates": [describe()...], "per_batch": [compare_latency(...) per batch]}``;
+        each per-batch entry also keeps the raw ``samples_ms`` per candidate (round order, runs one after
+        the other, ``repeat_lengths`` long), which regression baselines and latency plots need.
     """
     if not candidates:
         raise TrtoptError("nothing to benchmark", "name at least one model or ONNX file")
+    if repeats < 1:
+        raise TrtoptError(f"repeats={repeats} must be >= 1", "time at least one run")
     names = [c.name for c in candidates]
     if len(set(names)) != len(names):
         raise TrtoptError(f"candidate names repeat: {names}", "give each model once")
@@ -131,8 +138,12 @@ def bench(candidates: Sequence[Candidate], feed: Feed, batch_sizes: Sequence[int
         batch = take_batch(feed, batch_size)
         feeds = {c.name: _feed_for(c, batch) for c in candidates}
         callback = (lambda done, total, b=batch_size: on_progress(f"batch {b}", done, total)) if on_progress else None
-        samples = time_interleaved({c.name: c.runner for c in candidates}, feeds, timing, on_iteration=callback)
+        runs = [time_interleaved({c.name: c.runner for c in candidates}, feeds, timing, on_iteration=callback)
+                for _ in range(repeats)]
+        samples = {name: [v for run in runs for v in run[name]] for name in names}  # round order kept across runs
         result = compare_latency(samples, names[0], batch_size, timing)
+        result["samples_ms"] = {name: [round(v, 6) for v in values] for name, values in samples.items()}
+        result["repeat_lengths"] = [len(run[names[0]]) for run in runs]
         for ref in also_versus:
             if ref not in samples:
                 raise TrtoptError(f"reference {ref!r} is not a candidate", f"choose one of {', '.join(names)}")

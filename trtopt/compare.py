@@ -151,7 +151,7 @@ def compare_output(name: str, reference: ArrayLike, candidate: ArrayLike, tol: T
 
 
 def compare_outputs(reference: Mapping[str, ArrayLike], candidate: Mapping[str, ArrayLike],
-                    tol: Tolerances) -> dict[str, Any]:
+                    tol: Tolerances, per_output: Mapping[str, Tolerances] | None = None) -> dict[str, Any]:
     """Compare every output of a candidate with the reference's.
 
     Outputs are matched by name when both sides have the same names. Exporters and engine builders
@@ -161,7 +161,9 @@ def compare_outputs(reference: Mapping[str, ArrayLike], candidate: Mapping[str, 
     Args:
         reference: output name -> array of the trusted model.
         candidate: output name -> array of the model under test.
-        tol: tolerances applied to every output.
+        tol: tolerances applied to every output without its own entry in ``per_output``.
+        per_output: reference output name -> tolerances for that output (Polygraphy-style: a logits
+            output may allow more error than a box-coordinates output).
 
     Returns:
         ``{"passed": bool, "matched_by": "name" | "position", "tolerances": tol.to_dict(),
@@ -190,11 +192,13 @@ def compare_outputs(reference: Mapping[str, ArrayLike], candidate: Mapping[str, 
             "compare models with the same outputs, or select the shared outputs before comparing")
     outputs = []
     for reference_name, candidate_name in pairs:
-        entry = compare_output(reference_name, reference[reference_name], candidate[candidate_name], tol)
+        entry = compare_output(reference_name, reference[reference_name], candidate[candidate_name],
+                               (per_output or {}).get(reference_name, tol))
         entry["candidate_output"] = candidate_name
         outputs.append(entry)
     return {"passed": all(entry["passed"] for entry in outputs), "matched_by": matched_by,
-            "tolerances": tol.to_dict(), "outputs": outputs}
+            "tolerances": tol.to_dict(), "outputs": outputs,
+            **({"per_output_tolerances": {k: v.to_dict() for k, v in per_output.items()}} if per_output else {})}
 
 
 def failed_outputs_message(result: Mapping[str, Any]) -> str:
@@ -203,11 +207,11 @@ def failed_outputs_message(result: Mapping[str, Any]) -> str:
     For use in error messages: for every failed output, its max_abs_error against atol, max_rel_error
     against rtol, cosine against min_cosine, and the mismatched (and non-finite) element counts.
     """
-    tol = result["tolerances"]
     parts = []
     for entry in result["outputs"]:
         if entry["passed"]:
             continue
+        tol = result.get("per_output_tolerances", {}).get(entry["output"], result["tolerances"])
         total = math.prod(entry["shape"])
         text = (f"output '{entry['output']}': max_abs_error {_number(entry['max_abs_error'])} "
                 f"(atol {tol['atol']:g}), max_rel_error {_number(entry['max_rel_error'])} "

@@ -251,7 +251,7 @@ def _bootstrap_median_ratios(baseline: np.ndarray, candidate: np.ndarray, paired
 
 
 def speedup_interval(baseline_ms: Sequence[float], candidate_ms: Sequence[float],
-                     config: TimingConfig) -> dict[str, Any]:
+                     config: TimingConfig, paired: bool | None = None) -> dict[str, Any]:
     """Speedup of a candidate over a baseline, with a bootstrap confidence interval.
 
     The speedup is ``median(baseline_ms) / median(candidate_ms)`` (unitless; above 1 means the candidate
@@ -259,7 +259,8 @@ def speedup_interval(baseline_ms: Sequence[float], candidate_ms: Sequence[float]
     resamples at level ``config.confidence``, seeded by ``config.seed`` (same inputs, same interval).
     When both lists have the same length they are taken to be interleaved rounds (as returned by
     :func:`time_interleaved`) and resampled in pairs, so drift shared within a round cancels; otherwise
-    each side is resampled independently.
+    each side is resampled independently. ``paired=False`` forces independent resampling (samples from
+    two separate runs, e.g. a stored baseline and today's run, have no rounds in common).
 
     Args:
         baseline_ms: per-call latencies of the baseline, milliseconds.
@@ -282,7 +283,10 @@ def speedup_interval(baseline_ms: Sequence[float], candidate_ms: Sequence[float]
         if np.median(values) <= 0:
             raise TrtoptError(f"{side} median latency is {np.median(values)} ms; a speedup needs it above 0",
                               "time a workload long enough for the clock to resolve")
-    paired = baseline.size == candidate.size
+    paired = baseline.size == candidate.size if paired is None else paired
+    if paired and baseline.size != candidate.size:
+        raise TrtoptError(f"paired latencies need equal counts, got {baseline.size} and {candidate.size}",
+                          "pass samples from the same interleaved run, or paired=False")
     ratios = _bootstrap_median_ratios(baseline, candidate, paired, config)
     alpha = 1.0 - config.confidence
     low, high = np.quantile(ratios, [alpha / 2.0, 1.0 - alpha / 2.0])
