@@ -112,7 +112,7 @@ def test_missing_required_model_is_named():
     ({"export": {"external_data": "sometimes"}}, "export.external_data='sometimes'"),
     ({"export": {"opset": 6}}, "export.opset=6"),
     ({"export": {"opset": 26}}, "export.opset=26"),
-    ({"export": {"opset": "18"}}, "export.opset='18'"),
+    ({"export": {"opset": "18"}}, "export.opset is '18' (str), expected an integer"),
     ({"export": {"exporter": "dynamo", "opset": 17}}, "export.opset=17"),
     ({"export": {"example_batch_size": 0}}, "batch sizes"),
     ({"export": {"parity_batch_sizes": [1, 0]}}, "batch sizes"),

@@ -100,10 +100,12 @@ def test_demo_end_to_end(tmp_path):
     report, paths = run_demo(default_recipe(iterations=5), tmp_path / "demo")
     assert {p.name for p in (tmp_path / "demo").iterdir()} >= {
         "model.onnx", "model.int8.onnxruntime.onnx", "model.int8.tensorrt.onnx", "ranges.json", "calibration.cache",
-        "report.json", "report.md", "recipe.yaml"}
+        "report.json", "report.md", "report.html", "recipe.yaml", "stages.json", "timing.json", "accuracy.json"}
+    assert {p.name for p in (tmp_path / "demo" / "plots").iterdir()} == {"tradeoff.png", "latency.png", "quant_error.png"}
     rows = report["rows"]
     variants = ["pytorch-fp32", "onnxruntime-fp32", "onnxruntime-int8"]
-    assert [(r["variant"], r["batch_size"]) for r in rows] == [(v, b) for b in (1, 8) for v in variants]
+    assert [(r["variant"], r["batch_size"]) for r in rows] == [(v, b) for b in (1, 8) for v in variants] + [
+        ("tensorrt-int8-qdq", None)]
     ort_rows = [r for r in rows if r["variant"] == "onnxruntime-fp32"]
     assert all(r["top1_agreement"] == 1.0 for r in ort_rows)
     assert all(r["compression_ratio"] > 0.9 for r in ort_rows)  # FP32 ONNX ≈ FP32 parameters
@@ -116,6 +118,10 @@ def test_demo_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "calibration.cache").read_text().startswith("TRT-100300-")
     text = paths["markdown"].read_text()
     assert "| onnxruntime-int8 |" in text and "## INT8" in text
+    assert "<img alt=\"tradeoff\" src=\"data:image/png;base64," in paths["html"].read_text()
+    again, _ = run_demo(default_recipe(iterations=5), tmp_path / "demo")  # resumed: nothing re-measured
+    assert {s["status"] for s in again["stages"].values()} == {"reused"}
+    assert again["rows"] == report["rows"]
 
 
 def test_efficientnet_int8_agreement_at_least_ort_quantize_static(tmp_path):

@@ -24,7 +24,7 @@ EXIT_CHECK_FAILED = 1
 
 # Subcommands of each area live beside it, in a module with ``add_commands(sub, common)``; listing them
 # here keeps this file the one place that builds the parser. They import their heavy libraries lazily.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("trtopt.cli_pipeline",)
 
 
 def parse_shapes(values: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
@@ -299,7 +299,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         report, paths = run_demo(default_recipe(iterations=args.iterations), args.out, force=args.force,
                                  on_step=_step_printer(args), on_progress=update)
     print(markdown_table(report["rows"]))
-    print(f"\nreport: {paths['markdown']} (data: {paths['json']}); model: {paths['onnx']}")
+    print(f"\nreport: {paths['html']} (also {paths['markdown'].name}, data {paths['json'].name}); "
+          f"run directory: {args.out}")
     return 0
 
 
@@ -580,10 +581,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
     p.set_defaults(func=cmd_doctor)
 
-    p = sub.add_parser("demo", parents=[common], help="the main job: real pretrained model + real photos, export, parity, profile, report")
+    p = sub.add_parser("demo", parents=[common], help="the main job: the full pipeline on a real pretrained model and real photos → report.html")
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     p.add_argument("--iterations", type=int, default=100, help="timed calls per variant and batch size")
-    p.add_argument("--force", action="store_true", help="overwrite an existing run directory's outputs")
+    p.add_argument("--force", action="store_true", help="re-run every stage (without it, unchanged stages are reused)")
     p.set_defaults(func=cmd_demo)
 
     for module_name in COMMAND_MODULES:

@@ -100,6 +100,13 @@ class OrtConfig:
             raise TrtoptError("ort.providers is empty", "name at least one provider, e.g. CPUExecutionProvider")
 
 
+#: Pipeline stages in the order `trtopt.pipeline.optimize` runs them; a recipe lists the ones it wants.
+STAGES = ("export", "calibrate", "quantize", "profile", "compare")
+#: What each stage needs to have run before it.
+STAGE_NEEDS = {"calibrate": ("export",), "quantize": ("calibrate",), "profile": ("export",), "compare": ("export",)}
+INT8_TARGETS = ("onnxruntime", "tensorrt")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A run described on disk: which model, which inputs, and every stage's config.
@@ -112,6 +119,14 @@ class Recipe:
         calibration_data: INT8 calibration inputs (same kinds); None = ``data``.
         batch_sizes: batch sizes profiled.
         threads: CPU threads for both PyTorch and ONNX Runtime, so the comparison is like for like.
+        stages: pipeline stages to run (`trtopt.pipeline.optimize`), any of :data:`STAGES`; each runs in
+            the fixed order there, whatever the order written.
+        int8_targets: Q/DQ layouts the quantize stage writes: "onnxruntime" (U8S8, timed on the CPU) and/or
+            "tensorrt" (S8S8 Q/DQ for TensorRT 11 and 10.x, evaluated for accuracy on the CPU).
+        fp16: the quantize stage also writes an FP16-by-casts model (TensorRT 11's FP16 route).
+        trt_cache_version: TensorRT version stamped into the calibration cache (10.3.0 = JetPack 6).
+        sensitivity: the compare stage also measures per-layer INT8 sensitivity (one quantize + evaluation
+            per layer: minutes on a large model).
     """
 
     model: str
@@ -127,6 +142,11 @@ class Recipe:
     compare: Tolerances = field(default_factory=Tolerances)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    stages: tuple[str, ...] = STAGES
+    int8_targets: tuple[str, ...] = INT8_TARGETS
+    fp16: bool = False
+    trt_cache_version: str = "10.3.0"
+    sensitivity: bool = False
     version: int = RECIPE_VERSION
 
     def __post_init__(self) -> None:
@@ -137,6 +157,15 @@ class Recipe:
             raise TrtoptError(f"batch_sizes {self.batch_sizes} must be non-empty and >= 1", "e.g. batch_sizes: [1, 8]")
         if self.threads is not None and self.threads < 1:
             raise TrtoptError(f"threads={self.threads} must be >= 1", "omit it to use the default")
+        for stage in self.stages:
+            _choice("stages", stage, STAGES)
+        for stage in self.stages:
+            missing = [need for need in STAGE_NEEDS.get(stage, ()) if need not in self.stages]
+            if missing:
+                raise TrtoptError(f"stages: {stage!r} needs {', '.join(map(repr, missing))}, which the recipe leaves out",
+                                  f"add {', '.join(missing)} to stages", key="stages")
+        for target in self.int8_targets:
+            _choice("int8_targets", target, INT8_TARGETS)
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -163,15 +192,21 @@ def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
-        raise TrtoptError(f"unknown key {where + unknown[0]!r} in {cls.__name__}",
-                          f"valid keys: {', '.join(sorted(names))}")
+        raise TrtoptError(f"unknown key {where + str(unknown[0])!r} in {cls.__name__}",
+                          f"valid keys: {', '.join(sorted(names))}", key=where + str(unknown[0]))
     kwargs = {k: _coerce(hints[k], v, f"{where}{k}.") for k, v in data.items()}
     try:
         return cls(**kwargs)
     except TypeError as e:
-        raise TrtoptError(f"invalid {cls.__name__}: {e}", "check the recipe against the documented keys") from e
+        raise TrtoptError(f"invalid {cls.__name__}: {e}", "check the recipe against the documented keys",
+                          key=where.rstrip(".") or None) from e
+    except TrtoptError as e:
+        if e.key is None:  # a field's own validation: point at the field it names, else at this section
+            named = [n for n in names if f"{n}=" in e.problem or f".{n} " in e.problem or f"{n} " in e.problem]
+            e.key = where + max(named, key=len) if named else (where.rstrip(".") or None)
+        raise
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
@@ -189,13 +224,33 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise TrtoptError(f"{where.rstrip('.')} must be a mapping", f"write it as keys of {hint.__name__}")
         return from_dict(hint, value, where)
-    if origin is tuple and isinstance(value, (list, tuple)):
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(where, value, "a list")
         inner = args[0] if args else Any
         return tuple(_coerce(inner, v, where) for v in value)
-    if origin is dict and isinstance(value, dict):
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _type_error(where, value, "a mapping")
         inner = args[1] if len(args) == 2 else Any
         return {k: _coerce(inner, v, where) for k, v in value.items()}
+    if hint is bool and not isinstance(value, bool):
+        raise _type_error(where, value, "true or false")
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise _type_error(where, value, "an integer")
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _type_error(where, value, "a number")
+        return float(value)
+    if hint is str and not isinstance(value, str):
+        raise _type_error(where, value, "a string")
     return value
+
+
+def _type_error(where: str, value: Any, expected: str) -> TrtoptError:
+    key = where.rstrip(".")
+    return TrtoptError(f"{key} is {value!r} ({type(value).__name__}), expected {expected}",
+                       f"write {key} as {expected}", key=key)
 
 
 def merge(config: C, overrides: dict[str, Any]) -> C:
@@ -227,13 +282,35 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     p = Path(path)
     if not p.is_file():
         raise TrtoptError(f"recipe {p} does not exist", "give the path of a YAML recipe")
+    text = p.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.safe_load(text)
+        lines = _key_lines(yaml.compose(text))
     except yaml.YAMLError as e:
         raise TrtoptError(f"recipe {p} is not valid YAML ({str(e).splitlines()[0]})", "fix the YAML syntax") from e
     if not isinstance(data, dict):
         raise TrtoptError(f"recipe {p} must be a YAML mapping", "start it with 'model: ...'")
-    return from_dict(Recipe, data)
+    try:
+        return from_dict(Recipe, data)
+    except TrtoptError as e:
+        key = e.key or ""
+        while key and key not in lines:  # a field not written in the file: point at its section
+            key = key.rpartition(".")[0]
+        where = f"recipe {p} line {lines[key]}" if key else f"recipe {p}"
+        raise TrtoptError(f"{where}: {e.problem}", e.fix, key=e.key) from e
+
+
+def _key_lines(node: Any, prefix: str = "") -> dict[str, int]:
+    """Dotted key path → 1-based line number, for every mapping key of a composed YAML document."""
+    import yaml
+
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = prefix + str(key_node.value)
+            lines[path] = key_node.start_mark.line + 1
+            lines.update(_key_lines(value_node, path + "."))
+    return lines
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -7,6 +7,10 @@ Sources:
     ``file.npz``             one array per input name (or one array for a single-input model)
     ``path/to/images/``      an image folder (recursively, sorted), standard preprocessing
     ``skimage:photos``       19 real photographs shipped inside scikit-image (astronaut, coffee, ...)
+    ``skimage:crops:N``      N random 224 px crops of those photos (calibration data apart from the photos)
+    ``dataset:NAME:SPLIT``   a labelled dataset split (`trtopt.datasets`, e.g. dataset:digits:test);
+                             :func:`labels_for` gives its labels
+    ``text:minilm-card``     the sentences of all-MiniLM-L6-v2's model card, tokenized for zoo:minilm_l6
     a feed (dict) or array   used as is (an array feeds a single-input model)
     a Python iterable        of feeds (dicts) or arrays, concatenated (see :func:`from_iterable`)
 Everything is deterministic: same source, same seed, same arrays in the same order.
@@ -70,7 +74,31 @@ def load_feed(source: str | os.PathLike | Iterable | None, inputs: Sequence[Inpu
     return check_feed(feed, inputs, str(source) if isinstance(source, (str, os.PathLike)) else "iterable")
 
 
+def labels_for(source: str | os.PathLike | None) -> np.ndarray | None:
+    """Class labels of a labelled source (``dataset:NAME:SPLIT``), None for unlabelled sources."""
+    if isinstance(source, str) and source.startswith("dataset:"):
+        from trtopt.datasets import load_dataset
+
+        return load_dataset(*_dataset_parts(source)).labels
+    return None
+
+
+def _dataset_parts(source: str) -> tuple[str, str]:
+    parts = source.split(":")
+    if len(parts) != 3:
+        raise TrtoptError(f"data source {source!r} is not dataset:NAME:SPLIT", "e.g. dataset:digits:test")
+    return parts[1], parts[2]
+
+
 def _load_path(source: str, inputs: Sequence[InputSpec], preprocess: ImagePreprocess) -> Feed:
+    if source.startswith("dataset:"):
+        from trtopt.datasets import feed_source
+
+        return feed_source(*_dataset_parts(source))
+    if source == "text:minilm-card":
+        from trtopt.zoo import minilm_card_sentences, tokenize_for_minilm
+
+        return {k: np.asarray(v) for k, v in tokenize_for_minilm(minilm_card_sentences()).items()}
     if source == "skimage:photos":
         return {inputs[0].name: skimage_photos(preprocess)}
     if source.startswith("skimage:crops"):

@@ -14,11 +14,14 @@ class TrtoptError(Exception):
     Args:
         problem: what is wrong, naming the file, tensor, option or value concerned.
         fix: what the user should do about it (omitted when there is nothing to add).
+        key: for config errors, the dotted path of the offending key ("export.opset"), so a recipe
+            reader can point at the line that holds it.
     """
 
-    def __init__(self, problem: str, fix: str | None = None):
+    def __init__(self, problem: str, fix: str | None = None, key: str | None = None):
         self.problem = problem
         self.fix = fix
+        self.key = key
         super().__init__(problem if fix is None else f"{problem}; fix: {fix}")
 
 

@@ -49,8 +49,16 @@ def build_report(title: str, bench_result: Mapping[str, Any], accuracy: Mapping[
 
 
 def variant_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per (candidate, batch size) with the seed numbers, units in the keys."""
+    """One row per (candidate, batch size) with the seed numbers, units in the keys.
+
+    Variants that were judged for accuracy but not timed (``report["untimed"]``: TensorRT layouts on a
+    machine without TensorRT) get one row each with empty latency columns. With labelled data, every row
+    carries the task accuracy and its drop from the baseline in points.
+    """
+    if not report["candidates"]:
+        return []
     baseline = next(c for c in report["candidates"] if c["name"] == report["baseline"])
+    task = (report.get("task_accuracy") or {}).get("values", {})
     rows = []
     for per_batch in report["latency"]:
         base_p50 = per_batch["candidates"][report["baseline"]]["latency_ms_p50"]
@@ -82,6 +90,24 @@ def variant_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "max_abs_error": first.get("max_abs_error"),
                 "cosine": first.get("cosine"),
             })
+    for extra in report.get("untimed", []):
+        first = ((report["accuracy"].get(extra["name"]) or {}).get("outputs") or [{}])[0]
+        size = extra.get("size_bytes")
+        rows.append({"variant": extra["name"], "backend": extra["backend"], "precision": extra["precision"],
+                     "size_bytes": size, "compression_ratio": metrics.compression_ratio(baseline["size_bytes"], size)
+                     if size and baseline.get("size_bytes") else None, "parameters": None, "batch_size": None,
+                     "latency_ms_p50": None, "latency_ms_p99": None, "cov_percent": None, "throughput_samples_per_s": None,
+                     "speedup_ratio": None, "speedup_ci_low": None, "speedup_ci_high": None, "speedup_vs": {},
+                     "top1_agreement": first.get("top1_agreement"), "max_abs_error": first.get("max_abs_error"),
+                     "cosine": first.get("cosine")})
+    base_acc = task.get(report["baseline"])
+    for row in rows:
+        row["accuracy"] = task.get(row["variant"])
+        row["accuracy_drop_points"] = (None if row["accuracy"] is None or base_acc is None
+                                       else (base_acc - row["accuracy"]) * 100.0)
+        base_params, params = baseline.get("parameters"), row["parameters"]
+        row["pruning_rate_percent"] = (metrics.pruning_rate_percent(base_params - params, base_params)
+                                       if base_params and params is not None and params != base_params else None)
     return rows
 
 
@@ -94,16 +120,21 @@ _COLUMNS: tuple[tuple[str, str, Callable[[Mapping[str, Any]], str]], ...] = (
     ("backend", "backend · precision", lambda r: f"{r['backend']} · {r['precision']}"),
     ("size", "size (MB)", lambda r: _fmt(r["size_bytes"] / 1e6 if r["size_bytes"] else None, ".2f")),
     ("compression", "compression ×", lambda r: _fmt(r["compression_ratio"], ".2f")),
-    ("batch", "batch", lambda r: str(r["batch_size"])),
+    ("params", "parameters", lambda r: _fmt(r["parameters"], ",d")),
+    ("pruning", "pruned %", lambda r: _fmt(r["pruning_rate_percent"], ".1f")),
+    ("batch", "batch", lambda r: _fmt(r["batch_size"], "d")),
     ("p50", "p50 (ms)", lambda r: _fmt(r["latency_ms_p50"], ".3f")),
     ("p99", "p99 (ms)", lambda r: _fmt(r["latency_ms_p99"], ".3f")),
     ("cov", "CoV %", lambda r: _fmt(r["cov_percent"], ".1f")),
     ("throughput", "samples/s", lambda r: _fmt(r["throughput_samples_per_s"], ".1f")),
-    ("speedup", "speedup × [95% CI]", lambda r: f"{r['speedup_ratio']:.2f}" + (
+    ("speedup", "speedup × [95% CI]", lambda r: _fmt(r["speedup_ratio"], ".2f") + (
         f" [{r['speedup_ci_low']:.2f}, {r['speedup_ci_high']:.2f}]" if r["speedup_ci_low"] is not None else "")),
     ("versus", "speedup vs other", lambda r: ", ".join(f"{v:.2f}× vs {k}" for k, v in r.get("speedup_vs", {}).items())
      or "–"),
+    ("accuracy", "accuracy", lambda r: _fmt(r["accuracy"], ".4f")),
+    ("drop", "drop (points)", lambda r: _fmt(r["accuracy_drop_points"], "+.2f")),
     ("top1", "top-1 agree", lambda r: _fmt(r["top1_agreement"], ".3f")),
+    ("cosine", "cosine", lambda r: _fmt(r["cosine"], ".5f")),
     ("err", "max abs err", lambda r: _fmt(r["max_abs_error"], ".2e")),
 )
 
@@ -117,29 +148,39 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns=_COLUMNS) -> str:
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
-    """The report as Markdown: headline table, then environment and provenance."""
+    """The report as Markdown: headline table, then INT8, sensitivity, stages, environment."""
     env = report["environment"]
     pk = env.get("packages", {})
     gpu = ", ".join(g.get("name", "?") for g in env.get("gpus", [])) or "none"
-    parts = [
-        f"# {report['title']}",
-        "",
-        f"Baseline: **{report['baseline']}**. Speedup = baseline p50 / variant p50, timed interleaved in one "
-        "process; the interval is a paired bootstrap of the median ratio. Compression = baseline bytes / "
-        "variant bytes (PyTorch: parameter bytes; ONNX: file plus external data).",
-        "",
-        markdown_table(report["rows"]),
-        "",
-        "## Environment",
-        "",
-        f"- CPU: {env['cpu_model']} ({env['cpu_count_logical']} logical CPUs); GPU: {gpu}",
-        f"- Python {env['python']}, torch {pk.get('torch', '–')}, onnxruntime {pk.get('onnxruntime', '–')}, "
-        f"onnx {pk.get('onnx', '–')}, TensorRT {pk.get('tensorrt', 'not installed')}",
-        "- Threads: " + ", ".join(f"{c['name']}: {c['runner'].get('intra_op_threads')}" for c in report["candidates"]),
-        f"- Created {report['created_utc']} by trtopt {env['trtopt']}",
-    ]
+    parts = [f"# {report['title']}", "",
+             f"Baseline: **{report['baseline']}**. Speedup = baseline p50 / variant p50, timed interleaved in one "
+             "process; the interval is a paired bootstrap of the median ratio. Compression = baseline bytes / "
+             "variant bytes (PyTorch: parameter bytes; ONNX: file plus external data)."]
+    if report.get("task_accuracy"):
+        task = report["task_accuracy"]
+        parts += ["", f"Accuracy = {task['metric'].replace('_', ' ')} on the labels of `{task['labels']}`; drop in "
+                      "points vs the baseline."]
+    if report.get("untimed"):
+        parts += ["", "Untimed rows: " + "; ".join(f"{u['name']} ({u['note']})" for u in report["untimed"]) + "."]
+    parts += ["", markdown_table(report["rows"]) if report["rows"] else "(no profile stage: nothing was timed)"]
     if "int8" in report:
         parts += ["", *_int8_markdown(report)]
+    if report.get("sensitivity"):
+        sens = report["sensitivity"]
+        parts += ["", "## Per-layer INT8 sensitivity", "",
+                  f"Score FP32 {sens['fp32_score']:.4f}, all layers INT8 {sens['int8_score']:.4f}. Layers that recover "
+                  "the most when kept in FP32:", "", "| layer | score without it | recovered |", "|---|---|---|"]
+        parts += [f"| {row['node']} | {row['score_without']:.4f} | {row['recovered']:+.4f} |" for row in sens["layers"][:5]]
+    if report.get("stages"):
+        parts += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
+        parts += [f"| {name} | {st['status']} | {st['seconds']:.1f} |" for name, st in report["stages"].items()]
+    parts += ["", "## Environment", "",
+              f"- CPU: {env['cpu_model']} ({env['cpu_count_logical']} logical CPUs); GPU: {gpu}",
+              f"- Python {env['python']}, torch {pk.get('torch', '–')}, onnxruntime {pk.get('onnxruntime', '–')}, "
+              f"onnx {pk.get('onnx', '–')}, TensorRT {pk.get('tensorrt', 'not installed')}",
+              "- Threads: " + (", ".join(f"{c['name']}: {c['runner'].get('intra_op_threads')}"
+                                         for c in report["candidates"]) or "–"),
+              f"- Created {report['created_utc']} by trtopt {env['trtopt']}"]
     for section in report.get("notes", []):
         parts += ["", f"- {section}"]
     return "\n".join(parts) + "\n"
@@ -174,17 +215,27 @@ def _int8_markdown(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike, force: bool = False) -> dict[str, Path]:
-    """Write ``report.json`` and ``report.md`` into ``out_dir`` atomically; returns their paths.
+def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike, force: bool = False,
+                 html: bool = False) -> dict[str, Path]:
+    """Write ``report.json`` and ``report.md`` (and with ``html``, ``report.html`` + ``plots/*.png``)
+    into ``out_dir`` atomically; returns their paths.
 
-    Both paths are checked (and the Markdown rendered) before either file is written, so a refusal
-    leaves no new JSON beside an old Markdown file.
+    All paths are checked (and the Markdown rendered) before any file is written, so a refusal leaves no
+    new JSON beside an old Markdown file.
     """
     out = Path(out_dir)
     paths = {"json": out / "report.json", "markdown": out / "report.md"}
+    if html:
+        paths["html"] = out / "report.html"
     for path in paths.values():
         ensure_writable(path, force)
     markdown = render_markdown(report)
     write_json(paths["json"], report, force=force)
     write_text(paths["markdown"], markdown, force=force)
+    if html:
+        from trtopt.report_html import render_html, render_plots
+
+        plots = render_plots(report, out / "plots")
+        write_text(paths["html"], render_html(report, plots), force=force)
+        paths.update({f"plot_{name}": path for name, path in plots.items()})
     return paths

@@ -1,0 +1,398 @@
+"""`optimize(recipe, out_dir)`: run a recipe's stages into a run directory, resumably, and report.
+
+The pipeline only composes stages (`export_onnx`, `calibrate`, `quantize`, `bench`, `compare_outputs`,
+...) and records what each produced; it never reaches into their internals. A run directory holds:
+
+    recipe.yaml          the resolved recipe (defaults < recipe file < CLI flags)
+    stages.json          the ledger: per stage, its content key, its output files with sha256, its result
+    model.onnx           FP32 export (+ model.onnx.data when large)
+    ranges.json, calibration.cache            INT8 ranges and the TensorRT 10.x calibration cache
+    model.int8.<target>.onnx, model.fp16.onnx quantized variants per target
+    timing.json, accuracy.json                the profile and compare stages' measurements
+    report.json, report.md, report.html, plots/*.png
+
+**Resume.** A stage's key is the sha256 of its config, the content hashes of its inputs (upstream
+output files, the model spec and checkpoint) and trtopt's version. When the ledger holds the same key
+and every recorded output file still has its recorded sha256, the stage is skipped and its outputs
+reused; otherwise it runs again, and so does everything downstream whose inputs changed. The report
+is always re-rendered (it is cheap and records which stages were reused).
+
+A directory that holds files but no ledger is not a run directory: it is refused without ``force``.
+``force`` re-runs every stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from trtopt._version import __version__
+from trtopt.config import Recipe, dump_recipe, to_dict
+from trtopt.errors import TrtoptError
+from trtopt.files import sha256_file, write_json, write_text
+
+LEDGER = "stages.json"
+LEDGER_FORMAT = 1
+Step = Callable[[str], None]
+ProgressCallback = Callable[[str, int, int], None]
+
+
+@dataclass
+class Ledger:
+    """The run directory's record of stages: what ran, with which key, producing which files."""
+
+    path: Path
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, out: Path, force: bool) -> Ledger:
+        """Read ``out/stages.json`` (a resumable run) or start one; refuse a foreign non-empty folder."""
+        path = out / LEDGER
+        if path.is_file() and not force:
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise TrtoptError(f"{path} is corrupted", "pass --force to re-run every stage") from None
+            if data.get("format") != LEDGER_FORMAT:
+                raise TrtoptError(f"{path} has format {data.get('format')!r}, this trtopt writes {LEDGER_FORMAT}",
+                                  "pass --force to re-run every stage")
+            return cls(path, dict(data.get("stages", {})))
+        if out.is_dir() and any(out.iterdir()) and not path.is_file() and not force:
+            raise TrtoptError(f"{out} holds files but is not a trtopt run directory (no {LEDGER})",
+                              "choose an empty or new --out, or pass --force")
+        ledger = cls(path)
+        ledger.save()  # from now on the folder is recognizably a run directory, even if a stage fails
+        return ledger
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(self.path, {"format": LEDGER_FORMAT, "trtopt": __version__, "stages": self.stages}, force=True)
+
+    def reusable(self, name: str, key: str) -> dict[str, Any] | None:
+        """The recorded entry of ``name`` if its key matches and all its outputs are intact, else None."""
+        entry = self.stages.get(name)
+        if not entry or entry.get("key") != key:
+            return None
+        for rel, digest in entry["outputs"].items():
+            file = self.path.parent / rel
+            if not file.is_file() or sha256_file(file) != digest:
+                return None
+        return entry
+
+    def record(self, name: str, key: str, outputs: list[Path], result: Any, seconds: float) -> dict[str, Any]:
+        """Record a finished stage (output hashes included) and save the ledger atomically."""
+        entry = {"key": key, "outputs": {str(p.relative_to(self.path.parent)): sha256_file(p) for p in outputs},
+                 "result": result, "seconds": round(seconds, 3)}
+        self.stages[name] = entry
+        self.save()
+        return entry
+
+
+def stage_key(name: str, material: Mapping[str, Any]) -> str:
+    """sha256 of a stage's name, trtopt version and everything its output depends on (JSON, sorted)."""
+    blob = json.dumps({"stage": name, "trtopt": __version__, **material}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class _Run:
+    """State of one `optimize` call: the recipe, the ledger, the model loaded on first need."""
+
+    def __init__(self, recipe: Recipe, out: Path, force: bool, step: Step, progress: ProgressCallback | None):
+        self.recipe, self.out, self.force, self.step, self.progress = recipe, out, force, step, progress
+        self.ledger = Ledger.open(out, force)
+        self.status: dict[str, str] = {}
+        self._loaded: Any = None
+        self._feeds: dict[str, Any] = {}
+
+    @property
+    def loaded(self) -> Any:
+        if self._loaded is None:
+            from trtopt.models import load_model
+
+            self.step(f"loading {self.recipe.model}")
+            shapes = self.recipe.input_shapes
+            self._loaded = load_model(self.recipe.model, checkpoint=self.recipe.checkpoint,
+                                      input_shape=next(iter(shapes.values())) if len(shapes) == 1 else None)
+        return self._loaded
+
+    def feed(self, source: str | None) -> Any:
+        if source not in self._feeds:
+            from trtopt.data import load_feed
+
+            self._feeds[source] = load_feed(source, self.loaded.inputs, preprocess=self.loaded.preprocess)
+        return self._feeds[source]
+
+    def model_key(self) -> dict[str, Any]:
+        r = self.recipe
+        return {"model": r.model, "checkpoint_sha256": sha256_file(r.checkpoint) if r.checkpoint else None,
+                "input_shapes": to_dict(r.input_shapes)}
+
+    def stage(self, name: str, material: Mapping[str, Any], run: Callable[[], tuple[list[Path], Any]]) -> dict[str, Any]:
+        """Run stage ``name`` unless the ledger holds a matching, intact result; returns the ledger entry."""
+        key = stage_key(name, material)
+        entry = None if self.force else self.ledger.reusable(name, key)
+        if entry is not None:
+            self.status[name] = "reused"
+            self.step(f"{name}: unchanged, reusing {', '.join(entry['outputs']) or 'its result'}")
+            return entry
+        started = time.perf_counter()
+        outputs, result = run()
+        self.status[name] = "ran"
+        return self.ledger.record(name, key, outputs, result, time.perf_counter() - started)
+
+    def digest(self, entry: Mapping[str, Any]) -> dict[str, str]:
+        return dict(entry["outputs"])
+
+
+def optimize(recipe: Recipe, out_dir: str | os.PathLike, force: bool = False, on_step: Step | None = None,
+             on_progress: ProgressCallback | None = None) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Run ``recipe``'s stages into ``out_dir`` and write the report; returns (report, written paths).
+
+    Stages run in the order of `trtopt.config.STAGES`, each only if listed in ``recipe.stages``. See the
+    module docstring for the run directory's layout and how unchanged stages are reused.
+
+    Raises:
+        TrtoptError: a foreign non-empty ``out_dir`` without ``force``, or any stage's user error.
+    """
+    out = Path(out_dir)
+    run = _Run(recipe, out, force, on_step or (lambda _m: None), on_progress)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = set(recipe.stages)
+    onnx = _export(run) if "export" in stages else None
+    int8: dict[str, Any] = {}
+    if "calibrate" in stages:
+        int8["calibration"] = _calibrate(run, onnx)
+    if "quantize" in stages:
+        int8["quantize"] = _quantize(run, onnx, int8["calibration"])
+    timing = _profile(run, onnx, int8.get("quantize")) if "profile" in stages else None
+    accuracy = _compare(run, onnx, int8) if "compare" in stages else None
+    from trtopt.report import write_report
+
+    report = _report(run, onnx, int8, timing, accuracy)
+    paths = write_report(report, out, force=True, html=True)
+    paths["recipe"] = write_text(out / "recipe.yaml", dump_recipe(recipe), force=True)
+    return report, paths
+
+
+def _report(run: _Run, onnx: Mapping[str, Any] | None, int8: Mapping[str, Any], timing: Mapping[str, Any] | None,
+            accuracy: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The run's report (see `trtopt.report`) from the stages' recorded results and measurement files."""
+    from trtopt.report import build_report
+
+    r = run.recipe
+    bench_result = (json.loads((run.out / "timing.json").read_text(encoding="utf-8")) if timing
+                    else {"baseline": "pytorch-fp32", "candidates": [], "per_batch": []})
+    acc = json.loads((run.out / "accuracy.json").read_text(encoding="utf-8")) if accuracy else {}
+    timed = {c["name"] for c in bench_result["candidates"]}
+    quantized = (int8.get("quantize") or {}).get("result", {})
+    untimed = [{"name": name, "backend": "onnxruntime", "precision": art["precision"], "size_bytes": art["size_bytes"],
+                "note": "a TensorRT layout: judged for accuracy on the CPU, timed only on TensorRT"}
+               for name, art in ((n, quantized[t]) for n, t in (("tensorrt-int8-qdq", "tensorrt"), ("fp16-casts", "fp16"))
+                                 if t in quantized) if name not in timed]
+    extra: dict[str, Any] = {
+        "data": {"source": r.data or "random", "calibration_source": r.calibration_data or r.data or "random"},
+        "stages": {name: {"status": run.status.get(name, "not run"), "seconds": entry["seconds"]}
+                   for name, entry in run.ledger.stages.items() if name in r.stages},
+        "untimed": untimed,
+    }
+    if bench_result["candidates"]:
+        base = bench_result["candidates"][0]
+        extra["model"] = {"spec": r.model, "parameters": base["parameters"], "parameter_bytes": base["size_bytes"]}
+    if onnx:
+        extra["onnx"] = onnx["result"]
+    if "task" in acc:
+        extra["task_accuracy"] = acc["task"]
+    for key in ("predictions", "sensitivity"):
+        if key in acc:
+            extra[key] = acc[key]
+    if "calibration" in int8 and quantized:
+        cal = int8["calibration"]["result"]
+        extra["int8"] = {"ranges": cal["ranges"], "calibration": to_dict(r.calibration), "calibration_samples": cal["samples"],
+                         "tensorrt_cache": cal["cache"], "trt_cache_version": r.trt_cache_version,
+                         **{("tensorrt_qdq" if t == "tensorrt" else t): a for t, a in quantized.items()},
+                         "weight_error": acc.get("quant_error", {}).get("weights", []),
+                         "activation_sqnr": acc.get("quant_error", {}).get("activations", [])}
+    return build_report(f"trtopt optimize: {r.model}", bench_result, acc.get("variants"), to_dict(r), extra)
+
+
+def _export(run: _Run) -> dict[str, Any]:
+    from trtopt.export import export_onnx
+
+    r = run.recipe
+    material = {**run.model_key(), "export": to_dict(r.export), "data": r.data}
+
+    def go() -> tuple[list[Path], Any]:
+        art = export_onnx(run.loaded, run.out / "model.onnx", r.export, feed=run.feed(r.data), force=True,
+                          on_step=run.step)
+        return [art.path, *art.data_files], art.to_dict()
+
+    return run.stage("export", material, go)
+
+
+def _calibrate(run: _Run, onnx: Mapping[str, Any]) -> dict[str, Any]:
+    from trtopt.calibrate import calibrate
+    from trtopt.trt_cache import ranges_to_cache, write_cache
+
+    r = run.recipe
+    source = r.calibration_data or r.data
+    material = {"onnx": run.digest(onnx), "calibration": to_dict(r.calibration), "source": source,
+                "trt_cache_version": r.trt_cache_version}
+
+    def go() -> tuple[list[Path], Any]:
+        feed = run.feed(source)
+        count = len(next(iter(feed.values())))
+        run.step(f"calibrating INT8 ranges ({r.calibration.method}) on {count} samples of {source or 'random'}")
+        progress = (lambda done, total: run.progress("calibration", done, total)) if run.progress else None
+        ranges = calibrate(onnx["result"]["path"], feed, r.calibration, on_progress=progress)
+        ranges_path = ranges.save(run.out / "ranges.json", force=True)
+        cache = write_cache(ranges_to_cache(ranges, trt_version=r.trt_cache_version), run.out / "calibration.cache",
+                            force=True)
+        return [ranges_path, cache], {"ranges": str(ranges_path), "cache": str(cache), "samples": count,
+                                      "source": source, "tensors": len(ranges.tensors)}
+
+    return run.stage("calibrate", material, go)
+
+
+def _quantize(run: _Run, onnx: Mapping[str, Any], calibration: Mapping[str, Any]) -> dict[str, Any]:
+    from trtopt.artifacts import Ranges
+    from trtopt.quantize import quantize, to_fp16
+
+    r = run.recipe
+    material = {"onnx": run.digest(onnx), "ranges": run.digest(calibration), "quantize": to_dict(r.quantize),
+                "targets": list(r.int8_targets), "fp16": r.fp16}
+
+    def go() -> tuple[list[Path], Any]:
+        ranges = Ranges.load(calibration["result"]["ranges"])
+        written: dict[str, Any] = {}
+        for target in r.int8_targets:
+            run.step(f"quantizing for {target}")
+            written[target] = quantize(onnx["result"]["path"], ranges, run.out / f"model.int8.{target}.onnx",
+                                       replace(r.quantize, target=target), force=True).to_dict()
+        if r.fp16:
+            run.step("converting to FP16 by casts")
+            written["fp16"] = to_fp16(onnx["result"]["path"], run.out / "model.fp16.onnx", force=True).to_dict()
+        return [Path(a["path"]) for a in written.values()], written
+
+    return run.stage("quantize", material, go)
+
+
+def _variants(run: _Run, onnx: Mapping[str, Any] | None, quantized: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """(name, onnx path) of every ONNX variant, in report order."""
+    variants = [("onnxruntime-fp32", onnx["result"]["path"])] if onnx else []
+    for target, art in (quantized or {}).get("result", {}).items():
+        name = {"onnxruntime": "onnxruntime-int8", "tensorrt": "tensorrt-int8-qdq", "fp16": "fp16-casts"}[target]
+        variants.append((name, art["path"]))
+    return variants
+
+
+def _profile(run: _Run, onnx: Mapping[str, Any], quantized: Mapping[str, Any] | None) -> dict[str, Any]:
+    from trtopt.bench import bench, onnx_candidate, torch_candidate
+
+    r = run.recipe
+    ort = replace(r.ort, intra_op_threads=r.ort.intra_op_threads or r.threads)
+    # Timed: what runs fast on this backend. The TensorRT-target Q/DQ and FP16-cast models are layouts for
+    # TensorRT; on the CPU they run as reference semantics, so they are judged for accuracy only.
+    timed = [(n, p) for n, p in _variants(run, onnx, quantized) if n in ("onnxruntime-fp32", "onnxruntime-int8")]
+    material = {**run.model_key(), "variants": {n: sha256_file(p) for n, p in timed}, "timing": to_dict(r.timing),
+                "batch_sizes": list(r.batch_sizes), "threads": r.threads, "ort": to_dict(ort), "data": r.data}
+
+    def go() -> tuple[list[Path], Any]:
+        candidates = [torch_candidate(run.loaded, threads=r.threads)]
+        candidates += [onnx_candidate(p, n, ort) for n, p in timed]
+        run.step(f"timing {', '.join(c.name for c in candidates)} interleaved at batch "
+                 f"{', '.join(map(str, r.batch_sizes))}")
+        also = ("onnxruntime-fp32",) if len(candidates) > 2 else ()
+        result = bench(candidates, run.feed(r.data), r.batch_sizes, r.timing, on_progress=run.progress, also_versus=also)
+        for c in candidates:
+            c.runner.close()
+        return [write_json(run.out / "timing.json", result, force=True)], None
+
+    return run.stage("profile", material, go)
+
+
+def _compare(run: _Run, onnx: Mapping[str, Any], int8: Mapping[str, Any]) -> dict[str, Any]:
+    r = run.recipe
+    variants = _variants(run, onnx, int8.get("quantize"))
+    material = {**run.model_key(), "variants": {n: sha256_file(p) for n, p in variants}, "compare": to_dict(r.compare),
+                "data": r.data, "threads": r.threads, "sensitivity": r.sensitivity,
+                "ranges": run.digest(int8["calibration"]) if "calibration" in int8 else None}
+
+    def go() -> tuple[list[Path], Any]:
+        result = _measure_accuracy(run, variants, int8)
+        return [write_json(run.out / "accuracy.json", result, force=True)], None
+
+    return run.stage("compare", material, go)
+
+
+def _measure_accuracy(run: _Run, variants: list[tuple[str, str]], int8: Mapping[str, Any]) -> dict[str, Any]:
+    """Every variant's outputs vs the FP32 PyTorch original's on the evaluation data, task accuracy when
+    the data is labelled, quantization error per layer, and (optionally) per-layer INT8 sensitivity."""
+    from trtopt.bench import onnx_candidate, run_all, torch_candidate
+    from trtopt.compare import compare_outputs, topk_accuracy
+    from trtopt.data import labels_for
+
+    r = run.recipe
+    feed = run.feed(r.data)
+    run.step(f"comparing outputs on all {len(next(iter(feed.values())))} inputs")
+    reference_candidate = torch_candidate(run.loaded, threads=r.threads)
+    reference = run_all(reference_candidate, feed)
+    outputs = {}
+    for name, path in variants:
+        candidate = onnx_candidate(path, name, threads=r.threads)
+        outputs[name] = run_all(candidate, feed)
+        candidate.runner.close()
+    first = run.loaded.output_names[0]
+    result: dict[str, Any] = {"reference": reference_candidate.name,
+                              "variants": {n: compare_outputs(reference, o, r.compare) for n, o in outputs.items()}}
+    labels = labels_for(r.data)
+    if labels is not None:
+        result["task"] = {"metric": "top1_accuracy", "labels": r.data,
+                          "values": {n: topk_accuracy(o[first], labels) for n, o in
+                                     {reference_candidate.name: reference, **outputs}.items()}}
+    paths = dict(variants)
+    if "onnxruntime-int8" in paths:
+        from trtopt.quant_error import activation_sqnr, weight_errors
+
+        run.step("measuring quantization error per layer")
+        result["quant_error"] = {"weights": weight_errors(paths["onnxruntime-fp32"], paths["onnxruntime-int8"]),
+                                 "activations": activation_sqnr(paths["onnxruntime-fp32"], paths["onnxruntime-int8"], feed)}
+        if r.sensitivity:
+            result["sensitivity"] = _sensitivity(run, paths["onnxruntime-fp32"], int8, labels, reference[first])
+    if r.data == "skimage:photos" and reference[first].shape[-1] == 1000:
+        result["predictions"] = _imagenet_predictions(reference, outputs, first)
+    return result
+
+
+def _sensitivity(run: _Run, fp32_path: str, int8: Mapping[str, Any], labels: Any, reference: Any) -> dict[str, Any]:
+    """Per quantizable layer: the score with only that layer kept in FP32 (ONNX Runtime target)."""
+    from trtopt.artifacts import Ranges
+    from trtopt.sensitivity import accuracy_scorer, agreement_scorer, layer_sensitivity
+
+    r = run.recipe
+    feed = run.feed(r.data)
+    score = (accuracy_scorer(feed, labels, r.threads) if labels is not None
+             else agreement_scorer(feed, reference, r.threads))
+    run.step("measuring per-layer INT8 sensitivity (one quantization per layer)")
+    ranges = Ranges.load(int8["calibration"]["result"]["ranges"])
+    return layer_sensitivity(fp32_path, ranges, replace(r.quantize, target="onnxruntime"), score, run.step)
+
+
+def _imagenet_predictions(reference: Mapping[str, Any], outputs: Mapping[str, Mapping[str, Any]], key: str) -> list[dict]:
+    """Top-1 ImageNet class per photo for each variant (class names from torchvision's metadata, offline)."""
+    from torchvision.models import ResNet18_Weights
+
+    from trtopt.data import SKIMAGE_PHOTOS
+
+    categories = ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
+    rows = []
+    for i, name in enumerate(SKIMAGE_PHOTOS):
+        row = {"image": name, "pytorch-fp32": categories[int(reference[key][i].argmax())]}
+        row.update({variant: categories[int(out[key][i].argmax())] for variant, out in outputs.items()})
+        rows.append(row)
+    return rows
