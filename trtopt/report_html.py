@@ -117,7 +117,7 @@ def _latency(report: Mapping[str, Any]) -> Any:
     fig, axes = plt.subplots(1, len(per_batch), figsize=(5.5 * len(per_batch), 3.8), squeeze=False)
     for ax, batch in zip(axes[0], per_batch, strict=True):
         names = list(batch["samples_ms"])
-        ax.boxplot([batch["samples_ms"][n] for n in names], whis=(5, 95), showfliers=False, vert=False)
+        ax.boxplot([batch["samples_ms"][n] for n in names], whis=(5, 95), showfliers=False, orientation="horizontal")
         ax.set_yticks(range(1, len(names) + 1), names, fontsize=8)
         ax.set_xscale("log")
         ax.set_xlabel("latency per call (ms, log scale)")
