@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.trtopt-installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench bench-gate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_resnet18.py
+
+# Latency regression gate against the committed baseline for this machine type (exit 1 on a regression).
+bench-gate: $(STAMP)
+	$(BIN)/python benchmarks/regression_suite.py --check
 
 clean:
 	rm -rf runs .pytest_cache
