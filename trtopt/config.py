@@ -105,6 +105,7 @@ STAGES = ("export", "calibrate", "quantize", "profile", "compare")
 #: What each stage needs to have run before it.
 STAGE_NEEDS = {"calibrate": ("export",), "quantize": ("calibrate",), "profile": ("export",), "compare": ("export",)}
 INT8_TARGETS = ("onnxruntime", "tensorrt")
+METRICS = ("auto", "accuracy", "agreement", "cosine")
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,9 @@ class Recipe:
         trt_cache_version: TensorRT version stamped into the calibration cache (10.3.0 = JetPack 6).
         sensitivity: the compare stage also measures per-layer INT8 sensitivity (one quantize + evaluation
             per layer: minutes on a large model).
+        metric: the accuracy a variant is judged by in plots and sensitivity: "accuracy" (needs labelled
+            data), "agreement" (top-1 agreement with FP32: classifiers), "cosine" (embeddings), or "auto"
+            (accuracy with labels, else agreement).
     """
 
     model: str
@@ -147,6 +151,7 @@ class Recipe:
     fp16: bool = False
     trt_cache_version: str = "10.3.0"
     sensitivity: bool = False
+    metric: str = "auto"
     version: int = RECIPE_VERSION
 
     def __post_init__(self) -> None:
@@ -166,6 +171,7 @@ class Recipe:
                                   f"add {', '.join(missing)} to stages", key="stages")
         for target in self.int8_targets:
             _choice("int8_targets", target, INT8_TARGETS)
+        _choice("metric", self.metric, METRICS)
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

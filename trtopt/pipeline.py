@@ -320,7 +320,7 @@ def _compare(run: _Run, onnx: Mapping[str, Any], int8: Mapping[str, Any]) -> dic
     r = run.recipe
     variants = _variants(run, onnx, int8.get("quantize"))
     material = {**run.model_key(), "variants": {n: sha256_file(p) for n, p in variants}, "compare": to_dict(r.compare),
-                "data": r.data, "threads": r.threads, "sensitivity": r.sensitivity,
+                "data": r.data, "threads": r.threads, "sensitivity": r.sensitivity, "metric": r.metric,
                 "ranges": run.digest(int8["calibration"]) if "calibration" in int8 else None}
 
     def go() -> tuple[list[Path], Any]:
@@ -372,12 +372,17 @@ def _measure_accuracy(run: _Run, variants: list[tuple[str, str]], int8: Mapping[
 def _sensitivity(run: _Run, fp32_path: str, int8: Mapping[str, Any], labels: Any, reference: Any) -> dict[str, Any]:
     """Per quantizable layer: the score with only that layer kept in FP32 (ONNX Runtime target)."""
     from trtopt.artifacts import Ranges
-    from trtopt.sensitivity import accuracy_scorer, agreement_scorer, layer_sensitivity
+    from trtopt.sensitivity import accuracy_scorer, agreement_scorer, cosine_scorer, layer_sensitivity
 
     r = run.recipe
     feed = run.feed(r.data)
-    score = (accuracy_scorer(feed, labels, r.threads) if labels is not None
-             else agreement_scorer(feed, reference, r.threads))
+    metric = r.metric if r.metric != "auto" else ("accuracy" if labels is not None else "agreement")
+    if metric == "accuracy" and labels is None:
+        raise TrtoptError(f"metric 'accuracy' needs labelled data, but {r.data!r} has no labels",
+                          "use data: dataset:NAME:SPLIT, or metric: agreement / cosine")
+    score = {"accuracy": lambda: accuracy_scorer(feed, labels, r.threads),
+             "agreement": lambda: agreement_scorer(feed, reference, r.threads),
+             "cosine": lambda: cosine_scorer(feed, reference, r.threads)}[metric]()
     run.step("measuring per-layer INT8 sensitivity (one quantization per layer)")
     ranges = Ranges.load(int8["calibration"]["result"]["ranges"])
     return layer_sensitivity(fp32_path, ranges, replace(r.quantize, target="onnxruntime"), score, run.step)

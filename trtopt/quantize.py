@@ -257,11 +257,45 @@ def to_fp16(onnx_path: str | os.PathLike, out_path: str | os.PathLike, exclude_o
     with staging_dir(target) as stage, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # onnxconverter-common warns about values it clamps to the fp16 range
         half = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=list(exclude_op_types) or None)
+        _repair_casts(half)
         entry = half.metadata_props.add()
         entry.key, entry.value = "trtopt.precision", "fp16"
         staged = stage / target.name
         onnx.save_model(half, str(staged))
         onnx.checker.check_model(str(staged))
+        _require_loadable(staged)
         os.replace(staged, target)
     casts = sum(n.op_type == "Cast" for n in half.graph.node)
     return inspect_onnx(target, notes=(f"fp16 weights and compute, float32 inputs/outputs ({casts} Cast nodes)",))
+
+
+def _repair_casts(model: Any) -> None:
+    """Make Cast nodes agree with the float16 types the converter declared for their outputs.
+
+    onnxconverter-common retypes a float32 value to float16 in ``value_info`` but leaves the ``to``
+    attribute of the Cast that produces it (exported models are full of ``Cast(to=float)`` from
+    ``tensor.float()``/``_to_copy``), which ONNX Runtime rejects ("Type (tensor(float16)) of output arg
+    ... does not match expected type"). Seen on all-MiniLM-L6-v2.
+    """
+    from onnx import TensorProto
+
+    declared = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+    graph_outputs = {o.name for o in model.graph.output}  # kept float32 (keep_io_types): their Casts are right
+    for node in model.graph.node:
+        if (node.op_type != "Cast" or node.output[0] in graph_outputs
+                or declared.get(node.output[0]) != TensorProto.FLOAT16):
+            continue
+        for attr in node.attribute:
+            if attr.name == "to" and attr.i == TensorProto.FLOAT:
+                attr.i = TensorProto.FLOAT16
+
+
+def _require_loadable(path: Path) -> None:
+    """Refuse to write a model ONNX Runtime cannot load (the error names the node it rejects)."""
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types; all mean "cannot load"
+        raise TrtoptError(f"the FP16 model does not load in ONNX Runtime: {str(e).splitlines()[0][:300]}",
+                          "keep the op types it names in FP32 with --exclude OPTYPE") from e

@@ -42,10 +42,17 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def accuracy_key(rows: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
-    """(row key, axis label) of the accuracy measure the report has: task accuracy > agreement > cosine."""
-    for key, label in (("accuracy", "accuracy (labels)"), ("top1_agreement", "top-1 agreement with FP32"),
-                       ("cosine", "cosine similarity to FP32")):
+_METRIC_KEYS = {"accuracy": ("accuracy", "accuracy (labels)"),
+                "agreement": ("top1_agreement", "top-1 agreement with FP32"),
+                "cosine": ("cosine", "cosine similarity to FP32")}
+
+
+def accuracy_key(rows: Sequence[Mapping[str, Any]], metric: str = "auto") -> tuple[str, str]:
+    """(row key, axis label) of the accuracy measure: the recipe's ``metric``, or with "auto" the first the
+    report has of task accuracy, top-1 agreement, cosine."""
+    if metric in _METRIC_KEYS:
+        return _METRIC_KEYS[metric]
+    for key, label in _METRIC_KEYS.values():
         if any(r.get(key) is not None for r in rows):
             return key, label
     return "", ""
@@ -82,7 +89,7 @@ def _tradeoff(report: Mapping[str, Any]) -> Any:
         return None
     largest = max(r["batch_size"] for r in rows)
     rows = [r for r in rows if r["batch_size"] == largest]
-    key, label = accuracy_key(rows)
+    key, label = accuracy_key(rows, report.get("recipe", {}).get("metric", "auto"))
     if not key:
         return None
     rows = [r for r in rows if r.get(key) is not None or r["variant"] == report["baseline"]]
