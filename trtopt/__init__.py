@@ -33,6 +33,8 @@ _EXPORTS = {
     "get_backend": "trtopt.backends",
     "build_report": "trtopt.report",
     "run_demo": "trtopt.demo",
+    "optimize": "trtopt.pipeline",
+    "GateConfig": "trtopt.baseline",
 }
 
 __all__ = ["TrtoptError", "__version__", *_EXPORTS]

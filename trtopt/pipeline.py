@@ -150,9 +150,15 @@ class _Run:
         return dict(entry["outputs"])
 
 
-def optimize(recipe: Recipe, out_dir: str | os.PathLike, force: bool = False, on_step: Step | None = None,
-             on_progress: ProgressCallback | None = None) -> tuple[dict[str, Any], dict[str, Path]]:
+def optimize(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike | None = None, force: bool = False,
+             on_step: Step | None = None, on_progress: ProgressCallback | None = None) -> tuple[dict[str, Any], dict[str, Path]]:
     """Run ``recipe``'s stages into ``out_dir`` and write the report; returns (report, written paths).
+
+    Args:
+        recipe: a `Recipe`, or the path of a YAML recipe.
+        out_dir: the run directory; default ``runs/<model name>``.
+        force: re-run every stage, and accept a non-empty folder that is not a run directory.
+        on_step / on_progress: progress callbacks (a message; ``(label, done, total)``).
 
     Stages run in the order of `trtopt.config.STAGES`, each only if listed in ``recipe.stages``. See the
     module docstring for the run directory's layout and how unchanged stages are reused.
@@ -160,7 +166,11 @@ def optimize(recipe: Recipe, out_dir: str | os.PathLike, force: bool = False, on
     Raises:
         TrtoptError: a foreign non-empty ``out_dir`` without ``force``, or any stage's user error.
     """
-    out = Path(out_dir)
+    if not isinstance(recipe, Recipe):
+        from trtopt.config import load_recipe
+
+        recipe = load_recipe(recipe)
+    out = Path(out_dir) if out_dir is not None else Path("runs") / recipe.model.rsplit(":", 1)[-1].rsplit("/", 1)[-1]
     run = _Run(recipe, out, force, on_step or (lambda _m: None), on_progress)
     out.mkdir(parents=True, exist_ok=True)
     stages = set(recipe.stages)
