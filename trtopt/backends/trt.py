@@ -558,7 +558,7 @@ class TensorRTRunner:
 
 class TensorRTBackend:
     name = "tensorrt"
-    capabilities = Capabilities(model_formats=("onnx", "engine"), precisions=("fp32", "fp16", "int8"),
+    capabilities = Capabilities(model_formats=("onnx", "engine"), precisions=("fp32", "fp16", "bf16", "int8", "fp8"),
                                 devices=("cuda",), dynamic_shapes=True)
 
     def availability(self) -> tuple[bool, str]:
@@ -566,9 +566,9 @@ class TensorRTBackend:
         version = _installed_version()
         if version is None:
             return False, "TensorRT is not installed (GPU machines only: pip install 'trtopt[tensorrt]')"
-        from trtopt.cuda import probe_gpus
+        from trtopt.doctor import probe_cuda
 
-        cuda = probe_gpus()
+        cuda = probe_cuda()
         if not cuda["available"]:
             return False, f"TensorRT {version} is installed but {cuda['reason']}"
         return True, version
@@ -577,12 +577,12 @@ class TensorRTBackend:
         """Open an engine file (with its sidecar) for inference; an ``.onnx`` is built first (default
         :class:`~trtopt.trt_plan.BuildOptions` updated by ``options``) through the engine cache in
         ``~/.cache/trtopt/engines``."""
-        from trtopt.cuda import require_gpu
-
         path = Path(str(getattr(model, "path", model)))
-        if _installed_version() is None:
-            raise missing_dependency("tensorrt", "tensorrt", "the tensorrt backend")
-        require_gpu("the tensorrt backend")
+        ok, detail = self.availability()
+        if not ok:
+            if _installed_version() is None:
+                raise missing_dependency("tensorrt", "tensorrt", "the tensorrt backend")
+            raise TrtoptError(f"the tensorrt backend cannot run here: {detail}", "run on a machine with an NVIDIA GPU")
         if path.suffix == ".onnx":
             from trtopt.trt_plan import BuildOptions, make_plan
 
