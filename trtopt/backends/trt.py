@@ -347,16 +347,16 @@ def _from_cache(cache: Path, key: str, out: Path, identity: dict[str, Any]) -> E
     from trtopt.files import atomic_output
     from trtopt.trt_engine import check_engine_file, check_engine_matches, read_sidecar, sidecar_path
 
-    engine = cache / f"{key}.engine"
-    if not engine.is_file() or not sidecar_path(engine).is_file():
+    cached = cache / f"{key}.engine"
+    if not cached.is_file() or not sidecar_path(cached).is_file():
         return None
     try:
-        sidecar = read_sidecar(engine)
-        check_engine_matches(sidecar, identity, str(engine))
-        check_engine_file(engine, sidecar)
+        sidecar = read_sidecar(cached)
+        check_engine_matches(sidecar, identity, str(cached))
+        check_engine_file(cached, sidecar)
     except TrtoptError:
         return None  # never serve a stale or damaged entry: rebuild (and overwrite it)
-    pairs = [(engine, out), (sidecar_path(engine), out.with_name(out.name + ".json"))]
+    pairs = [(cached, out), (sidecar_path(cached), out.with_name(out.name + ".json"))]
     layers = cache / f"{key}.engine.layers.json"
     if layers.is_file():
         pairs.append((layers, out.with_name(out.name + ".layers.json")))
