@@ -224,17 +224,17 @@ def test_every_flag_a_plan_can_name_exists_in_that_version(manifests, tmp_path):
 
     models = {k: conv_model(tmp_path / f"{k}.onnx", k) for k in ("fp32", "fp16", "int8")}
     shapes = (parse_shape_spec("input:1x3x8x8,2x3x8x8,4x3x8x8"),)
-    grid = [dict(precision=p, typing=t, sparse=True, version_compatible=True, exclude_lean_runtime=True)
+    grid = [{"precision": p, "typing": t, "sparse": True, "version_compatible": True, "exclude_lean_runtime": True}
             for p in ("auto", "fp32", "fp16", "int8") for t in ("auto", "strong", "weak")]
-    grid += [dict(precision="int8", typing="weak", mixed_fp16=True), dict(precision="int8", calibrate=True),
-             dict(target="jetson-orin", dla_core=0), dict(hardware_compatibility="ampere+")]
+    grid += [{"precision": "int8", "typing": "weak", "mixed_fp16": True}, {"precision": "int8", "calibrate": True},
+             {"target": "jetson-orin", "dla_core": 0}, {"hardware_compatibility": "ampere+"}]
     made = 0
     for short, full in VERSIONS.items():
         m = manifests[short]
         cache = tmp_path / f"{short}.cache"
         if full.startswith("10."):
             write_cache(ranges_to_cache(Ranges({"input": TensorRange(1, -1, 1)}, "entropy", 1), trt_version=full), cache)
-        for kind, opts in itertools.product(models, grid + [dict(calib_cache=str(cache))]):
+        for kind, opts in itertools.product(models, grid + [{"calib_cache": str(cache)}]):
             try:
                 plan = make_plan(models[kind], BuildOptions(shapes=shapes, **opts), short)
             except TrtoptError:
