@@ -36,6 +36,7 @@ from typing import Any
 from trtopt.errors import TrtoptError
 
 PLAN_FORMAT = 1
+_RENDERED_KEYS = ("plan_sha256", "trtexec", "trtexec_unverified_flags")  # written beside a plan, derived from it
 
 #: TensorRT versions a plan can target: the short names the CLI takes -> full version.
 VERSIONS = {"10.3": "10.3.0", "10.16": "10.16.1", "11.0": "11.0.0", "11.1": "11.1.0"}
@@ -311,7 +312,7 @@ class BuildPlan:
         if not isinstance(d, dict) or d.get("format") != PLAN_FORMAT:
             raise TrtoptError(f"{where} is not a trtopt build plan (format {PLAN_FORMAT})",
                               "write it with trtopt build --plan-only")
-        data = {k: v for k, v in d.items() if k != "plan_sha256"}
+        data = {k: v for k, v in d.items() if k not in _RENDERED_KEYS}
         try:
             data["profiles"] = tuple(ShapeProfile.from_dict(p) for p in data["profiles"])
             for key in ("network_flags", "builder_flags", "notes"):
