@@ -84,7 +84,7 @@ def test_build_and_bench_without_tensorrt_fail_in_one_line(capsys, models, tmp_p
 
 def test_bundle_for_jetson(capsys, models, ranges, tmp_path):
     out = tmp_path / "bundle"
-    code, stdout, err = run(capsys, "bundle", models["fp32"], models["int8"], "-o", out, "--ranges", ranges,
+    code, _stdout, err = run(capsys, "bundle", models["fp32"], models["int8"], "-o", out, "--ranges", ranges,
                             "--shapes", SHAPES, "--workspace", "256")
     assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
@@ -105,7 +105,7 @@ def test_bundle_for_jetson(capsys, models, ranges, tmp_path):
     assert "--int8" not in t11 and "--fp16" not in t11 and "--calib" not in t11
     assert (out / "build_trt10.sh").stat().st_mode & stat.S_IXUSR
     assert "trtopt build models/fp32.onnx --plan plans/fp32.trt10.json" in (out / "build_trtopt.sh").read_text()
-    note = [p for p in manifest["plans"] if p["model"] == "fp32" and p["trt_version"] == "11.1.0"][0]
+    note = next(p for p in manifest["plans"] if p["model"] == "fp32" and p["trt_version"] == "11.1.0")
     assert "Q/DQ ONNX" in note["note"]
     code, _, err = run(capsys, "bundle", models["fp32"], "-o", out)
     assert code == 2 and "exists and is not empty" in err
