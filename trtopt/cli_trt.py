@@ -19,6 +19,8 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
                    help="auto: what the ONNX holds (Q/DQ -> int8, FP16 casts -> fp16), int8 with --calib-cache")
     p.add_argument("--typing", choices=("auto", "strong", "weak"), default="auto", help="network typing (10.x)")
     p.add_argument("--calib-cache", help="TensorRT 10.x calibration cache for implicit INT8")
+    p.add_argument("--mixed-fp16", action="store_true",
+                   help="weakly typed 10.x INT8: also allow FP16 for layers kept out of INT8 (trtexec --int8 --fp16)")
     p.add_argument("--shapes", nargs="+", default=[], metavar="NAME:MIN,OPT,MAX",
                    help="optimization profile per input, e.g. input:1x3x224x224,8x3x224x224,32x3x224x224")
     p.add_argument("--workspace", type=int, default=None, metavar="MiB", help="workspace memory pool limit")
@@ -38,6 +40,7 @@ def _options(args: argparse.Namespace, target_default: str, calibrate: bool = Fa
     from trtopt.trt_plan import BuildOptions, parse_shape_spec
 
     return BuildOptions(precision=args.precision, typing=args.typing, calib_cache=args.calib_cache, calibrate=calibrate,
+                        mixed_fp16=args.mixed_fp16,
                         shapes=tuple(parse_shape_spec(s) for s in args.shapes),
                         workspace_bytes=args.workspace * (1 << 20) if args.workspace else None,
                         timing_cache=args.timing_cache, opt_level=args.opt_level, sparse=args.sparse,
