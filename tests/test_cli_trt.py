@@ -130,3 +130,18 @@ def test_doctor_reports_tensorrt_cuda_and_gpus(capsys):
     assert "devices" in found["cuda"] and "available" in found["cuda"]
     code, out, _ = run(capsys, "doctor")
     assert "TensorRT:" in out and "GPUs (CUDA):" in out
+
+
+@pytest.mark.skipif(NO_TRT is False, reason="TensorRT is installed here")
+def test_torch_tensorrt_route_is_registered_and_says_what_is_missing(tiny_cnn):
+    from trtopt import backends
+    from trtopt.errors import TrtoptError
+
+    backend = backends.get_backend("torch-tensorrt")
+    assert backends.get_backend("torch_tensorrt") is backend and backend.capabilities.devices == ("cuda",)
+    ok, reason = backend.availability()
+    assert ok is False and "torch-tensorrt" in reason
+    with pytest.raises(TrtoptError, match="needs the Python package 'torch_tensorrt'"):
+        backend.load(tiny_cnn)
+    with pytest.raises(TrtoptError, match="does not support precision 'int8'"):
+        backends.check_request("torch-tensorrt", "torch", "int8", "cuda")

@@ -13,7 +13,7 @@ import numpy as np
 
 from trtopt.backends.base import Capabilities
 from trtopt.environment import package_version
-from trtopt.errors import TrtoptError, missing_dependency
+from trtopt.errors import TrtoptError
 
 
 class TorchTensorRTRunner:
@@ -25,7 +25,9 @@ class TorchTensorRTRunner:
         try:
             import torch_tensorrt
         except ImportError as e:
-            raise missing_dependency("torch_tensorrt", "tensorrt", "the torch-tensorrt backend") from e
+            raise TrtoptError("the torch-tensorrt backend needs the Python package 'torch_tensorrt', which is not installed",
+                              "on a GPU machine: pip install torch-tensorrt matching your torch (2.14 pairs with "
+                              "torch-tensorrt 2.14 and TensorRT 11.1)") from e
         import torch
 
         from trtopt.cuda import require_gpu
