@@ -189,12 +189,12 @@ def build_engine(plan: Any, output: str | os.PathLike, force: bool = False, cali
     if identity["trt_version"] != plan.trt_version:
         raise TrtoptError(f"the plan is for TensorRT {plan.trt_version}, this machine has {identity['trt_version']}",
                           "make the plan here (trtopt build --trt-version auto) or install that TensorRT")
+    _check_onnx_unchanged(plan)  # before the cache: a cached engine of an edited ONNX is stale
     key = engine_cache_key(plan.onnx_sha256, plan.plan_hash(), identity)
     if cache_dir is not None:
         hit = _from_cache(Path(cache_dir), key, out, identity)
         if hit is not None:
             return hit
-    _check_onnx_unchanged(plan)
 
     logger = _make_logger(trt, verbose)
     builder = trt.Builder(logger)
