@@ -124,8 +124,9 @@ def test_implicit_int8_needs_scales(models):
 
 
 def test_calibrator_route_on_10x(models):
-    p = plan(models["fp32"], "10.16", precision="int8", calibrate=True, calib_batch_size=4)
-    assert p.int8_source == "calibrator" and p.calib_batch_size == 4 and p.builder_flags == ("INT8",)
+    p = plan(models["fp32"], "10.16", precision="int8", calibrate=True)
+    assert p.int8_source == "calibrator" and p.builder_flags == ("INT8",)
+    assert p.calib_batch_size == 4  # the OPT batch of input:1x3x8x8,4x3x8x8,16x3x8x8: TensorRT calibrates there
 
 
 def test_precision_that_contradicts_the_graph_is_refused(models):

@@ -182,7 +182,6 @@ class BuildOptions:
         calib_cache: TensorRT 10.x calibration cache for implicit INT8 (its header must name the plan's
             TensorRT version and EntropyCalibration2).
         calibrate: implicit INT8 by running an IInt8EntropyCalibrator2 over data at build time (10.x).
-        calib_batch_size: samples per calibration batch (the calibrator's get_batch_size).
         mixed_fp16: on a weakly typed 10.x INT8 build, also set BuilderFlag.FP16 so layers TensorRT keeps
             out of INT8 may run in FP16 (trtexec's ``--int8 --fp16``).
         shapes: optimization profile per input (required for inputs with dynamic dimensions).
@@ -201,7 +200,6 @@ class BuildOptions:
     typing: str = "auto"
     calib_cache: str | None = None
     calibrate: bool = False
-    calib_batch_size: int = 8
     mixed_fp16: bool = False
     shapes: tuple[ShapeProfile, ...] = ()
     workspace_bytes: int | None = None
@@ -225,8 +223,6 @@ class BuildOptions:
                               "use 0 (fastest build) to 5 (most tactics); TensorRT's default is 3")
         if self.workspace_bytes is not None and (not _is_int(self.workspace_bytes) or self.workspace_bytes < 1 << 20):
             raise TrtoptError(f"workspace {self.workspace_bytes!r} bytes is below 1 MiB", "give e.g. --workspace 1024 (MiB)")
-        if not _is_int(self.calib_batch_size) or self.calib_batch_size < 1:
-            raise TrtoptError(f"calibration batch size {self.calib_batch_size!r} is not a positive integer", "e.g. 8")
         if self.dla_core is not None:
             if not _is_int(self.dla_core) or self.dla_core < 0:
                 raise TrtoptError(f"DLA core {self.dla_core!r} is not a core index", "DLA cores are numbered 0, 1")
@@ -440,13 +436,15 @@ def make_plan(onnx: Any, options: BuildOptions, trt_version: str) -> BuildPlan:
                     int8_source = "calibration-cache"
                 elif options.calibrate:
                     int8_source = "calibrator"
-                    calib_batch = options.calib_batch_size
+                    calib_batch = -1  # filled in below from the profile (TensorRT calibrates at the OPT shape)
                 else:
                     raise TrtoptError(f"implicit INT8 for {where} on TensorRT {version} needs scales",
                                       "give --calib-cache FILE (trtopt calibrate --cache), calibration --data, or "
                                       "build a Q/DQ ONNX (trtopt quantize --target tensorrt)")
                 notes.append("implicit INT8 (calibrators/caches) is deprecated since TensorRT 10.1 and removed in 11")
     profiles = validate_profiles(list(art.inputs), options.shapes, where)
+    if calib_batch is not None:
+        calib_batch = _calibration_batch(art, profiles, where)
     if options.sparse:
         builder_flags.append("SPARSE_WEIGHTS")
     device_type = "GPU"
@@ -469,6 +467,17 @@ def make_plan(onnx: Any, options: BuildOptions, trt_version: str) -> BuildPlan:
         builder_optimization_level=options.opt_level, target=options.target, device_type=device_type,
         dla_core=options.dla_core, hardware_compatibility_level=HARDWARE_COMPATIBILITY[options.hardware_compatibility],
         notes=tuple(notes))
+
+
+def _calibration_batch(art: Any, profiles: tuple[ShapeProfile, ...], where: str) -> int:
+    """Samples per calibration batch: the batch axis of the calibration profile's OPT shape (TensorRT 10.x
+    calibrates explicit-batch networks at the OPT dimensions of the calibration profile), else the static one."""
+    batches = {p.opt[0] for p in profiles} | {i.shape[0] for i in art.inputs
+                                              if i.name not in {p.name for p in profiles} and i.shape}
+    if len(batches) != 1 or not all(isinstance(b, int) and b > 0 for b in batches):
+        raise TrtoptError(f"the inputs of {where} disagree on the calibration batch ({sorted(map(str, batches))})",
+                          "give every input the same batch size in its --shapes OPT shape")
+    return batches.pop()
 
 
 def _check_matches(precision: str, onnx_precision: str, where: str, version: str) -> None:

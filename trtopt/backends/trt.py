@@ -98,7 +98,7 @@ def _make_calibrator(trt: Any, ops: Any, batches: Any, cache_in: str | None, cac
             self.device: dict[str, tuple[int, int]] = {}
 
         def get_batch_size(self) -> int:
-            return batches.batch_size
+            return 1  # explicit-batch networks: the batch is in the tensor shapes (as Polygraphy's calibrator)
 
         def get_batch(self, names: list[str]) -> list[int] | None:
             batch = batches.next_batch()
@@ -129,7 +129,7 @@ def _make_calibrator(trt: Any, ops: Any, batches: Any, cache_in: str | None, cac
             from trtopt.files import atomic_output
             from trtopt.trt_cache import parse_cache
 
-            data = bytes(cache)
+            data = cache.tobytes() if hasattr(cache, "tobytes") else bytes(cache)
             parse_cache(data, where="the cache TensorRT wrote")  # refuse to save something unreadable
             with atomic_output(cache_out, force=True) as tmp:
                 tmp.write_bytes(data)
@@ -169,7 +169,8 @@ def build_engine(plan: Any, output: str | os.PathLike, force: bool = False, cali
         plan: a :class:`~trtopt.trt_plan.BuildPlan` made for the installed TensorRT version.
         output: engine path; refused if it exists and ``force`` is false.
         calibration_data: for ``int8_source == "calibrator"``: an iterable of feeds (dict name -> array,
-            axis 0 samples) at the profile's opt shape; streamed in ``plan.calib_batch_size`` batches.
+            axis 0 samples) at the profile's OPT shape; regrouped into batches of ``plan.calib_batch_size``
+            samples (the OPT batch: TensorRT calibrates at the calibration profile's OPT dimensions).
             The cache TensorRT writes is saved to ``<output>.calib.cache``.
         calib_max_samples: at most this many calibration samples.
         cache_dir: engine cache folder; an engine there with the same ONNX, plan, TensorRT version and GPU
