@@ -24,7 +24,7 @@ EXIT_CHECK_FAILED = 1
 
 # Subcommands of each area live beside it, in a module with ``add_commands(sub, common)``; listing them
 # here keeps this file the one place that builds the parser. They import their heavy libraries lazily.
-COMMAND_MODULES: tuple[str, ...] = ("trtopt.cli_pipeline",)
+COMMAND_MODULES: tuple[str, ...] = ("trtopt.cli_pipeline", "trtopt.cli_trt")
 
 
 def parse_shapes(values: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
@@ -285,6 +285,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     cuda = found["cuda"]
     print(f"CUDA: {str(cuda['device_count']) + ' device(s)' if cuda['available'] else cuda['reason']}")
     print(f"GPU: {', '.join(g['name'] for g in found['gpus']) or 'none'}")
+    trt = found["tensorrt"]
+    print(f"TensorRT: {trt['version'] or 'not installed'}; CUDA libraries: {', '.join(trt['cuda_libraries']) or 'none'}; "
+          f"GPUs (CUDA): {', '.join(d['name'] + ' sm_' + d['compute_capability'] for d in cuda.get('devices', [])) or 'none'}")
     for line in found["advice"]:
         print(f"advice: {line}")
     return 0

@@ -15,22 +15,10 @@ from trtopt.environment import environment, gpus, package_version
 
 
 def probe_cuda() -> dict[str, Any]:
-    """CUDA device count and driver version via cuda-python, without raising."""
-    if package_version("cuda-bindings") is None and package_version("cuda-python") is None:
-        return {"available": False, "reason": "cuda-python is not installed"}
-    try:
-        from cuda.bindings import runtime
-    except ImportError:
-        try:
-            from cuda import cudart as runtime  # cuda-python < 12.6 layout
-        except ImportError as e:
-            return {"available": False, "reason": f"cuda-python does not import ({e})"}
-    err, count = runtime.cudaGetDeviceCount()
-    if int(err) != 0 or count == 0:
-        return {"available": False, "reason": f"no CUDA device ({getattr(err, 'name', err)})", "device_count": 0}
-    _, driver = runtime.cudaDriverGetVersion()
-    _, rt = runtime.cudaRuntimeGetVersion()
-    return {"available": True, "device_count": count, "driver_version": driver, "runtime_version": rt}
+    """CUDA devices (name, compute capability), driver and runtime versions via cuda-python, without raising."""
+    from trtopt.cuda import probe_gpus
+
+    return probe_gpus()
 
 
 def probe_onnxruntime() -> dict[str, Any]:
@@ -53,6 +41,11 @@ def diagnose() -> dict[str, Any]:
     found["onnxruntime"] = probe_onnxruntime()
     found["cuda"] = probe_cuda()
     found["gpus"] = gpus()
+    from trtopt.backends.trt import _installed_version
+    from trtopt.cuda import installed_libraries
+
+    found["tensorrt"] = {"version": _installed_version(), "cuda_libraries": installed_libraries(),
+                         "torch_tensorrt": package_version("torch-tensorrt")}
     advice = []
     if not found["backends"]["tensorrt"]["available"]:
         advice.append("TensorRT: on a machine with an NVIDIA GPU, pip install 'trtopt[tensorrt]' "

@@ -17,8 +17,9 @@ _REGISTRY: dict[str, str] = {
     "onnxruntime": "trtopt.backends.ort",
     "torch": "trtopt.backends.torch",
     "tensorrt": "trtopt.backends.trt",
+    "torch-tensorrt": "trtopt.backends.torch_trt",
 }
-_ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
+_ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch", "torch_tensorrt": "torch-tensorrt"}
 
 
 def names() -> tuple[str, ...]:
