@@ -35,7 +35,7 @@ def test_run_directory_holds_every_artifact_and_report(first_run):
     names = {p.name for p in out.iterdir()}
     assert names >= {"model.onnx", "ranges.json", "calibration.cache", "model.int8.onnxruntime.onnx",
                      "model.int8.tensorrt.onnx", "timing.json", "accuracy.json", "stages.json", "recipe.yaml",
-                     "report.json", "report.md", "report.html", "plots"}
+                     "report.json", "report.md", "report.html", "plots", "bundle"}
     assert {s["status"] for s in report["stages"].values()} == {"ran"}
     assert json.loads(paths["json"].read_text())["rows"] == json.loads(json.dumps(report["rows"]))
     variants = [(r["variant"], r["batch_size"]) for r in report["rows"]]
@@ -45,6 +45,20 @@ def test_run_directory_holds_every_artifact_and_report(first_run):
     html = paths["html"].read_text()
     assert html.count('src="data:image/png;base64,') == 3 and "<table>" in html and "<h2>INT8</h2>" in html
     assert (out / "plots" / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tensorrt_stages_without_tensorrt_record_why_and_still_write_the_bundle(first_run):
+    out, report, _ = first_run
+    build = report["tensorrt"]["build"]
+    assert build["built"] is False and "TensorRT is not installed" in build["reason"]
+    manifest = json.loads((out / "bundle" / "manifest.json").read_text())
+    assert manifest["target"] == "jetson-orin" and manifest["trt10_version"] == "10.3.0"
+    plans = {(p["model"], p["trt_version"]): p for p in manifest["plans"]}
+    assert plans[("model.int8.tensorrt", "11.1.0")]["int8_source"] == "qdq"
+    assert plans[("model", "10.3.0")]["int8_source"] == "calibration-cache"  # implicit INT8 from our ranges
+    plan = json.loads((out / "bundle" / plans[("model", "10.3.0")]["plan"]).read_text())
+    assert {p["name"]: p["max"] for p in plan["profiles"]} == {"input": [2, 3, 32, 32]}  # batch 1..max(batch_sizes)
+    assert "## TensorRT" in (out / "report.md").read_text()
 
 
 def test_unchanged_rerun_reuses_every_stage_and_reports_the_same_numbers(first_run):
@@ -59,7 +73,8 @@ def test_a_changed_stage_config_reruns_that_stage_and_what_depends_on_it(tmp_pat
     optimize(tiny_recipe(), out)
     changed, _ = optimize(tiny_recipe(quantize=replace(tiny_recipe().quantize, per_channel=False)), out)
     status = {name: s["status"] for name, s in changed["stages"].items()}
-    assert status == {"export": "reused", "calibrate": "reused", "quantize": "ran", "profile": "ran", "compare": "ran"}
+    assert status == {"export": "reused", "calibrate": "reused", "quantize": "ran", "build": "ran", "bundle": "ran",
+                      "profile": "ran", "compare": "ran"}
 
 
 def test_a_damaged_output_is_rebuilt_not_served(tmp_path):

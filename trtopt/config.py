@@ -101,9 +101,11 @@ class OrtConfig:
 
 
 #: Pipeline stages in the order `trtopt.pipeline.optimize` runs them; a recipe lists the ones it wants.
-STAGES = ("export", "calibrate", "quantize", "profile", "compare")
+STAGES = ("export", "calibrate", "quantize", "build", "bundle", "profile", "compare")
 #: What each stage needs to have run before it.
-STAGE_NEEDS = {"calibrate": ("export",), "quantize": ("calibrate",), "profile": ("export",), "compare": ("export",)}
+STAGE_NEEDS = {"calibrate": ("export",), "quantize": ("calibrate",), "build": ("export",), "bundle": ("export",),
+               "profile": ("export",), "compare": ("export",)}
+BUNDLE_TARGETS = ("jetson-orin", "jetson-xavier", "server")
 INT8_TARGETS = ("onnxruntime", "tensorrt")
 METRICS = ("auto", "accuracy", "agreement", "cosine")
 
@@ -131,6 +133,10 @@ class Recipe:
         metric: the accuracy a variant is judged by in plots and sensitivity: "accuracy" (needs labelled
             data), "agreement" (top-1 agreement with FP32: classifiers), "cosine" (embeddings), or "auto"
             (accuracy with labels, else agreement).
+        bundle_target: device the bundle stage packs for: "jetson-orin"/"jetson-xavier" (TensorRT 10.3,
+            JetPack 6) or "server" (10.16); plans for TensorRT 11.1 are always included.
+        workspace_mib: TensorRT builder workspace limit for the build and bundle stages (None = TensorRT's
+            default). Optimization profiles come from the model's inputs: batch 1 to max(batch_sizes).
     """
 
     model: str
@@ -152,6 +158,8 @@ class Recipe:
     trt_cache_version: str = "10.3.0"
     sensitivity: bool = False
     metric: str = "auto"
+    bundle_target: str = "jetson-orin"
+    workspace_mib: int | None = None
     version: int = RECIPE_VERSION
 
     def __post_init__(self) -> None:
@@ -172,6 +180,7 @@ class Recipe:
         for target in self.int8_targets:
             _choice("int8_targets", target, INT8_TARGETS)
         _choice("metric", self.metric, METRICS)
+        _choice("bundle_target", self.bundle_target, BUNDLE_TARGETS)
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -180,11 +180,15 @@ def optimize(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike | No
         int8["calibration"] = _calibrate(run, onnx)
     if "quantize" in stages:
         int8["quantize"] = _quantize(run, onnx, int8["calibration"])
+    deploy = _deployables(onnx, int8.get("quantize")) if onnx else []
+    engines = _build(run, deploy) if "build" in stages else None
+    bundle = _bundle(run, deploy, int8.get("calibration")) if "bundle" in stages else None
     timing = _profile(run, onnx, int8.get("quantize")) if "profile" in stages else None
     accuracy = _compare(run, onnx, int8) if "compare" in stages else None
     from trtopt.report import write_report
 
     report = _report(run, onnx, int8, timing, accuracy)
+    report["tensorrt"] = {"build": engines["result"] if engines else None, "bundle": bundle["result"] if bundle else None}
     paths = write_report(report, out, force=True, html=True)
     paths["recipe"] = write_text(out / "recipe.yaml", dump_recipe(recipe), force=True)
     return report, paths
@@ -290,6 +294,84 @@ def _quantize(run: _Run, onnx: Mapping[str, Any], calibration: Mapping[str, Any]
         return [Path(a["path"]) for a in written.values()], written
 
     return run.stage("quantize", material, go)
+
+
+def _deployables(onnx: Mapping[str, Any], quantized: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """(name, path) of the models a TensorRT target takes: the TensorRT-layout INT8 Q/DQ, FP16 casts, FP32."""
+    result = (quantized or {}).get("result", {})
+    models = [("int8-qdq", result["tensorrt"]["path"])] if "tensorrt" in result else []
+    models += [("fp16-casts", result["fp16"]["path"])] if "fp16" in result else []
+    return models + [("fp32", onnx["result"]["path"])]
+
+
+def _profiles(run: _Run, onnx_path: str) -> tuple[Any, ...]:
+    """Optimization profiles for TensorRT: every input from batch 1 to max(batch_sizes), OPT at the max."""
+    from trtopt.artifacts import inspect_onnx
+    from trtopt.bench import onnx_input_specs
+    from trtopt.trt_plan import ShapeProfile
+
+    top = max(run.recipe.batch_sizes)
+    specs = onnx_input_specs(inspect_onnx(onnx_path), run.recipe.input_shapes or None)
+    return tuple(ShapeProfile(s.name, (1, *s.shape), (top, *s.shape), (top, *s.shape)) for s in specs)
+
+
+def _build_options(run: _Run, onnx_path: str) -> Any:
+    from trtopt.trt_plan import BuildOptions
+
+    workspace = run.recipe.workspace_mib * (1 << 20) if run.recipe.workspace_mib else None
+    return BuildOptions(shapes=_profiles(run, onnx_path), workspace_bytes=workspace)
+
+
+def _build(run: _Run, deploy: list[tuple[str, str]]) -> dict[str, Any]:
+    """TensorRT engines for the installed TensorRT, where there is one and a GPU; else the reason, recorded.
+
+    The plans for other TensorRT versions (Jetson's 10.3, servers' 11.x) are the bundle stage's job.
+    """
+    from trtopt.backends import get_backend
+
+    available, detail = get_backend("tensorrt").availability()
+    material = {"models": {n: sha256_file(p) for n, p in deploy}, "tensorrt": detail if available else None,
+                "batch_sizes": list(run.recipe.batch_sizes), "workspace_mib": run.recipe.workspace_mib}
+
+    def go() -> tuple[list[Path], Any]:
+        if not available:
+            run.step(f"build: skipped, {detail}")
+            return [], {"built": False, "reason": detail}
+        from trtopt.backends.trt import build_engine
+        from trtopt.trt_plan import make_plan
+
+        engines, files = {}, []
+        for name, path in deploy:
+            run.step(f"building the TensorRT {detail} engine for {name}")
+            plan = make_plan(path, _build_options(run, path), detail)
+            built = build_engine(plan, run.out / "engines" / f"model.{name}.engine", force=True)
+            engines[name] = built.to_dict()
+            files += [built.path] + ([built.layer_info_path] if built.layer_info_path else [])
+        return files, {"built": True, "tensorrt": detail, "engines": engines}
+
+    return run.stage("build", material, go)
+
+
+def _bundle(run: _Run, deploy: list[tuple[str, str]], calibration: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A folder to build engines on the device: models, ranges, 10.x cache, plans for 10.x and 11.x, scripts."""
+    from trtopt.bundle import make_bundle
+
+    r = run.recipe
+    ranges = calibration["result"]["ranges"] if calibration else None
+    material = {"models": {n: sha256_file(p) for n, p in deploy}, "ranges": run.digest(calibration) if calibration else None,
+                "target": r.bundle_target, "batch_sizes": list(r.batch_sizes), "workspace_mib": r.workspace_mib}
+
+    def go() -> tuple[list[Path], Any]:
+        run.step(f"writing the {r.bundle_target} bundle (plans for TensorRT 10.x and 11.x)")
+        manifest = make_bundle([p for _, p in deploy], run.out / "bundle", target=r.bundle_target, ranges=ranges,
+                               options=_build_options(run, deploy[-1][1]), force=True)
+        files = sorted(p for p in (run.out / "bundle").rglob("*") if p.is_file())
+        plans = [{k: e.get(k) for k in ("model", "trt_version", "precision", "int8_source", "plan", "reason")}
+                 for e in manifest["plans"]]
+        return files, {"path": str(run.out / "bundle"), "target": r.bundle_target, "files": len(files),
+                       "size_bytes": sum(f.stat().st_size for f in files), "plans": plans}
+
+    return run.stage("bundle", material, go)
 
 
 def _variants(run: _Run, onnx: Mapping[str, Any] | None, quantized: Mapping[str, Any] | None) -> list[tuple[str, str]]:

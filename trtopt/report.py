@@ -171,6 +171,20 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                   f"Score FP32 {sens['fp32_score']:.4f}, all layers INT8 {sens['int8_score']:.4f}. Layers that recover "
                   "the most when kept in FP32:", "", "| layer | score without it | recovered |", "|---|---|---|"]
         parts += [f"| {row['node']} | {row['score_without']:.4f} | {row['recovered']:+.4f} |" for row in sens["layers"][:5]]
+    trt = report.get("tensorrt") or {}
+    if trt.get("build") or trt.get("bundle"):
+        parts += ["", "## TensorRT", ""]
+        build = trt.get("build")
+        if build:
+            parts.append("- Engines: " + (", ".join(f"`{Path(e['path']).name}`" for e in build["engines"].values())
+                                          if build["built"] else f"not built here ({build['reason']})."))
+        bundle = trt.get("bundle")
+        if bundle:
+            parts.append(f"- Bundle for {bundle['target']}: `{Path(bundle['path']).name}/` ({bundle['files']} files, "
+                         f"{bundle['size_bytes'] / 1e6:.1f} MB; `build_trt10.sh`, `build_trt11.sh`, `build_trtopt.sh`).")
+            parts += ["", "| model | TensorRT | precision | INT8 from | plan |", "|---|---|---|---|---|"]
+            parts += [f"| {p['model']} | {p['trt_version']} | {p.get('precision') or '–'} | {p.get('int8_source') or '–'} | "
+                      f"{p.get('plan') or 'none: ' + str(p.get('reason'))} |" for p in bundle["plans"]]
     if report.get("stages"):
         parts += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
         parts += [f"| {name} | {st['status']} | {st['seconds']:.1f} |" for name, st in report["stages"].items()]
