@@ -316,3 +316,54 @@ def test_unreadable_or_mismatched_checkpoint(tmp_path):
            "alpha=0.5", "alpha=0.2")
     _error(lambda: distill(MLP(hidden=5), teacher, (x, y), DistillConfig(batch_size=16, resume_from=str(good))),
            "does not fit")
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+def _cli(args, cwd):
+    import subprocess
+    import sys
+
+    from tests_env import cli_environment
+
+    return subprocess.run([sys.executable, "-m", "trtopt", "-q", *args], cwd=cwd, env=cli_environment(),
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def _one_line_error(result, *needles):
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("trtopt: error: ") and "fix:" in lines[0], result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_cli_distill_writes_loadable_student_and_resumes(tmp_path):
+    import json
+
+    common = ["trtopt.nets:DigitsCNN", "zoo:digits_cnn", "--data", "digits", "--labels", "--batch-size", "64",
+              "--lr", "3e-3", "--checkpoint-dir", "ck"]
+    first = _cli(["distill", *common, "--steps", "4", "-o", "s.pt", "--json", "s.json"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    record = json.loads((tmp_path / "s.json").read_text())
+    assert record["steps"] == 4 and len(record["step_losses"]) == 4 and record["eval_history"][-1]["step"] == 4
+    student = torch.jit.load(str(tmp_path / "s.pt"))
+    assert student(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
+    # Exists without --force: refused, nothing overwritten.
+    _one_line_error(_cli(["distill", *common, "--steps", "4", "-o", "s.pt"], tmp_path), "s.pt", "--force")
+    more = _cli(["distill", *common, "--steps", "6", "--resume", "ck", "-o", "s2.pt", "--json", "s2.json"], tmp_path)
+    assert more.returncode == 0, more.stderr
+    resumed = json.loads((tmp_path / "s2.json").read_text())
+    assert resumed["steps"] == 6 and resumed["step_losses"][:4] == record["step_losses"]
+
+
+def test_cli_distill_bad_inputs(tmp_path):
+    base = ["distill", "trtopt.nets:DigitsCNN", "zoo:digits_cnn", "--data", "digits", "--steps", "1", "-o", "s.pt"]
+    _one_line_error(_cli([*base, "--alpha", "2"], tmp_path), "alpha=2.0")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "last.pt").write_bytes(b"\x00garbage")
+    _one_line_error(_cli([*base, "--resume", "bad"], tmp_path), "cannot be read")
+    np.savez(tmp_path / "d.npz", input=np.zeros((4, 1, 8, 8), np.float32))
+    _one_line_error(_cli(["distill", "trtopt.nets:DigitsCNN", "zoo:digits_cnn", "--data", "d.npz", "--labels", "-o", "s.pt"],
+                         tmp_path), "labels")
+    assert not (tmp_path / "s.pt").exists()
