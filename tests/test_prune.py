@@ -18,7 +18,7 @@ from torch import nn
 from trtopt.errors import TrtoptError
 from trtopt.models import load_model, save_module
 from trtopt.nets import DigitsCNN
-from trtopt.prune import PruneConfig, check_2to4, count_macs, mask_2to4, prune, prune_loaded
+from trtopt.prune import PruneConfig, apply_masks_, check_2to4, count_macs, mask_2to4, prune, prune_loaded, sparsity_masks
 
 
 def small_digits() -> nn.Module:
@@ -216,6 +216,23 @@ def test_2to4_digits_passes_checker_dense_fails_and_violation_is_named(tmp_path)
     assert not bad.ok and len(bad.violating) == 1
     row = next(r for r in bad.layers if not r["ok"])
     assert row["groups_over_2_nonzero"] == 1 and row["shape"][:2] == [64, 32]
+
+
+def test_sparsity_masks_keep_the_2to4_pattern_through_training_steps():
+    model = prune(small_digits(), DIGITS_INPUT, PruneConfig("2:4")).module
+    masks = sparsity_masks(model)
+    assert set(masks) == {"conv2", "conv3", "fc"}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(DIGITS_INPUT), torch.tensor([0, 1, 2, 3])).backward()
+        opt.step()
+        apply_masks_(model, masks)
+    for name in masks:
+        w = getattr(model, name).weight.detach()
+        assert ((w != 0) <= masks[name]).all()  # nothing regrew outside the mask
+        assert ((w.movedim(1, -1).reshape(-1, 4) != 0).sum(1) <= 2).all()
 
 
 def test_check_2to4_reads_gemm_transposition_and_matmul_axis(tmp_path):

@@ -433,6 +433,23 @@ def _two_four_(model: nn.Module, config: PruneConfig) -> list[dict[str, str]]:
     return skipped
 
 
+def sparsity_masks(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Boolean masks (weight != 0) of every Conv/Linear weight that has zeros, by layer name.
+
+    For fine-tuning or distilling a sparse (unstructured or 2:4) model: take the masks after pruning and
+    call :func:`apply_masks_` after every optimizer step, so the zeros (and a 2:4 pattern) survive training.
+    """
+    return {n: (m.weight.detach() != 0) for n, m in _weight_layers(module).items() if bool((m.weight == 0).any())}
+
+
+def apply_masks_(module: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Zero the masked-out weights of ``module`` in place (masks from :func:`sparsity_masks`)."""
+    layers = _weight_layers(module)
+    with torch.no_grad():
+        for name, mask in masks.items():
+            layers[name].weight.mul_(mask.to(layers[name].weight.device, layers[name].weight.dtype))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Structured (Torch-Pruning)
 
