@@ -33,6 +33,9 @@ _EXPORTS = {
     "get_backend": "trtopt.backends",
     "build_report": "trtopt.report",
     "run_demo": "trtopt.demo",
+    "PruneConfig": "trtopt.prune",
+    "check_2to4": "trtopt.prune",
+    "save_module": "trtopt.models",
 }
 
 __all__ = ["TrtoptError", "__version__", *_EXPORTS]

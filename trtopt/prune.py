@@ -433,6 +433,23 @@ def _two_four_(model: nn.Module, config: PruneConfig) -> list[dict[str, str]]:
     return skipped
 
 
+def sparsity_masks(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Boolean masks (weight != 0) of every Conv/Linear weight that has zeros, by layer name.
+
+    For fine-tuning or distilling a sparse (unstructured or 2:4) model: take the masks after pruning and
+    call :func:`apply_masks_` after every optimizer step, so the zeros (and a 2:4 pattern) survive training.
+    """
+    return {n: (m.weight.detach() != 0) for n, m in _weight_layers(module).items() if bool((m.weight == 0).any())}
+
+
+def apply_masks_(module: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Zero the masked-out weights of ``module`` in place (masks from :func:`sparsity_masks`)."""
+    layers = _weight_layers(module)
+    with torch.no_grad():
+        for name, mask in masks.items():
+            layers[name].weight.mul_(mask.to(layers[name].weight.device, layers[name].weight.dtype))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Structured (Torch-Pruning)
 
@@ -493,11 +510,11 @@ def _structured_(model: nn.Module, args: tuple[Any, ...], config: PruneConfig,
     heads_before = {n: a.num_attention_heads for n, a in attention.items()}
     if config.ratio == 0:
         return allowed, {n: {"before": h, "after": h} for n, h in heads_before.items()}
-    kwargs: dict[str, Any] = dict(
-        importance=_importance(config), pruning_ratio=float(config.ratio), global_pruning=config.global_pruning,
-        max_pruning_ratio=config.max_layer_ratio if config.global_pruning else 1.0,
-        ignored_layers=[by_name[n] for n in sorted(ignored)], round_to=config.round_to if config.round_to > 1 else None,
-        forward_fn=lambda m, x: m(*x))
+    kwargs: dict[str, Any] = {
+        "importance": _importance(config), "pruning_ratio": float(config.ratio), "global_pruning": config.global_pruning,
+        "max_pruning_ratio": config.max_layer_ratio if config.global_pruning else 1.0,
+        "ignored_layers": [by_name[n] for n in sorted(ignored)],
+        "round_to": config.round_to if config.round_to > 1 else None, "forward_fn": lambda m, x: m(*x)}
     if num_heads:
         kwargs.update(num_heads=num_heads, prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=float(config.ratio))
     with warnings.catch_warnings(), _naming_failures(
@@ -725,9 +742,8 @@ def prune_to_speedup(loaded: Any, config: PruneConfig, target: SpeedupTargetConf
     if config.method != "structured":
         raise TrtoptError(f"a speedup target needs structured pruning, not {config.method!r}",
                           "use --method structured (sparse weights do not speed up dense ONNX Runtime kernels)")
-    feed = random_feed(loaded.inputs, max(8, target.batch_size), seed=0)
-    example = tuple(torch.from_numpy(take_batch(feed, 2)[s.name].copy()) for s in loaded.inputs)
-    batch = take_batch(feed, target.batch_size)
+    example = example_inputs_for(loaded)
+    batch = take_batch(random_feed(loaded.inputs, max(8, target.batch_size), seed=0), target.batch_size)
     timing = TimingConfig(warmup_iterations=target.warmup_iterations, iterations=target.iterations)
     export_cfg = ExportConfig(check_parity=False)
     low, high = target.target_speedup * (1 - target.tolerance), target.target_speedup * (1 + target.tolerance)
