@@ -339,16 +339,29 @@ def _one_line_error(result, *needles):
 
 
 def test_cli_distill_writes_loadable_student_and_resumes(tmp_path):
+    """A pruned model file (as `trtopt prune` writes it) distilled from zoo:digits_cnn, then resumed."""
+    import dataclasses
     import json
 
-    common = ["trtopt.nets:DigitsCNN", "zoo:digits_cnn", "--data", "digits", "--labels", "--batch-size", "64",
+    from trtopt.models import load_model, save_module
+    from trtopt.prune import PruneConfig, prune
+
+    teacher = load_model("zoo:digits_cnn")
+    pruned = prune(teacher.module, (torch.zeros(2, 1, 8, 8),), PruneConfig(method="structured", ratio=0.5))
+    save_module(dataclasses.replace(teacher, module=pruned.module), tmp_path / "pruned.pt")
+    common = ["pruned.pt", "zoo:digits_cnn", "--data", "digits", "--labels", "--batch-size", "64",
               "--lr", "3e-3", "--checkpoint-dir", "ck"]
     first = _cli(["distill", *common, "--steps", "4", "-o", "s.pt", "--json", "s.json"], tmp_path)
     assert first.returncode == 0, first.stderr
     record = json.loads((tmp_path / "s.json").read_text())
     assert record["steps"] == 4 and len(record["step_losses"]) == 4 and record["eval_history"][-1]["step"] == 4
-    student = torch.jit.load(str(tmp_path / "s.pt"))
-    assert student(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
+    from trtopt.models import load_model
+
+    student = load_model(str(tmp_path / "s.pt"))  # a whole module with the teacher's input specs
+    assert [s.shape for s in student.inputs] == [(1, 8, 8)]
+    assert student.module(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
+    assert student.module.conv3.out_channels == pruned.module.conv3.out_channels < 128
+    assert student.extra["metadata"]["distill"]["steps"] == 4
     # Exists without --force: refused, nothing overwritten.
     _one_line_error(_cli(["distill", *common, "--steps", "4", "-o", "s.pt"], tmp_path), "s.pt", "--force")
     more = _cli(["distill", *common, "--steps", "6", "--resume", "ck", "-o", "s2.pt", "--json", "s2.json"], tmp_path)

@@ -101,9 +101,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
         result = distill(student.module, teacher.module, train, config, eval_data=evaluation, progress=update)
     if not main:
         return 0
-    _save_student(result.student, student, train[0], args.output, args.force)
     record = result.to_dict() | {"student": args.student, "teacher": args.teacher, "output": args.output,
                                  "data": args.data, "labels": args.labels}
+    _save_student(result.student, teacher, args.output, args.force,
+                  {"distill": {k: record[k] for k in ("student", "teacher", "data", "labels", "steps", "best_metric", "config")}})
     _write_json(args.json, record, args.force)
     last = result.epoch_losses[-1] if result.epoch_losses else result.step_losses[-1]
     metric = "" if result.best_metric is None else f", best eval metric {result.best_metric:.4f} at step {result.best_step}"
@@ -156,21 +157,14 @@ def _model_inputs(feed: dict[str, Any], inputs, where: str) -> Any:
     return arrays[0] if len(arrays) == 1 else arrays
 
 
-def _save_student(module: Any, loaded: Any, example: Any, path: str, force: bool) -> None:
-    """Write the trained student as a TorchScript file (loadable by `trtopt.models.load_model` and ``torch.jit.load``)."""
-    import torch
+def _save_student(module: Any, teacher: Any, path: str, force: bool, metadata: dict[str, Any]) -> None:
+    """Write the trained student whole (`trtopt.models.save_module`), with the teacher's input specs, so
+    `load_model(path)` (and ``trtopt export``/``bench``) read it back with its real inputs."""
+    from trtopt.models import LoadedModel, save_module
 
-    from trtopt.files import atomic_output
-
-    first = tuple(torch.as_tensor(a[:2]) for a in example) if isinstance(example, tuple) else (torch.as_tensor(example[:2]),)
-    with torch.no_grad():
-        try:
-            scripted = torch.jit.trace(module.eval(), first, strict=False, check_trace=False)
-        except Exception as e:
-            raise TrtoptError(f"the trained student cannot be saved as TorchScript ({type(e).__name__}: {str(e).splitlines()[0][:160]})",
-                              "use the Python API (trtopt.distill.distill) and save the module yourself") from e
-    with atomic_output(path, force=force) as tmp:
-        torch.jit.save(scripted, str(tmp))
+    loaded = LoadedModel(module.eval(), path, teacher.inputs, teacher.output_names, teacher.preprocess,
+                         description=f"distilled from {teacher.spec}")
+    save_module(loaded, path, force=force, metadata=metadata)
 
 
 def _progress_bar(args: argparse.Namespace, main: bool):
