@@ -62,7 +62,10 @@ Checkpoints (``config.checkpoint_dir``): ``last.pt`` after every epoch (and ever
 holding the student and projection weights, optimizer, scheduler, step, epoch, RNG states, histories and
 early-stopping state. ``DistillConfig(resume_from=DIR or FILE)`` continues exactly where the checkpoint
 stopped: a run interrupted and resumed gives the same weights, bit for bit (same machine, same thread
-count), as one that ran straight through. A student with zeroed weights (unstructured or 2:4 pruning) can
+count), as one that ran straight through. The fields that change the training math (α, T, losses, batch
+size, optimizer, learning rate and schedule, seed, ...) must match the checkpoint's; ``epochs`` /
+``max_steps`` may grow to train longer (with the cosine schedule that also stretches what is left of it).
+A student with zeroed weights (unstructured or 2:4 pruning) can
 keep its zeros fixed during training with ``keep_zeros=True``.
 
 Errors are `TrtoptError` with one line naming the problem: mismatched teacher/student output shapes
