@@ -155,6 +155,25 @@ def test_dict_inputs_dataset_and_embedding_loss():
     assert again.step_losses == pytest.approx(result.step_losses, rel=1e-5)
 
 
+def test_labelled_dataset_eval_every_and_checkpoint_every(tmp_path):
+    teacher, x, y = _task()
+
+    class Pairs(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(x)
+
+        def __getitem__(self, i):
+            return x[i], int(y[i])
+
+    config = DistillConfig(epochs=2, batch_size=16, lr=1e-2, eval_every=4, checkpoint_every=5, checkpoint_dir=str(tmp_path))
+    from_arrays = distill(_student(), teacher, (x, y), config, eval_data=(x, y))
+    from_dataset = distill(_student(), teacher, Pairs(), config, eval_data=Pairs())
+    assert from_dataset.step_losses == from_arrays.step_losses
+    assert [e["step"] for e in from_dataset.eval_history] == [4, 8, 12]  # every 4 steps, and the last step
+    assert from_dataset.eval_history[-1]["metric"] == from_arrays.eval_history[-1]["metric"]
+    assert load_checkpoint(tmp_path)["step"] == 12
+
+
 def test_early_stopping_and_restore_best():
     teacher, x, y = _task()
     values = iter([0.5, 0.7, 0.6, 0.65, 0.69, 0.9, 0.95])
