@@ -340,21 +340,16 @@ def test_unreadable_or_mismatched_checkpoint(tmp_path):
 # ----------------------------------------------------------------------------------------- CLI
 
 def _cli(args, cwd):
-    import subprocess
-    import sys
-
+    from test_cli import run
     from tests_env import cli_environment
 
-    return subprocess.run([sys.executable, "-m", "trtopt", "-q", *args], cwd=cwd, env=cli_environment(),
-                          capture_output=True, text=True, timeout=300, check=False)
+    return run(args, cwd, cli_environment())
 
 
 def _one_line_error(result, *needles):
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("trtopt: error: ") and "fix:" in lines[0], result.stderr
-    for needle in needles:
-        assert needle in lines[0]
+    from test_cli import assert_one_line_error
+
+    assert_one_line_error(result, *needles)
 
 
 def test_cli_distill_writes_loadable_student_and_resumes(tmp_path):
