@@ -170,6 +170,7 @@ def test_labelled_dataset_eval_every_and_checkpoint_every(tmp_path):
     from_dataset = distill(_student(), teacher, Pairs(), config, eval_data=Pairs())
     assert from_dataset.step_losses == from_arrays.step_losses
     assert [e["step"] for e in from_dataset.eval_history] == [4, 8, 12]  # every 4 steps, and the last step
+    assert [e["epoch"] for e in from_dataset.eval_history] == [1, 2, 2]  # 6 steps per epoch
     assert from_dataset.eval_history[-1]["metric"] == from_arrays.eval_history[-1]["metric"]
     assert load_checkpoint(tmp_path)["step"] == 12
 

@@ -315,7 +315,8 @@ class DistillResult:
         epochs_completed: whole passes over the data.
         step_losses: loss of every step's global batch (index i = step i + 1).
         epoch_losses: sample-weighted mean loss of each completed epoch.
-        eval_history: one dict per evaluation: {"step", "epoch", "metric"}.
+        eval_history: one dict per evaluation: {"step" (global, 1-based), "epoch" (1-based, the epoch that
+            step belongs to), "metric"}.
         best_metric / best_step: best evaluation (None without eval data).
         stopped_early: True when patience ran out.
         checkpoints: {"last": path, "best": path} that exist (rank 0 only).
@@ -847,7 +848,8 @@ def _train(student, teacher, source, eval_source, metric, config, progress, dist
         s_out = _predict(student, eval_source, config.eval_batch_size, device)
         student.train()
         value = float(metric(s_out, teacher_eval, eval_source_labels))
-        eval_history.append({"step": step, "epoch": epoch, "metric": value})
+        # 1-based epoch the step belongs to (batch_in_epoch is 0 right after an epoch's last step).
+        eval_history.append({"step": step, "epoch": epoch if batch_in_epoch == 0 else epoch + 1, "metric": value})
         better = best_metric is None or (value - best_metric > config.min_delta if config.higher_is_better
                                          else best_metric - value > config.min_delta)
         if better:
