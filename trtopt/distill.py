@@ -675,8 +675,9 @@ def distill(student: nn.Module, teacher: nn.Module | None, train_data: Any, conf
     Args:
         student: the model to train, modified in place (and returned in ``result.student``, eval mode,
             on the device it came on).
-        teacher: the frozen reference (kept in eval mode, never updated); None only for plain
-            fine-tuning (``alpha=1`` with labels, no feature pairs).
+        teacher: the frozen reference, never updated; it is left in eval mode with ``requires_grad``
+            off, on the training device. None only for plain fine-tuning (``alpha=1`` with labels, no
+            feature pairs).
         train_data: ``(inputs, labels-or-None)`` or a Dataset of ``(inputs, label)`` items.
         config: `DistillConfig` (defaults when None).
         eval_data: same forms; evaluated every ``eval_every`` steps / epoch end with ``metric``.
