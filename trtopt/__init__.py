@@ -35,6 +35,12 @@ _EXPORTS = {
     "run_demo": "trtopt.demo",
     "optimize": "trtopt.pipeline",
     "GateConfig": "trtopt.baseline",
+    "PruneConfig": "trtopt.prune",
+    "check_2to4": "trtopt.prune",
+    "save_module": "trtopt.models",
+    "DistillConfig": "trtopt.distill",
+    "distill": "trtopt.distill",
+    "kd_loss": "trtopt.distill",
 }
 
 __all__ = ["TrtoptError", "__version__", *_EXPORTS]

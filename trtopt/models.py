@@ -5,7 +5,8 @@ Specs:
     ``timm:NAME``                 a timm architecture
     ``zoo:NAME``                  a real pretrained model that ships inside a Python package (see `trtopt.zoo`)
     ``package.module:factory``    any importable callable returning an ``nn.Module``
-    ``path/to/model.pt``          a TorchScript file, or an ExportedProgram (``.pt2``)
+    ``path/to/model.pt``          a TorchScript file, an ExportedProgram (``.pt2``), or a whole module saved by
+                                  :func:`save_module` (e.g. a pruned model, whose architecture differs)
 plus an optional ``checkpoint`` (state dict or a dict holding one under ``state_dict``/``model``) loaded
 strictly into the architecture. Pretrained hub weights cannot be downloaded here; asking for them fails
 with a message saying what to do instead (a local checkpoint, or a ``zoo:`` model).
@@ -13,6 +14,7 @@ with a message saying what to do instead (a local checkpoint, or a ``zoo:`` mode
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 from dataclasses import dataclass, field
@@ -223,6 +225,8 @@ def _load_file(spec: str, pretrained: bool) -> LoadedModel:
         inputs = tuple(InputSpec(f"input_{i}" if i else "input", tuple(a.shape[1:]), str(a.dtype).replace("torch.", ""))
                        for i, a in enumerate(program.example_inputs[0]))
         return LoadedModel(module, spec, inputs, description=f"ExportedProgram {path.name}")
+    if is_module_file(path):
+        return _load_module_file(path)
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:
@@ -231,6 +235,80 @@ def _load_file(spec: str, pretrained: bool) -> LoadedModel:
             f"give the architecture as the model spec and this file as --checkpoint (e.g. torchvision:resnet18 --checkpoint {path})",
         ) from e
     return LoadedModel(module, spec, image_inputs(), description=f"TorchScript {path.name}")
+
+
+MODULE_FILE_MARKER = "trtopt_module_file"
+
+
+def save_module(loaded: LoadedModel, path: str | os.PathLike, force: bool = False,
+                metadata: dict[str, Any] | None = None) -> Path:
+    """Save a whole module (architecture and weights) with its input specs, atomically, for `load_model`.
+
+    For models whose architecture no longer matches any spec (a pruned model has fewer channels), a state
+    dict is not enough. The file is a ``torch.save`` pickle of ``{"trtopt_module_file": 1, "module": ...,
+    "inputs": ..., "output_names": ..., "description": ..., "metadata": ...}``; `load_model(path)` reads
+    it back. Loading it unpickles the module's classes, i.e. runs code importable from the file's
+    modules, like any saved nn.Module: load only files you trust (trtopt only unpickles files that
+    start with its own marker).
+
+    Raises:
+        TrtoptError: the output exists without ``force``; the module cannot be pickled (a class defined
+            inside a function).
+    """
+    import pickle
+
+    import torch
+
+    from trtopt.files import atomic_output
+
+    record = {MODULE_FILE_MARKER: 1, "module": loaded.module,
+              "inputs": [dataclasses.asdict(s) for s in loaded.inputs], "output_names": list(loaded.output_names),
+              "preprocess": dataclasses.asdict(loaded.preprocess) if loaded.preprocess else None,
+              "spec": loaded.spec, "description": loaded.description, "metadata": metadata or {}}
+    with atomic_output(path, force) as tmp:
+        try:
+            torch.save(record, str(tmp))
+        except (pickle.PicklingError, AttributeError, TypeError) as e:
+            raise TrtoptError(f"the model {loaded.spec} cannot be saved whole ({type(e).__name__}: {str(e)[:160]})",
+                              "define its classes at module level so they can be pickled") from e
+    return Path(path)
+
+
+def is_module_file(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a file written by :func:`save_module` (checked without unpickling anything)."""
+    import pickletools
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pkl = next((n for n in archive.namelist() if n.endswith("/data.pkl")), None)
+            if pkl is None:
+                return False
+            with archive.open(pkl) as f:
+                for i, (opcode, arg, _pos) in enumerate(pickletools.genops(f)):
+                    if isinstance(arg, str) and arg == MODULE_FILE_MARKER:
+                        return True
+                    if i > 8:
+                        return False
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # not a zip or not a pickle: another format
+        return False
+    return False
+
+
+def _load_module_file(path: Path) -> LoadedModel:
+    import torch
+
+    try:
+        record = torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise TrtoptError(f"{path} is a trtopt module file but cannot be loaded ({type(e).__name__}: {str(e)[:160]})",
+                          "load it with the packages (and versions) it was saved with") from e
+    _require_module(record.get("module"), str(path))
+    inputs = tuple(InputSpec(d["name"], tuple(d["shape"]), d["dtype"], d["low"], d["high"]) for d in record["inputs"])
+    pre = record.get("preprocess")
+    preprocess = ImagePreprocess(pre["size"], pre["resize"], tuple(pre["mean"]), tuple(pre["std"])) if pre else None
+    return LoadedModel(record["module"], str(path), inputs, tuple(record.get("output_names") or ("output",)), preprocess,
+                       record.get("description") or f"saved module {path.name}", extra={"metadata": record.get("metadata", {})})
 
 
 def load_checkpoint_(module: Any, checkpoint: str | os.PathLike) -> None:

