@@ -10,6 +10,7 @@ an existing config and re-validates. Stage configs that belong to one module liv
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import types
 import typing
@@ -101,10 +102,14 @@ class OrtConfig:
 
 
 #: Pipeline stages in the order `trtopt.pipeline.optimize` runs them; a recipe lists the ones it wants.
-STAGES = ("export", "calibrate", "quantize", "build", "bundle", "profile", "compare")
+STAGES = ("prune", "distill", "export", "calibrate", "quantize", "build", "bundle", "profile", "compare")
 #: What each stage needs to have run before it.
-STAGE_NEEDS = {"calibrate": ("export",), "quantize": ("calibrate",), "build": ("export",), "bundle": ("export",),
-               "profile": ("export",), "compare": ("export",)}
+STAGE_NEEDS = {"distill": ("prune",), "calibrate": ("export",), "quantize": ("calibrate",), "build": ("export",),
+               "bundle": ("export",), "profile": ("export",), "compare": ("export",)}
+#: PyTorch-side stages, their config section in a recipe, and the class it is read into (imported only
+#: when a recipe has the section: these modules import torch).
+TORCH_STAGE_CONFIGS = {"prune": ("trtopt.prune", "PruneConfig"), "distill": ("trtopt.distill", "DistillConfig")}
+DEFAULT_STAGES = ("export", "calibrate", "quantize", "build", "bundle", "profile", "compare")
 BUNDLE_TARGETS = ("jetson-orin", "jetson-xavier", "server")
 INT8_TARGETS = ("onnxruntime", "tensorrt")
 METRICS = ("auto", "accuracy", "agreement", "cosine")
@@ -123,7 +128,12 @@ class Recipe:
         batch_sizes: batch sizes profiled.
         threads: CPU threads for both PyTorch and ONNX Runtime, so the comparison is like for like.
         stages: pipeline stages to run (`trtopt.pipeline.optimize`), any of :data:`STAGES`; each runs in
-            the fixed order there, whatever the order written.
+            the fixed order there, whatever the order written. "prune" and "distill" need their sections.
+        prune: `trtopt.prune.PruneConfig` fields (method, ratio, importance, ...) for the prune stage.
+        distill: `trtopt.distill.DistillConfig` fields (epochs, alpha, temperature, lr, ...) for the distill
+            stage, which trains the pruned model against the original on ``train_data``.
+        train_data: the distill stage's training inputs (``dataset:NAME:SPLIT`` brings labels; any other
+            source trains on the teacher's outputs alone).
         int8_targets: Q/DQ layouts the quantize stage writes: "onnxruntime" (U8S8, timed on the CPU) and/or
             "tensorrt" (S8S8 Q/DQ for TensorRT 11 and 10.x, evaluated for accuracy on the CPU).
         fp16: the quantize stage also writes an FP16-by-casts model (TensorRT 11's FP16 route).
@@ -152,7 +162,10 @@ class Recipe:
     compare: Tolerances = field(default_factory=Tolerances)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
-    stages: tuple[str, ...] = STAGES
+    stages: tuple[str, ...] = DEFAULT_STAGES
+    prune: dict[str, Any] | None = None
+    distill: dict[str, Any] | None = None
+    train_data: str | None = None
     int8_targets: tuple[str, ...] = INT8_TARGETS
     fp16: bool = False
     trt_cache_version: str = "10.3.0"
@@ -180,6 +193,15 @@ class Recipe:
         for target in self.int8_targets:
             _choice("int8_targets", target, INT8_TARGETS)
         _choice("metric", self.metric, METRICS)
+        for stage, (module, name) in TORCH_STAGE_CONFIGS.items():
+            section = getattr(self, stage)
+            if stage in self.stages and section is None:
+                raise TrtoptError(f"stages lists {stage!r} but the recipe has no '{stage}' section",
+                                  f"add '{stage}:' with its settings (an empty mapping takes the defaults)", key="stages")
+            if section is not None:
+                from_dict(getattr(importlib.import_module(module), name), section, f"{stage}.")
+        if "distill" in self.stages and not self.train_data:
+            raise TrtoptError("the distill stage has no train_data", "e.g. train_data: dataset:digits:train", key="stages")
         _choice("bundle_target", self.bundle_target, BUNDLE_TARGETS)
 
 
@@ -333,3 +355,9 @@ def dump_recipe(recipe: Recipe) -> str:
     import yaml
 
     return yaml.safe_dump(to_dict(recipe), sort_keys=False)
+
+
+def stage_config(recipe: Recipe, stage: str) -> Any:
+    """The frozen config object of a PyTorch-side stage's recipe section (see :data:`TORCH_STAGE_CONFIGS`)."""
+    module, name = TORCH_STAGE_CONFIGS[stage]
+    return from_dict(getattr(importlib.import_module(module), name), getattr(recipe, stage) or {}, f"{stage}.")

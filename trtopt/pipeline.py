@@ -128,6 +128,15 @@ class _Run:
             self._feeds[source] = load_feed(source, self.loaded.inputs, preprocess=self.loaded.preprocess)
         return self._feeds[source]
 
+    def compressed(self, entry: Mapping[str, Any]) -> Any:
+        """The compressed model a PyTorch-side stage saved (a whole-module file), loaded once."""
+        path = entry["result"]["module"]
+        if path not in self._feeds:
+            from trtopt.models import load_model
+
+            self._feeds[path] = load_model(path)
+        return self._feeds[path]
+
     def model_key(self) -> dict[str, Any]:
         r = self.recipe
         return {"model": r.model, "checkpoint_sha256": sha256_file(r.checkpoint) if r.checkpoint else None,
@@ -174,7 +183,10 @@ def optimize(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike | No
     run = _Run(recipe, out, force, on_step or (lambda _m: None), on_progress)
     out.mkdir(parents=True, exist_ok=True)
     stages = set(recipe.stages)
-    onnx = _export(run) if "export" in stages else None
+    compressed = _prune(run) if "prune" in stages else None
+    if "distill" in stages:
+        compressed = _distill(run, compressed)
+    onnx = _export(run, compressed) if "export" in stages else None
     int8: dict[str, Any] = {}
     if "calibrate" in stages:
         int8["calibration"] = _calibrate(run, onnx)
@@ -183,8 +195,8 @@ def optimize(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike | No
     deploy = _deployables(onnx, int8.get("quantize")) if onnx else []
     engines = _build(run, deploy) if "build" in stages else None
     bundle = _bundle(run, deploy, int8.get("calibration")) if "bundle" in stages else None
-    timing = _profile(run, onnx, int8.get("quantize")) if "profile" in stages else None
-    accuracy = _compare(run, onnx, int8) if "compare" in stages else None
+    timing = _profile(run, onnx, int8.get("quantize"), compressed) if "profile" in stages else None
+    accuracy = _compare(run, onnx, int8, compressed) if "compare" in stages else None
     from trtopt.report import write_report
 
     report = _report(run, onnx, int8, timing, accuracy)
@@ -235,18 +247,92 @@ def _report(run: _Run, onnx: Mapping[str, Any] | None, int8: Mapping[str, Any], 
     return build_report(f"trtopt optimize: {r.model}", bench_result, acc.get("variants"), to_dict(r), extra)
 
 
-def _export(run: _Run) -> dict[str, Any]:
+def _export(run: _Run, compressed: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The original model's FP32 ONNX, and the compressed model's when a PyTorch-side stage ran.
+
+    Downstream stages (calibrate, quantize, build, bundle) work on the compressed ONNX when there is one:
+    it is what gets deployed; the original's ONNX stays as the FP32 reference variant.
+    """
     from trtopt.export import export_onnx
 
     r = run.recipe
-    material = {**run.model_key(), "export": to_dict(r.export), "data": r.data}
+    material = {**run.model_key(), "export": to_dict(r.export), "data": r.data,
+                "compressed": run.digest(compressed) if compressed else None}
 
     def go() -> tuple[list[Path], Any]:
         art = export_onnx(run.loaded, run.out / "model.onnx", r.export, feed=run.feed(r.data), force=True,
                           on_step=run.step)
-        return [art.path, *art.data_files], art.to_dict()
+        result = {**art.to_dict(), "compressed": None}
+        files = [art.path, *art.data_files]
+        if compressed:
+            small = export_onnx(run.compressed(compressed), run.out / "model.compressed.onnx", r.export,
+                                feed=run.feed(r.data), force=True, on_step=run.step)
+            result["compressed"] = small.to_dict()
+            files += [small.path, *small.data_files]
+        return files, result
 
     return run.stage("export", material, go)
+
+
+def _deployed(onnx: Mapping[str, Any]) -> str:
+    """Path of the ONNX that downstream stages take: the compressed model's if any, else the original's."""
+    return (onnx["result"].get("compressed") or onnx["result"])["path"]
+
+
+def _prune(run: _Run) -> dict[str, Any]:
+    from trtopt.config import stage_config
+    from trtopt.models import save_module
+    from trtopt.prune import prune_loaded
+
+    r = run.recipe
+    material = {**run.model_key(), "prune": r.prune}
+
+    def go() -> tuple[list[Path], Any]:
+        config = stage_config(r, "prune")
+        run.step(f"pruning ({config.method}, ratio {config.ratio})")
+        pruned, result = prune_loaded(run.loaded, config)  # prune() works on a copy: the original stays
+        path = save_module(pruned, run.out / "model.pruned.pt", force=True)
+        return [path], {"module": str(path), **result.to_dict()}
+
+    return run.stage("prune", material, go)
+
+
+def _distill(run: _Run, student_entry: Mapping[str, Any]) -> dict[str, Any]:
+    """Train the compressed model against the original on ``train_data`` (labels when it has them)."""
+    from trtopt.config import stage_config
+    from trtopt.data import labels_for
+    from trtopt.distill import distill
+    from trtopt.models import save_module
+
+    r = run.recipe
+    material = {**run.model_key(), "student": run.digest(student_entry), "distill": r.distill, "train_data": r.train_data,
+                "eval": r.data}
+
+    def go() -> tuple[list[Path], Any]:
+        import copy
+
+        config = stage_config(r, "distill")
+        student = run.compressed(student_entry)
+        names = [spec.name for spec in run.loaded.inputs]
+
+        def inputs(feed: Mapping[str, Any]) -> Any:
+            return feed[names[0]] if len(names) == 1 else {n: feed[n] for n in names}
+
+        train = (inputs(run.feed(r.train_data)), labels_for(r.train_data))
+        evaluation = (inputs(run.feed(r.data)), labels_for(r.data))
+        run.step(f"distilling on {r.train_data} ({config.epochs} epoch(s), alpha {config.alpha}, T {config.temperature})")
+        progress = ((lambda p: run.progress("distillation", p.step, p.total_steps)) if run.progress else None)
+        result = distill(copy.deepcopy(student.module), run.loaded.module, train, config, eval_data=evaluation,
+                         progress=progress)
+        from dataclasses import replace as _replace
+
+        path = save_module(_replace(student, module=result.student, description=f"{student.description}, distilled"),
+                           run.out / "model.distilled.pt", force=True)
+        summary = result.to_dict()
+        summary.pop("step_losses", None)  # per-step detail stays in the checkpoint, not the ledger
+        return [path], {"module": str(path), **summary}
+
+    return run.stage("distill", material, go)
 
 
 def _calibrate(run: _Run, onnx: Mapping[str, Any]) -> dict[str, Any]:
@@ -263,7 +349,7 @@ def _calibrate(run: _Run, onnx: Mapping[str, Any]) -> dict[str, Any]:
         count = len(next(iter(feed.values())))
         run.step(f"calibrating INT8 ranges ({r.calibration.method}) on {count} samples of {source or 'random'}")
         progress = (lambda done, total: run.progress("calibration", done, total)) if run.progress else None
-        ranges = calibrate(onnx["result"]["path"], feed, r.calibration, on_progress=progress)
+        ranges = calibrate(_deployed(onnx), feed, r.calibration, on_progress=progress)
         ranges_path = ranges.save(run.out / "ranges.json", force=True)
         cache = write_cache(ranges_to_cache(ranges, trt_version=r.trt_cache_version), run.out / "calibration.cache",
                             force=True)
@@ -286,11 +372,11 @@ def _quantize(run: _Run, onnx: Mapping[str, Any], calibration: Mapping[str, Any]
         written: dict[str, Any] = {}
         for target in r.int8_targets:
             run.step(f"quantizing for {target}")
-            written[target] = quantize(onnx["result"]["path"], ranges, run.out / f"model.int8.{target}.onnx",
+            written[target] = quantize(_deployed(onnx), ranges, run.out / f"model.int8.{target}.onnx",
                                        replace(r.quantize, target=target), force=True).to_dict()
         if r.fp16:
             run.step("converting to FP16 by casts")
-            written["fp16"] = to_fp16(onnx["result"]["path"], run.out / "model.fp16.onnx", force=True).to_dict()
+            written["fp16"] = to_fp16(_deployed(onnx), run.out / "model.fp16.onnx", force=True).to_dict()
         return [Path(a["path"]) for a in written.values()], written
 
     return run.stage("quantize", material, go)
@@ -301,7 +387,7 @@ def _deployables(onnx: Mapping[str, Any], quantized: Mapping[str, Any] | None) -
     result = (quantized or {}).get("result", {})
     models = [("int8-qdq", result["tensorrt"]["path"])] if "tensorrt" in result else []
     models += [("fp16-casts", result["fp16"]["path"])] if "fp16" in result else []
-    return models + [("fp32", onnx["result"]["path"])]
+    return models + [("fp32", _deployed(onnx))]
 
 
 def _profiles(run: _Run, onnx_path: str) -> tuple[Any, ...]:
@@ -377,25 +463,32 @@ def _bundle(run: _Run, deploy: list[tuple[str, str]], calibration: Mapping[str, 
 def _variants(run: _Run, onnx: Mapping[str, Any] | None, quantized: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     """(name, onnx path) of every ONNX variant, in report order."""
     variants = [("onnxruntime-fp32", onnx["result"]["path"])] if onnx else []
+    if onnx and onnx["result"].get("compressed"):
+        variants.append(("onnxruntime-fp32-compressed", onnx["result"]["compressed"]["path"]))
     for target, art in (quantized or {}).get("result", {}).items():
         name = {"onnxruntime": "onnxruntime-int8", "tensorrt": "tensorrt-int8-qdq", "fp16": "fp16-casts"}[target]
         variants.append((name, art["path"]))
     return variants
 
 
-def _profile(run: _Run, onnx: Mapping[str, Any], quantized: Mapping[str, Any] | None) -> dict[str, Any]:
+def _profile(run: _Run, onnx: Mapping[str, Any], quantized: Mapping[str, Any] | None,
+             compressed: Mapping[str, Any] | None) -> dict[str, Any]:
     from trtopt.bench import bench, onnx_candidate, torch_candidate
 
     r = run.recipe
     ort = replace(r.ort, intra_op_threads=r.ort.intra_op_threads or r.threads)
     # Timed: what runs fast on this backend. The TensorRT-target Q/DQ and FP16-cast models are layouts for
     # TensorRT; on the CPU they run as reference semantics, so they are judged for accuracy only.
-    timed = [(n, p) for n, p in _variants(run, onnx, quantized) if n in ("onnxruntime-fp32", "onnxruntime-int8")]
+    timed = [(n, p) for n, p in _variants(run, onnx, quantized)
+             if n in ("onnxruntime-fp32", "onnxruntime-fp32-compressed", "onnxruntime-int8")]
     material = {**run.model_key(), "variants": {n: sha256_file(p) for n, p in timed}, "timing": to_dict(r.timing),
-                "batch_sizes": list(r.batch_sizes), "threads": r.threads, "ort": to_dict(ort), "data": r.data}
+                "batch_sizes": list(r.batch_sizes), "threads": r.threads, "ort": to_dict(ort), "data": r.data,
+                "compressed": run.digest(compressed) if compressed else None}
 
     def go() -> tuple[list[Path], Any]:
         candidates = [torch_candidate(run.loaded, threads=r.threads)]
+        if compressed:
+            candidates.append(torch_candidate(run.compressed(compressed), "pytorch-compressed", threads=r.threads))
         candidates += [onnx_candidate(p, n, ort) for n, p in timed]
         run.step(f"timing {', '.join(c.name for c in candidates)} interleaved at batch "
                  f"{', '.join(map(str, r.batch_sizes))}")
@@ -408,21 +501,23 @@ def _profile(run: _Run, onnx: Mapping[str, Any], quantized: Mapping[str, Any] | 
     return run.stage("profile", material, go)
 
 
-def _compare(run: _Run, onnx: Mapping[str, Any], int8: Mapping[str, Any]) -> dict[str, Any]:
+def _compare(run: _Run, onnx: Mapping[str, Any], int8: Mapping[str, Any], compressed: Mapping[str, Any] | None) -> dict[str, Any]:
     r = run.recipe
     variants = _variants(run, onnx, int8.get("quantize"))
     material = {**run.model_key(), "variants": {n: sha256_file(p) for n, p in variants}, "compare": to_dict(r.compare),
                 "data": r.data, "threads": r.threads, "sensitivity": r.sensitivity, "metric": r.metric,
-                "ranges": run.digest(int8["calibration"]) if "calibration" in int8 else None}
+                "ranges": run.digest(int8["calibration"]) if "calibration" in int8 else None,
+                "compressed": run.digest(compressed) if compressed else None}
 
     def go() -> tuple[list[Path], Any]:
-        result = _measure_accuracy(run, variants, int8)
+        result = _measure_accuracy(run, variants, int8, run.compressed(compressed) if compressed else None)
         return [write_json(run.out / "accuracy.json", result, force=True)], None
 
     return run.stage("compare", material, go)
 
 
-def _measure_accuracy(run: _Run, variants: list[tuple[str, str]], int8: Mapping[str, Any]) -> dict[str, Any]:
+def _measure_accuracy(run: _Run, variants: list[tuple[str, str]], int8: Mapping[str, Any],
+                      compressed: Any) -> dict[str, Any]:
     """Every variant's outputs vs the FP32 PyTorch original's on the evaluation data, task accuracy when
     the data is labelled, quantization error per layer, and (optionally) per-layer INT8 sensitivity."""
     from trtopt.bench import onnx_candidate, run_all, torch_candidate
@@ -435,6 +530,8 @@ def _measure_accuracy(run: _Run, variants: list[tuple[str, str]], int8: Mapping[
     reference_candidate = torch_candidate(run.loaded, threads=r.threads)
     reference = run_all(reference_candidate, feed)
     outputs = {}
+    if compressed is not None:
+        outputs["pytorch-compressed"] = run_all(torch_candidate(compressed, "pytorch-compressed", threads=r.threads), feed)
     for name, path in variants:
         candidate = onnx_candidate(path, name, threads=r.threads)
         outputs[name] = run_all(candidate, feed)
@@ -452,10 +549,11 @@ def _measure_accuracy(run: _Run, variants: list[tuple[str, str]], int8: Mapping[
         from trtopt.quant_error import activation_sqnr, weight_errors
 
         run.step("measuring quantization error per layer")
-        result["quant_error"] = {"weights": weight_errors(paths["onnxruntime-fp32"], paths["onnxruntime-int8"]),
-                                 "activations": activation_sqnr(paths["onnxruntime-fp32"], paths["onnxruntime-int8"], feed)}
+        fp32 = paths.get("onnxruntime-fp32-compressed", paths["onnxruntime-fp32"])  # what was quantized
+        result["quant_error"] = {"weights": weight_errors(fp32, paths["onnxruntime-int8"]),
+                                 "activations": activation_sqnr(fp32, paths["onnxruntime-int8"], feed)}
         if r.sensitivity:
-            result["sensitivity"] = _sensitivity(run, paths["onnxruntime-fp32"], int8, labels, reference[first])
+            result["sensitivity"] = _sensitivity(run, fp32, int8, labels, reference[first])
     if r.data == "skimage:photos" and reference[first].shape[-1] == 1000:
         result["predictions"] = _imagenet_predictions(reference, outputs, first)
     return result
