@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 METHODS = ("minmax", "entropy", "percentile", "mse")
 ENTROPY_START_BIN = 128  # first candidate threshold, in bins (TensorRT's EntropyCalibration2)
 INT8_LEVELS = 128  # |x| is quantized to the levels 0..127 of symmetric int8
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # smallest normal float32: |x| below it counts as 0
 _CHUNK_ELEMENTS = 1 << 18  # values binned per numpy call: ~3 MB of reused temporaries stay in the CPU cache
 
 Feed = dict[str, np.ndarray]
@@ -155,7 +156,7 @@ class StreamingHistogram:
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError("values contain NaN or inf")
         amax = max(-lo, hi)
-        if amax > 0.0:
+        if amax >= _FLOAT32_TINY:  # below it (float64 denormals) a tensor is zero at any int8 scale
             needed = self._exponent_for(amax)
             if self.exponent is None:
                 self.exponent = needed

@@ -44,6 +44,21 @@ def load_error(path: Path, error: Exception, version: str) -> TrtoptError:
                        "check that the model is valid ONNX for this onnxruntime version")
 
 
+_RUN_FAILED = re.compile(r"while running (\S+) node\. Name:'([^']*)' Status Message: (.*)", re.S)
+
+
+def run_error(path: Path, error: Exception) -> TrtoptError:
+    """The one-line error for a run ONNX Runtime stops, naming the op and node that failed."""
+    text = " ".join(str(error).split())
+    found = _RUN_FAILED.search(text)
+    if found:
+        op, node, message = found.groups()
+        message = message.rsplit("] ", 1)[-1] if "] " in message else message
+        return TrtoptError(f"op {op}{f' (node {node!r})' if node else ''} of {path.name} failed in target onnxruntime: "
+                           f"{message[-240:]}", "check the input shapes and values for that op")
+    return TrtoptError(f"ONNX Runtime failed running {path.name}: {text[:300]}", "check the inputs' shapes and values")
+
+
 class OrtRunner:
     """An ``onnxruntime.InferenceSession`` behind the Runner protocol, checking feeds before running."""
 
@@ -92,12 +107,20 @@ class OrtRunner:
                 shown = ", ".join(str(e) if isinstance(e, int) else (e or "?") for e in expected)
                 raise TrtoptError(f"input {name!r} of {self.path.name} expects shape ({shown}), got {tuple(arr.shape)}",
                                   "pass data of that shape (or --input-shape matching the model)")
-            out[name] = arr.astype(numpy_dtype_of_onnx_type(meta.type), copy=False)
+            try:
+                dtype = numpy_dtype_of_onnx_type(meta.type)
+            except TrtoptError as e:
+                raise TrtoptError(f"input {name!r} of {self.path.name} has type {meta.type}, which trtopt cannot feed "
+                                  "(target onnxruntime)", e.fix) from e
+            out[name] = arr.astype(dtype, copy=False)
         return out
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch; outputs by name."""
-        results = self.session.run(self.output_names, feed)
+        try:
+            results = self.session.run(self.output_names, feed)
+        except Exception as e:  # ORT's Fail/RuntimeException: a kernel refused these inputs
+            raise run_error(self.path, e) from e
         return dict(zip(self.output_names, results))
 
     def describe(self) -> dict[str, Any]:
