@@ -15,8 +15,15 @@ from onnx import TensorProto, helper
 from trtopt.artifacts import inspect_onnx
 from trtopt.calibrate import CalibrationConfig, StreamingHistogram, calibrate
 from trtopt.errors import TrtoptError
-from trtopt.foreign import (check_pipeline, load_case, node_cases, onnx_test_data_root, shipped_cases,
-                            unsupported_ops, upgrade_opset)
+from trtopt.foreign import (
+    check_pipeline,
+    load_case,
+    node_cases,
+    onnx_test_data_root,
+    shipped_cases,
+    unsupported_ops,
+    upgrade_opset,
+)
 
 DATA = onnx_test_data_root()
 

@@ -301,12 +301,7 @@ def to_fp16(onnx_path: str | os.PathLike, out_path: str | os.PathLike, exclude_o
         entry.key, entry.value = "trtopt.precision", "fp16"
         staged = stage / target.name
         onnx.save_model(half, str(staged))
-        try:
-            onnx.checker.check_model(str(staged))
-        except onnx.checker.ValidationError as e:  # ONNX Runtime's tool can emit graphs the checker rejects
-            first = " ".join(str(e).split())[:240]
-            raise TrtoptError(f"quantizing {source.path.name} for target {config.target} gives an invalid model: {first}",
-                              "keep the op named there in FP32 (--exclude-op-type OP) or quantize a simpler graph") from e
+        onnx.checker.check_model(str(staged))
         os.replace(staged, target)
     casts = sum(n.op_type == "Cast" for n in half.graph.node)
     return inspect_onnx(target, notes=(f"fp16 weights and compute, float32 inputs/outputs ({casts} Cast nodes)",))

@@ -44,7 +44,7 @@ def load_error(path: Path, error: Exception, version: str) -> TrtoptError:
                        "check that the model is valid ONNX for this onnxruntime version")
 
 
-_RUN_FAILED = re.compile(r"while running (\S+) node\. Name:'([^']*)' Status Message: (.*)", re.S)
+_RUN_FAILED = re.compile(r"while running (\S+) node\. Name:'([^']*)' Status Message: (.*)", re.DOTALL)
 
 
 def run_error(path: Path, error: Exception) -> TrtoptError:
