@@ -17,8 +17,10 @@ _REGISTRY: dict[str, str] = {
     "onnxruntime": "trtopt.backends.ort",
     "torch": "trtopt.backends.torch",
     "tensorrt": "trtopt.backends.trt",
+    "executorch": "trtopt.backends.executorch",
+    "litert": "trtopt.backends.litert",
 }
-_ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
+_ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch", "pte": "executorch", "tflite": "litert"}
 
 
 def names() -> tuple[str, ...]:
