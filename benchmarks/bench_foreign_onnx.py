@@ -79,7 +79,8 @@ def operators(tmp: Path) -> list[dict[str, Any]]:
 
         record = _guarded(f"node/{name}", run)
         # Keep the file small: only what explains the outcome.
-        records.append({k: record.get(k) for k in ("model", "status", "stage", "error", "int8_vs_fp32") if k in record})
+        keep = ("model", "status", "stage", "error", "int8_vs_fp32")
+        records.append({k: record[k] for k in keep if record.get(k) is not None and (k != "error" or record["status"] == "error")})
     return records
 
 

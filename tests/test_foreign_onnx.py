@@ -207,3 +207,23 @@ def test_operator_cases_sample_gets_a_result_or_a_named_error(tmp_path):
         if record["status"] == "error":
             assert "; fix: " in record["error"], (name, record["error"])
     assert statuses.count("ok") >= 3 and statuses.count("not_quantizable") > len(cases) // 2
+
+
+def test_cli_calibrate_quantize_compare_on_a_foreign_model(tmp_path, cli_env):
+    """The CLI stages on a shipped third-party model with its own (named) inputs from an .npz file."""
+    import shutil
+
+    from test_cli import run
+
+    c = case("pytorch-converted", "test_Conv2d_groups")
+    shutil.copy(c.model, tmp_path / "foreign.onnx")
+    np.savez(tmp_path / "inputs.npz", **c.inputs)
+    r = run(["calibrate", "foreign.onnx", "--data", "inputs.npz", "--method", "minmax", "-o", "ranges.json"], tmp_path, cli_env)
+    assert r.returncode == 0, r.stderr
+    r = run(["quantize", "foreign.onnx", "--ranges", "ranges.json", "--target", "onnxruntime", "-o", "int8.onnx"],
+            tmp_path, cli_env)
+    assert r.returncode == 0, r.stderr
+    r = run(["compare", "foreign.onnx", "int8.onnx", "--data", "inputs.npz", "--atol", "0.1", "--min-cosine", "0.999"],
+            tmp_path, cli_env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "PASS" in r.stdout
