@@ -17,6 +17,7 @@ The runtimes are optional extras, imported only here and in their backends:
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -152,8 +153,8 @@ def require(module: str, backend: str) -> None:
     from trtopt.errors import missing_dependency
 
     if importlib.util.find_spec(module) is None:
-        raise missing_dependency(module, FORMATS["pte" if backend == "executorch" else "tflite"][1],
-                                 f"the {backend} backend")
+        extra = next(extra for name, extra in FORMATS.values() if name == backend)
+        raise missing_dependency(module, extra, f"the {backend} backend")
 
 
 def export_edge(loaded: Any, out_path: str | os.PathLike, config: EdgeConfig = EdgeConfig(),
@@ -186,7 +187,7 @@ def export_edge(loaded: Any, out_path: str | os.PathLike, config: EdgeConfig = E
         raise TrtoptError(f"output {target.name} has no edge suffix", "name it *.pte (ExecuTorch) or *.tflite (LiteRT)")
     ensure_writable(sidecar_path(target), force)
     backend = FORMATS[fmt][0]
-    module = __import__(f"trtopt.backends.{backend}", fromlist=["convert"])
+    module = importlib.import_module(f"trtopt.backends.{backend}")
     example = example_inputs(loaded, config.batch_size, calibration)
     batches: list[tuple[Any, ...]] = []
     if config.precision == "int8":
