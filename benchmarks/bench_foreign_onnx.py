@@ -79,7 +79,7 @@ def operators(tmp: Path) -> list[dict[str, Any]]:
 
         record = _guarded(f"node/{name}", run)
         # Keep the file small: only what explains the outcome.
-        keep = ("model", "status", "stage", "error", "int8_vs_fp32")
+        keep = ("model", "status", "stage", "error", "int8_vs_fp32", "fp32_vs_reference")
         records.append({k: record[k] for k in keep if record.get(k) is not None and (k != "error" or record["status"] == "error")})
     return records
 

@@ -30,9 +30,9 @@ def load_error(path: Path, error: Exception, version: str) -> TrtoptError:
     if found:
         op, opset, node = found.groups()
         return TrtoptError(f"op {op} (opset {opset}{f', node {node!r}' if node else ''}) of {path.name} is not supported "
-                           f"by target onnxruntime {version} (no CPU kernel)",
-                           "convert the model to a newer opset (trtopt.foreign.upgrade_opset, e.g. to 17) or run "
-                           "it on a runtime that has the op")
+                           f"by target onnxruntime {version} (no CPU kernel for that opset version and these input types)",
+                           "for an old model, convert it to a newer opset (trtopt.foreign.upgrade_opset, e.g. to 17); "
+                           "else cast the op's inputs to a type it supports, or run it on a runtime that has the op")
     found = _NO_OP.search(text)
     if found:
         op = found.group(1).split("error:")[-1].strip().replace(":", "::")
