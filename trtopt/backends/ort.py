@@ -53,7 +53,9 @@ def run_error(path: Path, error: Exception) -> TrtoptError:
     found = _RUN_FAILED.search(text)
     if found:
         op, node, message = found.groups()
-        message = message.rsplit("] ", 1)[-1] if "] " in message else message
+        # Drop ORT's source location ("/onnxruntime_src/...cc:563 void f(...) cond was false."): keep the reason.
+        message = message.split(" was false. ", 1)[-1]
+        message = re.sub(r"\S*onnxruntime_src/\S+\s*", "", message).strip()
         return TrtoptError(f"op {op}{f' (node {node!r})' if node else ''} of {path.name} failed in target onnxruntime: "
                            f"{message[-240:]}", "check the input shapes and values for that op")
     return TrtoptError(f"ONNX Runtime failed running {path.name}: {text[:300]}", "check the inputs' shapes and values")
