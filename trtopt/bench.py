@@ -17,6 +17,7 @@ from trtopt.artifacts import OnnxArtifact, inspect_onnx
 from trtopt.backends.base import Runner
 from trtopt.config import OrtConfig
 from trtopt.data import Feed, take_batch
+from trtopt.edge import edge_format
 from trtopt.errors import TrtoptError
 from trtopt.models import InputSpec, LoadedModel, is_onnx_path, load_model, parameter_bytes, parameter_count
 from trtopt.profile import TimingConfig, compare_latency, speedup_interval, time_interleaved
@@ -94,11 +95,27 @@ def onnx_input_specs(art: OnnxArtifact, overrides: dict[str, tuple[int, ...]] | 
     return tuple(specs)
 
 
+def edge_candidate(path: str | os.PathLike, name: str | None = None, threads: int | None = None) -> Candidate:
+    """An ExecuTorch ``.pte`` or LiteRT ``.tflite`` file (with its trtopt sidecar) on its runtime as a candidate."""
+    from trtopt.backends import get_backend
+    from trtopt.edge import inspect_edge
+
+    art = inspect_edge(path)
+    runner = get_backend(art.backend).load(art, threads=threads)
+    inputs = tuple(InputSpec(i["name"], tuple(i["shape"][1:]), i["dtype"], 0, 2 if i["dtype"] == "bool" else
+                             (100 if "int" in i["dtype"] else 1.0)) for i in art.inputs)
+    return Candidate(name or art.path.name, art.backend, art.precision, runner, inputs, size_bytes=art.size_bytes,
+                     source=str(art.path), artifact=art.to_dict())
+
+
 def open_candidate(source: str, threads: int | None = None, ort: OrtConfig | None = None,
                    input_shapes: dict[str, tuple[int, ...]] | None = None, checkpoint: str | None = None) -> Candidate:
-    """Open a spec: ``.onnx`` → ONNX Runtime, anything else → PyTorch eager (see `trtopt.models`)."""
+    """Open a spec: ``.onnx`` → ONNX Runtime, ``.pte`` → ExecuTorch, ``.tflite`` → LiteRT, anything else →
+    PyTorch eager (see `trtopt.models`)."""
     if is_onnx_path(source):
         return onnx_candidate(source, ort=ort, input_shapes=input_shapes, threads=threads)
+    if edge_format(source):
+        return edge_candidate(source, threads=threads)
     single = next(iter(input_shapes.values())) if input_shapes and len(input_shapes) == 1 else None
     loaded = load_model(source, checkpoint=checkpoint, input_shape=single)
     return torch_candidate(loaded, name=source, threads=threads)
@@ -164,7 +181,17 @@ def run_all(candidate: Candidate, feed: Feed, batch_size: int = 8) -> dict[str, 
     from trtopt.compare import concat_batches
     from trtopt.data import iter_batches
 
-    return concat_batches([candidate.runner.infer(_feed_for(candidate, b)) for b in iter_batches(feed, batch_size)])
+    static = getattr(candidate.runner, "static_batch", None)
+    if static is None:
+        return concat_batches([candidate.runner.infer(_feed_for(candidate, b)) for b in iter_batches(feed, batch_size)])
+    # A static-shape model (.pte/.tflite) runs its own batch size; the last batch is padded by wrapping
+    # around to the first samples, and the padding's outputs are dropped.
+    n = len(next(iter(feed.values())))
+    outputs = []
+    for start in range(0, n, static):
+        result = candidate.runner.infer(_feed_for(candidate, take_batch(feed, static, start)))
+        outputs.append({k: v[:min(static, n - start)] for k, v in result.items()})
+    return concat_batches(outputs)
 
 
 def default_output_path(spec: str, out_dir: str | os.PathLike = ".") -> Path:

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 METHODS = ("minmax", "entropy", "percentile", "mse")
 ENTROPY_START_BIN = 128  # first candidate threshold, in bins (TensorRT's EntropyCalibration2)
 INT8_LEVELS = 128  # |x| is quantized to the levels 0..127 of symmetric int8
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # smallest normal float32: |x| below it counts as 0
 _CHUNK_ELEMENTS = 1 << 18  # values binned per numpy call: ~3 MB of reused temporaries stay in the CPU cache
 
 Feed = dict[str, np.ndarray]
@@ -155,7 +156,7 @@ class StreamingHistogram:
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError("values contain NaN or inf")
         amax = max(-lo, hi)
-        if amax > 0.0:
+        if amax >= _FLOAT32_TINY:  # below it (float64 denormals) a tensor is zero at any int8 scale
             needed = self._exponent_for(amax)
             if self.exponent is None:
                 self.exponent = needed
@@ -562,21 +563,26 @@ class _InputChecker:
             raise TrtoptError(f"{where} have input {extra[0]!r}, which {self.model_name} does not take",
                               f"the model's inputs are {', '.join(names)}")
         out: Feed = {}
-        counts = set()
+        counts, fixed_counts = set(), set()
         for info in self.inputs:
             arr = _cast(feed[info.name], info, self.model_name)
             _check_shape(arr, info, self.model_name)
             arr = np.ascontiguousarray(arr)  # ONNX Runtime and the fingerprint read raw memory
-            counts.add(arr.shape[0])
+            # Axis 0 is the sample axis where it is symbolic. A fixed or absent axis 0 (a static model,
+            # a 0-d scalar, a shape tensor beside a batched input) is part of one model call.
+            batched = bool(info.shape) and not isinstance(info.shape[0], int)
+            (counts if batched else fixed_counts).add(arr.shape[0] if arr.ndim else 1)
             out[info.name] = arr
         if len(counts) > 1:
             raise TrtoptError(f"{where} have different sample counts per input {sorted(counts)}",
                               "give every input the same number of samples")
-        n = counts.pop()
+        # A fully static model: one call per batch, unless every input agrees on its axis-0 length.
+        n = counts.pop() if counts else (fixed_counts.pop() if len(fixed_counts) == 1 else 1)
         for info in self.inputs:
             arr = out[info.name]
             if arr.dtype.kind == "f":
-                finite = np.isfinite(arr).reshape(n, -1).all(axis=1) if n else np.ones(0, bool)
+                rows = arr.shape[0] if arr.ndim else 1  # per sample along axis 0 (a scalar is one)
+                finite = np.isfinite(arr).reshape(rows, -1).all(axis=1) if arr.size else np.ones(0, bool)
                 if not finite.all():
                     first = self.samples + int(np.argmin(finite))
                     raise TrtoptError(f"calibration input {info.name!r} contains NaN or inf (sample {first})",

@@ -52,6 +52,9 @@ def diagnose() -> dict[str, Any]:
                       "(JetPack ships it on Jetson); until then export ONNX and time it with ONNX Runtime")
     if not found["cuda"]["available"]:
         advice.append("CUDA: no GPU visible; timing runs on the CPU with ONNX Runtime and PyTorch")
+    for name, extra in (("executorch", "executorch"), ("litert", "litert")):
+        if not found["backends"][name]["available"]:
+            advice.append(f"{name} (edge CPU runtime, optional): pip install 'trtopt[{extra}]' (or 'trtopt[edge]' for both)")
     if package_version("efficientnet-lite-pytorch") is None:
         advice.append("Real models for the demo: pip install 'trtopt[models]'")
     found["advice"] = advice

@@ -38,6 +38,7 @@ TARGETS = ("onnxruntime", "tensorrt")
 TENSORRT_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Ops that make a model worth quantizing at all (they hold the MACs).
 COMPUTE_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+PER_CHANNEL_OPSET = 13  # the first opset whose QuantizeLinear/DequantizeLinear take an axis
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,12 @@ def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.Pa
         staged = stage / target.name
         _run_ort_quantizer(prepared, staged, ranges, config, sorted(excluded), stage)
         counts = _stamp(staged, config, ranges)
-        onnx.checker.check_model(str(staged))
+        try:
+            onnx.checker.check_model(str(staged))
+        except onnx.checker.ValidationError as e:  # ONNX Runtime's tool can emit graphs the checker rejects
+            first = " ".join(str(e).split())[:240]
+            raise TrtoptError(f"quantizing {source.path.name} for target {config.target} gives an invalid model: {first}",
+                              "keep the op named there in FP32 (--exclude-op-type OP) or quantize a simpler graph") from e
         os.replace(staged, target)
     notes = (f"target {config.target}: {_layout(config)}",
              f"{counts['QuantizeLinear']} QuantizeLinear, {counts['DequantizeLinear']} DequantizeLinear nodes",
@@ -137,16 +143,50 @@ def _layout(config: QuantizeConfig) -> str:
 
 
 def _prepare(path: Path, stage: Path) -> Path:
-    """Shape inference (no graph rewrites, so tensor names stay those the ranges were calibrated on)."""
+    """Shape inference (no graph rewrites, so tensor names stay those the ranges were calibrated on).
+
+    A model below opset 13 (old exporters: Caffe2, early PyTorch, MXNet) is first converted to opset 13,
+    where Q/DQ takes the axis per-channel weights need; the converter keeps tensor names.
+    """
+    import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     out = stage / "prepared.onnx"
+    model = onnx.load(str(path), load_external_data=False)
+    if _default_opset(model) < PER_CHANNEL_OPSET:
+        upgraded = stage / "upgraded.onnx"
+        onnx.save(convert_opset(onnx.load(str(path)), PER_CHANNEL_OPSET, path.name), str(upgraded))
+        path = upgraded
     with contextlib.redirect_stdout(io.StringIO()), _quiet_logging():
         try:
             quant_pre_process(str(path), str(out), skip_optimization=True, skip_symbolic_shape=False)
         except Exception:  # ORT's symbolic shape inference fails on some exporter graphs (MiniLM: Expand)
             quant_pre_process(str(path), str(out), skip_optimization=True, skip_symbolic_shape=True)
     return out
+
+
+def _default_opset(model: Any) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def convert_opset(model: Any, opset: int, name: str) -> Any:
+    """``model`` (a ModelProto with its weights) converted to default-domain ``opset`` by ONNX's version converter.
+
+    The IR version is raised to the least that opset needs (IR 3 files list every initializer as an
+    input, which the Q/DQ initializers added later are not). Raises TrtoptError when the converter
+    rejects a node (its message names the op).
+    """
+    import onnx
+    from onnx import version_converter
+
+    try:
+        converted = version_converter.convert_version(model, opset)
+    except Exception as e:  # the converter raises RuntimeError/ValidationError naming the node's op
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrtoptError(f"ONNX's version converter cannot take {name} from opset {_default_opset(model)} to {opset}: "
+                          f"{first[:200]}", f"re-export the model at opset {opset} or later") from e
+    converted.ir_version = max(converted.ir_version, onnx.helper.find_min_ir_version_for(list(converted.opset_import)))
+    return converted
 
 
 @contextlib.contextmanager

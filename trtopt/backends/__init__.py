@@ -18,8 +18,11 @@ _REGISTRY: dict[str, str] = {
     "torch": "trtopt.backends.torch",
     "tensorrt": "trtopt.backends.trt",
     "torch-tensorrt": "trtopt.backends.torch_trt",
+    "executorch": "trtopt.backends.executorch",
+    "litert": "trtopt.backends.litert",
 }
-_ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch", "torch_tensorrt": "torch-tensorrt"}
+_ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch", "torch_tensorrt": "torch-tensorrt",
+            "pte": "executorch", "tflite": "litert"}
 
 
 def names() -> tuple[str, ...]:

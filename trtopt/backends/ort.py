@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,51 @@ from trtopt.errors import TrtoptError
 
 _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                "all": "ORT_ENABLE_ALL"}
+
+
+# "Could not find an implementation for Mul(6) node with name 'mul_1'": ONNX Runtime has no CPU kernel
+# for that op at that opset version (1.32 dropped the opset < 7 kernels of many ops).
+_NO_KERNEL = re.compile(r"Could not find an implementation for (\S+?)\((\d+)\) node with name '([^']*)'")
+# "ai.onnx.preview.training:Gradient(-1) is not a registered function/op": an op of a domain it lacks.
+_NO_OP = re.compile(r"(\S+?)\((-?\d+)\) is not a registered function/op")
+
+
+def load_error(path: Path, error: Exception, version: str) -> TrtoptError:
+    """The one-line error for a model ONNX Runtime refuses, naming the op and opset when it lacks a kernel."""
+    text = str(error).strip()
+    found = _NO_KERNEL.search(text)
+    if found:
+        op, opset, node = found.groups()
+        return TrtoptError(f"op {op} (opset {opset}{f', node {node!r}' if node else ''}) of {path.name} is not supported "
+                           f"by target onnxruntime {version} (no CPU kernel for that opset version and these input types)",
+                           "for an old model, convert it to a newer opset (trtopt.foreign.upgrade_opset, e.g. to 17); "
+                           "else cast the op's inputs to a type it supports, or run it on a runtime that has the op")
+    found = _NO_OP.search(text)
+    if found:
+        op = found.group(1).split("error:")[-1].strip().replace(":", "::")
+        return TrtoptError(f"op {op} of {path.name} is not supported by target onnxruntime {version} "
+                           "(not a registered op or function)",
+                           "remove or replace that op (it may be a training-only or custom-domain op)")
+    first = text.splitlines()[0] if text else type(error).__name__
+    return TrtoptError(f"ONNX Runtime cannot load {path}: {first[:300]}",
+                       "check that the model is valid ONNX for this onnxruntime version")
+
+
+_RUN_FAILED = re.compile(r"while running (\S+) node\. Name:'([^']*)' Status Message: (.*)", re.DOTALL)
+
+
+def run_error(path: Path, error: Exception) -> TrtoptError:
+    """The one-line error for a run ONNX Runtime stops, naming the op and node that failed."""
+    text = " ".join(str(error).split())
+    found = _RUN_FAILED.search(text)
+    if found:
+        op, node, message = found.groups()
+        # Drop ORT's source location ("/onnxruntime_src/...cc:563 void f(...) cond was false."): keep the reason.
+        message = message.split(" was false. ", 1)[-1]
+        message = re.sub(r"\S*onnxruntime_src/\S+\s*", "", message).strip()
+        return TrtoptError(f"op {op}{f' (node {node!r})' if node else ''} of {path.name} failed in target onnxruntime: "
+                           f"{message[-240:]}", "check the input shapes and values for that op")
+    return TrtoptError(f"ONNX Runtime failed running {path.name}: {text[:300]}", "check the inputs' shapes and values")
 
 
 class OrtRunner:
@@ -39,9 +85,7 @@ class OrtRunner:
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=list(config.providers))
         except Exception as e:  # ORT raises Fail/InvalidGraph/NotImplemented with long messages
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise TrtoptError(f"ONNX Runtime cannot load {path}: {first[:300]}",
-                              "check that the model is valid ONNX for this onnxruntime version") from e
+            raise load_error(path, e, ort.__version__) from e
         self.path = path
         self.config = config
         self.inputs = {i.name: i for i in self.session.get_inputs()}
@@ -65,12 +109,20 @@ class OrtRunner:
                 shown = ", ".join(str(e) if isinstance(e, int) else (e or "?") for e in expected)
                 raise TrtoptError(f"input {name!r} of {self.path.name} expects shape ({shown}), got {tuple(arr.shape)}",
                                   "pass data of that shape (or --input-shape matching the model)")
-            out[name] = arr.astype(numpy_dtype_of_onnx_type(meta.type), copy=False)
+            try:
+                dtype = numpy_dtype_of_onnx_type(meta.type)
+            except TrtoptError as e:
+                raise TrtoptError(f"input {name!r} of {self.path.name} has type {meta.type}, which trtopt cannot feed "
+                                  "(target onnxruntime)", e.fix) from e
+            out[name] = arr.astype(dtype, copy=False)
         return out
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch; outputs by name."""
-        results = self.session.run(self.output_names, feed)
+        try:
+            results = self.session.run(self.output_names, feed)
+        except Exception as e:  # ORT's Fail/RuntimeException: a kernel refused these inputs
+            raise run_error(self.path, e) from e
         return dict(zip(self.output_names, results))
 
     def describe(self) -> dict[str, Any]:

@@ -1,0 +1,147 @@
+"""LiteRT backend (TensorFlow Lite's successor): ``.tflite`` models converted by litert-torch, run by ai-edge-litert.
+
+Conversion: ``litert_torch.convert(module, example)`` (torch.export → StableHLO → TFLite flatbuffer; no
+TensorFlow install needed). INT8 is full-integer: PT2E static quantization with litert-torch's
+``PT2EQuantizer`` (symmetric int8, per-channel weights) calibrated on trtopt's data, converted with
+``QuantConfig(pt2e_quantizer=...)``; the resulting model takes and returns int8 tensors, so the runner
+quantizes inputs and dequantizes outputs with the scales stored in the model (that cost is timed too,
+as a deployment would pay it). Running: ``ai_edge_litert.interpreter.Interpreter`` on the CPU
+(XNNPACK delegate by default) with ``num_threads``.
+
+Imported only when the backend is asked for (``pip install 'trtopt[litert]'``): litert-torch 0.10.0
+declares ``torch>=2.4.0,<2.15.0``; checked here with torch 2.14.1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trtopt.backends.base import Capabilities
+from trtopt.edge import EdgeArtifact, EdgeConfig, check_static_feed, converter_error, inspect_edge, pt2e_quantize, require
+from trtopt.environment import package_version
+from trtopt.errors import TrtoptError
+
+NAME = "litert"
+
+
+def convert(module: Any, example: tuple[Any, ...], config: EdgeConfig,
+            batches: list[tuple[Any, ...]]) -> tuple[bytes, list[str]]:
+    """The ``.tflite`` bytes of ``module`` at ``config.precision`` for inputs shaped like ``example``, plus notes."""
+    require("litert_torch", NAME)
+    import litert_torch
+
+    stage = "litert_torch.convert"
+    try:
+        if config.precision == "int8":
+            from litert_torch.quantize import pt2e_quantizer, quant_config
+
+            stage = "PT2E quantization (litert PT2EQuantizer)"
+            quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+                pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=config.per_channel))
+            module = pt2e_quantize(module, example, quantizer, batches, fold_quantize=False)
+            stage = "litert_torch.convert"
+            converted = litert_torch.convert(module, example, quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
+        else:
+            converted = litert_torch.convert(module, example)
+        data = bytes(converted.model_content())
+    except TrtoptError:
+        raise
+    except Exception as e:  # torch.export / lowering / the MLIR converter raise many types
+        raise converter_error(e, NAME, stage) from e
+    notes = ["fp32" if config.precision == "fp32" else
+             "int8 full-integer (int8 inputs/outputs): PT2E symmetric, "
+             + ("per-channel" if config.per_channel else "per-tensor") + f" weights, {len(batches)} calibration batches"]
+    return data, notes
+
+
+class LiteRTRunner:
+    """A ``.tflite`` model's default signature behind the Runner protocol (inputs by name, outputs by name)."""
+
+    backend = NAME
+
+    def __init__(self, artifact: EdgeArtifact, threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.artifact = artifact
+        self.threads = threads
+        try:
+            self.interpreter = Interpreter(model_path=str(artifact.path), num_threads=threads or None)
+            self.interpreter.allocate_tensors()
+        except Exception as e:  # ValueError / RuntimeError from the interpreter
+            raise TrtoptError(f"LiteRT cannot load {artifact.path.name}: {str(e).splitlines()[0][:200]}",
+                              "re-create it with trtopt edge-export using this ai-edge-litert version") from e
+        # Input/output order of the flatbuffer is the export's argument/return order.
+        self.input_details = sorted(self.interpreter.get_input_details(), key=lambda d: d["index"])
+        self.output_details = self.interpreter.get_output_details()
+        self.inputs = [(i["name"], tuple(i["shape"]), i["dtype"]) for i in artifact.inputs]
+        if len(self.input_details) != len(self.inputs):
+            raise TrtoptError(f"{artifact.path.name} has {len(self.input_details)} inputs, its sidecar {len(self.inputs)}",
+                              "re-create the model with trtopt edge-export")
+
+    @property
+    def static_batch(self) -> int:
+        """The batch size the file was built for (every input's axis 0)."""
+        return int(self.inputs[0][1][0])
+
+    def check_feed(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return check_static_feed(feed, self.inputs, self.artifact.path.name)
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for (name, _, _), detail in zip(self.inputs, self.input_details):
+            self.interpreter.set_tensor(detail["index"], _to_model(feed[name], detail))
+        self.interpreter.invoke()
+        values = [_from_model(self.interpreter.get_tensor(d["index"]), d) for d in self.output_details]
+        names = list(self.artifact.output_names) + [f"output_{i}" for i in range(len(self.artifact.output_names), len(values))]
+        return dict(zip(names, values))
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": NAME, "model": str(self.artifact.path), "precision": self.artifact.precision,
+                "io_dtypes": sorted({np.dtype(d["dtype"]).name for d in self.input_details}),
+                "intra_op_threads": self.threads}
+
+    def close(self) -> None:
+        self.interpreter = None
+
+
+def _to_model(arr: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """An input as the model stores it: quantized with the input's (scale, zero point) for int8 models."""
+    dtype = np.dtype(detail["dtype"])
+    scale, zero = detail["quantization"]
+    if dtype.kind in "iu" and scale and np.asarray(arr).dtype.kind == "f":
+        info = np.iinfo(dtype)
+        return np.clip(np.round(arr / scale) + zero, info.min, info.max).astype(dtype)
+    return np.asarray(arr).astype(dtype, copy=False)
+
+
+def _from_model(arr: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """An output in real units: dequantized for int8 outputs, copied (the interpreter reuses its buffers)."""
+    scale, zero = detail["quantization"]
+    if np.dtype(detail["dtype"]).kind in "iu" and scale:
+        return ((arr.astype(np.float32) - zero) * np.float32(scale)).astype(np.float32)
+    return np.array(arr, copy=True)
+
+
+class LiteRTBackend:
+    name = NAME
+    capabilities = Capabilities(model_formats=("tflite",), precisions=("fp32", "int8"), devices=("cpu",),
+                                dynamic_shapes=False)
+
+    def availability(self) -> tuple[bool, str]:
+        runtime, converter = package_version("ai-edge-litert"), package_version("litert-torch")
+        if runtime is None:
+            return False, "ai-edge-litert is not installed (pip install 'trtopt[litert]')"
+        return True, f"ai-edge-litert {runtime}" + (f", litert-torch {converter}" if converter else " (no converter)")
+
+    def load(self, model: Any, threads: int | None = None, **options: Any) -> LiteRTRunner:
+        """Open a ``.tflite`` file (path or EdgeArtifact; its sidecar gives input names and shapes)."""
+        if options:
+            raise TrtoptError(f"the litert backend has no option {next(iter(options))!r}", "options: threads")
+        require("ai_edge_litert", NAME)
+        art = model if isinstance(model, EdgeArtifact) else inspect_edge(Path(model))
+        return LiteRTRunner(art, threads)
+
+
+BACKEND = LiteRTBackend()
