@@ -151,3 +151,26 @@ def test_cli_missing_data_path_is_named(tmp_path, cli_env):
     (tmp_path / "r.yaml").write_text("model: tiny_models:tiny_cnn\ndata: missing/images\nstages: [export]\n")
     r = run_cli(["optimize", "r.yaml", "--out", "run"], tmp_path, cli_env)
     assert r.returncode == 2 and "data source missing/images does not exist" in r.stderr
+
+
+@pytest.mark.slow
+def test_prune_and_distill_stages_on_real_labelled_data(tmp_path):
+    """digits CNN: half the channels pruned, distilled 2 epochs; the compressed model is exported, quantized
+    and compared, and a second run reuses the trained model instead of training again."""
+    from trtopt.demo import compression_recipe
+
+    recipe = replace(compression_recipe(iterations=5, epochs=2), stages=("prune", "distill", "export", "calibrate",
+                                                                         "quantize", "profile", "compare"))
+    report, _ = optimize(recipe, tmp_path / "run")
+    names = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"model.pruned.pt", "model.distilled.pt", "model.compressed.onnx"} <= names
+    prune = json.loads((tmp_path / "run" / "stages.json").read_text())["stages"]["prune"]["result"]
+    assert prune["parameters_after"] < 0.3 * prune["parameters_before"]
+    accuracy = report["task_accuracy"]["values"]
+    assert accuracy["pytorch-fp32"] > 0.98
+    assert accuracy["pytorch-compressed"] > 0.93  # 2 epochs; the demo trains 10 (see README)
+    assert abs(accuracy["onnxruntime-fp32-compressed"] - accuracy["pytorch-compressed"]) < 0.003
+    rows = {(r["variant"], r["batch_size"]): r for r in report["rows"]}
+    assert rows[("pytorch-compressed", 64)]["pruning_rate_percent"] > 70
+    again, _ = optimize(recipe, tmp_path / "run")
+    assert again["stages"]["distill"]["status"] == "reused"

@@ -295,16 +295,20 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from trtopt.demo import default_recipe, run_demo
+    from pathlib import Path
+
+    from trtopt.demo import demo_recipes, run_demo
     from trtopt.report import markdown_table
 
-    progress, update = _progress(args)
-    with progress:
-        report, paths = run_demo(default_recipe(iterations=args.iterations), args.out, force=args.force,
-                                 on_step=_step_printer(args), on_progress=update)
-    print(markdown_table(report["rows"]))
-    print(f"\nreport: {paths['html']} (also {paths['markdown'].name}, data {paths['json'].name}); "
-          f"run directory: {args.out}")
+    written = []
+    for name, recipe in demo_recipes(iterations=args.iterations).items():
+        progress, update = _progress(args)
+        with progress:
+            report, paths = run_demo(recipe, Path(args.out) / name, force=args.force, on_step=_step_printer(args),
+                                     on_progress=update)
+        print(f"\n## {report['title']}\n\n{markdown_table(report['rows'])}")
+        written.append(paths["html"])
+    print("\nreports: " + ", ".join(map(str, written)) + " (each with report.md, report.json and its artifacts)")
     return 0
 
 
@@ -586,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("demo", parents=[common], help="the main job: the full pipeline on a real pretrained model and real photos → report.html")
-    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--out", default="runs/demo", help="folder for the demo's run directories (default runs/demo)")
     p.add_argument("--iterations", type=int, default=100, help="timed calls per variant and batch size")
     p.add_argument("--force", action="store_true", help="re-run every stage (without it, unchanged stages are reused)")
     p.set_defaults(func=cmd_demo)
