@@ -50,8 +50,11 @@ def _console(args: argparse.Namespace):
 
 
 def _step_printer(args: argparse.Namespace):
+    from rich.markup import escape
+
     console = _console(args)
-    return lambda msg: console.print(f"[dim]·[/dim] {msg}")
+    # escape: messages hold brackets ("pip install 'trtopt[tensorrt]'") that rich would read as markup
+    return lambda msg: console.print(f"[dim]·[/dim] {escape(msg)}")
 
 
 def _progress(args: argparse.Namespace):
