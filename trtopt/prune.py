@@ -324,13 +324,12 @@ def prune(model: nn.Module, example_inputs: Any, config: PruneConfig = PruneConf
         with torch.no_grad():
             output = pruned(*args)
     _check_same_output_shape(reference, output)
-    return _report(pruned, config, layers, before_shapes, before_params, params_before, zeros_before,
+    return _report(pruned, config, before_shapes, before_params, params_before, zeros_before,
                    macs_before, macs_after, allowed, skipped, heads)
 
 
 def _check_same_output_shape(reference: Any, output: Any) -> None:
-    ref = [t for t in _flat(reference)]
-    out = [t for t in _flat(output)]
+    ref, out = _flat(reference), _flat(output)
     if [tuple(t.shape) for t in ref] != [tuple(t.shape) for t in out]:
         raise TrtoptError(f"pruning changed the model's output shapes from {[tuple(t.shape) for t in ref]} to "
                           f"{[tuple(t.shape) for t in out]}", "add the output layer to the ignored layers (--ignore NAME)")
@@ -348,7 +347,7 @@ def _flat(value: Any) -> list[torch.Tensor]:
     return []
 
 
-def _report(pruned: nn.Module, config: PruneConfig, layers_before: dict[str, nn.Module], before_shapes: dict[str, tuple],
+def _report(pruned: nn.Module, config: PruneConfig, before_shapes: dict[str, tuple],
             before_params: dict[str, int], params_before: int, zeros_before: int, macs_before: dict[str, int],
             macs_after: dict[str, int], allowed: set[str], skipped: list[dict[str, str]],
             heads: dict[str, dict[str, int]]) -> PruneResult:
@@ -700,7 +699,6 @@ class SpeedupSearch:
         result: the chosen :class:`PruneResult` (closest to the target among the steps).
         steps: every step: ratio, MACs, parameters, measured speedup with its interval, latencies (ms).
         target: the search settings.
-        baseline_latency_ms_p50: the unpruned ONNX model's median latency (last step's timing).
     """
 
     reached: bool
