@@ -56,7 +56,8 @@ class LowRankConfig:
         conv: Conv2d scheme: "auto", "channel", "spatial" or "tucker2" (see module docstring).
         layers: module names to factorize (empty: every Linear and Conv2d). Naming another type is an error.
         exclude: module names left as they are (e.g. a classifier head).
-        min_reduction: skip a layer unless it loses at least this fraction of its parameters (and MACs).
+        min_reduction: skip a layer unless it loses at least this fraction of its parameters (and MACs);
+            None factorizes every selected layer even when that costs more (for experiments and tests).
         rank_multiple: round ranks up to a multiple of this (8 or 16 suit tensor cores); 1 = exact.
     """
 
@@ -67,7 +68,7 @@ class LowRankConfig:
     conv: str = "auto"
     layers: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    min_reduction: float = 0.1
+    min_reduction: float | None = 0.1
     rank_multiple: int = 1
 
     def __post_init__(self) -> None:
@@ -87,7 +88,7 @@ class LowRankConfig:
         for name, r in self.ranks.items():
             if not isinstance(r, int) or isinstance(r, bool) or r < 1:
                 raise TrtoptError(f"rank {r!r} for layer {name!r} is not a positive integer", "give ranks >= 1")
-        if not 0 <= self.min_reduction < 1:
+        if self.min_reduction is not None and not 0 <= self.min_reduction < 1:
             raise TrtoptError(f"LowRankConfig.min_reduction={self.min_reduction!r} is not in [0, 1)", "e.g. 0.1")
         if not isinstance(self.rank_multiple, int) or self.rank_multiple < 1:
             raise TrtoptError(f"LowRankConfig.rank_multiple={self.rank_multiple!r} must be an integer >= 1", "e.g. 1 or 8")
@@ -556,10 +557,11 @@ def factorize(model: Any, config: LowRankConfig = LowRankConfig(), example_input
         dense_macs = _dense_macs(m, shapes.get(plan.name))
         after, after_macs = plan.params(r), plan.macs(r)
         reason = None
-        if after > dense * (1 - config.min_reduction):
+        keep = None if config.min_reduction is None else 1 - config.min_reduction
+        if keep is not None and after > dense * keep:
             reason = (f"rank {r} needs {after} parameters vs {dense} dense: less than the "
                       f"{config.min_reduction:.0%} reduction required (min_reduction)")
-        elif after_macs is not None and dense_macs is not None and after_macs > dense_macs * (1 - config.min_reduction):
+        elif keep is not None and after_macs is not None and dense_macs is not None and after_macs > dense_macs * keep:
             reason = (f"rank {r} needs {after_macs} MACs vs {dense_macs} dense: less than the "
                       f"{config.min_reduction:.0%} reduction required (min_reduction)")
         if reason:
@@ -578,6 +580,8 @@ def factorize(model: Any, config: LowRankConfig = LowRankConfig(), example_input
 
 def _useful_rank(plan: _Plan, shapes: Mapping[str, Any], min_reduction: float) -> int:
     """The largest rank whose parameters (and MACs, when known) are at most (1 - min_reduction) of dense; 0 if none."""
+    if min_reduction is None:
+        return plan.max_rank
     dense = sum(t.numel() for t in plan.module.parameters())
     dense_macs = _dense_macs(plan.module, shapes.get(plan.name))
     best = 0

@@ -460,6 +460,19 @@ def tie_weights(model: Any) -> Iterator[TieHandle]:
             project()
 
 
+def finetune_shared(model: Any, teacher: Any, train_data: Any, config: Any = None, **kwargs: Any) -> Any:
+    """Distill a clustered ``model`` from ``teacher`` with its weights kept tied; returns the `DistillResult`.
+
+    `trtopt.distill.distill` inside :func:`tie_weights`: every argument after ``model`` is passed on
+    (``config`` a `DistillConfig`; ``eval_data``, ``metric``, ``progress`` as keywords). The model is
+    trained in place; afterwards each group still holds at most 2^b values (its codebook moved).
+    """
+    from trtopt.distill import distill
+
+    with tie_weights(model):
+        return distill(model, teacher, train_data, config, **kwargs)
+
+
 # --------------------------------------------------------------------------------------------------
 # Storage
 
