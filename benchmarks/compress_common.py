@@ -43,3 +43,44 @@ def cosine_rows(a: Any, b: Any) -> np.ndarray:
     """Cosine similarity of matching rows."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+
+
+def minilm_data() -> dict[str, Any]:
+    """Token feeds (torch) for MiniLM: ``train``/``val`` from docstring sentences at 32 tokens (short text:
+    32 tokens hold almost all of it and halve training cost), ``card``: the model card's sentences at 64
+    tokens, held out for evaluation; plus the counts."""
+    import torch
+
+    from trtopt.zoo import minilm_card_sentences, tokenize_for_minilm
+
+    text, card = docstring_sentences(), minilm_card_sentences()
+
+    def feed(sentences: list[str], seq_len: int) -> dict[str, Any]:
+        return {k: torch.from_numpy(v) for k, v in tokenize_for_minilm(sentences, seq_len=seq_len).items()}
+
+    return {"train": feed(text[:-120], 32), "val": feed(text[-120:], 32), "card": feed(card, 64),
+            "card_numpy": tokenize_for_minilm(card), "train_sentences": len(text) - 120, "card_sentences": len(card)}
+
+
+def minilm_cosine(model: Any, reference: np.ndarray, card: dict[str, Any]) -> dict[str, float]:
+    """Mean and min cosine of ``model``'s embeddings of the card sentences vs ``reference`` (FP32's)."""
+    import torch
+
+    with torch.no_grad():
+        c = cosine_rows(reference, model(**card).numpy())
+    return {"mean": float(c.mean()), "min": float(c.min())}
+
+
+def minilm_distill_config(steps: int, lr: float) -> Any:
+    """Cosine-loss distillation from the FP32 encoder: batch 16, evaluation (for best-step restore) 4 times."""
+    from trtopt.distill import DistillConfig
+
+    return DistillConfig(output_loss="cosine", epochs=None, max_steps=steps, batch_size=16, lr=lr,
+                         eval_every=max(steps // 4, 1), device="cpu")
+
+
+def digits_distill_config(epochs: int) -> Any:
+    """KD (T=4) + labels (α=0.5) on the digits train split, AdamW 1e-3, batch 64."""
+    from trtopt.distill import DistillConfig
+
+    return DistillConfig(alpha=0.5, temperature=4.0, epochs=epochs, batch_size=64, lr=1e-3, device="cpu")

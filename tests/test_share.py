@@ -11,8 +11,7 @@ from torch import nn
 
 from trtopt.errors import TrtoptError
 from trtopt.nets import DigitsCNN
-from trtopt.share import (ShareConfig, cluster_weights, kmeans_1d, load_shared, pack_bits, save_shared, tie_weights,
-                          unpack_bits)
+from trtopt.share import ShareConfig, cluster_weights, kmeans_1d, load_shared, pack_bits, save_shared, tie_weights, unpack_bits
 
 
 def _cnn(seed: int = 0) -> DigitsCNN:

@@ -110,7 +110,7 @@ def cmd_factorize(args: argparse.Namespace) -> int:
 
     example = _feed_for(args, loaded.inputs, loaded.preprocess, count=2)
     example_t = tuple(torch.from_numpy(example[spec.name][:1]) for spec in loaded.inputs)  # forward's positional order
-    module, report = factorize(loaded.module, config, example_inputs=example_t)
+    _, report = factorize(loaded.module, config, example_inputs=example_t)
     artifact = _export(args, loaded, args.output)
     result = {"model": args.model, "report": report.to_dict(), "onnx": artifact.to_dict()}
     _write_json(args.json, result, args.force)

@@ -209,18 +209,23 @@ def _linear_plan(name: str, m: Any, shapes: Mapping[str, Any]) -> _Plan:
 
     def build(r: int) -> Any:
         root = np.sqrt(s[:r])
-        first = torch.nn.Linear(in_f, r, bias=False)
-        second = torch.nn.Linear(r, out_f, bias=m.bias is not None)
+        first = torch.nn.Linear(in_f, r, bias=False, **_dd(m))
+        second = torch.nn.Linear(r, out_f, bias=m.bias is not None, **_dd(m))
         with torch.no_grad():
             first.weight.copy_(_tensor(root[:, None] * vt[:r], m.weight))
             second.weight.copy_(_tensor(u[:, :r] * root[None, :], m.weight))
             if m.bias is not None:
                 second.bias.copy_(m.bias.detach())
-        return torch.nn.Sequential(first, second).to(m.weight.device)
+        return torch.nn.Sequential(first, second)
 
     bias = out_f if m.bias is not None else 0
     return _Plan(name, m, "svd", s ** 2, min(in_f, out_f), lambda r: r * (in_f + out_f) + bias,
                  lambda r: None if tokens is None else tokens * r * (in_f + out_f), build)
+
+
+def _dd(m: Any) -> dict[str, Any]:
+    """Device and dtype of the layer being replaced, for its replacements."""
+    return {"device": m.weight.device, "dtype": m.weight.dtype}
 
 
 def _conv_kwargs(m: Any) -> dict[str, Any]:
@@ -238,14 +243,14 @@ def _conv_channel_plan(name: str, m: Any, shapes: Mapping[str, Any]) -> _Plan:
 
     def build(r: int) -> Any:
         root = np.sqrt(s[:r])
-        first = torch.nn.Conv2d(c, r, (kh, kw), bias=False, **_conv_kwargs(m))
-        second = torch.nn.Conv2d(r, o, 1, bias=m.bias is not None)
+        first = torch.nn.Conv2d(c, r, (kh, kw), bias=False, **_conv_kwargs(m), **_dd(m))
+        second = torch.nn.Conv2d(r, o, 1, bias=m.bias is not None, **_dd(m))
         with torch.no_grad():
             first.weight.copy_(_tensor((root[:, None] * vt[:r]).reshape(r, c, kh, kw), m.weight))
             second.weight.copy_(_tensor((u[:, :r] * root[None, :]).reshape(o, r, 1, 1), m.weight))
             if m.bias is not None:
                 second.bias.copy_(m.bias.detach())
-        return torch.nn.Sequential(first, second).to(m.weight.device)
+        return torch.nn.Sequential(first, second)
 
     return _Plan(name, m, "channel", s ** 2, min(o, c * kh * kw), lambda r: r * (c * kh * kw + o) + bias,
                  lambda r: None if hw_out is None else hw_out * r * (c * kh * kw + o), build)
@@ -265,9 +270,9 @@ def _conv_spatial_plan(name: str, m: Any, shapes: Mapping[str, Any]) -> _Plan:
     def build(r: int) -> Any:
         root = np.sqrt(s[:r])
         first = torch.nn.Conv2d(c, r, (kh, 1), stride=(sh, 1), padding=(ph, 0), dilation=(dh, 1), bias=False,
-                                padding_mode=m.padding_mode)
+                                padding_mode=m.padding_mode, **_dd(m))
         second = torch.nn.Conv2d(r, o, (1, kw), stride=(1, sw), padding=(0, pw), dilation=(1, dw),
-                                 bias=m.bias is not None, padding_mode=m.padding_mode)
+                                 bias=m.bias is not None, padding_mode=m.padding_mode, **_dd(m))
         with torch.no_grad():
             a = u[:, :r] * root[None, :]                       # (c·kh, r)
             b = root[:, None] * vt[:r]                         # (r, o·kw)
@@ -275,7 +280,7 @@ def _conv_spatial_plan(name: str, m: Any, shapes: Mapping[str, Any]) -> _Plan:
             second.weight.copy_(_tensor(b.reshape(r, o, kw).transpose(1, 0, 2)[:, :, None, :], m.weight))
             if m.bias is not None:
                 second.bias.copy_(m.bias.detach())
-        return torch.nn.Sequential(first, second).to(m.weight.device)
+        return torch.nn.Sequential(first, second)
 
     def macs(r: int) -> int | None:
         if "hw_out" not in info:
@@ -344,16 +349,16 @@ def _conv_tucker_plan(name: str, m: Any, shapes: Mapping[str, Any], energy: floa
     def build(r: int) -> Any:
         g, uo, ui = core(r)
         ro, ri = ranks(r)
-        first = torch.nn.Conv2d(c, ri, 1, bias=False)
-        mid = torch.nn.Conv2d(ri, ro, (kh, kw), bias=False, **_conv_kwargs(m))
-        last = torch.nn.Conv2d(ro, o, 1, bias=m.bias is not None)
+        first = torch.nn.Conv2d(c, ri, 1, bias=False, **_dd(m))
+        mid = torch.nn.Conv2d(ri, ro, (kh, kw), bias=False, **_conv_kwargs(m), **_dd(m))
+        last = torch.nn.Conv2d(ro, o, 1, bias=m.bias is not None, **_dd(m))
         with torch.no_grad():
             first.weight.copy_(_tensor(ui.T.reshape(ri, c, 1, 1), m.weight))
             mid.weight.copy_(_tensor(g, m.weight))
             last.weight.copy_(_tensor(uo.reshape(o, ro, 1, 1), m.weight))
             if m.bias is not None:
                 last.bias.copy_(m.bias.detach())
-        return torch.nn.Sequential(first, mid, last).to(m.weight.device)
+        return torch.nn.Sequential(first, mid, last)
 
     plan = _Plan(name, m, "tucker2", sq, o, params, macs, build)
     plan.ranks = ranks  # type: ignore[attr-defined]

@@ -445,9 +445,15 @@ def tie_weights(model: Any) -> Iterator[TieHandle]:
 
         handle.handles.append(param.register_hook(mean_per_cluster))
 
-        def project(p: Any = param, fn: Callable = mean_per_cluster) -> None:
-            with torch.no_grad():
-                p.copy_(fn(p.detach()))
+        seen = {"version": None}
+
+        def project(p: Any = param, fn: Callable = mean_per_cluster, seen: dict = seen, force: bool = False) -> None:
+            # Only after the weight changed in place (an optimizer step bumps its version counter): eval
+            # forwards and the several forwards of one step cost nothing.
+            if force or p._version != seen["version"]:
+                with torch.no_grad():
+                    p.copy_(fn(p.detach()))
+                seen["version"] = p._version
 
         projectors.append(project)
         owner = modules[name.rsplit(".", 1)[0]] if "." in name else model
@@ -457,7 +463,7 @@ def tie_weights(model: Any) -> Iterator[TieHandle]:
     finally:
         handle.remove()
         for project in projectors:
-            project()
+            project(force=True)
 
 
 def finetune_shared(model: Any, teacher: Any, train_data: Any, config: Any = None, **kwargs: Any) -> Any:
