@@ -78,10 +78,18 @@ def minilm(tmp: Path, steps: int, lr: float) -> dict[str, Any]:
     data = minilm_data()
     with torch.no_grad():
         ref = teacher(**data["card"]).numpy()
+    # 4 bits everywhere: one codebook per output channel for the Linear layers (lower error; ~64 bytes of
+    # codebook per row), one per tensor for the embeddings (a per-row codebook would cost as much as the
+    # indices of a 384-wide row). Clustering per layer everywhere gives 8.7× but cosine 0.954 / 0.966.
+    embeddings = tuple(n for n, m in teacher.named_modules() if type(m).__name__ == "Embedding")
     student = copy.deepcopy(teacher)
-    student, report = cluster_weights(student, ShareConfig(bits=4))
+    student, linear_report = cluster_weights(student, ShareConfig(bits=4, granularity="channel", exclude=embeddings))
+    student, report = cluster_weights(student, ShareConfig(bits=4, layers=embeddings))
     result: dict[str, Any] = {"model": "zoo:minilm_l6", "evaluation": f"{data['card_sentences']} model-card sentences (held out)",
-                              "report": report.to_dict(), "cosine_vs_fp32_clustered": minilm_cosine(student, ref, data["card"])}
+                              "clustering": "4 bits: Linear weights per output channel, embeddings per tensor",
+                              "report_linear": linear_report.to_dict(), "report_embeddings": report.to_dict(),
+                              "state_bytes_fp32": report.state_bytes_fp32, "state_bytes_shared": report.state_bytes_shared,
+                              "cosine_vs_fp32_clustered": minilm_cosine(student, ref, data["card"])}
     result["file_before_finetune"] = exact_round_trip(student, load("minilm_l6").module, tmp / "minilm.npz")
     fit = finetune_shared(student, teacher, (data["train"], None), minilm_distill_config(steps, lr),
                           eval_data=(data["val"], None))
