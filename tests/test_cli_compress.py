@@ -48,3 +48,12 @@ def test_bad_inputs_give_one_line_and_write_nothing(tmp_path, cli_env):
     assert_one_line_error(run(["factorize", "tiny_models:tiny_cnn", "-o", "x.onnx", "--rank", "head=2",
                                "--energy", "0.5"], tmp_path, cli_env), "together")
     assert not list(tmp_path.iterdir())
+
+
+def test_factorize_to_a_measured_speedup_target(tmp_path, cli_env):
+    r = run(["factorize", "tiny_models:tiny_cnn", "-o", "s.onnx", "--target-speedup", "0.000001", "--energies", "0.5", "0.8",
+             "--iterations", "3", "--warmup", "1", "--json", "s.json", "--min-reduction", "0"], tmp_path, cli_env)
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "s.json").read_text())
+    assert result["latency_search"]["chosen_energy"] == 0.8
+    assert result["report"]["config"]["energy"] == 0.8 and (tmp_path / "s.onnx").is_file()

@@ -202,3 +202,19 @@ def test_accuracy_degrades_gracefully_with_energy():
         errors.append(float((model(x) - ref).abs().mean()))
     assert errors[0] > errors[1] > errors[2]
     assert np.isfinite(errors).all()
+
+
+def test_latency_target_picks_the_highest_energy_meeting_it(tmp_path):
+    from trtopt.lowrank import factorize_for_speedup
+    from trtopt.models import InputSpec, LoadedModel
+    from trtopt.profile import TimingConfig
+
+    loaded = LoadedModel(_cnn(), "digits", (InputSpec("input", (1, 8, 8), "float32", -1.0, 2.0),))
+    timing = TimingConfig(warmup_iterations=1, iterations=3, bootstrap_samples=50)
+    model, record = factorize_for_speedup(loaded, 1e-6, energies=(0.6, 0.9), timing=timing, workdir=str(tmp_path))
+    assert record["chosen_energy"] == 0.9  # any speedup meets a tiny target: the most accurate level wins
+    assert {r["energy"] for r in record["candidates"]} == {0.6, 0.9}
+    assert sum(p.numel() for p in model.parameters()) == next(r["parameters"] for r in record["candidates"] if r["energy"] == 0.9)
+    assert isinstance(loaded.module.conv3, nn.Conv2d)  # the original is untouched
+    with pytest.raises(TrtoptError, match="no energy level reaches a 1000000.0× speedup"):
+        factorize_for_speedup(loaded, 1e6, energies=(0.6,), timing=timing, workdir=str(tmp_path))

@@ -96,9 +96,9 @@ def cmd_factorize(args: argparse.Namespace) -> int:
 
     ranks = _parse_ranks(args.rank)
     chosen = [flag for flag, on in (("--energy", args.energy is not None), ("--param-budget", args.param_budget is not None),
-                                    ("--rank", bool(ranks))) if on]
+                                    ("--rank", bool(ranks)), ("--target-speedup", args.target_speedup is not None)) if on]
     if len(chosen) > 1:
-        raise TrtoptError(f"{' and '.join(chosen)} given together", "choose one rank rule: --energy, --param-budget or --rank")
+        raise TrtoptError(f"{' and '.join(chosen)} given together", "choose one rank rule: --energy, --param-budget, --rank or --target-speedup")
     method = "params" if args.param_budget is not None else "ranks" if ranks else "energy"
     config = LowRankConfig(method=method, energy=args.energy if args.energy is not None else 0.9,
                            param_budget=args.param_budget, ranks=ranks, conv=args.conv, layers=tuple(args.layer or ()),
@@ -108,19 +108,35 @@ def cmd_factorize(args: argparse.Namespace) -> int:
     loaded = _load(args)
     import torch
 
-    example = _feed_for(args, loaded.inputs, loaded.preprocess, count=2)
-    example_t = tuple(torch.from_numpy(example[spec.name][:1]) for spec in loaded.inputs)  # forward's positional order
-    _, report = factorize(loaded.module, config, example_inputs=example_t)
+    example = _feed_for(args, loaded.inputs, loaded.preprocess, count=max(args.samples or 8, 8))
+    result: dict[str, Any] = {"model": args.model}
+    if args.target_speedup is not None:
+        from trtopt.cli import _step_printer, _timing
+        from trtopt.lowrank import factorize_for_speedup
+
+        loaded.module, result["latency_search"] = factorize_for_speedup(
+            loaded, args.target_speedup, config, energies=args.energies, feed=example, batch_size=args.batch_size,
+            timing=_timing(args), threads=args.threads, on_step=_step_printer(args))
+        report_dict = result["latency_search"].pop("report")
+    else:
+        example_t = tuple(torch.from_numpy(example[spec.name][:1]) for spec in loaded.inputs)  # forward's positional order
+        _, report = factorize(loaded.module, config, example_inputs=example_t)
+        report_dict = report.to_dict()
     artifact = _export(args, loaded, args.output)
-    result = {"model": args.model, "report": report.to_dict(), "onnx": artifact.to_dict()}
+    result.update(report=report_dict, onnx=artifact.to_dict())
     _write_json(args.json, result, args.force)
-    done = [la for la in report.layers if la.skipped is None]
-    print(f"wrote {artifact.path}: {len(done)} of {len(report.layers)} layers factorized; parameters "
-          f"{report.parameters_before:,} → {report.parameters_after:,} ({report.parameter_reduction:.1%} fewer)")
-    for la in report.layers:
-        what = f"skipped: {la.skipped}" if la.skipped else (f"{la.scheme} rank {la.rank}, energy {la.energy_kept:.3f}, "
-                                                             f"{la.params_before:,} → {la.params_after:,} parameters")
-        print(f"  {la.name}: {what}")
+    print(f"wrote {artifact.path}: {report_dict['factorized_layers']} of {len(report_dict['layers'])} layers factorized; "
+          f"parameters {report_dict['parameters_before']:,} → {report_dict['parameters_after']:,} "
+          f"({report_dict['parameter_reduction']:.1%} fewer)")
+    if "latency_search" in result:
+        found = result["latency_search"]
+        print(f"  energy {found['chosen_energy']} chosen for ≥ {args.target_speedup}× at batch {args.batch_size}: " + ", ".join(
+            f"{r['energy']}: {r['speedup']:.2f}×" for r in found["candidates"]))
+    for la in report_dict["layers"]:
+        what = f"skipped: {la['skipped']}" if la["skipped"] else (
+            f"{la['scheme']} rank {la['rank']}, energy {la['energy_kept']:.3f}, "
+            f"{la['params_before']:,} → {la['params_after']:,} parameters")
+        print(f"  {la['name']}: {what}")
     return 0
 
 
@@ -162,4 +178,14 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--min-reduction", type=float, default=0.1,
                    help="skip layers losing less than this fraction of parameters/MACs (default 0.1)")
     p.add_argument("--rank-multiple", type=int, default=1, help="round ranks up to a multiple (8/16 suit tensor cores)")
+    p.add_argument("--target-speedup", type=float, default=None, metavar="X",
+                   help="measure: export one candidate per --energies level, time them in ONNX Runtime interleaved with "
+                        "the original, keep the highest energy at least X times faster")
+    p.add_argument("--energies", type=float, nargs="+", default=[0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5],
+                   help="levels tried by --target-speedup")
+    p.add_argument("--batch-size", type=int, default=1, help="batch timed by --target-speedup (default 1)")
+    p.add_argument("--iterations", type=int, default=50, help="timed calls per candidate (--target-speedup)")
+    p.add_argument("--duration", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--warmup", type=int, default=5, help="untimed calls first (--target-speedup)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (--target-speedup)")
     p.set_defaults(func=cmd_factorize)

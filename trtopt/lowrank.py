@@ -17,7 +17,9 @@
 Rank per layer, from one of three rules (all measured in the layer's own singular values):
 ``energy`` (smallest rank keeping that fraction of Σ s_i²), ``params`` (a global parameter budget:
 ranks are grown greedily where they keep the most energy per parameter until the budget is spent), or
-``ranks`` (explicit per layer). A layer whose chosen rank would not reduce its parameters (and, when
+``ranks`` (explicit per layer). A *measured latency target* is met by :func:`factorize_for_speedup`:
+it exports one candidate per energy level, times them in ONNX Runtime interleaved with the original's
+ONNX, and keeps the highest energy that is fast enough. A layer whose chosen rank would not reduce its parameters (and, when
 example inputs are given, its MACs) is left as it is and listed with the reason.
 
 The result is a plain ``nn.Module`` (``nn.Sequential`` of standard layers in place of each factorized
@@ -628,3 +630,88 @@ def _set_module(model: Any, modules: Mapping[str, Any], name: str, replacement: 
     parent_name, _, attr = name.rpartition(".")
     parent = modules[parent_name] if parent_name else model
     setattr(parent, attr, replacement)
+
+
+def factorize_for_speedup(loaded: Any, target_speedup: float, config: LowRankConfig = LowRankConfig(),
+                          energies: Sequence[float] = (0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5), feed: Any = None,
+                          batch_size: int = 1, timing: Any = None, threads: int | None = None,
+                          workdir: str | None = None, on_step: Callable[[str], None] | None = None) -> tuple[Any, dict[str, Any]]:
+    """Rank choice from a *measured* latency target: the highest energy whose factorized model, exported to
+    ONNX and timed in ONNX Runtime interleaved with the original's ONNX, is at least ``target_speedup``
+    times faster (median ratio). Every candidate is timed in the same run, so the ratios are like for like.
+
+    Args:
+        loaded: the `LoadedModel` to factorize (not modified; each candidate factorizes a copy).
+        target_speedup: required median speedup vs the original ONNX (e.g. 1.3).
+        config: layer selection and conv scheme; ``method``/``energy`` are replaced by each level.
+        energies: energy levels tried, any order (the highest meeting the target wins).
+        feed: inputs for export and timing (default: seeded random inputs of the model's specs).
+        batch_size: batch timed. timing: a `TimingConfig` (default 50 iterations). threads: ORT threads.
+        workdir: folder for the ONNX files (default: a temporary folder, removed afterwards).
+        on_step: progress callback.
+
+    Returns:
+        (factorized model, record): the chosen model (a copy of ``loaded.module``) and
+        ``{"chosen_energy", "target_speedup", "candidates": [{"energy", "parameters", "speedup", ...}],
+        "report": the chosen level's LowRankReport.to_dict()}``.
+
+    Raises:
+        TrtoptError: no level reaches the target (the message names the best measured speedup).
+    """
+    import copy
+    import tempfile
+    from dataclasses import replace
+    from pathlib import Path
+
+    from trtopt.bench import bench, onnx_candidate
+    from trtopt.config import ExportConfig, OrtConfig
+    from trtopt.data import random_feed
+    from trtopt.export import export_onnx
+    from trtopt.models import LoadedModel
+    from trtopt.profile import TimingConfig
+
+    step = on_step or (lambda _msg: None)
+    if not target_speedup > 0:
+        raise TrtoptError(f"target_speedup={target_speedup!r} must be > 0", "e.g. 1.3 for 30 % faster")
+    feed = feed if feed is not None else random_feed(loaded.inputs, 8)
+    example = tuple(_as_torch(feed[s.name][:1]) for s in loaded.inputs)
+    models: dict[str, Any] = {}
+    reports: dict[str, LowRankReport] = {}
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        paths = {"original": export_onnx(loaded, Path(tmp) / "original.onnx", ExportConfig(), feed=feed).path}
+        for energy in sorted(set(energies), reverse=True):
+            step(f"factorizing at energy {energy}")
+            model, report = factorize(copy.deepcopy(loaded.module), replace(config, method="energy", energy=energy),
+                                      example_inputs=example)
+            name = f"energy_{energy}"
+            models[name], reports[name] = model, report
+            variant = LoadedModel(model.eval(), name, loaded.inputs, loaded.output_names)
+            paths[name] = export_onnx(variant, Path(tmp) / f"{name}.onnx", ExportConfig(), feed=feed).path
+        step("timing all candidates interleaved")
+        ort = OrtConfig(intra_op_threads=threads)
+        cands = [onnx_candidate(p, n, ort) for n, p in paths.items()]
+        try:
+            timed = bench(cands, feed, (batch_size,), timing or TimingConfig(iterations=50))
+        finally:
+            for c in cands:
+                c.runner.close()
+    stats = timed["per_batch"][0]["candidates"]
+    rows = [{"energy": float(n.split("_", 1)[1]), "parameters": reports[n].parameters_after,
+             "latency_ms_p50": stats[n]["latency_ms_p50"], **stats[n]["speedup_vs_baseline"]} for n in models]
+    record = {"target_speedup": target_speedup, "batch_size": batch_size, "candidates": rows,
+              "original_latency_ms_p50": stats["original"]["latency_ms_p50"], "chosen_energy": None}
+    meeting = [r for r in rows if r["speedup"] >= target_speedup]
+    if not meeting:
+        best = max(rows, key=lambda r: r["speedup"])
+        raise TrtoptError(f"no energy level reaches a {target_speedup}× speedup (best: {best['speedup']:.2f}× at energy "
+                          f"{best['energy']})", "lower the target, or try lower energies / other layers")
+    chosen = max(meeting, key=lambda r: r["energy"])
+    record["chosen_energy"] = chosen["energy"]
+    record["report"] = reports[f"energy_{chosen['energy']}"].to_dict()
+    return models[f"energy_{chosen['energy']}"], record
+
+
+def _as_torch(a: Any) -> Any:
+    import torch
+
+    return torch.as_tensor(np.ascontiguousarray(a))
