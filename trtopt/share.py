@@ -416,9 +416,9 @@ def tie_weights(model: Any) -> Iterator[TieHandle]:
     by its cluster's mean gradient (so all members of a cluster move together - the centroid's update,
     Deep Compression's rule with the mean instead of the sum, which keeps step sizes independent of
     cluster size), and a forward pre-hook on the owning module re-projects the weight onto its cluster
-    means before each forward (so optimizers whose update is not elementwise - gradient clipping is
-    fine, but e.g. a shared weight decay on a different copy - cannot untie them). The membership is the
-    one at entry; values (the codebook) move freely. On exit the weights are re-projected once more, so
+    means before the first forward after each in-place update (so an optimizer whose update is not
+    elementwise cannot untie them; with elementwise ones - SGD, Adam(W), clipping - equal gradients
+    already keep members equal). The membership is the one at entry; values (the codebook) move freely. On exit the weights are re-projected once more, so
     :func:`save_shared` finds at most 2^b values per group.
     """
     import torch
