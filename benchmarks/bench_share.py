@@ -59,7 +59,7 @@ def digits(tmp: Path, epochs: int) -> dict[str, Any]:
                               "top1_accuracy_fp32": accuracy(teacher, x_test, test.labels), "variants": {}}
     for name, config in {"4bit_layer": ShareConfig(bits=4),
                          "4bit_layer_int8grid": ShareConfig(bits=4, int8_grid=True)}.items():
-        student = copy.deepcopy(teacher)
+        student = copy.deepcopy(teacher).requires_grad_(True)  # zoo models load frozen
         student, report = cluster_weights(student, config)
         row: dict[str, Any] = {"report": report.to_dict(), "top1_accuracy_clustered": accuracy(student, x_test, test.labels)}
         row["file_before_finetune"] = exact_round_trip(student, load("digits_cnn").module, tmp / f"{name}.npz")
@@ -82,7 +82,7 @@ def minilm(tmp: Path, steps: int, lr: float) -> dict[str, Any]:
     # codebook per row), one per tensor for the embeddings (a per-row codebook would cost as much as the
     # indices of a 384-wide row). Clustering per layer everywhere gives 8.7× but cosine 0.954 / 0.966.
     embeddings = tuple(n for n, m in teacher.named_modules() if type(m).__name__ == "Embedding")
-    student = copy.deepcopy(teacher)
+    student = copy.deepcopy(teacher).requires_grad_(True)  # zoo models load frozen
     student, linear_report = cluster_weights(student, ShareConfig(bits=4, granularity="channel", exclude=embeddings))
     student, report = cluster_weights(student, ShareConfig(bits=4, layers=embeddings))
     result: dict[str, Any] = {"model": "zoo:minilm_l6", "evaluation": f"{data['card_sentences']} model-card sentences (held out)",

@@ -443,7 +443,8 @@ def tie_weights(model: Any) -> Iterator[TieHandle]:
             sums = torch.zeros(size, dtype=t.dtype, device=t.device).index_add_(0, ids, t.reshape(-1))
             return (sums / n)[ids].reshape(t.shape)
 
-        handle.handles.append(param.register_hook(mean_per_cluster))
+        if param.requires_grad:  # a frozen weight gets no gradient; the projection below still holds it tied
+            handle.handles.append(param.register_hook(mean_per_cluster))
 
         seen = {"version": None}
 
