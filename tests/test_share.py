@@ -237,3 +237,18 @@ def test_not_a_shared_file(tmp_path):
         load_shared(tmp_path / "other.npz", _cnn())
     with pytest.raises(TrtoptError, match="does not exist"):
         load_shared(tmp_path / "missing.npz", _cnn())
+
+
+def test_tie_weights_accepts_frozen_weights():
+    model, _ = cluster_weights(_cnn(), ShareConfig(bits=2))
+    model.conv1.weight.requires_grad_(False)
+    frozen = model.conv1.weight.detach().clone()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model.train()
+    with tie_weights(model):
+        loss = model(torch.randn(8, 1, 8, 8)).square().mean()
+        loss.backward()
+        opt.step()
+        model(torch.randn(2, 1, 8, 8))
+    assert torch.equal(model.conv1.weight, frozen)
+    assert _distinct(model.conv2.weight, "layer") <= 4
