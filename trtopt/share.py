@@ -437,11 +437,13 @@ def tie_weights(model: Any) -> Iterator[TieHandle]:
         k = 2 ** info["bits"]
         flat_ids = (torch.as_tensor(idx, dtype=torch.long) + torch.arange(groups).unsqueeze(1) * k).reshape(-1)
         flat_ids = flat_ids.to(param.device)
-        counts = torch.bincount(flat_ids, minlength=groups * k).clamp(min=1).to(param.dtype)
+        counts = torch.bincount(flat_ids, minlength=groups * k).clamp(min=1).to(torch.float64)
 
         def mean_per_cluster(t: Any, ids: Any = flat_ids, n: Any = counts, size: int = groups * k) -> Any:
-            sums = torch.zeros(size, dtype=t.dtype, device=t.device).index_add_(0, ids, t.reshape(-1))
-            return (sums / n)[ids].reshape(t.shape)
+            # float64 sums: the mean of equal float32 values is then exactly that value (a tied weight that
+            # did not move keeps its bits), and large clusters don't lose precision.
+            sums = torch.zeros(size, dtype=torch.float64, device=t.device).index_add_(0, ids, t.reshape(-1).double())
+            return (sums / n)[ids].to(t.dtype).reshape(t.shape)
 
         if param.requires_grad:  # a frozen weight gets no gradient; the projection below still holds it tied
             handle.handles.append(param.register_hook(mean_per_cluster))
