@@ -129,7 +129,7 @@ def digits(tmp: Path) -> dict[str, Any]:
     ort_quantize_static(fp32.path, calib, tmp / "digits_ort.onnx")
     acc["ort_int8"] = topk_accuracy(outputs(tmp / "digits_ort.onnx", test.inputs), test.labels)
     return {"dataset": "digits test split (359 images)", "calibration": "entropy, 256 train images",
-            "top1_accuracy": acc, "test_samples": int(len(test.labels))}
+            "top1_accuracy": acc, "test_samples": len(test.labels)}
 
 
 def minilm(tmp: Path, mixed: bool) -> dict[str, Any]:

@@ -25,7 +25,7 @@ EXIT_CHECK_FAILED = 1
 # Subcommands of each area live beside it, in a module with ``add_commands(sub, common)``; listing them
 # here keeps this file the one place that builds the parser. They import their heavy libraries lazily.
 COMMAND_MODULES: tuple[str, ...] = ("trtopt.cli_pipeline", "trtopt.cli_trt", "trtopt.cli_prune", "trtopt.cli_distill",
-                                     "trtopt.cli_edge")
+                                     "trtopt.cli_edge", "trtopt.cli_compress")
 
 
 def parse_shapes(values: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
