@@ -107,6 +107,29 @@ def test_stage_dependencies_are_checked_in_the_recipe():
         from_dict(Recipe, {"model": "m", "stages": ["prunee"]})
 
 
+def test_factorize_and_cluster_stages_write_a_compressed_model_and_the_codebook_file(tmp_path):
+    recipe = tiny_recipe(stages=("factorize", "cluster", "export", "compare"), factorize={"method": "energy", "energy": 0.5},
+                         cluster={"bits": 4})
+    report, _ = optimize(recipe, tmp_path / "run")
+    out = tmp_path / "run"
+    assert {"model.factorize.pt", "model.cluster.pt", "model.shared.npz", "model.compressed.onnx"} <= {
+        p.name for p in out.iterdir()}
+    summary = report["compression"]
+    assert summary["factorize"]["factorized_layers"] >= 1
+    assert summary["cluster"]["storage"]["compression_ratio"] > 1.1  # a tiny model: BN and biases stay FP32
+    assert "onnxruntime-fp32-compressed" in report["accuracy"] and "## Compression (PyTorch side)" in (
+        out / "report.md").read_text()
+
+
+def test_distill_needs_a_model_to_train_and_data():
+    with pytest.raises(TrtoptError, match="neither stage is listed"):
+        tiny_recipe(stages=("distill", "export"), distill={}, train_data="random")
+    with pytest.raises(TrtoptError, match="no train_data"):
+        tiny_recipe(stages=("prune", "distill", "export"), prune={}, distill={})
+    with pytest.raises(TrtoptError, match="no 'prune' section"):
+        tiny_recipe(stages=("prune", "export"))
+
+
 def test_pareto_front_keeps_only_undominated_points():
     points = [(10.0, 0.90), (5.0, 0.80), (20.0, 0.95), (12.0, 0.85), (5.0, 0.70)]
     assert pareto_front(points) == [1, 0, 2]
@@ -163,7 +186,7 @@ def test_prune_and_distill_stages_on_real_labelled_data(tmp_path):
                                                                          "quantize", "profile", "compare"))
     report, _ = optimize(recipe, tmp_path / "run")
     names = {p.name for p in (tmp_path / "run").iterdir()}
-    assert {"model.pruned.pt", "model.distilled.pt", "model.compressed.onnx"} <= names
+    assert {"model.prune.pt", "model.distill.pt", "model.compressed.onnx"} <= names
     prune = json.loads((tmp_path / "run" / "stages.json").read_text())["stages"]["prune"]["result"]
     assert prune["parameters_after"] < 0.3 * prune["parameters_before"]
     accuracy = report["task_accuracy"]["values"]

@@ -102,13 +102,17 @@ class OrtConfig:
 
 
 #: Pipeline stages in the order `trtopt.pipeline.optimize` runs them; a recipe lists the ones it wants.
-STAGES = ("prune", "distill", "export", "calibrate", "quantize", "build", "bundle", "profile", "compare")
+#: Pipeline stages in run order. PyTorch side: prune and factorize change the architecture, distill
+#: recovers accuracy from the original, cluster comes last (training after it would untie its weights).
+STAGES = ("prune", "factorize", "distill", "cluster", "export", "calibrate", "quantize", "build", "bundle", "profile",
+          "compare")
 #: What each stage needs to have run before it.
-STAGE_NEEDS = {"distill": ("prune",), "calibrate": ("export",), "quantize": ("calibrate",), "build": ("export",),
+STAGE_NEEDS = {"calibrate": ("export",), "quantize": ("calibrate",), "build": ("export",),
                "bundle": ("export",), "profile": ("export",), "compare": ("export",)}
 #: PyTorch-side stages, their config section in a recipe, and the class it is read into (imported only
 #: when a recipe has the section: these modules import torch).
-TORCH_STAGE_CONFIGS = {"prune": ("trtopt.prune", "PruneConfig"), "distill": ("trtopt.distill", "DistillConfig")}
+TORCH_STAGE_CONFIGS = {"prune": ("trtopt.prune", "PruneConfig"), "factorize": ("trtopt.lowrank", "LowRankConfig"),
+                       "distill": ("trtopt.distill", "DistillConfig"), "cluster": ("trtopt.share", "ShareConfig")}
 DEFAULT_STAGES = ("export", "calibrate", "quantize", "build", "bundle", "profile", "compare")
 BUNDLE_TARGETS = ("jetson-orin", "jetson-xavier", "server")
 INT8_TARGETS = ("onnxruntime", "tensorrt")
@@ -130,6 +134,9 @@ class Recipe:
         stages: pipeline stages to run (`trtopt.pipeline.optimize`), any of :data:`STAGES`; each runs in
             the fixed order there, whatever the order written. "prune" and "distill" need their sections.
         prune: `trtopt.prune.PruneConfig` fields (method, ratio, importance, ...) for the prune stage.
+        factorize: `trtopt.lowrank.LowRankConfig` fields (method, energy, ...) for low-rank factorization.
+        cluster: `trtopt.share.ShareConfig` fields (bits, granularity, ...) for weight sharing; the stage
+            also writes the compact codebook file (``model.shared.npz``).
         distill: `trtopt.distill.DistillConfig` fields (epochs, alpha, temperature, lr, ...) for the distill
             stage, which trains the pruned model against the original on ``train_data``.
         train_data: the distill stage's training inputs (``dataset:NAME:SPLIT`` brings labels; any other
@@ -164,7 +171,9 @@ class Recipe:
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     stages: tuple[str, ...] = DEFAULT_STAGES
     prune: dict[str, Any] | None = None
+    factorize: dict[str, Any] | None = None
     distill: dict[str, Any] | None = None
+    cluster: dict[str, Any] | None = None
     train_data: str | None = None
     int8_targets: tuple[str, ...] = INT8_TARGETS
     fp16: bool = False
@@ -200,6 +209,9 @@ class Recipe:
                                   f"add '{stage}:' with its settings (an empty mapping takes the defaults)", key="stages")
             if section is not None:
                 from_dict(getattr(importlib.import_module(module), name), section, f"{stage}.")
+        if "distill" in self.stages and not {"prune", "factorize"} & set(self.stages):
+            raise TrtoptError("stages: 'distill' trains a pruned or factorized model, but neither stage is listed",
+                              "add prune or factorize before distill", key="stages")
         if "distill" in self.stages and not self.train_data:
             raise TrtoptError("the distill stage has no train_data", "e.g. train_data: dataset:digits:train", key="stages")
         _choice("bundle_target", self.bundle_target, BUNDLE_TARGETS)

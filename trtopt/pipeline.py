@@ -183,9 +183,11 @@ def optimize(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike | No
     run = _Run(recipe, out, force, on_step or (lambda _m: None), on_progress)
     out.mkdir(parents=True, exist_ok=True)
     stages = set(recipe.stages)
-    compressed = _prune(run) if "prune" in stages else None
-    if "distill" in stages:
-        compressed = _distill(run, compressed)
+    compressed = None
+    for name, apply in (("prune", _apply_prune), ("factorize", _apply_factorize), ("distill", None),
+                        ("cluster", _apply_cluster)):
+        if name in stages:
+            compressed = _distill(run, compressed) if apply is None else _torch_stage(run, name, compressed, apply)
     onnx = _export(run, compressed) if "export" in stages else None
     int8: dict[str, Any] = {}
     if "calibrate" in stages:
@@ -201,6 +203,7 @@ def optimize(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike | No
 
     report = _report(run, onnx, int8, timing, accuracy)
     report["tensorrt"] = {"build": engines["result"] if engines else None, "bundle": bundle["result"] if bundle else None}
+    report["compression"] = _compression_summary(run)
     paths = write_report(report, out, force=True, html=True)
     paths["recipe"] = write_text(out / "recipe.yaml", dump_recipe(recipe), force=True)
     return report, paths
@@ -279,22 +282,72 @@ def _deployed(onnx: Mapping[str, Any]) -> str:
     return (onnx["result"].get("compressed") or onnx["result"])["path"]
 
 
-def _prune(run: _Run) -> dict[str, Any]:
+def _compression_summary(run: _Run) -> dict[str, Any]:
+    """The headline numbers of each PyTorch-side stage that ran (details stay in stages.json)."""
+    keys = {"prune": ("parameters_before", "parameters_after", "pruning_rate_percent", "channel_ratio", "macs_reduction"),
+            "factorize": ("parameters_before", "parameters_after", "factorized_layers", "skipped_layers"),
+            "distill": ("epochs_completed", "steps", "best_metric", "stopped_early", "seconds"),
+            "cluster": ("clustered_layers", "clustered_parameters", "compression_ratio")}
+    summary = {}
+    for name, wanted in keys.items():
+        entry = run.ledger.stages.get(name)
+        if entry and name in run.recipe.stages:
+            result = entry["result"]
+            summary[name] = {k: result[k] for k in wanted if k in result}
+            if name == "cluster":
+                summary[name]["storage"] = {k: result["storage"][k] for k in ("path", "file_bytes", "state_bytes_fp32",
+                                                                             "compression_ratio")}
+    return summary
+
+
+def _torch_stage(run: _Run, name: str, previous: Mapping[str, Any] | None,
+                 apply: Callable[[_Run, Any, Any], tuple[Any, dict[str, Any], list[Path]]]) -> dict[str, Any]:
+    """A PyTorch-side stage: the model so far (the original, or the previous stage's saved module) →
+    ``apply`` → ``model.<name>.pt`` (a whole-module file `trtopt.models.load_model` reads)."""
     from trtopt.config import stage_config
     from trtopt.models import save_module
-    from trtopt.prune import prune_loaded
 
-    r = run.recipe
-    material = {**run.model_key(), "prune": r.prune}
+    material = {**run.model_key(), name: getattr(run.recipe, name), "input": run.digest(previous) if previous else None}
 
     def go() -> tuple[list[Path], Any]:
-        config = stage_config(r, "prune")
-        run.step(f"pruning ({config.method}, ratio {config.ratio})")
-        pruned, result = prune_loaded(run.loaded, config)  # prune() works on a copy: the original stays
-        path = save_module(pruned, run.out / "model.pruned.pt", force=True)
-        return [path], {"module": str(path), **result.to_dict()}
+        source = run.compressed(previous) if previous else run.loaded
+        changed, result, extra = apply(run, source, stage_config(run.recipe, name))
+        path = save_module(changed, run.out / f"model.{name}.pt", force=True)
+        return [path, *extra], {"module": str(path), **result}
 
-    return run.stage("prune", material, go)
+    return run.stage(name, material, go)
+
+
+def _apply_prune(run: _Run, source: Any, config: Any) -> tuple[Any, dict[str, Any], list[Path]]:
+    from trtopt.prune import prune_loaded
+
+    run.step(f"pruning ({config.method}, ratio {config.ratio})")
+    pruned, result = prune_loaded(source, config)  # prune() works on a copy: the source stays
+    return pruned, result.to_dict(), []
+
+
+def _apply_factorize(run: _Run, source: Any, config: Any) -> tuple[Any, dict[str, Any], list[Path]]:
+    import copy
+
+    from trtopt.lowrank import factorize
+    from trtopt.prune import example_inputs_for
+
+    run.step(f"factorizing ({config.method})")
+    module, report = factorize(copy.deepcopy(source.module), config, example_inputs_for(source))  # in place: a copy
+    return replace(source, module=module, description=f"{source.description}, factorized"), report.to_dict(), []
+
+
+def _apply_cluster(run: _Run, source: Any, config: Any) -> tuple[Any, dict[str, Any], list[Path]]:
+    """k-means weight sharing; also writes the compact file (codebooks + packed indices)."""
+    import copy
+
+    from trtopt.share import cluster_weights, save_shared
+
+    run.step(f"clustering weights ({config.bits} bits, per {config.granularity})")
+    module, report = cluster_weights(copy.deepcopy(source.module), config)
+    info = save_shared(module, run.out / "model.shared.npz", force=True)
+    return (replace(source, module=module, description=f"{source.description}, {config.bits}-bit shared weights"),
+            {**report.to_dict(), "storage": info.to_dict()}, [Path(info.path)])
 
 
 def _distill(run: _Run, student_entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -327,7 +380,7 @@ def _distill(run: _Run, student_entry: Mapping[str, Any]) -> dict[str, Any]:
         from dataclasses import replace as _replace
 
         path = save_module(_replace(student, module=result.student, description=f"{student.description}, distilled"),
-                           run.out / "model.distilled.pt", force=True)
+                           run.out / "model.distill.pt", force=True)
         summary = result.to_dict()
         summary.pop("step_losses", None)  # per-step detail stays in the checkpoint, not the ledger
         return [path], {"module": str(path), **summary}

@@ -171,6 +171,17 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                   f"Score FP32 {sens['fp32_score']:.4f}, all layers INT8 {sens['int8_score']:.4f}. Layers that recover "
                   "the most when kept in FP32:", "", "| layer | score without it | recovered |", "|---|---|---|"]
         parts += [f"| {row['node']} | {row['score_without']:.4f} | {row['recovered']:+.4f} |" for row in sens["layers"][:5]]
+    if report.get("compression"):
+        parts += ["", "## Compression (PyTorch side)", ""]
+        for name, numbers in report["compression"].items():
+            text = ", ".join(f"{k.replace('_', ' ')} {v:.4g}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
+                             for k, v in numbers.items() if k != "storage")
+            parts.append(f"- {name}: {text}")
+            if "storage" in numbers:
+                st = numbers["storage"]
+                parts.append(f"  - shared-weight file `{Path(st['path']).name}`: {st['file_bytes'] / 1e6:.3f} MB, "
+                             f"{st['compression_ratio']:.2f}× smaller than the FP32 state; it shrinks storage and "
+                             "downloads only: ONNX models and engines hold the decoded weights.")
     trt = report.get("tensorrt") or {}
     if trt.get("build") or trt.get("bundle"):
         parts += ["", "## TensorRT", ""]
