@@ -193,6 +193,12 @@ def count_macs(module: nn.Module, example_inputs: Any) -> dict[str, int]:
         name = names[layer]
         macs[name] = macs.get(name, 0) + count // batch
 
+    _forward_with_layer_hook(module, args, hook)
+    return macs
+
+
+def _forward_with_layer_hook(module: nn.Module, args: tuple[Any, ...], hook: Callable[..., Any]) -> None:
+    """One no-grad forward pass with ``hook`` on every Conv/Linear layer (removed afterwards)."""
     handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, _WEIGHT_LAYERS)]
     try:
         with torch.no_grad():
@@ -200,7 +206,6 @@ def count_macs(module: nn.Module, example_inputs: Any) -> dict[str, int]:
     finally:
         for h in handles:
             h.remove()
-    return macs
 
 
 def _weight_layers(module: nn.Module) -> dict[str, nn.Module]:
@@ -215,14 +220,8 @@ def _execution_order(module: nn.Module, args: tuple[Any, ...]) -> list[str]:
     """Names of the Conv/Linear layers in the order a forward pass calls them (each once)."""
     names = {m: n for n, m in module.named_modules()}
     order: list[str] = []
-    handles = [m.register_forward_hook(lambda layer, _i, _o: order.append(names[layer]) if names[layer] not in order else None)
-               for m in module.modules() if isinstance(m, _WEIGHT_LAYERS)]
-    try:
-        with torch.no_grad():
-            module(*args)
-    finally:
-        for h in handles:
-            h.remove()
+    _forward_with_layer_hook(module, args,
+                             lambda layer, _i, _o: order.append(names[layer]) if names[layer] not in order else None)
     return order
 
 
