@@ -409,11 +409,10 @@ def _mixed_precision(args: argparse.Namespace, ranges, config):
     """Keep the fewest layers in FP32 so that agreement (or cosine) with FP32 drops by at most --max-accuracy-drop."""
     from dataclasses import replace
 
-    from trtopt.sensitivity import agreement_scorer, choose_mixed_precision, cosine_scorer, model_outputs
+    from trtopt.sensitivity import choose_mixed_precision, make_scorer, model_outputs
 
     feed = _onnx_feed(args, args.model)
-    reference = model_outputs(Path(args.model), feed, None)
-    scorer = (agreement_scorer if args.metric == "agreement" else cosine_scorer)(feed, reference)
+    scorer = make_scorer(args.metric, feed, model_outputs(Path(args.model), feed, None))
     choice = choose_mixed_precision(args.model, ranges, config, scorer, args.max_accuracy_drop,
                                     on_step=_step_printer(args))
     print(f"mixed precision: {len(choice['exclude_nodes'])} layer(s) kept in FP32 "

@@ -23,6 +23,7 @@ A directory that holds files but no ledger is not a run directory: it is refused
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -108,7 +109,8 @@ class _Run:
         self.ledger = Ledger.open(out, force)
         self.status: dict[str, str] = {}
         self._loaded: Any = None
-        self._feeds: dict[str, Any] = {}
+        self._feeds: dict[str | None, Any] = {}
+        self._models: dict[str, Any] = {}
 
     @property
     def loaded(self) -> Any:
@@ -131,16 +133,21 @@ class _Run:
     def compressed(self, entry: Mapping[str, Any]) -> Any:
         """The compressed model a PyTorch-side stage saved (a whole-module file), loaded once."""
         path = entry["result"]["module"]
-        if path not in self._feeds:
+        if path not in self._models:
             from trtopt.models import load_model
 
-            self._feeds[path] = load_model(path)
-        return self._feeds[path]
+            self._models[path] = load_model(path)
+        return self._models[path]
 
-    def model_key(self) -> dict[str, Any]:
+    @functools.cached_property
+    def _model_key(self) -> dict[str, Any]:
         r = self.recipe
         return {"model": r.model, "checkpoint_sha256": sha256_file(r.checkpoint) if r.checkpoint else None,
                 "input_shapes": to_dict(r.input_shapes)}
+
+    def model_key(self) -> dict[str, Any]:
+        """What identifies the original model in stage keys (the checkpoint is hashed once per run)."""
+        return dict(self._model_key)
 
     def stage(self, name: str, material: Mapping[str, Any], run: Callable[[], tuple[list[Path], Any]]) -> dict[str, Any]:
         """Run stage ``name`` unless the ledger holds a matching, intact result; returns the ledger entry."""
@@ -154,6 +161,15 @@ class _Run:
         outputs, result = run()
         self.status[name] = "ran"
         return self.ledger.record(name, key, outputs, result, time.perf_counter() - started)
+
+    def file_digest(self, path: str | os.PathLike) -> str:
+        """sha256 of a stage's output file as the ledger recorded it (hashed once, when written)."""
+        target, root = Path(path).resolve(), self.out.resolve()
+        for entry in self.ledger.stages.values():
+            for rel, digest in entry["outputs"].items():
+                if root / rel == target:
+                    return digest
+        return sha256_file(target)
 
     def digest(self, entry: Mapping[str, Any]) -> dict[str, str]:
         return dict(entry["outputs"])
@@ -377,9 +393,7 @@ def _distill(run: _Run, student_entry: Mapping[str, Any]) -> dict[str, Any]:
         progress = ((lambda p: run.progress("distillation", p.step, p.total_steps)) if run.progress else None)
         result = distill(copy.deepcopy(student.module), run.loaded.module, train, config, eval_data=evaluation,
                          progress=progress)
-        from dataclasses import replace as _replace
-
-        path = save_module(_replace(student, module=result.student, description=f"{student.description}, distilled"),
+        path = save_module(replace(student, module=result.student, description=f"{student.description}, distilled"),
                            run.out / "model.distill.pt", force=True)
         summary = result.to_dict()
         summary.pop("step_losses", None)  # per-step detail stays in the checkpoint, not the ledger
@@ -469,7 +483,7 @@ def _build(run: _Run, deploy: list[tuple[str, str]]) -> dict[str, Any]:
     from trtopt.backends import get_backend
 
     available, detail = get_backend("tensorrt").availability()
-    material = {"models": {n: sha256_file(p) for n, p in deploy}, "tensorrt": detail if available else None,
+    material = {"models": {n: run.file_digest(p) for n, p in deploy}, "tensorrt": detail if available else None,
                 "batch_sizes": list(run.recipe.batch_sizes), "workspace_mib": run.recipe.workspace_mib}
 
     def go() -> tuple[list[Path], Any]:
@@ -497,7 +511,7 @@ def _bundle(run: _Run, deploy: list[tuple[str, str]], calibration: Mapping[str, 
 
     r = run.recipe
     ranges = calibration["result"]["ranges"] if calibration else None
-    material = {"models": {n: sha256_file(p) for n, p in deploy}, "ranges": run.digest(calibration) if calibration else None,
+    material = {"models": {n: run.file_digest(p) for n, p in deploy}, "ranges": run.digest(calibration) if calibration else None,
                 "target": r.bundle_target, "batch_sizes": list(r.batch_sizes), "workspace_mib": r.workspace_mib}
 
     def go() -> tuple[list[Path], Any]:
@@ -534,7 +548,7 @@ def _profile(run: _Run, onnx: Mapping[str, Any], quantized: Mapping[str, Any] | 
     # TensorRT; on the CPU they run as reference semantics, so they are judged for accuracy only.
     timed = [(n, p) for n, p in _variants(run, onnx, quantized)
              if n in ("onnxruntime-fp32", "onnxruntime-fp32-compressed", "onnxruntime-int8")]
-    material = {**run.model_key(), "variants": {n: sha256_file(p) for n, p in timed}, "timing": to_dict(r.timing),
+    material = {**run.model_key(), "variants": {n: run.file_digest(p) for n, p in timed}, "timing": to_dict(r.timing),
                 "batch_sizes": list(r.batch_sizes), "threads": r.threads, "ort": to_dict(ort), "data": r.data,
                 "compressed": run.digest(compressed) if compressed else None}
 
@@ -557,7 +571,7 @@ def _profile(run: _Run, onnx: Mapping[str, Any], quantized: Mapping[str, Any] | 
 def _compare(run: _Run, onnx: Mapping[str, Any], int8: Mapping[str, Any], compressed: Mapping[str, Any] | None) -> dict[str, Any]:
     r = run.recipe
     variants = _variants(run, onnx, int8.get("quantize"))
-    material = {**run.model_key(), "variants": {n: sha256_file(p) for n, p in variants}, "compare": to_dict(r.compare),
+    material = {**run.model_key(), "variants": {n: run.file_digest(p) for n, p in variants}, "compare": to_dict(r.compare),
                 "data": r.data, "threads": r.threads, "sensitivity": r.sensitivity, "metric": r.metric,
                 "ranges": run.digest(int8["calibration"]) if "calibration" in int8 else None,
                 "compressed": run.digest(compressed) if compressed else None}
@@ -615,17 +629,12 @@ def _measure_accuracy(run: _Run, variants: list[tuple[str, str]], int8: Mapping[
 def _sensitivity(run: _Run, fp32_path: str, int8: Mapping[str, Any], labels: Any, reference: Any) -> dict[str, Any]:
     """Per quantizable layer: the score with only that layer kept in FP32 (ONNX Runtime target)."""
     from trtopt.artifacts import Ranges
-    from trtopt.sensitivity import accuracy_scorer, agreement_scorer, cosine_scorer, layer_sensitivity
+    from trtopt.sensitivity import layer_sensitivity, make_scorer
 
     r = run.recipe
     feed = run.feed(r.data)
     metric = r.metric if r.metric != "auto" else ("accuracy" if labels is not None else "agreement")
-    if metric == "accuracy" and labels is None:
-        raise TrtoptError(f"metric 'accuracy' needs labelled data, but {r.data!r} has no labels",
-                          "use data: dataset:NAME:SPLIT, or metric: agreement / cosine")
-    score = {"accuracy": lambda: accuracy_scorer(feed, labels, r.threads),
-             "agreement": lambda: agreement_scorer(feed, reference, r.threads),
-             "cosine": lambda: cosine_scorer(feed, reference, r.threads)}[metric]()
+    score = make_scorer(metric, feed, reference, labels, r.threads)
     run.step("measuring per-layer INT8 sensitivity (one quantization per layer)")
     ranges = Ranges.load(int8["calibration"]["result"]["ranges"])
     return layer_sensitivity(fp32_path, ranges, replace(r.quantize, target="onnxruntime"), score, run.step)

@@ -48,6 +48,9 @@ def build_report(title: str, bench_result: Mapping[str, Any], accuracy: Mapping[
     return report
 
 
+_LATENCY_KEYS = ("latency_ms_p50", "latency_ms_p99", "cov_percent", "throughput_samples_per_s")
+
+
 def variant_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row per (candidate, batch size) with the seed numbers, units in the keys.
 
@@ -58,57 +61,44 @@ def variant_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     if not report["candidates"]:
         return []
     baseline = next(c for c in report["candidates"] if c["name"] == report["baseline"])
-    task = (report.get("task_accuracy") or {}).get("values", {})
     rows = []
     for per_batch in report["latency"]:
         base_p50 = per_batch["candidates"][report["baseline"]]["latency_ms_p50"]
         for cand in report["candidates"]:
             stats = per_batch["candidates"][cand["name"]]
             speed = stats.get("speedup_vs_baseline") or {}
-            acc = report["accuracy"].get(cand["name"]) or {}
-            first = (acc.get("outputs") or [{}])[0]
-            size = cand.get("size_bytes")
-            rows.append({
-                "variant": cand["name"],
-                "backend": cand["backend"],
-                "precision": cand["precision"],
-                "size_bytes": size,
-                "compression_ratio": metrics.compression_ratio(baseline["size_bytes"], size)
-                if size and baseline.get("size_bytes") else None,
-                "parameters": cand.get("parameters"),
-                "batch_size": per_batch["batch_size"],
-                "latency_ms_p50": stats["latency_ms_p50"],
-                "latency_ms_p99": stats["latency_ms_p99"],
-                "cov_percent": stats["cov_percent"],
-                "throughput_samples_per_s": stats["throughput_samples_per_s"],
-                "speedup_ratio": 1.0 if cand["name"] == report["baseline"]
-                else metrics.speedup_ratio(base_p50, stats["latency_ms_p50"]),
-                "speedup_ci_low": speed.get("speedup_ci_low"),
-                "speedup_ci_high": speed.get("speedup_ci_high"),
-                "speedup_vs": {ref: v["speedup"] for ref, v in (stats.get("speedup_vs") or {}).items()},
-                "top1_agreement": first.get("top1_agreement"),
-                "max_abs_error": first.get("max_abs_error"),
-                "cosine": first.get("cosine"),
-            })
+            rows.append({**_variant_row(report, baseline, cand), "batch_size": per_batch["batch_size"],
+                         **{k: stats[k] for k in _LATENCY_KEYS},
+                         "speedup_ratio": 1.0 if cand["name"] == report["baseline"]
+                         else metrics.speedup_ratio(base_p50, stats["latency_ms_p50"]),
+                         "speedup_ci_low": speed.get("speedup_ci_low"), "speedup_ci_high": speed.get("speedup_ci_high"),
+                         "speedup_vs": {ref: v["speedup"] for ref, v in (stats.get("speedup_vs") or {}).items()}})
     for extra in report.get("untimed", []):
-        first = ((report["accuracy"].get(extra["name"]) or {}).get("outputs") or [{}])[0]
-        size = extra.get("size_bytes")
-        rows.append({"variant": extra["name"], "backend": extra["backend"], "precision": extra["precision"],
-                     "size_bytes": size, "compression_ratio": metrics.compression_ratio(baseline["size_bytes"], size)
-                     if size and baseline.get("size_bytes") else None, "parameters": None, "batch_size": None,
-                     "latency_ms_p50": None, "latency_ms_p99": None, "cov_percent": None, "throughput_samples_per_s": None,
-                     "speedup_ratio": None, "speedup_ci_low": None, "speedup_ci_high": None, "speedup_vs": {},
-                     "top1_agreement": first.get("top1_agreement"), "max_abs_error": first.get("max_abs_error"),
-                     "cosine": first.get("cosine")})
-    base_acc = task.get(report["baseline"])
-    for row in rows:
-        row["accuracy"] = task.get(row["variant"])
-        row["accuracy_drop_points"] = (None if row["accuracy"] is None or base_acc is None
-                                       else (base_acc - row["accuracy"]) * 100.0)
-        base_params, params = baseline.get("parameters"), row["parameters"]
-        row["pruning_rate_percent"] = (metrics.pruning_rate_percent(base_params - params, base_params)
-                                       if base_params and params is not None and params != base_params else None)
+        rows.append({**_variant_row(report, baseline, extra), "batch_size": None, **dict.fromkeys(_LATENCY_KEYS),
+                     "speedup_ratio": None, "speedup_ci_low": None, "speedup_ci_high": None, "speedup_vs": {}})
     return rows
+
+
+def _variant_row(report: Mapping[str, Any], baseline: Mapping[str, Any], variant: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns of a row that do not depend on the batch size: size, parameters, accuracy."""
+    first = ((report["accuracy"].get(variant["name"]) or {}).get("outputs") or [{}])[0]
+    size, params = variant.get("size_bytes"), variant.get("parameters")
+    task = (report.get("task_accuracy") or {}).get("values", {})
+    accuracy, base_acc = task.get(variant["name"]), task.get(report["baseline"])
+    base_params = baseline.get("parameters")
+    return {
+        "variant": variant["name"], "backend": variant["backend"], "precision": variant["precision"],
+        "size_bytes": size,
+        "compression_ratio": metrics.compression_ratio(baseline["size_bytes"], size)
+        if size and baseline.get("size_bytes") else None,
+        "parameters": params,
+        "top1_agreement": first.get("top1_agreement"), "max_abs_error": first.get("max_abs_error"),
+        "cosine": first.get("cosine"),
+        "accuracy": accuracy,
+        "accuracy_drop_points": None if accuracy is None or base_acc is None else (base_acc - accuracy) * 100.0,
+        "pruning_rate_percent": metrics.pruning_rate_percent(base_params - params, base_params)
+        if base_params and params is not None and params != base_params else None,
+    }
 
 
 def _fmt(value: Any, spec: str) -> str:

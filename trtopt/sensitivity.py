@@ -65,6 +65,20 @@ def cosine_scorer(feed: Feed, reference: np.ndarray, threads: int | None = None)
     return score
 
 
+def make_scorer(metric: str, feed: Feed, reference: np.ndarray | None = None, labels: np.ndarray | None = None,
+                threads: int | None = None) -> Scorer:
+    """The scorer for ``metric``: "accuracy" (needs ``labels``), "agreement" or "cosine" (need the FP32
+    ``reference`` outputs)."""
+    if metric == "accuracy":
+        if labels is None:
+            raise TrtoptError("metric 'accuracy' needs labelled data, but the data has no labels",
+                              "use data: dataset:NAME:SPLIT, or metric agreement / cosine")
+        return accuracy_scorer(feed, labels, threads)
+    if metric not in ("agreement", "cosine"):
+        raise TrtoptError(f"unknown metric {metric!r}", "use accuracy, agreement or cosine")
+    return (agreement_scorer if metric == "agreement" else cosine_scorer)(feed, reference, threads)
+
+
 def quantizable_layers(onnx_path: str | os.PathLike, config: QuantizeConfig) -> list[str]:
     """Names of the GEMM-like nodes ``config`` would quantize."""
     import onnx
