@@ -10,7 +10,7 @@ Measured (calibration only, not quantization): wall time of the calibration call
 the process that made it. Each run is a fresh subprocess, so peak RSS (``ru_maxrss``) is per run.
 
 - trtopt ``entropy`` and ``percentile`` (at 99.999 %, ORT's default, so the ranges can be compared):
-  ``trtopt.calibrate.calibrate`` over a generator of batches, default ONNX Runtime session.
+  ``trtopt.quant.calibrate.calibrate`` over a generator of batches, default ONNX Runtime session.
 - ONNX Runtime ``Entropy`` and ``Percentile``: ``create_calibrator`` (augmented model in a temp dir),
   ``collect_data`` over a ``CalibrationDataReader``, ``compute_data``, with the options
   ``quantize_static`` passes by default (Entropy: 128 bins, 128 quantized bins; Percentile: 2048 bins,
@@ -93,7 +93,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     if tool == "modelopt":  # runs in ModelOpt's own venv, without trtopt: the data come as a .npy file
         return modelopt_child(spec, method)
     if tool == "trtopt":
-        from trtopt.calibrate import CalibrationConfig, calibrate
+        from trtopt.quant.calibrate import CalibrationConfig, calibrate
 
         # 99.999 %: what ORT's Percentile calibrator uses by default, so the two ranges can be compared
         # (trtopt's own default is 99.99; the percentile does not change the cost).
@@ -210,7 +210,7 @@ def fit_line(points: list[tuple[int, float]]) -> tuple[float, float] | None:
 def export_model(folder: Path) -> dict[str, Any]:
     from trtopt.data import load_feed
     from trtopt.export import export_onnx
-    from trtopt.models import load_model
+    from trtopt.models.load import load_model
 
     loaded = load_model("torchvision:resnet18")
     feed = load_feed("skimage:photos", loaded.inputs, count=8, preprocess=loaded.preprocess)

@@ -3,7 +3,7 @@
 Parts (``--part``), each writing ``benchmarks/results/distill_<part>.json``:
 
 - ``digits``: ``zoo:digits_cnn`` (teacher, 98.9 % on the digits test split) structurally pruned to ~50 %
-  of its conv channels (`trtopt.prune`, Torch-Pruning's dependency graph), then trained for the same
+  of its conv channels (`trtopt.compress.prune`, Torch-Pruning's dependency graph), then trained for the same
   number of steps twice from the same pruned weights: distilled from the unpruned teacher
   (α·CE + (1 − α)·T²·KL) and, for contrast, fine-tuned with CE only. Reports test accuracy of the
   teacher, right after pruning, after KD and after CE fine-tuning, and the exported ONNX latency of
@@ -31,16 +31,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from trtopt.bench import bench, onnx_candidate
-from trtopt.config import ExportConfig
+from trtopt.measure.bench import bench, onnx_candidate
+from trtopt.export import ExportConfig
 from trtopt.datasets import load_dataset
-from trtopt.distill import DistillConfig, distill
+from trtopt.compress.config import DistillConfig
+from trtopt.compress.distill import distill
 from trtopt.environment import environment
 from trtopt.export import export_onnx
 from trtopt.files import write_json
-from trtopt.models import LoadedModel, load_model
-from trtopt.profile import TimingConfig
-from trtopt.prune import PruneConfig, count_macs, prune
+from trtopt.models.spec import LoadedModel
+from trtopt.models.load import load_model
+from trtopt.measure.profile import TimingConfig
+from trtopt.compress.config import PruneConfig
+from trtopt.compress.prune import count_macs, prune
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -174,7 +177,7 @@ def _lee_scores(module: torch.nn.Module, docs_feed: dict[str, np.ndarray], ratin
 
 
 def part_minilm(args: argparse.Namespace) -> dict[str, Any]:
-    from trtopt.zoo import tokenize_for_minilm
+    from trtopt.models.zoo import tokenize_for_minilm
 
     docs, ratings, background = _lee_files()
     sentences = _sentences(background)
@@ -219,7 +222,7 @@ def part_minilm(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def part_sparse(args: argparse.Namespace) -> dict[str, Any]:
-    from trtopt.prune import check_2to4
+    from trtopt.trt.sparsity import check_2to4
 
     train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
     x_train, x_test = train.inputs["input"], test.inputs["input"]

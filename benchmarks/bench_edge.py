@@ -29,18 +29,22 @@ from typing import Any
 
 import numpy as np
 
-from trtopt.bench import Candidate, bench, edge_candidate, onnx_candidate, run_all, torch_candidate
-from trtopt.calibrate import CalibrationConfig, calibrate
-from trtopt.config import ExportConfig, OrtConfig
+from trtopt.measure.bench import Candidate, bench, edge_candidate, onnx_candidate, run_all, torch_candidate
+from trtopt.quant.calibrate import CalibrationConfig, calibrate
+from trtopt.export import ExportConfig
+from trtopt.backends.ort import OrtConfig
 from trtopt.data import iter_photo_crops, load_feed
-from trtopt.edge import EdgeConfig, export_edge, inspect_edge
+from trtopt.edge.export import export_edge
+from trtopt.edge.convert import EdgeConfig
+from trtopt.edge.artifact import inspect_edge
 from trtopt.environment import environment, package_version
 from trtopt.errors import TrtoptError
 from trtopt.export import export_onnx
 from trtopt.files import write_json
-from trtopt.models import InputSpec, LoadedModel, load_model
-from trtopt.profile import TimingConfig
-from trtopt.quantize import QuantizeConfig, quantize
+from trtopt.models.spec import InputSpec, LoadedModel
+from trtopt.models.load import load_model
+from trtopt.measure.profile import TimingConfig
+from trtopt.quant.quantize import QuantizeConfig, quantize
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "edge_cpu.json"
@@ -76,7 +80,7 @@ def datasets(name: str, loaded: LoadedModel) -> tuple[dict[str, np.ndarray], dic
         crops = {"input": np.concatenate([b["input"] for b in iter_photo_crops(32, pre=loaded.preprocess)])}
         return crops, photos, "calibrate: 32 random crops of the photos; evaluate: the 19 scikit-image photos"
     if name == "minilm_l6":
-        from trtopt.zoo import minilm_card_sentences, tokenize_for_minilm
+        from trtopt.models.zoo import minilm_card_sentences, tokenize_for_minilm
 
         card = minilm_card_sentences()
         return (tokenize_for_minilm(card[::2][:32]), tokenize_for_minilm(card[1::2]),

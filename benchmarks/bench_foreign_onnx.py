@@ -11,7 +11,7 @@ Outcomes: ``ok`` (every stage ran), ``not_quantizable`` (it ran, calibrated, and
 because there is no Conv/MatMul/Gemm for INT8 to speed up), ``error`` (a stage refused with trtopt's
 one-line error, which names the op and target for unsupported ops), ``crash`` (an exception that is not
 a TrtoptError: a trtopt bug; there should be none). Models whose ops ONNX Runtime no longer has at their
-old opset are retried after ``trtopt.foreign.upgrade_opset`` to opset 17 and counted separately.
+old opset are retried after ``trtopt.quant.foreign.upgrade_opset`` to opset 17 and counted separately.
 
 Writes ``benchmarks/results/foreign_onnx.json``. Run: ``flock /tmp/trtopt-heavy.lock python
 benchmarks/bench_foreign_onnx.py`` (about a minute on 2 cores; no timing, so the lock only keeps
@@ -32,7 +32,7 @@ import numpy as np
 from trtopt.environment import environment
 from trtopt.errors import TrtoptError
 from trtopt.files import write_json
-from trtopt.foreign import check_pipeline, load_case, node_cases, shipped_cases, upgrade_opset
+from trtopt.quant.foreign import check_pipeline, load_case, node_cases, shipped_cases, upgrade_opset
 
 OUT = Path(__file__).resolve().parent / "results" / "foreign_onnx.json"
 

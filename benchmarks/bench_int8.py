@@ -23,18 +23,19 @@ from typing import Any
 import numpy as np
 
 from trtopt.artifacts import inspect_onnx
-from trtopt.bench import bench, onnx_candidate, run_all
-from trtopt.calibrate import CalibrationConfig, calibrate
-from trtopt.compare import topk_accuracy
-from trtopt.config import ExportConfig, OrtConfig
+from trtopt.measure.bench import bench, onnx_candidate, run_all
+from trtopt.quant.calibrate import CalibrationConfig, calibrate
+from trtopt.measure.compare import topk_accuracy
+from trtopt.export import ExportConfig
+from trtopt.backends.ort import OrtConfig
 from trtopt.data import iter_photo_crops, load_feed
 from trtopt.environment import environment
 from trtopt.export import export_onnx
 from trtopt.files import write_json
-from trtopt.models import load_model
-from trtopt.profile import TimingConfig
-from trtopt.quantize import QuantizeConfig, quantize
-from trtopt.sensitivity import choose_mixed_precision, cosine_scorer
+from trtopt.models.load import load_model
+from trtopt.measure.profile import TimingConfig
+from trtopt.quant.quantize import QuantizeConfig, quantize
+from trtopt.quant.sensitivity import choose_mixed_precision, cosine_scorer
 
 OUT = Path(__file__).resolve().parent / "results" / "int8_cpu.json"
 THREADS = 2
@@ -133,7 +134,7 @@ def digits(tmp: Path) -> dict[str, Any]:
 
 
 def minilm(tmp: Path, mixed: bool) -> dict[str, Any]:
-    from trtopt.zoo import minilm_card_sentences, tokenize_for_minilm
+    from trtopt.models.zoo import minilm_card_sentences, tokenize_for_minilm
 
     loaded = load_model("zoo:minilm_l6")
     card = minilm_card_sentences()

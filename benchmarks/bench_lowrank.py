@@ -27,15 +27,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compress_common import THREADS, digits_distill_config, minilm_cosine, minilm_data, minilm_distill_config
 
-from trtopt.bench import bench, onnx_candidate
-from trtopt.config import ExportConfig, OrtConfig
-from trtopt.distill import distill
+from trtopt.measure.bench import bench, onnx_candidate
+from trtopt.export import ExportConfig
+from trtopt.backends.ort import OrtConfig
+from trtopt.compress.distill import distill
 from trtopt.environment import environment
 from trtopt.export import export_onnx
 from trtopt.files import write_json
-from trtopt.lowrank import LowRankConfig, factorize
-from trtopt.models import LoadedModel, load_model
-from trtopt.profile import TimingConfig
+from trtopt.compress.config import LowRankConfig
+from trtopt.compress.lowrank import factorize
+from trtopt.models.spec import LoadedModel
+from trtopt.models.load import load_model
+from trtopt.measure.profile import TimingConfig
 
 OUT = Path(__file__).resolve().parent / "results" / "lowrank.json"
 
@@ -157,7 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     results: dict[str, Any] = json.loads(OUT.read_text()) if OUT.exists() else {}
-    results.update({"benchmark": "low-rank factorization (trtopt.lowrank)", "threads": THREADS, "environment": environment()})
+    results.update({"benchmark": "low-rank factorization (trtopt.compress.lowrank)", "threads": THREADS, "environment": environment()})
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
         work = Path(args.workdir) if args.workdir else Path(d)

@@ -21,15 +21,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from trtopt.bench import bench, onnx_candidate
-from trtopt.config import ExportConfig
+from trtopt.measure.bench import bench, onnx_candidate
+from trtopt.export import ExportConfig
 from trtopt.data import random_feed
 from trtopt.environment import environment
 from trtopt.export import export_onnx
 from trtopt.files import write_json
-from trtopt.models import load_model
-from trtopt.profile import TimingConfig
-from trtopt.prune import PruneConfig, prune_loaded
+from trtopt.models.load import load_model
+from trtopt.measure.profile import TimingConfig
+from trtopt.compress.config import PruneConfig
+from trtopt.compress.prune import prune_loaded
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -25,8 +25,11 @@ from trtopt.datasets import load_dataset
 from trtopt.environment import environment
 from trtopt.export import export_onnx
 from trtopt.files import write_json
-from trtopt.models import load_model
-from trtopt.prune import PruneConfig, SpeedupTargetConfig, check_2to4, prune_loaded, prune_to_speedup
+from trtopt.models.load import load_model
+from trtopt.compress.config import PruneConfig
+from trtopt.speedup_search import SpeedupTargetConfig, prune_to_speedup
+from trtopt.trt.sparsity import check_2to4
+from trtopt.compress.prune import prune_loaded
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

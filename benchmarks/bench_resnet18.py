@@ -12,14 +12,16 @@ import os
 import tempfile
 from pathlib import Path
 
-from trtopt.bench import bench, onnx_candidate, torch_candidate
-from trtopt.config import ExportConfig, OrtConfig
+from trtopt.measure.bench import bench, onnx_candidate, torch_candidate
+from trtopt.export import ExportConfig
+from trtopt.backends.ort import OrtConfig
 from trtopt.data import load_feed
 from trtopt.export import export_onnx
 from trtopt.files import write_json
-from trtopt.models import load_model
-from trtopt.profile import TimingConfig
-from trtopt.report import build_report, markdown_table
+from trtopt.models.load import load_model
+from trtopt.measure.profile import TimingConfig
+from trtopt.report.model import build_report
+from trtopt.report.markdown import markdown_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -6,7 +6,7 @@ exact round trip of the file format, and trtopt's 1-D k-means against scikit-lea
 - zoo:all-MiniLM-L6-v2: mean embedding cosine vs FP32 on the model card's sentences (held out), after
   clustering and after tied distillation (cosine loss) on ~1,300 English sentences from Python
   standard-library docstrings.
-- k-means: time (best of 3) and inertia of trtopt.share.kmeans_1d vs sklearn.cluster.KMeans
+- k-means: time (best of 3) and inertia of trtopt.compress.share.kmeans_1d vs sklearn.cluster.KMeans
   (n_init=1, k-means++, Lloyd) on real weight tensors.
 Writes ``benchmarks/results/share.json``. Run under ``flock /tmp/trtopt-heavy.lock``; 2 threads.
 """
@@ -29,8 +29,9 @@ from compress_common import THREADS, digits_distill_config, minilm_cosine, minil
 
 from trtopt.environment import environment
 from trtopt.files import write_json
-from trtopt.share import ShareConfig, cluster_weights, finetune_shared, kmeans_1d, load_shared, save_shared
-from trtopt.zoo import load
+from trtopt.compress.config import ShareConfig
+from trtopt.compress.share import cluster_weights, finetune_shared, kmeans_1d, load_shared, save_shared
+from trtopt.models.zoo import load
 
 OUT = Path(__file__).resolve().parent / "results" / "share.json"
 
@@ -139,7 +140,7 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=("digits", "minilm", "kmeans"))
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
-    results: dict[str, Any] = {"benchmark": "weight sharing (trtopt.share)", "threads": THREADS,
+    results: dict[str, Any] = {"benchmark": "weight sharing (trtopt.compress.share)", "threads": THREADS,
                                "note": "sharing shrinks storage/downloads only; ONNX/TensorRT run decoded weights",
                                "environment": environment()}
     start = time.perf_counter()

@@ -51,7 +51,7 @@ def minilm_data() -> dict[str, Any]:
     tokens, held out for evaluation; plus the counts."""
     import torch
 
-    from trtopt.zoo import minilm_card_sentences, tokenize_for_minilm
+    from trtopt.models.zoo import minilm_card_sentences, tokenize_for_minilm
 
     text, card = docstring_sentences(), minilm_card_sentences()
 
@@ -73,7 +73,7 @@ def minilm_cosine(model: Any, reference: np.ndarray, card: dict[str, Any]) -> di
 
 def minilm_distill_config(steps: int, lr: float) -> Any:
     """Cosine-loss distillation from the FP32 encoder: batch 16, evaluation (for best-step restore) 4 times."""
-    from trtopt.distill import DistillConfig
+    from trtopt.compress.config import DistillConfig
 
     return DistillConfig(output_loss="cosine", epochs=None, max_steps=steps, batch_size=16, lr=lr,
                          eval_every=max(steps // 4, 1), device="cpu")
@@ -81,6 +81,6 @@ def minilm_distill_config(steps: int, lr: float) -> Any:
 
 def digits_distill_config(epochs: int) -> Any:
     """KD (T=4) + labels (α=0.5) on the digits train split, AdamW 1e-3, batch 64."""
-    from trtopt.distill import DistillConfig
+    from trtopt.compress.config import DistillConfig
 
     return DistillConfig(alpha=0.5, temperature=4.0, epochs=epochs, batch_size=64, lr=1e-3, device="cpu")

@@ -1,10 +1,10 @@
-"""Train `trtopt.nets.DigitsCNN` on scikit-learn's digits: the weights behind ``zoo:digits_cnn``.
+"""Train `trtopt.models.nets.DigitsCNN` on scikit-learn's digits: the weights behind ``zoo:digits_cnn``.
 
 Deterministic (fixed seed, fixed thread count, deterministic algorithms, no data-loader workers): the
 same torch build on the same CPU type gives the same weights. Trains on the ``train`` split only,
 reports accuracy on ``test``, and writes
 
-- ``trtopt/weights/digits_cnn.pt``: the state dict (float32, ~380 KB), loaded by ``zoo:digits_cnn``;
+- ``trtopt/models/weights/digits_cnn.pt``: the state dict (float32, ~380 KB), loaded by ``zoo:digits_cnn``;
 - ``benchmarks/results/digits_cnn_training.json``: recipe, seconds, train/test accuracy, parameter
   count, hashes of the split and of the weights, environment.
 
@@ -28,10 +28,10 @@ from torch import nn
 from trtopt.datasets import DIGITS_LOW, load_dataset
 from trtopt.environment import environment
 from trtopt.files import atomic_output, sha256_file, write_json
-from trtopt.nets import DigitsCNN
+from trtopt.models.nets import DigitsCNN
 
 ROOT = Path(__file__).resolve().parent.parent
-WEIGHTS = ROOT / "trtopt" / "weights" / "digits_cnn.pt"
+WEIGHTS = ROOT / "trtopt" / "models" / "weights" / "digits_cnn.pt"
 RESULTS = ROOT / "benchmarks" / "results" / "digits_cnn_training.json"
 
 
@@ -129,7 +129,7 @@ def main() -> None:
         tmp.write_bytes(buffer.getvalue())
     n_params = sum(p.numel() for p in model.parameters())
     result = {
-        "model": "trtopt.nets:DigitsCNN",
+        "model": "trtopt.models.nets:DigitsCNN",
         "widths": [model.conv1.out_channels, model.conv2.out_channels, model.conv3.out_channels],
         "dataset": "digits",
         "train_samples": len(train),

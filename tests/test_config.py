@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from trtopt.compare import Tolerances
-from trtopt.config import (
-    RECIPE_VERSION,
-    ExportConfig,
-    OrtConfig,
-    Recipe,
-    dump_recipe,
-    from_dict,
-    load_recipe,
-    merge,
-    to_dict,
-)
+from trtopt.measure.compare import Tolerances
+from trtopt.config import RECIPE_VERSION, Recipe, dump_recipe, load_recipe
+from trtopt.export import ExportConfig
+from trtopt.backends.ort import OrtConfig
+from trtopt._config import from_dict, merge, to_dict
 from trtopt.errors import TrtoptError
-from trtopt.profile import TimingConfig
+from trtopt.measure.profile import TimingConfig
 
 
 def full_recipe_dict() -> dict:
@@ -61,8 +54,8 @@ def test_from_dict_builds_nested_configs_and_tuples():
 
 
 def test_from_dict_minimal_recipe_uses_defaults():
-    r = from_dict(Recipe, {"model": "tiny_models:tiny_cnn"})
-    assert r == Recipe(model="tiny_models:tiny_cnn")
+    r = from_dict(Recipe, {"model": "tests.helpers.tiny_models:tiny_cnn"})
+    assert r == Recipe(model="tests.helpers.tiny_models:tiny_cnn")
     assert r.export == ExportConfig() and r.ort == OrtConfig() and r.timing == TimingConfig()
     assert r.batch_sizes == (1, 8)
     assert r.version == RECIPE_VERSION

@@ -19,7 +19,7 @@ from trtopt.data import (
     take_batch,
 )
 from trtopt.errors import TrtoptError
-from trtopt.models import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess, InputSpec
+from trtopt.models.spec import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess, InputSpec
 
 CNN_INPUTS = (InputSpec("input", (3, 32, 32), "float32", -1.0, 1.0),)
 MLP_INPUTS = (InputSpec("features", (6,), "float32", -1.0, 1.0), InputSpec("mask", (6,), "float32", 0.0, 1.0))
@@ -102,9 +102,9 @@ def test_load_npz_single_array_for_single_input(tmp_path):
 
 
 def test_load_npz_for_tiny_two_input_model_runs_it(tmp_path):
-    from trtopt.models import load_model
+    from trtopt.models.load import load_model
 
-    m = load_model("tiny_models:two_input_mlp")
+    m = load_model("tests.helpers.tiny_models:two_input_mlp")
     path = tmp_path / "x.npz"
     np.savez(path, features=rng_array((3, 6)), mask=np.ones((3, 6), np.float32))
     feed = load_feed(path, m.inputs)

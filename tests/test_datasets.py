@@ -17,7 +17,7 @@ from trtopt.errors import TrtoptError
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAINING_JSON = ROOT / "benchmarks" / "results" / "digits_cnn_training.json"
-WEIGHTS = ROOT / "trtopt" / "weights" / "digits_cnn.pt"
+WEIGHTS = ROOT / "trtopt" / "models" / "weights" / "digits_cnn.pt"
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def training_record() -> dict:
 
 @pytest.fixture(scope="module")
 def digits_cnn():
-    from trtopt.models import load_model
+    from trtopt.models.load import load_model
 
     return load_model("zoo:digits_cnn")
 

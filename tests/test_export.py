@@ -13,11 +13,11 @@ import torch
 
 import trtopt.export as export_mod
 from trtopt.artifacts import inspect_onnx
-from trtopt.config import ExportConfig
+from trtopt.export import ExportConfig
 from trtopt.data import random_feed
 from trtopt.errors import TrtoptError
 from trtopt.export import check_parity, export_onnx
-from trtopt.models import load_model
+from trtopt.models.load import load_model
 
 TORCHSCRIPT = ExportConfig(exporter="torchscript", opset=17)
 
@@ -36,7 +36,7 @@ def _ort_out(path, feed):
 @pytest.fixture(scope="module")
 def cnn_export(tmp_path_factory):
     """The tiny CNN exported once with the defaults (dynamo, opset 18, dynamic batch, simplified)."""
-    loaded = load_model("tiny_models:tiny_cnn")
+    loaded = load_model("tests.helpers.tiny_models:tiny_cnn")
     path = tmp_path_factory.mktemp("export") / "tiny_cnn.onnx"
     return loaded, export_onnx(loaded, path)
 
@@ -121,7 +121,7 @@ def test_dynamo_only_failure_suggests_torchscript(tiny_cnn, tmp_path, monkeypatc
     with pytest.raises(TrtoptError, match="dynamo exporter failed") as err:
         export_onnx(tiny_cnn, tmp_path / "m.onnx", ExportConfig(exporter="dynamo"))
     assert "torchscript" in str(err.value) and "aten::frobnicate" in str(err.value)
-    assert "tiny_models:tiny_cnn" in str(err.value)
+    assert "tests.helpers.tiny_models:tiny_cnn" in str(err.value)
     assert calls == [True]  # no silent fallback when dynamo was asked for
     assert list(tmp_path.iterdir()) == []
 
@@ -133,7 +133,7 @@ def test_both_exporters_failing_is_an_error_naming_the_model(tiny_cnn, tmp_path,
     monkeypatch.setattr(export_mod, "_torch_export", broken)
     with pytest.raises(TrtoptError, match="TorchScript exporter failed") as err:
         export_onnx(tiny_cnn, tmp_path / "m.onnx")
-    assert "tiny_models:tiny_cnn" in str(err.value) and "cannot trace this" in str(err.value)
+    assert "tests.helpers.tiny_models:tiny_cnn" in str(err.value) and "cannot trace this" in str(err.value)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -199,7 +199,7 @@ def test_wrong_feed_shape_is_named_before_exporting(tiny_cnn, tmp_path):
 
 
 def test_two_input_model_exports_with_named_inputs(tmp_path):
-    loaded = load_model("tiny_models:two_input_mlp")
+    loaded = load_model("tests.helpers.tiny_models:two_input_mlp")
     art = export_onnx(loaded, tmp_path / "two.onnx")
     assert [(t.name, t.shape) for t in art.inputs] == [("features", ("batch", 6)), ("mask", ("batch", 6))]
     feed = random_feed(loaded.inputs, 5, seed=6)
@@ -241,12 +241,12 @@ def test_force_overwrites(tiny_cnn, tmp_path):
 
 @pytest.mark.parametrize("config", [ExportConfig(), TORCHSCRIPT], ids=["dynamo", "torchscript"])
 def test_parity_failure_names_the_output_and_writes_nothing(tmp_path, config):
-    loaded = load_model("tiny_models:drifting")
+    loaded = load_model("tests.helpers.tiny_models:drifting")
     out_dir = tmp_path / "out"
     with pytest.raises(TrtoptError, match="differs from PyTorch") as err:
         export_onnx(loaded, out_dir / "drift.onnx", config)
     message = str(err.value)
-    assert "'output'" in message and "tiny_models:drifting" in message and "max_abs_error" in message
+    assert "'output'" in message and "tests.helpers.tiny_models:drifting" in message and "max_abs_error" in message
     assert list(out_dir.iterdir()) == []  # no model, no side file, no staging folder
 
 
@@ -274,7 +274,7 @@ def test_a_feed_without_the_model_input_is_named_in_the_error(tiny_cnn, tmp_path
 def test_on_step_reports_progress(tiny_cnn, tmp_path):
     steps = []
     export_onnx(tiny_cnn, tmp_path / "m.onnx", TORCHSCRIPT, on_step=steps.append)
-    assert steps[0].startswith("exporting") and "tiny_models:tiny_cnn" in steps[0]
+    assert steps[0].startswith("exporting") and "tests.helpers.tiny_models:tiny_cnn" in steps[0]
     assert any("parity" in s for s in steps) and steps[-1] == "writing"
 
 

@@ -10,15 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from trtopt.config import Recipe, from_dict
+from trtopt.config import Recipe
+from trtopt._config import from_dict
 from trtopt.errors import TrtoptError
 from trtopt.pipeline import optimize
-from trtopt.profile import TimingConfig
-from trtopt.report_html import markdown_to_html, pareto_front
+from trtopt.measure.profile import TimingConfig
+from trtopt.report.html import markdown_to_html
+from trtopt.report.plots import pareto_front
 
 
 def tiny_recipe(**changes) -> Recipe:
-    recipe = Recipe(model="tiny_models:tiny_cnn", batch_sizes=(1, 2), threads=1,
+    recipe = Recipe(model="tests.helpers.tiny_models:tiny_cnn", batch_sizes=(1, 2), threads=1,
                     timing=TimingConfig(warmup_iterations=1, iterations=5))
     return replace(recipe, **changes)
 
@@ -147,7 +149,7 @@ def run_cli(args, cwd, env):
 
 
 def test_cli_optimize_prints_the_report_path(tmp_path, cli_env):
-    Path(tmp_path / "r.yaml").write_text("model: tiny_models:tiny_cnn\nbatch_sizes: [1]\nthreads: 1\n"
+    Path(tmp_path / "r.yaml").write_text("model: tests.helpers.tiny_models:tiny_cnn\nbatch_sizes: [1]\nthreads: 1\n"
                                          "stages: [export, profile]\ntiming:\n  iterations: 3\n")
     r = run_cli(["optimize", "r.yaml", "--out", "run"], tmp_path, cli_env)
     assert r.returncode == 0, r.stderr
@@ -171,7 +173,7 @@ def test_cli_bad_recipes_name_the_key_and_line(tmp_path, cli_env, body, needles)
 
 
 def test_cli_missing_data_path_is_named(tmp_path, cli_env):
-    (tmp_path / "r.yaml").write_text("model: tiny_models:tiny_cnn\ndata: missing/images\nstages: [export]\n")
+    (tmp_path / "r.yaml").write_text("model: tests.helpers.tiny_models:tiny_cnn\ndata: missing/images\nstages: [export]\n")
     r = run_cli(["optimize", "r.yaml", "--out", "run"], tmp_path, cli_env)
     assert r.returncode == 2 and "data source missing/images does not exist" in r.stderr
 

@@ -10,10 +10,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from trtopt.config import ExportConfig
+from trtopt.export import ExportConfig
 from trtopt.data import load_feed, take_batch
 from trtopt.export import export_onnx
-from trtopt.models import InputSpec, LoadedModel, load_model
+from trtopt.models.spec import InputSpec, LoadedModel
+from trtopt.models.load import load_model
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +61,7 @@ def test_pretrained_efficientnet_lite0_agrees_on_real_photos(tmp_path):
 
 
 def test_minilm_sentence_encoder_on_real_text(tmp_path):
-    from trtopt.zoo import tokenize_for_minilm
+    from trtopt.models.zoo import tokenize_for_minilm
 
     loaded = load_model("zoo:minilm_l6")
     feed = tokenize_for_minilm(SENTENCES)
@@ -131,9 +132,9 @@ def test_efficientnet_int8_agreement_at_least_ort_quantize_static(tmp_path):
 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from trtopt.calibrate import CalibrationConfig, calibrate
+    from trtopt.quant.calibrate import CalibrationConfig, calibrate
     from trtopt.data import iter_photo_crops
-    from trtopt.quantize import QuantizeConfig, quantize
+    from trtopt.quant.quantize import QuantizeConfig, quantize
 
     loaded = load_model("zoo:efficientnet_lite0")
     photos = load_feed("skimage:photos", loaded.inputs, preprocess=loaded.preprocess)

@@ -2,6 +2,6 @@
 
 import sys
 
-from trtopt.cli import main
+from trtopt.cli.main import main
 
 sys.exit(main())

@@ -47,7 +47,7 @@ class OnnxArtifact:
         metadata: the model's ``trtopt.*`` metadata properties (e.g. the quantization target).
         exporter: "dynamo" or "torchscript" when trtopt exported it, else None.
         notes: how it was made, e.g. why the exporter fell back, whether it was simplified.
-        parity: the parity-check result (see `trtopt.compare.compare_outputs`), per batch size.
+        parity: the parity-check result (see `trtopt.measure.compare.compare_outputs`), per batch size.
     """
 
     path: Path

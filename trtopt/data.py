@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from trtopt.errors import TrtoptError, missing_dependency
-from trtopt.models import ImagePreprocess, InputSpec
+from trtopt.models.spec import ImagePreprocess, InputSpec
 
 Feed = dict[str, np.ndarray]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
@@ -96,7 +96,7 @@ def _load_path(source: str, inputs: Sequence[InputSpec], preprocess: ImagePrepro
 
         return feed_source(*_dataset_parts(source))
     if source == "text:minilm-card":
-        from trtopt.zoo import minilm_card_sentences, tokenize_for_minilm
+        from trtopt.models.zoo import minilm_card_sentences, tokenize_for_minilm
 
         return {k: np.asarray(v) for k, v in tokenize_for_minilm(minilm_card_sentences()).items()}
     if source == "skimage:photos":

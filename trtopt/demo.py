@@ -18,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trtopt.calibrate import CalibrationConfig
+from trtopt.quant.calibrate import CalibrationConfig
 from trtopt.config import DEFAULT_STAGES, Recipe
-from trtopt.profile import TimingConfig
+from trtopt.measure.profile import TimingConfig
 
 DEMO_MODEL = "zoo:efficientnet_lite0"
 DEMO_DATA = "skimage:photos"

@@ -16,7 +16,7 @@ from trtopt.environment import environment, gpus, package_version
 
 def probe_cuda() -> dict[str, Any]:
     """CUDA devices (name, compute capability), driver and runtime versions via cuda-python, without raising."""
-    from trtopt.cuda import probe_gpus
+    from trtopt.trt.cuda import probe_gpus
 
     return probe_gpus()
 
@@ -41,10 +41,10 @@ def diagnose() -> dict[str, Any]:
     found["onnxruntime"] = probe_onnxruntime()
     found["cuda"] = probe_cuda()
     found["gpus"] = gpus()
-    from trtopt.backends.trt import _installed_version
-    from trtopt.cuda import installed_libraries
+    from trtopt.trt.runtime import installed_version
+    from trtopt.trt.cuda import installed_libraries
 
-    found["tensorrt"] = {"version": _installed_version(), "cuda_libraries": installed_libraries(),
+    found["tensorrt"] = {"version": installed_version(), "cuda_libraries": installed_libraries(),
                          "torch_tensorrt": package_version("torch-tensorrt")}
     advice = []
     if not found["backends"]["tensorrt"]["available"]:

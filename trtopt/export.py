@@ -17,15 +17,63 @@ from pathlib import Path
 from typing import Any
 
 from trtopt.artifacts import OnnxArtifact, inspect_onnx
-from trtopt.compare import compare_outputs, failed_outputs_message
-from trtopt.config import ExportConfig, OrtConfig
+from trtopt.measure.compare import Tolerances, compare_outputs, failed_outputs_message
+from trtopt._config import check_choice
+from trtopt.backends.ort import OrtConfig
+from dataclasses import dataclass, field
 from trtopt.data import Feed, check_feed, random_feed, take_batch
 from trtopt.errors import TrtoptError
 from trtopt.files import ensure_writable, staging_dir
-from trtopt.models import LoadedModel
+from trtopt.models.spec import LoadedModel
 
 # Protobuf cannot serialize a message over 2 GiB; stay clear of it when weights are inline.
 INLINE_LIMIT_BYTES = 1_800_000_000
+
+
+EXPORTERS = ("auto", "dynamo", "torchscript")
+
+EXTERNAL_DATA = ("auto", "always", "never")
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """How a PyTorch model becomes ONNX.
+
+    Attributes:
+        opset: ONNX opset; the dynamo exporter needs >= 18.
+        dynamic_batch: make axis 0 of every input and output symbolic ("batch").
+        exporter: "dynamo" (torch.export based), "torchscript" (the legacy tracer), or "auto": dynamo,
+            falling back to TorchScript when dynamo fails; the artifact records which one ran and why.
+        example_batch_size: batch of the example inputs used for tracing. At least 2, otherwise the
+            exporter may specialize the batch axis to 1.
+        simplify: run onnxslim (constant folding, dead-node removal, fusion of trivial patterns).
+        external_data: "auto" keeps weights inline unless the model is near protobuf's 2 GB limit,
+            "always" writes them to ``<name>.onnx.data``, "never" forbids the side file.
+        check_parity: run the exported model in ONNX Runtime and compare it with PyTorch before the
+            file is moved into place; a failing export is never written.
+        parity_batch_sizes: batch sizes checked (proves the dynamic batch axis works).
+        parity: error tolerances for the parity check (FP32 vs FP32: tight).
+    """
+
+    opset: int = 18
+    dynamic_batch: bool = True
+    exporter: str = "auto"
+    example_batch_size: int = 2
+    simplify: bool = True
+    external_data: str = "auto"
+    check_parity: bool = True
+    parity_batch_sizes: tuple[int, ...] = (1, 8)
+    parity: Tolerances = field(default_factory=lambda: Tolerances(atol=1e-4, rtol=1e-3, min_cosine=0.9999))
+
+    def __post_init__(self) -> None:
+        check_choice("export.exporter", self.exporter, EXPORTERS)
+        check_choice("export.external_data", self.external_data, EXTERNAL_DATA)
+        if not isinstance(self.opset, int) or isinstance(self.opset, bool) or not 7 <= self.opset <= 25:
+            raise TrtoptError(f"export.opset={self.opset!r} is not an integer in 7..25", "use an opset such as 17 or 18")
+        if self.exporter == "dynamo" and self.opset < 18:
+            raise TrtoptError(f"the dynamo exporter emits opset >= 18, but export.opset={self.opset}",
+                              "use opset 18+ or exporter 'torchscript'")
+        if self.example_batch_size < 1 or any(b < 1 for b in self.parity_batch_sizes):
+            raise TrtoptError("export batch sizes must be >= 1", "fix example_batch_size / parity_batch_sizes")
 
 
 def export_onnx(loaded: LoadedModel, path: str | os.PathLike, config: ExportConfig = ExportConfig(),
@@ -34,7 +82,7 @@ def export_onnx(loaded: LoadedModel, path: str | os.PathLike, config: ExportConf
     """Export ``loaded`` to ONNX at ``path`` and return the checked artifact.
 
     Args:
-        loaded: the model and its input specs (see `trtopt.models.load_model`).
+        loaded: the model and its input specs (see `trtopt.models.load.load_model`).
         path: destination ``.onnx`` file; a ``<path>.data`` side file is written beside it when the
             weights are external.
         config: exporter, opset, dynamic batch, simplification, external data, parity tolerances.

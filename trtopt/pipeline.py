@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from trtopt._version import __version__
-from trtopt.config import Recipe, dump_recipe, to_dict
+from trtopt.config import Recipe, dump_recipe
+from trtopt._config import to_dict
 from trtopt.errors import TrtoptError
 from trtopt.files import sha256_file, write_json, write_text
 
@@ -115,7 +116,7 @@ class _Run:
     @property
     def loaded(self) -> Any:
         if self._loaded is None:
-            from trtopt.models import load_model
+            from trtopt.models.load import load_model
 
             self.step(f"loading {self.recipe.model}")
             shapes = self.recipe.input_shapes
@@ -134,7 +135,7 @@ class _Run:
         """The compressed model a PyTorch-side stage saved (a whole-module file), loaded once."""
         path = entry["result"]["module"]
         if path not in self._models:
-            from trtopt.models import load_model
+            from trtopt.models.load import load_model
 
             self._models[path] = load_model(path)
         return self._models[path]
@@ -215,7 +216,7 @@ def optimize(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike | No
     bundle = _bundle(run, deploy, int8.get("calibration")) if "bundle" in stages else None
     timing = _profile(run, onnx, int8.get("quantize"), compressed) if "profile" in stages else None
     accuracy = _compare(run, onnx, int8, compressed) if "compare" in stages else None
-    from trtopt.report import write_report
+    from trtopt.report.write import write_report
 
     report = _report(run, onnx, int8, timing, accuracy)
     report["tensorrt"] = {"build": engines["result"] if engines else None, "bundle": bundle["result"] if bundle else None}
@@ -227,8 +228,8 @@ def optimize(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike | No
 
 def _report(run: _Run, onnx: Mapping[str, Any] | None, int8: Mapping[str, Any], timing: Mapping[str, Any] | None,
             accuracy: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The run's report (see `trtopt.report`) from the stages' recorded results and measurement files."""
-    from trtopt.report import build_report
+    """The run's report (see `trtopt.report.model`) from the stages' recorded results and measurement files."""
+    from trtopt.report.model import build_report
 
     r = run.recipe
     bench_result = (json.loads((run.out / "timing.json").read_text(encoding="utf-8")) if timing
@@ -319,15 +320,14 @@ def _compression_summary(run: _Run) -> dict[str, Any]:
 def _torch_stage(run: _Run, name: str, previous: Mapping[str, Any] | None,
                  apply: Callable[[_Run, Any, Any], tuple[Any, dict[str, Any], list[Path]]]) -> dict[str, Any]:
     """A PyTorch-side stage: the model so far (the original, or the previous stage's saved module) →
-    ``apply`` → ``model.<name>.pt`` (a whole-module file `trtopt.models.load_model` reads)."""
-    from trtopt.config import stage_config
-    from trtopt.models import save_module
+    ``apply`` → ``model.<name>.pt`` (a whole-module file `trtopt.models.load.load_model` reads)."""
+    from trtopt.models.load import save_module
 
-    material = {**run.model_key(), name: getattr(run.recipe, name), "input": run.digest(previous) if previous else None}
+    material = {**run.model_key(), name: to_dict(getattr(run.recipe, name)), "input": run.digest(previous) if previous else None}
 
     def go() -> tuple[list[Path], Any]:
         source = run.compressed(previous) if previous else run.loaded
-        changed, result, extra = apply(run, source, stage_config(run.recipe, name))
+        changed, result, extra = apply(run, source, getattr(run.recipe, name))
         path = save_module(changed, run.out / f"model.{name}.pt", force=True)
         return [path, *extra], {"module": str(path), **result}
 
@@ -335,7 +335,7 @@ def _torch_stage(run: _Run, name: str, previous: Mapping[str, Any] | None,
 
 
 def _apply_prune(run: _Run, source: Any, config: Any) -> tuple[Any, dict[str, Any], list[Path]]:
-    from trtopt.prune import prune_loaded
+    from trtopt.compress.prune import prune_loaded
 
     run.step(f"pruning ({config.method}, ratio {config.ratio})")
     pruned, result = prune_loaded(source, config)  # prune() works on a copy: the source stays
@@ -345,8 +345,8 @@ def _apply_prune(run: _Run, source: Any, config: Any) -> tuple[Any, dict[str, An
 def _apply_factorize(run: _Run, source: Any, config: Any) -> tuple[Any, dict[str, Any], list[Path]]:
     import copy
 
-    from trtopt.lowrank import factorize
-    from trtopt.prune import example_inputs_for
+    from trtopt.compress.lowrank import factorize
+    from trtopt.compress.prune import example_inputs_for
 
     run.step(f"factorizing ({config.method})")
     module, report = factorize(copy.deepcopy(source.module), config, example_inputs_for(source))  # in place: a copy
@@ -357,7 +357,7 @@ def _apply_cluster(run: _Run, source: Any, config: Any) -> tuple[Any, dict[str, 
     """k-means weight sharing; also writes the compact file (codebooks + packed indices)."""
     import copy
 
-    from trtopt.share import cluster_weights, save_shared
+    from trtopt.compress.share import cluster_weights, save_shared
 
     run.step(f"clustering weights ({config.bits} bits, per {config.granularity})")
     module, report = cluster_weights(copy.deepcopy(source.module), config)
@@ -368,19 +368,18 @@ def _apply_cluster(run: _Run, source: Any, config: Any) -> tuple[Any, dict[str, 
 
 def _distill(run: _Run, student_entry: Mapping[str, Any]) -> dict[str, Any]:
     """Train the compressed model against the original on ``train_data`` (labels when it has them)."""
-    from trtopt.config import stage_config
     from trtopt.data import labels_for
-    from trtopt.distill import distill
-    from trtopt.models import save_module
+    from trtopt.compress.distill import distill
+    from trtopt.models.load import save_module
 
     r = run.recipe
-    material = {**run.model_key(), "student": run.digest(student_entry), "distill": r.distill, "train_data": r.train_data,
+    material = {**run.model_key(), "student": run.digest(student_entry), "distill": to_dict(r.distill), "train_data": r.train_data,
                 "eval": r.data}
 
     def go() -> tuple[list[Path], Any]:
         import copy
 
-        config = stage_config(r, "distill")
+        config = r.distill
         student = run.compressed(student_entry)
         names = [spec.name for spec in run.loaded.inputs]
 
@@ -403,8 +402,8 @@ def _distill(run: _Run, student_entry: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _calibrate(run: _Run, onnx: Mapping[str, Any]) -> dict[str, Any]:
-    from trtopt.calibrate import calibrate
-    from trtopt.trt_cache import ranges_to_cache, write_cache
+    from trtopt.quant.calibrate import calibrate
+    from trtopt.trt.calibration_cache import ranges_to_cache, write_cache
 
     r = run.recipe
     source = r.calibration_data or r.data
@@ -428,7 +427,7 @@ def _calibrate(run: _Run, onnx: Mapping[str, Any]) -> dict[str, Any]:
 
 def _quantize(run: _Run, onnx: Mapping[str, Any], calibration: Mapping[str, Any]) -> dict[str, Any]:
     from trtopt.artifacts import Ranges
-    from trtopt.quantize import quantize, to_fp16
+    from trtopt.quant.quantize import quantize, to_fp16
 
     r = run.recipe
     material = {"onnx": run.digest(onnx), "ranges": run.digest(calibration), "quantize": to_dict(r.quantize),
@@ -460,8 +459,8 @@ def _deployables(onnx: Mapping[str, Any], quantized: Mapping[str, Any] | None) -
 def _profiles(run: _Run, onnx_path: str) -> tuple[Any, ...]:
     """Optimization profiles for TensorRT: every input from batch 1 to max(batch_sizes), OPT at the max."""
     from trtopt.artifacts import inspect_onnx
-    from trtopt.bench import onnx_input_specs
-    from trtopt.trt_plan import ShapeProfile
+    from trtopt.measure.bench import onnx_input_specs
+    from trtopt.trt.plan import ShapeProfile
 
     top = max(run.recipe.batch_sizes)
     specs = onnx_input_specs(inspect_onnx(onnx_path), run.recipe.input_shapes or None)
@@ -469,7 +468,7 @@ def _profiles(run: _Run, onnx_path: str) -> tuple[Any, ...]:
 
 
 def _build_options(run: _Run, onnx_path: str) -> Any:
-    from trtopt.trt_plan import BuildOptions
+    from trtopt.trt.plan import BuildOptions
 
     workspace = run.recipe.workspace_mib * (1 << 20) if run.recipe.workspace_mib else None
     return BuildOptions(shapes=_profiles(run, onnx_path), workspace_bytes=workspace)
@@ -490,8 +489,8 @@ def _build(run: _Run, deploy: list[tuple[str, str]]) -> dict[str, Any]:
         if not available:
             run.step(f"build: skipped, {detail}")
             return [], {"built": False, "reason": detail}
-        from trtopt.backends.trt import build_engine
-        from trtopt.trt_plan import make_plan
+        from trtopt.trt.build import build_engine
+        from trtopt.trt.plan import make_plan
 
         engines, files = {}, []
         for name, path in deploy:
@@ -507,7 +506,7 @@ def _build(run: _Run, deploy: list[tuple[str, str]]) -> dict[str, Any]:
 
 def _bundle(run: _Run, deploy: list[tuple[str, str]], calibration: Mapping[str, Any] | None) -> dict[str, Any]:
     """A folder to build engines on the device: models, ranges, 10.x cache, plans for 10.x and 11.x, scripts."""
-    from trtopt.bundle import make_bundle
+    from trtopt.trt.bundle import make_bundle
 
     r = run.recipe
     ranges = calibration["result"]["ranges"] if calibration else None
@@ -540,7 +539,7 @@ def _variants(run: _Run, onnx: Mapping[str, Any] | None, quantized: Mapping[str,
 
 def _profile(run: _Run, onnx: Mapping[str, Any], quantized: Mapping[str, Any] | None,
              compressed: Mapping[str, Any] | None) -> dict[str, Any]:
-    from trtopt.bench import bench, onnx_candidate, torch_candidate
+    from trtopt.measure.bench import bench, onnx_candidate, torch_candidate
 
     r = run.recipe
     ort = replace(r.ort, intra_op_threads=r.ort.intra_op_threads or r.threads)
@@ -587,8 +586,8 @@ def _measure_accuracy(run: _Run, variants: list[tuple[str, str]], int8: Mapping[
                       compressed: Any) -> dict[str, Any]:
     """Every variant's outputs vs the FP32 PyTorch original's on the evaluation data, task accuracy when
     the data is labelled, quantization error per layer, and (optionally) per-layer INT8 sensitivity."""
-    from trtopt.bench import onnx_candidate, run_all, torch_candidate
-    from trtopt.compare import compare_outputs, topk_accuracy
+    from trtopt.measure.bench import onnx_candidate, run_all, torch_candidate
+    from trtopt.measure.compare import compare_outputs, topk_accuracy
     from trtopt.data import labels_for
 
     r = run.recipe
@@ -613,7 +612,7 @@ def _measure_accuracy(run: _Run, variants: list[tuple[str, str]], int8: Mapping[
                                      {reference_candidate.name: reference, **outputs}.items()}}
     paths = dict(variants)
     if "onnxruntime-int8" in paths:
-        from trtopt.quant_error import activation_sqnr, weight_errors
+        from trtopt.quant.error import activation_sqnr, weight_errors
 
         run.step("measuring quantization error per layer")
         fp32 = paths.get("onnxruntime-fp32-compressed", paths["onnxruntime-fp32"])  # what was quantized
@@ -629,7 +628,7 @@ def _measure_accuracy(run: _Run, variants: list[tuple[str, str]], int8: Mapping[
 def _sensitivity(run: _Run, fp32_path: str, int8: Mapping[str, Any], labels: Any, reference: Any) -> dict[str, Any]:
     """Per quantizable layer: the score with only that layer kept in FP32 (ONNX Runtime target)."""
     from trtopt.artifacts import Ranges
-    from trtopt.sensitivity import layer_sensitivity, make_scorer
+    from trtopt.quant.sensitivity import layer_sensitivity, make_scorer
 
     r = run.recipe
     feed = run.feed(r.data)

@@ -1,15 +1,4 @@
-"""LiteRT backend (TensorFlow Lite's successor): ``.tflite`` models converted by litert-torch, run by ai-edge-litert.
-
-Conversion: ``litert_torch.convert(module, example)`` (torch.export → StableHLO → TFLite flatbuffer; no
-TensorFlow install needed). INT8 is full-integer: PT2E static quantization with litert-torch's
-``PT2EQuantizer`` (symmetric int8, per-channel weights) calibrated on trtopt's data, converted with
-``QuantConfig(pt2e_quantizer=...)``; the resulting model takes and returns int8 tensors, so the runner
-quantizes inputs and dequantizes outputs with the scales stored in the model (that cost is timed too,
-as a deployment would pay it). Running: ``ai_edge_litert.interpreter.Interpreter`` on the CPU
-(XNNPACK delegate by default) with ``num_threads``.
-
-Imported only when the backend is asked for (``pip install 'trtopt[litert]'``): litert-torch 0.10.0
-declares ``torch>=2.4.0,<2.15.0``; checked here with torch 2.14.1.
+"""LiteRT runtime adapter: runs ``.tflite`` models with ai-edge-litert's interpreter on the CPU.
 """
 
 from __future__ import annotations
@@ -20,42 +9,12 @@ from typing import Any
 import numpy as np
 
 from trtopt.backends.base import Capabilities
-from trtopt.edge import EdgeArtifact, EdgeConfig, check_static_feed, converter_error, inspect_edge, pt2e_quantize, require
+from trtopt.edge.artifact import EdgeArtifact, check_static_feed, inspect_edge, require
 from trtopt.environment import package_version
 from trtopt.errors import TrtoptError
 
+
 NAME = "litert"
-
-
-def convert(module: Any, example: tuple[Any, ...], config: EdgeConfig,
-            batches: list[tuple[Any, ...]]) -> tuple[bytes, list[str]]:
-    """The ``.tflite`` bytes of ``module`` at ``config.precision`` for inputs shaped like ``example``, plus notes."""
-    require("litert_torch", NAME)
-    import litert_torch
-
-    stage = "litert_torch.convert"
-    try:
-        if config.precision == "int8":
-            from litert_torch.quantize import pt2e_quantizer, quant_config
-
-            stage = "PT2E quantization (litert PT2EQuantizer)"
-            quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
-                pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=config.per_channel))
-            module = pt2e_quantize(module, example, quantizer, batches, fold_quantize=False)
-            stage = "litert_torch.convert"
-            converted = litert_torch.convert(module, example, quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
-        else:
-            converted = litert_torch.convert(module, example)
-        data = bytes(converted.model_content())
-    except TrtoptError:
-        raise
-    except Exception as e:  # torch.export / lowering / the MLIR converter raise many types
-        raise converter_error(e, NAME, stage) from e
-    notes = ["fp32" if config.precision == "fp32" else
-             "int8 full-integer (int8 inputs/outputs): PT2E symmetric, "
-             + ("per-channel" if config.per_channel else "per-tensor") + f" weights, {len(batches)} calibration batches"]
-    return data, notes
-
 
 class LiteRTRunner:
     """A ``.tflite`` model's default signature behind the Runner protocol (inputs by name, outputs by name)."""
@@ -105,7 +64,6 @@ class LiteRTRunner:
     def close(self) -> None:
         self.interpreter = None
 
-
 def _to_model(arr: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     """An input as the model stores it: quantized with the input's (scale, zero point) for int8 models."""
     dtype = np.dtype(detail["dtype"])
@@ -115,14 +73,12 @@ def _to_model(arr: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
         return np.clip(np.round(arr / scale) + zero, info.min, info.max).astype(dtype)
     return np.asarray(arr).astype(dtype, copy=False)
 
-
 def _from_model(arr: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     """An output in real units: dequantized for int8 outputs, copied (the interpreter reuses its buffers)."""
     scale, zero = detail["quantization"]
     if np.dtype(detail["dtype"]).kind in "iu" and scale:
         return ((arr.astype(np.float32) - zero) * np.float32(scale)).astype(np.float32)
     return np.array(arr, copy=True)
-
 
 class LiteRTBackend:
     name = NAME
@@ -142,6 +98,5 @@ class LiteRTBackend:
         require("ai_edge_litert", NAME)
         art = model if isinstance(model, EdgeArtifact) else inspect_edge(Path(model))
         return LiteRTRunner(art, threads)
-
 
 BACKEND = LiteRTBackend()

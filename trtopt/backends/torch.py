@@ -80,7 +80,7 @@ class TorchBackend:
         return True, torch.__version__
 
     def load(self, model: Any, threads: int | None = None, device: str = "cpu", **options: Any) -> TorchRunner:
-        """Wrap a `LoadedModel` (see `trtopt.models.load_model`)."""
+        """Wrap a `LoadedModel` (see `trtopt.models.load.load_model`)."""
         if options:
             raise TrtoptError(f"the torch backend has no option {next(iter(options))!r}", "options: threads, device")
         return TorchRunner(model, threads=threads, device=device)

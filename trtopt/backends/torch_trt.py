@@ -30,7 +30,7 @@ class TorchTensorRTRunner:
                               "torch-tensorrt 2.14 and TensorRT 11.1)") from e
         import torch
 
-        from trtopt.cuda import require_gpu
+        from trtopt.trt.cuda import require_gpu
 
         require_gpu("the torch-tensorrt backend")
         if precision not in ("fp32", "fp16"):
@@ -71,13 +71,13 @@ class TorchTensorRTBackend:
         version = package_version("torch-tensorrt") or package_version("torch_tensorrt")
         if version is None:
             return False, "torch-tensorrt is not installed (GPU machines: pip install torch-tensorrt)"
-        from trtopt.cuda import probe_gpus
+        from trtopt.trt.cuda import probe_gpus
 
         cuda = probe_gpus()
         return (True, version) if cuda["available"] else (False, f"torch-tensorrt {version} is installed but {cuda['reason']}")
 
     def load(self, model: Any, precision: str = "fp32", batch_size: int = 1, **options: Any) -> TorchTensorRTRunner:
-        """Compile a `LoadedModel` (see `trtopt.models.load_model`) for inputs of ``batch_size``."""
+        """Compile a `LoadedModel` (see `trtopt.models.load.load_model`) for inputs of ``batch_size``."""
         if options:
             raise TrtoptError(f"the torch-tensorrt backend has no option {next(iter(options))!r}",
                               "options: precision, batch_size")

@@ -1,0 +1,182 @@
+"""The CLI end to end in a subprocess: happy paths with tiny models, and every bad input the issue names.
+
+Each bad input must give exactly one line on stderr naming the problem (and a fix), a non-zero exit,
+no traceback, and no partial output file.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.helpers.cli import assert_one_line_error, run
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """tests.helpers.tiny_models:tiny_cnn exported once via the CLI, with its JSON record."""
+    import os
+
+    from tests.helpers.env import cli_environment
+
+    work = tmp_path_factory.mktemp("cli")
+    env = cli_environment()
+    result = run(["export", "tests.helpers.tiny_models:tiny_cnn", "-o", "tiny.onnx", "--json", "tiny.json"], work, env)
+    assert result.returncode == 0, result.stderr
+    assert os.path.exists(work / "tiny.onnx")
+    return work, env
+
+
+def test_export_writes_onnx_and_record(exported):
+    work, _ = exported
+    record = json.loads((work / "tiny.json").read_text())
+    assert record["exporter"] == "dynamo"
+    assert record["inputs"][0]["shape"] == ["batch", 3, 32, 32]
+    assert set(record["parity"]) == {"batch_1", "batch_8"}
+    assert all(v["passed"] for v in record["parity"].values())
+    assert record["size_bytes"] == (work / "tiny.onnx").stat().st_size
+
+
+def test_bench_torch_vs_onnx_writes_json(exported):
+    work, env = exported
+    result = run(["bench", "tests.helpers.tiny_models:tiny_cnn", "tiny.onnx", "--batch-sizes", "1", "2", "--iterations", "5",
+                  "--warmup", "1", "--threads", "1", "--json", "bench.json"], work, env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((work / "bench.json").read_text())
+    assert [r["batch_size"] for r in report["rows"]] == [1, 1, 2, 2]
+    onnx_rows = [r for r in report["rows"] if r["backend"] == "onnxruntime"]
+    assert all(r["speedup_ci_low"] <= r["speedup_ratio"] * 1.5 for r in onnx_rows)
+    assert "| variant |" in result.stdout
+
+
+def test_compare_passes_for_faithful_export_and_fails_for_other_weights(exported, tmp_path):
+    work, env = exported
+    ok = run(["compare", "tests.helpers.tiny_models:tiny_cnn", "tiny.onnx", "--samples", "4"], work, env)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("PASS")
+    # Same architecture, different weights: the comparison must fail with exit status 1.
+    import torch
+
+    from tests.helpers.tiny_models import TinyCNN
+
+    torch.manual_seed(123)
+    torch.save(TinyCNN().state_dict(), tmp_path / "other.pt")
+    bad = run(["compare", "tests.helpers.tiny_models:tiny_cnn", str(work / "tiny.onnx"), "--checkpoint", str(tmp_path / "other.pt")],
+              work, env)
+    assert bad.returncode == 1
+    assert "FAIL" in bad.stdout and "'output'" in bad.stderr
+
+
+def test_doctor_reports_backends(exported):
+    work, env = exported
+    result = run(["doctor", "--json"], work, env)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert found["backends"]["onnxruntime"]["available"] is True
+    assert found["backends"]["tensorrt"]["available"] is False
+    assert "CPUExecutionProvider" in found["onnxruntime"]["providers"]
+
+
+# ---- bad input: one line, non-zero, no traceback, no partial file ----
+
+def test_missing_model_file(tmp_path, cli_env):
+    r = run(["export", "nothere.pt", "-o", "x.onnx"], tmp_path, cli_env)
+    assert_one_line_error(r, "nothere.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_model_file(tmp_path, cli_env):
+    (tmp_path / "model.pt").write_bytes(b"\x00not a model")
+    r = run(["export", "model.pt", "-o", "x.onnx"], tmp_path, cli_env)
+    assert_one_line_error(r, "model.pt", "--checkpoint")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_corrupt_checkpoint(tmp_path, cli_env):
+    (tmp_path / "w.pt").write_bytes(b"garbage")
+    r = run(["export", "tests.helpers.tiny_models:tiny_cnn", "--checkpoint", "w.pt", "-o", "x.onnx"], tmp_path, cli_env)
+    assert_one_line_error(r, "w.pt")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_missing_onnx(tmp_path, cli_env):
+    r = run(["bench", "missing.onnx"], tmp_path, cli_env)
+    assert_one_line_error(r, "missing.onnx")
+
+
+def test_corrupt_onnx(tmp_path, cli_env):
+    (tmp_path / "bad.onnx").write_bytes(b"this is not protobuf \xff\xfe")
+    r = run(["bench", "bad.onnx", "--json", "out.json"], tmp_path, cli_env)
+    assert_one_line_error(r, "bad.onnx")
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_truncated_onnx(exported, tmp_path, cli_env):
+    work, _ = exported
+    data = (work / "tiny.onnx").read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
+    r = run(["compare", str(work / "tiny.onnx"), "cut.onnx"], tmp_path, cli_env)
+    assert_one_line_error(r, "cut.onnx")
+
+
+def test_unknown_model_spec(tmp_path, cli_env):
+    r = run(["export", "torchvision:resnet_does_not_exist", "-o", "x.onnx"], tmp_path, cli_env)
+    assert_one_line_error(r, "resnet_does_not_exist")
+    r = run(["export", "nosuchpackage.models:factory", "-o", "x.onnx"], tmp_path, cli_env)
+    assert_one_line_error(r, "nosuchpackage")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wrong_input_shape_for_onnx(exported, tmp_path, cli_env):
+    work, _ = exported
+    r = run(["bench", str(work / "tiny.onnx"), "--input-shape", "3x64x64", "--iterations", "2"], tmp_path, cli_env)
+    assert_one_line_error(r, "'input'", "(1, 3, 64, 64)")
+
+
+def test_wrong_shape_data_file(exported, tmp_path, cli_env):
+    work, _ = exported
+    np.save(tmp_path / "x.npy", np.zeros((4, 3, 16, 16), np.float32))
+    r = run(["compare", "tests.helpers.tiny_models:tiny_cnn", str(work / "tiny.onnx"), "--data", "x.npy"], tmp_path, cli_env)
+    assert_one_line_error(r, "'input'", "(4, 3, 16, 16)")
+
+
+def test_nan_data(exported, tmp_path, cli_env):
+    work, _ = exported
+    x = np.zeros((2, 3, 32, 32), np.float32)
+    x[1, 0, 0, 0] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    r = run(["compare", "tests.helpers.tiny_models:tiny_cnn", str(work / "tiny.onnx"), "--data", "x.npy"], tmp_path, cli_env)
+    assert_one_line_error(r, "NaN")
+
+
+def test_output_exists_without_force(exported, cli_env):
+    work, _ = exported
+    before = (work / "tiny.onnx").read_bytes()
+    r = run(["export", "tests.helpers.tiny_models:tiny_cnn", "-o", "tiny.onnx"], work, cli_env)
+    assert_one_line_error(r, "tiny.onnx", "--force")
+    assert (work / "tiny.onnx").read_bytes() == before
+    assert not [p for p in work.iterdir() if p.name.startswith(".")]
+
+
+def test_hub_weights_offline(tmp_path, cli_env):
+    env = dict(cli_env, TORCH_HOME=str(tmp_path / "torch-home"))
+    r = run(["export", "torchvision:resnet18", "--pretrained", "-o", "x.onnx"], tmp_path, env)
+    assert_one_line_error(r, "offline", "resnet18")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_parity_failure_leaves_no_file(tmp_path, cli_env):
+    r = run(["export", "tests.helpers.tiny_models:drifting", "-o", "d.onnx"], tmp_path, cli_env)
+    assert_one_line_error(r, "'output'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_debug_shows_traceback(tmp_path, cli_env):
+    r = subprocess.run([sys.executable, "-m", "trtopt", "--debug", "bench", "missing.onnx"], cwd=tmp_path, env=cli_env,
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "Traceback" in r.stderr

@@ -1,0 +1,127 @@
+"""`trtopt calibrate | quantize | cache` end to end, and their bad inputs (one line, exit 2, nothing written)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.helpers.cli import assert_one_line_error, run
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory):
+    from tests.helpers.env import cli_environment
+
+    work = tmp_path_factory.mktemp("int8cli")
+    env = cli_environment()
+    r = run(["export", "tests.helpers.tiny_models:tiny_cnn", "-o", "fp32.onnx"], work, env)
+    assert r.returncode == 0, r.stderr
+    rng = np.random.default_rng(0)
+    np.save(work / "calib.npy", rng.uniform(-1, 1, (24, 3, 32, 32)).astype(np.float32))
+    return work, env
+
+
+def test_calibrate_writes_ranges_and_cache(fp32):
+    work, env = fp32
+    r = run(["calibrate", "fp32.onnx", "--data", "calib.npy", "--method", "minmax", "-o", "ranges.json",
+             "--cache", "calib.cache"], work, env)
+    assert r.returncode == 0, r.stderr
+    ranges = json.loads((work / "ranges.json").read_text())
+    assert ranges["method"] == "minmax" and ranges["samples"] == 24
+    assert ranges["tensors"]["input"]["amax"] == pytest.approx(float(np.abs(np.load(work / "calib.npy")).max()), rel=1e-6)
+    assert (work / "calib.cache").read_text().startswith("TRT-100300-MinMaxCalibration\n")
+    inspect = run(["cache", "inspect", "calib.cache", "--onnx", "fp32.onnx", "--json"], work, env)
+    assert inspect.returncode == 0, inspect.stderr
+    assert json.loads(inspect.stdout)["tensor_count"] == len(ranges["tensors"])
+
+
+def test_quantize_from_ranges_for_both_targets(fp32):
+    work, env = fp32
+    assert run(["calibrate", "fp32.onnx", "--data", "calib.npy", "-o", "r2.json"], work, env).returncode == 0
+    for target in ("onnxruntime", "tensorrt"):
+        r = run(["quantize", "fp32.onnx", "--ranges", "r2.json", "--target", target, "-o", f"{target}.onnx",
+                 "--json", f"{target}.json"], work, env)
+        assert r.returncode == 0, r.stderr
+        record = json.loads((work / f"{target}.json").read_text())
+        assert record["precision"] == "int8" and record["metadata"]["trtopt.quant.quantize.target"] == target
+    cmp = run(["compare", "fp32.onnx", "onnxruntime.onnx", "--data", "calib.npy", "--atol", "0.5", "--rtol", "0.5",
+               "--min-cosine", "0.99"], work, env)
+    assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+
+
+def test_cache_round_trip_via_cli(fp32):
+    work, env = fp32
+    assert run(["calibrate", "fp32.onnx", "--data", "calib.npy", "-o", "r3.json"], work, env).returncode == 0
+    assert run(["cache", "from-ranges", "r3.json", "-o", "c3.cache"], work, env).returncode == 0
+    assert run(["cache", "to-ranges", "c3.cache", "-o", "r3back.json"], work, env).returncode == 0
+    a = json.loads((work / "r3.json").read_text())["tensors"]
+    b = json.loads((work / "r3back.json").read_text())["tensors"]
+    assert set(a) == set(b)
+    for name in a:  # exact at the cache's float32 scale precision
+        assert np.float32(b[name]["amax"] / 127) == np.float32(a[name]["amax"] / 127)
+    other = run(["cache", "inspect", "c3.cache", "--trt-version", "10.16.0"], work, env)
+    assert other.returncode == 0 and "warning:" in other.stdout and "10.16" in other.stdout
+
+
+def test_empty_calibration_set(fp32):
+    work, env = fp32
+    np.save(work / "empty.npy", np.zeros((0, 3, 32, 32), np.float32))
+    r = run(["calibrate", "fp32.onnx", "--data", "empty.npy", "-o", "e.json"], work, env)
+    assert_one_line_error(r, "no samples")
+    assert not (work / "e.json").exists()
+
+
+def test_nan_calibration_data(fp32):
+    work, env = fp32
+    x = np.zeros((4, 3, 32, 32), np.float32)
+    x[2, 1, 3, 3] = np.inf
+    np.save(work / "inf.npy", x)
+    r = run(["calibrate", "fp32.onnx", "--data", "inf.npy", "-o", "n.json"], work, env)
+    assert_one_line_error(r, "NaN or inf")
+    assert not (work / "n.json").exists()
+
+
+def test_wrong_shape_and_dtype_calibration_data(fp32):
+    work, env = fp32
+    np.save(work / "shape.npy", np.zeros((4, 3, 16, 16), np.float32))
+    r = run(["calibrate", "fp32.onnx", "--data", "shape.npy", "-o", "s.json"], work, env)
+    assert_one_line_error(r, "'input'", "(4, 3, 16, 16)")
+    np.save(work / "text.npy", np.array([["a"] * 32] * 32, dtype="U1").reshape(1, 32, 32).repeat(3, 0)[None])
+    r = run(["calibrate", "fp32.onnx", "--data", "text.npy", "-o", "t.json"], work, env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "'input'" in r.stderr
+    assert not (work / "s.json").exists() and not (work / "t.json").exists()
+
+
+def test_model_without_quantizable_layers(fp32, tmp_path):
+    import onnx
+
+    work, env = fp32
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+                                   [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 4])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 4])])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(tmp_path / "relu.onnx"))
+    r = run(["quantize", "relu.onnx", "-o", "q.onnx"], tmp_path, env)
+    assert_one_line_error(r, "no quantizable layers")
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_unreadable_cache(fp32):
+    work, env = fp32
+    (work / "bad.cache").write_bytes(b"\x00\x01garbage\xff")
+    r = run(["cache", "inspect", "bad.cache"], work, env)
+    assert_one_line_error(r, "bad.cache")
+    (work / "bad2.cache").write_text("TRT-100300-EntropyCalibration2\ninput: nothex!\n")
+    r = run(["cache", "to-ranges", "bad2.cache", "-o", "x.json"], work, env)
+    assert_one_line_error(r, "bad2.cache", "line 2")
+    assert not (work / "x.json").exists()
+
+
+def test_unknown_exclude_and_existing_output(fp32):
+    work, env = fp32
+    assert run(["calibrate", "fp32.onnx", "--data", "calib.npy", "-o", "r4.json"], work, env).returncode == 0
+    r = run(["quantize", "fp32.onnx", "--ranges", "r4.json", "--exclude", "Nonexistent", "-o", "x.onnx"], work, env)
+    assert_one_line_error(r, "Nonexistent")
+    r = run(["quantize", "fp32.onnx", "--ranges", "r4.json", "-o", "r4.json"], work, env)
+    assert_one_line_error(r, "r4.json", "--force")

@@ -1,0 +1,221 @@
+"""Low-rank factorization: the Eckart-Young error identity, exact full-rank rebuilds, shapes for all inputs,
+rank rules (energy, parameter budget, explicit), skipped layers, ONNX export, and bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from trtopt.errors import TrtoptError
+from trtopt.compress.config import LowRankConfig
+from trtopt.compress.lowrank import factorize
+from trtopt.models.nets import DigitsCNN
+
+
+class _Wrap(nn.Module):
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+@settings(max_examples=40, deadline=None)
+@given(out_f=st.integers(1, 24), in_f=st.integers(1, 24), data=st.data(), seed=st.integers(0, 2**16))
+def test_linear_error_equals_discarded_energy(out_f, in_f, data, seed):
+    torch.manual_seed(seed)
+    layer = nn.Linear(in_f, out_f).double()
+    w = layer.weight.detach().clone()
+    r = data.draw(st.integers(1, min(in_f, out_f)))
+    model, report = factorize(_Wrap(layer), LowRankConfig(method="ranks", ranks={"layer": r}, min_reduction=None))
+    first, second = model.layer
+    assert first.weight.shape == (r, in_f) and second.weight.shape == (out_f, r)
+    assert torch.equal(second.bias, layer.bias)
+    s = torch.linalg.svdvals(w)
+    discarded = float((s[r:] ** 2).sum())
+    error = float(((w - second.weight.detach() @ first.weight.detach()) ** 2).sum())
+    assert error == pytest.approx(discarded, rel=1e-6, abs=1e-10 * float((s ** 2).sum()))
+    row = report.layers[0]
+    assert row.rank == r and row.rel_error == pytest.approx((discarded / float((s ** 2).sum())) ** 0.5, abs=1e-6)
+
+
+_conv_cases = st.fixed_dictionaries({
+    "c": st.integers(1, 6), "o": st.integers(1, 6), "kh": st.integers(1, 4), "kw": st.integers(1, 4),
+    "stride": st.tuples(st.integers(1, 3), st.integers(1, 3)), "padding": st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    "dilation": st.tuples(st.integers(1, 2), st.integers(1, 2)), "bias": st.booleans(),
+    "scheme": st.sampled_from(["channel", "spatial", "tucker2"]), "energy": st.floats(0.05, 1.0),
+    "batch": st.integers(1, 3), "h": st.integers(0, 9), "w": st.integers(0, 9)})
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=_conv_cases, seed=st.integers(0, 2**16))
+def test_factorized_conv_keeps_output_shape_for_any_input(case, seed):
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(case["c"], case["o"], (case["kh"], case["kw"]), stride=case["stride"], padding=case["padding"],
+                     dilation=case["dilation"], bias=case["bias"])
+    h = (case["kh"] - 1) * case["dilation"][0] + 1 + case["h"]  # any size the kernel fits in
+    w = (case["kw"] - 1) * case["dilation"][1] + 1 + case["w"]
+    x = torch.randn(case["batch"], case["c"], h, w)
+    expected = conv(x).shape
+    model, report = factorize(_Wrap(conv), LowRankConfig(energy=case["energy"], conv=case["scheme"], min_reduction=None))
+    assert model(x).shape == expected
+    if report.layers[0].skipped is None:
+        assert isinstance(model.layer, nn.Sequential)
+
+
+@settings(max_examples=30, deadline=None)
+@given(in_f=st.integers(1, 16), out_f=st.integers(1, 16), lead=st.lists(st.integers(1, 4), max_size=3),
+       energy=st.floats(0.05, 1.0))
+def test_factorized_linear_keeps_output_shape_for_any_leading_dims(in_f, out_f, lead, energy):
+    layer = nn.Linear(in_f, out_f)
+    x = torch.randn(*lead, in_f)
+    model, _ = factorize(_Wrap(layer), LowRankConfig(energy=energy, min_reduction=None))
+    assert model(x).shape == (*lead, out_f)
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial", "tucker2"])
+def test_full_rank_rebuild_reproduces_the_conv(scheme):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(5, 7, (3, 2), stride=(2, 1), padding=(1, 1), dilation=(1, 2)).double()
+    x = torch.randn(2, 5, 11, 9, dtype=torch.float64)
+    expected = conv(x)
+    model, report = factorize(_Wrap(conv), LowRankConfig(energy=1.0, conv=scheme, min_reduction=None))
+    assert report.layers[0].scheme == scheme
+    assert torch.allclose(model(x), expected, atol=1e-10)
+
+
+def test_channel_error_equals_discarded_energy_of_the_reshaped_kernel():
+    torch.manual_seed(1)
+    conv = nn.Conv2d(4, 6, 3, padding=1, bias=False).double()
+    w = conv.weight.detach().clone()
+    model, _ = factorize(_Wrap(conv), LowRankConfig(method="ranks", ranks={"layer": 3}, conv="channel", min_reduction=None))
+    first, second = model.layer
+    rebuilt = (second.weight.detach().reshape(6, 3) @ first.weight.detach().reshape(3, -1)).reshape(w.shape)
+    s = torch.linalg.svdvals(w.reshape(6, -1))
+    assert float(((w - rebuilt) ** 2).sum()) == pytest.approx(float((s[3:] ** 2).sum()), rel=1e-8)
+
+
+def _cnn() -> DigitsCNN:
+    torch.manual_seed(0)
+    return DigitsCNN().eval()
+
+
+def test_energy_rule_picks_the_smallest_rank_reaching_the_threshold():
+    _, report = factorize(_cnn(), LowRankConfig(energy=0.8, conv="channel", min_reduction=None))
+    model = _cnn()
+    for row in report.layers:
+        w = dict(model.named_modules())[row.name].weight.detach().double()
+        s2 = torch.linalg.svdvals(w.reshape(w.shape[0], -1)) ** 2
+        cum = torch.cumsum(s2, 0) / s2.sum()
+        assert cum[row.rank - 1] >= 0.8 - 1e-9 and (row.rank == 1 or cum[row.rank - 2] < 0.8)
+        assert row.energy_kept == pytest.approx(float(cum[row.rank - 1]))
+
+
+def test_parameter_budget_is_respected_and_reported():
+    model, report = factorize(_cnn(), LowRankConfig(method="params", param_budget=0.3, exclude=("fc", "conv1")))
+    rows = {r.name: r for r in report.layers}
+    assert set(rows) == {"conv2", "conv3"}
+    dense = 18432 + 73728
+    assert sum(r.params_after for r in rows.values()) <= 0.3 * dense
+    assert report.parameters_after == sum(p.numel() for p in model.parameters())
+    assert report.parameters_before - report.parameters_after == sum(r.params_before - r.params_after for r in rows.values())
+    d = report.to_dict()
+    assert d["parameter_reduction"] == pytest.approx(report.parameter_reduction)
+    assert d["bytes_fp32_before"] == 4 * report.parameters_before
+
+
+def test_layers_that_would_not_shrink_are_skipped_with_the_reason():
+    model, report = factorize(_cnn(), LowRankConfig(energy=0.999), example_inputs=torch.randn(1, 1, 8, 8))
+    skipped = [r for r in report.layers if r.skipped]
+    assert skipped and all("reduction" in r.skipped for r in skipped)
+    for r in skipped:
+        assert isinstance(dict(model.named_modules())[r.name], (nn.Conv2d, nn.Linear))
+        assert r.params_after == r.params_before
+
+
+def test_macs_are_counted_with_example_inputs():
+    _, report = factorize(_cnn(), LowRankConfig(energy=0.7, conv="channel"), example_inputs=torch.randn(1, 1, 8, 8))
+    conv3 = next(r for r in report.layers if r.name == "conv3")
+    assert conv3.macs_before == 128 * 64 * 9 * 4 * 4  # 4×4 output after the pool
+    assert conv3.macs_after == 4 * 4 * conv3.rank * (64 * 9 + 128)
+
+
+def test_factorized_model_exports_to_onnx_with_parity(tmp_path):
+    from trtopt.export import export_onnx
+    from trtopt.models.spec import InputSpec, LoadedModel
+
+    model, report = factorize(_cnn(), LowRankConfig(energy=0.7))
+    assert report.parameters_after < report.parameters_before
+    loaded = LoadedModel(model, "factorized", (InputSpec("input", (1, 8, 8), "float32", -1.0, 2.0),))
+    artifact = export_onnx(loaded, tmp_path / "f.onnx")
+    assert artifact.parity and all(r["passed"] for r in artifact.parity.values())
+
+
+def test_rank_larger_than_the_layer_allows_is_refused():
+    with pytest.raises(TrtoptError, match=r"rank 11 for layer 'fc' is larger than it allows \(max 10"):
+        factorize(_cnn(), LowRankConfig(method="ranks", ranks={"fc": 11}))
+    with pytest.raises(TrtoptError, match=r"max 9"):  # conv1: 32 outputs × (1·3·3) → at most 9
+        factorize(_cnn(), LowRankConfig(method="ranks", ranks={"conv1": 10}))
+
+
+def test_unsupported_layer_type_is_named():
+    with pytest.raises(TrtoptError, match="'bn2' is a BatchNorm2d, which low-rank factorization does not support"):
+        factorize(_cnn(), LowRankConfig(layers=("bn2",)))
+    with pytest.raises(TrtoptError, match="'gap' is a AdaptiveAvgPool2d"):
+        factorize(_cnn(), LowRankConfig(method="ranks", ranks={"gap": 2}))
+    with pytest.raises(TrtoptError, match="no module named 'conv9'"):
+        factorize(_cnn(), LowRankConfig(exclude=("conv9",)))
+
+
+def test_grouped_conv_is_skipped_not_broken():
+    conv = nn.Conv2d(4, 8, 3, groups=2)
+    model, report = factorize(_Wrap(conv), LowRankConfig(energy=0.5))
+    assert model.layer is conv and "grouped" in report.layers[0].skipped
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"method": "svd"}, "method"), ({"energy": 0.0}, "energy"), ({"energy": 1.5}, "energy"),
+    ({"method": "params"}, "param_budget"), ({"method": "params", "param_budget": 1.0}, "param_budget"),
+    ({"method": "ranks"}, "no ranks"), ({"conv": "cp"}, "conv"), ({"ranks": {"fc": 0}}, "positive"),
+    ({"min_reduction": 1.0}, "min_reduction"), ({"rank_multiple": 0}, "rank_multiple")])
+def test_bad_configs_name_the_field(kwargs, needle):
+    with pytest.raises(TrtoptError, match=needle):
+        LowRankConfig(**kwargs)
+
+
+def test_infeasible_budget_is_refused():
+    with pytest.raises(TrtoptError, match="budget"):
+        factorize(_cnn(), LowRankConfig(method="params", param_budget=0.001, min_reduction=None))
+
+
+def test_accuracy_degrades_gracefully_with_energy():
+    """More energy kept → weights closer to the original → outputs closer (a monotone knob for users)."""
+    x = torch.randn(32, 1, 8, 8)
+    ref = _cnn()(x)
+    errors = []
+    for energy in (0.5, 0.8, 0.95):
+        model, _ = factorize(_cnn(), LowRankConfig(energy=energy, min_reduction=None))
+        errors.append(float((model(x) - ref).abs().mean()))
+    assert errors[0] > errors[1] > errors[2]
+    assert np.isfinite(errors).all()
+
+
+def test_latency_target_picks_the_highest_energy_meeting_it(tmp_path):
+    from trtopt.speedup_search import factorize_for_speedup
+    from trtopt.models.spec import InputSpec, LoadedModel
+    from trtopt.measure.profile import TimingConfig
+
+    loaded = LoadedModel(_cnn(), "digits", (InputSpec("input", (1, 8, 8), "float32", -1.0, 2.0),))
+    timing = TimingConfig(warmup_iterations=1, iterations=3, bootstrap_samples=50)
+    model, record = factorize_for_speedup(loaded, 1e-6, energies=(0.6, 0.9), timing=timing, workdir=str(tmp_path))
+    assert record["chosen_energy"] == 0.9  # any speedup meets a tiny target: the most accurate level wins
+    assert {r["energy"] for r in record["candidates"]} == {0.6, 0.9}
+    assert sum(p.numel() for p in model.parameters()) == next(r["parameters"] for r in record["candidates"] if r["energy"] == 0.9)
+    assert isinstance(loaded.module.conv3, nn.Conv2d)  # the original is untouched
+    with pytest.raises(TrtoptError, match="no energy level reaches a 1000000.0× speedup"):
+        factorize_for_speedup(loaded, 1e6, energies=(0.6,), timing=timing, workdir=str(tmp_path))

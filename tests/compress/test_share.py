@@ -1,0 +1,255 @@
+"""Weight sharing: k-means quality, the 2^b-values property, tied fine-tuning, the storage format and its bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from trtopt.errors import TrtoptError
+from trtopt.models.nets import DigitsCNN
+from trtopt.compress.config import ShareConfig
+from trtopt.compress.share import cluster_weights, kmeans_1d, load_shared, pack_bits, save_shared, tie_weights, unpack_bits
+
+
+def _cnn(seed: int = 0) -> DigitsCNN:
+    torch.manual_seed(seed)
+    return DigitsCNN().eval()
+
+
+def _distinct(t: torch.Tensor, granularity: str) -> int:
+    g = t.detach().reshape(1, -1) if granularity == "layer" else t.detach().reshape(t.shape[0], -1)
+    return max(len(torch.unique(row)) for row in g)
+
+
+@settings(max_examples=40, deadline=None)
+@given(out_f=st.integers(1, 12), in_f=st.integers(1, 40), bits=st.integers(1, 8),
+       granularity=st.sampled_from(["layer", "channel"]), seed=st.integers(0, 2**16))
+def test_never_more_than_2_to_the_b_values_per_group(out_f, in_f, bits, granularity, seed):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(in_f, out_f), nn.Linear(out_f, 3))
+    config = ShareConfig(bits=bits, granularity=granularity, min_elements=0)
+    if all(m.weight.numel() <= 2 ** bits for m in model):
+        with pytest.raises(TrtoptError, match="no weight was clustered"):
+            cluster_weights(model, config)
+        return
+    model, report = cluster_weights(model, config)
+    for layer in report.layers:
+        weight = dict(model.named_parameters())[layer.name]
+        if layer.skipped is None:
+            assert _distinct(weight, granularity) <= 2 ** bits
+            assert layer.distinct_values_max <= 2 ** bits
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 500), k=st.sampled_from([1, 2, 3, 4, 16, 64]), seed=st.integers(0, 1000))
+def test_kmeans_is_a_lloyd_fixpoint_with_nearest_labels(n, k, seed):
+    x = np.random.default_rng(seed).standard_normal((2, n))
+    centroids, labels, _ = kmeans_1d(x, k, max_iterations=1000)
+    c, lab = centroids.numpy(), labels.numpy()
+    assert np.all(np.diff(c, axis=1) >= 0)
+    dist = np.abs(x[:, :, None] - c[:, None, :])
+    assert np.allclose(dist[np.arange(2)[:, None], np.arange(n)[None, :], lab], dist.min(axis=2))
+    for g in range(2):  # every used centroid is the mean of its members (converged)
+        for j in np.unique(lab[g]):
+            assert c[g, j] == pytest.approx(x[g][lab[g] == j].mean(), abs=1e-12)
+
+
+def test_kmeans_inertia_matches_sklearn():
+    sklearn_cluster = pytest.importorskip("sklearn.cluster")
+    x = np.random.default_rng(0).standard_normal(5000) * np.random.default_rng(1).gamma(1.0, size=5000)
+    centroids, labels, _ = kmeans_1d(x[None, :], 16)
+    ours = float(((x - centroids.numpy()[0, labels.numpy()[0]]) ** 2).sum())
+    theirs = sklearn_cluster.KMeans(16, n_init=1, random_state=0).fit(x[:, None]).inertia_
+    assert ours <= theirs * 1.05
+
+
+@settings(max_examples=50, deadline=None)
+@given(bits=st.integers(1, 8), n=st.integers(0, 300), seed=st.integers(0, 1000))
+def test_pack_unpack_round_trip(bits, n, seed):
+    idx = np.random.default_rng(seed).integers(0, 2 ** bits, n).astype(np.uint8)
+    packed = pack_bits(idx, bits)
+    assert packed.size == (n * bits + 7) // 8
+    assert np.array_equal(unpack_bits(packed, bits, n), idx)
+
+
+@pytest.mark.parametrize("bits,granularity", [(4, "layer"), (3, "channel"), (8, "layer"), (1, "channel")])
+def test_round_trip_is_bit_exact(tmp_path, bits, granularity):
+    model, report = cluster_weights(_cnn(), ShareConfig(bits=bits, granularity=granularity))
+    info = save_shared(model, tmp_path / "m.npz")
+    fresh = _cnn(seed=1)
+    load_shared(tmp_path / "m.npz", fresh)
+    for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert fresh.trtopt_share == model.trtopt_share
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.equal(model(x), fresh(x))
+    assert info.state_bytes_fp32 == report.state_bytes_fp32
+    assert info.payload_bytes == report.state_bytes_shared
+
+
+def test_four_bits_compress_the_digits_cnn_more_than_7x(tmp_path):
+    model, report = cluster_weights(_cnn(), ShareConfig(bits=4))
+    info = save_shared(model, tmp_path / "m.npz")
+    assert info.file_bytes == (tmp_path / "m.npz").stat().st_size
+    assert info.compression_ratio >= 7.0 and report.compression_ratio >= 7.0
+    assert "storage" in report.note and "unchanged" in report.note
+    assert [la.name for la in report.layers if la.skipped is None] == ["conv1.weight", "conv2.weight", "conv3.weight",
+                                                                         "fc.weight"]
+
+
+def test_clustering_keeps_the_unclustered_state_and_lowers_error_with_more_bits():
+    base = _cnn()
+    errors = []
+    for bits in (2, 4, 6):
+        model, report = cluster_weights(_cnn(), ShareConfig(bits=bits))
+        assert torch.equal(model.bn2.weight, base.bn2.weight) and torch.equal(model.fc.bias, base.fc.bias)
+        errors.append(max(la.rel_error for la in report.layers if la.skipped is None))
+    assert errors[0] > errors[1] > errors[2]
+
+
+@pytest.mark.parametrize("granularity", ["layer", "channel"])
+def test_int8_grid_makes_symmetric_int8_quantization_exact(granularity):
+    model, _ = cluster_weights(_cnn(), ShareConfig(bits=4, granularity=granularity, int8_grid=True))
+    for name in model.trtopt_share:
+        w = dict(model.named_parameters())[name].detach()
+        g = w.reshape(1, -1) if granularity == "layer" else w.reshape(w.shape[0], -1)
+        scale = g.abs().amax(dim=1, keepdim=True) / 127  # what symmetric INT8 quantizers compute
+        q = torch.round(g / scale).clamp(-127, 127)
+        assert torch.allclose(q * scale, g, rtol=1e-6, atol=0), name
+    plain, _ = cluster_weights(_cnn(), ShareConfig(bits=4, granularity=granularity))
+    w = plain.conv3.weight.detach().reshape(1, -1)
+    scale = w.abs().max() / 127
+    assert not torch.allclose(torch.round(w / scale) * scale, w, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_training_inside_tie_weights_keeps_weights_tied(tmp_path, optimizer):
+    model, _ = cluster_weights(_cnn(), ShareConfig(bits=3, granularity="channel"))
+    before = model.conv3.weight.detach().clone()
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=0.5, momentum=0.9) if optimizer == "sgd" else torch.optim.Adam(params, lr=1e-2)
+    model.train()
+    with tie_weights(model):
+        for step in range(5):
+            x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+    assert not torch.equal(before, model.conv3.weight)  # the codebook moved
+    for name in model.trtopt_share:
+        assert _distinct(dict(model.named_parameters())[name], "channel") <= 8
+    save_shared(model, tmp_path / "tuned.npz")  # would raise on more than 2^b values per group
+    # Outside the context nothing ties them any more.
+    model.conv3.weight.data += torch.randn_like(model.conv3.weight) * 1e-3
+    with pytest.raises(TrtoptError, match="distinct values"):
+        save_shared(model, tmp_path / "untied.npz")
+
+
+def test_finetune_shared_with_the_distill_trainer_keeps_ties():
+    from trtopt.compress.config import DistillConfig
+    from trtopt.compress.share import finetune_shared
+
+    teacher = _cnn()
+    student, _ = cluster_weights(_cnn(), ShareConfig(bits=2))
+    before = student.conv2.weight.detach().clone()
+    x = torch.randn(64, 1, 8, 8)
+    result = finetune_shared(student, teacher, (x, None), DistillConfig(epochs=2, batch_size=16, lr=1e-2, device="cpu"))
+    assert result.steps == 8
+    assert not torch.equal(before, student.conv2.weight)
+    for name in student.trtopt_share:
+        assert _distinct(dict(student.named_parameters())[name], "layer") <= 4
+
+
+@pytest.mark.parametrize("bits", [0, 9, -1, True, 2.0])
+def test_bits_outside_1_to_8_are_refused(bits):
+    with pytest.raises(TrtoptError, match="outside 1..8"):
+        ShareConfig(bits=bits)
+
+
+def test_unsupported_layer_type_is_named():
+    with pytest.raises(TrtoptError, match="'bn1' is a BatchNorm2d"):
+        cluster_weights(_cnn(), ShareConfig(layers=("bn1",)))
+    with pytest.raises(TrtoptError, match="no module named 'nope'"):
+        cluster_weights(_cnn(), ShareConfig(exclude=("nope",)))
+    with pytest.raises(TrtoptError, match="granularity"):
+        ShareConfig(granularity="row")
+
+
+def test_saving_an_unclustered_model_is_refused(tmp_path):
+    with pytest.raises(TrtoptError, match="run cluster_weights"):
+        save_shared(_cnn(), tmp_path / "x.npz")
+    assert not (tmp_path / "x.npz").exists()
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model, _ = cluster_weights(_cnn(), ShareConfig(bits=4))
+    save_shared(model, tmp_path / "m.npz")
+    return tmp_path / "m.npz"
+
+
+def test_existing_output_needs_force(saved):
+    model, _ = cluster_weights(_cnn(), ShareConfig(bits=2))
+    with pytest.raises(TrtoptError, match="already exists"):
+        save_shared(model, saved)
+    save_shared(model, saved, force=True)
+
+
+def test_truncated_file_is_refused(saved):
+    data = saved.read_bytes()
+    saved.write_bytes(data[: len(data) // 2])
+    with pytest.raises(TrtoptError, match="truncated or corrupted"):
+        load_shared(saved, _cnn())
+
+
+def test_corrupted_bytes_are_detected(saved):
+    data = bytearray(saved.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    saved.write_bytes(bytes(data))
+    with pytest.raises(TrtoptError, match="corrupted"):
+        load_shared(saved, _cnn())
+
+
+def test_tampered_content_fails_the_sha256(saved, tmp_path):
+    with np.load(saved) as npz:
+        arrays = {k: npz[k].copy() for k in npz.files}
+    arrays["codebooks"][0] += 1.0  # a valid zip whose content no longer matches its header
+    np.savez(tmp_path / "t.npz", **arrays)
+    with pytest.raises(TrtoptError, match="SHA-256"):
+        load_shared(tmp_path / "t.npz", _cnn())
+
+
+def test_file_for_another_architecture_is_refused(saved):
+    with pytest.raises(TrtoptError, match="another architecture.*conv1.weight"):
+        load_shared(saved, DigitsCNN(widths=(16, 32, 64)))
+    with pytest.raises(TrtoptError, match="another architecture"):
+        load_shared(saved, nn.Sequential(nn.Linear(3, 4)))
+
+
+def test_not_a_shared_file(tmp_path):
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(TrtoptError, match="not a readable trtopt shared-weights file"):
+        load_shared(tmp_path / "other.npz", _cnn())
+    with pytest.raises(TrtoptError, match="does not exist"):
+        load_shared(tmp_path / "missing.npz", _cnn())
+
+
+def test_tie_weights_accepts_frozen_weights():
+    model, _ = cluster_weights(_cnn(), ShareConfig(bits=2))
+    model.conv1.weight.requires_grad_(False)
+    frozen = model.conv1.weight.detach().clone()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model.train()
+    with tie_weights(model):
+        loss = model(torch.randn(8, 1, 8, 8)).square().mean()
+        loss.backward()
+        opt.step()
+        model(torch.randn(2, 1, 8, 8))
+    assert torch.equal(model.conv1.weight, frozen)
+    assert _distinct(model.conv2.weight, "layer") <= 4

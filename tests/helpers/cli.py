@@ -1,0 +1,21 @@
+"""Running the ``trtopt`` CLI in a subprocess, and the one-line-error contract every bad input must meet."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def run(args, cwd, env):
+    return subprocess.run([sys.executable, "-m", "trtopt", "-q", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def assert_one_line_error(result, *needles):
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("trtopt: error: ") and "fix:" in lines[0]
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0]

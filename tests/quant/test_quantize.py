@@ -1,0 +1,185 @@
+"""INT8 quantization: layouts per target, exclusions, errors, error analysis, sensitivity, caches end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from trtopt.artifacts import Ranges, TensorRange
+from trtopt.quant.calibrate import CalibrationConfig, calibrate
+from trtopt.measure.compare import topk_accuracy
+from trtopt.export import ExportConfig
+from trtopt.data import load_feed
+from trtopt.errors import TrtoptError
+from trtopt.export import export_onnx
+from trtopt.models.load import load_model
+from trtopt.quant.error import activation_sqnr, weight_errors
+from trtopt.quant.quantize import QuantizeConfig, quantize
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """The trained digits CNN exported to ONNX, its calibration ranges, and the labelled test split."""
+    from trtopt.datasets import load_dataset
+
+    tmp = tmp_path_factory.mktemp("digits")
+    loaded = load_model("zoo:digits_cnn")
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    art = export_onnx(loaded, tmp / "fp32.onnx", ExportConfig(), feed=load_feed(train.inputs, loaded.inputs, count=64))
+    calib = {k: v[:256] for k, v in train.inputs.items()}
+    ranges = calibrate(art.path, calib, CalibrationConfig(method="entropy"))
+    return tmp, art, ranges, test
+
+
+def _run(path, feed, threads=1):
+    from trtopt.measure.bench import onnx_candidate, run_all
+
+    return next(iter(run_all(onnx_candidate(path, threads=threads), feed, 64).values()))
+
+
+def _zero_points(model):
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and len(node.input) > 2:
+            yield numpy_helper.to_array(inits[node.input[2]])
+
+
+def test_onnxruntime_target_is_u8s8_and_accurate(digits):
+    tmp, art, ranges, test = digits
+    out = quantize(art.path, ranges, tmp / "ort.onnx", QuantizeConfig(target="onnxruntime"), force=True)
+    model = onnx.load(str(out.path))
+    zps = list(_zero_points(model))
+    assert zps and all(z.dtype == np.uint8 for z in zps)  # uint8 activations
+    assert out.precision == "int8" and out.metadata["trtopt.quant.quantize.target"] == "onnxruntime"
+    fp32_acc = topk_accuracy(_run(art.path, test.inputs), test.labels)
+    int8_acc = topk_accuracy(_run(out.path, test.inputs), test.labels)
+    assert fp32_acc > 0.97
+    assert int8_acc >= fp32_acc - 0.003  # the issue's bar: within 0.3 points on a labelled real dataset
+    assert out.size_bytes < art.size_bytes / 2.5
+
+
+def test_tensorrt_target_follows_tensorrt_rules(digits):
+    tmp, art, ranges, test = digits
+    out = quantize(art.path, ranges, tmp / "trt.onnx", QuantizeConfig(target="tensorrt"), force=True)
+    model = onnx.load(str(out.path))
+    inits = {t.name: t for t in model.graph.initializer}
+    assert all(z.dtype == np.int8 and not z.any() for z in _zero_points(model))  # symmetric int8, zp 0
+    consumers = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:  # weights: int8, per channel
+            assert numpy_helper.to_array(inits[node.input[0]]).dtype == np.int8
+            assert numpy_helper.to_array(inits[node.input[1]]).size > 1
+        if node.op_type == "DequantizeLinear" and node.input[0] not in inits:  # activations feed GEMM ops only
+            assert {c.op_type for c in consumers[node.output[0]]} <= {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+    fp32_acc = topk_accuracy(_run(art.path, test.inputs), test.labels)
+    assert topk_accuracy(_run(out.path, test.inputs), test.labels) >= fp32_acc - 0.003
+
+
+def test_exclusions_keep_layers_in_fp32(digits):
+    tmp, art, ranges, _ = digits
+    model = onnx.load(str(art.path))
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    out = quantize(art.path, ranges, tmp / "ex.onnx", QuantizeConfig(exclude_nodes=(convs[0],), exclude_op_types=("Gemm",)),
+                   force=True)
+    q = onnx.load(str(out.path))
+    producers = {o: n for n in q.graph.node for o in n.output}
+    first = next(n for n in q.graph.node if n.name == convs[0])
+    assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in first.input)
+    gemm = next(n for n in q.graph.node if n.op_type == "Gemm")
+    assert gemm.input[1] not in producers  # the float weight initializer itself, no DequantizeLinear
+    with pytest.raises(TrtoptError, match="no_such_node"):
+        quantize(art.path, ranges, tmp / "bad.onnx", QuantizeConfig(exclude_nodes=("no_such_node",)))
+
+
+def test_quantize_errors(digits, tmp_path):
+    tmp, art, ranges, _ = digits
+    with pytest.raises(TrtoptError, match="another model"):
+        quantize(art.path, Ranges(ranges.tensors, "entropy", 1, model_sha256="0" * 64), tmp_path / "x.onnx")
+    with pytest.raises(TrtoptError, match="no entry for tensor"):
+        quantize(art.path, Ranges({}, "entropy", 1), tmp_path / "x.onnx")
+    (tmp_path / "exists.onnx").write_bytes(b"keep")
+    with pytest.raises(TrtoptError, match="--force"):
+        quantize(art.path, ranges, tmp_path / "exists.onnx")
+    assert (tmp_path / "exists.onnx").read_bytes() == b"keep"
+    with pytest.raises(TrtoptError, match="target"):
+        QuantizeConfig(target="tflite")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.onnx"]
+
+
+def test_model_without_quantizable_layers_is_refused(tmp_path):
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+                                   [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 4])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 4])])
+    path = tmp_path / "relu.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(path))
+    ranges = Ranges({"x": TensorRange(1, -1, 1), "y": TensorRange(1, 0, 1)}, "minmax", 1)
+    with pytest.raises(TrtoptError, match="no quantizable layers"):
+        quantize(path, ranges, tmp_path / "q.onnx")
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_weight_errors_are_bounded_by_half_a_step(digits):
+    tmp, art, ranges, _ = digits
+    out = quantize(art.path, ranges, tmp / "w.onnx", QuantizeConfig(target="tensorrt"), force=True)
+    rows = weight_errors(art.path, out.path)
+    fp32 = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(art.path)).graph.initializer}
+    assert {r["op_type"] for r in rows} == {"Conv", "Gemm"}
+    for r in rows:
+        w = fp32[r["weight"]]
+        assert r["per_channel"]
+        # symmetric per-channel int8: error ≤ scale/2 = max|w_c|/254 ≤ max|w|/254 (+ float32 slack)
+        assert r["abs_error_max"] <= np.abs(w).max() / 254 * 1.0001
+        assert 0 < r["abs_error_mean"] <= r["abs_error_p99"] <= r["abs_error_max"]
+
+
+def test_activation_sqnr_is_high_for_int8_and_infinite_for_identity(digits):
+    tmp, art, ranges, test = digits
+    out = quantize(art.path, ranges, tmp / "s.onnx", QuantizeConfig(target="onnxruntime"), force=True)
+    rows = activation_sqnr(art.path, out.path, test.inputs, batch_size=50)
+    # each conv is measured after its ReLU (the quantizer folds the ReLU into the uint8 range), then the Gemm
+    assert [r["op_type"] for r in rows] == ["Relu", "Relu", "Relu", "Gemm"]
+    assert all(15 < r["sqnr_db"] < 80 for r in rows)
+    same = activation_sqnr(art.path, art.path, test.inputs, batch_size=50)
+    assert all(r["sqnr_db"] == float("inf") for r in same)
+
+
+def test_mixed_precision_meets_the_bar_with_fewest_layers(digits):
+    from trtopt.quant.sensitivity import accuracy_scorer, choose_mixed_precision
+
+    tmp, art, ranges, test = digits
+    coarse = Ranges({k: TensorRange(r.amax * 8, r.min * 8, r.max * 8) for k, r in ranges.tensors.items()},
+                    "minmax", ranges.samples, model_sha256=ranges.model_sha256)  # deliberately bad ranges
+    score = accuracy_scorer(test.inputs, test.labels, threads=1)
+    choice = choose_mixed_precision(art.path, coarse, QuantizeConfig(), score, max_drop=0.003)
+    sens = choice["sensitivity"]
+    assert len(sens["layers"]) == 4
+    recovered = [r["recovered"] for r in sens["layers"]]
+    assert recovered == sorted(recovered, reverse=True)
+    assert choice["met"] and choice["fp32_score"] - choice["score"] <= 0.003
+    # the greedy choice is minimal along its own order: one layer fewer would not meet the bar
+    if choice["exclude_nodes"]:
+        assert choice["fp32_score"] - choice["trail"][-2]["score"] > 0.003
+
+
+def test_fp16_by_casts_keeps_float32_io_and_matches(digits):
+    from trtopt.quant.quantize import to_fp16
+
+    tmp, art, _, test = digits
+    half = to_fp16(art.path, tmp / "fp16.onnx", force=True)
+    model = onnx.load(str(half.path))
+    assert half.precision == "fp16" and half.metadata["trtopt.precision"] == "fp16"
+    assert [t.dtype for t in half.inputs] == ["float32"] and [t.dtype for t in half.outputs] == ["float32"]
+    assert any(n.op_type == "Cast" for n in model.graph.node)
+    assert all(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer
+               if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) and len(t.dims) > 1)
+    assert half.size_bytes < art.size_bytes * 0.55
+    ref, got = _run(art.path, test.inputs), _run(half.path, test.inputs)
+    cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+    assert cos.min() > 0.9999 and (ref.argmax(1) == got.argmax(1)).all()
+    with pytest.raises(TrtoptError, match="--force"):
+        to_fp16(art.path, half.path)

@@ -1,0 +1,188 @@
+"""``trtopt cluster`` (weight sharing) and ``trtopt factorize`` (low-rank), over `trtopt.compress.share` / `trtopt.compress.lowrank`.
+
+Both read a model spec (+ ``--checkpoint``), write their outputs atomically (refusing existing files
+without ``--force``) and can write a JSON report. ``cluster`` writes the compact shared-weights file
+and optionally the decoded weights as a checkpoint (``--checkpoint-out``, for ``trtopt export MODEL
+--checkpoint`` and every later stage) and/or an ONNX export; ``factorize`` changes the architecture,
+so its deployable output is the exported ONNX model.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from trtopt.errors import TrtoptError
+from trtopt.cli._common import add_data, feed_for, named_shapes, parse_shapes, step_printer, timing_config, write_json_output
+
+
+def _load(args: argparse.Namespace):
+    from trtopt.models.load import load_model
+
+    shapes = named_shapes(parse_shapes(args.input_shape))
+    single = next(iter(shapes.values())) if shapes and len(shapes) == 1 else None
+    return load_model(args.model, checkpoint=args.checkpoint, input_shape=single)
+
+
+def _check_outputs(args: argparse.Namespace, files: tuple[str | None, ...], onnx: str | None) -> None:
+    """Refuse existing outputs (and an ONNX model's ``.data`` side file) before any work starts."""
+    from pathlib import Path
+
+    from trtopt.files import ensure_writable
+
+    side = str(Path(onnx).with_name(Path(onnx).name + ".data")) if onnx else None
+    for path in (*files, onnx, side):
+        if path and (path != side or Path(path).exists()):
+            ensure_writable(path, args.force)
+
+
+def _export(args: argparse.Namespace, loaded, path: str) -> Any:
+    from trtopt.export import ExportConfig
+    from trtopt.export import export_onnx
+
+    feed = feed_for(args, loaded.inputs, loaded.preprocess, count=max(args.samples or 8, 8))
+    return export_onnx(loaded, path, ExportConfig(), feed=feed, force=args.force, on_step=step_printer(args))
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from trtopt.compress.config import ShareConfig
+    from trtopt.compress.share import cluster_weights, save_shared
+
+    config = ShareConfig(bits=args.bits, granularity=args.granularity, layers=tuple(args.layer or ()),
+                         exclude=tuple(args.exclude or ()), min_elements=args.min_elements, int8_grid=args.int8_grid,
+                         seed=args.seed)
+    _check_outputs(args, (args.output, args.json, args.checkpoint_out), args.onnx)
+    loaded = _load(args)
+    module, report = cluster_weights(loaded.module, config)
+    info = save_shared(module, args.output, force=args.force)
+    result: dict[str, Any] = {"model": args.model, "report": report.to_dict(), "file": info.to_dict()}
+    if args.checkpoint_out:
+        import io
+
+        import torch
+
+        from trtopt.files import atomic_output
+
+        buf = io.BytesIO()
+        torch.save(module.state_dict(), buf)
+        with atomic_output(args.checkpoint_out, args.force) as tmp:
+            tmp.write_bytes(buf.getvalue())
+        result["checkpoint"] = args.checkpoint_out
+    if args.onnx:
+        result["onnx"] = _export(args, loaded, args.onnx).to_dict()
+    write_json_output(args.json, result, args.force)
+    clustered = [la for la in report.layers if la.skipped is None]
+    print(f"wrote {info.path}: {len(clustered)} weights shared at {config.bits} bits ({config.granularity}); "
+          f"{info.file_bytes / 1e6:.3f} MB vs {info.state_bytes_fp32 / 1e6:.3f} MB FP32 state "
+          f"({info.compression_ratio:.2f}× smaller)")
+    print(f"  note: {report.note}")
+    return 0
+
+
+def _parse_ranks(values: list[str] | None) -> dict[str, int]:
+    ranks: dict[str, int] = {}
+    for value in values or []:
+        name, sep, r = value.rpartition("=")
+        if not sep or not name or not r.strip().isdigit():
+            raise TrtoptError(f"cannot read --rank {value!r}", "write it as LAYER=RANK, e.g. --rank fc=16")
+        ranks[name] = int(r)
+    return ranks
+
+
+def cmd_factorize(args: argparse.Namespace) -> int:
+    from trtopt.compress.config import LowRankConfig
+    from trtopt.compress.lowrank import factorize
+
+    ranks = _parse_ranks(args.rank)
+    chosen = [flag for flag, on in (("--energy", args.energy is not None), ("--param-budget", args.param_budget is not None),
+                                    ("--rank", bool(ranks)), ("--target-speedup", args.target_speedup is not None)) if on]
+    if len(chosen) > 1:
+        raise TrtoptError(f"{' and '.join(chosen)} given together", "choose one rank rule: --energy, --param-budget, --rank or --target-speedup")
+    method = "params" if args.param_budget is not None else "ranks" if ranks else "energy"
+    config = LowRankConfig(method=method, energy=args.energy if args.energy is not None else 0.9,
+                           param_budget=args.param_budget, ranks=ranks, conv=args.conv, layers=tuple(args.layer or ()),
+                           exclude=tuple(args.exclude or ()), min_reduction=args.min_reduction,
+                           rank_multiple=args.rank_multiple)
+    _check_outputs(args, (args.json,), args.output)
+    loaded = _load(args)
+    import torch
+
+    example = feed_for(args, loaded.inputs, loaded.preprocess, count=max(args.samples or 8, 8))
+    result: dict[str, Any] = {"model": args.model}
+    if args.target_speedup is not None:
+        from trtopt.speedup_search import factorize_for_speedup
+
+        loaded.module, result["latency_search"] = factorize_for_speedup(
+            loaded, args.target_speedup, config, energies=args.energies, feed=example, batch_size=args.batch_size,
+            timing=timing_config(args), threads=args.threads, on_step=step_printer(args))
+        report_dict = result["latency_search"].pop("report")
+    else:
+        example_t = tuple(torch.from_numpy(example[spec.name][:1]) for spec in loaded.inputs)  # forward's positional order
+        _, report = factorize(loaded.module, config, example_inputs=example_t)
+        report_dict = report.to_dict()
+    artifact = _export(args, loaded, args.output)
+    result.update(report=report_dict, onnx=artifact.to_dict())
+    write_json_output(args.json, result, args.force)
+    print(f"wrote {artifact.path}: {report_dict['factorized_layers']} of {len(report_dict['layers'])} layers factorized; "
+          f"parameters {report_dict['parameters_before']:,} → {report_dict['parameters_after']:,} "
+          f"({report_dict['parameter_reduction']:.1%} fewer)")
+    if "latency_search" in result:
+        found = result["latency_search"]
+        print(f"  energy {found['chosen_energy']} chosen for ≥ {args.target_speedup}× at batch {args.batch_size}: " + ", ".join(
+            f"{r['energy']}: {r['speedup']:.2f}×" for r in found["candidates"]))
+    for la in report_dict["layers"]:
+        what = f"skipped: {la['skipped']}" if la["skipped"] else (
+            f"{la['scheme']} rank {la['rank']}, energy {la['energy_kept']:.3f}, "
+            f"{la['params_before']:,} → {la['params_after']:,} parameters")
+        print(f"  {la['name']}: {what}")
+    return 0
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+
+    p.add_argument("model", help="torchvision:NAME, timm:NAME, zoo:NAME, package.module:factory")
+    p.add_argument("--checkpoint", help="state dict / checkpoint to load into the architecture")
+    p.add_argument("--layer", action="append", metavar="NAME", help="only this module (repeat; default: all supported)")
+    p.add_argument("--exclude", action="append", metavar="NAME", help="leave this module as it is (repeat)")
+    p.add_argument("--json", help="write the report JSON here")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    add_data(p)
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("cluster", parents=[common],
+                       help="weight sharing: k-means codebooks of 2^b values per layer; compact file (storage only, not speed)")
+    _add_model(p)
+    p.add_argument("-o", "--output", required=True, help="shared-weights file to write (.npz: codebooks + packed indices)")
+    p.add_argument("--bits", type=int, default=4, help="index bits b in 1..8: 2^b shared values per group (default 4)")
+    p.add_argument("--granularity", choices=("layer", "channel"), default="layer",
+                   help="one codebook per layer (smallest file, default) or per output channel (lower error)")
+    p.add_argument("--int8-grid", action="store_true", help="snap codebooks to the symmetric INT8 grid (exact INT8 afterwards)")
+    p.add_argument("--min-elements", type=int, default=64, help="weights with fewer elements stay FP32 (default 64)")
+    p.add_argument("--checkpoint-out", help="also write the decoded weights as a state dict (for --checkpoint of later stages)")
+    p.add_argument("--onnx", help="also export the clustered model to this ONNX file")
+    p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("factorize", parents=[common],
+                       help="low-rank factorization of Linear/Conv2d layers (SVD, Tucker-2) → exported ONNX")
+    _add_model(p)
+    p.add_argument("-o", "--output", required=True, help="ONNX file to write (the factorized model)")
+    p.add_argument("--energy", type=float, default=None, help="keep this fraction of each layer's squared singular values (default 0.9)")
+    p.add_argument("--param-budget", type=float, default=None, metavar="FRACTION",
+                   help="keep at most this fraction of the selected layers' parameters (ranks chosen greedily)")
+    p.add_argument("--rank", action="append", metavar="LAYER=R", help="explicit rank for a layer (repeat)")
+    p.add_argument("--conv", choices=("auto", "channel", "spatial", "tucker2"), default="auto", help="Conv2d scheme (default auto)")
+    p.add_argument("--min-reduction", type=float, default=0.1,
+                   help="skip layers losing less than this fraction of parameters/MACs (default 0.1)")
+    p.add_argument("--rank-multiple", type=int, default=1, help="round ranks up to a multiple (8/16 suit tensor cores)")
+    p.add_argument("--target-speedup", type=float, default=None, metavar="X",
+                   help="measure: export one candidate per --energies level, time them in ONNX Runtime interleaved with "
+                        "the original, keep the highest energy at least X times faster")
+    p.add_argument("--energies", type=float, nargs="+", default=[0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5],
+                   help="levels tried by --target-speedup")
+    p.add_argument("--batch-size", type=int, default=1, help="batch timed by --target-speedup (default 1)")
+    p.add_argument("--iterations", type=int, default=50, help="timed calls per candidate (--target-speedup)")
+    p.add_argument("--duration", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--warmup", type=int, default=5, help="untimed calls first (--target-speedup)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (--target-speedup)")
+    p.set_defaults(func=cmd_factorize)

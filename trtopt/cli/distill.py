@@ -1,0 +1,185 @@
+"""``trtopt distill``: train a student model against a teacher (knowledge distillation) from the command line.
+
+A thin layer over `trtopt.compress.distill.distill`. Runs the same under ``torchrun --nproc_per_node=N -m trtopt
+distill ...`` (DDP); then only rank 0 writes files and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from trtopt.errors import TrtoptError
+from trtopt.cli._common import console, write_json_output
+
+DATASETS = ("digits",)
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("distill", parents=[common], help="train a (pruned/smaller) student against a teacher: KD loss, checkpoints, resume, DDP")
+    p.add_argument("student", help="student model: spec (zoo:NAME, package.module:factory, ...) or a model file")
+    p.add_argument("teacher", help="teacher model: spec or a model file")
+    p.add_argument("-o", "--output", required=True, help="where to write the trained student (a model file trtopt can load)")
+    p.add_argument("--student-checkpoint", help="state dict to load into the student's architecture first")
+    p.add_argument("--teacher-checkpoint", help="state dict to load into the teacher's architecture first")
+    p.add_argument("--data", required=True, help="training data: digits (train split; evaluated on test) or an .npz "
+                   "with one array per input name (+ 'labels')")
+    p.add_argument("--eval-data", help="eval data .npz (same layout); default for --data digits: its test split")
+    p.add_argument("--labels", action="store_true", help="use the data's labels (α·CE + (1 − α)·KD); default: pure KD")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, default=None, help="passes over the data (default 1)")
+    length.add_argument("--steps", type=int, default=None, help="optimizer steps instead of epochs")
+    p.add_argument("--alpha", type=float, default=0.5, help="weight of the hard-label CE in [0, 1] (default 0.5)")
+    p.add_argument("--temperature", type=float, default=4.0, help="softmax temperature T > 0 (default 4)")
+    p.add_argument("--loss", choices=("auto", "kl", "cosine", "mse"), default="auto",
+                   help="output loss: kl (logits), cosine/mse (embeddings); auto: cosine for embedding models, else kl")
+    p.add_argument("--feature", action="append", metavar="STUDENT_MODULE[:TEACHER_MODULE]",
+                   help="add an intermediate-feature MSE between these modules (repeatable)")
+    p.add_argument("--feature-weight", type=float, default=1.0, help="weight of the feature loss (default 1)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--batch-size", type=int, default=32, help="global batch size (split across DDP processes)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
+    p.add_argument("--scheduler", choices=("cosine", "none"), default="cosine")
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (default: every epoch)")
+    p.add_argument("--patience", type=int, default=None, help="stop after N evaluations without improvement")
+    p.add_argument("--keep-zeros", action="store_true", help="keep zero weights at zero (unstructured / 2:4 sparse students)")
+    p.add_argument("--checkpoint-dir", help="write last.pt / best.pt here")
+    p.add_argument("--resume", metavar="DIR", help="continue from DIR/last.pt (and keep checkpointing there)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--json", help="write the training record (loss curve, evaluations) here")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.set_defaults(func=cmd_distill)
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from trtopt.compress.config import DistillConfig
+    from trtopt.compress.distill import distill
+    from trtopt.files import ensure_writable
+    from trtopt.models.load import load_model
+
+    main = _rank() == 0
+    if main:
+        ensure_writable(args.output, args.force)
+        if args.json:
+            ensure_writable(args.json, args.force)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    features = tuple((f.split(":", 1)[0], f.split(":", 1)[-1]) for f in args.feature or ())
+    config = DistillConfig(alpha=args.alpha, temperature=args.temperature, output_loss="kl" if args.loss == "auto" else args.loss,
+                           epochs=None if args.steps else (args.epochs or 1), max_steps=args.steps,
+                           batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                           optimizer=args.optimizer, scheduler=args.scheduler, warmup_steps=args.warmup_steps,
+                           feature_pairs=features, feature_weight=args.feature_weight, eval_every=args.eval_every,
+                           patience=args.patience, checkpoint_dir=args.checkpoint_dir or args.resume,
+                           resume_from=args.resume, seed=args.seed, keep_zeros=args.keep_zeros)
+    if args.resume:
+        from trtopt.compress.distill import load_checkpoint
+
+        load_checkpoint(args.resume)  # fail on an unreadable checkpoint before loading models and data
+    student = load_model(args.student, checkpoint=args.student_checkpoint)
+    teacher = load_model(args.teacher, checkpoint=args.teacher_checkpoint)
+    if args.loss == "auto" and "embedding" in teacher.output_names:
+        config = replace(config, output_loss="cosine")
+    # The student takes the teacher's inputs (a file or factory student may not declare its own).
+    train, evaluation = _data(args, teacher.inputs)
+    if not args.labels:
+        train = (train[0], None)
+    progress, update = _progress_bar(args, main)
+    with progress:
+        result = distill(student.module, teacher.module, train, config, eval_data=evaluation, progress=update)
+    if not main:
+        return 0
+    record = result.to_dict() | {"student": args.student, "teacher": args.teacher, "output": args.output,
+                                 "data": args.data, "labels": args.labels}
+    _save_student(result.student, teacher, args.output, args.force,
+                  {"distill": {k: record[k] for k in ("student", "teacher", "data", "labels", "steps", "best_metric", "config")}})
+    write_json_output(args.json, record, args.force)
+    last = result.epoch_losses[-1] if result.epoch_losses else result.step_losses[-1]
+    metric = "" if result.best_metric is None else f", best eval metric {result.best_metric:.4f} at step {result.best_step}"
+    stopped = " (stopped early)" if result.stopped_early else ""
+    print(f"wrote {args.output}: {result.steps} steps{stopped}, loss {result.step_losses[0]:.4f} → {last:.4f}{metric}")
+    return 0
+
+
+def _data(args: argparse.Namespace, inputs) -> tuple[tuple[Any, Any], tuple[Any, Any] | None]:
+    """(train (inputs, labels), eval (inputs, labels) or None) for the student's inputs."""
+    if args.data in DATASETS:
+        from trtopt.datasets import load_dataset
+
+        train_split, test_split = load_dataset(args.data, "train"), load_dataset(args.data, "test")
+        train = (_model_inputs(train_split.inputs, inputs, args.data), train_split.labels)
+        evaluation = (_model_inputs(test_split.inputs, inputs, args.data), test_split.labels)
+        if args.eval_data:
+            evaluation = _npz(args.eval_data, inputs)
+        return train, evaluation
+    if not args.data.endswith(".npz"):
+        raise TrtoptError(f"--data {args.data!r} is neither a dataset name nor an .npz file",
+                          f"use {', '.join(DATASETS)} or an .npz with one array per input name")
+    train = _npz(args.data, inputs)
+    if args.labels and train[1] is None:
+        raise TrtoptError(f"--labels given but {args.data} has no 'labels' array", "add labels to the .npz or drop --labels")
+    return train, (_npz(args.eval_data, inputs) if args.eval_data else None)
+
+
+def _npz(path: str, inputs) -> tuple[Any, Any]:
+    import numpy as np
+
+    from trtopt.data import _np_load
+
+    if not os.path.exists(path):
+        raise TrtoptError(f"data file {path} does not exist", "check the path")
+    arrays = _np_load(Path(path))
+    data = {k: np.asarray(arrays[k]) for k in arrays.files}
+    labels = data.pop("labels", None)
+    return _model_inputs(data, inputs, path), labels
+
+
+def _model_inputs(feed: dict[str, Any], inputs, where: str) -> Any:
+    """A checked feed as the model's positional inputs: one array, or a tuple in ``forward`` order."""
+    from trtopt.data import check_feed
+
+    if len(inputs) == 1 and len(feed) == 1:
+        feed = {inputs[0].name: next(iter(feed.values()))}
+    checked = check_feed(feed, inputs, where)
+    arrays = tuple(checked[s.name] for s in inputs)
+    return arrays[0] if len(arrays) == 1 else arrays
+
+
+def _save_student(module: Any, teacher: Any, path: str, force: bool, metadata: dict[str, Any]) -> None:
+    """Write the trained student whole (`trtopt.models.load.save_module`), with the teacher's input specs, so
+    `load_model(path)` (and ``trtopt export``/``bench``) read it back with its real inputs."""
+    from trtopt.models.spec import LoadedModel
+    from trtopt.models.load import save_module
+
+    loaded = LoadedModel(module.eval(), path, teacher.inputs, teacher.output_names, teacher.preprocess,
+                         description=f"distilled from {teacher.spec}")
+    save_module(loaded, path, force=force, metadata=metadata)
+
+
+def _progress_bar(args: argparse.Namespace, main: bool):
+    """A rich progress bar showing step, loss and the latest eval metric; (context, callback)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+    progress = Progress(TextColumn("distill"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                        TimeElapsedColumn(), console=console(args), transient=True, disable=args.quiet or not main)
+    task = progress.add_task("distill", total=None, status="")
+
+    def update(p) -> None:
+        status = f"loss {p.loss:.4f}" + ("" if p.metric is None else f" · eval {p.metric:.4f}")
+        progress.update(task, completed=p.step, total=p.total_steps, status=status)
+
+    return progress, update

@@ -1,0 +1,43 @@
+"""``trtopt doctor``: what this machine can run, and what to install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from trtopt._version import __version__
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from trtopt.doctor import diagnose
+
+    found = diagnose()
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    env = found["environment"]
+    print(f"trtopt {__version__} · Python {env['python']} · {env['cpu_model']} ({env['cpu_count_logical']} CPUs)")
+    for name, pkg in sorted(env["packages"].items()):
+        print(f"  {name:18} {pkg}")
+    print("backends:")
+    for name, b in found["backends"].items():
+        print(f"  {name:12} {'yes' if b['available'] else 'no ':3}  {b['detail']}")
+    ort = found["onnxruntime"]
+    if ort["available"]:
+        print(f"onnxruntime providers: {', '.join(ort['providers'])}")
+    cuda = found["cuda"]
+    print(f"CUDA: {str(cuda['device_count']) + ' device(s)' if cuda['available'] else cuda['reason']}")
+    print(f"GPU: {', '.join(g['name'] for g in found['gpus']) or 'none'}")
+    trt = found["tensorrt"]
+    print(f"TensorRT: {trt['version'] or 'not installed'}; CUDA libraries: {', '.join(trt['cuda_libraries']) or 'none'}; "
+          f"GPUs (CUDA): {', '.join(d['name'] + ' sm_' + d['compute_capability'] for d in cuda.get('devices', [])) or 'none'}")
+    for line in found["advice"]:
+        print(f"advice: {line}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("doctor", parents=[common], help="what this machine can run and what to install")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    p.set_defaults(func=cmd_doctor)

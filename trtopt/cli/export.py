@@ -1,0 +1,52 @@
+"""``trtopt export``: PyTorch → ONNX with a parity check, over `trtopt.export.export_onnx`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from trtopt.cli._common import add_data, add_tolerances, feed_for, parse_shapes, step_printer, write_json_output
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from trtopt.measure.compare import Tolerances
+    from trtopt.export import ExportConfig
+    from trtopt.export import export_onnx
+    from trtopt.models.load import load_model
+
+    shapes = parse_shapes(args.input_shape)
+    loaded = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
+                        input_shape=next(iter(shapes.values())) if len(shapes) == 1 else None)
+    config = ExportConfig(opset=args.opset, dynamic_batch=not args.static_batch, exporter=args.exporter,
+                          simplify=not args.no_simplify, external_data=args.external_data, check_parity=not args.no_parity,
+                          parity=Tolerances(atol=args.atol, rtol=args.rtol, min_cosine=args.min_cosine))
+    feed = feed_for(args, loaded.inputs, loaded.preprocess, count=max(args.samples or 8, 8))
+    artifact = export_onnx(loaded, args.output, config, feed=feed, force=args.force, on_step=step_printer(args))
+    result = artifact.to_dict()
+    write_json_output(args.json, result, args.force)
+    parity = ", ".join(f"{k}: max abs {v['outputs'][0]['max_abs_error']:.2e}, cosine {v['outputs'][0]['cosine']:.6f}"
+                       for k, v in artifact.parity.items())
+    print(f"wrote {artifact.path} ({artifact.size_bytes / 1e6:.2f} MB, {artifact.exporter} exporter, opset {artifact.opset})"
+          + (f"; parity {parity}" if parity else ""))
+    for note in artifact.notes:
+        print(f"  note: {note}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("export", parents=[common], help="export a PyTorch model to ONNX and check parity with PyTorch")
+    p.add_argument("model", help="torchvision:NAME, timm:NAME, zoo:NAME, package.module:factory, or a TorchScript file")
+    p.add_argument("-o", "--output", required=True, help="destination .onnx file")
+    p.add_argument("--checkpoint", help="state dict / checkpoint to load into the architecture")
+    p.add_argument("--pretrained", action="store_true", help="hub weights (must already be in the local cache)")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto")
+    p.add_argument("--static-batch", action="store_true", help="fix the batch axis instead of making it dynamic")
+    p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+    p.add_argument("--external-data", choices=("auto", "always", "never"), default="auto")
+    p.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    p.add_argument("--json", help="write the artifact record (sizes, hashes, parity) here")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    add_data(p)
+    add_tolerances(p, 1e-4, 1e-3, 0.9999)
+    p.set_defaults(func=cmd_export)

@@ -1,0 +1,178 @@
+"""``trtopt bench`` (interleaved timing, regression gating against a baseline) and ``trtopt compare``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from trtopt.errors import TrtoptError
+from trtopt.cli._common import EXIT_CHECK_FAILED, add_data, add_timing, add_tolerances, feed_for, named_shapes, parse_shapes, progress_bar, timing_config, write_json_output
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from trtopt.measure.bench import bench, open_candidate, run_all
+    from trtopt.report.model import build_report
+    from trtopt.report.markdown import markdown_table, render_markdown
+
+    shapes = parse_shapes(args.input_shape)
+    gate = _gate_setup(args)  # a bad baseline or an existing output fails before any timing
+    candidates = [open_candidate(m, threads=args.threads, input_shapes=named_shapes(shapes), checkpoint=args.checkpoint)
+                  for m in args.models]
+    shapes_named = {s.name: s.shape for s in candidates[0].inputs}
+    preprocess = getattr(getattr(candidates[0].runner, "loaded", None), "preprocess", None)
+    feed = feed_for(args, candidates[0].inputs, preprocess)
+    if gate:
+        from trtopt.measure.baseline import control_candidate
+
+        candidates.append(control_candidate(args.threads))
+    progress, update = progress_bar(args)
+    with progress:
+        repeats = args.repeats or (5 if gate else 1)
+        result = bench(candidates, feed, args.batch_sizes, timing_config(args), on_progress=update, repeats=repeats)
+    settings = {"models": args.models, "batch_sizes": args.batch_sizes, "threads": args.threads,
+                "data": args.data or "random", "input_shapes": shapes_named, "repeats": repeats}
+    report = build_report("trtopt bench", result, recipe=settings)
+    write_json_output(args.json, report, args.force)
+    if gate is None:
+        print(render_markdown(report) if args.markdown else markdown_table(report["rows"]))
+        return 0
+    outputs = {c.name: run_all(c, feed) for c in candidates if c.inputs}  # the control has no inputs
+    return _gate_finish(args, gate, result, report["environment"], settings, outputs)
+
+def _gate_setup(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Validate the regression-gating flags of ``bench`` and read the baseline, before anything is timed."""
+    from trtopt.measure.baseline import GateConfig, check_environment, check_outputs_writable, golden_path, load_baseline
+
+    if args.save_baseline and args.baseline:
+        raise TrtoptError("--save-baseline and --baseline were both given", "record a baseline or compare with one, not both")
+    if not (args.save_baseline or args.baseline):
+        return None
+    outputs = [args.json, args.summary]
+    if args.save_baseline:
+        outputs += [args.save_baseline, golden_path(args.save_baseline)]
+    check_outputs_writable(outputs, args.force)
+    if args.save_baseline:
+        return {"mode": "save"}
+    from trtopt.environment import environment
+
+    config = GateConfig(tolerance=args.tolerance, allow_environment_mismatch=args.allow_env_mismatch)
+    baseline = load_baseline(args.baseline)
+    check_environment(baseline["environment"], environment(), config.allow_environment_mismatch)
+    return {"mode": "compare", "baseline": baseline, "config": config}
+
+def _gate_finish(args: argparse.Namespace, gate: dict[str, Any], result: dict[str, Any], env: dict[str, Any],
+                 settings: dict[str, Any], outputs: dict[str, Any]) -> int:
+    """Save the run as a baseline, or judge it against one (latency and golden outputs); exit 1 on failure."""
+    from trtopt.measure.baseline import append_history, baseline_from_bench, compare_with_baseline, golden_path, load_golden, markdown_summary, save_baseline, save_golden
+    from trtopt.measure.compare import compare_outputs
+
+    if gate["mode"] == "save":
+        golden = save_golden(outputs, golden_path(args.save_baseline), force=args.force)
+        save_baseline(baseline_from_bench(result, env, settings, golden), args.save_baseline, force=args.force)
+        print(f"wrote baseline {args.save_baseline} ({len(result['candidates'])} candidates × "
+              f"{len(result['per_batch'])} batch sizes) and golden outputs {golden_path(args.save_baseline)}")
+        return 0
+    baseline = gate["baseline"]
+    comparison = compare_with_baseline(baseline, baseline_from_bench(result, env, settings), gate["config"])
+    golden_results = None
+    if baseline.get("golden"):
+        default, per_output = _golden_tolerances(args)
+        golden = load_golden(args.baseline, baseline["golden"])
+        golden_results = {name: compare_outputs(golden[name], outputs[name], default, per_output)
+                          for name in golden if name in outputs}
+    summary = markdown_summary(comparison, golden_results)
+    print(summary)
+    if args.summary:
+        from trtopt.files import write_text
+
+        write_text(args.summary, summary, force=args.force)
+    golden_passed = None if golden_results is None else all(r["passed"] for r in golden_results.values())
+    if args.history:
+        append_history(args.history, comparison, env, golden_passed)
+    return 0 if comparison["passed"] and golden_passed is not False else EXIT_CHECK_FAILED
+
+def _golden_tolerances(args: argparse.Namespace):
+    """--golden-atol/--golden-rtol values: ``1e-4`` (every output) or ``NAME:1e-3`` (one output)."""
+    from trtopt.measure.compare import Tolerances
+
+    def parse(values, flag):
+        default, named = None, {}
+        for value in values or []:
+            name, _, number = value.rpartition(":")
+            try:
+                parsed = float(number)
+            except ValueError:
+                raise TrtoptError(f"{flag} {value!r} is not a number", f"write {flag} 1e-4 or {flag} OUTPUT:1e-4") from None
+            if name:
+                named[name] = parsed
+            else:
+                default = parsed
+        return default, named
+
+    atol, atols = parse(args.golden_atol, "--golden-atol")
+    rtol, rtols = parse(args.golden_rtol, "--golden-rtol")
+    default = Tolerances(atol=1e-4 if atol is None else atol, rtol=1e-3 if rtol is None else rtol, min_cosine=0.999)
+    per_output = {name: Tolerances(atol=atols.get(name, default.atol), rtol=rtols.get(name, default.rtol),
+                                   min_cosine=default.min_cosine) for name in set(atols) | set(rtols)}
+    return default, per_output
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from trtopt.measure.bench import open_candidate, run_all
+    from trtopt.measure.compare import Tolerances, compare_outputs
+
+    shapes = named_shapes(parse_shapes(args.input_shape))
+    reference = open_candidate(args.reference, threads=args.threads, input_shapes=shapes, checkpoint=args.checkpoint)
+    candidate = open_candidate(args.candidate, threads=args.threads, input_shapes=shapes)
+    preprocess = getattr(getattr(reference.runner, "loaded", None), "preprocess", None)
+    feed = feed_for(args, reference.inputs, preprocess)
+    tol = Tolerances(atol=args.atol, rtol=args.rtol, min_cosine=args.min_cosine)
+    result = compare_outputs(run_all(reference, feed), run_all(candidate, feed), tol)
+    result.update(reference=args.reference, candidate=args.candidate, samples=len(next(iter(feed.values()))))
+    write_json_output(args.json, result, args.force)
+    for out in result["outputs"]:
+        agree = "" if out["top1_agreement"] is None else f", top-1 agreement {out['top1_agreement']:.3f}"
+        print(f"{'PASS' if out['passed'] else 'FAIL'} {out['output']}: max abs {out['max_abs_error']:.3e}, "
+              f"max rel {out['max_rel_error']:.3e}, p99 abs {out['abs_error_p99']:.3e}, cosine {out['cosine']}{agree}")
+    if not result["passed"]:
+        from trtopt.measure.compare import failed_outputs_message
+
+        print(f"trtopt: outputs differ beyond tolerances: {failed_outputs_message(result)}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("bench", parents=[common], help="time models side by side (interleaved); the first is the baseline")
+    p.add_argument("models", nargs="+", help="model specs (PyTorch eager) and/or .onnx files (ONNX Runtime)")
+    p.add_argument("--checkpoint", help="checkpoint for the PyTorch model specs")
+    p.add_argument("--json", help="write the report JSON here")
+    p.add_argument("--markdown", action="store_true", help="print the full Markdown report")
+    p.add_argument("--force", action="store_true", help="overwrite --json (and --save-baseline, --summary)")
+    g = p.add_argument_group("regression gating")
+    g.add_argument("--save-baseline", metavar="FILE", help="record this run (samples, environment, golden outputs) as a baseline")
+    g.add_argument("--baseline", metavar="FILE", help="compare with a baseline; exit 1 on a significant regression "
+                   "beyond --tolerance or outputs that differ from the golden ones")
+    g.add_argument("--repeats", type=int, default=None, metavar="N",
+                   help="independent timing runs per batch size (default 5 with --save-baseline/--baseline, else 1)")
+    g.add_argument("--tolerance", type=float, default=0.10, help="allowed slowdown before a regression (default 0.10 = 10%%)")
+    g.add_argument("--allow-env-mismatch", action="store_true", help="compare even if the baseline came from another environment")
+    g.add_argument("--history", metavar="FILE", help="append this comparison to a JSON Lines history file")
+    g.add_argument("--summary", metavar="FILE", help="also write the Markdown summary here (e.g. $GITHUB_STEP_SUMMARY)")
+    g.add_argument("--golden-atol", action="append", metavar="[OUTPUT:]ATOL", help="golden output tolerance (default 1e-4)")
+    g.add_argument("--golden-rtol", action="append", metavar="[OUTPUT:]RTOL", help="golden output tolerance (default 1e-3)")
+    add_timing(p)
+    add_data(p)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("compare", parents=[common], help="compare a candidate's outputs with a reference's (exit 1 if they differ)")
+    p.add_argument("reference", help="model spec or .onnx file")
+    p.add_argument("candidate", help="model spec or .onnx file")
+    p.add_argument("--checkpoint", help="checkpoint for a PyTorch reference")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", help="write the comparison JSON here")
+    p.add_argument("--force", action="store_true", help="overwrite --json")
+    add_data(p)
+    add_tolerances(p, 1e-4, 1e-3, 0.999)
+    p.set_defaults(func=cmd_compare)

@@ -1,0 +1,66 @@
+"""``trtopt optimize`` (a recipe's stages into a run directory, see `trtopt.pipeline`) and ``trtopt demo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from trtopt.cli._common import progress_bar, step_printer
+
+
+
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("optimize", parents=[common],
+                       help="run a recipe's stages (export, calibrate, quantize, profile, compare) into a run directory "
+                            "with report.json/.md/.html and plots; unchanged stages are reused")
+    p.add_argument("recipe", help="YAML recipe (see examples/)")
+    p.add_argument("--out", default=None, help="run directory (default runs/<recipe name>)")
+    p.add_argument("--force", action="store_true", help="re-run every stage (and use a folder that is not a run directory)")
+    p.add_argument("--iterations", type=int, default=None, help="override timing.iterations")
+    p.add_argument("--threads", type=int, default=None, help="override threads")
+    p.add_argument("--stages", default=None, metavar="A,B", help="override stages, e.g. export,calibrate,quantize")
+    p.set_defaults(func=cmd_optimize)
+
+    p = sub.add_parser("demo", parents=[common], help="the main job: the full pipeline on a real pretrained model and real photos → report.html")
+    p.add_argument("--out", default="runs/demo", help="folder for the demo's run directories (default runs/demo)")
+    p.add_argument("--iterations", type=int, default=100, help="timed calls per variant and batch size")
+    p.add_argument("--force", action="store_true", help="re-run every stage (without it, unchanged stages are reused)")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from trtopt.config import load_recipe
+    from trtopt._config import merge
+    from trtopt.pipeline import optimize
+    from trtopt.report.markdown import markdown_table
+
+    recipe = load_recipe(args.recipe)
+    recipe = merge(recipe, {"threads": args.threads, "timing": {"iterations": args.iterations},
+                            "stages": args.stages.split(",") if args.stages else None})
+    out = args.out or str(Path("runs") / Path(args.recipe).stem)
+    progress, update = progress_bar(args)
+    with progress:
+        report, paths = optimize(recipe, out, force=args.force, on_step=step_printer(args), on_progress=update)
+    if report["rows"]:
+        print(markdown_table(report["rows"]))
+    print(f"\nreport: {paths['html']} (also {paths['markdown'].name}, data {paths['json'].name}); run directory: {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from trtopt.demo import demo_recipes, run_demo
+    from trtopt.report.markdown import markdown_table
+
+    written = []
+    for name, recipe in demo_recipes(iterations=args.iterations).items():
+        progress, update = progress_bar(args)
+        with progress:
+            report, paths = run_demo(recipe, Path(args.out) / name, force=args.force, on_step=step_printer(args),
+                                     on_progress=update)
+        print(f"\n## {report['title']}\n\n{markdown_table(report['rows'])}")
+        written.append(paths["html"])
+    print("\nreports: " + ", ".join(map(str, written)) + " (each with report.md, report.json and its artifacts)")
+    return 0

@@ -1,0 +1,108 @@
+"""``trtopt prune`` and ``trtopt check-2to4``: the CLI over `trtopt.compress.prune` (heavy imports inside handlers)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+from trtopt.cli._common import EXIT_CHECK_FAILED, parse_shapes, step_printer, write_json_output
+
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from trtopt.files import ensure_writable
+    from trtopt.models.load import load_model, save_module
+    from trtopt.compress.config import PruneConfig
+    from trtopt.speedup_search import SpeedupTargetConfig, prune_to_speedup
+    from trtopt.compress.prune import prune_loaded
+
+    config = PruneConfig(method=args.method, ratio=args.ratio, global_pruning=args.global_pruning,
+                         importance=args.importance, round_to=args.round_to, ignored_layers=tuple(args.ignore or ()),
+                         protect_first_last=not args.no_protect)
+    target = None
+    if args.target_speedup is not None:
+        target = SpeedupTargetConfig(target_speedup=args.target_speedup, tolerance=args.tolerance,
+                                     batch_size=args.batch_size, threads=args.threads, iterations=args.iterations)
+    ensure_writable(args.output, args.force)  # fail before any work
+    if args.json:
+        ensure_writable(args.json, args.force)
+    shapes = parse_shapes(args.input_shape)
+    loaded = load_model(args.model, checkpoint=args.checkpoint, input_shape=next(iter(shapes.values())) if len(shapes) == 1 else None)
+    step = step_printer(args)
+    report: dict[str, Any]
+    if target is not None:
+        step(f"searching the channel ratio for a {target.target_speedup}× speedup on ONNX Runtime "
+             f"(batch {target.batch_size}, {target.threads} threads)")
+        search = prune_to_speedup(loaded, config, target, on_step=lambda r: step(
+            f"ratio {r['ratio']:.3f}: MACs ÷{r['macs_reduction']:.2f}, speedup {r['speedup']:.2f}× "
+            f"[{r['speedup_ci_low']:.2f}, {r['speedup_ci_high']:.2f}]"))
+        result = search.result
+        pruned = dataclasses.replace(loaded, module=result.module)
+        report = search.to_dict()
+    else:
+        step(f"pruning {args.model} ({config.method}, ratio {config.ratio})")
+        pruned, result = prune_loaded(loaded, config)
+        report = {"result": result.to_dict()}
+    report["model"] = args.model
+    save_module(pruned, args.output, force=args.force, metadata={"prune": result.to_dict()})
+    write_json_output(args.json, report, args.force)
+    print(f"wrote {args.output}: parameters {result.parameters_before:,} → {result.parameters_after:,} "
+          f"(pruning rate {result.pruning_rate_percent:.1f} % of parameters), MACs/sample {result.macs_before / 1e6:.1f} M → "
+          f"{result.macs_after / 1e6:.1f} M, channel ratio {result.channel_ratio:.3f}")
+    if target is not None:
+        chosen = next(s for s in report["steps"] if s["chosen"])
+        print(f"speedup {chosen['speedup']:.2f}× [{chosen['speedup_ci_low']:.2f}, {chosen['speedup_ci_high']:.2f}] at ratio "
+              f"{chosen['ratio']:.3f} (target {target.target_speedup}× ± {target.tolerance:.0%}: "
+              f"{'reached' if report['reached'] else 'NOT reached'})")
+        return 0 if report["reached"] else EXIT_CHECK_FAILED
+    return 0
+
+
+def cmd_check_2to4(args: argparse.Namespace) -> int:
+    from trtopt.trt.sparsity import check_2to4
+
+    check = check_2to4(args.model)
+    write_json_output(args.json, check.to_dict(), args.force)
+    print(f"{args.model}: {len(check.layers)} layers checked, {len(check.skipped)} skipped (input dim not a multiple of 4)")
+    if check.ok:
+        print("2:4 pattern holds in every checked layer")
+        return 0
+    names = check.violating
+    print(f"2:4 pattern violated in {len(names)} layer(s): {', '.join(names[:10])}{' …' if len(names) > 10 else ''}"
+          if names else "no Conv/Gemm/MatMul with a constant weight to check")
+    return EXIT_CHECK_FAILED
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Register ``prune`` and ``check-2to4``."""
+    p = sub.add_parser("prune", parents=[common], help="prune a PyTorch model (unstructured, structured channels, 2:4) → a loadable .pt")
+    p.add_argument("model", help="torchvision:NAME, timm:NAME, zoo:NAME, package.module:factory, or a saved model file")
+    p.add_argument("-o", "--output", required=True, help="pruned model file (.pt; trtopt export/bench/compare load it)")
+    p.add_argument("--checkpoint", help="state dict / checkpoint to load into the architecture first")
+    p.add_argument("--method", choices=("unstructured", "structured", "2:4"), default="structured",
+                   help="structured: remove channels/heads (smaller, faster); unstructured: zero weights; 2:4: "
+                        "TensorRT sparse pattern (default structured)")
+    p.add_argument("--ratio", type=float, default=0.5, help="fraction of channels (structured) or weights (unstructured) "
+                   "to remove, in [0, 1) (default 0.5)")
+    p.add_argument("--global", dest="global_pruning", action="store_true", help="rank across all layers instead of per layer")
+    p.add_argument("--importance", choices=("l1", "l2", "bn", "taylor"), default="l1",
+                   help="channel importance (structured; default l1 weight magnitude)")
+    p.add_argument("--ignore", action="append", metavar="NAME", help="module name never pruned (repeat)")
+    p.add_argument("--round-to", type=int, default=8, help="keep channel counts multiples of this (default 8)")
+    p.add_argument("--no-protect", action="store_true", help="also prune the first layer's and last layer's outputs")
+    p.add_argument("--target-speedup", type=float, default=None, metavar="X",
+                   help="raise the ratio step by step until the ONNX model is X× faster on ONNX Runtime (measured)")
+    p.add_argument("--tolerance", type=float, default=0.1, help="accept a speedup within X × (1 ± this) (default 0.1)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch timed by --target-speedup (default 1)")
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for --target-speedup (default 2)")
+    p.add_argument("--iterations", type=int, default=40, help="timed calls per model and step (default 40)")
+    p.add_argument("--input-shape", action="append", metavar="[NAME:]DIMS", help="input shape without batch")
+    p.add_argument("--json", help="write the pruning report (and search steps) here")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("check-2to4", parents=[common], help="prove the 2:4 sparsity pattern in an ONNX model's weights (exit 1 if not)")
+    p.add_argument("model", help=".onnx file")
+    p.add_argument("--json", help="write per-layer results here")
+    p.add_argument("--force", action="store_true", help="overwrite --json")
+    p.set_defaults(func=cmd_check_2to4)

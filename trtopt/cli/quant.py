@@ -1,0 +1,179 @@
+"""``trtopt calibrate``, ``trtopt quantize`` and ``trtopt cache``: INT8 ranges, Q/DQ models, TensorRT caches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from trtopt.errors import TrtoptError
+from trtopt.cli._common import add_calibration, add_data, onnx_feed, progress_bar, step_printer, write_json_output
+
+
+def _calibration_config(args: argparse.Namespace):
+    from trtopt.quant.calibrate import CalibrationConfig
+
+    return CalibrationConfig(method=args.method, percentile=args.percentile, batch_size=args.batch_size)
+
+def _calibrate(args: argparse.Namespace, onnx_path: str):
+    from trtopt.quant.calibrate import calibrate
+
+    feed = onnx_feed(args, onnx_path)
+    progress, update = progress_bar(args)
+    with progress:
+        return calibrate(onnx_path, feed, _calibration_config(args),
+                         on_progress=lambda done, total: update("calibration", done, total))
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from trtopt.files import ensure_writable
+
+    ensure_writable(args.output, args.force)
+    if args.cache:
+        ensure_writable(args.cache, args.force)
+    ranges = _calibrate(args, args.model)
+    ranges.save(args.output, force=args.force)
+    print(f"wrote {args.output}: {len(ranges.tensors)} tensor ranges ({ranges.method}, {ranges.samples} samples, "
+          f"data sha256 {ranges.data_sha256[:12]}…)")
+    if args.cache:
+        from trtopt.trt.calibration_cache import ranges_to_cache, write_cache
+
+        cache = ranges_to_cache(ranges, trt_version=args.trt_version)
+        write_cache(cache, args.cache, force=args.force)
+        print(f"wrote {args.cache}: TensorRT {cache.trt_version} calibration cache ({cache.header})")
+    return 0
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from trtopt.artifacts import Ranges, inspect_onnx
+    from trtopt.files import ensure_writable
+    from trtopt.quant.quantize import QuantizeConfig, quantize
+
+    ensure_writable(args.output, args.force)
+    if args.precision == "fp16":
+        from trtopt.quant.quantize import to_fp16
+
+        artifact = to_fp16(args.model, args.output, exclude_op_types=tuple(args.exclude or ()), force=args.force)
+        print(f"wrote {artifact.path} ({artifact.size_bytes / 1e6:.2f} MB); {artifact.notes[0]}")
+        return 0
+    if args.ranges and args.data:
+        raise TrtoptError("both --ranges and --data given", "use --ranges FILE (calibrated) or --data SRC (calibrate now)")
+    ranges = Ranges.load(args.ranges) if args.ranges else _calibrate(args, args.model)
+    names, op_types = _split_excludes(args.model, args.exclude or [])
+    config = QuantizeConfig(target=args.target, per_channel=args.per_channel, reduce_range=args.reduce_range,
+                            op_types=tuple(args.op_types.split(",")) if args.op_types else None, exclude_nodes=names,
+                            exclude_op_types=op_types)
+    if args.max_accuracy_drop is not None:
+        config = _mixed_precision(args, ranges, config)
+    artifact = quantize(args.model, ranges, args.output, config, force=args.force, on_step=step_printer(args))
+    source = inspect_onnx(args.model)
+    print(f"wrote {artifact.path} ({artifact.size_bytes / 1e6:.2f} MB, {source.size_bytes / artifact.size_bytes:.2f}× "
+          f"smaller than {source.path.name})")
+    for note in artifact.notes:
+        print(f"  {note}")
+    if args.json:
+        write_json_output(args.json, artifact.to_dict(), args.force)
+    return 0
+
+def _split_excludes(onnx_path: str, values: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """--exclude values as (node names, op types): a node name wins, else an op type present in the model."""
+    import onnx
+
+    nodes = onnx.load(onnx_path, load_external_data=False).graph.node
+    names = {n.name for n in nodes}
+    ops = {n.op_type for n in nodes}
+    unknown = [v for v in values if v not in names and v not in ops]
+    if unknown:
+        raise TrtoptError(f"--exclude {unknown[0]!r} is neither a node name nor an op type in {onnx_path}",
+                          f"op types there: {', '.join(sorted(ops))}")
+    return tuple(v for v in values if v in names), tuple(v for v in values if v not in names)
+
+def _mixed_precision(args: argparse.Namespace, ranges, config):
+    """Keep the fewest layers in FP32 so that agreement (or cosine) with FP32 drops by at most --max-accuracy-drop."""
+    from dataclasses import replace
+
+    from trtopt.quant.sensitivity import choose_mixed_precision, make_scorer, model_outputs
+
+    feed = onnx_feed(args, args.model)
+    scorer = make_scorer(args.metric, feed, model_outputs(Path(args.model), feed, None))
+    choice = choose_mixed_precision(args.model, ranges, config, scorer, args.max_accuracy_drop,
+                                    on_step=step_printer(args))
+    print(f"mixed precision: {len(choice['exclude_nodes'])} layer(s) kept in FP32 "
+          f"({', '.join(choice['exclude_nodes']) or 'none'}); {args.metric} {choice['score']:.4f} "
+          f"(bar: ≥ {1 - args.max_accuracy_drop:.4f}{'' if choice['met'] else ', NOT met'})")
+    return replace(config, exclude_nodes=tuple(config.exclude_nodes) + tuple(choice["exclude_nodes"]))
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from trtopt.trt import calibration_cache as trt_cache
+
+    if args.action == "inspect":
+        found = trt_cache.inspect_cache(trt_cache.read_cache(args.file), onnx_path=args.onnx,
+                                        expected_trt_version=args.trt_version)
+        if args.json:
+            print(json.dumps(found, indent=2))
+        else:
+            print(f"TensorRT {found['trt_version']} ({found['version_code']}), {found['algorithm']}, "
+                  f"{found['tensor_count']} tensors, amax {found['amax_min']:.4g}..{found['amax_max']:.4g}")
+            for warning in found["warnings"]:
+                print(f"warning: {warning}")
+        return 0
+    if not args.output:
+        raise TrtoptError(f"trtopt cache {args.action} needs -o/--output", "name the file to write")
+    if args.action == "convert":
+        cache = trt_cache.convert_cache(trt_cache.read_cache(args.file), trt_version=args.trt_version)
+        trt_cache.write_cache(cache, args.output, force=args.force)
+    elif args.action == "from-ranges":
+        from trtopt.artifacts import Ranges
+
+        cache = trt_cache.ranges_to_cache(Ranges.load(args.file), trt_version=args.trt_version or "10.3.0")
+        trt_cache.write_cache(cache, args.output, force=args.force)
+    else:  # to-ranges
+        trt_cache.cache_to_ranges(trt_cache.read_cache(args.file)).save(args.output, force=args.force)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("calibrate", parents=[common], help="streaming INT8 calibration of an FP32 ONNX model → ranges JSON")
+    p.add_argument("model", help="FP32 .onnx file")
+    p.add_argument("-o", "--output", required=True, help="ranges JSON to write")
+    p.add_argument("--cache", help="also write a TensorRT calibration cache here")
+    p.add_argument("--trt-version", default="10.3.0", help="TensorRT version the cache is for (default 10.3.0, JetPack 6)")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    add_calibration(p)
+    add_data(p)
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("quantize", parents=[common], help="ranges → INT8 Q/DQ ONNX for a target (onnxruntime or tensorrt), or FP16 by casts")
+    p.add_argument("model", help="FP32 .onnx file (the one the ranges were calibrated on)")
+    p.add_argument("-o", "--output", required=True, help="INT8 .onnx to write")
+    p.add_argument("--ranges", help="ranges JSON from trtopt calibrate (else calibrate now on --data)")
+    p.add_argument("--precision", choices=("int8", "fp16"), default="int8",
+                   help="int8 (Q/DQ from ranges) or fp16 (casts: TensorRT 11's FP16 route; --exclude takes op types)")
+    p.add_argument("--target", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
+                   help="onnxruntime: U8S8 for CPUs; tensorrt: symmetric S8S8 Q/DQ on Conv/MatMul/Gemm inputs")
+    p.add_argument("--exclude", action="append", metavar="NAME|OPTYPE", help="keep a node (or every node of an op type) in FP32")
+    p.add_argument("--op-types", default=None, metavar="A,B",
+                   help="op types to quantize (default: the target's set; transformers on onnxruntime: MatMul,Gemm)")
+    p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
+                   help="per-channel weight scales (default on)")
+    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
+                   help="7-bit weights (default: on for onnxruntime, whose x86 U8S8 kernels can saturate; off for tensorrt)")
+    p.add_argument("--max-accuracy-drop", type=float, default=None, metavar="FRACTION",
+                   help="keep the fewest layers in FP32 so --metric vs FP32 drops by at most this (e.g. 0.01)")
+    p.add_argument("--metric", choices=("agreement", "cosine"), default="agreement",
+                   help="score for --max-accuracy-drop: top-1 agreement (classifiers) or mean cosine (embeddings)")
+    p.add_argument("--json", help="write the artifact record here")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    add_calibration(p)
+    add_data(p)
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("cache", parents=[common], help="TensorRT calibration caches: inspect, convert, from/to ranges")
+    p.add_argument("action", choices=("inspect", "convert", "from-ranges", "to-ranges"))
+    p.add_argument("file", help="a cache (inspect, convert, to-ranges) or a ranges JSON (from-ranges)")
+    p.add_argument("-o", "--output", help="file to write (convert, from-ranges, to-ranges)")
+    p.add_argument("--onnx", help="inspect: check tensor names against this model")
+    p.add_argument("--trt-version", default=None, help="inspect: expected version; convert/from-ranges: target version")
+    p.add_argument("--json", action="store_true", help="inspect: print JSON")
+    p.add_argument("--force", action="store_true", help="overwrite the output")
+    p.set_defaults(func=cmd_cache)

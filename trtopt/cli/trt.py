@@ -1,0 +1,243 @@
+"""TensorRT subcommands: ``trtopt build``, ``trtopt bundle``, ``trtopt trt-bench``.
+
+``build --plan-only`` and ``bundle`` need no TensorRT and no GPU (they compute plans and trtexec lines);
+building and timing need both, and say so in one line where they are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from trtopt.errors import TrtoptError
+from trtopt.cli._common import add_data, feed_for, named_shapes, parse_shapes
+
+
+def _add_plan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=("auto", "fp32", "fp16", "int8"), default="auto",
+                   help="auto: what the ONNX holds (Q/DQ -> int8, FP16 casts -> fp16), int8 with --calib-cache")
+    p.add_argument("--typing", choices=("auto", "strong", "weak"), default="auto", help="network typing (10.x)")
+    p.add_argument("--calib-cache", help="TensorRT 10.x calibration cache for implicit INT8")
+    p.add_argument("--mixed-fp16", action="store_true",
+                   help="weakly typed 10.x INT8: also allow FP16 for layers kept out of INT8 (trtexec --int8 --fp16)")
+    p.add_argument("--shapes", nargs="+", default=[], metavar="NAME:MIN,OPT,MAX",
+                   help="optimization profile per input, e.g. input:1x3x224x224,8x3x224x224,32x3x224x224")
+    p.add_argument("--workspace", type=int, default=None, metavar="MiB", help="workspace memory pool limit")
+    p.add_argument("--sparse", action="store_true", help="BuilderFlag.SPARSE_WEIGHTS (2:4 sparse weights)")
+    p.add_argument("--target", choices=("server", "jetson-orin", "jetson-xavier"), default=None,
+                   help="device class (DLA exists on Jetson only; bundle default jetson-orin, build default server)")
+    p.add_argument("--dla-core", type=int, default=None, help="run on this DLA core (Jetson), GPU fallback on")
+    p.add_argument("--opt-level", type=int, default=None, help="builder optimization level 0..5 (default 3)")
+    p.add_argument("--timing-cache", help="load/save the builder's timing cache here")
+    p.add_argument("--version-compatible", action="store_true", help="BuilderFlag.VERSION_COMPATIBLE")
+    p.add_argument("--exclude-lean-runtime", action="store_true", help="BuilderFlag.EXCLUDE_LEAN_RUNTIME")
+    p.add_argument("--hardware-compat", choices=("none", "ampere+"), default="none",
+                   help="ampere+: one engine for Ampere and later data-center GPUs (slower)")
+
+
+def _options(args: argparse.Namespace, target_default: str, calibrate: bool = False):
+    from trtopt.trt.plan import BuildOptions, parse_shape_spec
+
+    return BuildOptions(precision=args.precision, typing=args.typing, calib_cache=args.calib_cache, calibrate=calibrate,
+                        mixed_fp16=args.mixed_fp16,
+                        shapes=tuple(parse_shape_spec(s) for s in args.shapes),
+                        workspace_bytes=args.workspace * (1 << 20) if args.workspace else None,
+                        timing_cache=args.timing_cache, opt_level=args.opt_level, sparse=args.sparse,
+                        target=args.target or target_default, dla_core=args.dla_core,
+                        version_compatible=args.version_compatible, exclude_lean_runtime=args.exclude_lean_runtime,
+                        hardware_compatibility=args.hardware_compat)
+
+
+def _trt_version(requested: str) -> str:
+    """``auto`` -> the installed TensorRT's version; else the requested one."""
+    if requested != "auto":
+        return requested
+    from trtopt.trt.runtime import installed_version
+
+    installed = installed_version()
+    if installed is None:
+        raise TrtoptError("--trt-version auto needs TensorRT installed, and it is not",
+                          "name the version the engine is for: --trt-version 10.3 (JetPack 6), 10.16 or 11.1")
+    return installed
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from trtopt.files import ensure_writable, write_json
+    from trtopt.trt.plan import BuildPlan, make_plan, plan_summary
+    from trtopt.trt.trtexec import TrtexecTiming, trtexec_args, trtexec_command, unverified_flags
+
+    if args.plan:
+        plan = BuildPlan.load(args.plan)
+        if Path(plan.onnx_path).resolve() != Path(args.onnx).resolve():
+            raise TrtoptError(f"the plan builds {plan.onnx_path}, not {args.onnx}", "pass the plan's ONNX")
+    else:
+        plan = make_plan(args.onnx, _options(args, "server", calibrate=bool(args.data)), _trt_version(args.trt_version))
+    line = trtexec_command(trtexec_args(plan, engine=args.output, timing=TrtexecTiming(),
+                                           layer_info=args.output + ".layers.json"))
+    if args.plan_only:
+        plan_path = args.output + ".plan.json"
+        ensure_writable(plan_path, args.force)
+        data = plan.to_dict()
+        data["trtexec"] = line
+        data["trtexec_unverified_flags"] = unverified_flags(line.split(), plan.trt_major)
+        write_json(plan_path, data, force=args.force)
+        print(json.dumps(plan_summary(plan)))
+        print(f"wrote {plan_path}\ntrtexec equivalent:\n  {line}")
+        for note in plan.notes:
+            print(f"  note: {note}")
+        return 0
+    from trtopt.trt.build import build_engine
+
+    data = None
+    if plan.int8_source == "calibrator":
+        data = _calibration_feeds(args, plan)
+    built = build_engine(plan, args.output, force=args.force, calibration_data=data, cache_dir=args.cache_dir,
+                         cuda_library=args.cuda_lib, verbose=getattr(args, "debug", False))
+    layers = built.sidecar.get("layers", {})
+    how = "reused from the engine cache" if built.cache_hit else f"built in {built.sidecar['build_time_s']:.1f} s"
+    print(f"wrote {built.path} ({built.sidecar['engine_size_bytes'] / 1e6:.2f} MB, TensorRT {built.sidecar['trt_version']}, "
+          f"{built.sidecar['gpu_name']}; {how}); layers by precision: {layers.get('by_precision', {})}")
+    if args.json:
+        write_json(args.json, built.to_dict(), force=args.force)
+    return 0
+
+
+def _calibration_feeds(args: argparse.Namespace, plan: Any):
+    """Calibration data for a build-time calibrator: --data at the profile's opt shapes, streamed in batches."""
+    from trtopt.artifacts import inspect_onnx
+    from trtopt.measure.bench import onnx_input_specs
+    from trtopt.data import iter_batches, load_feed
+
+    art = inspect_onnx(plan.onnx_path)
+    overrides = {p.name: tuple(p.opt[1:]) for p in plan.profiles}
+    feed = load_feed(args.data, onnx_input_specs(art, overrides or None), count=args.samples, seed=0)
+    return iter_batches(feed, plan.calib_batch_size or 8)
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from trtopt.trt.bundle import make_bundle
+
+    manifest = make_bundle(args.models, args.output, target=args.target or "jetson-orin", ranges=args.ranges,
+                           calib_cache=args.calib_cache, options=_options(args, args.target or "jetson-orin"),
+                           force=args.force)
+    print(f"wrote {args.output}: {len(manifest['files'])} files for {manifest['target']} "
+          f"(TensorRT {manifest['trt10_version']} and {manifest['trt11_version']})")
+    for p in manifest["plans"]:
+        if p.get("plan"):
+            print(f"  {p['model']} TensorRT {p['trt_version']}: {p['precision']}"
+                  f"{' (INT8 from ' + p['int8_source'] + ')' if p.get('int8_source') else ''} -> {p['plan']}")
+        else:
+            print(f"  {p['model']} TensorRT {p['trt_version']}: no plan ({p['reason']})")
+    return 0
+
+
+def cmd_trt_bench(args: argparse.Namespace) -> int:
+    """Time a TensorRT engine (CUDA events, trtexec statistics) and optionally a PyTorch FP32 baseline on GPU."""
+    from trtopt.backends.trt import BACKEND
+    from trtopt.trt.cuda import require_gpu
+
+    ok, detail = BACKEND.availability()
+    if not ok:
+        raise TrtoptError(f"trtopt trt-bench cannot run here: {detail}",
+                          "run it on a machine with an NVIDIA GPU and TensorRT (trtopt doctor shows what is missing)")
+    require_gpu("trtopt trt-bench")
+    from trtopt.trt.runner import TensorRTRunner
+    from trtopt.data import take_batch
+    from trtopt.files import ensure_writable, write_json
+    from trtopt.trt.engine import read_sidecar
+
+    if args.json:
+        ensure_writable(args.json, args.force)
+    runner = TensorRTRunner(args.engine, cuda_library=args.cuda_lib)
+    try:
+        from trtopt.artifacts import inspect_onnx
+        from trtopt.measure.bench import onnx_input_specs
+
+        plan = read_sidecar(args.engine)["plan"]
+        specs = onnx_input_specs(inspect_onnx(plan["onnx_path"]), named_shapes(parse_shapes(args.input_shape)))
+        feed = take_batch(feed_for(args, specs, count=args.batch_size), args.batch_size)
+        result: dict[str, Any] = {"engine": args.engine, "runner": runner.describe(),
+                                  "tensorrt": runner.profile(feed, iterations=args.iterations, warmup=args.warmup,
+                                                             transfers=not args.no_transfers, cuda_graph=args.cuda_graph)}
+        compute_samples = runner.last_samples["compute_ms"]
+    finally:
+        runner.close()
+    if args.baseline:
+        result["pytorch_fp32"] = _torch_baseline(args, feed, compute_samples)
+    trt = result["tensorrt"]
+    print(f"TensorRT: {trt['throughput_qps']:.1f} qps; GPU compute median {trt['compute_ms']['median']:.3f} ms "
+          f"(p99 {trt['compute_ms']['p99']:.3f}); latency median {trt['latency_ms']['median']:.3f} ms "
+          f"(transfers {'in' if trt['transfers_included'] else 'out'}, CUDA graph {'on' if trt['cuda_graph'] else 'off'})")
+    for w in trt["warnings"]:
+        print(f"warning: {w}")
+    if "pytorch_fp32" in result:
+        s = result["pytorch_fp32"]["speedup_vs_pytorch"]
+        print(f"speedup vs PyTorch FP32 (GPU compute, CUDA events both sides): {s['speedup']:.2f}× "
+              f"[{s['speedup_ci_low']:.2f}, {s['speedup_ci_high']:.2f}]")
+    if args.json:
+        write_json(args.json, result, force=args.force)
+    return 0
+
+
+def _torch_baseline(args: argparse.Namespace, feed: dict, trt_compute_ms: list[float]) -> dict[str, Any]:
+    """PyTorch FP32 on the GPU, timed with CUDA events on its stream (inputs already on the device, as the
+    TensorRT compute time excludes transfers)."""
+    import torch
+
+    from trtopt.trt.cuda import time_torch_cuda
+    from trtopt.models.load import load_model
+    from trtopt.measure.profile import TimingConfig, speedup_interval
+    from trtopt.trt.timing import distribution
+
+    loaded = load_model(args.baseline)
+    module = loaded.module.eval().cuda()
+    tensors = [torch.from_numpy(feed[s.name]).cuda() for s in loaded.inputs]
+    with torch.inference_mode():
+        samples = time_torch_cuda(lambda: module(*tensors), args.iterations, args.warmup, timer="cuda-python")
+    return {"model": args.baseline, "compute_ms": distribution(samples), "timer": "CUDA events (cuda-python)",
+            "speedup_vs_pytorch": speedup_interval(samples, trt_compute_ms, TimingConfig())}
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+
+    p = sub.add_parser("build", parents=[common], help="build a TensorRT engine from ONNX (version-aware plan; "
+                       "--plan-only needs no TensorRT)")
+    p.add_argument("onnx", help=".onnx model (FP32, FP16-cast or Q/DQ INT8)")
+    p.add_argument("-o", "--output", required=True, help="engine file (sidecar: ENGINE.json, layers: ENGINE.layers.json)")
+    p.add_argument("--trt-version", default="auto", help="auto (installed), 10.3, 10.16, 11.0 or 11.1")
+    p.add_argument("--plan", help="build exactly this plan JSON (from --plan-only or a bundle)")
+    p.add_argument("--plan-only", action="store_true", help="write ENGINE.plan.json and the trtexec line; no TensorRT")
+    p.add_argument("--cache-dir", help="engine cache folder (reuse an engine built from the same ONNX, plan, TensorRT, GPU)")
+    p.add_argument("--cuda-lib", choices=("auto", "cuda-python", "pycuda"), default="auto")
+    p.add_argument("--json", help="write the build record here")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    _add_plan_options(p)
+    p.add_argument("--data", default=None, help="calibration data for build-time INT8 calibration (TensorRT 10.x)")
+    p.add_argument("--samples", type=int, default=256, help="calibration samples (default 256)")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("bundle", parents=[common], help="a folder to build engines on a Jetson/GPU: ONNX, cache, "
+                       "plans for 10.x and 11.x, trtexec scripts, manifest")
+    p.add_argument("models", nargs="+", help=".onnx models to ship")
+    p.add_argument("-o", "--output", required=True, help="bundle folder")
+    p.add_argument("--ranges", help="trtopt ranges JSON (shipped; becomes the 10.x calibration cache)")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle folder")
+    _add_plan_options(p)
+    p.set_defaults(func=cmd_bundle)
+
+    p = sub.add_parser("trt-bench", parents=[common], help="time a TensorRT engine like trtexec (CUDA events), "
+                       "optionally against PyTorch FP32 on the GPU")
+    p.add_argument("engine", help="engine built by trtopt build (with its .json sidecar)")
+    p.add_argument("--baseline", help="PyTorch model spec timed on the GPU with CUDA events (e.g. zoo:efficientnet_lite0)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--iterations", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--cuda-graph", action="store_true", help="replay execute_async_v3 from a CUDA graph")
+    p.add_argument("--no-transfers", action="store_true", help="leave H2D/D2H out of the timed loop")
+    p.add_argument("--cuda-lib", choices=("auto", "cuda-python", "pycuda"), default="auto")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--force", action="store_true", help="overwrite --json")
+    add_data(p)
+    p.set_defaults(func=cmd_trt_bench)

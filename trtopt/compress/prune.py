@@ -1,0 +1,439 @@
+"""Pruning: unstructured magnitude, structured (physically smaller), and 2:4 semi-structured sparsity.
+
+Three methods, one function: ``prune(model, example_inputs, PruneConfig(...)) -> PruneResult``. The input
+model is never modified; the result holds a pruned copy and a report of what changed.
+
+- ``unstructured``: zero the smallest-magnitude weights of every Conv/Linear layer (``ratio`` of each
+  layer, or of all of them together with ``global_pruning``), made permanent (``torch.nn.utils.prune``
+  then ``prune.remove``). The shapes stay, so dense kernels run exactly as fast as before.
+- ``structured``: remove whole output channels (conv filters, linear features, attention heads, FFN
+  width) together with every tensor that depends on them (BatchNorm/LayerNorm, the next layer's input
+  channels, both sides of a residual add or concatenation, depthwise convs), using Torch-Pruning's
+  dependency graph. The model really gets smaller, so the exported ONNX is smaller and faster.
+  Channel counts are rounded to multiples of ``round_to`` (8: tensor-core friendly); the first layer and
+  the final classifier keep their output channels by default (the model's interface stays the same).
+  In transformers (Hugging Face BERT-style attention: ``query``/``key``/``value`` + ``num_attention_heads``),
+  whole attention heads and FFN width are removed; the residual stream (hidden size) is kept.
+- ``2:4``: in every group of 4 consecutive weights along the input dimension keep the 2 largest
+  magnitudes (NVIDIA's 2:4 pattern that TensorRT's ``SPARSE_WEIGHTS`` accelerates on Ampere and later);
+  for a conv, groups run along the input channels at each kernel position, as NVIDIA's ASP does.
+  `trtopt.trt.sparsity.check_2to4` proves the pattern on an exported ONNX file.
+
+The pruning rate follows DESIGN.md: pruned *parameters* / total parameters × 100 (removed parameters
+plus newly zeroed ones). The channel ratio is reported beside it, clearly named: removing 50 % of the
+channels removes ~75 % of a conv's weights.
+
+`trtopt.speedup_search.prune_to_speedup` prunes step by step until the exported model, timed interleaved against the
+unpruned model on ONNX Runtime, reaches a requested speedup (measured, not estimated from MACs).
+
+Imports torch (and torch_pruning for ``structured``): import this module lazily.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trtopt.errors import TrtoptError
+from trtopt.compress.config import PruneConfig
+from trtopt.compress.sparsity import mask_2to4, weight_layers
+
+
+
+@dataclass
+class PruneResult:
+    """The pruned model and what changed.
+
+    Attributes:
+        module: the pruned ``nn.Module`` (a copy; eval mode, CPU).
+        config: the configuration used.
+        parameters_before / parameters_after: parameter counts (elements) of the whole model.
+        nonzero_parameters_after: parameters that are not exactly zero after pruning.
+        macs_before / macs_after: multiply-accumulates per sample of the Conv and Linear layers (dense
+            count: a zeroed weight is still multiplied by a dense kernel).
+        macs_after_nonzero: MACs with nonzero weights only (what a sparse kernel could at best skip).
+        pruning_rate_percent: pruned parameters / parameters_before × 100, where pruned = removed
+            parameters + parameters newly set to zero (DESIGN.md's pruning rate, counted in parameters).
+        channel_ratio: fraction of output channels removed, summed over the Conv/Linear layers that
+            were allowed to lose channels (structured; 0 for the other methods).
+        layers: per Conv/Linear layer: name, type, weight shapes before/after, parameters before/after,
+            ``sparsity`` (fraction of the weight that is zero after pruning), ``pruned`` (changed).
+        skipped: layers left out, with the reason (2:4: input dimension not a multiple of 4, ignored).
+        heads: transformers: attention heads per attention module before and after.
+    """
+
+    module: Any
+    config: PruneConfig
+    parameters_before: int
+    parameters_after: int
+    nonzero_parameters_after: int
+    macs_before: int
+    macs_after: int
+    macs_after_nonzero: int
+    pruning_rate_percent: float
+    channel_ratio: float
+    layers: list[dict[str, Any]]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    heads: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def macs_reduction(self) -> float:
+        """macs_before / macs_after (×; dense MACs)."""
+        return self.macs_before / self.macs_after if self.macs_after else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (without the module)."""
+        return {"method": self.config.method, "config": dataclasses.asdict(self.config),
+                "parameters_before": self.parameters_before, "parameters_after": self.parameters_after,
+                "nonzero_parameters_after": self.nonzero_parameters_after,
+                "pruning_rate_percent": self.pruning_rate_percent, "channel_ratio": self.channel_ratio,
+                "macs_before": self.macs_before, "macs_after": self.macs_after,
+                "macs_after_nonzero": self.macs_after_nonzero, "macs_reduction": self.macs_reduction,
+                "layers": self.layers, "skipped": self.skipped, "heads": self.heads}
+
+def _as_args(example_inputs: Any) -> tuple[Any, ...]:
+    """Example inputs as the positional arguments of ``forward``."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(isinstance(t, torch.Tensor) for t in example_inputs):
+        return tuple(example_inputs)
+    raise TrtoptError(f"example inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}",
+                      "pass the positional arguments of forward, e.g. (torch.randn(2, 3, 224, 224),)")
+
+def count_macs(module: nn.Module, example_inputs: Any) -> dict[str, int]:
+    """Multiply-accumulates per sample of every Conv and Linear layer, by layer name, from one forward pass.
+
+    A Conv's MACs are output elements × (input channels / groups) × kernel size; a Linear's are output
+    elements × in_features (so a Linear on a (N, T, C) sequence counts all T positions). Counts are per
+    sample: divided by the batch size (axis 0 of the first input). Other ops (attention score matmuls,
+    norms, activations) are not counted: they are a small share in CNNs and are reported as such.
+    """
+    args = _as_args(example_inputs)
+    batch = int(args[0].shape[0]) if args[0].dim() else 1
+    names = {m: n for n, m in module.named_modules()}
+    macs: dict[str, int] = {}
+
+    def hook(layer: nn.Module, _inputs: Any, output: Any) -> None:
+        if isinstance(layer, nn.Linear):
+            count = output.numel() * layer.in_features
+        else:
+            count = output.numel() * (layer.in_channels // layer.groups) * int(np.prod(layer.kernel_size))
+        name = names[layer]
+        macs[name] = macs.get(name, 0) + count // batch
+
+    _forward_with_layer_hook(module, args, hook)
+    return macs
+
+def _forward_with_layer_hook(module: nn.Module, args: tuple[Any, ...], hook: Callable[..., Any]) -> None:
+    """One no-grad forward pass with ``hook`` on every Conv/Linear layer (removed afterwards)."""
+    handles = [m.register_forward_hook(hook) for m in weight_layers(module).values()]
+    try:
+        with torch.no_grad():
+            module(*args)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _zeros(module: nn.Module) -> int:
+    return sum(int((p == 0).sum()) for p in module.parameters())
+
+def _execution_order(module: nn.Module, args: tuple[Any, ...]) -> list[str]:
+    """Names of the Conv/Linear layers in the order a forward pass calls them (each once)."""
+    names = {m: n for n, m in module.named_modules()}
+    order: list[str] = []
+    _forward_with_layer_hook(module, args,
+                             lambda layer, _i, _o: order.append(names[layer]) if names[layer] not in order else None)
+    return order
+
+@contextlib.contextmanager
+def _naming_failures(module: nn.Module, what: str, fix: str) -> Iterator[None]:
+    """Turn an exception inside ``module``'s forward into a TrtoptError naming the layer it happened in.
+
+    Tracks the module being run (innermost) and the last leaf module that finished, so an error raised
+    in a submodule names it, and one raised in a parent's own code (a reshape) names the layer before.
+    """
+    names = {m: n for n, m in module.named_modules()}
+    stack: list[str] = []
+    last_done: list[str] = []
+
+    def pre(layer: nn.Module, _inputs: Any) -> None:
+        stack.append(names.get(layer, type(layer).__name__))
+
+    def post(layer: nn.Module, _inputs: Any, _output: Any) -> None:
+        if stack:
+            stack.pop()
+        if not any(True for _ in layer.children()):
+            last_done[:] = [names.get(layer, type(layer).__name__)]
+
+    handles = [m.register_forward_pre_hook(pre) for m in module.modules()]
+    handles += [m.register_forward_hook(post) for m in module.modules()]
+    try:
+        yield
+    except TrtoptError:
+        raise
+    except Exception as e:
+        inner = [s for s in stack if s]
+        if inner:
+            where = f"in layer {inner[-1]!r} ({type(dict(module.named_modules())[inner[-1]]).__name__})"
+        elif last_done:
+            where = f"right after layer {last_done[0]!r}"
+        else:
+            where = "before its first layer"
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise TrtoptError(f"{what} failed {where}: {type(e).__name__}: {reason}", fix) from e
+    finally:
+        for h in handles:
+            h.remove()
+
+def prune(model: nn.Module, example_inputs: Any, config: PruneConfig = PruneConfig(),
+          labels: torch.Tensor | None = None) -> PruneResult:
+    """Prune a copy of ``model`` per ``config`` and report what changed (``model`` is not modified).
+
+    Args:
+        model: a PyTorch model (any mode; the result is in eval mode on the CPU).
+        example_inputs: positional inputs of ``forward`` (a tensor or tuple of tensors, batch axis first)
+            used to trace dependencies, count MACs, rank channels (Taylor) and check the pruned model.
+        config: method, ratio, importance, protected/ignored layers.
+        labels: class labels for the example inputs, used by Taylor importance (cross entropy); without
+            them the model's own predictions serve as labels (2-D outputs), or the outputs' squared norm.
+
+    Returns:
+        The pruned copy and its report (parameters, MACs per sample, pruning rate, channel ratio, layers).
+
+    Raises:
+        TrtoptError: an ignored layer name that the model does not have; a model the dependency graph
+            cannot handle or that fails after pruning (the message names the layer); structured pruning
+            that would change the model's output shape.
+    """
+    args = _as_args(example_inputs)
+    pruned = copy.deepcopy(model).cpu().eval()
+    layers = weight_layers(pruned)
+    all_names = {n for n, _ in pruned.named_modules()}
+    unknown = [n for n in config.ignored_layers if n not in all_names]
+    if unknown:
+        close = sorted(layers)[:6]
+        raise TrtoptError(f"ignored layer {unknown[0]!r} is not a module of the model",
+                          f"use names from model.named_modules(), e.g. {', '.join(close)}")
+    before_shapes = {n: tuple(m.weight.shape) for n, m in layers.items()}
+    before_params = {n: sum(p.numel() for p in m.parameters(recurse=False)) for n, m in layers.items()}
+    params_before = sum(p.numel() for p in pruned.parameters())
+    zeros_before = _zeros(pruned)
+    with _naming_failures(pruned, "running the model on the example inputs", "pass example inputs the model accepts"):
+        macs_before = count_macs(pruned, args)
+        with torch.no_grad():
+            reference = pruned(*args)
+    skipped: list[dict[str, str]] = []
+    heads: dict[str, dict[str, int]] = {}
+    allowed: set[str] = set(layers)
+    if config.method == "unstructured":
+        _unstructured_(pruned, config)
+    elif config.method == "2:4":
+        skipped = _two_four_(pruned, config)
+    else:
+        allowed, heads = _structured_(pruned, args, config, labels)
+    pruned.eval()
+    with _naming_failures(pruned, "the pruned model", "add that layer to the ignored layers (--ignore NAME); "
+                          "models that hard-code channel counts in reshapes can't be pruned structurally there"):
+        macs_after = count_macs(pruned, args)
+        with torch.no_grad():
+            output = pruned(*args)
+    _check_same_output_shape(reference, output)
+    return _report(pruned, config, before_shapes, before_params, params_before, zeros_before,
+                   macs_before, macs_after, allowed, skipped, heads)
+
+def _check_same_output_shape(reference: Any, output: Any) -> None:
+    ref, out = _flat(reference), _flat(output)
+    if [tuple(t.shape) for t in ref] != [tuple(t.shape) for t in out]:
+        raise TrtoptError(f"pruning changed the model's output shapes from {[tuple(t.shape) for t in ref]} to "
+                          f"{[tuple(t.shape) for t in out]}", "add the output layer to the ignored layers (--ignore NAME)")
+
+def _flat(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _flat(v)]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _flat(v)]
+    if hasattr(value, "to_tuple"):  # Hugging Face ModelOutput
+        return _flat(value.to_tuple())
+    return []
+
+def _report(pruned: nn.Module, config: PruneConfig, before_shapes: dict[str, tuple],
+            before_params: dict[str, int], params_before: int, zeros_before: int, macs_before: dict[str, int],
+            macs_after: dict[str, int], allowed: set[str], skipped: list[dict[str, str]],
+            heads: dict[str, dict[str, int]]) -> PruneResult:
+    layers_after = weight_layers(pruned)
+    rows = []
+    out_before = out_after = 0
+    macs_nonzero = 0
+    for name, shape in before_shapes.items():
+        layer = layers_after.get(name)
+        if layer is None:
+            continue
+        weight = layer.weight.detach()
+        sparsity = float((weight == 0).sum()) / weight.numel()
+        macs_nonzero += int(macs_after.get(name, 0) * (1.0 - sparsity))
+        params = sum(p.numel() for p in layer.parameters(recurse=False))
+        changed = tuple(weight.shape) != shape or sparsity > 0
+        rows.append({"name": name, "type": type(layer).__name__, "weight_shape_before": list(shape),
+                     "weight_shape_after": list(weight.shape), "parameters_before": before_params[name],
+                     "parameters_after": params, "sparsity": sparsity, "pruned": changed})
+        if name in allowed:
+            out_before += shape[0]
+            out_after += weight.shape[0]
+    params_after = sum(p.numel() for p in pruned.parameters())
+    zeros_after = _zeros(pruned)
+    pruned_params = (params_before - params_after) + max(0, zeros_after - zeros_before)
+    channel_ratio = 1.0 - out_after / out_before if config.method == "structured" and out_before else 0.0
+    return PruneResult(pruned, config, params_before, params_after, params_after - zeros_after,
+                       sum(macs_before.values()), sum(macs_after.values()), macs_nonzero,
+                       100.0 * pruned_params / params_before if params_before else 0.0, channel_ratio, rows, skipped, heads)
+
+def _unstructured_(model: nn.Module, config: PruneConfig) -> None:
+    """Zero the ``config.ratio`` smallest-magnitude weights, per layer or globally, permanently."""
+    from torch.nn.utils import prune as tprune
+
+    targets = [(m, "weight") for n, m in weight_layers(model).items() if n not in config.ignored_layers]
+    if not targets or config.ratio == 0:
+        return
+    if config.global_pruning:
+        tprune.global_unstructured(targets, pruning_method=tprune.L1Unstructured, amount=float(config.ratio))
+    else:
+        for layer, attr in targets:
+            tprune.l1_unstructured(layer, attr, amount=float(config.ratio))
+    for layer, attr in targets:
+        tprune.remove(layer, attr)
+
+def _two_four_(model: nn.Module, config: PruneConfig) -> list[dict[str, str]]:
+    """Apply the 2:4 pattern to every eligible Conv/Linear weight; returns the layers left dense and why."""
+    from torch.nn.utils import prune as tprune
+
+    skipped = []
+    for name, layer in weight_layers(model).items():
+        if name in config.ignored_layers:
+            skipped.append({"name": name, "reason": "ignored by configuration"})
+            continue
+        if layer.weight.shape[1] % 4:
+            skipped.append({"name": name, "reason": f"input dimension {layer.weight.shape[1]} is not a multiple of 4"})
+            continue
+        tprune.custom_from_mask(layer, "weight", mask_2to4(layer.weight))
+        tprune.remove(layer, "weight")
+    return skipped
+
+def _hf_attention_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Hugging Face BERT-style self-attention modules (query/key/value Linear + num_attention_heads)."""
+    return {n: m for n, m in model.named_modules()
+            if all(isinstance(getattr(m, a, None), nn.Linear) for a in ("query", "key", "value"))
+            and isinstance(getattr(m, "num_attention_heads", None), int)}
+
+def _importance(config: PruneConfig) -> Any:
+    import torch_pruning as tp
+
+    if config.importance == "l1":
+        return tp.importance.MagnitudeImportance(p=1)
+    if config.importance == "l2":
+        return tp.importance.MagnitudeImportance(p=2)
+    if config.importance == "bn":
+        return tp.importance.BNScaleImportance()
+    return tp.importance.TaylorImportance()
+
+def _structured_(model: nn.Module, args: tuple[Any, ...], config: PruneConfig,
+                 labels: torch.Tensor | None) -> tuple[set[str], dict[str, dict[str, int]]]:
+    """Remove channels in place with Torch-Pruning; returns (layers allowed to shrink, heads before/after)."""
+    try:
+        import torch_pruning as tp
+    except ImportError as e:
+        from trtopt.errors import missing_dependency
+
+        raise missing_dependency("torch-pruning", "models", "structured pruning") from e
+    layers = weight_layers(model)
+    by_name = dict(model.named_modules())
+    ignored = set(config.ignored_layers)
+    attention = _hf_attention_modules(model)
+    num_heads: dict[nn.Module, int] = {}
+    qkv: set[str] = set()
+    for name, att in attention.items():
+        for proj in ("query", "key", "value"):
+            num_heads[getattr(att, proj)] = att.num_attention_heads
+            qkv.add(f"{name}.{proj}")
+    if attention:
+        # Keep the residual stream: every Linear writing hidden-size features (attention output, FFN output).
+        hidden = {att.query.in_features for att in attention.values()}
+        ignored |= {n for n, m in layers.items() if isinstance(m, nn.Linear) and m.out_features in hidden and n not in qkv}
+    if config.protect_first_last:
+        with _naming_failures(model, "running the model to find its first and last layers", "pass example inputs the model accepts"):
+            order = _execution_order(model, args)
+        if order:
+            if order[0] not in qkv:
+                ignored.add(order[0])
+            ignored.add(order[-1])
+    if config.importance == "bn" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise TrtoptError("importance 'bn' ranks channels by BatchNorm scale, but the model has no BatchNorm layer",
+                          "use importance l1, l2 or taylor")
+    allowed = set(layers) - ignored
+    heads_before = {n: a.num_attention_heads for n, a in attention.items()}
+    if config.ratio == 0:
+        return allowed, {n: {"before": h, "after": h} for n, h in heads_before.items()}
+    kwargs: dict[str, Any] = {
+        "importance": _importance(config), "pruning_ratio": float(config.ratio), "global_pruning": config.global_pruning,
+        "max_pruning_ratio": config.max_layer_ratio if config.global_pruning else 1.0,
+        "ignored_layers": [by_name[n] for n in sorted(ignored)],
+        "round_to": config.round_to if config.round_to > 1 else None, "forward_fn": lambda m, x: m(*x)}
+    if num_heads:
+        kwargs.update(num_heads=num_heads, prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=float(config.ratio))
+    with warnings.catch_warnings(), _naming_failures(
+            model, "building the dependency graph", "add that layer to the ignored layers (--ignore NAME) or prune another way"):
+        warnings.simplefilter("ignore")
+        pruner = tp.pruner.MetaPruner(model, args, **kwargs)
+    if config.importance == "taylor":
+        _taylor_gradients_(model, args, labels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pruner.step()
+    except Exception as e:
+        raise TrtoptError(f"structured pruning failed while removing channels: {type(e).__name__}: {str(e)[:200]}",
+                          "add the layer named in the message to the ignored layers (--ignore NAME)") from e
+    model.zero_grad(set_to_none=True)
+    for name, att in attention.items():
+        att.num_attention_heads = pruner.num_heads[att.query]
+        att.all_head_size = att.query.out_features
+    return allowed, {n: {"before": h, "after": attention[n].num_attention_heads} for n, h in heads_before.items()}
+
+def _taylor_gradients_(model: nn.Module, args: tuple[Any, ...], labels: torch.Tensor | None) -> None:
+    """Fill .grad for Taylor importance: cross entropy against labels (or own predictions), else ‖output‖²."""
+    model.zero_grad(set_to_none=True)
+    out = model(*args)
+    outputs = _flat(out)
+    if not outputs:
+        raise TrtoptError("Taylor importance needs a tensor output to differentiate", "use importance l1 or l2")
+    first = outputs[0]
+    if first.dim() == 2 and first.shape[1] > 1:
+        target = labels if labels is not None else first.detach().argmax(1)
+        loss = torch.nn.functional.cross_entropy(first, target)
+    else:
+        loss = sum((t.float() ** 2).mean() for t in outputs if t.is_floating_point())
+    loss.backward()
+
+def example_inputs_for(loaded: Any, batch_size: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Seeded random example inputs (a tuple of tensors) for a `trtopt.models.spec.LoadedModel`."""
+    from trtopt.data import random_feed
+
+    feed = random_feed(loaded.inputs, batch_size, seed=seed)
+    return tuple(torch.from_numpy(feed[s.name].copy()) for s in loaded.inputs)
+
+def prune_loaded(loaded: Any, config: PruneConfig, example_inputs: Sequence[torch.Tensor] | None = None) -> tuple[Any, PruneResult]:
+    """`prune` for a `trtopt.models.spec.LoadedModel`: returns (a LoadedModel holding the pruned module, the result)."""
+    result = prune(loaded.module, tuple(example_inputs) if example_inputs is not None else example_inputs_for(loaded), config)
+    description = f"{loaded.description}, pruned ({config.method}, ratio {config.ratio})".lstrip(", ")
+    return dataclasses.replace(loaded, module=result.module, description=description), result

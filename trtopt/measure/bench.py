@@ -1,0 +1,201 @@
+"""Side-by-side latency of several models: open each on its backend, time them interleaved per batch size.
+
+A *candidate* is one model on one backend: a PyTorch spec runs eagerly in PyTorch, an ``.onnx`` file runs
+in ONNX Runtime. All candidates get the same inputs and the same thread count, and are timed in one
+process, interleaved, so the speedup of each against the first (the baseline) is like for like.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trtopt.artifacts import OnnxArtifact, inspect_onnx
+from trtopt.backends.base import Runner
+from trtopt.backends.ort import OrtConfig
+from trtopt.data import Feed, take_batch
+from trtopt.edge.artifact import edge_format
+from trtopt.errors import TrtoptError
+from trtopt.models.spec import InputSpec, LoadedModel, is_onnx_path, parameter_bytes, parameter_count
+from trtopt.models.load import load_model
+from trtopt.measure.profile import TimingConfig, compare_latency, speedup_interval, time_interleaved
+
+
+@dataclass
+class Candidate:
+    """One model on one backend, opened and ready to time.
+
+    Attributes:
+        name: label in reports ("pytorch-fp32", "resnet18.onnx").
+        backend / precision: what runs it.
+        runner: the open runner.
+        inputs: its inputs (without batch axis), used to build feeds.
+        size_bytes: deployable size (ONNX incl. side files; parameter bytes for a PyTorch model).
+        parameters: parameter count when known.
+        source: the spec or path it came from.
+    """
+
+    name: str
+    backend: str
+    precision: str
+    runner: Runner
+    inputs: tuple[InputSpec, ...]
+    size_bytes: int | None = None
+    parameters: int | None = None
+    source: str = ""
+    artifact: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "backend": self.backend, "precision": self.precision, "source": self.source,
+                "size_bytes": self.size_bytes, "parameters": self.parameters, "runner": self.runner.describe()}
+
+
+def torch_candidate(loaded: LoadedModel, name: str = "pytorch-fp32", threads: int | None = None) -> Candidate:
+    """The eager PyTorch FP32 model as a candidate (the baseline of every report)."""
+    from trtopt.backends import get_backend
+
+    runner = get_backend("torch").load(loaded, threads=threads)
+    return Candidate(name, "torch", "fp32", runner, loaded.inputs, size_bytes=parameter_bytes(loaded.module),
+                     parameters=parameter_count(loaded.module), source=loaded.spec)
+
+
+def onnx_candidate(artifact: OnnxArtifact | str | os.PathLike, name: str | None = None,
+                   ort: OrtConfig | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None,
+                   threads: int | None = None) -> Candidate:
+    """An ONNX model in ONNX Runtime as a candidate.
+
+    Without ``ort``, the session computes what the model's target would (`trtopt.quant.quantize.evaluation_config`:
+    a TensorRT-target Q/DQ model runs with exact Q/DQ semantics) on ``threads`` threads.
+    """
+    from trtopt.backends import get_backend
+    from trtopt.quant.quantize import evaluation_config
+
+    art = artifact if isinstance(artifact, OnnxArtifact) else inspect_onnx(artifact)
+    runner = get_backend("onnxruntime").load(art, config=ort or evaluation_config(art, threads))
+    return Candidate(name or art.path.name, "onnxruntime", art.precision, runner, onnx_input_specs(art, input_shapes),
+                     size_bytes=art.size_bytes, source=str(art.path), artifact=art.to_dict())
+
+
+def onnx_input_specs(art: OnnxArtifact, overrides: dict[str, tuple[int, ...]] | None = None) -> tuple[InputSpec, ...]:
+    """Input specs (without batch axis) from an ONNX signature; symbolic non-batch axes need an override."""
+    overrides = overrides or {}
+    specs = []
+    for t in art.inputs:
+        if t.name in overrides:
+            shape = tuple(overrides[t.name])
+        else:
+            shape = t.shape[1:]
+            if any(not isinstance(d, int) or d <= 0 for d in shape):
+                raise TrtoptError(f"input {t.name!r} of {art.path.name} has symbolic axes {list(t.shape)}",
+                                  f"pass --input-shape {t.name}:DIMS (without the batch axis, e.g. 3x224x224)")
+        high = 2 if t.dtype == "bool" else (100 if "int" in t.dtype else 1.0)
+        specs.append(InputSpec(t.name, tuple(int(d) for d in shape), t.dtype, 0, high))
+    return tuple(specs)
+
+
+def edge_candidate(path: str | os.PathLike, name: str | None = None, threads: int | None = None) -> Candidate:
+    """An ExecuTorch ``.pte`` or LiteRT ``.tflite`` file (with its trtopt sidecar) on its runtime as a candidate."""
+    from trtopt.backends import get_backend
+    from trtopt.edge.artifact import inspect_edge
+
+    art = inspect_edge(path)
+    runner = get_backend(art.backend).load(art, threads=threads)
+    inputs = tuple(InputSpec(i["name"], tuple(i["shape"][1:]), i["dtype"], 0, 2 if i["dtype"] == "bool" else
+                             (100 if "int" in i["dtype"] else 1.0)) for i in art.inputs)
+    return Candidate(name or art.path.name, art.backend, art.precision, runner, inputs, size_bytes=art.size_bytes,
+                     source=str(art.path), artifact=art.to_dict())
+
+
+def open_candidate(source: str, threads: int | None = None, ort: OrtConfig | None = None,
+                   input_shapes: dict[str, tuple[int, ...]] | None = None, checkpoint: str | None = None) -> Candidate:
+    """Open a spec: ``.onnx`` → ONNX Runtime, ``.pte`` → ExecuTorch, ``.tflite`` → LiteRT, anything else →
+    PyTorch eager (see `trtopt.models.load`)."""
+    if is_onnx_path(source):
+        return onnx_candidate(source, ort=ort, input_shapes=input_shapes, threads=threads)
+    if edge_format(source):
+        return edge_candidate(source, threads=threads)
+    single = next(iter(input_shapes.values())) if input_shapes and len(input_shapes) == 1 else None
+    loaded = load_model(source, checkpoint=checkpoint, input_shape=single)
+    return torch_candidate(loaded, name=source, threads=threads)
+
+
+def bench(candidates: Sequence[Candidate], feed: Feed, batch_sizes: Sequence[int], timing: TimingConfig = TimingConfig(),
+          on_progress: Callable[[str, int, int], None] | None = None,
+          also_versus: Sequence[str] = (), repeats: int = 1) -> dict[str, Any]:
+    """Time every candidate at every batch size, interleaved; the first candidate is the baseline.
+
+    Args:
+        candidates: opened candidates (all must accept ``feed``'s input names).
+        feed: real or random inputs; batches are taken from it (wrapping when it is smaller).
+        batch_sizes: batch sizes to time.
+        timing: warm-up, iterations or duration, bootstrap settings.
+        on_progress: called as ``(label, done, total)`` while timing (total = -1 with a duration).
+        also_versus: further reference candidates (e.g. "onnxruntime-fp32"): every other candidate also
+            gets ``speedup_vs[<name>]``, from the same interleaved samples.
+        repeats: independent timing runs per batch size (each with its own warm-up). Statistics pool
+            them; regression gating needs several, because run-to-run variation (measured here: medians
+            of one unchanged model 25 % apart between runs) is larger than the noise within a run.
+
+    Returns:
+        ``{"baseline": name, "candidates": [describe()...], "per_batch": [compare_latency(...) per batch]}``;
+        each per-batch entry also keeps the raw ``samples_ms`` per candidate (round order, runs one after
+        the other, ``repeat_lengths`` long), which regression baselines and latency plots need.
+    """
+    if not candidates:
+        raise TrtoptError("nothing to benchmark", "name at least one model or ONNX file")
+    if repeats < 1:
+        raise TrtoptError(f"repeats={repeats} must be >= 1", "time at least one run")
+    names = [c.name for c in candidates]
+    if len(set(names)) != len(names):
+        raise TrtoptError(f"candidate names repeat: {names}", "give each model once")
+    per_batch = []
+    for batch_size in batch_sizes:
+        batch = take_batch(feed, batch_size)
+        feeds = {c.name: _feed_for(c, batch) for c in candidates}
+        callback = (lambda done, total, b=batch_size: on_progress(f"batch {b}", done, total)) if on_progress else None
+        runs = [time_interleaved({c.name: c.runner for c in candidates}, feeds, timing, on_iteration=callback)
+                for _ in range(repeats)]
+        samples = {name: [v for run in runs for v in run[name]] for name in names}  # round order kept across runs
+        result = compare_latency(samples, names[0], batch_size, timing)
+        result["samples_ms"] = {name: [round(v, 6) for v in values] for name, values in samples.items()}
+        result["repeat_lengths"] = [len(run[names[0]]) for run in runs]
+        for ref in also_versus:
+            if ref not in samples:
+                raise TrtoptError(f"reference {ref!r} is not a candidate", f"choose one of {', '.join(names)}")
+            for name, stats in result["candidates"].items():
+                if name not in (ref, names[0]):
+                    stats.setdefault("speedup_vs", {})[ref] = speedup_interval(samples[ref], samples[name], timing)
+        per_batch.append(result)
+    return {"baseline": names[0], "candidates": [c.describe() for c in candidates], "per_batch": per_batch}
+
+
+def _feed_for(candidate: Candidate, batch: Feed) -> Feed:
+    checker = getattr(candidate.runner, "check_feed", None)
+    return checker(batch) if checker else batch
+
+
+def run_all(candidate: Candidate, feed: Feed, batch_size: int = 8) -> dict[str, Any]:
+    """Outputs of ``candidate`` over every sample of ``feed``, concatenated (for accuracy comparisons)."""
+    from trtopt.measure.compare import concat_batches
+    from trtopt.data import iter_batches
+
+    static = getattr(candidate.runner, "static_batch", None)
+    if static is None:
+        return concat_batches([candidate.runner.infer(_feed_for(candidate, b)) for b in iter_batches(feed, batch_size)])
+    # A static-shape model (.pte/.tflite) runs its own batch size; the last batch is padded by wrapping
+    # around to the first samples, and the padding's outputs are dropped.
+    n = len(next(iter(feed.values())))
+    outputs = []
+    for start in range(0, n, static):
+        result = candidate.runner.infer(_feed_for(candidate, take_batch(feed, static, start)))
+        outputs.append({k: v[:min(static, n - start)] for k, v in result.items()})
+    return concat_batches(outputs)
+
+
+def default_output_path(spec: str, out_dir: str | os.PathLike = ".") -> Path:
+    """``<out_dir>/<model name>.onnx`` for a spec like ``torchvision:resnet18``."""
+    stem = spec.rsplit(":", 1)[-1].rsplit("/", 1)[-1].rsplit(".", 1)[0] if not is_onnx_path(spec) else Path(spec).stem
+    return Path(out_dir) / f"{stem}.onnx"

@@ -1,0 +1,495 @@
+"""TensorRT build plans: what an engine build will do, decided in pure Python before TensorRT is touched.
+
+A :class:`BuildPlan` is computed from :class:`BuildOptions`, the ONNX model (its inputs and whether it
+holds Q/DQ nodes or FP16 casts) and the TensorRT version. It is frozen and JSON-serializable, so it can
+be written into a Jetson bundle, rendered as a ``trtexec`` command line, hashed into an engine-cache
+key, and executed later by :func:`trtopt.trt.build.build_engine` on the device.
+
+Version rules (see ../shared/TENSORRT.md and the API manifests in ../shared/trt_api/):
+
+- **TensorRT 11.x**: every network is strongly typed and implicit quantization is gone. Precision comes
+  from the graph only: INT8 needs Q/DQ nodes in the ONNX, FP16 needs an FP16-by-casts ONNX
+  (``trtopt quantize --precision fp16``). No ``BuilderFlag.FP16/INT8``, no calibrators, no calibration
+  cache: asking for any of them is a :class:`~trtopt.errors.TrtoptError` here, before any build.
+- **TensorRT 10.x** (JetPack 6 ships 10.3): a Q/DQ or FP16-cast ONNX builds strongly typed by default
+  (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``, no precision flags). Weak typing is available:
+  then a Q/DQ network still needs ``BuilderFlag.INT8`` (NVIDIA's developer guide: "to enable any
+  quantized operations, the INT8 flag must be set in the builder config"), and an FP32 ONNX can be built
+  with ``BuilderFlag.FP16`` or with implicit INT8 from a calibration cache or an
+  ``IInt8EntropyCalibrator2`` over trtopt's data (both deprecated since 10.1, still what Jetson uses).
+
+Shapes: every input with a symbolic dimension needs one (min, opt, max) profile; profiles are checked
+against the ONNX here (names exist, rank matches, static dimensions equal, min <= opt <= max).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from trtopt.errors import TrtoptError
+
+
+PLAN_FORMAT = 1
+
+_RENDERED_KEYS = ("plan_sha256", "trtexec", "trtexec_unverified_flags")  # written beside a plan, derived from it
+
+#: TensorRT versions a plan can target: the short names the CLI takes -> full version.
+VERSIONS = {"10.3": "10.3.0", "10.16": "10.16.1", "11.0": "11.0.0", "11.1": "11.1.0"}
+
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
+
+TARGETS = ("server", "jetson-orin", "jetson-xavier")
+
+DLA_TARGETS = ("jetson-orin", "jetson-xavier")
+
+HARDWARE_COMPATIBILITY = {"none": "NONE", "ampere+": "AMPERE_PLUS"}
+
+CALIBRATOR_CLASS = "IInt8EntropyCalibrator2"
+
+CALIBRATOR_ALGORITHM = "EntropyCalibration2"  # the header a cache for that calibrator carries
+
+TIMING_MODES = ("gpu-compute", "end-to-end")
+
+_SHAPE_SPEC = re.compile(r"^(?P<name>.+):(?P<dims>[0-9x]+(?:,[0-9x]+){0,2})$")
+
+def resolve_version(version: str) -> str:
+    """Full "MAJOR.MINOR.PATCH" for a version trtopt plans for: "10.3", "10.16", "11.1", "11.0" or their full
+    forms; also a ``tensorrt.__version__`` string such as "10.3.0.26" (its build number is dropped).
+
+    Raises TrtoptError for versions without a manifest (e.g. 8.6, 10.8): their API was not checked.
+    """
+    parts = str(version).strip().split(".")
+    short = ".".join(parts[:2])
+    if short in VERSIONS and all(p.isdigit() for p in parts):
+        return VERSIONS[short]  # patch/build numbers within a minor share one Python API (manifest README)
+    raise TrtoptError(f"TensorRT version {version!r} is not one trtopt's TensorRT code is checked against",
+                      f"use one of {', '.join(VERSIONS)} (API manifests exist for those)")
+
+def major(version: str) -> int:
+    return int(resolve_version(version).split(".")[0])
+
+def family(version: str) -> str:
+    """ "10.x" or "11.x"."""
+    return f"{major(version)}.x"
+
+@dataclass(frozen=True)
+class ShapeProfile:
+    """One input's optimization-profile shapes (full shapes, batch axis included)."""
+
+    name: str
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ShapeProfile:
+        return cls(str(d["name"]), tuple(d["min"]), tuple(d["opt"]), tuple(d["max"]))
+
+def parse_shape_spec(spec: str) -> ShapeProfile:
+    """``"input:1x3x224x224,8x3x224x224,32x3x224x224"`` (min,opt,max) or ``"input:8x3x224x224"`` (all three)."""
+    m = _SHAPE_SPEC.match(spec.strip())
+    if not m:
+        raise TrtoptError(f"cannot read shape profile {spec!r}",
+                          "write NAME:MIN,OPT,MAX with dims joined by x, e.g. input:1x3x224x224,8x3x224x224,32x3x224x224")
+    dims = []
+    for part in m["dims"].split(","):
+        try:
+            dims.append(tuple(int(d) for d in part.split("x")))
+        except ValueError:
+            raise TrtoptError(f"cannot read dimensions {part!r} in {spec!r}", "e.g. 1x3x224x224") from None
+    if len(dims) == 1:
+        dims = dims * 3
+    elif len(dims) == 2:
+        raise TrtoptError(f"shape profile {spec!r} has two shapes", "give one shape (fixed) or three (min,opt,max)")
+    return ShapeProfile(m["name"], *dims)
+
+def validate_profiles(inputs: list[Any], profiles: tuple[ShapeProfile, ...], where: str) -> tuple[ShapeProfile, ...]:
+    """Check ``profiles`` against the ONNX ``inputs`` (TensorInfo: name, shape with ints or symbols).
+
+    Returns one profile per input in graph order (static inputs without a profile are left out: TensorRT
+    needs none). Raises TrtoptError naming the input and dimension for: an unknown name, a rank
+    mismatch, a non-positive dimension, min > opt or opt > max, a static dimension that differs from the
+    model's, or a dynamic input with no profile.
+    """
+    by_name = {i.name: i for i in inputs}
+    seen = set()
+    for p in profiles:
+        if p.name not in by_name:
+            raise TrtoptError(f"shape profile names input {p.name!r}, which {where} does not have",
+                              f"its inputs are {', '.join(by_name)}")
+        if p.name in seen:
+            raise TrtoptError(f"two shape profiles for input {p.name!r}", "give one NAME:MIN,OPT,MAX per input")
+        seen.add(p.name)
+        model_shape = by_name[p.name].shape
+        for label, dims in (("min", p.min), ("opt", p.opt), ("max", p.max)):
+            if len(dims) != len(model_shape):
+                raise TrtoptError(f"{label} shape {_dims(dims)} of input {p.name!r} has rank {len(dims)}, the model's "
+                                  f"input has rank {len(model_shape)} ({_model_dims(model_shape)})",
+                                  "give full shapes, batch axis included")
+            if any(d <= 0 for d in dims):
+                raise TrtoptError(f"{label} shape {_dims(dims)} of input {p.name!r} has a non-positive dimension",
+                                  "dimensions are >= 1")
+        for axis, (lo, mid, hi, fixed) in enumerate(zip(p.min, p.opt, p.max, model_shape)):
+            if not lo <= mid <= hi:
+                raise TrtoptError(f"shape profile of input {p.name!r} axis {axis}: min {lo}, opt {mid}, max {hi} "
+                                  "is not min <= opt <= max", "order the three shapes as MIN,OPT,MAX")
+            if isinstance(fixed, int) and fixed > 0 and not lo == mid == hi == fixed:
+                raise TrtoptError(f"shape profile of input {p.name!r} axis {axis} is {lo},{mid},{hi} but the model "
+                                  f"fixes it to {fixed}", f"use {fixed} for that axis in all three shapes")
+    missing = [i.name for i in inputs if i.name not in seen and not _static(i.shape)]
+    if missing:
+        shape = _model_dims(by_name[missing[0]].shape)
+        raise TrtoptError(f"input {missing[0]!r} of {where} has dynamic dimensions ({shape}) and no shape profile",
+                          f"give --shapes {missing[0]}:MIN,OPT,MAX, e.g. with batch 1,8,32")
+    order = [i.name for i in inputs]
+    return tuple(sorted(profiles, key=lambda p: order.index(p.name)))
+
+def _static(shape: tuple) -> bool:
+    return all(isinstance(d, int) and d > 0 for d in shape)
+
+def _dims(dims: tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in dims)
+
+def _model_dims(shape: tuple) -> str:
+    return "x".join(str(d) for d in shape)
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What the user asks of an engine build, before the TensorRT version is applied.
+
+    Attributes:
+        precision: "auto" (what the ONNX holds: Q/DQ -> int8, FP16 casts -> fp16, else fp32, or int8 when a
+            calibration cache is given), "fp32", "fp16" or "int8".
+        typing: "auto", "strong" or "weak" (10.x only; 11.x is always strong). auto: strong when the ONNX
+            carries its precision (Q/DQ or casts), weak when a builder flag has to supply it.
+        calib_cache: TensorRT 10.x calibration cache for implicit INT8 (its header must name the plan's
+            TensorRT version and EntropyCalibration2).
+        calibrate: implicit INT8 by running an IInt8EntropyCalibrator2 over data at build time (10.x).
+        mixed_fp16: on a weakly typed 10.x INT8 build, also set BuilderFlag.FP16 so layers TensorRT keeps
+            out of INT8 may run in FP16 (trtexec's ``--int8 --fp16``).
+        shapes: optimization profile per input (required for inputs with dynamic dimensions).
+        workspace_bytes: MemoryPoolType.WORKSPACE limit; None = TensorRT's default (the device's memory).
+        timing_cache: file the build loads (if present) and saves its timing cache to.
+        opt_level: builder_optimization_level 0..5 (None = TensorRT's default 3).
+        sparse: BuilderFlag.SPARSE_WEIGHTS (2:4 structured-sparse weights may use sparse kernels).
+        target: "server" (any discrete/data-center GPU), "jetson-orin" or "jetson-xavier" (have DLA).
+        dla_core: run on this DLA core (Jetson targets only), with GPU fallback unless gpu_fallback=False.
+        version_compatible: BuilderFlag.VERSION_COMPATIBLE (runs on later TensorRT of the same major+).
+        exclude_lean_runtime: BuilderFlag.EXCLUDE_LEAN_RUNTIME (needs version_compatible).
+        hardware_compatibility: "none" or "ampere+" (one engine for Ampere and later data-center GPUs).
+    """
+
+    precision: str = "auto"
+    typing: str = "auto"
+    calib_cache: str | None = None
+    calibrate: bool = False
+    mixed_fp16: bool = False
+    shapes: tuple[ShapeProfile, ...] = ()
+    workspace_bytes: int | None = None
+    timing_cache: str | None = None
+    opt_level: int | None = None
+    sparse: bool = False
+    target: str = "server"
+    dla_core: int | None = None
+    gpu_fallback: bool = True
+    version_compatible: bool = False
+    exclude_lean_runtime: bool = False
+    hardware_compatibility: str = "none"
+
+    def __post_init__(self) -> None:
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("typing", self.typing, ("auto", "strong", "weak"))
+        _choice("target", self.target, TARGETS)
+        _choice("hardware_compatibility", self.hardware_compatibility, tuple(HARDWARE_COMPATIBILITY))
+        if self.opt_level is not None and (not _is_int(self.opt_level) or not 0 <= self.opt_level <= 5):
+            raise TrtoptError(f"builder optimization level {self.opt_level!r} is not 0..5",
+                              "use 0 (fastest build) to 5 (most tactics); TensorRT's default is 3")
+        if self.workspace_bytes is not None and (not _is_int(self.workspace_bytes) or self.workspace_bytes < 1 << 20):
+            raise TrtoptError(f"workspace {self.workspace_bytes!r} bytes is below 1 MiB", "give e.g. --workspace 1024 (MiB)")
+        if self.dla_core is not None:
+            if not _is_int(self.dla_core) or self.dla_core < 0:
+                raise TrtoptError(f"DLA core {self.dla_core!r} is not a core index", "DLA cores are numbered 0, 1")
+            if self.target not in DLA_TARGETS:
+                raise TrtoptError(f"DLA core {self.dla_core} asked for target {self.target!r}, which has no DLA",
+                                  f"DLA exists on {', '.join(DLA_TARGETS)}: pass --target jetson-orin, or drop --dla-core")
+        if self.exclude_lean_runtime and not self.version_compatible:
+            raise TrtoptError("exclude_lean_runtime needs version_compatible", "also pass --version-compatible")
+        if self.hardware_compatibility != "none" and self.target != "server":
+            raise TrtoptError(f"hardware compatibility {self.hardware_compatibility} asked for {self.target}",
+                              "hardware-compatible engines are for Ampere+ data-center GPUs, not Jetson; drop it")
+        if self.hardware_compatibility != "none" and self.dla_core is not None:
+            raise TrtoptError("hardware compatibility and DLA together", "choose one")
+        if self.calib_cache and self.calibrate:
+            raise TrtoptError("both a calibration cache and build-time calibration asked for",
+                              "give --calib-cache FILE or calibration data, not both")
+        if (self.calib_cache or self.calibrate) and self.precision not in ("auto", "int8"):
+            raise TrtoptError(f"a calibration cache/calibrator with precision {self.precision}",
+                              "calibration is for --precision int8")
+        object.__setattr__(self, "shapes", tuple(self.shapes))
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise TrtoptError(f"BuildOptions.{name} {value!r} is not one of {', '.join(allowed)}",
+                          f"choose {name} from {', '.join(allowed)}")
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Everything a TensorRT engine build does, as data (see the module docstring for the rules).
+
+    Names in ``network_flags``, ``builder_flags``, ``device_type``, ``hardware_compatibility_level`` and
+    ``profiling_verbosity`` are TensorRT enum member names (``trt.BuilderFlag.<name>`` ...), checked
+    against the API manifests by tests/test_trt_contract.py.
+    """
+
+    trt_version: str
+    onnx_path: str
+    onnx_sha256: str
+    onnx_precision: str
+    precision: str
+    typing: str
+    network_flags: tuple[str, ...]
+    builder_flags: tuple[str, ...]
+    int8_source: str | None  # None, "qdq", "calibration-cache", "calibrator"
+    calib_cache: str | None
+    calib_cache_sha256: str | None
+    calib_batch_size: int | None
+    profiles: tuple[ShapeProfile, ...]
+    workspace_bytes: int | None
+    timing_cache: str | None
+    builder_optimization_level: int | None
+    target: str
+    device_type: str
+    dla_core: int | None
+    hardware_compatibility_level: str
+    profiling_verbosity: str = "DETAILED"
+    notes: tuple[str, ...] = ()
+    format: int = PLAN_FORMAT
+
+    @property
+    def trt_major(self) -> int:
+        return int(self.trt_version.split(".")[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["profiles"] = [p.to_dict() for p in self.profiles]
+        for key in ("network_flags", "builder_flags", "notes"):
+            d[key] = list(d[key])
+        d["plan_sha256"] = self.plan_hash()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "plan") -> BuildPlan:
+        if not isinstance(d, dict) or d.get("format") != PLAN_FORMAT:
+            raise TrtoptError(f"{where} is not a trtopt build plan (format {PLAN_FORMAT})",
+                              "write it with trtopt build --plan-only")
+        data = {k: v for k, v in d.items() if k not in _RENDERED_KEYS}
+        try:
+            data["profiles"] = tuple(ShapeProfile.from_dict(p) for p in data["profiles"])
+            for key in ("network_flags", "builder_flags", "notes"):
+                data[key] = tuple(data[key])
+            plan = cls(**data)
+        except (KeyError, TypeError) as e:
+            raise TrtoptError(f"{where} is malformed ({e})", "regenerate it with trtopt build --plan-only") from e
+        if "plan_sha256" in d and d["plan_sha256"] != plan.plan_hash():
+            raise TrtoptError(f"{where} was edited: its plan_sha256 does not match its content",
+                              "regenerate it with trtopt build --plan-only")
+        return plan
+
+    def plan_hash(self) -> str:
+        """sha256 of what decides the engine's content: the plan without file locations and notes.
+
+        Paths (ONNX, cache, timing cache) are left out so a bundle moved to another folder keeps its
+        hash; the ONNX and calibration cache enter through their sha256.
+        """
+        d = asdict(self)
+        for key in ("onnx_path", "calib_cache", "timing_cache", "notes"):
+            d.pop(key)
+        d["profiles"] = [p.to_dict() for p in self.profiles]
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+    def save(self, path: str | os.PathLike, force: bool = False) -> Path:
+        from trtopt.files import write_json
+
+        return write_json(path, self.to_dict(), force=force)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> BuildPlan:
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise TrtoptError(f"cannot read build plan {p} ({e})", "write it with trtopt build --plan-only") from e
+        return cls.from_dict(data, where=str(p))
+
+    def relocated(self, onnx_path: str, calib_cache: str | None = None, timing_cache: str | None = None) -> BuildPlan:
+        """The same plan with files at other paths (e.g. inside a bundle); the hash does not change."""
+        return replace(self, onnx_path=onnx_path, calib_cache=calib_cache if self.calib_cache else None,
+                       timing_cache=timing_cache if self.timing_cache else None)
+
+
+def make_plan(onnx: Any, options: BuildOptions, trt_version: str) -> BuildPlan:
+    """Decide the build for ``onnx`` (a path or an :class:`~trtopt.artifacts.OnnxArtifact`) on ``trt_version``.
+
+    Raises TrtoptError, before any TensorRT object exists, for anything that version can't do.
+    """
+    from trtopt.artifacts import OnnxArtifact, inspect_onnx
+
+    art = onnx if isinstance(onnx, OnnxArtifact) else inspect_onnx(onnx)
+    version = resolve_version(trt_version)
+    fam = family(version)
+    where = art.path.name
+    onnx_precision = art.precision
+    precision = options.precision
+    if precision == "auto":
+        precision = "int8" if (options.calib_cache or options.calibrate) else onnx_precision
+    notes: list[str] = []
+    network_flags: list[str] = []
+    builder_flags: list[str] = []
+    int8_source = None
+    calib_sha = None
+    calib_batch = None
+
+    if fam == "11.x":
+        if options.calib_cache or options.calibrate:
+            raise TrtoptError(f"TensorRT {version} has no implicit INT8: calibrators and calibration caches were "
+                              "removed in 11.0",
+                              "make a Q/DQ ONNX (trtopt quantize --target tensorrt --ranges R.json) and build that")
+        if options.typing == "weak":
+            raise TrtoptError(f"TensorRT {version} networks are always strongly typed", "drop --typing weak")
+        if precision == "int8" and onnx_precision != "int8":
+            raise TrtoptError(f"INT8 asked for {where} on TensorRT {version}, but it holds no Q/DQ nodes (11.x takes "
+                              "INT8 only from Q/DQ in the graph)",
+                              f"quantize it first: trtopt quantize {where} --target tensorrt -o model.int8.onnx")
+        if precision == "fp16" and onnx_precision != "fp16":
+            raise TrtoptError(f"FP16 asked for {where} on TensorRT {version}, but it is {onnx_precision} (11.x has no "
+                              "FP16 builder flag; precision comes from the graph)",
+                              f"convert it first: trtopt quantize {where} --precision fp16 -o model.fp16.onnx")
+        _check_matches(precision, onnx_precision, where, version)
+        typing = "strong"  # STRONGLY_TYPED is deprecated and ignored in 11.x: create_network(0)
+        if precision == "int8":
+            int8_source = "qdq"
+    else:
+        if onnx_precision in ("int8", "fp16") and precision == onnx_precision:
+            typing = "weak" if options.typing == "weak" else "strong"
+            if typing == "strong":
+                network_flags.append("STRONGLY_TYPED")
+            elif precision == "int8":
+                builder_flags.append("INT8")  # weakly typed Q/DQ networks need it (NVIDIA developer guide)
+                if options.mixed_fp16:
+                    builder_flags.append("FP16")
+            else:
+                builder_flags.append("FP16")
+            int8_source = "qdq" if precision == "int8" else None
+            if options.calib_cache or options.calibrate:
+                raise TrtoptError(f"{where} already holds Q/DQ nodes; a calibration cache/calibrator would be ignored",
+                                  "drop --calib-cache (the Q/DQ scales are used)")
+        else:
+            _check_matches(precision, onnx_precision, where, version)
+            if options.typing == "strong" and precision != "fp32":
+                raise TrtoptError(f"a strongly typed network takes its precision from the graph, and {where} is "
+                                  f"{onnx_precision}, not {precision}",
+                                  f"use --typing weak, or convert the ONNX (trtopt quantize --precision {precision})")
+            typing = "strong" if options.typing == "strong" else "weak"
+            if typing == "strong":
+                network_flags.append("STRONGLY_TYPED")
+            if precision == "fp16":
+                builder_flags.append("FP16")
+                notes.append("BuilderFlag.FP16 is deprecated since TensorRT 10.12 (removed in 11): "
+                             "an FP16-cast ONNX is the portable route")
+            if precision == "int8":
+                builder_flags.append("INT8")
+                if options.mixed_fp16:
+                    builder_flags.append("FP16")
+                if options.calib_cache:
+                    calib_sha = _check_cache(options.calib_cache, version)
+                    int8_source = "calibration-cache"
+                elif options.calibrate:
+                    int8_source = "calibrator"
+                    calib_batch = -1  # filled in below from the profile (TensorRT calibrates at the OPT shape)
+                else:
+                    raise TrtoptError(f"implicit INT8 for {where} on TensorRT {version} needs scales",
+                                      "give --calib-cache FILE (trtopt calibrate --cache), calibration --data, or "
+                                      "build a Q/DQ ONNX (trtopt quantize --target tensorrt)")
+                notes.append("implicit INT8 (calibrators/caches) is deprecated since TensorRT 10.1 and removed in 11")
+    profiles = validate_profiles(list(art.inputs), options.shapes, where)
+    if calib_batch is not None:
+        calib_batch = _calibration_batch(art, profiles, where)
+    if options.sparse:
+        builder_flags.append("SPARSE_WEIGHTS")
+    device_type = "GPU"
+    if options.dla_core is not None:
+        device_type = "DLA"
+        if options.gpu_fallback:
+            builder_flags.append("GPU_FALLBACK")
+        if typing == "strong" and fam == "10.x":
+            notes.append("DLA runs FP16/INT8 only: layers the strongly typed graph keeps in FP32 fall back to the GPU")
+    if options.version_compatible:
+        builder_flags.append("VERSION_COMPATIBLE")
+    if options.exclude_lean_runtime:
+        builder_flags.append("EXCLUDE_LEAN_RUNTIME")
+    return BuildPlan(
+        trt_version=version, onnx_path=str(art.path), onnx_sha256=art.sha256, onnx_precision=onnx_precision,
+        precision=precision, typing=typing, network_flags=tuple(network_flags), builder_flags=tuple(builder_flags),
+        int8_source=int8_source, calib_cache=str(options.calib_cache) if options.calib_cache else None,
+        calib_cache_sha256=calib_sha, calib_batch_size=calib_batch, profiles=profiles,
+        workspace_bytes=options.workspace_bytes, timing_cache=options.timing_cache,
+        builder_optimization_level=options.opt_level, target=options.target, device_type=device_type,
+        dla_core=options.dla_core, hardware_compatibility_level=HARDWARE_COMPATIBILITY[options.hardware_compatibility],
+        notes=tuple(notes))
+
+def _calibration_batch(art: Any, profiles: tuple[ShapeProfile, ...], where: str) -> int:
+    """Samples per calibration batch: the batch axis of the calibration profile's OPT shape (TensorRT 10.x
+    calibrates explicit-batch networks at the OPT dimensions of the calibration profile), else the static one."""
+    batches = {p.opt[0] for p in profiles} | {i.shape[0] for i in art.inputs
+                                              if i.name not in {p.name for p in profiles} and i.shape}
+    if len(batches) != 1 or not all(isinstance(b, int) and b > 0 for b in batches):
+        raise TrtoptError(f"the inputs of {where} disagree on the calibration batch ({sorted(map(str, batches))})",
+                          "give every input the same batch size in its --shapes OPT shape")
+    return batches.pop()
+
+def _check_matches(precision: str, onnx_precision: str, where: str, version: str) -> None:
+    """A graph that carries its precision (Q/DQ, casts) builds in that precision whatever is asked."""
+    if onnx_precision == "int8" and precision != "int8":
+        raise TrtoptError(f"{where} holds Q/DQ nodes, so TensorRT {version} builds it as INT8, not {precision}",
+                          "pass --precision int8 (or auto), or build the FP32 ONNX instead")
+    if onnx_precision == "fp16" and precision != "fp16":
+        raise TrtoptError(f"{where} is an FP16 (cast) model, so TensorRT {version} builds it in FP16, not {precision}",
+                          "pass --precision fp16 (or auto), or build the FP32 ONNX instead")
+
+def _check_cache(path: str, version: str) -> str:
+    """Read a calibration cache and check TensorRT will use it (right version and algorithm); its sha256."""
+    from trtopt.files import sha256_file
+    from trtopt.trt.calibration_cache import read_cache
+
+    cache = read_cache(path)
+    if cache.trt_version != version:
+        raise TrtoptError(f"calibration cache {path} is for TensorRT {cache.trt_version} ({cache.header}); TensorRT "
+                          f"{version} would silently ignore it",
+                          f"trtopt cache convert {path} --trt-version {version} -o converted.cache")
+    if cache.algorithm != CALIBRATOR_ALGORITHM:
+        raise TrtoptError(f"calibration cache {path} is for {cache.algorithm}; the build's {CALIBRATOR_CLASS} would "
+                          "ignore it and recalibrate",
+                          f"trtopt cache convert {path} -o converted.cache (writes {CALIBRATOR_ALGORITHM})")
+    return sha256_file(path)
+
+def plan_summary(plan: BuildPlan) -> dict[str, Any]:
+    """A few fields for display: version, precision route, flags, profiles."""
+    return {"trt_version": plan.trt_version, "precision": plan.precision, "typing": plan.typing,
+            "int8_source": plan.int8_source, "network_flags": list(plan.network_flags),
+            "builder_flags": list(plan.builder_flags), "device": plan.device_type,
+            "profiles": {p.name: [_dims(p.min), _dims(p.opt), _dims(p.max)] for p in plan.profiles}}
+
+__all__ = ["BuildOptions", "BuildPlan", "ShapeProfile", "make_plan", "parse_shape_spec", "resolve_version",
+           "validate_profiles"]
