@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.trtopt-installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-fast bench bench-gate clean
+.PHONY: install demo test test-fast lint bench bench-gate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +22,15 @@ demo: $(STAMP)
 	$(BIN)/trtopt demo --out runs/demo --force
 
 test: $(STAMP)
+	$(BIN)/ruff check trtopt tests benchmarks
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
+	$(BIN)/ruff check trtopt tests benchmarks
 	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check trtopt tests benchmarks
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_resnet18.py
