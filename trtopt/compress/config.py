@@ -203,7 +203,7 @@ class DistillConfig:
         check_choice("ddp", self.ddp, DDP_MODES)
         if self.epochs is None and self.max_steps is None:
             raise field_error("epochs", self.epochs, "and max_steps is None too: nothing would end the training",
-                              "set epochs=N or max_steps=N")
+                              "set epochs or max_steps (a number >= 1)")
         for name in ("epochs", "max_steps", "eval_every", "patience", "checkpoint_every"):
             check_int(name, getattr(self, name), optional=True)
         check_int("batch_size", self.batch_size)

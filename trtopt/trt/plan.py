@@ -219,7 +219,7 @@ class BuildOptions:
                   fix="give at least 1 MiB, e.g. --workspace 1024 (MiB)")
         check_int("dla_core", self.dla_core, minimum=0, optional=True, fix="DLA cores are numbered 0, 1")
         if self.dla_core is not None and self.target not in DLA_TARGETS:
-            raise field_error("dla_core", self.dla_core, f"asks for a DLA, which target {self.target!r} has not",
+            raise field_error("dla_core", self.dla_core, f"asks for a DLA core, but target {self.target!r} has no DLA",
                               f"DLA exists on {', '.join(DLA_TARGETS)}: pass --target jetson-orin, or drop --dla-core")
         if self.exclude_lean_runtime and not self.version_compatible:
             raise field_error("exclude_lean_runtime", self.exclude_lean_runtime, "needs version_compatible",
@@ -235,7 +235,7 @@ class BuildOptions:
             raise field_error("calibrate", self.calibrate, f"(build-time calibration) and calib_cache={self.calib_cache!r} "
                               "asked together", "give --calib-cache FILE or calibration data, not both")
         if (self.calib_cache or self.calibrate) and self.precision not in ("auto", "int8"):
-            raise field_error("precision", self.precision, "leaves no use for the calibration cache/calibrator asked for",
+            raise field_error("precision", self.precision, "cannot use the calibration cache/calibrator asked for (INT8 only)",
                               "calibration is for --precision int8")
         object.__setattr__(self, "shapes", tuple(self.shapes))
 
