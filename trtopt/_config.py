@@ -98,6 +98,20 @@ def check_names(key: str, value: Any, *, nonempty: bool = False, fix: str | None
         raise field_error(key, value, f"must be {what}", fix or f"write {key} as a list, e.g. [a, b]")
 
 
+def field_default(cls: type, name: str) -> Any:
+    """The default of field ``name`` of the config class ``cls`` (its ``default_factory`` called if it has one).
+
+    What the CLI shows and uses as a flag's default, so the two never disagree. Raises KeyError for a field
+    ``cls`` does not have and ValueError for a field without a default.
+    """
+    f = cls.__dataclass_fields__[name]
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise ValueError(f"{cls.__name__}.{name} has no default")
+
+
 def to_dict(config: Any) -> Any:
     """A config (or nested configs) as plain JSON/YAML-able data (tuples become lists)."""
     if dataclasses.is_dataclass(config):

@@ -21,6 +21,7 @@ from trtopt.quant.quantize import QuantizeConfig
 from trtopt.export import ExportConfig
 from trtopt.backends.ort import OrtConfig
 from trtopt.compress.config import DistillConfig, LowRankConfig, PruneConfig, ShareConfig
+from trtopt.trt.calibration_cache import DEFAULT_TRT_VERSION
 from trtopt._config import check_choice, check_int, check_ints, field_error, from_dict, to_dict
 
 
@@ -104,7 +105,7 @@ class Recipe:
     train_data: str | None = None
     int8_targets: tuple[str, ...] = INT8_TARGETS
     fp16: bool = False
-    trt_cache_version: str = "10.3.0"
+    trt_cache_version: str = DEFAULT_TRT_VERSION
     sensitivity: bool = False
     metric: str = "auto"
     bundle_target: str = "jetson-orin"
