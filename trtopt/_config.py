@@ -46,15 +46,16 @@ def check_int(key: str, value: Any, minimum: int = 1, maximum: int | None = None
     """Raise unless ``value`` is an integer (not a bool) in ``minimum..maximum`` (or None when ``optional``)."""
     if optional and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (maximum is not None and value > maximum):
+    ok = isinstance(value, int) and not isinstance(value, bool) and minimum <= value
+    if not ok or (maximum is not None and value > maximum):
         what = (f"an integer in {minimum}..{maximum}" if maximum is not None
                 else "a positive integer" if minimum == 1 else f"an integer >= {minimum}")
         raise field_error(key, value, f"must be {what}" + (" or None" if optional else ""),
                           fix or f"set {key} to {what}")
 
 
-def check_number(key: str, value: Any, low: float | None = None, high: float | None = None, *,
-                 low_open: bool = False, high_open: bool = False, optional: bool = False, fix: str | None = None) -> None:
+def check_number(key: str, value: Any, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+                 high_open: bool = False, optional: bool = False, fix: str | None = None) -> None:
     """Raise unless ``value`` is a finite real number (not a bool) inside the interval ``low``..``high``.
 
     ``low_open``/``high_open`` exclude the bound itself, e.g. ``check_number("ratio", r, 0, 1, high_open=True)``
@@ -69,14 +70,13 @@ def check_number(key: str, value: Any, low: float | None = None, high: float | N
         ok = value < high if high_open else value <= high
     if not ok:
         if low is not None and high is not None:
-            where = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+            what = f"a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
         elif low is not None:
-            where = f"{'>' if low_open else '>='} {low}"
+            what = f"a number {'>' if low_open else '>='} {low}"
         elif high is not None:
-            where = f"{'<' if high_open else '<='} {high}"
+            what = f"a number {'<' if high_open else '<='} {high}"
         else:
-            where = "(finite)"
-        what = f"a number {where}"
+            what = "a finite number"
         raise field_error(key, value, f"must be {what}" + (" or None" if optional else ""),
                           fix or f"set {key} to {what}")
 

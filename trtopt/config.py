@@ -120,7 +120,8 @@ class Recipe:
             if isinstance(value, dict):
                 object.__setattr__(self, name, from_dict(cls, value, f"{name}."))
         if self.version != RECIPE_VERSION:
-            raise field_error("version", self.version, f"is not supported (this trtopt reads recipe version {RECIPE_VERSION})",
+            raise field_error("version", self.version,
+                              f"is not supported (this trtopt reads recipe version {RECIPE_VERSION})",
                               "update the recipe or trtopt")
         check_ints("batch_sizes", self.batch_sizes, nonempty=True, fix="e.g. batch_sizes: [1, 8]")
         check_int("threads", self.threads, optional=True, fix="omit it to use the default")

@@ -16,18 +16,34 @@ import pytest
 
 from trtopt._config import field_default
 from trtopt.cli.main import build_parser
-from trtopt.compress.config import (CONV_SCHEMES, GRANULARITIES, IMPORTANCES, OPTIMIZERS, OUTPUT_LOSSES, PRUNE_METHODS,
-                                    SCHEDULERS, DistillConfig, LowRankConfig, PruneConfig, ShareConfig)
+from trtopt.compress.config import (
+    CONV_SCHEMES,
+    GRANULARITIES,
+    IMPORTANCES,
+    OPTIMIZERS,
+    OUTPUT_LOSSES,
+    PRUNE_METHODS,
+    SCHEDULERS,
+    DistillConfig,
+    LowRankConfig,
+    PruneConfig,
+    ShareConfig,
+)
 from trtopt.config import Recipe
-from trtopt.edge.convert import PRECISIONS as EDGE_PRECISIONS, EdgeConfig
+from trtopt.edge.convert import PRECISIONS as EDGE_PRECISIONS
+from trtopt.edge.convert import EdgeConfig
 from trtopt.export import EXPORTERS, EXTERNAL_DATA, ExportConfig
 from trtopt.measure.baseline import GateConfig
 from trtopt.measure.compare import Tolerances
 from trtopt.measure.profile import TimingConfig
-from trtopt.quant.calibrate import METHODS as CALIBRATION_METHODS, CalibrationConfig
-from trtopt.quant.quantize import TARGETS as QUANTIZE_TARGETS, QuantizeConfig
+from trtopt.quant.calibrate import METHODS as CALIBRATION_METHODS
+from trtopt.quant.calibrate import CalibrationConfig
+from trtopt.quant.quantize import TARGETS as QUANTIZE_TARGETS
+from trtopt.quant.quantize import QuantizeConfig
 from trtopt.speedup_search import SpeedupTargetConfig
-from trtopt.trt.plan import HARDWARE_COMPATIBILITY, PRECISIONS as BUILD_PRECISIONS, TARGETS as BUILD_TARGETS, TYPINGS, BuildOptions
+from trtopt.trt.plan import HARDWARE_COMPATIBILITY, TYPINGS, BuildOptions
+from trtopt.trt.plan import PRECISIONS as BUILD_PRECISIONS
+from trtopt.trt.plan import TARGETS as BUILD_TARGETS
 
 CALIBRATION_FLAGS = [("--method", CalibrationConfig, "method"), ("--percentile", CalibrationConfig, "percentile"),
                      ("--batch-size", CalibrationConfig, "batch_size")]
@@ -194,7 +210,8 @@ def test_help_quotes_the_config_default_a_flag_falls_back_to(monkeypatch, comman
     new = _other_value(_default(cls, path), path)
     _patch_default(monkeypatch, cls, path, new)
     action, formatter = _action(command, flag)
-    assert _quoted_default(formatter._expand_help(action), new), f"{command} {flag}'s help does not read {cls.__name__}.{path}"
+    assert _quoted_default(formatter._expand_help(action), new), \
+        f"{command} {flag}'s help does not read {cls.__name__}.{path}"
 
 
 @pytest.mark.parametrize("command, flag, choices", CHOICES, ids=[f"{c} {f}" for c, f, _ in CHOICES])

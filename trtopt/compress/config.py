@@ -55,7 +55,8 @@ class PruneConfig:
                      fix="give the fraction to remove, e.g. 0.5 (1.0 would remove everything)")
         check_choice("importance", self.importance, IMPORTANCES)
         if self.method != "structured" and self.importance not in ("l1", "l2"):
-            raise field_error("importance", self.importance, f"ranks channels; {self.method} pruning ranks single weights",
+            raise field_error("importance", self.importance,
+                              f"ranks channels; {self.method} pruning ranks single weights",
                               "use importance l1 or l2 (weight magnitude) with this method")
         check_int("round_to", self.round_to, fix="use 8, or 1 for no rounding")
         check_number("max_layer_ratio", self.max_layer_ratio, 0, 1, low_open=True, fix="use e.g. 0.9")
@@ -216,8 +217,8 @@ class DistillConfig:
                      fix="give a norm > 0, or None for no clipping")
         pairs = tuple(tuple(p) for p in self.feature_pairs)
         if any(len(p) != 2 or not all(isinstance(n, str) and n for n in p) for p in pairs):
-            raise field_error("feature_pairs", self.feature_pairs, "must be (student module, teacher module) name pairs",
-                              "e.g. (('conv3', 'conv3'),)")
+            raise field_error("feature_pairs", self.feature_pairs,
+                              "must be (student module, teacher module) name pairs", "e.g. (('conv3', 'conv3'),)")
         object.__setattr__(self, "feature_pairs", pairs)
 
 

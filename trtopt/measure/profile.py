@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from trtopt.backends.base import Runner
 from trtopt._config import check_int, check_number
+from trtopt.backends.base import Runner
 from trtopt.errors import TrtoptError
 
 #: Percentiles reported by :func:`latency_stats`, as (key, percent) pairs.

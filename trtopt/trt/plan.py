@@ -232,10 +232,12 @@ class BuildOptions:
             raise field_error("hardware_compatibility", self.hardware_compatibility,
                               f"and dla_core={self.dla_core} asked together", "choose one")
         if self.calib_cache and self.calibrate:
-            raise field_error("calibrate", self.calibrate, f"(build-time calibration) and calib_cache={self.calib_cache!r} "
-                              "asked together", "give --calib-cache FILE or calibration data, not both")
+            raise field_error("calibrate", self.calibrate,
+                              f"(build-time calibration) and calib_cache={self.calib_cache!r} asked together",
+                              "give --calib-cache FILE or calibration data, not both")
         if (self.calib_cache or self.calibrate) and self.precision not in ("auto", "int8"):
-            raise field_error("precision", self.precision, "cannot use the calibration cache/calibrator asked for (INT8 only)",
+            raise field_error("precision", self.precision,
+                              "cannot use the calibration cache/calibrator asked for (INT8 only)",
                               "calibration is for --precision int8")
         object.__setattr__(self, "shapes", tuple(self.shapes))
 
