@@ -100,28 +100,44 @@ def test_missing_required_model_is_named():
         from_dict(Recipe, {"batch_sizes": [1]})
 
 
-@pytest.mark.parametrize("data, fragment", [
-    ({"export": {"exporter": "onnxscript"}}, "export.exporter='onnxscript'"),
-    ({"export": {"external_data": "sometimes"}}, "export.external_data='sometimes'"),
-    ({"export": {"opset": 6}}, "export.opset=6"),
-    ({"export": {"opset": 26}}, "export.opset=26"),
-    ({"export": {"opset": "18"}}, "export.opset is '18' (str), expected an integer"),
-    ({"export": {"exporter": "dynamo", "opset": 17}}, "export.opset=17"),
-    ({"export": {"example_batch_size": 0}}, "batch sizes"),
-    ({"export": {"parity_batch_sizes": [1, 0]}}, "batch sizes"),
-    ({"ort": {"graph_optimization_level": "max"}}, "ort.graph_optimization_level='max'"),
-    ({"ort": {"providers": []}}, "ort.providers"),
-    ({"batch_sizes": []}, "batch_sizes"),
-    ({"batch_sizes": [1, 0]}, "batch_sizes"),
-    ({"threads": 0}, "threads=0"),
-    ({"version": RECIPE_VERSION + 1}, f"version {RECIPE_VERSION + 1}"),
-    ({"timing": {"iterations": 0}}, "iterations"),
-    ({"compare": {"atol": -1.0}}, "atol"),
+@pytest.mark.parametrize("data, fragment, key", [
+    ({"export": {"exporter": "onnxscript"}}, "export.exporter='onnxscript'", "export.exporter"),
+    ({"export": {"external_data": "sometimes"}}, "export.external_data='sometimes'", "export.external_data"),
+    ({"export": {"opset": 6}}, "export.opset=6", "export.opset"),
+    ({"export": {"opset": 26}}, "export.opset=26", "export.opset"),
+    ({"export": {"opset": "18"}}, "export.opset is '18' (str), expected an integer", "export.opset"),
+    ({"export": {"exporter": "dynamo", "opset": 17}}, "export.opset=17", "export.opset"),
+    ({"export": {"example_batch_size": 0}}, "export.example_batch_size=0 must be a positive integer",
+     "export.example_batch_size"),
+    ({"export": {"parity_batch_sizes": [1, 0]}}, "export.parity_batch_sizes=(1, 0) must be a list of integers >= 1",
+     "export.parity_batch_sizes"),
+    ({"export": {"parity": {"min_cosine": 1.5}}}, "export.parity.min_cosine=1.5 must be a number in [-1, 1]",
+     "export.parity.min_cosine"),
+    ({"ort": {"graph_optimization_level": "max"}}, "ort.graph_optimization_level='max'", "ort.graph_optimization_level"),
+    ({"ort": {"providers": []}}, "ort.providers=() must be a non-empty list", "ort.providers"),
+    ({"batch_sizes": []}, "batch_sizes=() must be a non-empty list", "batch_sizes"),
+    ({"batch_sizes": [1, 0]}, "batch_sizes=(1, 0)", "batch_sizes"),
+    ({"threads": 0}, "threads=0", "threads"),
+    ({"version": RECIPE_VERSION + 1}, f"version={RECIPE_VERSION + 1} is not supported", "version"),
+    ({"timing": {"iterations": 0}}, "timing.iterations=0 must be a positive integer", "timing.iterations"),
+    ({"compare": {"atol": -1.0}}, "compare.atol=-1.0 must be a number >= 0", "compare.atol"),
+    ({"calibration": {"num_bins": 100}}, "calibration.num_bins=100 must be an integer >= 256", "calibration.num_bins"),
+    ({"quantize": {"target": "tflite"}}, "quantize.target='tflite' is not one of onnxruntime, tensorrt", "quantize.target"),
+    ({"stages": ["export", "prune"], "prune": {"ratio": 1.5}}, "prune.ratio=1.5 must be a number in [0, 1)", "prune.ratio"),
+    ({"stages": ["prune", "export"], "prune": {"method": "2:4", "importance": "bn"}},
+     "prune.importance='bn' ranks channels", "prune.importance"),
+    ({"factorize": {"method": "ranks", "ranks": {"layer1.0.conv1": 0}}},
+     "factorize.ranks.layer1.0.conv1=0 must be a positive integer", "factorize.ranks.layer1.0.conv1"),
+    ({"distill": {"epochs": None}}, "distill.epochs=None and max_steps is None too", "distill.epochs"),
+    ({"distill": {"alpha": 1.5}}, "distill.alpha=1.5 must be a number in [0, 1]", "distill.alpha"),
+    ({"cluster": {"bits": 9}}, "cluster.bits=9 must be an integer in 1..8", "cluster.bits"),
 ])
-def test_invalid_values_raise_naming_the_setting(data, fragment):
+def test_invalid_values_raise_naming_the_setting(data, fragment, key):
     with pytest.raises(TrtoptError) as e:
         from_dict(Recipe, {"model": "m", **data})
     assert fragment in str(e.value)
+    assert e.value.key == key  # what a recipe reader turns into a line number
+    assert "fix: " in str(e.value) and "\n" not in str(e.value)
 
 
 def test_dynamo_exporter_with_opset_18_is_valid():
@@ -256,3 +272,52 @@ def test_load_recipe_reports_unknown_key_with_path(tmp_path):
     with pytest.raises(TrtoptError, match=r"'ort\.intra_threads'") as e:
         load_recipe(path)
     assert "intra_op_threads" in str(e.value)
+
+
+@pytest.mark.parametrize("body, line, key, fragment", [
+    # a torch-side section: the line of the offending field, not of its section
+    ("model: m\nstages: [prune, export]\nprune:\n  method: structured\n  ratio: 1.5\n", 5, "prune.ratio",
+     "prune.ratio=1.5 must be a number in [0, 1)"),
+    ("model: m\ncluster:\n  granularity: layer\n  bits: 0\n", 4, "cluster.bits", "cluster.bits=0 must be an integer in 1..8"),
+    ("model: m\ndistill:\n  epochs: 2\n  lr: -0.1\n", 4, "distill.lr", "distill.lr=-0.1 must be a number > 0"),
+    # a rule between two fields points at the field it names
+    ("model: m\nstages: [prune, export]\nprune:\n  importance: taylor\n  method: unstructured\n", 4, "prune.importance",
+     "prune.importance='taylor' ranks channels"),
+    ("model: m\nexport:\n  exporter: dynamo\n  simplify: false\n  opset: 17\n", 5, "export.opset", "export.opset=17 is below 18"),
+    # two levels deep
+    ("model: m\nexport:\n  parity:\n    rtol: 0.1\n    atol: -1\n", 5, "export.parity.atol", "export.parity.atol=-1"),
+    # a top-level field
+    ("model: m\nbatch_sizes: [1, 0]\n", 2, "batch_sizes", "batch_sizes=(1, 0) must be a non-empty list of integers >= 1"),
+])
+def test_load_recipe_points_at_the_line_of_the_offending_field(tmp_path, body, line, key, fragment):
+    path = tmp_path / "r.yaml"
+    path.write_text(body, encoding="utf-8")
+    with pytest.raises(TrtoptError) as e:
+        load_recipe(path)
+    assert e.value.key == key
+    assert str(e.value).startswith(f"recipe {path} line {line}: {fragment}")
+
+
+def test_load_recipe_points_at_the_section_for_a_field_it_does_not_write(tmp_path):
+    """method: params needs param_budget, which the file leaves out: the error names the key, the line is the section's."""
+    path = tmp_path / "r.yaml"
+    path.write_text("model: m\nfactorize:\n  method: params\n", encoding="utf-8")
+    with pytest.raises(TrtoptError, match=rf"^recipe {path} line 2: factorize\.param_budget=None must be a number "
+                                          r"in \(0, 1\)") as e:
+        load_recipe(path)
+    assert e.value.key == "factorize.param_budget"
+
+
+def test_a_python_recipe_section_given_as_a_mapping_names_the_full_key():
+    with pytest.raises(TrtoptError, match=r"^prune\.ratio=1\.5 must be a number in \[0, 1\)") as e:
+        Recipe(model="m", prune={"ratio": 1.5})
+    assert e.value.key == "prune.ratio"
+
+
+def test_a_config_built_directly_names_its_field():
+    """Outside a recipe the key is the field's own name (the CLI flag of the same name)."""
+    from trtopt.compress.config import PruneConfig
+
+    with pytest.raises(TrtoptError, match=r"^ratio=1\.0 must be a number in \[0, 1\); fix: give the fraction") as e:
+        PruneConfig(ratio=1.0)
+    assert e.value.key == "ratio"

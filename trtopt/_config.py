@@ -3,16 +3,21 @@
 Configs are frozen dataclasses. :func:`from_dict` builds one from plain data (a recipe section, a JSON
 record), rejects unknown keys (a typo is an error, not a silently ignored option) and coerces nested
 dicts and lists; :func:`merge` applies overrides (defaults < recipe file < CLI flags) and re-validates.
-The ``check_*`` validators raise a `TrtoptError` that carries the dotted key of the field it judged,
-so a recipe reader points at the line holding it without parsing the message.
+Every config validates its fields in ``__post_init__`` with the ``check_*`` validators below (and
+:func:`field_error` for rules between fields). Each raises a one-line `TrtoptError` "KEY=VALUE ...; fix: ..."
+that carries the field's key relative to its config ("opset"); :func:`from_dict` prefixes the section's
+path to it ("export.opset"), so a recipe reader points at the line holding the field without parsing the
+message.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import types
 import typing
+from collections.abc import Collection
 from typing import Any, TypeVar
 
 from trtopt.errors import TrtoptError
@@ -20,46 +25,91 @@ from trtopt.errors import TrtoptError
 C = TypeVar("C")
 
 
-def check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+def field_error(key: str, value: Any, problem: str, fix: str) -> TrtoptError:
+    """The error for config field ``key`` holding ``value``: one line "KEY=VALUE PROBLEM; fix: FIX".
+
+    The error carries ``key`` (relative to the config that raised it; :func:`from_dict` prefixes the section
+    path to both the key and the message). Use it for rules the ``check_*`` validators cannot express,
+    e.g. one field's value ruled out by another's.
+    """
+    return TrtoptError(f"{key}={value!r} {problem}", fix, key=key)
+
+
+def check_choice(key: str, value: Any, allowed: Collection[str], *, fix: str | None = None) -> None:
     """Raise unless ``value`` is one of ``allowed``."""
     if value not in allowed:
-        raise TrtoptError(f"{key}={value!r} is not one of {', '.join(allowed)}", f"set {key} to one of those", key=key)
+        raise field_error(key, value, f"is not one of {', '.join(allowed)}", fix or f"set {key} to one of those")
 
 
-def check_int(key: str, value: Any, minimum: int = 1, optional: bool = False, example: Any = None) -> None:
-    """Raise unless ``value`` is an integer (not a bool) >= ``minimum`` (or None when ``optional``)."""
+def check_int(key: str, value: Any, minimum: int = 1, maximum: int | None = None, *, optional: bool = False,
+              fix: str | None = None) -> None:
+    """Raise unless ``value`` is an integer (not a bool) in ``minimum..maximum`` (or None when ``optional``)."""
     if optional and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        hint = f"e.g. {example}" if example is not None else f"set {key} to {minimum} or more"
-        raise TrtoptError(f"{key}={value!r} must be {what}", hint, key=key)
+    ok = isinstance(value, int) and not isinstance(value, bool) and minimum <= value
+    if not ok or (maximum is not None and value > maximum):
+        what = (f"an integer in {minimum}..{maximum}" if maximum is not None
+                else "a positive integer" if minimum == 1 else f"an integer >= {minimum}")
+        raise field_error(key, value, f"must be {what}" + (" or None" if optional else ""),
+                          fix or f"set {key} to {what}")
 
 
-def check_number(key: str, value: Any, low: float | None = None, high: float | None = None, *,
-                 low_open: bool = False, high_open: bool = False, optional: bool = False, example: Any = None) -> None:
-    """Raise unless ``value`` is a finite real number inside the interval given by ``low``/``high``.
+def check_number(key: str, value: Any, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+                 high_open: bool = False, optional: bool = False, fix: str | None = None) -> None:
+    """Raise unless ``value`` is a finite real number (not a bool) inside the interval ``low``..``high``.
 
-    ``low_open``/``high_open`` exclude the bound itself, e.g. ``check_number("prune.ratio", r, 0, 1,
-    high_open=True)`` is [0, 1).
+    ``low_open``/``high_open`` exclude the bound itself, e.g. ``check_number("ratio", r, 0, 1, high_open=True)``
+    is [0, 1); a bound of None is unbounded. None passes when ``optional``.
     """
     if optional and value is None:
         return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if ok and high is not None:
         ok = value < high if high_open else value <= high
     if not ok:
-        interval = f"{'(' if low_open else '['}{'-inf' if low is None else low}, {'inf' if high is None else high}{')' if high_open else ']'}"
-        hint = f"e.g. {example}" if example is not None else f"give a number in {interval}"
-        raise TrtoptError(f"{key}={value!r} is not a number in {interval}", hint, key=key)
+        if low is not None and high is not None:
+            what = f"a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        elif low is not None:
+            what = f"a number {'>' if low_open else '>='} {low}"
+        elif high is not None:
+            what = f"a number {'<' if high_open else '<='} {high}"
+        else:
+            what = "a finite number"
+        raise field_error(key, value, f"must be {what}" + (" or None" if optional else ""),
+                          fix or f"set {key} to {what}")
 
 
-def check_names(key: str, value: Any) -> None:
-    """Raise unless ``value`` is a tuple/list of strings (a single string is the usual mistake)."""
-    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-        raise TrtoptError(f"{key}={value!r} is not a list of names", f"write {key} as a list, e.g. [a, b]", key=key)
+def check_ints(key: str, value: Any, minimum: int = 1, *, nonempty: bool = False, fix: str | None = None) -> None:
+    """Raise unless ``value`` is a list/tuple of integers (not bools) >= ``minimum``, e.g. batch sizes."""
+    ok = isinstance(value, (list, tuple)) and (bool(value) or not nonempty) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value)
+    if not ok:
+        what = f"{'a non-empty' if nonempty else 'a'} list of integers >= {minimum}"
+        raise field_error(key, value, f"must be {what}", fix or f"write {key} as {what}, e.g. [1, 8]")
+
+
+def check_names(key: str, value: Any, *, nonempty: bool = False, fix: str | None = None) -> None:
+    """Raise unless ``value`` is a list/tuple of strings (a single string is the usual mistake)."""
+    ok = isinstance(value, (list, tuple)) and (bool(value) or not nonempty) and all(isinstance(v, str) for v in value)
+    if not ok:
+        what = f"{'a non-empty' if nonempty else 'a'} list of names"
+        raise field_error(key, value, f"must be {what}", fix or f"write {key} as a list, e.g. [a, b]")
+
+
+def field_default(cls: type, name: str) -> Any:
+    """The default of field ``name`` of the config class ``cls`` (its ``default_factory`` called if it has one).
+
+    What the CLI shows and uses as a flag's default, so the two never disagree. Raises KeyError for a field
+    ``cls`` does not have and ValueError for a field without a default.
+    """
+    f = cls.__dataclass_fields__[name]
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise ValueError(f"{cls.__name__}.{name} has no default")
 
 
 def to_dict(config: Any) -> Any:
@@ -75,7 +125,9 @@ def to_dict(config: Any) -> Any:
 def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
     """Build the frozen config ``cls`` from plain data, rejecting unknown keys and coercing lists.
 
-    Raises TrtoptError naming the offending key (with its dotted path) and the valid keys.
+    ``where`` is the dotted path of ``cls`` in the enclosing data ("export." for a recipe's export section).
+    Raises TrtoptError naming the offending key by its full dotted path (``TrtoptError.key``): an unknown
+    key (with the valid keys), a value of the wrong type, or a value the config's own validation refuses.
     """
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
@@ -91,12 +143,13 @@ def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
         raise TrtoptError(f"invalid {cls.__name__}: {e}", "check the recipe against the documented keys",
                           key=where.rstrip(".") or None) from e
     except TrtoptError as e:
-        if e.key is None:  # a field's own validation: point at the field it names, else at this section
-            named = [n for n in names if f"{n}=" in e.problem or f".{n} " in e.problem or f"{n} " in e.problem]
-            e.key = where + max(named, key=len) if named else (where.rstrip(".") or None)
-        elif where and not e.key.startswith(where):
-            e.key = where + e.key.rpartition(".")[2]
-        raise
+        if not where:
+            raise
+        if e.key is None:  # a rule about the section as a whole: point at the section
+            raise TrtoptError(e.problem, e.fix, key=where.rstrip(".")) from e
+        # the config's validators name its fields relatively ("opset=5 ..."); say where the field is
+        problem = where + e.problem if e.problem.startswith(f"{e.key}=") else e.problem
+        raise TrtoptError(problem, e.fix, key=where + e.key) from e
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
     """Convert YAML/JSON data to the annotated type: nested configs, tuples, dicts of tuples."""

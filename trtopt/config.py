@@ -21,7 +21,8 @@ from trtopt.quant.quantize import QuantizeConfig
 from trtopt.export import ExportConfig
 from trtopt.backends.ort import OrtConfig
 from trtopt.compress.config import DistillConfig, LowRankConfig, PruneConfig, ShareConfig
-from trtopt._config import check_choice, from_dict, to_dict
+from trtopt.trt.calibration_cache import DEFAULT_TRT_VERSION
+from trtopt._config import check_choice, check_int, check_ints, field_error, from_dict, to_dict
 
 
 RECIPE_VERSION = 1
@@ -104,7 +105,7 @@ class Recipe:
     train_data: str | None = None
     int8_targets: tuple[str, ...] = INT8_TARGETS
     fp16: bool = False
-    trt_cache_version: str = "10.3.0"
+    trt_cache_version: str = DEFAULT_TRT_VERSION
     sensitivity: bool = False
     metric: str = "auto"
     bundle_target: str = "jetson-orin"
@@ -119,12 +120,11 @@ class Recipe:
             if isinstance(value, dict):
                 object.__setattr__(self, name, from_dict(cls, value, f"{name}."))
         if self.version != RECIPE_VERSION:
-            raise TrtoptError(f"recipe version {self.version} is not supported (this trtopt reads {RECIPE_VERSION})",
+            raise field_error("version", self.version,
+                              f"is not supported (this trtopt reads recipe version {RECIPE_VERSION})",
                               "update the recipe or trtopt")
-        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
-            raise TrtoptError(f"batch_sizes {self.batch_sizes} must be non-empty and >= 1", "e.g. batch_sizes: [1, 8]")
-        if self.threads is not None and self.threads < 1:
-            raise TrtoptError(f"threads={self.threads} must be >= 1", "omit it to use the default")
+        check_ints("batch_sizes", self.batch_sizes, nonempty=True, fix="e.g. batch_sizes: [1, 8]")
+        check_int("threads", self.threads, optional=True, fix="omit it to use the default")
         for stage in self.stages:
             check_choice("stages", stage, STAGES)
         for stage in self.stages:

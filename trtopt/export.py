@@ -18,7 +18,7 @@ from typing import Any
 
 from trtopt.artifacts import OnnxArtifact, inspect_onnx
 from trtopt.measure.compare import Tolerances, compare_outputs, failed_outputs_message
-from trtopt._config import check_choice
+from trtopt._config import check_choice, check_int, check_ints, field_error
 from trtopt.backends.ort import OrtConfig
 from dataclasses import dataclass, field
 from trtopt.data import Feed, check_feed, random_feed, take_batch
@@ -65,15 +65,14 @@ class ExportConfig:
     parity: Tolerances = field(default_factory=lambda: Tolerances(atol=1e-4, rtol=1e-3, min_cosine=0.9999))
 
     def __post_init__(self) -> None:
-        check_choice("export.exporter", self.exporter, EXPORTERS)
-        check_choice("export.external_data", self.external_data, EXTERNAL_DATA)
-        if not isinstance(self.opset, int) or isinstance(self.opset, bool) or not 7 <= self.opset <= 25:
-            raise TrtoptError(f"export.opset={self.opset!r} is not an integer in 7..25", "use an opset such as 17 or 18")
+        check_choice("exporter", self.exporter, EXPORTERS)
+        check_choice("external_data", self.external_data, EXTERNAL_DATA)
+        check_int("opset", self.opset, 7, 25, fix="use an opset such as 17 or 18")
         if self.exporter == "dynamo" and self.opset < 18:
-            raise TrtoptError(f"the dynamo exporter emits opset >= 18, but export.opset={self.opset}",
+            raise field_error("opset", self.opset, "is below 18, the lowest opset the dynamo exporter emits",
                               "use opset 18+ or exporter 'torchscript'")
-        if self.example_batch_size < 1 or any(b < 1 for b in self.parity_batch_sizes):
-            raise TrtoptError("export batch sizes must be >= 1", "fix example_batch_size / parity_batch_sizes")
+        check_int("example_batch_size", self.example_batch_size)
+        check_ints("parity_batch_sizes", self.parity_batch_sizes)
 
 
 def export_onnx(loaded: LoadedModel, path: str | os.PathLike, config: ExportConfig = ExportConfig(),

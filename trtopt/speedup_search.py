@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from trtopt._config import check_number
 from trtopt.compress.config import LowRankConfig, PruneConfig
 
 if TYPE_CHECKING:
@@ -50,12 +51,10 @@ class SpeedupTargetConfig:
     iterations: int = 40
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.target_speedup, (int, float)) and self.target_speedup > 1.0):
-            raise TrtoptError(f"target speedup {self.target_speedup!r} is not above 1", "ask for e.g. 1.5 (× faster)")
-        if not 0.0 < self.tolerance < 1.0:
-            raise TrtoptError(f"speedup tolerance {self.tolerance!r} is outside (0, 1)", "use e.g. 0.1 (within 10 %)")
-        if not 0.0 < self.ratio_step < 1.0 or not 0.0 < self.max_ratio < 1.0:
-            raise TrtoptError("ratio_step and max_ratio must be in (0, 1)", "use e.g. ratio_step 0.1, max_ratio 0.9")
+        check_number("target_speedup", self.target_speedup, 1, low_open=True, fix="ask for e.g. 1.5 (× faster)")
+        check_number("tolerance", self.tolerance, 0, 1, low_open=True, high_open=True, fix="use e.g. 0.1 (within 10 %)")
+        check_number("ratio_step", self.ratio_step, 0, 1, low_open=True, high_open=True, fix="use e.g. 0.1")
+        check_number("max_ratio", self.max_ratio, 0, 1, low_open=True, high_open=True, fix="use e.g. 0.9")
 
 @dataclass
 class SpeedupSearch:

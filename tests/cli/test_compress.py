@@ -40,7 +40,7 @@ def test_factorize_writes_onnx_and_report(tmp_path, cli_env):
 
 def test_bad_inputs_give_one_line_and_write_nothing(tmp_path, cli_env):
     assert_one_line_error(run(["cluster", "tests.helpers.tiny_models:tiny_cnn", "-o", "x.npz", "--bits", "9"], tmp_path, cli_env),
-                          "outside 1..8")
+                          "bits=9 must be an integer in 1..8")
     assert_one_line_error(run(["factorize", "tests.helpers.tiny_models:tiny_cnn", "-o", "x.onnx", "--layer", "features.1"],
                               tmp_path, cli_env), "BatchNorm2d")
     assert_one_line_error(run(["factorize", "tests.helpers.tiny_models:tiny_cnn", "-o", "x.onnx", "--rank", "head=11"],

@@ -181,7 +181,7 @@ def test_grouped_conv_is_skipped_not_broken():
 @pytest.mark.parametrize("kwargs,needle", [
     ({"method": "svd"}, "method"), ({"energy": 0.0}, "energy"), ({"energy": 1.5}, "energy"),
     ({"method": "params"}, "param_budget"), ({"method": "params", "param_budget": 1.0}, "param_budget"),
-    ({"method": "ranks"}, "no ranks"), ({"conv": "cp"}, "conv"), ({"ranks": {"fc": 0}}, "positive"),
+    ({"method": "ranks"}, "ranks={} is empty"), ({"conv": "cp"}, "conv"), ({"ranks": {"fc": 0}}, "positive"),
     ({"min_reduction": 1.0}, "min_reduction"), ({"rank_multiple": 0}, "rank_multiple")])
 def test_bad_configs_name_the_field(kwargs, needle):
     with pytest.raises(TrtoptError, match=needle):

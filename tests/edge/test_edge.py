@@ -55,9 +55,9 @@ def test_edge_backend_probes_import_no_runtime():
 
 
 def test_config_validation():
-    with pytest.raises(TrtoptError, match="edge precision 'fp16'"):
+    with pytest.raises(TrtoptError, match="precision='fp16' is not one of fp32, int8"):
         EdgeConfig(precision="fp16")
-    with pytest.raises(TrtoptError, match="batch_size 0"):
+    with pytest.raises(TrtoptError, match="batch_size=0 must be a positive integer"):
         EdgeConfig(batch_size=0)
 
 

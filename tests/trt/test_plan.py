@@ -165,11 +165,11 @@ def test_dynamic_input_without_profile_is_refused_but_static_needs_none(models, 
 
 
 @pytest.mark.parametrize("kw, message", [
-    ({"dla_core": 0}, "target 'server', which has no DLA"),
-    ({"opt_level": 7}, "is not 0..5"),
+    ({"dla_core": 0}, "dla_core=0 asks for a DLA core, but target 'server' has no DLA"),
+    ({"opt_level": 7}, "opt_level=7 must be an integer in 0..5"),
     ({"hardware_compatibility": "ampere+", "target": "jetson-orin"}, "not Jetson"),
     ({"exclude_lean_runtime": True}, "needs version_compatible"),
-    ({"workspace_bytes": 1000}, "below 1 MiB"),
+    ({"workspace_bytes": 1000}, r"workspace_bytes=1000 must be an integer >= 1048576 .*; fix: give at least 1 MiB"),
     ({"precision": "fp16", "calibrate": True}, "calibration is for --precision int8"),
 ])
 def test_options_refuse_what_makes_no_sense(kw, message):

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from trtopt.backends.base import Capabilities
-from trtopt._config import check_choice
+from trtopt._config import check_choice, check_names
 from dataclasses import dataclass
 from trtopt.errors import TrtoptError
 
@@ -48,9 +48,9 @@ class OrtConfig:
     allow_spinning: bool = False
 
     def __post_init__(self) -> None:
-        check_choice("ort.graph_optimization_level", self.graph_optimization_level, GRAPH_OPT_LEVELS)
-        if not self.providers:
-            raise TrtoptError("ort.providers is empty", "name at least one provider, e.g. CPUExecutionProvider")
+        check_choice("graph_optimization_level", self.graph_optimization_level, GRAPH_OPT_LEVELS)
+        check_names("providers", self.providers, nonempty=True,
+                    fix="name at least one provider, e.g. [CPUExecutionProvider]")
 
 
 def load_error(path: Path, error: Exception, version: str) -> TrtoptError:

@@ -1,6 +1,8 @@
 """What every command family shares: shape parsing, feeds, timing flags, progress display, JSON output.
 
-Command modules import from here, never from `trtopt.cli.main` (the entry point imports them).
+Command modules import from here, never from `trtopt.cli.main` (the entry point imports them). Flags that
+set a config field take their default (and choices) from the config class, never a retyped value; help
+texts quote it with ``%(default)s``. The configs are torch-free, so importing them keeps ``--help`` light.
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
+from trtopt.config import Recipe
 from trtopt.errors import TrtoptError
+from trtopt.measure.profile import TimingConfig
+from trtopt.quant.calibrate import METHODS, CalibrationConfig
 
 
 EXIT_USAGE = 2
@@ -63,11 +68,9 @@ def write_json_output(path: str | None, data: Any, force: bool) -> None:
 
         write_json(path, data, force=force)
 
-def timing_config(args: argparse.Namespace):
-    from trtopt.measure.profile import TimingConfig
-
+def timing_config(args: argparse.Namespace) -> TimingConfig:
     return TimingConfig(warmup_iterations=args.warmup, iterations=args.iterations, duration_s=args.duration,
-                        min_iterations=min(10, args.iterations))
+                        min_iterations=min(TimingConfig.min_iterations, args.iterations))
 
 def feed_for(args: argparse.Namespace, inputs, preprocess=None, count=None):
     from trtopt.data import load_feed
@@ -89,10 +92,13 @@ def onnx_feed(args: argparse.Namespace, onnx_path: str):
     return feed_for(args, specs)
 
 def add_timing(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], metavar="N", help="batch sizes (default 1 8)")
-    p.add_argument("--iterations", type=int, default=100, help="timed calls per candidate and batch size (default 100)")
-    p.add_argument("--duration", type=float, default=None, metavar="S", help="time for S seconds per candidate instead")
-    p.add_argument("--warmup", type=int, default=10, help="untimed calls first (default 10)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=list(Recipe.batch_sizes), metavar="N",
+                   help="batch sizes (default %(default)s)")
+    p.add_argument("--iterations", type=int, default=TimingConfig.iterations,
+                   help="timed calls per candidate and batch size (default %(default)s)")
+    p.add_argument("--duration", type=float, default=TimingConfig.duration_s, metavar="S",
+                   help="time for S seconds per candidate instead")
+    p.add_argument("--warmup", type=int, default=TimingConfig.warmup_iterations, help="untimed calls first (default %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch and ONNX Runtime alike")
 
 def add_data(p: argparse.ArgumentParser) -> None:
@@ -103,12 +109,15 @@ def add_data(p: argparse.ArgumentParser) -> None:
                    help="input shape without batch, e.g. 3x224x224 (repeat per input)")
 
 def add_calibration(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=("entropy", "minmax", "percentile", "mse"), default="entropy",
-                   help="range method (default entropy, TensorRT's EntropyCalibration2)")
-    p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
-    p.add_argument("--batch-size", type=int, default=16, help="samples per calibration run (memory bound)")
+    p.add_argument("--method", choices=METHODS, default=CalibrationConfig.method,
+                   help="range method (default %(default)s; entropy is TensorRT's EntropyCalibration2)")
+    p.add_argument("--percentile", type=float, default=CalibrationConfig.percentile,
+                   help="for --method percentile (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=CalibrationConfig.batch_size,
+                   help="samples per calibration run (memory bound; default %(default)s)")
 
 def add_tolerances(p: argparse.ArgumentParser, atol: float, rtol: float, cosine: float) -> None:
-    p.add_argument("--atol", type=float, default=atol, help=f"absolute tolerance (default {atol})")
-    p.add_argument("--rtol", type=float, default=rtol, help=f"relative tolerance (default {rtol})")
-    p.add_argument("--min-cosine", type=float, default=cosine, help=f"minimum cosine similarity (default {cosine})")
+    """--atol/--rtol/--min-cosine with the defaults of the `Tolerances` the command fills."""
+    p.add_argument("--atol", type=float, default=atol, help="absolute tolerance (default %(default)s)")
+    p.add_argument("--rtol", type=float, default=rtol, help="relative tolerance (default %(default)s)")
+    p.add_argument("--min-cosine", type=float, default=cosine, help="minimum cosine similarity (default %(default)s)")

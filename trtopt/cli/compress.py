@@ -14,6 +14,7 @@ from typing import Any
 
 from trtopt.errors import TrtoptError
 from trtopt.cli._common import add_data, feed_for, named_shapes, parse_shapes, step_printer, timing_config, write_json_output
+from trtopt.compress.config import CONV_SCHEMES, GRANULARITIES, LowRankConfig, ShareConfig
 
 
 def _load(args: argparse.Namespace):
@@ -45,7 +46,6 @@ def _export(args: argparse.Namespace, loaded, path: str) -> Any:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from trtopt.compress.config import ShareConfig
     from trtopt.compress.share import cluster_weights, save_shared
 
     config = ShareConfig(bits=args.bits, granularity=args.granularity, layers=tuple(args.layer or ()),
@@ -90,7 +90,6 @@ def _parse_ranks(values: list[str] | None) -> dict[str, int]:
 
 
 def cmd_factorize(args: argparse.Namespace) -> int:
-    from trtopt.compress.config import LowRankConfig
     from trtopt.compress.lowrank import factorize
 
     ranks = _parse_ranks(args.rank)
@@ -99,7 +98,7 @@ def cmd_factorize(args: argparse.Namespace) -> int:
     if len(chosen) > 1:
         raise TrtoptError(f"{' and '.join(chosen)} given together", "choose one rank rule: --energy, --param-budget, --rank or --target-speedup")
     method = "params" if args.param_budget is not None else "ranks" if ranks else "energy"
-    config = LowRankConfig(method=method, energy=args.energy if args.energy is not None else 0.9,
+    config = LowRankConfig(method=method, energy=args.energy if args.energy is not None else LowRankConfig.energy,
                            param_budget=args.param_budget, ranks=ranks, conv=args.conv, layers=tuple(args.layer or ()),
                            exclude=tuple(args.exclude or ()), min_reduction=args.min_reduction,
                            rank_multiple=args.rank_multiple)
@@ -154,11 +153,13 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                        help="weight sharing: k-means codebooks of 2^b values per layer; compact file (storage only, not speed)")
     _add_model(p)
     p.add_argument("-o", "--output", required=True, help="shared-weights file to write (.npz: codebooks + packed indices)")
-    p.add_argument("--bits", type=int, default=4, help="index bits b in 1..8: 2^b shared values per group (default 4)")
-    p.add_argument("--granularity", choices=("layer", "channel"), default="layer",
-                   help="one codebook per layer (smallest file, default) or per output channel (lower error)")
+    p.add_argument("--bits", type=int, default=ShareConfig.bits,
+                   help="index bits b in 1..8: 2^b shared values per group (default %(default)s)")
+    p.add_argument("--granularity", choices=GRANULARITIES, default=ShareConfig.granularity,
+                   help="one codebook per layer (smallest file) or per output channel (lower error) (default %(default)s)")
     p.add_argument("--int8-grid", action="store_true", help="snap codebooks to the symmetric INT8 grid (exact INT8 afterwards)")
-    p.add_argument("--min-elements", type=int, default=64, help="weights with fewer elements stay FP32 (default 64)")
+    p.add_argument("--min-elements", type=int, default=ShareConfig.min_elements,
+                   help="weights with fewer elements stay FP32 (default %(default)s)")
     p.add_argument("--checkpoint-out", help="also write the decoded weights as a state dict (for --checkpoint of later stages)")
     p.add_argument("--onnx", help="also export the clustered model to this ONNX file")
     p.set_defaults(func=cmd_cluster)
@@ -167,14 +168,17 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                        help="low-rank factorization of Linear/Conv2d layers (SVD, Tucker-2) → exported ONNX")
     _add_model(p)
     p.add_argument("-o", "--output", required=True, help="ONNX file to write (the factorized model)")
-    p.add_argument("--energy", type=float, default=None, help="keep this fraction of each layer's squared singular values (default 0.9)")
+    # --energy has no default of its own: giving it chooses the energy rule over --param-budget / --rank
+    p.add_argument("--energy", type=float, default=None,
+                   help=f"keep this fraction of each layer's squared singular values (default {LowRankConfig.energy})")
     p.add_argument("--param-budget", type=float, default=None, metavar="FRACTION",
                    help="keep at most this fraction of the selected layers' parameters (ranks chosen greedily)")
     p.add_argument("--rank", action="append", metavar="LAYER=R", help="explicit rank for a layer (repeat)")
-    p.add_argument("--conv", choices=("auto", "channel", "spatial", "tucker2"), default="auto", help="Conv2d scheme (default auto)")
-    p.add_argument("--min-reduction", type=float, default=0.1,
-                   help="skip layers losing less than this fraction of parameters/MACs (default 0.1)")
-    p.add_argument("--rank-multiple", type=int, default=1, help="round ranks up to a multiple (8/16 suit tensor cores)")
+    p.add_argument("--conv", choices=CONV_SCHEMES, default=LowRankConfig.conv, help="Conv2d scheme (default %(default)s)")
+    p.add_argument("--min-reduction", type=float, default=LowRankConfig.min_reduction,
+                   help="skip layers losing less than this fraction of parameters/MACs (default %(default)s)")
+    p.add_argument("--rank-multiple", type=int, default=LowRankConfig.rank_multiple,
+                   help="round ranks up to a multiple (8/16 suit tensor cores; default %(default)s)")
     p.add_argument("--target-speedup", type=float, default=None, metavar="X",
                    help="measure: export one candidate per --energies level, time them in ONNX Runtime interleaved with "
                         "the original, keep the highest energy at least X times faster")

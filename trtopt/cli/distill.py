@@ -13,6 +13,7 @@ from typing import Any
 
 from trtopt.errors import TrtoptError
 from trtopt.cli._common import console, write_json_output
+from trtopt.compress.config import OPTIMIZERS, OUTPUT_LOSSES, SCHEDULERS, DistillConfig
 
 DATASETS = ("digits",)
 
@@ -29,27 +30,39 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-data", help="eval data .npz (same layout); default for --data digits: its test split")
     p.add_argument("--labels", action="store_true", help="use the data's labels (α·CE + (1 − α)·KD); default: pure KD")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=int, default=None, help="passes over the data (default 1)")
-    length.add_argument("--steps", type=int, default=None, help="optimizer steps instead of epochs")
-    p.add_argument("--alpha", type=float, default=0.5, help="weight of the hard-label CE in [0, 1] (default 0.5)")
-    p.add_argument("--temperature", type=float, default=4.0, help="softmax temperature T > 0 (default 4)")
-    p.add_argument("--loss", choices=("auto", "kl", "cosine", "mse"), default="auto",
+    # --epochs has no default of its own: with --steps, the run is not bounded by epochs
+    length.add_argument("--epochs", type=int, default=None, help=f"passes over the data (default {DistillConfig.epochs})")
+    length.add_argument("--steps", type=int, default=DistillConfig.max_steps, help="optimizer steps instead of epochs")
+    p.add_argument("--alpha", type=float, default=DistillConfig.alpha,
+                   help="weight of the hard-label CE in [0, 1] (default %(default)s)")
+    p.add_argument("--temperature", type=float, default=DistillConfig.temperature,
+                   help="softmax temperature T > 0 (default %(default)s)")
+    p.add_argument("--loss", choices=("auto", *OUTPUT_LOSSES), default="auto",
                    help="output loss: kl (logits), cosine/mse (embeddings); auto: cosine for embedding models, else kl")
     p.add_argument("--feature", action="append", metavar="STUDENT_MODULE[:TEACHER_MODULE]",
                    help="add an intermediate-feature MSE between these modules (repeatable)")
-    p.add_argument("--feature-weight", type=float, default=1.0, help="weight of the feature loss (default 1)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
-    p.add_argument("--batch-size", type=int, default=32, help="global batch size (split across DDP processes)")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
-    p.add_argument("--scheduler", choices=("cosine", "none"), default="cosine")
-    p.add_argument("--warmup-steps", type=int, default=0)
-    p.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (default: every epoch)")
-    p.add_argument("--patience", type=int, default=None, help="stop after N evaluations without improvement")
+    p.add_argument("--feature-weight", type=float, default=DistillConfig.feature_weight,
+                   help="weight of the feature loss (default %(default)s)")
+    p.add_argument("--lr", type=float, default=DistillConfig.lr, help="peak learning rate (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=DistillConfig.batch_size,
+                   help="global batch size, split across DDP processes (default %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=DistillConfig.weight_decay,
+                   help="decoupled (AdamW) or L2 (SGD) weight decay (default %(default)s)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=DistillConfig.optimizer,
+                   help=f"sgd uses momentum {DistillConfig.momentum} (default %(default)s)")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default=DistillConfig.scheduler,
+                   help="cosine: learning rate from lr to 0 over the run; none: constant (default %(default)s)")
+    p.add_argument("--warmup-steps", type=int, default=DistillConfig.warmup_steps,
+                   help="steps of linear learning-rate warm-up (default %(default)s)")
+    p.add_argument("--eval-every", type=int, default=DistillConfig.eval_every,
+                   help="evaluate every N steps (default: every epoch)")
+    p.add_argument("--patience", type=int, default=DistillConfig.patience,
+                   help="stop after N evaluations without improvement")
     p.add_argument("--keep-zeros", action="store_true", help="keep zero weights at zero (unstructured / 2:4 sparse students)")
     p.add_argument("--checkpoint-dir", help="write last.pt / best.pt here")
     p.add_argument("--resume", metavar="DIR", help="continue from DIR/last.pt (and keep checkpointing there)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=DistillConfig.seed,
+                   help="seeds batch order, dropout and feature projections (default %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", help="write the training record (loss curve, evaluations) here")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
@@ -63,7 +76,6 @@ def _rank() -> int:
 def cmd_distill(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from trtopt.compress.config import DistillConfig
     from trtopt.compress.distill import distill
     from trtopt.files import ensure_writable
     from trtopt.models.load import load_model
@@ -79,7 +91,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     features = tuple((f.split(":", 1)[0], f.split(":", 1)[-1]) for f in args.feature or ())
     config = DistillConfig(alpha=args.alpha, temperature=args.temperature, output_loss="kl" if args.loss == "auto" else args.loss,
-                           epochs=None if args.steps else (args.epochs or 1), max_steps=args.steps,
+                           epochs=None if args.steps else (args.epochs or DistillConfig.epochs), max_steps=args.steps,
                            batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                            optimizer=args.optimizer, scheduler=args.scheduler, warmup_steps=args.warmup_steps,
                            feature_pairs=features, feature_weight=args.feature_weight, eval_every=args.eval_every,

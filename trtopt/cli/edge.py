@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 from trtopt.cli._common import add_data, feed_for, parse_shapes, step_printer, write_json_output
+from trtopt.edge.convert import PRECISIONS, EdgeConfig
 
 
 
 def cmd_edge_export(args: argparse.Namespace) -> int:
     from trtopt.edge.export import export_edge
-    from trtopt.edge.convert import EdgeConfig
     from trtopt.edge.artifact import edge_format
     from trtopt.errors import TrtoptError
     from trtopt.files import ensure_writable
@@ -43,9 +43,10 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                        help="export a PyTorch model to ExecuTorch .pte (XNNPACK) or LiteRT .tflite, FP32 or INT8")
     p.add_argument("model", help="torchvision:NAME, timm:NAME, zoo:NAME, package.module:factory, or a TorchScript file")
     p.add_argument("-o", "--output", required=True, help="destination: *.pte (ExecuTorch) or *.tflite (LiteRT)")
-    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
-                   help="int8: PT2E static quantization calibrated on --data")
-    p.add_argument("--batch-size", type=int, default=1, help="the (static) batch size the file is built for")
+    p.add_argument("--precision", choices=PRECISIONS, default=EdgeConfig.precision,
+                   help="int8: PT2E static quantization calibrated on --data (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=EdgeConfig.batch_size,
+                   help="the (static) batch size the file is built for (default %(default)s)")
     p.add_argument("--per-tensor", action="store_true", help="int8 weights per tensor instead of per channel")
     p.add_argument("--checkpoint", help="state dict / checkpoint to load into the architecture")
     p.add_argument("--json", help="write the artifact record here")

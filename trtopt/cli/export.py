@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 
+from trtopt._config import field_default
 from trtopt.cli._common import add_data, add_tolerances, feed_for, parse_shapes, step_printer, write_json_output
+from trtopt.export import EXPORTERS, EXTERNAL_DATA, ExportConfig
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from trtopt.measure.compare import Tolerances
-    from trtopt.export import ExportConfig
     from trtopt.export import export_onnx
     from trtopt.models.load import load_model
 
@@ -39,14 +40,18 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("-o", "--output", required=True, help="destination .onnx file")
     p.add_argument("--checkpoint", help="state dict / checkpoint to load into the architecture")
     p.add_argument("--pretrained", action="store_true", help="hub weights (must already be in the local cache)")
-    p.add_argument("--opset", type=int, default=18)
-    p.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto")
+    p.add_argument("--opset", type=int, default=ExportConfig.opset, help="ONNX opset (default %(default)s)")
+    p.add_argument("--exporter", choices=EXPORTERS, default=ExportConfig.exporter,
+                   help="auto: dynamo, falling back to TorchScript (default %(default)s)")
     p.add_argument("--static-batch", action="store_true", help="fix the batch axis instead of making it dynamic")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
-    p.add_argument("--external-data", choices=("auto", "always", "never"), default="auto")
+    p.add_argument("--external-data", choices=EXTERNAL_DATA, default=ExportConfig.external_data,
+                   help="weights in a .onnx.data side file: auto (only near protobuf's 2 GB limit), always or never "
+                        "(default %(default)s)")
     p.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     p.add_argument("--json", help="write the artifact record (sizes, hashes, parity) here")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     add_data(p)
-    add_tolerances(p, 1e-4, 1e-3, 0.9999)
+    parity = field_default(ExportConfig, "parity")
+    add_tolerances(p, parity.atol, parity.rtol, parity.min_cosine)
     p.set_defaults(func=cmd_export)

@@ -8,6 +8,8 @@ import sys
 from typing import Any
 
 from trtopt.errors import TrtoptError
+from trtopt.measure.baseline import GateConfig
+from trtopt.measure.compare import Tolerances
 from trtopt.cli._common import EXIT_CHECK_FAILED, add_data, add_timing, add_tolerances, feed_for, named_shapes, parse_shapes, progress_bar, timing_config, write_json_output
 
 
@@ -43,7 +45,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _gate_setup(args: argparse.Namespace) -> dict[str, Any] | None:
     """Validate the regression-gating flags of ``bench`` and read the baseline, before anything is timed."""
-    from trtopt.measure.baseline import GateConfig, check_environment, check_outputs_writable, golden_path, load_baseline
+    from trtopt.measure.baseline import check_environment, check_outputs_writable, golden_path, load_baseline
 
     if args.save_baseline and args.baseline:
         raise TrtoptError("--save-baseline and --baseline were both given", "record a baseline or compare with one, not both")
@@ -95,8 +97,6 @@ def _gate_finish(args: argparse.Namespace, gate: dict[str, Any], result: dict[st
 
 def _golden_tolerances(args: argparse.Namespace):
     """--golden-atol/--golden-rtol values: ``1e-4`` (every output) or ``NAME:1e-3`` (one output)."""
-    from trtopt.measure.compare import Tolerances
-
     def parse(values, flag):
         default, named = None, {}
         for value in values or []:
@@ -113,14 +113,14 @@ def _golden_tolerances(args: argparse.Namespace):
 
     atol, atols = parse(args.golden_atol, "--golden-atol")
     rtol, rtols = parse(args.golden_rtol, "--golden-rtol")
-    default = Tolerances(atol=1e-4 if atol is None else atol, rtol=1e-3 if rtol is None else rtol, min_cosine=0.999)
+    default = Tolerances(atol=Tolerances.atol if atol is None else atol, rtol=Tolerances.rtol if rtol is None else rtol)
     per_output = {name: Tolerances(atol=atols.get(name, default.atol), rtol=rtols.get(name, default.rtol),
                                    min_cosine=default.min_cosine) for name in set(atols) | set(rtols)}
     return default, per_output
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from trtopt.measure.bench import open_candidate, run_all
-    from trtopt.measure.compare import Tolerances, compare_outputs
+    from trtopt.measure.compare import compare_outputs
 
     shapes = named_shapes(parse_shapes(args.input_shape))
     reference = open_candidate(args.reference, threads=args.threads, input_shapes=shapes, checkpoint=args.checkpoint)
@@ -156,12 +156,15 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                    "beyond --tolerance or outputs that differ from the golden ones")
     g.add_argument("--repeats", type=int, default=None, metavar="N",
                    help="independent timing runs per batch size (default 5 with --save-baseline/--baseline, else 1)")
-    g.add_argument("--tolerance", type=float, default=0.10, help="allowed slowdown before a regression (default 0.10 = 10%%)")
+    g.add_argument("--tolerance", type=float, default=GateConfig.tolerance,
+                   help="allowed slowdown before a regression, as a fraction: 0.1 = 10%% slower (default %(default)s)")
     g.add_argument("--allow-env-mismatch", action="store_true", help="compare even if the baseline came from another environment")
     g.add_argument("--history", metavar="FILE", help="append this comparison to a JSON Lines history file")
     g.add_argument("--summary", metavar="FILE", help="also write the Markdown summary here (e.g. $GITHUB_STEP_SUMMARY)")
-    g.add_argument("--golden-atol", action="append", metavar="[OUTPUT:]ATOL", help="golden output tolerance (default 1e-4)")
-    g.add_argument("--golden-rtol", action="append", metavar="[OUTPUT:]RTOL", help="golden output tolerance (default 1e-3)")
+    g.add_argument("--golden-atol", action="append", metavar="[OUTPUT:]ATOL",
+                   help=f"golden output absolute tolerance (default {Tolerances.atol})")
+    g.add_argument("--golden-rtol", action="append", metavar="[OUTPUT:]RTOL",
+                   help=f"golden output relative tolerance (default {Tolerances.rtol})")
     add_timing(p)
     add_data(p)
     p.set_defaults(func=cmd_bench)
@@ -174,5 +177,5 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--json", help="write the comparison JSON here")
     p.add_argument("--force", action="store_true", help="overwrite --json")
     add_data(p)
-    add_tolerances(p, 1e-4, 1e-3, 0.999)
+    add_tolerances(p, Tolerances.atol, Tolerances.rtol, Tolerances.min_cosine)
     p.set_defaults(func=cmd_compare)

@@ -6,14 +6,15 @@ import argparse
 import dataclasses
 from typing import Any
 from trtopt.cli._common import EXIT_CHECK_FAILED, parse_shapes, step_printer, write_json_output
+from trtopt.compress.config import IMPORTANCES, PRUNE_METHODS, PruneConfig
+from trtopt.speedup_search import SpeedupTargetConfig
 
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from trtopt.files import ensure_writable
     from trtopt.models.load import load_model, save_module
-    from trtopt.compress.config import PruneConfig
-    from trtopt.speedup_search import SpeedupTargetConfig, prune_to_speedup
+    from trtopt.speedup_search import prune_to_speedup
     from trtopt.compress.prune import prune_loaded
 
     config = PruneConfig(method=args.method, ratio=args.ratio, global_pruning=args.global_pruning,
@@ -79,23 +80,29 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="torchvision:NAME, timm:NAME, zoo:NAME, package.module:factory, or a saved model file")
     p.add_argument("-o", "--output", required=True, help="pruned model file (.pt; trtopt export/bench/compare load it)")
     p.add_argument("--checkpoint", help="state dict / checkpoint to load into the architecture first")
-    p.add_argument("--method", choices=("unstructured", "structured", "2:4"), default="structured",
+    p.add_argument("--method", choices=PRUNE_METHODS, default=PruneConfig.method,
                    help="structured: remove channels/heads (smaller, faster); unstructured: zero weights; 2:4: "
-                        "TensorRT sparse pattern (default structured)")
-    p.add_argument("--ratio", type=float, default=0.5, help="fraction of channels (structured) or weights (unstructured) "
-                   "to remove, in [0, 1) (default 0.5)")
+                        "TensorRT sparse pattern (default %(default)s)")
+    p.add_argument("--ratio", type=float, default=PruneConfig.ratio, help="fraction of channels (structured) or weights "
+                   "(unstructured) to remove, in [0, 1) (default %(default)s)")
     p.add_argument("--global", dest="global_pruning", action="store_true", help="rank across all layers instead of per layer")
-    p.add_argument("--importance", choices=("l1", "l2", "bn", "taylor"), default="l1",
-                   help="channel importance (structured; default l1 weight magnitude)")
+    p.add_argument("--importance", choices=IMPORTANCES, default=PruneConfig.importance,
+                   help="channel importance (structured): l1/l2 weight magnitude, bn BatchNorm scale, taylor "
+                        "|weight × gradient| (default %(default)s)")
     p.add_argument("--ignore", action="append", metavar="NAME", help="module name never pruned (repeat)")
-    p.add_argument("--round-to", type=int, default=8, help="keep channel counts multiples of this (default 8)")
+    p.add_argument("--round-to", type=int, default=PruneConfig.round_to,
+                   help="keep channel counts multiples of this (default %(default)s)")
     p.add_argument("--no-protect", action="store_true", help="also prune the first layer's and last layer's outputs")
     p.add_argument("--target-speedup", type=float, default=None, metavar="X",
                    help="raise the ratio step by step until the ONNX model is X× faster on ONNX Runtime (measured)")
-    p.add_argument("--tolerance", type=float, default=0.1, help="accept a speedup within X × (1 ± this) (default 0.1)")
-    p.add_argument("--batch-size", type=int, default=1, help="batch timed by --target-speedup (default 1)")
-    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for --target-speedup (default 2)")
-    p.add_argument("--iterations", type=int, default=40, help="timed calls per model and step (default 40)")
+    p.add_argument("--tolerance", type=float, default=SpeedupTargetConfig.tolerance,
+                   help="accept a speedup within X × (1 ± this) (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=SpeedupTargetConfig.batch_size,
+                   help="batch timed by --target-speedup (default %(default)s)")
+    p.add_argument("--threads", type=int, default=SpeedupTargetConfig.threads,
+                   help="ONNX Runtime threads for --target-speedup (default %(default)s)")
+    p.add_argument("--iterations", type=int, default=SpeedupTargetConfig.iterations,
+                   help="timed calls per model and step (default %(default)s)")
     p.add_argument("--input-shape", action="append", metavar="[NAME:]DIMS", help="input shape without batch")
     p.add_argument("--json", help="write the pruning report (and search steps) here")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")

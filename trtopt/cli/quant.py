@@ -9,11 +9,12 @@ from pathlib import Path
 
 from trtopt.errors import TrtoptError
 from trtopt.cli._common import add_calibration, add_data, onnx_feed, progress_bar, step_printer, write_json_output
+from trtopt.quant.calibrate import CalibrationConfig
+from trtopt.quant.quantize import TARGETS, QuantizeConfig
+from trtopt.trt.calibration_cache import DEFAULT_TRT_VERSION
 
 
-def _calibration_config(args: argparse.Namespace):
-    from trtopt.quant.calibrate import CalibrationConfig
-
+def _calibration_config(args: argparse.Namespace) -> CalibrationConfig:
     return CalibrationConfig(method=args.method, percentile=args.percentile, batch_size=args.batch_size)
 
 def _calibrate(args: argparse.Namespace, onnx_path: str):
@@ -46,7 +47,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_quantize(args: argparse.Namespace) -> int:
     from trtopt.artifacts import Ranges, inspect_onnx
     from trtopt.files import ensure_writable
-    from trtopt.quant.quantize import QuantizeConfig, quantize
+    from trtopt.quant.quantize import quantize
 
     ensure_writable(args.output, args.force)
     if args.precision == "fp16":
@@ -124,7 +125,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     elif args.action == "from-ranges":
         from trtopt.artifacts import Ranges
 
-        cache = trt_cache.ranges_to_cache(Ranges.load(args.file), trt_version=args.trt_version or "10.3.0")
+        cache = trt_cache.ranges_to_cache(Ranges.load(args.file), trt_version=args.trt_version or DEFAULT_TRT_VERSION)
         trt_cache.write_cache(cache, args.output, force=args.force)
     else:  # to-ranges
         trt_cache.cache_to_ranges(trt_cache.read_cache(args.file)).save(args.output, force=args.force)
@@ -137,7 +138,8 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("model", help="FP32 .onnx file")
     p.add_argument("-o", "--output", required=True, help="ranges JSON to write")
     p.add_argument("--cache", help="also write a TensorRT calibration cache here")
-    p.add_argument("--trt-version", default="10.3.0", help="TensorRT version the cache is for (default 10.3.0, JetPack 6)")
+    p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION,
+                   help="TensorRT version the cache is for (default %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     add_calibration(p)
     add_data(p)
@@ -149,14 +151,15 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--ranges", help="ranges JSON from trtopt calibrate (else calibrate now on --data)")
     p.add_argument("--precision", choices=("int8", "fp16"), default="int8",
                    help="int8 (Q/DQ from ranges) or fp16 (casts: TensorRT 11's FP16 route; --exclude takes op types)")
-    p.add_argument("--target", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
-                   help="onnxruntime: U8S8 for CPUs; tensorrt: symmetric S8S8 Q/DQ on Conv/MatMul/Gemm inputs")
+    p.add_argument("--target", choices=TARGETS, default=QuantizeConfig.target,
+                   help="onnxruntime: U8S8 for CPUs; tensorrt: symmetric S8S8 Q/DQ on Conv/MatMul/Gemm inputs "
+                        "(default %(default)s)")
     p.add_argument("--exclude", action="append", metavar="NAME|OPTYPE", help="keep a node (or every node of an op type) in FP32")
     p.add_argument("--op-types", default=None, metavar="A,B",
                    help="op types to quantize (default: the target's set; transformers on onnxruntime: MatMul,Gemm)")
-    p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
-                   help="per-channel weight scales (default on)")
-    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
+    p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=QuantizeConfig.per_channel,
+                   help="per-channel weight scales (default %(default)s)")
+    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=QuantizeConfig.reduce_range,
                    help="7-bit weights (default: on for onnxruntime, whose x86 U8S8 kernels can saturate; off for tensorrt)")
     p.add_argument("--max-accuracy-drop", type=float, default=None, metavar="FRACTION",
                    help="keep the fewest layers in FP32 so --metric vs FP32 drops by at most this (e.g. 0.01)")
@@ -173,7 +176,9 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("file", help="a cache (inspect, convert, to-ranges) or a ranges JSON (from-ranges)")
     p.add_argument("-o", "--output", help="file to write (convert, from-ranges, to-ranges)")
     p.add_argument("--onnx", help="inspect: check tensor names against this model")
-    p.add_argument("--trt-version", default=None, help="inspect: expected version; convert/from-ranges: target version")
+    p.add_argument("--trt-version", default=None,
+                   help=f"inspect: expected version; convert/from-ranges: target version (from-ranges default "
+                        f"{DEFAULT_TRT_VERSION})")
     p.add_argument("--json", action="store_true", help="inspect: print JSON")
     p.add_argument("--force", action="store_true", help="overwrite the output")
     p.set_defaults(func=cmd_cache)

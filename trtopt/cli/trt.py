@@ -11,14 +11,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+from trtopt.config import Recipe
 from trtopt.errors import TrtoptError
 from trtopt.cli._common import add_data, feed_for, named_shapes, parse_shapes
+from trtopt.trt.plan import HARDWARE_COMPATIBILITY, PRECISIONS, TARGETS, TYPINGS, BuildOptions
 
 
 def _add_plan_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", choices=("auto", "fp32", "fp16", "int8"), default="auto",
-                   help="auto: what the ONNX holds (Q/DQ -> int8, FP16 casts -> fp16), int8 with --calib-cache")
-    p.add_argument("--typing", choices=("auto", "strong", "weak"), default="auto", help="network typing (10.x)")
+    p.add_argument("--precision", choices=PRECISIONS, default=BuildOptions.precision,
+                   help="auto: what the ONNX holds (Q/DQ -> int8, FP16 casts -> fp16), int8 with --calib-cache "
+                        "(default %(default)s)")
+    p.add_argument("--typing", choices=TYPINGS, default=BuildOptions.typing, help="network typing (10.x; default %(default)s)")
     p.add_argument("--calib-cache", help="TensorRT 10.x calibration cache for implicit INT8")
     p.add_argument("--mixed-fp16", action="store_true",
                    help="weakly typed 10.x INT8: also allow FP16 for layers kept out of INT8 (trtexec --int8 --fp16)")
@@ -26,19 +29,20 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
                    help="optimization profile per input, e.g. input:1x3x224x224,8x3x224x224,32x3x224x224")
     p.add_argument("--workspace", type=int, default=None, metavar="MiB", help="workspace memory pool limit")
     p.add_argument("--sparse", action="store_true", help="BuilderFlag.SPARSE_WEIGHTS (2:4 sparse weights)")
-    p.add_argument("--target", choices=("server", "jetson-orin", "jetson-xavier"), default=None,
-                   help="device class (DLA exists on Jetson only; bundle default jetson-orin, build default server)")
+    p.add_argument("--target", choices=TARGETS, default=None,
+                   help=f"device class (DLA exists on Jetson only; build default {BuildOptions.target}, "
+                        f"bundle default {Recipe.bundle_target})")
     p.add_argument("--dla-core", type=int, default=None, help="run on this DLA core (Jetson), GPU fallback on")
     p.add_argument("--opt-level", type=int, default=None, help="builder optimization level 0..5 (default 3)")
     p.add_argument("--timing-cache", help="load/save the builder's timing cache here")
     p.add_argument("--version-compatible", action="store_true", help="BuilderFlag.VERSION_COMPATIBLE")
     p.add_argument("--exclude-lean-runtime", action="store_true", help="BuilderFlag.EXCLUDE_LEAN_RUNTIME")
-    p.add_argument("--hardware-compat", choices=("none", "ampere+"), default="none",
-                   help="ampere+: one engine for Ampere and later data-center GPUs (slower)")
+    p.add_argument("--hardware-compat", choices=HARDWARE_COMPATIBILITY, default=BuildOptions.hardware_compatibility,
+                   help="ampere+: one engine for Ampere and later data-center GPUs (slower; default %(default)s)")
 
 
 def _options(args: argparse.Namespace, target_default: str, calibrate: bool = False):
-    from trtopt.trt.plan import BuildOptions, parse_shape_spec
+    from trtopt.trt.plan import parse_shape_spec
 
     return BuildOptions(precision=args.precision, typing=args.typing, calib_cache=args.calib_cache, calibrate=calibrate,
                         mixed_fp16=args.mixed_fp16,
@@ -73,7 +77,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         if Path(plan.onnx_path).resolve() != Path(args.onnx).resolve():
             raise TrtoptError(f"the plan builds {plan.onnx_path}, not {args.onnx}", "pass the plan's ONNX")
     else:
-        plan = make_plan(args.onnx, _options(args, "server", calibrate=bool(args.data)), _trt_version(args.trt_version))
+        plan = make_plan(args.onnx, _options(args, BuildOptions.target, calibrate=bool(args.data)),
+                         _trt_version(args.trt_version))
     line = trtexec_command(trtexec_args(plan, engine=args.output, timing=TrtexecTiming(),
                                            layer_info=args.output + ".layers.json"))
     if args.plan_only:
@@ -119,9 +124,9 @@ def _calibration_feeds(args: argparse.Namespace, plan: Any):
 def cmd_bundle(args: argparse.Namespace) -> int:
     from trtopt.trt.bundle import make_bundle
 
-    manifest = make_bundle(args.models, args.output, target=args.target or "jetson-orin", ranges=args.ranges,
-                           calib_cache=args.calib_cache, options=_options(args, args.target or "jetson-orin"),
-                           force=args.force)
+    target = args.target or Recipe.bundle_target
+    manifest = make_bundle(args.models, args.output, target=target, ranges=args.ranges, calib_cache=args.calib_cache,
+                           options=_options(args, target), force=args.force)
     print(f"wrote {args.output}: {len(manifest['files'])} files for {manifest['target']} "
           f"(TensorRT {manifest['trt10_version']} and {manifest['trt11_version']})")
     for p in manifest["plans"]:

@@ -7,12 +7,9 @@ stage module (``trtopt.compress.prune`` …) takes its config from here.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Any
 
-from trtopt.errors import TrtoptError
-
+from trtopt._config import check_choice, check_int, check_names, check_number, field_error
 
 
 # -- prune ------------------------------------------------------------
@@ -53,24 +50,17 @@ class PruneConfig:
     max_layer_ratio: float = 0.9
 
     def __post_init__(self) -> None:
-        if self.method not in PRUNE_METHODS:
-            raise TrtoptError(f"prune.method={self.method!r} is not a pruning method", f"choose one of {', '.join(PRUNE_METHODS)}")
-        if (not isinstance(self.ratio, (int, float)) or isinstance(self.ratio, bool) or not math.isfinite(self.ratio)
-                or not 0.0 <= self.ratio < 1.0):
-            raise TrtoptError(f"prune.ratio={self.ratio!r} is outside [0, 1)",
-                              "give the fraction to remove, e.g. 0.5 (1.0 would remove everything)")
-        if self.importance not in IMPORTANCES:
-            raise TrtoptError(f"prune.importance={self.importance!r} is not an importance criterion",
-                              f"choose one of {', '.join(IMPORTANCES)}")
+        check_choice("method", self.method, PRUNE_METHODS)
+        check_number("ratio", self.ratio, 0, 1, high_open=True,
+                     fix="give the fraction to remove, e.g. 0.5 (1.0 would remove everything)")
+        check_choice("importance", self.importance, IMPORTANCES)
         if self.method != "structured" and self.importance not in ("l1", "l2"):
-            raise TrtoptError(f"prune.importance={self.importance!r} ranks channels; {self.method} pruning ranks single weights",
+            raise field_error("importance", self.importance,
+                              f"ranks channels; {self.method} pruning ranks single weights",
                               "use importance l1 or l2 (weight magnitude) with this method")
-        if not isinstance(self.round_to, int) or isinstance(self.round_to, bool) or self.round_to < 1:
-            raise TrtoptError(f"prune.round_to={self.round_to!r} is not a positive integer", "use 8, or 1 for no rounding")
-        if not 0.0 < self.max_layer_ratio <= 1.0:
-            raise TrtoptError(f"prune.max_layer_ratio={self.max_layer_ratio!r} is outside (0, 1]", "use e.g. 0.9")
-        if isinstance(self.ignored_layers, str):
-            raise TrtoptError("prune.ignored_layers is one string, not a list of names", "pass a tuple of module names")
+        check_int("round_to", self.round_to, fix="use 8, or 1 for no rounding")
+        check_number("max_layer_ratio", self.max_layer_ratio, 0, 1, low_open=True, fix="use e.g. 0.9")
+        check_names("ignored_layers", self.ignored_layers, fix="give a list of module names")
 
 
 # -- factorize (low-rank) --------------------------------------------
@@ -108,26 +98,19 @@ class LowRankConfig:
     rank_multiple: int = 1
 
     def __post_init__(self) -> None:
-        if self.method not in RANK_METHODS:
-            raise TrtoptError(f"LowRankConfig.method={self.method!r} is not one of {', '.join(RANK_METHODS)}",
-                              "use energy, params or ranks")
-        if self.conv not in CONV_SCHEMES:
-            raise TrtoptError(f"LowRankConfig.conv={self.conv!r} is not one of {', '.join(CONV_SCHEMES)}",
-                              "use auto, channel, spatial or tucker2")
-        if not (isinstance(self.energy, (int, float)) and 0 < self.energy <= 1):
-            raise TrtoptError(f"LowRankConfig.energy={self.energy!r} is not in (0, 1]", "e.g. energy=0.9")
-        if self.method == "params" and not (isinstance(self.param_budget, (int, float)) and 0 < self.param_budget < 1):
-            raise TrtoptError(f"LowRankConfig.param_budget={self.param_budget!r} is not in (0, 1)",
-                              "give the fraction of the layers' parameters to keep, e.g. param_budget=0.5")
+        check_choice("method", self.method, RANK_METHODS)
+        check_choice("conv", self.conv, CONV_SCHEMES)
+        check_number("energy", self.energy, 0, 1, low_open=True, fix="e.g. energy=0.9")
+        if self.method == "params":
+            check_number("param_budget", self.param_budget, 0, 1, low_open=True, high_open=True,
+                         fix="give the fraction of the layers' parameters to keep, e.g. param_budget=0.5")
         if self.method == "ranks" and not self.ranks:
-            raise TrtoptError("LowRankConfig.method='ranks' but no ranks given", "pass ranks={'layer.name': r}")
+            raise field_error("ranks", self.ranks, "is empty, but method 'ranks' takes every rank from it",
+                              "give ranks={'layer.name': r}")
         for name, r in self.ranks.items():
-            if not isinstance(r, int) or isinstance(r, bool) or r < 1:
-                raise TrtoptError(f"rank {r!r} for layer {name!r} is not a positive integer", "give ranks >= 1")
-        if self.min_reduction is not None and not 0 <= self.min_reduction < 1:
-            raise TrtoptError(f"LowRankConfig.min_reduction={self.min_reduction!r} is not in [0, 1)", "e.g. 0.1")
-        if not isinstance(self.rank_multiple, int) or self.rank_multiple < 1:
-            raise TrtoptError(f"LowRankConfig.rank_multiple={self.rank_multiple!r} must be an integer >= 1", "e.g. 1 or 8")
+            check_int(f"ranks.{name}", r, fix="give ranks >= 1")
+        check_number("min_reduction", self.min_reduction, 0, 1, high_open=True, optional=True, fix="e.g. 0.1")
+        check_int("rank_multiple", self.rank_multiple, fix="e.g. 1 or 8")
 
 
 # -- distill ----------------------------------------------------------
@@ -138,11 +121,14 @@ OPTIMIZERS = ("adamw", "sgd")
 
 SCHEDULERS = ("cosine", "none")
 
+DEVICES = ("auto", "cpu", "cuda")
+
+DDP_MODES = ("auto", "off")
+
 def _check_alpha_temperature(alpha: float, temperature: float) -> None:
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise TrtoptError(f"alpha={alpha} is outside [0, 1]", "alpha weighs the hard-label CE: pick a value in [0, 1], e.g. 0.5")
-    if not float(temperature) > 0.0:
-        raise TrtoptError(f"temperature={temperature} must be > 0", "use a softening temperature such as 4")
+    """The KD loss weights, shared by `DistillConfig` and `trtopt.compress.distill.kd_loss`."""
+    check_number("alpha", alpha, 0, 1, fix="alpha weighs the hard-label CE: pick a value in [0, 1], e.g. 0.5")
+    check_number("temperature", temperature, 0, low_open=True, fix="use a softening temperature such as 4")
 
 @dataclass(frozen=True)
 class DistillConfig:
@@ -211,29 +197,28 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         _check_alpha_temperature(self.alpha, self.temperature)
-        for name, allowed in (("output_loss", OUTPUT_LOSSES), ("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS),
-                              ("device", ("auto", "cpu", "cuda")), ("ddp", ("auto", "off"))):
-            if getattr(self, name) not in allowed:
-                raise TrtoptError(f"distill.{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}",
-                                  f"choose one of {', '.join(allowed)}")
+        check_choice("output_loss", self.output_loss, OUTPUT_LOSSES)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("scheduler", self.scheduler, SCHEDULERS)
+        check_choice("device", self.device, DEVICES)
+        check_choice("ddp", self.ddp, DDP_MODES)
         if self.epochs is None and self.max_steps is None:
-            raise TrtoptError("distill needs epochs or max_steps", "set epochs=N or max_steps=N")
-        for name in ("epochs", "max_steps", "batch_size", "eval_every", "patience", "checkpoint_every", "eval_batch_size"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise TrtoptError(f"distill.{name}={value!r} must be a positive integer", f"set {name} to 1 or more")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise TrtoptError(f"distill.warmup_steps={self.warmup_steps!r} must be an integer >= 0", "set warmup_steps >= 0")
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            raise TrtoptError(f"distill.lr={self.lr} must be a positive number", "use e.g. 1e-3 (AdamW) or 0.01 (SGD)")
-        if self.weight_decay < 0 or self.feature_weight < 0 or self.min_delta < 0:
-            raise TrtoptError("distill.weight_decay, feature_weight and min_delta must be >= 0", "use non-negative values")
-        if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
-            raise TrtoptError(f"distill.grad_clip_norm={self.grad_clip_norm} must be > 0", "use None for no clipping")
+            raise field_error("epochs", self.epochs, "and max_steps is None too: nothing would end the training",
+                              "set epochs or max_steps (a number >= 1)")
+        for name in ("epochs", "max_steps", "eval_every", "patience", "checkpoint_every"):
+            check_int(name, getattr(self, name), optional=True)
+        check_int("batch_size", self.batch_size)
+        check_int("eval_batch_size", self.eval_batch_size)
+        check_int("warmup_steps", self.warmup_steps, minimum=0)
+        check_number("lr", self.lr, 0, low_open=True, fix="use e.g. 1e-3 (AdamW) or 0.01 (SGD)")
+        for name in ("weight_decay", "feature_weight", "min_delta"):
+            check_number(name, getattr(self, name), 0)
+        check_number("grad_clip_norm", self.grad_clip_norm, 0, low_open=True, optional=True,
+                     fix="give a norm > 0, or None for no clipping")
         pairs = tuple(tuple(p) for p in self.feature_pairs)
         if any(len(p) != 2 or not all(isinstance(n, str) and n for n in p) for p in pairs):
-            raise TrtoptError(f"distill.feature_pairs={self.feature_pairs!r} must be (student module, teacher module) name pairs",
-                              "e.g. (('conv3', 'conv3'),)")
+            raise field_error("feature_pairs", self.feature_pairs,
+                              "must be (student module, teacher module) name pairs", "e.g. (('conv3', 'conv3'),)")
         object.__setattr__(self, "feature_pairs", pairs)
 
 
@@ -271,18 +256,9 @@ class ShareConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_bits(self.bits)
-        if self.granularity not in GRANULARITIES:
-            raise TrtoptError(f"ShareConfig.granularity={self.granularity!r} is not one of {', '.join(GRANULARITIES)}",
-                              "use 'layer' (smallest file) or 'channel' (lower error)")
-        for name in ("min_elements", "max_iterations", "init_sample"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "min_elements" else 1):
-                raise TrtoptError(f"ShareConfig.{name}={value!r} must be a positive integer", f"set {name} to e.g. "
-                                  f"{ShareConfig.__dataclass_fields__[name].default}")
-
-def check_bits(bits: Any) -> int:
-    """Validate an index width: an integer in 1..8 (2 to 256 shared values)."""
-    if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 8:
-        raise TrtoptError(f"bits={bits!r} is outside 1..8", "choose b in 1..8 (2^b shared values; 4 bits = 16 is typical)")
-    return bits
+        check_int("bits", self.bits, 1, 8, fix="choose b in 1..8 (2^b shared values; 4 bits = 16 is typical)")
+        check_choice("granularity", self.granularity, GRANULARITIES,
+                     fix="use 'layer' (smallest file) or 'channel' (lower error)")
+        check_int("min_elements", self.min_elements, minimum=0, fix="e.g. 64")
+        check_int("max_iterations", self.max_iterations, fix="e.g. 300")
+        check_int("init_sample", self.init_sample, fix="e.g. 16384")

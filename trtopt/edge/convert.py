@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 
+from trtopt._config import check_choice, check_int
 from trtopt.errors import TrtoptError
 
 
@@ -33,14 +34,10 @@ class EdgeConfig:
     calibration_samples: int | None = None
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise TrtoptError(f"edge precision {self.precision!r} is not supported", f"use one of {', '.join(PRECISIONS)}")
-        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
-            raise TrtoptError(f"edge batch_size {self.batch_size!r} is not a positive integer", "use e.g. 1")
-        if self.calibration_samples is not None and (not isinstance(self.calibration_samples, int)
-                                                     or self.calibration_samples < 1):
-            raise TrtoptError(f"edge calibration_samples {self.calibration_samples!r} is not a positive integer",
-                              "give a sample count, or None for all the data")
+        check_choice("precision", self.precision, PRECISIONS)
+        check_int("batch_size", self.batch_size, fix="use e.g. 1")
+        check_int("calibration_samples", self.calibration_samples, optional=True,
+                  fix="give a sample count, or None for all the data")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

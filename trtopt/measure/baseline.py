@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from trtopt._config import check_int, check_number
 from trtopt.errors import TrtoptError
 from trtopt.files import atomic_output, ensure_writable, sha256_file, write_json
 
@@ -62,11 +63,10 @@ class GateConfig:
     allow_environment_mismatch: bool = False
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.tolerance, (int, float)) and 0 <= self.tolerance < 10):
-            raise TrtoptError(f"tolerance={self.tolerance!r} must be a fraction >= 0 (0.10 = 10 % slower)",
-                              "e.g. --tolerance 0.1")
-        if not 0 < self.confidence < 1:
-            raise TrtoptError(f"confidence={self.confidence!r} must be strictly between 0 and 1", "e.g. 0.95")
+        check_number("tolerance", self.tolerance, 0, 10, high_open=True, fix="give the allowed slowdown as a fraction, "
+                     "e.g. 0.1 (10 % slower)")
+        check_number("confidence", self.confidence, 0, 1, low_open=True, high_open=True, fix="e.g. 0.95")
+        check_int("bootstrap_samples", self.bootstrap_samples, fix="e.g. 2000")
 
 
 CONTROL_NAME = "trtopt-control"

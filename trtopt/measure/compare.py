@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from trtopt._config import check_number
 from trtopt.errors import TrtoptError
 
 #: Percentiles of the absolute error reported by :func:`compare_output`, as (key, percent) pairs.
@@ -48,14 +49,9 @@ class Tolerances:
     min_cosine: float = 0.999
 
     def __post_init__(self) -> None:
-        for field, low, high in (("atol", 0.0, math.inf), ("rtol", 0.0, math.inf),
-                                 ("min_cosine", -1.0, 1.0)):
-            value = getattr(self, field)
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                    and math.isfinite(value) and low <= value <= high):
-                bounds = f"between {low} and {high}" if math.isfinite(high) else f">= {low}"
-                raise TrtoptError(f"Tolerances.{field} must be a finite number {bounds}, got {value!r}",
-                                  f"set {field} to a value {bounds}")
+        check_number("atol", self.atol, 0)
+        check_number("rtol", self.rtol, 0)
+        check_number("min_cosine", self.min_cosine, -1, 1)
 
     def to_dict(self) -> dict[str, float]:
         """The tolerances as a JSON-ready dict (field name -> value)."""

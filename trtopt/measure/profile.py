@@ -21,7 +21,6 @@ Why it is built this way:
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from trtopt._config import check_int, check_number
 from trtopt.backends.base import Runner
 from trtopt.errors import TrtoptError
 
@@ -69,31 +69,19 @@ class TimingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _require_int("warmup_iterations", self.warmup_iterations, minimum=0)
-        _require_int("iterations", self.iterations, minimum=1)
-        _require_int("min_iterations", self.min_iterations, minimum=1)
-        _require_int("bootstrap_samples", self.bootstrap_samples, minimum=1)
-        _require_int("seed", self.seed, minimum=0)
-        if self.duration_s is not None and not (
-                isinstance(self.duration_s, (int, float)) and not isinstance(self.duration_s, bool)
-                and math.isfinite(self.duration_s) and self.duration_s > 0):
-            raise TrtoptError(f"TimingConfig.duration_s must be a number of seconds above zero or None, "
-                              f"got {self.duration_s!r}", "set duration_s to e.g. 5.0, or leave it unset")
-        if not (isinstance(self.confidence, (int, float)) and not isinstance(self.confidence, bool)
-                and 0.0 < self.confidence < 1.0):
-            raise TrtoptError(f"TimingConfig.confidence must be strictly between 0 and 1, "
-                              f"got {self.confidence!r}", "use e.g. 0.95 for a 95 % interval")
+        check_int("warmup_iterations", self.warmup_iterations, minimum=0)
+        check_int("iterations", self.iterations)
+        check_int("min_iterations", self.min_iterations)
+        check_int("bootstrap_samples", self.bootstrap_samples)
+        check_int("seed", self.seed, minimum=0)
+        check_number("duration_s", self.duration_s, 0, low_open=True, optional=True,
+                     fix="set duration_s to e.g. 5.0 seconds, or leave it unset")
+        check_number("confidence", self.confidence, 0, 1, low_open=True, high_open=True,
+                     fix="use e.g. 0.95 for a 95 % interval")
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as a JSON-ready dict (field name -> value)."""
         return dataclasses.asdict(self)
-
-
-def _require_int(field: str, value: object, minimum: int) -> None:
-    """Raise if a TimingConfig field is not an integer of at least ``minimum`` (bools are rejected)."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise TrtoptError(f"TimingConfig.{field} must be an integer >= {minimum}, got {value!r}",
-                          f"set {field} to a whole number of at least {minimum}")
 
 
 def latency_stats(samples_ms: Sequence[float], batch_size: int) -> dict[str, Any]:

@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from trtopt._config import check_choice, check_int, check_number
 from trtopt.artifacts import OnnxArtifact, Ranges, TensorInfo, TensorRange, inspect_onnx
 from trtopt.errors import TrtoptError
 
 if TYPE_CHECKING:
     from trtopt.backends.ort import OrtConfig
-from trtopt.quant.histogram import ENTROPY_START_BIN, _positive_int, StreamingHistogram, amax_entropy, amax_mse, amax_percentile
+from trtopt.quant.histogram import ENTROPY_START_BIN, StreamingHistogram, amax_entropy, amax_mse, amax_percentile
 
 
 METHODS = ("minmax", "entropy", "percentile", "mse")
@@ -58,22 +59,13 @@ class CalibrationConfig:
     max_samples: int | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise TrtoptError(f"calibration.method {self.method!r} is not a calibration method",
-                              f"use one of {', '.join(METHODS)}")
-        if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)) \
-                or not 0.0 < self.percentile <= 100.0:
-            raise TrtoptError(f"calibration.percentile {self.percentile!r} is not in (0, 100]",
-                              "give a percentage such as 99.99")
-        if not _positive_int(self.num_bins) or self.num_bins < 2 * ENTROPY_START_BIN:
-            raise TrtoptError(f"calibration.num_bins {self.num_bins!r} is too small or not an integer",
-                              f"use an integer >= {2 * ENTROPY_START_BIN} (2048 is TensorRT's choice)")
-        if not _positive_int(self.batch_size):
-            raise TrtoptError(f"calibration.batch_size {self.batch_size!r} is not a positive integer",
-                              "use e.g. 16")
-        if self.max_samples is not None and not _positive_int(self.max_samples):
-            raise TrtoptError(f"calibration.max_samples {self.max_samples!r} is not a positive integer",
-                              "give a sample count, or None for all the data")
+        check_choice("method", self.method, METHODS)
+        check_number("percentile", self.percentile, 0, 100, low_open=True, fix="give a percentage such as 99.99")
+        check_int("num_bins", self.num_bins, minimum=2 * ENTROPY_START_BIN,
+                  fix="use e.g. 2048 (TensorRT's choice); the entropy search needs at least "
+                      f"{2 * ENTROPY_START_BIN} bins")
+        check_int("batch_size", self.batch_size, fix="use e.g. 16")
+        check_int("max_samples", self.max_samples, optional=True, fix="give a sample count, or None for all the data")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

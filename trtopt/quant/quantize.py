@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trtopt._config import check_choice
 from trtopt.artifacts import OnnxArtifact, Ranges, inspect_onnx
 from trtopt.errors import TrtoptError
 from trtopt.files import ensure_writable, staging_dir
@@ -66,9 +67,7 @@ class QuantizeConfig:
     op_types: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.target not in TARGETS:
-            raise TrtoptError(f"quantize target {self.target!r} is not one of {', '.join(TARGETS)}",
-                              "use --target onnxruntime (CPU) or --target tensorrt")
+        check_choice("target", self.target, TARGETS, fix="use onnxruntime (U8S8, CPUs) or tensorrt (S8S8 Q/DQ)")
 
     @property
     def weights_reduce_range(self) -> bool:

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from trtopt._config import check_choice, check_int, field_error
 from trtopt.errors import TrtoptError
 
 
@@ -43,6 +44,8 @@ _RENDERED_KEYS = ("plan_sha256", "trtexec", "trtexec_unverified_flags")  # writt
 VERSIONS = {"10.3": "10.3.0", "10.16": "10.16.1", "11.0": "11.0.0", "11.1": "11.1.0"}
 
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
+
+TYPINGS = ("auto", "strong", "weak")
 
 TARGETS = ("server", "jetson-orin", "jetson-xavier")
 
@@ -206,43 +209,37 @@ class BuildOptions:
     hardware_compatibility: str = "none"
 
     def __post_init__(self) -> None:
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("typing", self.typing, ("auto", "strong", "weak"))
-        _choice("target", self.target, TARGETS)
-        _choice("hardware_compatibility", self.hardware_compatibility, tuple(HARDWARE_COMPATIBILITY))
-        if self.opt_level is not None and (not _is_int(self.opt_level) or not 0 <= self.opt_level <= 5):
-            raise TrtoptError(f"builder optimization level {self.opt_level!r} is not 0..5",
-                              "use 0 (fastest build) to 5 (most tactics); TensorRT's default is 3")
-        if self.workspace_bytes is not None and (not _is_int(self.workspace_bytes) or self.workspace_bytes < 1 << 20):
-            raise TrtoptError(f"workspace {self.workspace_bytes!r} bytes is below 1 MiB", "give e.g. --workspace 1024 (MiB)")
-        if self.dla_core is not None:
-            if not _is_int(self.dla_core) or self.dla_core < 0:
-                raise TrtoptError(f"DLA core {self.dla_core!r} is not a core index", "DLA cores are numbered 0, 1")
-            if self.target not in DLA_TARGETS:
-                raise TrtoptError(f"DLA core {self.dla_core} asked for target {self.target!r}, which has no DLA",
-                                  f"DLA exists on {', '.join(DLA_TARGETS)}: pass --target jetson-orin, or drop --dla-core")
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("typing", self.typing, TYPINGS)
+        check_choice("target", self.target, TARGETS)
+        check_choice("hardware_compatibility", self.hardware_compatibility, HARDWARE_COMPATIBILITY)
+        check_int("opt_level", self.opt_level, 0, 5, optional=True,
+                  fix="use 0 (fastest build) to 5 (most tactics); TensorRT's default is 3")
+        check_int("workspace_bytes", self.workspace_bytes, minimum=1 << 20, optional=True,
+                  fix="give at least 1 MiB, e.g. --workspace 1024 (MiB)")
+        check_int("dla_core", self.dla_core, minimum=0, optional=True, fix="DLA cores are numbered 0, 1")
+        if self.dla_core is not None and self.target not in DLA_TARGETS:
+            raise field_error("dla_core", self.dla_core, f"asks for a DLA core, but target {self.target!r} has no DLA",
+                              f"DLA exists on {', '.join(DLA_TARGETS)}: pass --target jetson-orin, or drop --dla-core")
         if self.exclude_lean_runtime and not self.version_compatible:
-            raise TrtoptError("exclude_lean_runtime needs version_compatible", "also pass --version-compatible")
+            raise field_error("exclude_lean_runtime", self.exclude_lean_runtime, "needs version_compatible",
+                              "also pass --version-compatible")
         if self.hardware_compatibility != "none" and self.target != "server":
-            raise TrtoptError(f"hardware compatibility {self.hardware_compatibility} asked for {self.target}",
+            raise field_error("hardware_compatibility", self.hardware_compatibility,
+                              f"asked for target {self.target!r}",
                               "hardware-compatible engines are for Ampere+ data-center GPUs, not Jetson; drop it")
         if self.hardware_compatibility != "none" and self.dla_core is not None:
-            raise TrtoptError("hardware compatibility and DLA together", "choose one")
+            raise field_error("hardware_compatibility", self.hardware_compatibility,
+                              f"and dla_core={self.dla_core} asked together", "choose one")
         if self.calib_cache and self.calibrate:
-            raise TrtoptError("both a calibration cache and build-time calibration asked for",
+            raise field_error("calibrate", self.calibrate,
+                              f"(build-time calibration) and calib_cache={self.calib_cache!r} asked together",
                               "give --calib-cache FILE or calibration data, not both")
         if (self.calib_cache or self.calibrate) and self.precision not in ("auto", "int8"):
-            raise TrtoptError(f"a calibration cache/calibrator with precision {self.precision}",
+            raise field_error("precision", self.precision,
+                              "cannot use the calibration cache/calibrator asked for (INT8 only)",
                               "calibration is for --precision int8")
         object.__setattr__(self, "shapes", tuple(self.shapes))
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise TrtoptError(f"BuildOptions.{name} {value!r} is not one of {', '.join(allowed)}",
-                          f"choose {name} from {', '.join(allowed)}")
 
 @dataclass(frozen=True)
 class BuildPlan:

@@ -30,7 +30,7 @@ class TrtexecTiming:
     avg_runs: int = 10
 
     def __post_init__(self) -> None:
-        check_choice("timing.mode", self.mode, TIMING_MODES)
+        check_choice("mode", self.mode, TIMING_MODES)
 
 #: Flags whose existence in that trtexec version trtopt could not verify from NVIDIA's own 11.x sources
 #: (seen in third-party scripts run against trtexec 11.0 and in the TensorRT-RTX tool's docs).
