@@ -24,6 +24,12 @@ from trtopt.errors import TrtoptError
 
 C = TypeVar("C")
 
+#: Largest batch size trtopt runs: exported models declare their dynamic batch axis as 1..65536.
+MAX_BATCH_SIZE = 65536
+#: Most elements one sample of one input may have: 2**31 - 1, the int32 index limit of TensorRT and of many
+#: ONNX Runtime kernels (3x224x224 is 150,528).
+MAX_SAMPLE_ELEMENTS = 2**31 - 1
+
 
 def field_error(key: str, value: Any, problem: str, fix: str) -> TrtoptError:
     """The error for config field ``key`` holding ``value``: one line "KEY=VALUE PROBLEM; fix: FIX".
@@ -81,13 +87,25 @@ def check_number(key: str, value: Any, low: float | None = None, high: float | N
                           fix or f"set {key} to {what}")
 
 
-def check_ints(key: str, value: Any, minimum: int = 1, *, nonempty: bool = False, fix: str | None = None) -> None:
-    """Raise unless ``value`` is a list/tuple of integers (not bools) >= ``minimum``, e.g. batch sizes."""
+def check_ints(key: str, value: Any, minimum: int = 1, maximum: int | None = None, *, nonempty: bool = False,
+               fix: str | None = None) -> None:
+    """Raise unless ``value`` is a list/tuple of integers (not bools) in ``minimum..maximum``, e.g. batch sizes."""
     ok = isinstance(value, (list, tuple)) and (bool(value) or not nonempty) and all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value)
+        isinstance(v, int) and not isinstance(v, bool) and v >= minimum and (maximum is None or v <= maximum)
+        for v in value)
     if not ok:
-        what = f"{'a non-empty' if nonempty else 'a'} list of integers >= {minimum}"
+        bounds = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+        what = f"{'a non-empty' if nonempty else 'a'} list of integers {bounds}"
         raise field_error(key, value, f"must be {what}", fix or f"write {key} as {what}, e.g. [1, 8]")
+
+
+def check_shape(key: str, value: Any) -> None:
+    """Raise unless ``value`` is a non-empty list/tuple of positive integers (one sample's shape, without the
+    batch axis) of at most :data:`MAX_SAMPLE_ELEMENTS` elements."""
+    check_ints(key, value, nonempty=True, fix=f"write {key} as the positive dimensions of one sample, e.g. [3, 224, 224]")
+    if math.prod(value) > MAX_SAMPLE_ELEMENTS:
+        raise field_error(key, value, f"has {math.prod(value):,} elements per sample, more than {MAX_SAMPLE_ELEMENTS:,} "
+                          "(TensorRT's and ONNX Runtime's int32 index limit)", "check the dimensions")
 
 
 def check_names(key: str, value: Any, *, nonempty: bool = False, fix: str | None = None) -> None:

@@ -7,6 +7,7 @@ still the one that was measured).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -225,22 +226,27 @@ class Ranges:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "ranges") -> Ranges:
-        """Parse :meth:`to_dict` output; raises TrtoptError naming what is missing or malformed."""
+        """Parse :meth:`to_dict` output; raises TrtoptError naming the field that is missing, of the wrong
+        type, or holds an unusable range (see :func:`check_ranges`)."""
         if not isinstance(data, dict) or data.get("version") != RANGES_VERSION or "tensors" not in data:
             raise TrtoptError(f"{where} is not a trtopt ranges file (version {RANGES_VERSION})",
                               "create it with trtopt calibrate")
-        try:
-            tensors = {name: TensorRange(float(r["amax"]), float(r["min"]), float(r["max"]))
-                       for name, r in data["tensors"].items()}
-        except (KeyError, TypeError, ValueError) as e:
-            raise TrtoptError(f"{where} has a malformed tensor entry ({e})", "recreate it with trtopt calibrate") from e
-        return cls(tensors, str(data.get("method", "")), int(data.get("samples", 0)), str(data.get("data_sha256", "")),
-                   str(data.get("model_sha256", "")), dict(data.get("settings", {})))
+        for key, kind, what in _RANGES_FIELDS:
+            value = data.get(key)
+            if key in data and (not isinstance(value, kind) or isinstance(value, bool)
+                                or (kind is int and value < 0)):
+                raise TrtoptError(f"{where}: field {key!r} is {_short(value)} ({type(value).__name__}), expected {what}",
+                                  "recreate it with trtopt calibrate")
+        tensors = {name: _tensor_range(name, entry, where) for name, entry in data["tensors"].items()}
+        check_ranges(tensors, where)
+        return cls(tensors, data.get("method", ""), data.get("samples", 0), data.get("data_sha256", ""),
+                   data.get("model_sha256", ""), dict(data.get("settings", {})))
 
     def save(self, path: str | os.PathLike, force: bool = False) -> Path:
-        """Write the ranges as JSON atomically."""
+        """Write the ranges as JSON atomically; refuses ranges :func:`check_ranges` rejects."""
         from trtopt.files import write_json
 
+        check_ranges(self.tensors, f"ranges for {path}")
         return write_json(path, self.to_dict(), force=force)
 
     @classmethod
@@ -253,6 +259,54 @@ class Ranges:
             raise TrtoptError(f"ranges file {p} does not exist", "create it with trtopt calibrate")
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise TrtoptError(f"ranges file {p} is not valid JSON ({e})", "recreate it with trtopt calibrate") from e
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise TrtoptError(f"ranges file {p} is not valid JSON ({type(e).__name__}: {str(e)[:120]})",
+                              "recreate it with trtopt calibrate") from e
         return cls.from_dict(data, where=str(p))
+
+
+#: (key, type, description) of the top-level fields of a ranges file besides "version".
+_RANGES_FIELDS = (("tensors", dict, "an object of tensor name → {amax, min, max}"), ("method", str, "a string"),
+                  ("samples", int, "a non-negative integer"), ("data_sha256", str, "a string"),
+                  ("model_sha256", str, "a string"), ("settings", dict, "an object"))
+_RANGE_FIX = "recalibrate (trtopt calibrate); a range is finite numbers with -amax <= min <= max <= amax"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _tensor_range(name: str, entry: Any, where: str) -> TensorRange:
+    """One ``tensors`` entry as a TensorRange; its fields must be numbers (not strings, not booleans)."""
+    if not isinstance(entry, dict):
+        raise TrtoptError(f"{where}: tensor {name!r} is {_short(entry)}, not an object with amax, min and max", _RANGE_FIX)
+    values = []
+    for key in ("amax", "min", "max"):
+        value = entry.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TrtoptError(f"{where}: tensor {name!r} field {key!r} is {_short(value)}, not a number", _RANGE_FIX)
+        values.append(float(value))
+    return TensorRange(*values)
+
+
+def check_ranges(tensors: dict[str, TensorRange], where: str = "ranges") -> None:
+    """Raise TrtoptError naming the first tensor whose range no quantizer can use.
+
+    A range must be finite with ``-amax <= min <= max <= amax``, so ``amax`` is positive except for
+    ``amax == min == max == 0``, the range calibration gives a tensor that was zero on every sample
+    (quantizers treat it as a constant). NaN ranges fail inside ONNX Runtime's quantizer; zero, negative or infinite
+    ones give an INT8 model that outputs NaN or garbage without any error, so none is read or written.
+    """
+    for name, r in tensors.items():
+        values = (r.amax, r.min, r.max)
+        if not all(math.isfinite(v) for v in values):
+            problem = "a value is NaN or infinite"
+        elif r.amax < 0:
+            problem = "amax is negative"
+        elif not -r.amax <= r.min <= r.max <= r.amax:  # with amax 0, only min == max == 0 passes
+            problem = "min and max must satisfy -amax <= min <= max <= amax"
+        else:
+            continue
+        raise TrtoptError(f"{where}: tensor {name!r} has amax {r.amax!r}, min {r.min!r}, max {r.max!r}: {problem}",
+                          _RANGE_FIX)

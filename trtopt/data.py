@@ -19,7 +19,7 @@ Everything is deterministic: same source, same seed, same arrays in the same ord
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,21 +113,44 @@ def _load_path(source: str, inputs: Sequence[InputSpec], preprocess: ImagePrepro
     if path.is_dir():
         return {inputs[0].name: load_image_folder(path, preprocess)}
     if path.suffix == ".npy":
-        return {inputs[0].name: _np_load(path)}
+        return {inputs[0].name: load_npy(path)}
     if path.suffix == ".npz":
-        with _np_load(path) as archive:
-            arrays = {k: archive[k] for k in archive.files}
+        arrays = load_npz(path)
         if len(inputs) == 1 and len(arrays) == 1:
             return {inputs[0].name: next(iter(arrays.values()))}
         return arrays
     raise TrtoptError(f"data source {path} has an unknown type {path.suffix!r}", "use .npy, .npz or an image folder")
 
 
-def _np_load(path: Path) -> Any:
+def load_npy(path: str | os.PathLike) -> np.ndarray:
+    """The array in a ``.npy`` file, read without unpickling (``allow_pickle=False``).
+
+    Raises TrtoptError naming the file for anything numpy cannot read as a plain array: a truncated or
+    garbage file, or an object array (pickled Python objects, which could run code when loaded).
+    """
+    return _np_read(Path(path), lambda p: np.load(p, allow_pickle=False))
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of a ``.npz`` archive by name, read completely and without unpickling (see :func:`load_npy`)."""
+    def read(p: Path) -> dict[str, np.ndarray]:
+        with np.load(p, allow_pickle=False) as archive:
+            if not hasattr(archive, "files"):  # np.load reads a .npy whatever its suffix says
+                raise ValueError("a single .npy array, not an .npz archive")
+            return {k: archive[k] for k in archive.files}
+
+    return _np_read(Path(path), read)
+
+
+def _np_read(path: Path, read: Callable[[Path], Any]) -> Any:
     try:
-        return np.load(path, allow_pickle=False)
-    except Exception as e:
-        raise TrtoptError(f"{path} is not a readable numpy file ({type(e).__name__}: {e})", "re-save it with numpy.save/savez") from e
+        return read(path)
+    except Exception as e:  # numpy raises ValueError, OSError, EOFError, BadZipFile, zlib.error, MemoryError ...
+        if "allow_pickle" in str(e):
+            raise TrtoptError(f"{path} holds an object array (pickled Python objects), which trtopt does not load",
+                              "save plain numeric arrays (numpy.save/savez of int or float arrays)") from e
+        raise TrtoptError(f"{path} is not a readable numpy file ({type(e).__name__}: {str(e)[:160]})",
+                          "re-save it with numpy.save/savez") from e
 
 
 def check_feed(feed: Mapping[str, np.ndarray], inputs: Sequence[InputSpec], where: str = "inputs") -> Feed:
@@ -197,20 +220,35 @@ def preprocess_image(image: Any, pre: ImagePreprocess) -> np.ndarray:
 
 
 def load_image_folder(path: str | os.PathLike, pre: ImagePreprocess) -> np.ndarray:
-    """All images under ``path`` (recursive, sorted by relative path) as (N, 3, size, size) float32."""
-    from PIL import Image, UnidentifiedImageError
+    """All images under ``path`` (recursive, sorted by relative path) as (N, 3, size, size) float32.
 
+    Raises TrtoptError naming the file for an image that cannot be decoded or has more than
+    :data:`MAX_IMAGE_PIXELS` pixels (checked from its header, before decoding).
+    """
     files = sorted(p for p in Path(path).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise TrtoptError(f"image folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})", "point at a folder of images")
-    arrays = []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                arrays.append(preprocess_image(im, pre))
-        except (UnidentifiedImageError, OSError) as e:
-            raise TrtoptError(f"image {f} cannot be read ({type(e).__name__})", "remove or replace the file") from e
-    return np.stack(arrays)
+    return np.stack([_read_image(f, pre) for f in files])
+
+
+#: Most pixels an input image may have: PIL's decompression-bomb threshold (about 89.5 megapixels), checked
+#: before decoding, so a crafted header cannot make trtopt allocate gigabytes.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+def _read_image(f: Path, pre: ImagePreprocess) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(f) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise TrtoptError(f"image {f} is {im.width}x{im.height} pixels, more than the {MAX_IMAGE_PIXELS:,} "
+                                  "trtopt reads", "downscale it or remove it from the folder")
+            return preprocess_image(im, pre)
+    except TrtoptError:
+        raise
+    except Exception as e:  # PIL's decoders raise OSError, SyntaxError, ValueError, struct.error, ...
+        raise TrtoptError(f"image {f} cannot be read ({type(e).__name__})", "remove or replace the file") from e
 
 
 def skimage_photos(pre: ImagePreprocess) -> np.ndarray:

@@ -18,13 +18,13 @@ from typing import Any
 
 from trtopt.artifacts import OnnxArtifact, inspect_onnx
 from trtopt.measure.compare import Tolerances, compare_outputs, failed_outputs_message
-from trtopt._config import check_choice, check_int, check_ints, field_error
+from trtopt._config import MAX_BATCH_SIZE, check_choice, check_int, check_ints, field_error
 from trtopt.backends.ort import OrtConfig
 from dataclasses import dataclass, field
 from trtopt.data import Feed, check_feed, random_feed, take_batch
 from trtopt.errors import TrtoptError
 from trtopt.files import ensure_writable, staging_dir
-from trtopt.models.spec import LoadedModel
+from trtopt.models.spec import LoadedModel, parameter_bytes
 
 # Protobuf cannot serialize a message over 2 GiB; stay clear of it when weights are inline.
 INLINE_LIMIT_BYTES = 1_800_000_000
@@ -95,12 +95,13 @@ def export_onnx(loaded: LoadedModel, path: str | os.PathLike, config: ExportConf
         the parity result per checked batch size.
 
     Raises:
-        TrtoptError: the output exists without ``force``; ``feed`` does not fit the model's inputs
-        (the message names the input); both exporters failed; the parity check failed (the message
-        names the output and its errors).
+        TrtoptError: the output exists without ``force`` or its filesystem lacks the space; ``feed`` does
+        not fit the model's inputs (the message names the input); both exporters failed; the parity check
+        failed (the message names the output and its errors), including a model that computes NaN or inf.
     """
     step = on_step or (lambda _msg: None)
-    target = ensure_writable(path, force)
+    # The staging folder holds the exporter's file and the final one: about twice the weights at the peak.
+    target = ensure_writable(path, force, size_bytes=2 * parameter_bytes(loaded.module))
     data_target = target.with_name(target.name + ".data")
     if data_target.exists() and not force:
         raise TrtoptError(f"output {data_target} already exists", "pass --force to overwrite it or choose another path")
@@ -165,7 +166,7 @@ def _torch_export(loaded: LoadedModel, staged: Path, config: ExportConfig, examp
         kwargs["output_names"] = output_names
     if config.dynamic_batch:
         if dynamo:
-            batch = torch.export.Dim("batch", min=1, max=65536)
+            batch = torch.export.Dim("batch", min=1, max=MAX_BATCH_SIZE)
             kwargs["dynamic_shapes"] = tuple({0: batch} for _ in args)
         else:
             kwargs["dynamic_axes"] = {n: {0: "batch"} for n in input_names + output_names}
@@ -276,7 +277,8 @@ def check_parity(loaded: LoadedModel, onnx_path: str | os.PathLike, feed: Feed,
         ``{"batch_<n>": compare_outputs(...) result}`` for each batch size.
 
     Raises:
-        TrtoptError naming the first failing output, its errors and the tolerances.
+        TrtoptError naming the first failing output, its errors and the tolerances; or the first output
+        that holds NaN or inf on either side (NaN weights agree with NaN outputs, but no such model is useful).
     """
     from trtopt.backends.ort import OrtRunner
     from trtopt.backends.torch import TorchRunner
@@ -289,7 +291,9 @@ def check_parity(loaded: LoadedModel, onnx_path: str | os.PathLike, feed: Feed,
         for batch_size in batch_sizes:
             batch = take_batch(feed, batch_size)
             reference = torch_runner.infer(batch)
+            _require_finite(reference, f"{loaded.spec} (PyTorch)", batch_size)
             candidate = ort_runner.infer(ort_runner.check_feed(batch))
+            _require_finite(candidate, f"the exported ONNX model of {loaded.spec}", batch_size)
             result = compare_outputs(reference, candidate, config.parity)
             results[f"batch_{batch_size}"] = result
             if not result["passed"]:
@@ -299,3 +303,13 @@ def check_parity(loaded: LoadedModel, onnx_path: str | os.PathLike, feed: Feed,
     finally:
         ort_runner.close()
     return results
+
+
+def _require_finite(outputs: dict[str, Any], what: str, batch_size: int) -> None:
+    import numpy as np
+
+    for name, value in outputs.items():
+        if not np.isfinite(value).all():
+            raise TrtoptError(f"{what} computes NaN or inf in output {name!r} at batch {batch_size} on finite inputs",
+                              "check the model's weights (NaN or inf in the checkpoint?) and its arithmetic; "
+                              "a model that outputs NaN is not exported")

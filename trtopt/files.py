@@ -1,63 +1,263 @@
-"""Writing results safely: atomic writes, `--force` checks and content hashes.
+"""Writing results safely: every output checked before any work, atomic writes, trtopt's own temporaries.
 
-Every artifact trtopt writes goes through here, so an interrupted run never leaves a half-written file
-and an existing output is never overwritten unless the caller passed ``force=True``.
+Every artifact trtopt writes goes through here:
+
+- :func:`check_outputs` (one path: :func:`ensure_writable`, :func:`ensure_appendable`,
+  :func:`ensure_replaceable_dir`) checks each output a command will write *before* the command starts
+  its work, so a command never fails on its second output after writing its first;
+- :func:`atomic_output` and :func:`staging_dir` write beside the destination and rename into place, so
+  an interrupted run never leaves a half-written file, and an existing output is never overwritten
+  unless the caller passed ``force=True``;
+- :func:`replace_dir` swaps a folder into place; ``--force`` replaces only folders trtopt wrote itself.
+
+Temporaries carry this host's tag and the writing process's pid in their names (``.trtopt-<host>-<pid>-<hex>``
+beside outputs, ``trtopt-<purpose>-<host>-<pid>-<hex>`` in the system temp folder), so :func:`sweep_stale`
+removes those of processes that died without cleaning up (SIGKILL, power loss) and never another
+process's live ones.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
+import socket
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from trtopt.errors import TrtoptError
 
+PathLike = str | os.PathLike
 
-def ensure_writable(path: str | os.PathLike, force: bool) -> Path:
-    """Return ``path`` as a Path after checking it may be written.
+#: Short hash of the host name: temporaries of another machine sharing a folder (NFS, a container's
+#: volume) belong to processes this one cannot see, so the sweep leaves them alone.
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+_TEMP_NAME = re.compile(r"(?P<dot>\.)?(?:.+\.)?trtopt-(?:[a-z]+-)?(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-f]{8}"
+                        r"(?P<tmp>\.tmp)?")
+#: errno values that only a write produces: a command that meets one failed to write, whatever it was doing.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+_DEFAULT_NAME_MAX = 255
+_DEFAULT_PATH_MAX = 4096
 
-    Raises TrtoptError when it exists and ``force`` is false, or when it names a directory.
+
+def ensure_writable(path: PathLike, force: bool, *, inputs: Iterable[PathLike | None] = (),
+                    size_bytes: int | None = None) -> Path:
+    """Return ``path`` as a Path after checking, before any work, that a file may be written there.
+
+    Args:
+        path: the output file.
+        force: an existing file may be replaced.
+        inputs: the command's input files (model, data, ranges, ...); entries that are not existing paths
+            (model specs such as ``zoo:NAME``) are ignored.
+        size_bytes: about how many bytes the write needs, when known: refused when the filesystem has less free.
+
+    Raises TrtoptError naming the path when it is one of ``inputs`` (the same file, also through a link),
+    a directory or a special file (a device such as ``/dev/null``, a pipe, a socket), even with ``force``;
+    exists and ``force`` is false; has a name longer than the filesystem allows (``NAME_MAX``, 255 bytes on
+    most; trtopt's temporary names are kept within it); lies below a file or an unwritable folder
+    (read-only filesystem, permissions); or lies on a filesystem with less than ``size_bytes`` free.
     """
-    p = Path(path)
-    if p.is_dir():
-        raise TrtoptError(f"output {p} is a directory", "give a file path")
+    p = _check_target(Path(path), inputs, "output")
     if p.exists() and not force:
         raise TrtoptError(f"output {p} already exists", "pass --force to overwrite it or choose another path")
+    if size_bytes:
+        _check_space(p, size_bytes)
     return p
 
 
+def ensure_appendable(path: PathLike, *, inputs: Iterable[PathLike | None] = ()) -> Path:
+    """Like :func:`ensure_writable` for a file that is appended to (a JSON Lines history): it may exist."""
+    return _check_target(Path(path), inputs, "output")
+
+
+def check_outputs(outputs: Iterable[PathLike | None], force: bool, *, inputs: Iterable[PathLike | None] = (),
+                  appended: Iterable[PathLike | None] = (), sizes: Mapping[PathLike, int | None] | None = None) -> list[Path]:
+    """Check every file a command will write, before it starts (see :func:`ensure_writable`).
+
+    ``outputs`` are written (replaced with ``force``), ``appended`` are appended to; None entries are
+    flags not given. ``sizes`` gives the bytes an output needs where that is known. Also refuses one path
+    named for two outputs. Returns the checked paths.
+    """
+    inputs = [i for i in inputs if i is not None]
+    sizes = sizes or {}
+    checked: dict[str, Path] = {}
+    targets = [(p, False) for p in outputs if p is not None] + [(p, True) for p in appended if p is not None]
+    for path, append in targets:
+        p = (ensure_appendable(path, inputs=inputs) if append
+             else ensure_writable(path, force, inputs=inputs, size_bytes=sizes.get(path)))
+        key = os.path.realpath(p)
+        if key in checked:
+            raise TrtoptError(f"output {p} is named for two outputs (also as {checked[key]})",
+                              "give each output its own path")
+        checked[key] = p
+    return list(checked.values())
+
+
+def ensure_replaceable_dir(path: PathLike, force: bool, is_ours: Callable[[Path], bool], what: str, *,
+                           inputs: Iterable[PathLike | None] = (), size_bytes: int | None = None) -> Path:
+    """Check, before any work, that a folder output may be (re)placed at ``path``.
+
+    A missing or empty folder is fine. A folder with contents is replaced only with ``force``, and only when
+    ``is_ours(path)`` says trtopt wrote it (e.g. it holds a bundle's manifest): never the current folder or
+    one above it, the filesystem root, the home folder, a folder holding one of ``inputs``, or anyone
+    else's folder, so ``--force`` can never delete files trtopt did not write.
+
+    Args:
+        is_ours: whether an existing folder is one trtopt wrote and may replace.
+        what: what the folder is, for messages ("bundle folder").
+        inputs: the command's inputs (files or folders); none may lie in the folder.
+        size_bytes: about how many bytes the folder will hold, when known (checked against free space).
+    """
+    p = Path(path)
+    real = Path(os.path.realpath(p))
+    if p.exists() and not p.is_dir():
+        raise TrtoptError(f"{what} {p} is a file, not a folder", "name a new folder")
+    for source in inputs:
+        if source is not None and os.path.exists(source):
+            held = Path(os.path.realpath(source))
+            if held == real or real in held.parents:
+                raise TrtoptError(f"{what} {p} holds the input {source}", f"write the {what} to a new folder")
+    protected = {Path(os.path.realpath(os.getcwd())), Path(real.anchor), Path.home().resolve()}
+    if real in protected or real in Path(os.path.realpath(os.getcwd())).parents:
+        raise TrtoptError(f"{what} {p} is the current folder, one above it, the root or the home folder",
+                          f"name a new folder for the {what}, e.g. -o {p / 'bundle'}")
+    if p.is_dir() and any(p.iterdir()):
+        if not force:
+            raise TrtoptError(f"{what} {p} exists and is not empty", "pass --force to replace it or choose another")
+        if not is_ours(p):
+            raise TrtoptError(f"{p} is not a {what} trtopt wrote, so --force does not replace it",
+                              "choose a new or empty folder (trtopt replaces only folders it wrote)")
+    _check_name(p)
+    _check_parent(p)
+    if size_bytes:
+        _check_space(p, size_bytes)
+    return p
+
+
+def _check_target(p: Path, inputs: Iterable[PathLike | None], what: str) -> Path:
+    """The checks every output file gets, whether replaced or appended to."""
+    if p.exists():
+        for source in inputs:
+            if source is not None and os.path.exists(source) and os.path.samefile(p, source):
+                raise TrtoptError(f"{what} {p} is also an input of this command ({source})",
+                                  "write the output to another path; the input must stay as it is")
+        if p.is_dir():
+            raise TrtoptError(f"{what} {p} is a directory", "give a file path")
+        if not stat.S_ISREG(p.stat().st_mode):
+            raise TrtoptError(f"{what} {p} is a special file (device, pipe or socket), not a regular file",
+                              "give the path of a regular file")
+    _check_name(p)
+    _check_parent(p)
+    return p
+
+
+def _nearest_existing(p: Path) -> Path:
+    """``p``'s closest ancestor that exists (the folder a write must be allowed in)."""
+    parent = Path(os.path.abspath(p)).parent
+    while not parent.exists():
+        parent = parent.parent
+    return parent
+
+
+def _limit(folder: Path, name: str, default: int) -> int:
+    try:
+        return os.pathconf(folder, name)
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows) or no such limit: the usual value
+        return default
+
+
+def _check_name(p: Path) -> None:
+    """Refuse names the filesystem cannot hold: each new path component within NAME_MAX, the path within PATH_MAX."""
+    folder = _nearest_existing(p)
+    name_max = _limit(folder, "PC_NAME_MAX", _DEFAULT_NAME_MAX)
+    new_parts = Path(os.path.abspath(p)).relative_to(folder).parts
+    for part in new_parts:
+        if len(os.fsencode(part)) > name_max:
+            raise TrtoptError(f"output name {part[:40]}… is {len(os.fsencode(part))} bytes, longer than the "
+                              f"{name_max} bytes the filesystem allows", "choose a shorter name")
+    if len(os.fsencode(os.path.abspath(p))) >= _limit(folder, "PC_PATH_MAX", _DEFAULT_PATH_MAX):
+        raise TrtoptError(f"output path {str(p)[:40]}… is longer than the filesystem allows", "choose a shorter path")
+
+
+def _check_parent(p: Path) -> None:
+    """The folder that will hold ``p`` (or the closest existing ancestor, which gets the new folders) is a
+    writable folder."""
+    folder = _nearest_existing(p)
+    if not folder.is_dir():
+        raise TrtoptError(f"output {p} lies below {folder}, which is a file", "choose a path inside a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise TrtoptError(f"cannot write {p}: folder {folder} is not writable (read-only filesystem or permissions)",
+                          "choose a writable location")
+
+
+def _check_space(p: Path, size_bytes: int) -> None:
+    folder = _nearest_existing(p)
+    free = shutil.disk_usage(folder).free
+    if free < size_bytes:
+        raise TrtoptError(f"writing {p} needs about {size_bytes / 1e6:.1f} MB, but {folder} has "
+                          f"{free / 1e6:.1f} MB free", "free some space or write to another filesystem")
+
+
+def write_error(e: OSError, target: PathLike) -> TrtoptError:
+    """The one-line error for a write that failed for lack of space or a read-only filesystem."""
+    where = e.filename or target
+    return TrtoptError(f"writing {target} failed: {e.strerror or e} ({where})",
+                       "free some space or write to another (writable) filesystem")
+
+
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+def atomic_output(path: PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
 
     The temporary file lives in the same directory (so the rename is atomic on POSIX) and is removed
-    when the block raises, so readers only ever see the old file or the complete new one.
+    when the block raises, so readers only ever see the old file or the complete new one. A full or
+    read-only filesystem (:data:`WRITE_ERRNOS`) is a TrtoptError naming the file.
     """
     target = ensure_writable(path, force)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = _create_temp_file(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_once(target.parent)
+        tmp_path = _create_temp_file(target)
+    except OSError as e:
+        raise (write_error(e, target) if e.errno in WRITE_ERRNOS else e) from e
     try:
         yield tmp_path
         os.replace(tmp_path, target)
+    except OSError as e:
+        if e.errno in WRITE_ERRNOS:
+            raise write_error(e, target) from e
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
+def _tag(purpose: str = "") -> str:
+    """A unique temporary name: ``trtopt-[<purpose>-]<host>-<pid>-<8 hex>`` (see :func:`sweep_stale`)."""
+    return f"trtopt-{purpose + '-' if purpose else ''}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
 def _create_temp_file(target: Path) -> Path:
     """Create an empty, uniquely named file beside ``target`` with the permissions the umask gives.
 
-    (``tempfile.mkstemp`` would create it 0600, and the rename would carry that onto the result.)
+    (``tempfile.mkstemp`` would create it 0600, and the rename would carry that onto the result.) The name
+    is ``.<target name>.<tag>.tmp``, or ``.<tag>.tmp`` when that would exceed the filesystem's name limit,
+    so any name the filesystem accepts can be written.
     """
+    name_max = _limit(target.parent, "PC_NAME_MAX", _DEFAULT_NAME_MAX)
     for _ in range(100):
-        tmp_path = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+        name = f".{target.name}.{_tag()}.tmp"
+        if len(os.fsencode(name)) > name_max:
+            name = f".{_tag()}.tmp"
+        tmp_path = target.with_name(name)
         try:
             os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:
@@ -66,14 +266,14 @@ def _create_temp_file(target: Path) -> Path:
     raise FileExistsError(f"no free temporary name beside {target}")
 
 
-def write_text(path: str | os.PathLike, text: str, force: bool = False) -> Path:
+def write_text(path: PathLike, text: str, force: bool = False) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
     with atomic_output(path, force) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
 
-def write_json(path: str | os.PathLike, data: Any, force: bool = False) -> Path:
+def write_json(path: PathLike, data: Any, force: bool = False) -> Path:
     """Write ``data`` as indented JSON to ``path`` atomically; returns the path."""
     return write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n", force)
 
@@ -88,22 +288,126 @@ def _json_default(obj: Any) -> Any:
 
 
 @contextlib.contextmanager
-def staging_dir(near: str | os.PathLike) -> Iterator[Path]:
+def staging_dir(near: PathLike) -> Iterator[Path]:
     """Yield a fresh temporary directory on the same filesystem as ``near``; removed afterwards.
 
     Used for multi-file artifacts (an ONNX model and its ``.onnx.data`` side file) that are built
-    completely before being moved into place.
+    completely before being moved into place. A full or read-only filesystem is a TrtoptError naming
+    ``near``.
     """
     parent = Path(near).parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".trtopt-", dir=parent))
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        _sweep_once(parent)
+        tmp = _make_dir(parent, "." + _tag())
+    except OSError as e:
+        raise (write_error(e, near) if e.errno in WRITE_ERRNOS else e) from e
+    try:
+        yield tmp
+    except OSError as e:
+        if e.errno in WRITE_ERRNOS:
+            raise write_error(e, near) from e
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def temp_dir(purpose: str) -> Iterator[Path]:
+    """Yield a fresh folder in the system temp folder (``trtopt-<purpose>-<host>-<pid>-<hex>``); removed afterwards.
+
+    For intermediates no user sees (augmented models, per-layer trials). ``purpose`` is lowercase letters.
+    """
+    if not re.fullmatch(r"[a-z]+", purpose):
+        raise ValueError(f"temp_dir purpose {purpose!r} must be lowercase letters")
+    tmp = _make_dir(Path(tempfile.gettempdir()), _tag(purpose))
     try:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+def _make_dir(parent: Path, name: str) -> Path:
+    path = parent / name
+    path.mkdir(mode=0o700)
+    return path
+
+
+def replace_dir(staged: PathLike, target: PathLike) -> None:
+    """Move the complete folder ``staged`` to ``target``, replacing what is there (checked beforehand by
+    :func:`ensure_replaceable_dir`).
+
+    The old folder is first renamed aside (beside ``target``, under a temporary name) and removed only
+    once the new one is in place, so a failure in between leaves the old folder intact.
+    """
+    staged, target = Path(staged), Path(target)
+    if not target.exists():
+        os.replace(staged, target)
+        return
+    aside = target.parent / f".{_tag()}"
+    os.replace(target, aside)
+    try:
+        os.replace(staged, target)
+    except BaseException:
+        os.replace(aside, target)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def sweep_stale(folder: PathLike) -> list[Path]:
+    """Remove trtopt temporaries in ``folder`` that processes of this host left when they died; returns them.
+
+    Only names of trtopt's patterns (staging folders ``.trtopt-<host>-<pid>-<hex>``, temporary files
+    ``.<name>.trtopt-<host>-<pid>-<hex>.tmp`` and temp folders ``trtopt-<purpose>-<host>-<pid>-<hex>``)
+    whose host is this one and whose pid no longer runs are removed; anything else is left alone.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # gone or unreadable: nothing of ours to sweep there
+        return removed
+    for entry in entries:
+        m = _TEMP_NAME.fullmatch(entry.name)
+        if not m or m["host"] != _HOST or _alive(int(m["pid"])):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False) and not m["tmp"]:
+                shutil.rmtree(entry.path)
+            elif entry.is_file(follow_symlinks=False) and m["tmp"] and m["dot"]:
+                os.unlink(entry.path)
+            else:
+                continue
+        except OSError:  # another process swept it first, or no permission: leave it
+            continue
+        removed.append(Path(entry.path))
+    return removed
+
+
+_swept: set[str] = set()
+
+
+def _sweep_once(folder: Path) -> None:
+    """:func:`sweep_stale` a folder the first time this process writes into it."""
+    key = os.path.realpath(folder)
+    if key not in _swept:
+        _swept.add(key)
+        sweep_stale(folder)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (a pid that cannot be signalled counts as running)."""
+    if pid <= 0 or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: another user's live process
+        return True
+    return True
+
+
+def sha256_file(path: PathLike, chunk_bytes: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in 1 MiB chunks (bounded memory for multi-GB weights)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from trtopt.compress.config import LowRankConfig, PruneConfig
 if TYPE_CHECKING:
     from trtopt.compress.prune import PruneResult
 from trtopt.errors import TrtoptError
+from trtopt.files import temp_dir
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def prune_to_speedup(loaded: Any, config: PruneConfig, target: SpeedupTargetConf
     low, high = target.target_speedup * (1 - target.tolerance), target.target_speedup * (1 + target.tolerance)
     steps: list[dict[str, Any]] = []
     results: list[PruneResult] = []
-    with tempfile.TemporaryDirectory(prefix="trtopt-prune-") as work:
+    with temp_dir("prune") as work:
         base = onnx_candidate(export_onnx(loaded, Path(work) / "baseline.onnx", export_cfg), name="baseline",
                               threads=target.threads)
 

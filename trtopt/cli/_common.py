@@ -8,9 +8,12 @@ texts quote it with ``%(default)s``. The configs are torch-free, so importing th
 from __future__ import annotations
 
 import argparse
+import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
+from trtopt._config import MAX_BATCH_SIZE, MAX_SAMPLE_ELEMENTS
 from trtopt.config import Recipe
 from trtopt.errors import TrtoptError
 from trtopt.measure.profile import TimingConfig
@@ -32,8 +35,32 @@ def parse_shapes(values: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
             raise TrtoptError(f"cannot read input shape {value!r}", "write it as 3x224x224 or NAME:3x224x224") from None
         if not shape or any(d <= 0 for d in shape):
             raise TrtoptError(f"input shape {value!r} has no or non-positive dimensions", "e.g. 3x224x224")
+        if math.prod(shape) > MAX_SAMPLE_ELEMENTS:
+            raise TrtoptError(f"input shape {value!r} has {math.prod(shape):,} elements per sample, more than "
+                              f"{MAX_SAMPLE_ELEMENTS:,} (TensorRT's and ONNX Runtime's int32 index limit)",
+                              "give the shape of one sample without the batch axis, e.g. 3x224x224")
         shapes[name] = shape
     return shapes
+
+def check_batch_sizes(values: Sequence[int], flag: str = "--batch-sizes") -> None:
+    """Batch sizes in 1..MAX_BATCH_SIZE (exported models declare their batch axis as that range)."""
+    bad = [b for b in values if not 1 <= b <= MAX_BATCH_SIZE]
+    if bad:
+        raise TrtoptError(f"{flag} {bad[0]} is outside 1..{MAX_BATCH_SIZE}", f"give batch sizes from 1 to {MAX_BATCH_SIZE}")
+
+def check_fits_memory(inputs, samples: int, what: str) -> None:
+    """Refuse, before allocating, ``samples`` samples of ``inputs`` (InputSpecs) that exceed this machine's memory."""
+    import numpy as np
+
+    need = samples * sum(math.prod(s.shape) * np.dtype(s.dtype).itemsize for s in inputs)
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):  # no sysconf (Windows): nothing to compare with
+        return
+    if need > total:
+        shapes = ", ".join(f"{s.name} {'x'.join(map(str, s.shape))}" for s in inputs)
+        raise TrtoptError(f"{what}: {samples} samples of {shapes} need {need / 1e9:,.1f} GB, more than this machine's "
+                          f"{total / 1e9:,.1f} GB of memory", "use fewer samples, smaller batch sizes or a smaller --input-shape")
 
 def console(args: argparse.Namespace):
     from rich.console import Console
@@ -62,6 +89,13 @@ def progress_bar(args: argparse.Namespace):
 
     return progress, update
 
+def onnx_outputs(path: str | None) -> list[str | None]:
+    """The files writing the ONNX model ``path`` may replace: the model and, when one exists, its ``.data`` side file."""
+    if path is None:
+        return []
+    side = path + ".data"
+    return [path, side] if os.path.exists(side) else [path]
+
 def write_json_output(path: str | None, data: Any, force: bool) -> None:
     if path:
         from trtopt.files import write_json
@@ -75,7 +109,10 @@ def timing_config(args: argparse.Namespace) -> TimingConfig:
 def feed_for(args: argparse.Namespace, inputs, preprocess=None, count=None):
     from trtopt.data import load_feed
 
-    return load_feed(args.data, inputs, count=count or args.samples, seed=args.seed, preprocess=preprocess)
+    count = count or args.samples
+    if args.data in (None, "random"):
+        check_fits_memory(inputs, count or 8, "random inputs")
+    return load_feed(args.data, inputs, count=count, seed=args.seed, preprocess=preprocess)
 
 def named_shapes(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]] | None:
     """--input-shape values keyed by input name (an unnamed shape is for "input"); None when none given."""

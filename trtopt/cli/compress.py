@@ -13,7 +13,8 @@ import argparse
 from typing import Any
 
 from trtopt.errors import TrtoptError
-from trtopt.cli._common import add_data, feed_for, named_shapes, parse_shapes, step_printer, timing_config, write_json_output
+from trtopt.cli._common import (add_data, feed_for, named_shapes, onnx_outputs, parse_shapes, step_printer, timing_config,
+                                write_json_output)
 from trtopt.compress.config import CONV_SCHEMES, GRANULARITIES, LowRankConfig, ShareConfig
 
 
@@ -26,15 +27,10 @@ def _load(args: argparse.Namespace):
 
 
 def _check_outputs(args: argparse.Namespace, files: tuple[str | None, ...], onnx: str | None) -> None:
-    """Refuse existing outputs (and an ONNX model's ``.data`` side file) before any work starts."""
-    from pathlib import Path
+    """Check every output (and an ONNX model's ``.data`` side file) before any work starts."""
+    from trtopt.files import check_outputs
 
-    from trtopt.files import ensure_writable
-
-    side = str(Path(onnx).with_name(Path(onnx).name + ".data")) if onnx else None
-    for path in (*files, onnx, side):
-        if path and (path != side or Path(path).exists()):
-            ensure_writable(path, args.force)
+    check_outputs([*files, *onnx_outputs(onnx)], args.force, inputs=[args.model, args.checkpoint, args.data])
 
 
 def _export(args: argparse.Namespace, loaded, path: str) -> Any:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from typing import Any
 
 from trtopt.errors import TrtoptError
@@ -77,14 +76,14 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from trtopt.compress.distill import distill
-    from trtopt.files import ensure_writable
+    from trtopt.files import check_outputs
     from trtopt.models.load import load_model
 
     main = _rank() == 0
     if main:
-        ensure_writable(args.output, args.force)
-        if args.json:
-            ensure_writable(args.json, args.force)
+        check_outputs([args.output, args.json], args.force,
+                      inputs=[args.student, args.teacher, args.student_checkpoint, args.teacher_checkpoint, args.data,
+                              args.eval_data])
     if args.threads:
         import torch
 
@@ -107,7 +106,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
         config = replace(config, output_loss="cosine")
     # The student takes the teacher's inputs (a file or factory student may not declare its own).
     train, evaluation = _data(args, teacher.inputs)
-    if not args.labels:
+    if args.labels:
+        classes = _class_count(student.module, train[0])
+        for split, where in ((train, args.data), (evaluation, args.eval_data or args.data)):
+            if split is not None and split[1] is not None:
+                _check_labels(split[1], split[0], classes, where)
+    else:
         train = (train[0], None)
     progress, update = _progress_bar(args, main)
     with progress:
@@ -147,14 +151,11 @@ def _data(args: argparse.Namespace, inputs) -> tuple[tuple[Any, Any], tuple[Any,
 
 
 def _npz(path: str, inputs) -> tuple[Any, Any]:
-    import numpy as np
-
-    from trtopt.data import _np_load
+    from trtopt.data import load_npz
 
     if not os.path.exists(path):
         raise TrtoptError(f"data file {path} does not exist", "check the path")
-    arrays = _np_load(Path(path))
-    data = {k: np.asarray(arrays[k]) for k in arrays.files}
+    data = load_npz(path)
     labels = data.pop("labels", None)
     return _model_inputs(data, inputs, path), labels
 
@@ -168,6 +169,34 @@ def _model_inputs(feed: dict[str, Any], inputs, where: str) -> Any:
     checked = check_feed(feed, inputs, where)
     arrays = tuple(checked[s.name] for s in inputs)
     return arrays[0] if len(arrays) == 1 else arrays
+
+
+def _class_count(module: Any, inputs: Any) -> int:
+    """Width of the student's output (its number of classes), from one forward pass on the first sample."""
+    import torch
+
+    arrays = inputs if isinstance(inputs, tuple) else (inputs,)
+    with torch.no_grad():
+        out = module(*(torch.from_numpy(a[:1].copy()) for a in arrays))
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    return int(out.shape[-1])
+
+
+def _check_labels(labels: Any, inputs: Any, classes: int, where: str) -> None:
+    """Labels must be one integer class index in [0, classes) per sample; else one line naming the problem."""
+    import numpy as np
+
+    labels = np.asarray(labels)
+    samples = len(inputs[0] if isinstance(inputs, tuple) else inputs)
+    fix = f"save 'labels' as an int64 array of shape ({samples},) holding class indices 0..{classes - 1}"
+    if labels.dtype.kind not in "iu":
+        raise TrtoptError(f"labels in {where} are {labels.dtype}, not integer class indices", fix)
+    if labels.shape != (samples,):
+        raise TrtoptError(f"labels in {where} have shape {labels.shape}, not one per sample ({samples},)", fix)
+    bad = labels[(labels < 0) | (labels >= classes)]
+    if bad.size:
+        raise TrtoptError(f"labels in {where} hold {bad.size} value(s) outside 0..{classes - 1} (the student has "
+                          f"{classes} outputs), e.g. {int(bad[0])}", fix)
 
 
 def _save_student(module: Any, teacher: Any, path: str, force: bool, metadata: dict[str, Any]) -> None:

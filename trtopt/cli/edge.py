@@ -14,14 +14,15 @@ from trtopt.edge.convert import PRECISIONS, EdgeConfig
 
 def cmd_edge_export(args: argparse.Namespace) -> int:
     from trtopt.edge.export import export_edge
-    from trtopt.edge.artifact import edge_format
+    from trtopt.edge.artifact import edge_format, sidecar_path
     from trtopt.errors import TrtoptError
-    from trtopt.files import ensure_writable
+    from trtopt.files import check_outputs
     from trtopt.models.load import load_model
 
     if edge_format(args.output) is None:  # before loading anything
         raise TrtoptError(f"output {args.output} has no edge suffix", "name it *.pte (ExecuTorch) or *.tflite (LiteRT)")
-    ensure_writable(args.output, args.force)
+    check_outputs([args.output, sidecar_path(args.output), args.json], args.force,
+                  inputs=[args.model, args.checkpoint, args.data])
     config = EdgeConfig(precision=args.precision, batch_size=args.batch_size, per_channel=not args.per_tensor,
                         calibration_samples=args.samples)
     shapes = parse_shapes(args.input_shape)

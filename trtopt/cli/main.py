@@ -1,16 +1,23 @@
 """The ``trtopt`` command's entry point: builds the parser from the command families and maps errors.
 
 User errors (`TrtoptError`) print one line, ``trtopt: error: <problem>; fix: <what to do>``, and exit 2
-with no traceback; ``--debug`` shows it. Logging and progress display are configured here, never in the
-library.
+with no traceback; ``--debug`` shows it. So does a write that fails for lack of space or on a read-only
+filesystem, wherever it happens. SIGTERM is handled like Ctrl-C (SIGINT): the work stops, every staging
+folder and temporary is removed on the way out, and the exit status is 128 + the signal number. A closed
+stdout (``trtopt doctor | head``) ends the command quietly. Logging and progress display are configured
+here, never in the library.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import signal
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 
 from trtopt._version import __version__
 from trtopt.errors import TrtoptError
@@ -38,6 +45,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM, so it unwinds like Ctrl-C: every ``finally`` and context manager
+    (staging folders, temp folders, atomic writes) cleans up before the process exits."""
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Route SIGTERM to :class:`Terminated` while a command runs (main thread only; restored afterwards)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread (main() called from a worker thread): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # stdout replaced by an object without a file
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # trtopt's own warnings show; third-party libraries' (exporters, optimizers) only with --debug.
@@ -47,16 +85,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     # route Python warnings into logging and show them only with --debug.
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(logging.DEBUG if args.debug else logging.ERROR)
+    from trtopt.files import WRITE_ERRNOS, sweep_stale, write_error
+
+    sweep_stale(tempfile.gettempdir())  # temp folders of trtopt processes that were killed (SIGKILL) earlier
     try:
-        return args.func(args)
+        with _sigterm_as_interrupt():
+            status = args.func(args)
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+            return status
     except TrtoptError as e:
         if args.debug:
             raise
         print(f"trtopt: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("trtopt: interrupted; no partial outputs were kept", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = e.args[0] if isinstance(e, Terminated) else signal.SIGINT
+        print(f"trtopt: interrupted ({signal.Signals(signum).name}); no partial outputs were kept", file=sys.stderr)
+        return 128 + signum
+    except BrokenPipeError:  # the reader of stdout went away (| head): nothing left to say to it
+        _silence_stdout()
+        return 128 + signal.SIGPIPE
+    except OSError as e:
+        if args.debug or e.errno not in WRITE_ERRNOS:
+            raise
+        print(f"trtopt: error: {write_error(e, e.filename or 'an output')}", file=sys.stderr)
+        return EXIT_USAGE
 
 if __name__ == "__main__":
     sys.exit(main())

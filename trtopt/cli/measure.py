@@ -10,7 +10,8 @@ from typing import Any
 from trtopt.errors import TrtoptError
 from trtopt.measure.baseline import GateConfig
 from trtopt.measure.compare import Tolerances
-from trtopt.cli._common import EXIT_CHECK_FAILED, add_data, add_timing, add_tolerances, feed_for, named_shapes, parse_shapes, progress_bar, timing_config, write_json_output
+from trtopt.cli._common import (EXIT_CHECK_FAILED, add_data, add_timing, add_tolerances, check_batch_sizes, check_fits_memory,
+                                feed_for, named_shapes, parse_shapes, progress_bar, timing_config, write_json_output)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -19,9 +20,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from trtopt.report.markdown import markdown_table, render_markdown
 
     shapes = parse_shapes(args.input_shape)
-    gate = _gate_setup(args)  # a bad baseline or an existing output fails before any timing
+    check_batch_sizes(args.batch_sizes)
+    gate = _gate_setup(args)  # a bad baseline or an unwritable output fails before any timing
     candidates = [open_candidate(m, threads=args.threads, input_shapes=named_shapes(shapes), checkpoint=args.checkpoint)
                   for m in args.models]
+    for candidate in candidates:
+        if not candidate.inputs:
+            raise TrtoptError(f"{candidate.source} has no inputs, so there is nothing to feed it and nothing to time",
+                              "bench models that take inputs")
+    check_fits_memory(candidates[0].inputs, max(args.batch_sizes), "the largest batch")
     shapes_named = {s.name: s.shape for s in candidates[0].inputs}
     preprocess = getattr(getattr(candidates[0].runner, "loaded", None), "preprocess", None)
     feed = feed_for(args, candidates[0].inputs, preprocess)
@@ -44,17 +51,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return _gate_finish(args, gate, result, report["environment"], settings, outputs)
 
 def _gate_setup(args: argparse.Namespace) -> dict[str, Any] | None:
-    """Validate the regression-gating flags of ``bench`` and read the baseline, before anything is timed."""
-    from trtopt.measure.baseline import check_environment, check_outputs_writable, golden_path, load_baseline
+    """Check every output of ``bench`` and its regression-gating flags, and read the baseline, before anything is timed."""
+    from trtopt.files import check_outputs
+    from trtopt.measure.baseline import check_environment, golden_path, load_baseline
 
     if args.save_baseline and args.baseline:
         raise TrtoptError("--save-baseline and --baseline were both given", "record a baseline or compare with one, not both")
-    if not (args.save_baseline or args.baseline):
-        return None
     outputs = [args.json, args.summary]
     if args.save_baseline:
         outputs += [args.save_baseline, golden_path(args.save_baseline)]
-    check_outputs_writable(outputs, args.force)
+    inputs = [*args.models, args.checkpoint, args.data]
+    if args.baseline:
+        inputs += [args.baseline, golden_path(args.baseline)]
+    check_outputs(outputs, args.force, inputs=inputs, appended=[args.history])
+    if not (args.save_baseline or args.baseline):
+        return None
     if args.save_baseline:
         return {"mode": "save"}
     from trtopt.environment import environment
@@ -119,9 +130,11 @@ def _golden_tolerances(args: argparse.Namespace):
     return default, per_output
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from trtopt.files import check_outputs
     from trtopt.measure.bench import open_candidate, run_all
     from trtopt.measure.compare import compare_outputs
 
+    check_outputs([args.json], args.force, inputs=[args.reference, args.candidate, args.checkpoint, args.data])
     shapes = named_shapes(parse_shapes(args.input_shape))
     reference = open_candidate(args.reference, threads=args.threads, input_shapes=shapes, checkpoint=args.checkpoint)
     candidate = open_candidate(args.candidate, threads=args.threads, input_shapes=shapes)

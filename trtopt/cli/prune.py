@@ -12,7 +12,7 @@ from trtopt.speedup_search import SpeedupTargetConfig
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from trtopt.files import ensure_writable
+    from trtopt.files import check_outputs
     from trtopt.models.load import load_model, save_module
     from trtopt.speedup_search import prune_to_speedup
     from trtopt.compress.prune import prune_loaded
@@ -24,9 +24,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.target_speedup is not None:
         target = SpeedupTargetConfig(target_speedup=args.target_speedup, tolerance=args.tolerance,
                                      batch_size=args.batch_size, threads=args.threads, iterations=args.iterations)
-    ensure_writable(args.output, args.force)  # fail before any work
-    if args.json:
-        ensure_writable(args.json, args.force)
+    check_outputs([args.output, args.json], args.force, inputs=[args.model, args.checkpoint])  # before any work
     shapes = parse_shapes(args.input_shape)
     loaded = load_model(args.model, checkpoint=args.checkpoint, input_shape=next(iter(shapes.values())) if len(shapes) == 1 else None)
     step = step_printer(args)
@@ -60,8 +58,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_check_2to4(args: argparse.Namespace) -> int:
+    from trtopt.files import check_outputs
     from trtopt.trt.sparsity import check_2to4
 
+    check_outputs([args.json], args.force, inputs=[args.model])
     check = check_2to4(args.model)
     write_json_output(args.json, check.to_dict(), args.force)
     print(f"{args.model}: {len(check.layers)} layers checked, {len(check.skipped)} skipped (input dim not a multiple of 4)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from trtopt.errors import TrtoptError
@@ -27,11 +28,9 @@ def _calibrate(args: argparse.Namespace, onnx_path: str):
                          on_progress=lambda done, total: update("calibration", done, total))
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from trtopt.files import ensure_writable
+    from trtopt.files import check_outputs
 
-    ensure_writable(args.output, args.force)
-    if args.cache:
-        ensure_writable(args.cache, args.force)
+    check_outputs([args.output, args.cache], args.force, inputs=[args.model, args.data])
     ranges = _calibrate(args, args.model)
     ranges.save(args.output, force=args.force)
     print(f"wrote {args.output}: {len(ranges.tensors)} tensor ranges ({ranges.method}, {ranges.samples} samples, "
@@ -46,10 +45,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from trtopt.artifacts import Ranges, inspect_onnx
-    from trtopt.files import ensure_writable
+    from trtopt.files import check_outputs
     from trtopt.quant.quantize import quantize
 
-    ensure_writable(args.output, args.force)
+    # Staging holds the shape-inferred copy and the quantized model: at most about twice the source.
+    size = 2 * os.path.getsize(args.model) if os.path.isfile(args.model) else None
+    check_outputs([args.output, args.json], args.force, inputs=[args.model, args.ranges, args.data],
+                  sizes={args.output: size})
     if args.precision == "fp16":
         from trtopt.quant.quantize import to_fp16
 
@@ -71,8 +73,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
           f"smaller than {source.path.name})")
     for note in artifact.notes:
         print(f"  {note}")
-    if args.json:
-        write_json_output(args.json, artifact.to_dict(), args.force)
+    write_json_output(args.json, artifact.to_dict(), args.force)
     return 0
 
 def _split_excludes(onnx_path: str, values: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -104,10 +105,11 @@ def _mixed_precision(args: argparse.Namespace, ranges, config):
     return replace(config, exclude_nodes=tuple(config.exclude_nodes) + tuple(choice["exclude_nodes"]))
 
 def cmd_cache(args: argparse.Namespace) -> int:
+    from trtopt.files import check_outputs
     from trtopt.trt import calibration_cache as trt_cache
 
-    if args.action == "inspect":
-        found = trt_cache.inspect_cache(trt_cache.read_cache(args.file), onnx_path=args.onnx,
+    if args.action == "inspect":  # a diagnosis: it reads (and reports) scales that convert would refuse
+        found = trt_cache.inspect_cache(trt_cache.read_cache(args.file, check_scales=False), onnx_path=args.onnx,
                                         expected_trt_version=args.trt_version)
         if args.json:
             print(json.dumps(found, indent=2))
@@ -119,6 +121,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         return 0
     if not args.output:
         raise TrtoptError(f"trtopt cache {args.action} needs -o/--output", "name the file to write")
+    check_outputs([args.output], args.force, inputs=[args.file, args.onnx])
     if args.action == "convert":
         cache = trt_cache.convert_cache(trt_cache.read_cache(args.file), trt_version=args.trt_version)
         trt_cache.write_cache(cache, args.output, force=args.force)

@@ -68,10 +68,16 @@ def _trt_version(requested: str) -> str:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from trtopt.files import ensure_writable, write_json
+    from trtopt.files import check_outputs, write_json
+    from trtopt.trt.engine import sidecar_path
     from trtopt.trt.plan import BuildPlan, make_plan, plan_summary
     from trtopt.trt.trtexec import TrtexecTiming, trtexec_args, trtexec_command, unverified_flags
 
+    plan_path = args.output + ".plan.json"
+    layers_path = args.output + ".layers.json"
+    outputs = [plan_path] if args.plan_only else [args.output, sidecar_path(args.output), layers_path, args.json]
+    check_outputs(outputs, args.force, inputs=[args.onnx, args.plan, args.calib_cache, args.data],
+                  appended=[None if args.plan_only else args.timing_cache])
     if args.plan:
         plan = BuildPlan.load(args.plan)
         if Path(plan.onnx_path).resolve() != Path(args.onnx).resolve():
@@ -79,11 +85,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     else:
         plan = make_plan(args.onnx, _options(args, BuildOptions.target, calibrate=bool(args.data)),
                          _trt_version(args.trt_version))
-    line = trtexec_command(trtexec_args(plan, engine=args.output, timing=TrtexecTiming(),
-                                           layer_info=args.output + ".layers.json"))
+    line = trtexec_command(trtexec_args(plan, engine=args.output, timing=TrtexecTiming(), layer_info=layers_path))
     if args.plan_only:
-        plan_path = args.output + ".plan.json"
-        ensure_writable(plan_path, args.force)
         data = plan.to_dict()
         data["trtexec"] = line
         data["trtexec_unverified_flags"] = unverified_flags(line.split(), plan.trt_major)
@@ -124,7 +127,7 @@ def _calibration_feeds(args: argparse.Namespace, plan: Any):
 def cmd_bundle(args: argparse.Namespace) -> int:
     from trtopt.trt.bundle import make_bundle
 
-    target = args.target or Recipe.bundle_target
+    target = args.target or Recipe.bundle_target  # make_bundle checks the folder before any work
     manifest = make_bundle(args.models, args.output, target=target, ranges=args.ranges, calib_cache=args.calib_cache,
                            options=_options(args, target), force=args.force)
     print(f"wrote {args.output}: {len(manifest['files'])} files for {manifest['target']} "
@@ -150,11 +153,10 @@ def cmd_trt_bench(args: argparse.Namespace) -> int:
     require_gpu("trtopt trt-bench")
     from trtopt.trt.runner import TensorRTRunner
     from trtopt.data import take_batch
-    from trtopt.files import ensure_writable, write_json
+    from trtopt.files import check_outputs, write_json
     from trtopt.trt.engine import read_sidecar
 
-    if args.json:
-        ensure_writable(args.json, args.force)
+    check_outputs([args.json], args.force, inputs=[args.engine, args.data])
     runner = TensorRTRunner(args.engine, cuda_library=args.cuda_lib)
     try:
         from trtopt.artifacts import inspect_onnx

@@ -38,7 +38,7 @@ import numpy as np
 
 from trtopt._config import check_int, check_number
 from trtopt.errors import TrtoptError
-from trtopt.files import atomic_output, ensure_writable, sha256_file, write_json
+from trtopt.files import atomic_output, sha256_file, write_json
 
 BASELINE_FORMAT = 2
 #: Environment fields that must match for latencies to be comparable (dotted paths into `environment()`).
@@ -306,13 +306,6 @@ def append_history(path: str | os.PathLike, comparison: Mapping[str, Any], envir
     with open(p, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, default=str) + "\n")
     return p
-
-
-def check_outputs_writable(paths: Sequence[str | os.PathLike | None], force: bool) -> None:
-    """Refuse up front (before timing) when any output exists and ``force`` is not set."""
-    for path in paths:
-        if path:
-            ensure_writable(path, force)
 
 
 def _per_round_ratio(candidate: Sequence[Sequence[float]], control: Sequence[Sequence[float]]) -> list[list[float]]:

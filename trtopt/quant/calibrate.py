@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ import numpy as np
 from trtopt._config import check_choice, check_int, check_number
 from trtopt.artifacts import OnnxArtifact, Ranges, TensorInfo, TensorRange, inspect_onnx
 from trtopt.errors import TrtoptError
+from trtopt.files import temp_dir
 
 if TYPE_CHECKING:
     from trtopt.backends.ort import OrtConfig
@@ -375,7 +375,7 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
     progress = on_progress or (lambda _done, _total: None)
 
     workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    with tempfile.TemporaryDirectory(prefix="trtopt-calibrate-") as tmp, \
+    with temp_dir("calibrate") as tmp, \
             ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
         runner = None
         if fetched:

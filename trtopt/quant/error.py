@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 from trtopt import metrics
 from trtopt.backends.ort import OrtConfig
 from trtopt.data import Feed, iter_batches
+from trtopt.files import temp_dir
 
 GEMM_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -157,7 +157,7 @@ def activation_sqnr(fp32_path: str | os.PathLike, qdq_path: str | os.PathLike, f
     noise = dict.fromkeys(names, 0.0)
     worst = dict.fromkeys(names, 0.0)
     count = dict.fromkeys(names, 0)
-    with tempfile.TemporaryDirectory(prefix="trtopt-sqnr-") as tmp:
+    with temp_dir("sqnr") as tmp:
         ref_dir, q_dir = Path(tmp, "fp32"), Path(tmp, "qdq")
         ref_dir.mkdir()
         q_dir.mkdir()

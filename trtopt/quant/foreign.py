@@ -16,7 +16,6 @@ per case), which are the third-party models trtopt is tested on.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from trtopt.errors import TrtoptError
+from trtopt.files import temp_dir
 
 Feed = dict[str, np.ndarray]
 # The shipped case folders of the onnx wheel that hold model.onnx files (``real`` and ``light`` don't).
@@ -232,7 +232,7 @@ def check_pipeline(onnx_path: str | os.PathLike, feed: Feed, work_dir: str | os.
         ``status`` "ok", "not_quantizable" (no Conv/MatMul/Gemm: nothing for INT8 to speed up) or
         "error"; ``stage`` names the stage that stopped it and ``error`` is trtopt's one-line message.
     """
-    with tempfile.TemporaryDirectory(prefix="trtopt-foreign-") as tmp:
+    with temp_dir("foreign") as tmp:
         return _check(Path(onnx_path), feed, Path(work_dir) if work_dir else Path(tmp), target, expected,
                       method, threads)
 

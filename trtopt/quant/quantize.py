@@ -93,8 +93,9 @@ def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.Pa
         force: overwrite an existing output.
 
     Raises:
-        TrtoptError: the model has nothing to quantize, ranges lack a tensor the layout needs, the
-        ranges come from another model, or the output exists without ``force``.
+        TrtoptError: the model has nothing to quantize, ``config.op_types`` holds a typo or matches no
+        node (the message lists the op types present), ranges lack a tensor the layout needs, the ranges
+        come from another model, or the output exists without ``force``.
     """
     import onnx
 
@@ -110,6 +111,7 @@ def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.Pa
     if unknown:
         raise TrtoptError(f"--exclude names node {unknown[0]!r}, which is not in {source.path.name}",
                           "list node names with trtopt quantize --list-nodes or exclude by op type")
+    _check_op_types(model, config.op_types, source.path.name)
     compute = [n for n in model.graph.node if n.op_type in COMPUTE_OP_TYPES and n.name not in excluded]
     if not compute:
         raise TrtoptError(f"{source.path.name} has no quantizable layers ({', '.join(COMPUTE_OP_TYPES)}) left to quantize",
@@ -132,6 +134,24 @@ def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.Pa
              f"{counts['QuantizeLinear']} QuantizeLinear, {counts['DequantizeLinear']} DequantizeLinear nodes",
              f"{len(excluded)} node(s) kept in FP32" + (f": {', '.join(sorted(excluded)[:8])}" if excluded else ""))
     return inspect_onnx(target, notes=notes)
+
+
+def _check_op_types(model: Any, op_types: tuple[str, ...] | None, name: str) -> None:
+    """Refuse an op-type filter with a typo (not in the model and no ONNX operator) or that matches no node:
+    either would write an "INT8" model without a single Q/DQ node."""
+    import onnx
+
+    if op_types is None:
+        return
+    present = sorted({n.op_type for n in model.graph.node})
+    typos = [t for t in op_types if t not in present and not onnx.defs.has(t)]
+    if typos:
+        problem = f"op type {typos[0]!r} to quantize is neither in {name} nor an ONNX operator (a typo?)"
+    elif not set(op_types) & set(present):
+        problem = f"op types to quantize ({', '.join(op_types)}) match no node of {name}"
+    else:
+        return
+    raise TrtoptError(problem, f"name op types present there: {', '.join(present)}")
 
 
 def _layout(config: QuantizeConfig) -> str:

@@ -12,7 +12,6 @@ top-1 agreement with FP32, or mean cosine of embeddings (see the ``*_scorer`` fa
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 from trtopt.artifacts import Ranges
 from trtopt.data import Feed
 from trtopt.errors import TrtoptError
+from trtopt.files import temp_dir
 from trtopt.quant.quantize import COMPUTE_OP_TYPES, QuantizeConfig, quantize
 
 Scorer = Callable[[Path], float]
@@ -97,7 +97,7 @@ def layer_sensitivity(onnx_path: str | os.PathLike, ranges: Ranges, config: Quan
     """
     step = on_step or (lambda _msg: None)
     layers = quantizable_layers(onnx_path, config)
-    with tempfile.TemporaryDirectory(prefix="trtopt-sens-") as tmp:
+    with temp_dir("sens") as tmp:
         fp32_score = score(Path(onnx_path))
         int8_score = _score_excluding(onnx_path, ranges, config, (), score, Path(tmp))
         rows = []
@@ -130,7 +130,7 @@ def choose_mixed_precision(onnx_path: str | os.PathLike, ranges: Ranges, config:
     chosen: list[str] = []
     current = sens["int8_score"]
     trail = [{"excluded": [], "score": current}]
-    with tempfile.TemporaryDirectory(prefix="trtopt-mixed-") as tmp:
+    with temp_dir("mixed") as tmp:
         for row in sens["layers"]:
             if sens["fp32_score"] - current <= max_drop:
                 break

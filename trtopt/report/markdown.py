@@ -112,10 +112,11 @@ def _int8_markdown(report: Mapping[str, Any]) -> list[str]:
     lines = ["## INT8", "",
              f"- Calibration: {cal['method']} on {int8['calibration_samples']} samples of "
              f"{report['recipe'].get('calibration_data') or report['data']['source']} "
-             f"(streaming, {cal['num_bins']} bins); ranges in `{Path(int8['ranges']).name}`.",
-             f"- TensorRT Q/DQ model `{Path(int8['tensorrt_qdq']['path']).name}` "
-             f"({int8['tensorrt_qdq']['size_bytes'] / 1e6:.2f} MB) and TensorRT 10.3 cache "
-             f"`{Path(int8['tensorrt_cache']).name}` for Jetson."]
+             f"(streaming, {cal['num_bins']} bins); ranges in `{Path(int8['ranges']).name}`."]
+    cache = f"TensorRT {int8['trt_cache_version']} cache `{Path(int8['tensorrt_cache']).name}` for Jetson"
+    qdq = int8.get("tensorrt_qdq")  # absent when int8_targets leaves tensorrt out
+    lines.append(f"- TensorRT Q/DQ model `{Path(qdq['path']).name}` ({qdq['size_bytes'] / 1e6:.2f} MB) and {cache}."
+                 if qdq else f"- {cache} (no TensorRT Q/DQ model: int8_targets leaves tensorrt out).")
     acc = report["accuracy"].get("tensorrt-int8-qdq")
     if acc:
         first = acc["outputs"][0]

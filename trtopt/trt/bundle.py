@@ -26,6 +26,7 @@ from typing import Any
 
 from trtopt.errors import TrtoptError
 
+BUNDLE_FORMAT = 1
 TARGET_TRT10 = {"jetson-orin": "10.3", "jetson-xavier": "10.3", "server": "10.16"}
 TRT11 = "11.1"
 _CAL_NOTE = "11.x has no implicit INT8: put the Q/DQ ONNX (trtopt quantize --target tensorrt) in the bundle"
@@ -43,9 +44,16 @@ def make_bundle(onnx_paths: Sequence[str | os.PathLike], out_dir: str | os.PathL
         calib_cache: an existing TensorRT calibration cache (converted to the target's 10.x header).
         options: :class:`~trtopt.trt.plan.BuildOptions` for the plans (shapes, workspace, DLA, ...); its
             ``target`` is set to ``target``.
+        force: replace an existing bundle folder. Only a folder holding a bundle manifest (:func:`is_bundle`)
+            is ever replaced: never the current folder, a folder holding an input, or any other folder.
+
+    Raises:
+        TrtoptError: unknown target; no models; two models with one file name; an unreadable input; an
+        output folder that exists with contents (without ``force``, or that is no bundle), holds an input
+        or lies on a filesystem without room for the models.
     """
     from trtopt.artifacts import Ranges, inspect_onnx
-    from trtopt.files import sha256_file, staging_dir, write_json, write_text
+    from trtopt.files import ensure_replaceable_dir, replace_dir, sha256_file, staging_dir, write_json, write_text
     from trtopt.trt.calibration_cache import convert_cache, ranges_to_cache, read_cache, write_cache
     from trtopt.trt.plan import CALIBRATOR_ALGORITHM, BuildOptions, make_plan, resolve_version
     from trtopt.trt.trtexec import TrtexecTiming, trtexec_args, trtexec_command, unverified_flags
@@ -54,15 +62,16 @@ def make_bundle(onnx_paths: Sequence[str | os.PathLike], out_dir: str | os.PathL
         raise TrtoptError(f"bundle target {target!r} is unknown", f"use one of {', '.join(TARGET_TRT10)}")
     if not onnx_paths:
         raise TrtoptError("no ONNX models to bundle", "name at least one .onnx file")
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise TrtoptError(f"bundle folder {out} exists and is not empty", "pass --force to replace it or choose another")
     options = replace(options or BuildOptions(), target=target)
     trt10 = resolve_version(TARGET_TRT10[target])
     arts = [inspect_onnx(p) for p in onnx_paths]
     names = [a.path.name.removesuffix(".onnx") for a in arts]
     if len(set(names)) != len(names):
         raise TrtoptError("two bundled models have the same file name", "rename one of them")
+    # The bundle copies every model (and its side files) and the ranges; plans, scripts and caches are small.
+    size = sum(a.size_bytes for a in arts) + (os.path.getsize(ranges) if ranges and os.path.isfile(ranges) else 0)
+    out = ensure_replaceable_dir(out_dir, force, is_bundle, "bundle folder", inputs=[*onnx_paths, ranges, calib_cache],
+                                 size_bytes=size)
 
     with staging_dir(out) as stage:
         for sub in ("models", "plans", "calib", "ranges"):
@@ -122,14 +131,24 @@ def make_bundle(onnx_paths: Sequence[str | os.PathLike], out_dir: str | os.PathL
                 (stage / sub).rmdir()
         files = {str(p.relative_to(stage)): {"sha256": sha256_file(p), "size_bytes": p.stat().st_size}
                  for p in sorted(stage.rglob("*")) if p.is_file()}
-        manifest = {"format": 1, "target": target, "trt10_version": trt10, "trt11_version": resolve_version(TRT11),
+        manifest = {"format": BUNDLE_FORMAT, "target": target, "trt10_version": trt10, "trt11_version": resolve_version(TRT11),
                     "models": names, "plans": plans_made, "files": files}
         write_json(stage / "manifest.json", manifest)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(stage, out)
-        stage.mkdir()  # staging_dir removes its folder on exit
+        replace_dir(stage, out)
     return manifest
+
+
+def is_bundle(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a folder holding the manifest :func:`make_bundle` writes (what ``--force`` may replace)."""
+    import json
+
+    manifest = Path(path) / "manifest.json"
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):  # absent, unreadable or not JSON: not a bundle
+        return False
+    return (isinstance(data, dict) and data.get("format") == BUNDLE_FORMAT and isinstance(data.get("files"), dict)
+            and isinstance(data.get("plans"), list))
 
 
 def _script(path: Path, lines: list[str], title: str) -> None:

@@ -313,18 +313,40 @@ def format_cache(cache: CalibrationCache) -> str:
     return "\n".join(lines) + "\n"
 
 
-def read_cache(path: str | os.PathLike) -> CalibrationCache:
-    """Read and parse a calibration cache file; errors name the file and line."""
+def read_cache(path: str | os.PathLike, check_scales: bool = True) -> CalibrationCache:
+    """Read and parse a calibration cache file; errors name the file and line.
+
+    With ``check_scales`` (the default), a scale that is not finite and positive is an error too
+    (:func:`require_valid_scales`); :func:`inspect_cache` reads without it, to report such scales.
+    """
     p = Path(path)
     if not p.is_file():
         raise TrtoptError(f"calibration cache {p} does not exist", "check the path or calibrate first")
-    return parse_cache(p.read_bytes(), where=str(p))
+    cache = parse_cache(p.read_bytes(), where=str(p))
+    if check_scales:
+        require_valid_scales(cache, str(p))
+    return cache
+
+
+def require_valid_scales(cache: CalibrationCache, where: str = "calibration cache") -> None:
+    """Raise TrtoptError naming the tensors whose scale is not finite and positive.
+
+    TensorRT takes ``[-127*scale, 127*scale]`` as the tensor's range: a zero, negative or NaN scale gives
+    an INT8 layer whose outputs are zero or NaN, built without complaint.
+    """
+    bad = [name for name, s in cache.scales.items() if not (math.isfinite(s) and s > 0)]
+    if bad:
+        first = cache.scales[bad[0]]
+        raise TrtoptError(f"{where}: {len(bad)} tensor(s) have a scale that is not finite and positive: "
+                          f"{_first_few(bad)} ({bad[0]}: {first!r})", "recalibrate to write the cache again")
 
 
 def write_cache(cache: CalibrationCache, path: str | os.PathLike, force: bool = False) -> Path:
-    """Write ``cache`` atomically to ``path`` (refuses an existing file unless ``force``); returns the path."""
+    """Write ``cache`` atomically to ``path`` (refuses an existing file unless ``force``, and scales that are
+    not finite and positive); returns the path."""
     from trtopt.files import write_text
 
+    require_valid_scales(cache, f"calibration cache for {path}")
     return write_text(path, format_cache(cache), force=force)
 
 
@@ -372,9 +394,11 @@ def ranges_to_cache(ranges: Ranges, trt_version: str = DEFAULT_TRT_VERSION,
 def cache_to_ranges(cache: CalibrationCache) -> Ranges:
     """The ranges a cache encodes: amax = ``scale * 127`` (exact), min = -amax, max = amax.
 
+    Raises TrtoptError for scales that are not finite and positive (:func:`require_valid_scales`).
     ``method`` is "tensorrt-cache:<algorithm>" and ``settings`` records the TensorRT version, version
     integer and algorithm; a cache carries no sample count or data fingerprint, so those stay empty.
     """
+    require_valid_scales(cache)
     tensors = {name: TensorRange(amax, -amax, amax) for name, amax in cache.amax().items()}
     settings = {"trt_version": cache.trt_version, "version_code": cache.version_code, "algorithm": cache.algorithm}
     return Ranges(tensors, f"{_CACHE_METHOD_PREFIX}{cache.algorithm}", 0, settings=settings)
@@ -387,8 +411,10 @@ def convert_cache(cache: CalibrationCache, trt_version: str | None = None,
     Use it to make a cache TensorRT will read (e.g. 10.3 -> 10.16, or MinMaxCalibration ->
     EntropyCalibration2 for trtexec). Only the header changes; whether the scales still fit depends on
     the tensor names the target TensorRT's ONNX parser produces, which :func:`inspect_cache` checks
-    against the ONNX graph. Refuses TensorRT 11.x and later, which has no calibrators.
+    against the ONNX graph. Refuses TensorRT 11.x and later, which has no calibrators, and scales that are
+    not finite and positive.
     """
+    require_valid_scales(cache)
     version, code = (_calibrating_version(trt_version) if trt_version is not None
                      else (cache.trt_version, cache.version_code))
     return CalibrationCache(version, code, _check_algorithm(algorithm or cache.algorithm), dict(cache.scales))
