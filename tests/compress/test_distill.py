@@ -1,4 +1,4 @@
-"""trtopt.compress.distill: the KD loss against hand computations, and the trainer on tiny seeded models."""
+"""trtopt.compress.distill, .losses and .trainer: the KD loss against hand computations, and the trainer on tiny seeded models."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from trtopt.compress.config import DistillConfig
-from trtopt.compress.distill import DistillProgress, accuracy_metric, distill, embedding_loss, kd_loss, load_checkpoint
+from trtopt.compress.distill import accuracy_metric, distill
+from trtopt.compress.losses import embedding_loss, kd_loss
+from trtopt.compress.trainer import DistillProgress, load_checkpoint
 from trtopt.errors import TrtoptError
 
 
