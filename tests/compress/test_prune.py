@@ -329,19 +329,6 @@ def test_speedup_search_prunes_and_reports_each_step():
         SpeedupSearchConfig(target_speedup=0.8)
 
 
-def test_speedup_search_missing_the_target_returns_the_closest_step():
-    """An unreachable target is not an error: every step is measured, the closest kept, reached=False."""
-    from trtopt.speedup_search import SpeedupSearchConfig, search_speedup
-
-    loaded = load_model("tests.helpers.tiny_prune_models:tiny_resnet")
-    search = search_speedup(loaded, PruneConfig("structured"), SpeedupSearchConfig(
-        target_speedup=1000.0, iterations=3, warmup_iterations=1, strength_step=0.3, max_strength=0.6))
-    assert not search.reached
-    assert [s.strength for s in search.steps] == [0.3, 0.6]  # stepped up to max_strength, nothing to bisect
-    assert search.chosen_step is search.fastest_step  # below the target everywhere: closest = fastest
-    assert search.result.config.ratio == search.chosen_step.compression["ratio"]
-
-
 # ---- CLI -------------------------------------------------------------------------------------------------------
 
 def run(args, cwd, env):
