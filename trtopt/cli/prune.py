@@ -29,7 +29,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     shapes = parse_shapes(args.input_shape)
     loaded = load_model(args.model, checkpoint=args.checkpoint, input_shape=next(iter(shapes.values())) if len(shapes) == 1 else None)
     step = step_printer(args)
-    report: dict[str, Any] = {}
+    report: dict[str, Any] = {"model": args.model}
     if target is not None:
         step(f"searching the channel ratio for a {target.target_speedup}× speedup on ONNX Runtime "
              f"(batch {target.batch_size}, {target.threads} threads)")
@@ -42,7 +42,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     else:
         step(f"pruning {args.model} ({config.method}, ratio {config.ratio})")
         pruned, result = prune_loaded(loaded, config)
-    report.update(model=args.model, result=result.to_dict())
+    report["result"] = result.to_dict()
     save_module(pruned, args.output, force=args.force, metadata={"prune": result.to_dict()})
     write_json_output(args.json, report, args.force)
     print(f"wrote {args.output}: parameters {result.parameters_before:,} → {result.parameters_after:,} "
