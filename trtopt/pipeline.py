@@ -345,11 +345,11 @@ def _apply_prune(run: _Run, source: Any, config: Any) -> tuple[Any, dict[str, An
 def _apply_factorize(run: _Run, source: Any, config: Any) -> tuple[Any, dict[str, Any], list[Path]]:
     import copy
 
-    from trtopt.compress.lowrank import factorize
+    from trtopt.compress.lowrank import factorize_
     from trtopt.compress.prune import example_inputs_for
 
     run.step(f"factorizing ({config.method})")
-    module, report = factorize(copy.deepcopy(source.module), config, example_inputs_for(source))  # in place: a copy
+    module, report = factorize_(copy.deepcopy(source.module), config, example_inputs_for(source))  # in place: a copy
     return replace(source, module=module, description=f"{source.description}, factorized"), report.to_dict(), []
 
 
@@ -357,10 +357,10 @@ def _apply_cluster(run: _Run, source: Any, config: Any) -> tuple[Any, dict[str, 
     """k-means weight sharing; also writes the compact file (codebooks + packed indices)."""
     import copy
 
-    from trtopt.compress.share import cluster_weights, save_shared
+    from trtopt.compress.share import cluster_weights_, save_shared
 
     run.step(f"clustering weights ({config.bits} bits, per {config.granularity})")
-    module, report = cluster_weights(copy.deepcopy(source.module), config)
+    module, report = cluster_weights_(copy.deepcopy(source.module), config)
     info = save_shared(module, run.out / "model.shared.npz", force=True)
     return (replace(source, module=module, description=f"{source.description}, {config.bits}-bit shared weights"),
             {**report.to_dict(), "storage": info.to_dict()}, [Path(info.path)])

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from trtopt import backends
-import trtopt.backends.trt as trt_backend_mod
 import trtopt.trt.cuda
 import trtopt.trt.runtime
 from trtopt.backends.ort import OrtRunner

@@ -98,7 +98,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
                            patience=args.patience, checkpoint_dir=args.checkpoint_dir or args.resume,
                            resume_from=args.resume, seed=args.seed, keep_zeros=args.keep_zeros)
     if args.resume:
-        from trtopt.compress.distill import load_checkpoint
+        from trtopt.compress.trainer import load_checkpoint
 
         load_checkpoint(args.resume)  # fail on an unreadable checkpoint before loading models and data
     student = load_model(args.student, checkpoint=args.student_checkpoint)
