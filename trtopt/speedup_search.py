@@ -11,6 +11,7 @@ import dataclasses
 import math
 import tempfile
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -114,16 +115,16 @@ def prune_to_speedup(loaded: Any, config: PruneConfig, target: SpeedupTargetConf
     low, high = target.target_speedup * (1 - target.tolerance), target.target_speedup * (1 + target.tolerance)
     steps: list[dict[str, Any]] = []
     results: list[PruneResult] = []
-    with tempfile.TemporaryDirectory(prefix="trtopt-prune-") as work:
-        base = onnx_candidate(export_onnx(loaded, Path(work) / "baseline.onnx", export_cfg), name="baseline",
-                              threads=target.threads)
+    with tempfile.TemporaryDirectory(prefix="trtopt-prune-") as work, ExitStack() as opened:
+        base = opened.enter_context(onnx_candidate(export_onnx(loaded, Path(work) / "baseline.onnx", export_cfg),
+                                                   name="baseline", threads=target.threads))
 
         def measure(ratio: float) -> dict[str, Any]:
             result = prune(loaded.module, example, dataclasses.replace(config, ratio=round(ratio, 4)))
             path = Path(work) / f"pruned_{len(steps)}.onnx"
-            cand = onnx_candidate(export_onnx(dataclasses.replace(loaded, module=result.module), path, export_cfg),
-                                  name="pruned", threads=target.threads)
-            samples = time_interleaved({"baseline": base.runner, "pruned": cand.runner}, batch, timing)
+            with onnx_candidate(export_onnx(dataclasses.replace(loaded, module=result.module), path, export_cfg),
+                                name="pruned", threads=target.threads) as cand:
+                samples = time_interleaved({"baseline": base.runner, "pruned": cand.runner}, batch, timing)
             speed = speedup_interval(samples["baseline"], samples["pruned"], timing)
             record = {"ratio": round(ratio, 4), "channel_ratio": result.channel_ratio, "macs": result.macs_after,
                       "macs_reduction": result.macs_reduction, "parameters": result.parameters_after,
