@@ -20,8 +20,9 @@ from trtopt.models.spec import InputSpec
 Feed = dict[str, np.ndarray]
 
 # dtype kinds a feed may be cast between without changing what its values mean: float64 data for a
-# float32 input, int32 token ids for an int64 input. Across families (floats into an int input, ints
-# into a float input) a cast would truncate or skip the model's preprocessing, so it is an error.
+# float32 input, int32 token ids for an int64 input, and bool masks (0/1) for any numeric input. Other
+# casts across families (floats into an int input, ints such as uint8 pixels into a float input) would
+# truncate or skip the model's preprocessing, so they are errors.
 _FAMILIES = {"f": "float", "i": "integer", "u": "integer", "b": "bool"}
 
 
@@ -73,8 +74,8 @@ def check_feed(feed: Mapping[str, Any], inputs: Sequence[InputSpec], *, model: s
     and what was got: every input present (and, unless ``allow_extra``, no other); each array's rank and
     fixed dims (symbolic dims take any length; a fixed batch axis must match exactly); the same sample
     count on every input whose batch axis is symbolic; a dtype of the input's family (float, integer or
-    bool; within it the array is cast, e.g. float64 → float32, int32 → int64); at least one sample; with
-    ``finite``, no NaN or inf in float inputs.
+    bool; within it the array is cast, e.g. float64 → float32, int32 → int64; bool is cast to any numeric
+    input); at least one sample; with ``finite``, no NaN or inf in float inputs.
 
     Args:
         feed: input name → array (or anything ``np.asarray`` takes); axis 0 is the batch axis.
@@ -137,7 +138,7 @@ def _check_shape(arr: np.ndarray, spec: InputSpec, model: str) -> None:
         return
     if arr.ndim == len(dims) and isinstance(spec.batch, int) and \
             all(not isinstance(d, int) or d == n for d, n in zip(dims[1:], arr.shape[1:])):
-        fix = (f"{model} has a fixed batch of {spec.batch}: feed {spec.batch} sample(s) at a time "
+        fix = (f"{model} is built for batches of exactly {spec.batch}: feed {spec.batch} at a time "
                f"(batch_size={spec.batch}), or re-export it for the batch size you need")
     else:
         fix = "pass data of the model's input shape, samples on axis 0, or set --input-shape to the shape the data has"
@@ -155,7 +156,7 @@ def _cast(arr: np.ndarray, spec: InputSpec, model: str) -> np.ndarray:
     if expected is None or expected.kind not in _FAMILIES:
         raise TrtoptError(f"input {spec.name!r} of {model} has type {spec.dtype}, which trtopt cannot feed",
                           "trtopt feeds bool, integer and floating-point tensors; run this model with its own runtime")
-    if _FAMILIES.get(arr.dtype.kind) != _FAMILIES[expected.kind]:
+    if _FAMILIES.get(arr.dtype.kind) != _FAMILIES[expected.kind] and arr.dtype.kind != "b":
         raise TrtoptError(f"input {spec.name!r} has dtype {arr.dtype.name}, {model} expects {spec.dtype}",
                           f"convert the data to {spec.dtype} (e.g. array.astype('{spec.dtype}'))")
     return arr.astype(expected)
