@@ -98,7 +98,8 @@ def test_missing_input():
 def test_unexpected_input_is_refused_or_left_out():
     feed = {**_mlp(), "labels": np.zeros(3)}
     _error(lambda: check_feed(feed, MLP, model="mlp.onnx"),
-           "inputs have unexpected input 'labels', which mlp.onnx does not take", "the model's inputs are features, mask")
+           "inputs have unexpected input 'labels', which mlp.onnx does not take",
+           "the model's inputs are features, mask")
     assert list(check_feed(feed, MLP, allow_extra=True)) == ["features", "mask"]
 
 

@@ -127,8 +127,9 @@ def check_feed(feed: Mapping[str, Any], inputs: Sequence[InputSpec], *, model: s
             if arr.dtype.kind == "f" and arr.size:
                 rows = np.isfinite(arr).reshape(arr.shape[0] if arr.ndim else 1, -1).all(axis=1)
                 if not rows.all():
-                    raise TrtoptError(f"input {name!r} contains NaN or inf (sample {first_sample + int(np.argmin(rows))}) "
-                                      f"in {source}", "clean or drop those samples")
+                    sample = first_sample + int(np.argmin(rows))
+                    raise TrtoptError(f"input {name!r} contains NaN or inf (sample {sample}) in {source}",
+                                      "clean or drop those samples")
     return CheckedFeed(out, inputs, samples)
 
 

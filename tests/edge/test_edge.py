@@ -115,7 +115,8 @@ def test_fp32_matches_pytorch_and_benches_interleaved(tmp_path, suffix):
     result = bench([torch_candidate(loaded, threads=1), cand], feed, [2],
                    TimingConfig(warmup_iterations=1, iterations=3, min_iterations=3))
     assert result["candidates"][1]["backend"] == art.backend
-    with pytest.raises(TrtoptError, match=r"'input' has shape \(4, 3, 32, 32\), m\.\w+ expects \(2, 3, 32, 32\)") as err:
+    shape_error = r"'input' has shape \(4, 3, 32, 32\), m\.\w+ expects \(2, 3, 32, 32\)"
+    with pytest.raises(TrtoptError, match=shape_error) as err:
         cand.runner.check_feed({"input": feed["input"][:4]})
     assert "batches of exactly 2" in str(err.value) and "batch_size=2" in str(err.value)
     with cand.runner as runner:  # the sidecar's inputs, batch fixed; closed on exit

@@ -131,7 +131,8 @@ class OrtRunner(Runner):
         self.path = path
         self.model_name = path.name
         self.config = config
-        self.inputs = tuple(InputSpec.from_dims(i.name, i.shape, _input_dtype(i.type)) for i in self.session.get_inputs())
+        self.inputs = tuple(InputSpec.from_dims(i.name, i.shape, _input_dtype(i.type))
+                            for i in self.session.get_inputs())
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def _infer(self, feed: CheckedFeed) -> dict[str, np.ndarray]:

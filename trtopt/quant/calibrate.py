@@ -224,7 +224,8 @@ class _Fingerprint:
                    "sha256": self.hashers[s.name].hexdigest()} for s in self.inputs]
         return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
-def _batches(data: Any, inputs: Sequence[InputSpec], model: str, config: CalibrationConfig) -> tuple[Iterator[Feed], int]:
+def _batches(data: Any, inputs: Sequence[InputSpec], model: str,
+             config: CalibrationConfig) -> tuple[Iterator[Feed], int]:
     """Split ``data`` into feeds of at most ``batch_size`` samples; returns (batches, total or -1)."""
     if isinstance(data, (str, bytes, os.PathLike)):
         raise TrtoptError(f"calibration data {data!r} is a path, calibrate takes arrays",

@@ -61,7 +61,8 @@ class TensorRTRunner(Runner):
             name = self.engine.get_tensor_name(i)
             self.dtypes[name] = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
             if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                inputs.append(InputSpec.from_dims(name, tuple(self.engine.get_tensor_shape(name)), self.dtypes[name].name))
+                shape = tuple(self.engine.get_tensor_shape(name))  # -1 where the dim is dynamic
+                inputs.append(InputSpec.from_dims(name, shape, self.dtypes[name].name))
             else:
                 self.outputs.append(name)
         self.inputs = tuple(inputs)
