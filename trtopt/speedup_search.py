@@ -196,9 +196,9 @@ def search_speedup(loaded: Any, compression: PruneConfig | LowRankConfig,
     def distance(step: SpeedupStep) -> float:
         return abs(math.log(step.speedup / config.target_speedup))
 
-    with tempfile.TemporaryDirectory(prefix="trtopt-speedup-") as work:
-        baseline = onnx_candidate(export_onnx(loaded, Path(work) / "baseline.onnx", export_config, feed=feed),
-                                  name="baseline", threads=config.threads)
+    with tempfile.TemporaryDirectory(prefix="trtopt-speedup-") as work, \
+            onnx_candidate(export_onnx(loaded, Path(work) / "baseline.onnx", export_config, feed=feed),
+                           name="baseline", threads=config.threads) as baseline:
 
         def measure(strength: float) -> float:
             nonlocal closest
@@ -206,12 +206,9 @@ def search_speedup(loaded: Any, compression: PruneConfig | LowRankConfig,
             module, record = method.apply(strength)
             variant = dataclasses.replace(loaded, module=module)
             path = Path(work) / f"candidate_{len(steps)}.onnx"
-            candidate = onnx_candidate(export_onnx(variant, path, export_config, feed=feed), name="candidate",
-                                       threads=config.threads)
-            try:
+            with onnx_candidate(export_onnx(variant, path, export_config, feed=feed), name="candidate",
+                                threads=config.threads) as candidate:
                 samples = time_interleaved({"baseline": baseline.runner, "candidate": candidate.runner}, batch, timing)
-            finally:
-                candidate.runner.close()
             speed = speedup_interval(samples["baseline"], samples["candidate"], timing)
             step = SpeedupStep(strength, speed["speedup"], speed["speedup_ci_low"], speed["speedup_ci_high"],
                                float(np.median(samples["candidate"])), float(np.median(samples["baseline"])),
@@ -223,10 +220,7 @@ def search_speedup(loaded: Any, compression: PruneConfig | LowRankConfig,
                 on_step(step)
             return step.speedup
 
-        try:
-            _step_up_then_bisect(measure, config, low, high)
-        finally:
-            baseline.runner.close()
+        _step_up_then_bisect(measure, config, low, high)
     chosen = min(range(len(steps)), key=lambda i: distance(steps[i]))
     module, record = closest
     return SpeedupSearchResult(low <= steps[chosen].speedup <= high, chosen, steps, module, record, method.knob, config)

@@ -161,11 +161,11 @@ def _npz(path: str, inputs) -> tuple[Any, Any]:
 
 def _model_inputs(feed: dict[str, Any], inputs, where: str) -> Any:
     """A checked feed as the model's positional inputs: one array, or a tuple in ``forward`` order."""
-    from trtopt.data import check_feed
+    from trtopt.feeds import check_feed
 
     if len(inputs) == 1 and len(feed) == 1:
         feed = {inputs[0].name: next(iter(feed.values()))}
-    checked = check_feed(feed, inputs, where)
+    checked = check_feed(feed, inputs, source=where)
     arrays = tuple(checked[s.name] for s in inputs)
     return arrays[0] if len(arrays) == 1 else arrays
 

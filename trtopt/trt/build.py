@@ -67,7 +67,8 @@ def build_engine(plan: Any, output: str | os.PathLike, force: bool = False, cali
     """
     from trtopt.trt.cuda import open_cuda
     from trtopt.files import ensure_writable
-    from trtopt.trt.calibrator import CalibrationBatches, CalibrationInput
+    from trtopt.models.spec import InputSpec
+    from trtopt.trt.calibrator import CalibrationBatches
     from trtopt.trt.engine import engine_cache_key
     from trtopt.trt.build import format_parser_errors
 
@@ -136,8 +137,8 @@ def build_engine(plan: Any, output: str | os.PathLike, force: bool = False, cali
         if plan.trt_major >= 11:  # make_plan refuses this; kept so no 11.x run can reach a removed API
             raise TrtoptError("implicit INT8 on TensorRT 11", "use a Q/DQ ONNX")
         ops = open_cuda(cuda_library)
-        inputs = [CalibrationInput(network.get_input(i).name, _sample_shape(plan, network.get_input(i)),
-                                   np.dtype(trt.nptype(network.get_input(i).dtype)).name)
+        inputs = [InputSpec(network.get_input(i).name, _sample_shape(plan, network.get_input(i)),
+                            np.dtype(trt.nptype(network.get_input(i).dtype)).name)
                   for i in range(network.num_inputs)]
         if plan.int8_source == "calibrator":
             if calibration_data is None:
