@@ -35,7 +35,7 @@ from trtopt.environment import environment
 from trtopt.export import export_onnx
 from trtopt.files import write_json
 from trtopt.compress.config import LowRankConfig
-from trtopt.compress.lowrank import factorize
+from trtopt.compress.lowrank import factorize_
 from trtopt.models.spec import LoadedModel
 from trtopt.models.load import load_model
 from trtopt.measure.profile import TimingConfig
@@ -83,7 +83,7 @@ def digits(tmp: Path, energies: tuple[float, ...], epochs: int) -> dict[str, Any
     result: dict[str, Any] = {"model": "zoo:digits_cnn", "dataset": "sklearn digits test split (359 images)",
                               "top1_accuracy_fp32": acc(teacher), "levels": {}}
     for energy in energies:
-        student, report = factorize(copy.deepcopy(teacher).requires_grad_(True), LowRankConfig(energy=energy), example_inputs=x_test[:1])
+        student, report = factorize_(copy.deepcopy(teacher).requires_grad_(True), LowRankConfig(energy=energy), example_inputs=x_test[:1])
         row = {"report": summary(report), "top1_accuracy_factorized": acc(student)}
         fit = distill(student, teacher, (torch.from_numpy(train.inputs["input"]), torch.from_numpy(train.labels)),
                       digits_distill_config(epochs))
@@ -112,7 +112,7 @@ def minilm(tmp: Path, energies: tuple[float, ...], steps: int, lr: float) -> dic
     result: dict[str, Any] = {"model": "zoo:minilm_l6", "layers": "every nn.Linear of the encoder",
                               "evaluation": f"{data['card_sentences']} model-card sentences (held out)", "levels": {}}
     for energy in energies:
-        student, report = factorize(copy.deepcopy(teacher).requires_grad_(True), LowRankConfig(energy=energy),
+        student, report = factorize_(copy.deepcopy(teacher).requires_grad_(True), LowRankConfig(energy=energy),
                                     example_inputs={k: v[:1] for k, v in data["card"].items()})
         row = {"report": summary(report), "cosine_vs_fp32_factorized": minilm_cosine(student, ref, data["card"])}
         fit = distill(student, teacher, (data["train"], None), minilm_distill_config(steps, lr), eval_data=(data["val"], None))

@@ -1,6 +1,6 @@
 """Latency-target pruning (measured speedup on ONNX Runtime CPU) and the 2:4 checker on a real trained CNN.
 
-1. ``prune_to_speedup``: ResNet-50 (torchvision, random init) is pruned structurally at increasing channel
+1. ``search_speedup`` with structured pruning: ResNet-50 (torchvision, random init) is pruned structurally at increasing channel
    ratios until its ONNX, timed interleaved against the unpruned ONNX (FP32, batch 1, 2 threads), is the
    requested 1.5× faster within 10 %; every step (ratio, MACs, measured speedup with interval) is kept.
 2. 2:4: zoo:digits_cnn (trained on scikit-learn digits) gets the 2:4 pattern; the exported ONNX passes
@@ -27,7 +27,7 @@ from trtopt.export import export_onnx
 from trtopt.files import write_json
 from trtopt.models.load import load_model
 from trtopt.compress.config import PruneConfig
-from trtopt.speedup_search import SpeedupTargetConfig, prune_to_speedup
+from trtopt.speedup_search import SpeedupSearchConfig, search_speedup
 from trtopt.trt.sparsity import check_2to4
 from trtopt.compress.prune import prune_loaded
 
@@ -65,20 +65,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "prune_target_cpu.json")
     args = parser.parse_args()
     started = time.perf_counter()
-    target = SpeedupTargetConfig(target_speedup=args.target, tolerance=0.1, batch_size=1, threads=args.threads,
+    target = SpeedupSearchConfig(target_speedup=args.target, tolerance=0.1, batch_size=1, threads=args.threads,
                                  iterations=args.iterations)
-    search = prune_to_speedup(load_model(args.model), PruneConfig("structured"), target, on_step=lambda r: print(
-        f"ratio {r['ratio']:.3f}: MACs ÷{r['macs_reduction']:.2f} → speedup {r['speedup']:.2f}× "
-        f"[{r['speedup_ci_low']:.2f}, {r['speedup_ci_high']:.2f}]", flush=True))
-    chosen = next(s for s in search.steps if s["chosen"])
+    search = search_speedup(load_model(args.model), PruneConfig("structured"), target, on_step=lambda s: print(
+        f"ratio {s.compression['ratio']:.3f}: MACs ÷{s.compression['macs_reduction']:.2f} → speedup {s.speedup:.2f}× "
+        f"[{s.speedup_ci_low:.2f}, {s.speedup_ci_high:.2f}]", flush=True))
+    chosen = search.chosen_step.to_dict()
     print(f"target {args.target}× ± 10 %: {'reached' if search.reached else 'NOT reached'} at ratio {chosen['ratio']} "
           f"({chosen['speedup']:.2f}×)")
     sparse = two_four()
     print(f"2:4 digits: checker sparse ok={sparse['checker_sparse_onnx']['ok']}, dense ok={sparse['checker_dense_onnx']['ok']}; "
           f"accuracy {sparse['test_accuracy_dense']:.4f} → {sparse['test_accuracy_2to4_no_finetune']:.4f}")
-    search_dict = search.to_dict()
-    search_dict.pop("result")  # the steps carry what matters; the chosen layer table is long
-    write_json(args.out, {"latency_target": {"model": args.model, "weights": "random init", **search_dict,
+    # the steps carry what matters; the chosen step's layer table (search.result) is long and left out
+    write_json(args.out, {"latency_target": {"model": args.model, "weights": "random init", **search.to_dict(),
                                              "chosen_step": chosen},
                           "two_four": sparse, "threads": args.threads, "environment": environment(),
                           "wall_seconds": time.perf_counter() - started}, force=True)

@@ -30,7 +30,7 @@ from compress_common import THREADS, digits_distill_config, minilm_cosine, minil
 from trtopt.environment import environment
 from trtopt.files import write_json
 from trtopt.compress.config import ShareConfig
-from trtopt.compress.share import cluster_weights, finetune_shared, kmeans_1d, load_shared, save_shared
+from trtopt.compress.share import cluster_weights_, finetune_shared, kmeans_1d, load_shared, save_shared
 from trtopt.models.zoo import load
 
 OUT = Path(__file__).resolve().parent / "results" / "share.json"
@@ -61,7 +61,7 @@ def digits(tmp: Path, epochs: int) -> dict[str, Any]:
     for name, config in {"4bit_layer": ShareConfig(bits=4),
                          "4bit_layer_int8grid": ShareConfig(bits=4, int8_grid=True)}.items():
         student = copy.deepcopy(teacher).requires_grad_(True)  # zoo models load frozen
-        student, report = cluster_weights(student, config)
+        student, report = cluster_weights_(student, config)
         row: dict[str, Any] = {"report": report.to_dict(), "top1_accuracy_clustered": accuracy(student, x_test, test.labels)}
         row["file_before_finetune"] = exact_round_trip(student, load("digits_cnn").module, tmp / f"{name}.npz")
         fit = finetune_shared(student, teacher, (torch.from_numpy(train.inputs["input"]), torch.from_numpy(train.labels)),
@@ -84,8 +84,8 @@ def minilm(tmp: Path, steps: int, lr: float) -> dict[str, Any]:
     # indices of a 384-wide row). Clustering per layer everywhere gives 8.7× but cosine 0.954 / 0.966.
     embeddings = tuple(n for n, m in teacher.named_modules() if type(m).__name__ == "Embedding")
     student = copy.deepcopy(teacher).requires_grad_(True)  # zoo models load frozen
-    student, linear_report = cluster_weights(student, ShareConfig(bits=4, granularity="channel", exclude=embeddings))
-    student, report = cluster_weights(student, ShareConfig(bits=4, layers=embeddings))
+    student, linear_report = cluster_weights_(student, ShareConfig(bits=4, granularity="channel", exclude=embeddings))
+    student, report = cluster_weights_(student, ShareConfig(bits=4, layers=embeddings))
     result: dict[str, Any] = {"model": "zoo:minilm_l6", "evaluation": f"{data['card_sentences']} model-card sentences (held out)",
                               "clustering": "4 bits: Linear weights per output channel, embeddings per tensor",
                               "report_linear": linear_report.to_dict(), "report_embeddings": report.to_dict(),

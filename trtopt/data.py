@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from trtopt.errors import TrtoptError, missing_dependency
+from trtopt.feeds import CheckedFeed, Feed, as_feed, check_feed
 from trtopt.models.spec import ImagePreprocess, InputSpec
 
-Feed = dict[str, np.ndarray]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
                   "colorwheel", "logo", "camera", "coins", "moon", "page", "brick", "grass", "gravel", "clock",
@@ -36,10 +36,16 @@ SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field
 
 
 def random_feed(inputs: Sequence[InputSpec], count: int, seed: int = 0) -> Feed:
-    """``count`` seeded random samples per input: uniform in [low, high) (integers for int dtypes)."""
+    """``count`` seeded random samples per input: uniform in [low, high) (integers for int dtypes).
+
+    Raises TrtoptError for an input with a symbolic axis (its length is not known).
+    """
     rng = np.random.default_rng(seed)
     feed: Feed = {}
     for spec in inputs:
+        if not all(isinstance(d, int) for d in spec.shape):
+            raise TrtoptError(f"input {spec.name!r} has symbolic axes {spec.dims}, so random data has no shape",
+                              f"give its shape: --input-shape {spec.name}:DIMS (without the batch axis)")
         shape = (count, *spec.shape)
         if np.issubdtype(np.dtype(spec.dtype), np.integer):
             feed[spec.name] = rng.integers(int(spec.low), int(spec.high), size=shape, dtype=spec.dtype)
@@ -49,7 +55,7 @@ def random_feed(inputs: Sequence[InputSpec], count: int, seed: int = 0) -> Feed:
 
 
 def load_feed(source: str | os.PathLike | Iterable | None, inputs: Sequence[InputSpec], count: int | None = None,
-              seed: int = 0, preprocess: ImagePreprocess | None = None) -> Feed:
+              seed: int = 0, preprocess: ImagePreprocess | None = None) -> CheckedFeed:
     """Load inputs from ``source`` (see module docstring) and check them against ``inputs``.
 
     Args:
@@ -58,9 +64,17 @@ def load_feed(source: str | os.PathLike | Iterable | None, inputs: Sequence[Inpu
         count: number of samples; random data needs it (default 8), real data is truncated to it.
         seed: seed for random data.
         preprocess: image preprocessing for image folders / photos (default: 224 px ImageNet).
+
+    Returns:
+        The feed checked by `trtopt.feeds.check_feed` (read-only, cast to the inputs' dtypes).
+
+    Raises:
+        TrtoptError: an unreadable source; arrays missing, unexpected, of the wrong shape or dtype family,
+        with different sample counts, without samples, or holding NaN/inf (each naming the input).
     """
     if source is None or (isinstance(source, str) and source == "random"):
-        return random_feed(inputs, count or 8, seed)
+        feed = random_feed(inputs, count or 8, seed)
+        return check_feed(feed, inputs, source="random inputs")
     if isinstance(source, (str, os.PathLike)):
         feed = _load_path(str(source), inputs, preprocess or ImagePreprocess())
     elif isinstance(source, Mapping):
@@ -71,7 +85,7 @@ def load_feed(source: str | os.PathLike | Iterable | None, inputs: Sequence[Inpu
         feed = from_iterable(source, inputs)
     if count is not None:
         feed = {k: v[:count] for k, v in feed.items()}
-    return check_feed(feed, inputs, str(source) if isinstance(source, (str, os.PathLike)) else "iterable")
+    return check_feed(feed, inputs, source=str(source) if isinstance(source, (str, os.PathLike)) else "iterable")
 
 
 def labels_for(source: str | os.PathLike | None) -> np.ndarray | None:
@@ -153,51 +167,12 @@ def _np_read(path: Path, read: Callable[[Path], Any]) -> Any:
                           "re-save it with numpy.save/savez") from e
 
 
-def check_feed(feed: Mapping[str, np.ndarray], inputs: Sequence[InputSpec], where: str = "inputs") -> Feed:
-    """Validate a feed against the model inputs and cast to their dtypes.
-
-    Raises TrtoptError naming the input for: a missing or unexpected name, a wrong per-sample shape,
-    no samples, or NaN/inf values.
-    """
-    names = [s.name for s in inputs]
-    missing = [n for n in names if n not in feed]
-    if missing:
-        raise TrtoptError(f"{where} lack input {missing[0]!r} (have {', '.join(feed) or 'none'})",
-                          f"provide arrays named {', '.join(names)}")
-    extra = [k for k in feed if k not in names]
-    if extra:
-        raise TrtoptError(f"{where} have unexpected input {extra[0]!r}", f"the model's inputs are {', '.join(names)}")
-    out: Feed = {}
-    counts = set()
-    for spec in inputs:
-        arr = np.asarray(feed[spec.name])
-        if arr.ndim != len(spec.shape) + 1 or tuple(arr.shape[1:]) != tuple(spec.shape):
-            raise TrtoptError(
-                f"input {spec.name!r} has shape {tuple(arr.shape)}, expected (N, {', '.join(map(str, spec.shape))})",
-                "pass data of the model's input shape, or set --input-shape to the shape the data has",
-            )
-        if arr.dtype.kind not in "biuf":
-            raise TrtoptError(f"input {spec.name!r} from {where} has dtype {arr.dtype}, the model expects {spec.dtype}",
-                              f"provide numeric ({spec.dtype}) arrays")
-        if arr.shape[0] == 0:
-            raise TrtoptError(f"{where} hold no samples for input {spec.name!r}", "provide at least one sample")
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise TrtoptError(f"input {spec.name!r} from {where} contains NaN or inf", "clean the data")
-        counts.add(arr.shape[0])
-        out[spec.name] = arr.astype(spec.dtype, copy=False)
-    if len(counts) > 1:
-        raise TrtoptError(f"{where} have different sample counts per input {sorted(counts)}", "give every input N samples")
-    return out
-
-
 def from_iterable(items: Iterable, inputs: Sequence[InputSpec]) -> Feed:
     """Concatenate an iterable of feeds (dicts) or of arrays (single-input models) into one feed."""
     parts: dict[str, list[np.ndarray]] = {}
-    for item in items:
-        batch = item if isinstance(item, Mapping) else {inputs[0].name: item}
-        for k, v in batch.items():
-            v = np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
-            parts.setdefault(k, []).append(v)
+    for k, item in enumerate(items):
+        for name, value in as_feed(item, inputs, f"iterable item {k}").items():
+            parts.setdefault(name, []).append(value)
     if not parts:
         raise TrtoptError("the data iterable yielded nothing", "provide at least one batch")
     return {k: np.concatenate(v, axis=0) for k, v in parts.items()}

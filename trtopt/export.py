@@ -21,8 +21,9 @@ from trtopt.measure.compare import Tolerances, compare_outputs, failed_outputs_m
 from trtopt._config import MAX_BATCH_SIZE, check_choice, check_int, check_ints, field_error
 from trtopt.backends.ort import OrtConfig
 from dataclasses import dataclass, field
-from trtopt.data import Feed, check_feed, random_feed, take_batch
+from trtopt.data import random_feed, take_batch
 from trtopt.errors import TrtoptError
+from trtopt.feeds import Feed, check_feed
 from trtopt.files import ensure_writable, staging_dir
 from trtopt.models.spec import LoadedModel, parameter_bytes
 
@@ -108,7 +109,7 @@ def export_onnx(loaded: LoadedModel, path: str | os.PathLike, config: ExportConf
     if feed is None:
         feed = random_feed(loaded.inputs, max(8, config.example_batch_size), seed=0)
     else:  # a feed that does not fit would otherwise surface as an exporter failure (KeyError, shape error)
-        feed = check_feed(feed, loaded.inputs, "export inputs")
+        feed = check_feed(feed, loaded.inputs, source="export inputs")
     notes: list[str] = []
     with staging_dir(target) as stage:
         staged = stage / target.name
@@ -283,16 +284,14 @@ def check_parity(loaded: LoadedModel, onnx_path: str | os.PathLike, feed: Feed,
     from trtopt.backends.ort import OrtRunner
     from trtopt.backends.torch import TorchRunner
 
-    torch_runner = TorchRunner(loaded)
-    ort_runner = OrtRunner(Path(onnx_path), OrtConfig())
     batch_sizes = config.parity_batch_sizes if config.dynamic_batch else (config.example_batch_size,)
     results: dict[str, Any] = {}
-    try:
+    with TorchRunner(loaded) as torch_runner, OrtRunner(Path(onnx_path), OrtConfig()) as ort_runner:
         for batch_size in batch_sizes:
             batch = take_batch(feed, batch_size)
             reference = torch_runner.infer(batch)
             _require_finite(reference, f"{loaded.spec} (PyTorch)", batch_size)
-            candidate = ort_runner.infer(ort_runner.check_feed(batch))
+            candidate = ort_runner.infer(batch)
             _require_finite(candidate, f"the exported ONNX model of {loaded.spec}", batch_size)
             result = compare_outputs(reference, candidate, config.parity)
             results[f"batch_{batch_size}"] = result
@@ -300,8 +299,6 @@ def check_parity(loaded: LoadedModel, onnx_path: str | os.PathLike, feed: Feed,
                 raise TrtoptError(f"ONNX export of {loaded.spec} differs from PyTorch at batch {batch_size}: "
                                   f"{failed_outputs_message(result)}",
                                   "loosen export.parity tolerances if this is expected, else report the failing op")
-    finally:
-        ort_runner.close()
     return results
 
 

@@ -29,6 +29,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -345,11 +346,11 @@ def _apply_prune(run: _Run, source: Any, config: Any) -> tuple[Any, dict[str, An
 def _apply_factorize(run: _Run, source: Any, config: Any) -> tuple[Any, dict[str, Any], list[Path]]:
     import copy
 
-    from trtopt.compress.lowrank import factorize
+    from trtopt.compress.lowrank import factorize_
     from trtopt.compress.prune import example_inputs_for
 
     run.step(f"factorizing ({config.method})")
-    module, report = factorize(copy.deepcopy(source.module), config, example_inputs_for(source))  # in place: a copy
+    module, report = factorize_(copy.deepcopy(source.module), config, example_inputs_for(source))  # in place: a copy
     return replace(source, module=module, description=f"{source.description}, factorized"), report.to_dict(), []
 
 
@@ -357,10 +358,10 @@ def _apply_cluster(run: _Run, source: Any, config: Any) -> tuple[Any, dict[str, 
     """k-means weight sharing; also writes the compact file (codebooks + packed indices)."""
     import copy
 
-    from trtopt.compress.share import cluster_weights, save_shared
+    from trtopt.compress.share import cluster_weights_, save_shared
 
     run.step(f"clustering weights ({config.bits} bits, per {config.granularity})")
-    module, report = cluster_weights(copy.deepcopy(source.module), config)
+    module, report = cluster_weights_(copy.deepcopy(source.module), config)
     info = save_shared(module, run.out / "model.shared.npz", force=True)
     return (replace(source, module=module, description=f"{source.description}, {config.bits}-bit shared weights"),
             {**report.to_dict(), "storage": info.to_dict()}, [Path(info.path)])
@@ -552,16 +553,17 @@ def _profile(run: _Run, onnx: Mapping[str, Any], quantized: Mapping[str, Any] | 
                 "compressed": run.digest(compressed) if compressed else None}
 
     def go() -> tuple[list[Path], Any]:
-        candidates = [torch_candidate(run.loaded, threads=r.threads)]
-        if compressed:
-            candidates.append(torch_candidate(run.compressed(compressed), "pytorch-compressed", threads=r.threads))
-        candidates += [onnx_candidate(p, n, ort) for n, p in timed]
-        run.step(f"timing {', '.join(c.name for c in candidates)} interleaved at batch "
-                 f"{', '.join(map(str, r.batch_sizes))}")
-        also = ("onnxruntime-fp32",) if len(candidates) > 2 else ()
-        result = bench(candidates, run.feed(r.data), r.batch_sizes, r.timing, on_progress=run.progress, also_versus=also)
-        for c in candidates:
-            c.runner.close()
+        with ExitStack() as opened:  # every runner opened is closed, also when a later one fails to open
+            candidates = [opened.enter_context(torch_candidate(run.loaded, threads=r.threads))]
+            if compressed:
+                candidates.append(opened.enter_context(
+                    torch_candidate(run.compressed(compressed), "pytorch-compressed", threads=r.threads)))
+            candidates += [opened.enter_context(onnx_candidate(p, n, ort)) for n, p in timed]
+            run.step(f"timing {', '.join(c.name for c in candidates)} interleaved at batch "
+                     f"{', '.join(map(str, r.batch_sizes))}")
+            also = ("onnxruntime-fp32",) if len(candidates) > 2 else ()
+            result = bench(candidates, run.feed(r.data), r.batch_sizes, r.timing, on_progress=run.progress,
+                           also_versus=also)
         return [write_json(run.out / "timing.json", result, force=True)], None
 
     return run.stage("profile", material, go)
@@ -593,15 +595,15 @@ def _measure_accuracy(run: _Run, variants: list[tuple[str, str]], int8: Mapping[
     r = run.recipe
     feed = run.feed(r.data)
     run.step(f"comparing outputs on all {len(next(iter(feed.values())))} inputs")
-    reference_candidate = torch_candidate(run.loaded, threads=r.threads)
-    reference = run_all(reference_candidate, feed)
+    with torch_candidate(run.loaded, threads=r.threads) as reference_candidate:
+        reference = run_all(reference_candidate, feed)
     outputs = {}
     if compressed is not None:
-        outputs["pytorch-compressed"] = run_all(torch_candidate(compressed, "pytorch-compressed", threads=r.threads), feed)
+        with torch_candidate(compressed, "pytorch-compressed", threads=r.threads) as candidate:
+            outputs["pytorch-compressed"] = run_all(candidate, feed)
     for name, path in variants:
-        candidate = onnx_candidate(path, name, threads=r.threads)
-        outputs[name] = run_all(candidate, feed)
-        candidate.runner.close()
+        with onnx_candidate(path, name, threads=r.threads) as candidate:
+            outputs[name] = run_all(candidate, feed)
     first = run.loaded.output_names[0]
     result: dict[str, Any] = {"reference": reference_candidate.name,
                               "variants": {n: compare_outputs(reference, o, r.compare) for n, o in outputs.items()}}

@@ -1,51 +1,66 @@
-"""Compress until *measured* faster: the speedup search shared by pruning and low-rank factorization.
+"""Compress until *measured* faster: one speedup search for structured pruning and low-rank factorization.
 
-Each candidate is exported to ONNX and timed in ONNX Runtime interleaved with the uncompressed model's ONNX
-(same inputs, same threads), so the speedup is measured, not estimated from MACs. This module composes
-stages (compress → export → measure), so it sits above them, beside the pipeline.
+A compression is searched over its *strength* s in (0, 1), where a stronger setting removes more:
+
+- structured pruning (`PruneConfig`, method "structured"): s = the channel ratio removed;
+- low-rank factorization (`LowRankConfig`, method "energy"): s = 1 − the kept energy.
+
+Each candidate compresses a copy of the model at one strength, is exported to ONNX (in a temporary
+folder) and timed in ONNX Runtime interleaved with the uncompressed model's ONNX (same inputs, same
+threads, `trtopt.measure.profile.time_interleaved`); its speedup is the ratio of median latencies with a
+paired-bootstrap interval (`trtopt.measure.profile.speedup_interval`), so the speedup is measured, not
+estimated from MACs or parameters.
+
+The search steps up, s = step, 2·step, ... ≤ ``max_strength``, until a measured speedup reaches
+target × (1 − tolerance). If that step overshoots target × (1 + tolerance), the strength is bisected
+between it and the step before (``bisect_steps`` times) and stops at the first speedup inside the window.
+
+A missed target is not an error: the result holds every step and the one closest to the target
+(smallest |log(speedup / target)|) with ``reached=False``; the caller decides. The CLI (``trtopt prune``
+and ``trtopt factorize`` with ``--target-speedup``) writes that closest model anyway, prints one warning
+line naming the best measured speedup and exits with status 1.
+
+This module composes stages (compress → export → measure), so it sits above them, beside the pipeline.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from trtopt._config import check_number
+from trtopt._config import check_int, check_number
 from trtopt.compress.config import LowRankConfig, PruneConfig
-
-if TYPE_CHECKING:
-    from trtopt.compress.prune import PruneResult
 from trtopt.errors import TrtoptError
 from trtopt.files import temp_dir
 
 
 @dataclass(frozen=True)
-class SpeedupTargetConfig:
-    """How :func:`prune_to_speedup` searches.
+class SpeedupSearchConfig:
+    """What :func:`search_speedup` looks for, and how it times.
 
     Attributes:
-        target_speedup: requested speedup of the pruned ONNX over the unpruned ONNX (×, > 1).
-        tolerance: accept a measured speedup within target × (1 ± tolerance).
+        target_speedup: requested speedup of the compressed ONNX over the uncompressed ONNX (×, > 1).
+        tolerance: accept a measured speedup within target × (1 ± tolerance), in (0, 1).
         batch_size: batch timed.
-        threads: ONNX Runtime intra-op threads for both models.
-        ratio_step: channel ratio increment per step (first step = ratio_step).
-        max_ratio: the largest channel ratio tried.
-        bisect_steps: after overshooting, this many bisection steps between the last two ratios.
-        warmup_iterations / iterations: timing per step (interleaved, both models).
+        threads: ONNX Runtime intra-op threads for both models (None: ONNX Runtime's default).
+        strength_step: strength increment per step (the first step is ``strength_step``), in (0, 1).
+        max_strength: the strongest setting tried, in (0, 1).
+        bisect_steps: after overshooting, this many bisection steps between the last two strengths.
+        warmup_iterations / iterations: untimed and timed calls per model and step (interleaved).
     """
 
     target_speedup: float = 1.5
     tolerance: float = 0.1
     batch_size: int = 1
     threads: int | None = 2
-    ratio_step: float = 0.1
-    max_ratio: float = 0.9
+    strength_step: float = 0.1
+    max_strength: float = 0.9
     bisect_steps: int = 3
     warmup_iterations: int = 5
     iterations: int = 40
@@ -53,191 +68,229 @@ class SpeedupTargetConfig:
     def __post_init__(self) -> None:
         check_number("target_speedup", self.target_speedup, 1, low_open=True, fix="ask for e.g. 1.5 (× faster)")
         check_number("tolerance", self.tolerance, 0, 1, low_open=True, high_open=True, fix="use e.g. 0.1 (within 10 %)")
-        check_number("ratio_step", self.ratio_step, 0, 1, low_open=True, high_open=True, fix="use e.g. 0.1")
-        check_number("max_ratio", self.max_ratio, 0, 1, low_open=True, high_open=True, fix="use e.g. 0.9")
+        check_number("strength_step", self.strength_step, 0, 1, low_open=True, high_open=True, fix="use e.g. 0.1")
+        check_number("max_strength", self.max_strength, 0, 1, low_open=True, high_open=True, fix="use e.g. 0.9")
+        check_int("batch_size", self.batch_size, fix="use e.g. 1")
 
-@dataclass
-class SpeedupSearch:
-    """Result of :func:`prune_to_speedup`.
+    @property
+    def window(self) -> tuple[float, float]:
+        """(lowest, highest) accepted speedup: target × (1 ∓ tolerance)."""
+        return self.target_speedup * (1 - self.tolerance), self.target_speedup * (1 + self.tolerance)
+
+@dataclass(frozen=True)
+class SpeedupStep:
+    """One candidate of the search, measured.
 
     Attributes:
-        reached: the chosen step's measured speedup is within the tolerance of the target.
-        result: the chosen :class:`PruneResult` (closest to the target among the steps).
-        steps: every step: ratio, MACs, parameters, measured speedup with its interval, latencies (ms).
-        target: the search settings.
+        strength: the compression strength tried (pruning: channel ratio; low-rank: 1 − kept energy).
+        speedup: median latency of the uncompressed ONNX / median latency of this candidate's (×).
+        speedup_ci_low / speedup_ci_high: the paired-bootstrap interval of that ratio.
+        latency_ms_p50 / baseline_latency_ms_p50: the two medians, milliseconds.
+        compression: what the compression did at this strength. Pruning: ``ratio``, ``channel_ratio``,
+            ``macs`` (per sample), ``macs_reduction`` (×), ``parameters``, ``pruning_rate_percent``.
+            Low-rank: ``energy`` (kept), ``parameters``, ``parameter_reduction`` (fraction),
+            ``factorized_layers``.
+    """
+
+    strength: float
+    speedup: float
+    speedup_ci_low: float
+    speedup_ci_high: float
+    latency_ms_p50: float
+    baseline_latency_ms_p50: float
+    compression: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"strength": self.strength, **self.compression, "speedup": self.speedup,
+                "speedup_ci_low": self.speedup_ci_low, "speedup_ci_high": self.speedup_ci_high,
+                "latency_ms_p50": self.latency_ms_p50, "baseline_latency_ms_p50": self.baseline_latency_ms_p50}
+
+@dataclass
+class SpeedupSearchResult:
+    """What :func:`search_speedup` returns.
+
+    Attributes:
+        reached: the chosen step's measured speedup is inside target × (1 ± tolerance).
+        chosen: index in ``steps`` of the step closest to the target (the one kept).
+        steps: every step, in the order measured.
+        module: the chosen compressed ``nn.Module`` (a copy; the input model is never modified).
+        result: the chosen step's stage record: a `trtopt.compress.prune.PruneResult` or a
+            `trtopt.compress.lowrank.LowRankResult` (each has ``to_dict()``).
+        knob: the setting that ``strength`` maps to, a key of every step's ``compression``: "ratio"
+            (pruning) or "energy" (low-rank).
+        config: the search settings.
     """
 
     reached: bool
-    result: PruneResult
-    steps: list[dict[str, Any]]
-    target: SpeedupTargetConfig
+    chosen: int
+    steps: list[SpeedupStep]
+    module: Any
+    result: Any
+    knob: str
+    config: SpeedupSearchConfig
+
+    @property
+    def chosen_step(self) -> SpeedupStep:
+        return self.steps[self.chosen]
+
+    @property
+    def fastest_step(self) -> SpeedupStep:
+        """The step with the highest measured speedup (the chosen one unless the search overshot)."""
+        return max(self.steps, key=lambda s: s.speedup)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"reached": self.reached, "target": dataclasses.asdict(self.target), "steps": self.steps,
-                "chosen_ratio": self.result.config.ratio, "result": self.result.to_dict()}
+        """The search as JSON-ready data; the chosen stage record is ``result.to_dict()``, kept apart."""
+        return {"reached": self.reached, "config": dataclasses.asdict(self.config), "knob": self.knob,
+                "chosen": self.chosen, "chosen_strength": self.chosen_step.strength,
+                "steps": [dict(s.to_dict(), chosen=i == self.chosen) for i, s in enumerate(self.steps)]}
 
-def prune_to_speedup(loaded: Any, config: PruneConfig, target: SpeedupTargetConfig,
-                     on_step: Callable[[dict[str, Any]], None] | None = None) -> SpeedupSearch:
-    """Prune ``loaded`` structurally at increasing ratios until its ONNX reaches ``target.target_speedup``.
+@dataclass(frozen=True)
+class _Compression:
+    """One compression seen by the search: a strength → (compressed copy, stage record), and its summary."""
 
-    Each step prunes the original model at one channel ratio (``config`` with ``ratio`` replaced),
-    exports it to ONNX (in a temporary folder), and times it interleaved against the unpruned model's
-    ONNX on ONNX Runtime CPU (same inputs, same threads, `trtopt.measure.profile.time_interleaved`), reporting
-    the median speedup with its bootstrap interval. Ratios go up by ``ratio_step`` until the speedup
-    reaches target × (1 − tolerance); if it overshoots target × (1 + tolerance), the ratio is bisected
-    between the last two steps.
+    knob: str
+    apply: Callable[[float], tuple[Any, Any]]
+    describe: Callable[[Any], dict[str, Any]]
+
+def search_speedup(loaded: Any, compression: PruneConfig | LowRankConfig,
+                   config: SpeedupSearchConfig = SpeedupSearchConfig(), feed: Mapping[str, np.ndarray] | None = None,
+                   on_step: Callable[[SpeedupStep], None] | None = None) -> SpeedupSearchResult:
+    """Compress ``loaded`` at increasing strengths until its ONNX is measured ``config.target_speedup`` × faster.
 
     Args:
-        loaded: a `trtopt.models.spec.LoadedModel`.
-        config: pruning settings (method must be "structured"; its ratio is ignored).
-        target: the requested speedup and search/timing settings.
-        on_step: called with each step's record as it completes (progress display).
+        loaded: a `trtopt.models.spec.LoadedModel` (not modified; every step compresses a copy).
+        compression: structured `PruneConfig` (its ``ratio`` is the strength searched) or energy
+            `LowRankConfig` (its ``energy`` is 1 − the strength searched); the other fields hold.
+        config: the target, search and timing settings.
+        feed: inputs (name → array, samples on axis 0) for tracing, export and timing; default: 8
+            seeded random samples of the model's input specs. The first 2 samples are the example inputs
+            of the compression, the first ``config.batch_size`` (repeated if fewer) the timed batch.
+        on_step: called with each step as it is measured (progress display).
 
     Returns:
-        A :class:`SpeedupSearch`: whether the target was reached, the chosen result and every step.
+        A :class:`SpeedupSearchResult`: every step, the one closest to the target and its model, and
+        whether the target was reached (a missed target is not an error; see the module docstring).
+
+    Raises:
+        TrtoptError: pruning other than "structured" or a low-rank rule other than "energy" (sparse
+            weights do not speed up dense kernels; the search sets the energy itself); errors of the
+            compression, export or timing.
     """
-    from trtopt.compress.prune import example_inputs_for, prune
-    from trtopt.measure.bench import onnx_candidate
-    from trtopt.export import ExportConfig
+    import torch
+
     from trtopt.data import random_feed, take_batch
-    from trtopt.export import export_onnx
+    from trtopt.export import ExportConfig, export_onnx
+    from trtopt.measure.bench import onnx_candidate
     from trtopt.measure.profile import TimingConfig, speedup_interval, time_interleaved
+
+    feed = feed if feed is not None else random_feed(loaded.inputs, max(8, config.batch_size), seed=0)
+    example = tuple(torch.from_numpy(np.ascontiguousarray(feed[s.name][:2])) for s in loaded.inputs)
+    method = _compression(loaded, compression, example)
+    batch = take_batch(feed, config.batch_size)
+    timing = TimingConfig(warmup_iterations=config.warmup_iterations, iterations=config.iterations)
+    export_config = ExportConfig(check_parity=False)  # speed only; the caller checks parity of what it keeps
+    low, high = config.window
+    steps: list[SpeedupStep] = []
+    closest: tuple[Any, Any] | None = None
+
+    def distance(step: SpeedupStep) -> float:
+        return abs(math.log(step.speedup / config.target_speedup))
+
+    with temp_dir("speedup") as work, \
+            onnx_candidate(export_onnx(loaded, Path(work) / "baseline.onnx", export_config, feed=feed),
+                           name="baseline", threads=config.threads) as baseline:
+
+        def measure(strength: float) -> float:
+            nonlocal closest
+            strength = round(strength, 4)
+            module, record = method.apply(strength)
+            variant = dataclasses.replace(loaded, module=module)
+            path = Path(work) / f"candidate_{len(steps)}.onnx"
+            with onnx_candidate(export_onnx(variant, path, export_config, feed=feed), name="candidate",
+                                threads=config.threads) as candidate:
+                samples = time_interleaved({"baseline": baseline.runner, "candidate": candidate.runner}, batch, timing)
+            speed = speedup_interval(samples["baseline"], samples["candidate"], timing)
+            step = SpeedupStep(strength, speed["speedup"], speed["speedup_ci_low"], speed["speedup_ci_high"],
+                               float(np.median(samples["candidate"])), float(np.median(samples["baseline"])),
+                               method.describe(record))
+            if not steps or distance(step) < min(distance(s) for s in steps):
+                closest = (module, record)  # keep one model in memory, not one per step
+            steps.append(step)
+            if on_step:
+                on_step(step)
+            return step.speedup
+
+        _step_up_then_bisect(measure, config, low, high)
+    chosen = min(range(len(steps)), key=lambda i: distance(steps[i]))
+    module, record = closest
+    return SpeedupSearchResult(low <= steps[chosen].speedup <= high, chosen, steps, module, record, method.knob, config)
+
+def _step_up_then_bisect(measure: Callable[[float], float], config: SpeedupSearchConfig, low: float, high: float) -> None:
+    """Measure strengths step, 2·step, ... until one reaches ``low``; bisect if it overshoots ``high``."""
+    below, k, overshoot = 0.0, 1, None
+    while k * config.strength_step <= config.max_strength + 1e-9:
+        strength = k * config.strength_step
+        speedup = measure(strength)
+        if low <= speedup <= high:
+            return
+        if speedup > high:
+            overshoot = strength
+            break
+        below, k = strength, k + 1
+    if overshoot is None:
+        return
+    lo, hi = below, overshoot
+    for _ in range(config.bisect_steps):
+        mid = (lo + hi) / 2
+        speedup = measure(mid)
+        if low <= speedup <= high:
+            return
+        lo, hi = (mid, hi) if speedup < low else (lo, mid)
+
+def _compression(loaded: Any, config: PruneConfig | LowRankConfig, example: tuple[Any, ...]) -> _Compression:
+    """The strength ↔ config mapping of each searchable compression."""
+    if isinstance(config, PruneConfig):
+        return _pruning(loaded, config, example)
+    if isinstance(config, LowRankConfig):
+        return _low_rank(loaded, config, example)
+    raise TrtoptError(f"a speedup target cannot search a {type(config).__name__}",
+                      "give a structured PruneConfig or an energy LowRankConfig")
+
+def _pruning(loaded: Any, config: PruneConfig, example: tuple[Any, ...]) -> _Compression:
+    from trtopt.compress.prune import prune
 
     if config.method != "structured":
         raise TrtoptError(f"a speedup target needs structured pruning, not {config.method!r}",
                           "use --method structured (sparse weights do not speed up dense ONNX Runtime kernels)")
-    example = example_inputs_for(loaded)
-    batch = take_batch(random_feed(loaded.inputs, max(8, target.batch_size), seed=0), target.batch_size)
-    timing = TimingConfig(warmup_iterations=target.warmup_iterations, iterations=target.iterations)
-    export_cfg = ExportConfig(check_parity=False)
-    low, high = target.target_speedup * (1 - target.tolerance), target.target_speedup * (1 + target.tolerance)
-    steps: list[dict[str, Any]] = []
-    results: list[PruneResult] = []
-    with temp_dir("prune") as work:
-        base = onnx_candidate(export_onnx(loaded, Path(work) / "baseline.onnx", export_cfg), name="baseline",
-                              threads=target.threads)
 
-        def measure(ratio: float) -> dict[str, Any]:
-            result = prune(loaded.module, example, dataclasses.replace(config, ratio=round(ratio, 4)))
-            path = Path(work) / f"pruned_{len(steps)}.onnx"
-            cand = onnx_candidate(export_onnx(dataclasses.replace(loaded, module=result.module), path, export_cfg),
-                                  name="pruned", threads=target.threads)
-            samples = time_interleaved({"baseline": base.runner, "pruned": cand.runner}, batch, timing)
-            speed = speedup_interval(samples["baseline"], samples["pruned"], timing)
-            record = {"ratio": round(ratio, 4), "channel_ratio": result.channel_ratio, "macs": result.macs_after,
-                      "macs_reduction": result.macs_reduction, "parameters": result.parameters_after,
-                      "pruning_rate_percent": result.pruning_rate_percent, "speedup": speed["speedup"],
-                      "speedup_ci_low": speed["speedup_ci_low"], "speedup_ci_high": speed["speedup_ci_high"],
-                      "latency_ms_p50": float(np.median(samples["pruned"])),
-                      "baseline_latency_ms_p50": float(np.median(samples["baseline"]))}
-            steps.append(record)
-            results.append(result)
-            if on_step:
-                on_step(record)
-            return record
+    def apply(strength: float) -> tuple[Any, Any]:
+        result = prune(loaded.module, example, dataclasses.replace(config, ratio=strength))
+        return result.module, result
 
-        below = 0.0
-        ratio = target.ratio_step
-        overshoot: float | None = None
-        while ratio <= target.max_ratio + 1e-9:
-            s = measure(ratio)["speedup"]
-            if low <= s <= high:
-                break
-            if s > high:
-                overshoot = ratio
-                break
-            below = ratio
-            ratio += target.ratio_step
-        if overshoot is not None:
-            lo, hi = below, overshoot
-            for _ in range(target.bisect_steps):
-                mid = (lo + hi) / 2
-                s = measure(mid)["speedup"]
-                if low <= s <= high:
-                    break
-                lo, hi = (mid, hi) if s < low else (lo, mid)
-    best = min(range(len(steps)), key=lambda i: abs(math.log(steps[i]["speedup"] / target.target_speedup)))
-    for i, record in enumerate(steps):
-        record["chosen"] = i == best
-    return SpeedupSearch(low <= steps[best]["speedup"] <= high, results[best], steps, target)
+    def describe(result: Any) -> dict[str, Any]:
+        return {"ratio": result.config.ratio, "channel_ratio": result.channel_ratio, "macs": result.macs_after,
+                "macs_reduction": result.macs_reduction, "parameters": result.parameters_after,
+                "pruning_rate_percent": result.pruning_rate_percent}
 
+    return _Compression("ratio", apply, describe)
 
-def factorize_for_speedup(loaded: Any, target_speedup: float, config: LowRankConfig = LowRankConfig(),
-                          energies: Sequence[float] = (0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5), feed: Any = None,
-                          batch_size: int = 1, timing: Any = None, threads: int | None = None,
-                          workdir: str | None = None, on_step: Callable[[str], None] | None = None) -> tuple[Any, dict[str, Any]]:
-    """Rank choice from a *measured* latency target: the highest energy whose factorized model, exported to
-    ONNX and timed in ONNX Runtime interleaved with the original's ONNX, is at least ``target_speedup``
-    times faster (median ratio). Every candidate is timed in the same run, so the ratios are like for like.
-
-    Args:
-        loaded: the `LoadedModel` to factorize (not modified; each candidate factorizes a copy).
-        target_speedup: required median speedup vs the original ONNX (e.g. 1.3).
-        config: layer selection and conv scheme; ``method``/``energy`` are replaced by each level.
-        energies: energy levels tried, any order (the highest meeting the target wins).
-        feed: inputs for export and timing (default: seeded random inputs of the model's specs).
-        batch_size: batch timed. timing: a `TimingConfig` (default 50 iterations). threads: ORT threads.
-        workdir: folder for the ONNX files (default: a temporary folder, removed afterwards).
-        on_step: progress callback.
-
-    Returns:
-        (factorized model, record): the chosen model (a copy of ``loaded.module``) and
-        ``{"chosen_energy", "target_speedup", "candidates": [{"energy", "parameters", "speedup", ...}],
-        "report": the chosen level's LowRankReport.to_dict()}``.
-
-    Raises:
-        TrtoptError: no level reaches the target (the message names the best measured speedup).
-    """
+def _low_rank(loaded: Any, config: LowRankConfig, example: tuple[Any, ...]) -> _Compression:
     import copy
-    import tempfile
-    from dataclasses import replace
-    from pathlib import Path
 
-    from trtopt.compress.lowrank import LowRankReport, _as_torch, factorize
-    from trtopt.measure.bench import bench, onnx_candidate
-    from trtopt.export import ExportConfig
-    from trtopt.backends.ort import OrtConfig
-    from trtopt.data import random_feed
-    from trtopt.export import export_onnx
-    from trtopt.models.spec import LoadedModel
-    from trtopt.measure.profile import TimingConfig
+    from trtopt.compress.lowrank import factorize_
 
-    step = on_step or (lambda _msg: None)
-    if not target_speedup > 0:
-        raise TrtoptError(f"target_speedup={target_speedup!r} must be > 0", "e.g. 1.3 for 30 % faster")
-    feed = feed if feed is not None else random_feed(loaded.inputs, 8)
-    example = tuple(_as_torch(feed[s.name][:1]) for s in loaded.inputs)
-    models: dict[str, Any] = {}
-    reports: dict[str, LowRankReport] = {}
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        paths = {"original": export_onnx(loaded, Path(tmp) / "original.onnx", ExportConfig(), feed=feed).path}
-        for energy in sorted(set(energies), reverse=True):
-            step(f"factorizing at energy {energy}")
-            model, report = factorize(copy.deepcopy(loaded.module), replace(config, method="energy", energy=energy),
-                                      example_inputs=example)
-            name = f"energy_{energy}"
-            models[name], reports[name] = model, report
-            variant = LoadedModel(model.eval(), name, loaded.inputs, loaded.output_names)
-            paths[name] = export_onnx(variant, Path(tmp) / f"{name}.onnx", ExportConfig(), feed=feed).path
-        step("timing all candidates interleaved")
-        ort = OrtConfig(intra_op_threads=threads)
-        cands = [onnx_candidate(p, n, ort) for n, p in paths.items()]
-        try:
-            timed = bench(cands, feed, (batch_size,), timing or TimingConfig(iterations=50))
-        finally:
-            for c in cands:
-                c.runner.close()
-    stats = timed["per_batch"][0]["candidates"]
-    rows = [{"energy": float(n.split("_", 1)[1]), "parameters": reports[n].parameters_after,
-             "latency_ms_p50": stats[n]["latency_ms_p50"], **stats[n]["speedup_vs_baseline"]} for n in models]
-    record = {"target_speedup": target_speedup, "batch_size": batch_size, "candidates": rows,
-              "original_latency_ms_p50": stats["original"]["latency_ms_p50"], "chosen_energy": None}
-    meeting = [r for r in rows if r["speedup"] >= target_speedup]
-    if not meeting:
-        best = max(rows, key=lambda r: r["speedup"])
-        raise TrtoptError(f"no energy level reaches a {target_speedup}× speedup (best: {best['speedup']:.2f}× at energy "
-                          f"{best['energy']})", "lower the target, or try lower energies / other layers")
-    chosen = max(meeting, key=lambda r: r["energy"])
-    record["chosen_energy"] = chosen["energy"]
-    record["report"] = reports[f"energy_{chosen['energy']}"].to_dict()
-    return models[f"energy_{chosen['energy']}"], record
+    if config.method != "energy":
+        raise TrtoptError(f"a speedup target chooses the kept energy itself, not ranks by {config.method!r}",
+                          "drop --param-budget / --rank (or --energy) when giving --target-speedup")
+
+    def apply(strength: float) -> tuple[Any, Any]:
+        model, result = factorize_(copy.deepcopy(loaded.module), dataclasses.replace(config, energy=round(1.0 - strength, 4)),
+                                   example_inputs=example)
+        return model.eval(), result
+
+    def describe(result: Any) -> dict[str, Any]:
+        return {"energy": result.config.energy, "parameters": result.parameters_after,
+                "parameter_reduction": result.parameter_reduction,
+                "factorized_layers": sum(1 for la in result.layers if la.skipped is None)}
+
+    return _Compression("energy", apply, describe)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import typing
 from collections import OrderedDict, namedtuple
 
 import numpy as np
@@ -11,9 +12,10 @@ import pytest
 import torch
 
 from trtopt import backends
-import trtopt.backends.trt as trt_backend_mod
+import trtopt.backends.base
 import trtopt.trt.cuda
 import trtopt.trt.runtime
+from trtopt.backends.base import Runner
 from trtopt.backends.ort import OrtRunner
 from trtopt.backends.torch import TorchRunner, flatten_outputs
 from trtopt.export import ExportConfig
@@ -94,6 +96,64 @@ def test_check_request_accepts_what_the_backend_can_do(no_tensorrt_import):
     assert backends.check_request("trt", "engine", "fp8", "cuda").name == "tensorrt"  # a check, not a load
 
 
+# --- every runner: declared inputs, one feed check, a context manager ---
+
+
+@pytest.mark.parametrize("name", backends.names())
+def test_every_registered_backend_loads_a_runner(name, no_tensorrt_import):
+    # the class `load` declares it returns: a concrete Runner, so it inherits the feed check and `with`
+    runner_class = typing.get_type_hints(backends.get_backend(name).load)["return"]
+    assert issubclass(runner_class, Runner) and not runner_class.__abstractmethods__
+    assert runner_class.check_feed is Runner.check_feed and runner_class.infer is Runner.infer
+    assert runner_class.__enter__ is Runner.__enter__ and runner_class.__exit__ is Runner.__exit__
+
+
+def _spy_close(runner):
+    calls = []
+    close = runner.close
+    runner.close = lambda: (calls.append(1), close())
+    return calls
+
+
+@pytest.mark.parametrize("name, dims", [("onnxruntime", ("batch", 3, 32, 32)), ("torch", ("N", 3, 32, 32))])
+def test_runners_declare_their_inputs_and_close_on_exit(cnn_onnx, name, dims):
+    loaded, art = cnn_onnx
+    model = art if name == "onnxruntime" else loaded
+    with backends.get_backend(name).load(model) as runner:
+        closed = _spy_close(runner)
+        assert [(s.name, s.dims, s.dtype) for s in runner.inputs] == [("input", dims, "float32")]
+        assert all(isinstance(s, InputSpec) for s in runner.inputs)
+        assert runner.infer(random_feed(loaded.inputs, 2))["output"].shape == (2, 10)
+        assert closed == []
+    assert closed == [1]
+    with pytest.raises(TrtoptError, match="'input' has shape"):  # closed on an error too
+        with backends.get_backend(name).load(model) as runner:
+            closed = _spy_close(runner)
+            runner.infer({"input": np.zeros((2, 3, 8, 8), np.float32)})
+    assert closed == [1]
+
+
+def test_a_runner_checks_each_feed_once(cnn_onnx, monkeypatch):
+    from trtopt.measure.profile import TimingConfig, time_interleaved
+
+    loaded, art = cnn_onnx
+    calls = []
+    check = trtopt.backends.base.check_feed
+    monkeypatch.setattr(trtopt.backends.base, "check_feed", lambda *a, **k: (calls.append(1), check(*a, **k))[1])
+    with OrtRunner(art.path, OrtConfig()) as runner, TorchRunner(loaded) as reference:
+        raw = {"input": random_feed(loaded.inputs, 2)["input"].astype(np.float64)}
+        checked = runner.check_feed(raw)
+        assert len(calls) == 1 and checked["input"].dtype == np.float32
+        for _ in range(3):
+            runner.infer(checked)
+        assert len(calls) == 1  # its own checked feed passes straight through
+        runner.infer(reference.check_feed(raw))  # checked against other inputs: checked again
+        assert len(calls) == 3
+        calls.clear()
+        time_interleaved({"ort": runner, "torch": reference}, raw, TimingConfig(warmup_iterations=2, iterations=5))
+        assert len(calls) == 2  # once per runner, before any timed call
+
+
 # --- ONNX Runtime ---
 
 
@@ -123,9 +183,9 @@ def test_ort_check_feed_wrong_shape_names_input_and_shapes(cnn_onnx):
 def test_ort_check_feed_missing_input(cnn_onnx):
     _, art = cnn_onnx
     runner = OrtRunner(art.path, OrtConfig())
-    with pytest.raises(TrtoptError, match="needs input 'input'") as err:
+    with pytest.raises(TrtoptError, match="lack input 'input' of tiny_cnn.onnx") as err:
         runner.check_feed({"image": np.zeros((1, 3, 32, 32), np.float32)})
-    assert "image" in str(err.value)
+    assert "(have image)" in str(err.value)
 
 
 def test_ort_check_feed_casts_dtype(cnn_onnx):
@@ -213,10 +273,14 @@ def test_torch_runner_names_extra_outputs_by_position():
 
 def test_torch_runner_errors_name_the_input(tiny_cnn):
     runner = TorchRunner(tiny_cnn)
-    with pytest.raises(TrtoptError, match="needs input 'input'"):
+    with pytest.raises(TrtoptError, match="lack input 'input'"):
         runner.infer({"image": np.zeros((1, 3, 32, 32), np.float32)})
-    with pytest.raises(TrtoptError, match=r"input\(1, 5\)"):
+    with pytest.raises(TrtoptError, match=r"'input' has shape \(1, 5\), .* expects \(N, 3, 32, 32\)"):
         runner.infer({"input": np.zeros((1, 5), np.float32)})
+    # inputs that fit the declaration but not the module: the module's own error, naming the shapes fed
+    misdeclared = LoadedModel(tiny_cnn.module, "test:misdeclared", (InputSpec("input", (5,)),))
+    with pytest.raises(TrtoptError, match=r"the model rejected inputs input\(1, 5\)"):
+        TorchRunner(misdeclared).infer({"input": np.zeros((1, 5), np.float32)})
 
 
 def test_torch_backend_rejects_unknown_options(tiny_cnn):

@@ -51,9 +51,29 @@ def test_bad_inputs_give_one_line_and_write_nothing(tmp_path, cli_env):
 
 
 def test_factorize_to_a_measured_speedup_target(tmp_path, cli_env):
-    r = run(["factorize", "tests.helpers.tiny_models:tiny_cnn", "-o", "s.onnx", "--target-speedup", "0.000001", "--energies", "0.5", "0.8",
+    # a window this wide takes the first step (kept energy 0.9), whatever the timing noise
+    r = run(["factorize", "tests.helpers.tiny_models:tiny_cnn", "-o", "s.onnx", "--target-speedup", "1.01", "--tolerance", "0.99",
              "--iterations", "3", "--warmup", "1", "--json", "s.json", "--min-reduction", "0"], tmp_path, cli_env)
     assert r.returncode == 0, r.stderr
     result = json.loads((tmp_path / "s.json").read_text())
-    assert result["latency_search"]["chosen_energy"] == 0.8
-    assert result["report"]["config"]["energy"] == 0.8 and (tmp_path / "s.onnx").is_file()
+    search = result["speedup_search"]
+    assert search["reached"] and search["knob"] == "energy" and search["chosen_strength"] == 0.1
+    assert [s["energy"] for s in search["steps"]] == [0.9] and search["steps"][0]["chosen"]
+    assert result["report"]["config"]["energy"] == 0.9 and (tmp_path / "s.onnx").is_file()
+    assert "target 1.01× ± 99% reached" in r.stdout
+
+
+def test_a_missed_speedup_target_keeps_the_closest_model_warns_and_exits_1(tmp_path, cli_env):
+    r = run(["factorize", "tests.helpers.tiny_models:tiny_cnn", "-o", "s.onnx", "--target-speedup", "1000",
+             "--iterations", "3", "--warmup", "1", "--json", "s.json", "--min-reduction", "0"], tmp_path, cli_env)
+    assert r.returncode == 1, r.stderr
+    warnings = [line for line in r.stdout.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "target 1000.0× ± 10% not reached" in warnings[0]
+    search = json.loads((tmp_path / "s.json").read_text())["speedup_search"]
+    assert not search["reached"]
+    best = max(s["speedup"] for s in search["steps"])
+    assert f"best measured speedup {best:.2f}×" in warnings[0]
+    assert (tmp_path / "s.onnx").is_file()  # the closest candidate is written for inspection
+    assert_one_line_error(run(["factorize", "tests.helpers.tiny_models:tiny_cnn", "-o", "x.onnx", "--target-speedup", "0.5"],
+                              tmp_path, cli_env), "target_speedup=0.5 must be a number > 1")
+    assert not (tmp_path / "x.onnx").exists()

@@ -40,7 +40,7 @@ from trtopt.quant.calibrate import METHODS as CALIBRATION_METHODS
 from trtopt.quant.calibrate import CalibrationConfig
 from trtopt.quant.quantize import TARGETS as QUANTIZE_TARGETS
 from trtopt.quant.quantize import QuantizeConfig
-from trtopt.speedup_search import SpeedupTargetConfig
+from trtopt.speedup_search import SpeedupSearchConfig
 from trtopt.trt.plan import HARDWARE_COMPATIBILITY, TYPINGS, BuildOptions
 from trtopt.trt.plan import PRECISIONS as BUILD_PRECISIONS
 from trtopt.trt.plan import TARGETS as BUILD_TARGETS
@@ -75,7 +75,7 @@ PAIRS = [
     *[("bundle", *flag) for flag in PLAN_FLAGS],
     *[("prune", flag, PruneConfig, name) for flag, name in (
         ("--method", "method"), ("--ratio", "ratio"), ("--importance", "importance"), ("--round-to", "round_to"))],
-    *[("prune", flag, SpeedupTargetConfig, name) for flag, name in (
+    *[("prune", flag, SpeedupSearchConfig, name) for flag, name in (
         ("--tolerance", "tolerance"), ("--batch-size", "batch_size"), ("--threads", "threads"),
         ("--iterations", "iterations"))],
     *[("distill", flag, DistillConfig, name) for flag, name in (
@@ -90,6 +90,9 @@ PAIRS = [
     ("factorize", "--conv", LowRankConfig, "conv"),
     ("factorize", "--min-reduction", LowRankConfig, "min_reduction"),
     ("factorize", "--rank-multiple", LowRankConfig, "rank_multiple"),
+    *[("factorize", flag, SpeedupSearchConfig, name) for flag, name in (
+        ("--tolerance", "tolerance"), ("--batch-size", "batch_size"), ("--iterations", "iterations"),
+        ("--warmup", "warmup_iterations"), ("--threads", "threads"))],
 ]
 
 #: Flags without a default of their own (None: "not given"), whose help quotes the config default the

@@ -1,4 +1,4 @@
-"""trtopt.compress.distill: the KD loss against hand computations, and the trainer on tiny seeded models."""
+"""trtopt.compress.distill, .losses and .trainer: the KD loss against hand computations, and the trainer on tiny seeded models."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from trtopt.compress.config import DistillConfig
-from trtopt.compress.distill import DistillProgress, accuracy_metric, distill, embedding_loss, kd_loss, load_checkpoint
+from trtopt.compress.distill import accuracy_metric, distill
+from trtopt.compress.losses import embedding_loss, kd_loss
+from trtopt.compress.trainer import DistillProgress, TrainerState, load_checkpoint
 from trtopt.errors import TrtoptError
 
 
@@ -337,6 +339,21 @@ def test_unreadable_or_mismatched_checkpoint(tmp_path):
            "alpha=0.5", "alpha=0.2")
     _error(lambda: distill(MLP(hidden=5), teacher, (x, y), DistillConfig(batch_size=16, resume_from=str(good))),
            "does not fit")
+
+
+def test_checkpoint_holds_the_trainer_state_and_names_a_missing_key(tmp_path):
+    teacher, x, y = _task()
+    result = distill(_student(), teacher, (x, y), DistillConfig(epochs=2, batch_size=16, checkpoint_dir=str(tmp_path)),
+                     eval_data=(x, y))
+    checkpoint = load_checkpoint(tmp_path)
+    state = TrainerState.from_checkpoint(checkpoint)
+    assert (state.step, state.epoch, state.batch_in_epoch) == (result.steps, result.epochs_completed, 0) == (12, 2, 0)
+    assert state.step_losses == result.step_losses and state.eval_history == result.eval_history
+    assert state.best_metric == result.best_metric and set(state.best_state) == set(result.student.state_dict())
+    del checkpoint["bad_evals"]
+    torch.save(checkpoint, tmp_path / "partial.pt")
+    _error(lambda: distill(_student(), teacher, (x, y), DistillConfig(batch_size=16, resume_from=str(tmp_path / "partial.pt"))),
+           "lacks bad_evals")
 
 
 # ----------------------------------------------------------------------------------------- CLI

@@ -306,21 +306,27 @@ def test_pruned_model_saves_whole_and_loads_with_load_model(tmp_path):
     assert back.extra["metadata"]["prune"]["parameters_after"] == result.parameters_after
 
 
-def test_prune_to_speedup_reports_each_step(tmp_path):
-    from trtopt.speedup_search import SpeedupTargetConfig, prune_to_speedup
+def test_speedup_search_prunes_and_reports_each_step():
+    from trtopt.speedup_search import SpeedupSearchConfig, search_speedup
 
     loaded = load_model("tests.helpers.tiny_prune_models:tiny_resnet")
+    before = {k: v.clone() for k, v in loaded.module.state_dict().items()}
     # a tolerance this wide accepts the first step whatever the timing noise: the plumbing is what is tested
-    search = prune_to_speedup(loaded, PruneConfig("structured"), SpeedupTargetConfig(
-        target_speedup=1.2, tolerance=0.95, iterations=5, warmup_iterations=1, ratio_step=0.25))
-    assert search.reached and len(search.steps) == 1 and search.steps[0]["chosen"]
-    step = search.steps[0]
-    assert step["ratio"] == 0.25 and step["speedup_ci_low"] <= step["speedup"] <= step["speedup_ci_high"]
-    assert step["macs"] == search.result.macs_after and step["macs_reduction"] > 1
+    seen = []
+    search = search_speedup(loaded, PruneConfig("structured"), SpeedupSearchConfig(
+        target_speedup=1.2, tolerance=0.95, iterations=5, warmup_iterations=1, strength_step=0.25), on_step=seen.append)
+    assert search.reached and len(search.steps) == 1 and search.chosen == 0 and seen == search.steps
+    step = search.chosen_step
+    assert step.strength == 0.25 and step.compression["ratio"] == 0.25 and search.knob == "ratio"
+    assert step.speedup_ci_low <= step.speedup <= step.speedup_ci_high
+    assert step.compression["macs"] == search.result.macs_after and step.compression["macs_reduction"] > 1
+    assert search.module is search.result.module
+    assert search.to_dict()["steps"][0]["chosen"] and search.to_dict()["chosen_strength"] == 0.25
+    assert all(torch.equal(v, before[k]) for k, v in loaded.module.state_dict().items())  # the input model is untouched
     with pytest.raises(TrtoptError, match="needs structured pruning"):
-        prune_to_speedup(loaded, PruneConfig("2:4"), SpeedupTargetConfig())
+        search_speedup(loaded, PruneConfig("2:4"))
     with pytest.raises(TrtoptError, match=r"target_speedup=0.8 must be a number > 1"):
-        SpeedupTargetConfig(target_speedup=0.8)
+        SpeedupSearchConfig(target_speedup=0.8)
 
 
 # ---- CLI -------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from torch import nn
 from trtopt.errors import TrtoptError
 from trtopt.models.nets import DigitsCNN
 from trtopt.compress.config import ShareConfig
-from trtopt.compress.share import cluster_weights, kmeans_1d, load_shared, pack_bits, save_shared, tie_weights, unpack_bits
+from trtopt.compress.share import cluster_weights_, kmeans_1d, load_shared, pack_bits, save_shared, tie_weights, unpack_bits
 
 
 def _cnn(seed: int = 0) -> DigitsCNN:
@@ -34,9 +34,9 @@ def test_never_more_than_2_to_the_b_values_per_group(out_f, in_f, bits, granular
     config = ShareConfig(bits=bits, granularity=granularity, min_elements=0)
     if all(m.weight.numel() <= 2 ** bits for m in model):
         with pytest.raises(TrtoptError, match="no weight was clustered"):
-            cluster_weights(model, config)
+            cluster_weights_(model, config)
         return
-    model, report = cluster_weights(model, config)
+    model, report = cluster_weights_(model, config)
     for layer in report.layers:
         weight = dict(model.named_parameters())[layer.name]
         if layer.skipped is None:
@@ -78,7 +78,7 @@ def test_pack_unpack_round_trip(bits, n, seed):
 
 @pytest.mark.parametrize("bits,granularity", [(4, "layer"), (3, "channel"), (8, "layer"), (1, "channel")])
 def test_round_trip_is_bit_exact(tmp_path, bits, granularity):
-    model, report = cluster_weights(_cnn(), ShareConfig(bits=bits, granularity=granularity))
+    model, report = cluster_weights_(_cnn(), ShareConfig(bits=bits, granularity=granularity))
     info = save_shared(model, tmp_path / "m.npz")
     fresh = _cnn(seed=1)
     load_shared(tmp_path / "m.npz", fresh)
@@ -92,7 +92,7 @@ def test_round_trip_is_bit_exact(tmp_path, bits, granularity):
 
 
 def test_four_bits_compress_the_digits_cnn_more_than_7x(tmp_path):
-    model, report = cluster_weights(_cnn(), ShareConfig(bits=4))
+    model, report = cluster_weights_(_cnn(), ShareConfig(bits=4))
     info = save_shared(model, tmp_path / "m.npz")
     assert info.file_bytes == (tmp_path / "m.npz").stat().st_size
     assert info.compression_ratio >= 7.0 and report.compression_ratio >= 7.0
@@ -105,7 +105,7 @@ def test_clustering_keeps_the_unclustered_state_and_lowers_error_with_more_bits(
     base = _cnn()
     errors = []
     for bits in (2, 4, 6):
-        model, report = cluster_weights(_cnn(), ShareConfig(bits=bits))
+        model, report = cluster_weights_(_cnn(), ShareConfig(bits=bits))
         assert torch.equal(model.bn2.weight, base.bn2.weight) and torch.equal(model.fc.bias, base.fc.bias)
         errors.append(max(la.rel_error for la in report.layers if la.skipped is None))
     assert errors[0] > errors[1] > errors[2]
@@ -113,14 +113,14 @@ def test_clustering_keeps_the_unclustered_state_and_lowers_error_with_more_bits(
 
 @pytest.mark.parametrize("granularity", ["layer", "channel"])
 def test_int8_grid_makes_symmetric_int8_quantization_exact(granularity):
-    model, _ = cluster_weights(_cnn(), ShareConfig(bits=4, granularity=granularity, int8_grid=True))
+    model, _ = cluster_weights_(_cnn(), ShareConfig(bits=4, granularity=granularity, int8_grid=True))
     for name in model.trtopt_share:
         w = dict(model.named_parameters())[name].detach()
         g = w.reshape(1, -1) if granularity == "layer" else w.reshape(w.shape[0], -1)
         scale = g.abs().amax(dim=1, keepdim=True) / 127  # what symmetric INT8 quantizers compute
         q = torch.round(g / scale).clamp(-127, 127)
         assert torch.allclose(q * scale, g, rtol=1e-6, atol=0), name
-    plain, _ = cluster_weights(_cnn(), ShareConfig(bits=4, granularity=granularity))
+    plain, _ = cluster_weights_(_cnn(), ShareConfig(bits=4, granularity=granularity))
     w = plain.conv3.weight.detach().reshape(1, -1)
     scale = w.abs().max() / 127
     assert not torch.allclose(torch.round(w / scale) * scale, w, rtol=1e-6, atol=0)
@@ -128,7 +128,7 @@ def test_int8_grid_makes_symmetric_int8_quantization_exact(granularity):
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_training_inside_tie_weights_keeps_weights_tied(tmp_path, optimizer):
-    model, _ = cluster_weights(_cnn(), ShareConfig(bits=3, granularity="channel"))
+    model, _ = cluster_weights_(_cnn(), ShareConfig(bits=3, granularity="channel"))
     before = model.conv3.weight.detach().clone()
     params = list(model.parameters())
     opt = torch.optim.SGD(params, lr=0.5, momentum=0.9) if optimizer == "sgd" else torch.optim.Adam(params, lr=1e-2)
@@ -156,7 +156,7 @@ def test_finetune_shared_with_the_distill_trainer_keeps_ties():
     from trtopt.compress.share import finetune_shared
 
     teacher = _cnn()
-    student, _ = cluster_weights(_cnn(), ShareConfig(bits=2))
+    student, _ = cluster_weights_(_cnn(), ShareConfig(bits=2))
     before = student.conv2.weight.detach().clone()
     x = torch.randn(64, 1, 8, 8)
     result = finetune_shared(student, teacher, (x, None), DistillConfig(epochs=2, batch_size=16, lr=1e-2, device="cpu"))
@@ -174,28 +174,28 @@ def test_bits_outside_1_to_8_are_refused(bits):
 
 def test_unsupported_layer_type_is_named():
     with pytest.raises(TrtoptError, match="'bn1' is a BatchNorm2d"):
-        cluster_weights(_cnn(), ShareConfig(layers=("bn1",)))
+        cluster_weights_(_cnn(), ShareConfig(layers=("bn1",)))
     with pytest.raises(TrtoptError, match="no module named 'nope'"):
-        cluster_weights(_cnn(), ShareConfig(exclude=("nope",)))
+        cluster_weights_(_cnn(), ShareConfig(exclude=("nope",)))
     with pytest.raises(TrtoptError, match="granularity"):
         ShareConfig(granularity="row")
 
 
 def test_saving_an_unclustered_model_is_refused(tmp_path):
-    with pytest.raises(TrtoptError, match="run cluster_weights"):
+    with pytest.raises(TrtoptError, match="run cluster_weights_"):
         save_shared(_cnn(), tmp_path / "x.npz")
     assert not (tmp_path / "x.npz").exists()
 
 
 @pytest.fixture
 def saved(tmp_path):
-    model, _ = cluster_weights(_cnn(), ShareConfig(bits=4))
+    model, _ = cluster_weights_(_cnn(), ShareConfig(bits=4))
     save_shared(model, tmp_path / "m.npz")
     return tmp_path / "m.npz"
 
 
 def test_existing_output_needs_force(saved):
-    model, _ = cluster_weights(_cnn(), ShareConfig(bits=2))
+    model, _ = cluster_weights_(_cnn(), ShareConfig(bits=2))
     with pytest.raises(TrtoptError, match="already exists"):
         save_shared(model, saved)
     save_shared(model, saved, force=True)
@@ -241,7 +241,7 @@ def test_not_a_shared_file(tmp_path):
 
 
 def test_tie_weights_accepts_frozen_weights():
-    model, _ = cluster_weights(_cnn(), ShareConfig(bits=2))
+    model, _ = cluster_weights_(_cnn(), ShareConfig(bits=2))
     model.conv1.weight.requires_grad_(False)
     frozen = model.conv1.weight.detach().clone()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)

@@ -18,6 +18,7 @@ from trtopt.edge.convert import EdgeConfig
 from trtopt.edge.artifact import inspect_edge
 from trtopt.errors import TrtoptError
 from trtopt.models.load import load_model
+from trtopt.models.spec import InputSpec
 
 HAS_ET = importlib.util.find_spec("executorch") is not None
 HAS_LT = importlib.util.find_spec("litert_torch") is not None and importlib.util.find_spec("ai_edge_litert") is not None
@@ -114,8 +115,13 @@ def test_fp32_matches_pytorch_and_benches_interleaved(tmp_path, suffix):
     result = bench([torch_candidate(loaded, threads=1), cand], feed, [2],
                    TimingConfig(warmup_iterations=1, iterations=3, min_iterations=3))
     assert result["candidates"][1]["backend"] == art.backend
-    with pytest.raises(TrtoptError, match=r"built for shape \(2, 3, 32, 32\), got \(4, 3, 32, 32\)"):
+    shape_error = r"'input' has shape \(4, 3, 32, 32\), m\.\w+ expects \(2, 3, 32, 32\)"
+    with pytest.raises(TrtoptError, match=shape_error) as err:
         cand.runner.check_feed({"input": feed["input"][:4]})
+    assert "batches of exactly 2" in str(err.value) and "batch_size=2" in str(err.value)
+    with cand.runner as runner:  # the sidecar's inputs, batch fixed; closed on exit
+        assert runner.inputs == (InputSpec("input", (3, 32, 32), "float32", batch=2),) and runner.static_batch == 2
+    assert getattr(runner, "method", None) is None and getattr(runner, "interpreter", None) is None
     with pytest.raises(TrtoptError, match="already exists"):
         export_edge(loaded, art.path, EdgeConfig(batch_size=2))
 
@@ -166,7 +172,7 @@ class _DataDependent:
 
 
 def _loaded(module, shape=(8,)):
-    from trtopt.models.spec import InputSpec, LoadedModel
+    from trtopt.models.spec import LoadedModel
 
     return LoadedModel(module.eval(), "test:module", (InputSpec("input", shape, "float32", -1.0, 1.0),))
 

@@ -11,7 +11,8 @@ from tests.helpers.trt_fixtures import conv_model
 
 from trtopt.data import iter_batches
 from trtopt.errors import TrtoptError
-from trtopt.trt.calibrator import CalibrationBatches, CalibrationInput
+from trtopt.models.spec import InputSpec
+from trtopt.trt.calibrator import CalibrationBatches
 from trtopt.trt.engine import check_engine_file, check_engine_matches, engine_cache_key, machine_identity, make_sidecar, read_sidecar, sidecar_path, summarize_layers
 from trtopt.trt.build import format_parser_errors
 from trtopt.trt.timing import trtexec_stats
@@ -141,7 +142,7 @@ def test_parser_errors_name_nodes_in_one_line():
 # --- calibration batches
 
 
-INPUT = CalibrationInput("input", (3, 8, 8), "float32")
+INPUT = InputSpec("input", (3, 8, 8), "float32")
 
 
 def chunks(sizes, seed=0):
@@ -174,14 +175,17 @@ def test_calibration_batches_from_trtopt_data_loader():
 
 
 def test_calibration_batches_check_inputs():
-    with pytest.raises(TrtoptError, match=r"samples of shape \(3, 9, 8\), the calibration profile needs \(3, 8, 8\)"):
+    with pytest.raises(TrtoptError, match=r"'input' has shape \(2, 3, 9, 8\), the network's calibration profile "
+                                          r"expects \(N, 3, 8, 8\)"):
         CalibrationBatches([{"input": np.zeros((2, 3, 9, 8))}], [INPUT], 2).next_batch()
-    two = [INPUT, CalibrationInput("mask", (8,), "int64")]
-    with pytest.raises(TrtoptError, match="has no input 'mask'"):
+    two = [INPUT, InputSpec("mask", (8,), "int64")]
+    with pytest.raises(TrtoptError, match="calibration item 0 lack input 'mask'"):
         CalibrationBatches([{"input": np.zeros((2, 3, 8, 8))}], two, 2).next_batch()
     with pytest.raises(TrtoptError, match="different sample counts"):
-        CalibrationBatches([{"input": np.zeros((2, 3, 8, 8)), "mask": np.zeros((3, 8))}], two, 2).next_batch()
-    with pytest.raises(TrtoptError, match="is an array but the network has 2 inputs"):
+        CalibrationBatches([{"input": np.zeros((2, 3, 8, 8)), "mask": np.zeros((3, 8), np.int64)}], two, 2).next_batch()
+    with pytest.raises(TrtoptError, match=r"'mask' has dtype float64, .* expects int64"):
+        CalibrationBatches([{"input": np.zeros((2, 3, 8, 8)), "mask": np.zeros((2, 8))}], two, 2).next_batch()
+    with pytest.raises(TrtoptError, match=r"calibration item 0 is a ndarray, not a dict of arrays \(the network has 2"):
         CalibrationBatches([np.zeros((2, 3, 8, 8))], two, 2).next_batch()
 
 

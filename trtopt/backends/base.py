@@ -1,11 +1,16 @@
-"""The backend protocol: what every execution backend declares and provides."""
+"""The backend protocol: what every execution backend declares and provides, and the runner base class."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
+
+from trtopt.feeds import CheckedFeed, check_feed
+from trtopt.models.spec import InputSpec
 
 
 @dataclass(frozen=True)
@@ -28,19 +33,56 @@ class Capabilities:
         return asdict(self)
 
 
-class Runner(Protocol):
-    """A loaded model that runs feeds: the activate/infer/deactivate lifecycle in three methods."""
+_R = TypeVar("_R", bound="Runner")
+
+
+class Runner(ABC):
+    """A loaded model that runs feeds: the activate/infer/deactivate lifecycle (Polygraphy's runners).
+
+    Every runner declares the inputs it takes (``inputs``) and inherits the one feed check over them
+    (:meth:`check_feed`, `trtopt.feeds.check_feed`): :meth:`infer` checks each feed before the runtime
+    sees it, except a feed this check already returned, so a benchmark checks once and then times only
+    the model. A runner is a context manager: ``with backend.load(path) as runner:`` closes it on exit.
+
+    Subclasses set ``backend`` (class attribute), ``inputs`` and ``model_name`` (how errors name the
+    model, e.g. the file name), and implement :meth:`_infer`, :meth:`describe` and :meth:`close`.
+    """
 
     backend: str
+    inputs: tuple[InputSpec, ...]
+    model_name: str
 
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one batch; returns outputs by name, as numpy arrays on the host."""
+    def check_feed(self, feed: Mapping[str, Any]) -> CheckedFeed:
+        """``feed`` checked against :attr:`inputs` and cast to their dtypes (arrays no input takes are left out).
 
+        Raises TrtoptError naming the input, expected and got, for a missing input, a wrong rank or fixed
+        dim, different sample counts or a dtype of another family (see `trtopt.feeds.check_feed`).
+        """
+        if isinstance(feed, CheckedFeed) and feed.inputs == self.inputs:
+            return feed
+        return check_feed(feed, self.inputs, model=self.model_name, allow_extra=True, finite=False)
+
+    def infer(self, feed: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Run one batch (checked first); returns outputs by name, as numpy arrays on the host."""
+        return self._infer(self.check_feed(feed))
+
+    @abstractmethod
+    def _infer(self, feed: CheckedFeed) -> dict[str, np.ndarray]:
+        """Run one checked batch: exactly the declared inputs, at their dtypes, C-contiguous."""
+
+    @abstractmethod
     def describe(self) -> dict[str, Any]:
         """Settings that affect speed (threads, providers, precision), recorded with every timing."""
 
+    @abstractmethod
     def close(self) -> None:
-        """Release the session/engine."""
+        """Release the session/engine; closing twice is harmless."""
+
+    def __enter__(self: _R) -> _R:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 class Backend(Protocol):

@@ -8,10 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from trtopt.backends.base import Capabilities
-from trtopt.edge.artifact import EdgeArtifact, check_static_feed, inspect_edge, require
+from trtopt.backends.base import Capabilities, Runner
+from trtopt.edge.artifact import EdgeArtifact, inspect_edge, require
 from trtopt.environment import package_version
 from trtopt.errors import TrtoptError
+from trtopt.feeds import CheckedFeed
+from trtopt.models.spec import InputSpec
 
 
 NAME = "executorch"
@@ -24,8 +26,11 @@ def set_threads(threads: int | None) -> int:
         portable_lib._unsafe_reset_threadpool(int(threads))
     return int(portable_lib._threadpool_get_thread_count())
 
-class ExecuTorchRunner:
-    """A ``.pte`` program's ``forward`` behind the Runner protocol (inputs by name, outputs by name)."""
+class ExecuTorchRunner(Runner):
+    """A ``.pte`` program's ``forward`` behind the Runner protocol (inputs by name, outputs by name).
+
+    Its inputs are the sidecar's, batch axis fixed: the program was built for one shape.
+    """
 
     backend = NAME
 
@@ -39,21 +44,18 @@ class ExecuTorchRunner:
         except Exception as e:  # the runtime raises RuntimeError for a program it cannot load
             raise TrtoptError(f"ExecuTorch cannot load {artifact.path.name}: {str(e).splitlines()[0][:200]}",
                               "re-create it with trtopt edge-export using this executorch version") from e
-        self.inputs = [(i["name"], tuple(i["shape"]), i["dtype"]) for i in artifact.inputs]
+        self.inputs = tuple(InputSpec.from_dims(i["name"], i["shape"], i["dtype"]) for i in artifact.inputs)
+        self.model_name = artifact.path.name
 
     @property
     def static_batch(self) -> int:
         """The batch size the file was built for (every input's axis 0)."""
-        return int(self.inputs[0][1][0])
+        return int(self.inputs[0].batch)
 
-    def check_feed(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Names, the static shapes the program was built for, and dtypes (the error names the input)."""
-        return check_static_feed(feed, self.inputs, self.artifact.path.name)
-
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, feed: CheckedFeed) -> dict[str, np.ndarray]:
         import torch
 
-        args = [torch.from_numpy(feed[name]) for name, _, _ in self.inputs]
+        args = [torch.from_numpy(feed[s.name]) for s in self.inputs]
         outputs = self.method.execute(args)
         names = list(self.artifact.output_names) + [f"output_{i}" for i in range(len(self.artifact.output_names), len(outputs))]
         return {n: o.numpy() for n, o in zip(names, outputs)}

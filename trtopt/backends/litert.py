@@ -8,16 +8,21 @@ from typing import Any
 
 import numpy as np
 
-from trtopt.backends.base import Capabilities
-from trtopt.edge.artifact import EdgeArtifact, check_static_feed, inspect_edge, require
+from trtopt.backends.base import Capabilities, Runner
+from trtopt.edge.artifact import EdgeArtifact, inspect_edge, require
 from trtopt.environment import package_version
 from trtopt.errors import TrtoptError
+from trtopt.feeds import CheckedFeed
+from trtopt.models.spec import InputSpec
 
 
 NAME = "litert"
 
-class LiteRTRunner:
-    """A ``.tflite`` model's default signature behind the Runner protocol (inputs by name, outputs by name)."""
+class LiteRTRunner(Runner):
+    """A ``.tflite`` model's default signature behind the Runner protocol (inputs by name, outputs by name).
+
+    Its inputs are the sidecar's, batch axis fixed: the model was built for one shape.
+    """
 
     backend = NAME
 
@@ -35,7 +40,8 @@ class LiteRTRunner:
         # Input/output order of the flatbuffer is the export's argument/return order.
         self.input_details = sorted(self.interpreter.get_input_details(), key=lambda d: d["index"])
         self.output_details = self.interpreter.get_output_details()
-        self.inputs = [(i["name"], tuple(i["shape"]), i["dtype"]) for i in artifact.inputs]
+        self.inputs = tuple(InputSpec.from_dims(i["name"], i["shape"], i["dtype"]) for i in artifact.inputs)
+        self.model_name = artifact.path.name
         if len(self.input_details) != len(self.inputs):
             raise TrtoptError(f"{artifact.path.name} has {len(self.input_details)} inputs, its sidecar {len(self.inputs)}",
                               "re-create the model with trtopt edge-export")
@@ -43,14 +49,11 @@ class LiteRTRunner:
     @property
     def static_batch(self) -> int:
         """The batch size the file was built for (every input's axis 0)."""
-        return int(self.inputs[0][1][0])
+        return int(self.inputs[0].batch)
 
-    def check_feed(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return check_static_feed(feed, self.inputs, self.artifact.path.name)
-
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        for (name, _, _), detail in zip(self.inputs, self.input_details):
-            self.interpreter.set_tensor(detail["index"], _to_model(feed[name], detail))
+    def _infer(self, feed: CheckedFeed) -> dict[str, np.ndarray]:
+        for spec, detail in zip(self.inputs, self.input_details):
+            self.interpreter.set_tensor(detail["index"], _to_model(feed[spec.name], detail))
         self.interpreter.invoke()
         values = [_from_model(self.interpreter.get_tensor(d["index"]), d) for d in self.output_details]
         names = list(self.artifact.output_names) + [f"output_{i}" for i in range(len(self.artifact.output_names), len(values))]

@@ -8,10 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from trtopt.backends.base import Capabilities
+from trtopt.artifacts import numpy_dtype_of_onnx_type
+from trtopt.backends.base import Capabilities, Runner
 from trtopt._config import check_choice, check_names
 from dataclasses import dataclass
 from trtopt.errors import TrtoptError
+from trtopt.feeds import CheckedFeed
+from trtopt.models.spec import InputSpec
 
 _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                "all": "ORT_ENABLE_ALL"}
@@ -91,8 +94,17 @@ def run_error(path: Path, error: Exception) -> TrtoptError:
     return TrtoptError(f"ONNX Runtime failed running {path.name}: {text[:300]}", "check the inputs' shapes and values")
 
 
-class OrtRunner:
-    """An ``onnxruntime.InferenceSession`` behind the Runner protocol, checking feeds before running."""
+def _input_dtype(ort_type: str) -> str:
+    """numpy dtype name of an input; a type trtopt cannot feed (strings, sequences) keeps ONNX Runtime's
+    name ("tensor(string)"), which the feed check refuses naming the input."""
+    try:
+        return numpy_dtype_of_onnx_type(ort_type)
+    except TrtoptError:
+        return ort_type
+
+
+class OrtRunner(Runner):
+    """An ``onnxruntime.InferenceSession`` behind the Runner protocol; its inputs are the session's."""
 
     backend = "onnxruntime"
 
@@ -117,38 +129,13 @@ class OrtRunner:
         except Exception as e:  # ORT raises Fail/InvalidGraph/NotImplemented with long messages
             raise load_error(path, e, ort.__version__) from e
         self.path = path
+        self.model_name = path.name
         self.config = config
-        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        self.inputs = tuple(InputSpec.from_dims(i.name, i.shape, _input_dtype(i.type))
+                            for i in self.session.get_inputs())
         self.output_names = [o.name for o in self.session.get_outputs()]
 
-    def check_feed(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Names and static dimensions of ``feed`` against the session's inputs (error names the input)."""
-        from trtopt.artifacts import numpy_dtype_of_onnx_type
-
-        missing = [n for n in self.inputs if n not in feed]
-        if missing:
-            raise TrtoptError(f"{self.path.name} needs input {missing[0]!r}, the feed has {', '.join(feed) or 'none'}",
-                              f"provide {', '.join(self.inputs)}")
-        out = {}
-        for name, meta in self.inputs.items():
-            arr = np.asarray(feed[name])
-            expected = meta.shape
-            ok = len(arr.shape) == len(expected) and all(
-                not isinstance(e, int) or e == a for e, a in zip(expected, arr.shape))
-            if not ok:
-                shown = ", ".join(str(e) if isinstance(e, int) else (e or "?") for e in expected)
-                raise TrtoptError(f"input {name!r} of {self.path.name} expects shape ({shown}), got {tuple(arr.shape)}",
-                                  "pass data of that shape (or --input-shape matching the model)")
-            try:
-                dtype = numpy_dtype_of_onnx_type(meta.type)
-            except TrtoptError as e:
-                raise TrtoptError(f"input {name!r} of {self.path.name} has type {meta.type}, which trtopt cannot feed "
-                                  "(target onnxruntime)", e.fix) from e
-            out[name] = arr.astype(dtype, copy=False)
-        return out
-
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one batch; outputs by name."""
+    def _infer(self, feed: CheckedFeed) -> dict[str, np.ndarray]:
         try:
             results = self.session.run(self.output_names, feed)
         except Exception as e:  # ORT's Fail/RuntimeException: a kernel refused these inputs

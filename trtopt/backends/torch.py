@@ -6,8 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from trtopt.backends.base import Capabilities
+from trtopt.backends.base import Capabilities, Runner
 from trtopt.errors import TrtoptError
+from trtopt.feeds import CheckedFeed
 
 
 def flatten_outputs(result: Any) -> list[Any]:
@@ -22,8 +23,11 @@ def flatten_outputs(result: Any) -> list[Any]:
     return []
 
 
-class TorchRunner:
-    """An ``nn.Module`` in eval mode behind the Runner protocol (inference_mode, CPU or CUDA)."""
+class TorchRunner(Runner):
+    """An ``nn.Module`` in eval mode behind the Runner protocol (inference_mode, CPU or CUDA).
+
+    Its inputs are the `LoadedModel`'s, passed to ``forward`` positionally in that order.
+    """
 
     backend = "torch"
 
@@ -33,25 +37,22 @@ class TorchRunner:
         if threads:
             torch.set_num_threads(threads)  # process-wide: PyTorch has no per-module thread setting
         self.loaded = loaded
+        self.inputs = tuple(loaded.inputs)
+        self.model_name = loaded.spec
         self.device = torch.device(device)
         self.module = loaded.module.eval().to(self.device)
-        self.input_names = [s.name for s in loaded.inputs]
         self.threads = torch.get_num_threads()
 
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one batch; outputs named by the model's ``output_names`` (then ``output_<i>``)."""
+    def _infer(self, feed: CheckedFeed) -> dict[str, np.ndarray]:
+        """Outputs named by the model's ``output_names`` (then ``output_<i>``)."""
         import torch
 
-        missing = [n for n in self.input_names if n not in feed]
-        if missing:
-            raise TrtoptError(f"the model needs input {missing[0]!r}, the feed has {', '.join(feed)}",
-                              f"provide {', '.join(self.input_names)}")
-        args = [torch.from_numpy(np.ascontiguousarray(feed[n])).to(self.device) for n in self.input_names]
+        args = [torch.from_numpy(feed[s.name]).to(self.device) for s in self.inputs]
         with torch.inference_mode():
             try:
                 outputs = flatten_outputs(self.module(*args))
             except RuntimeError as e:
-                shapes = ", ".join(f"{n}{tuple(feed[n].shape)}" for n in self.input_names)
+                shapes = ", ".join(f"{s.name}{tuple(feed[s.name].shape)}" for s in self.inputs)
                 raise TrtoptError(f"the model rejected inputs {shapes}: {str(e).splitlines()[0][:200]}",
                                   "pass inputs of the shape the model expects (--input-shape)") from e
         names = list(self.loaded.output_names)

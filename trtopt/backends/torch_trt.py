@@ -7,17 +7,22 @@ module and inputs to half; nothing relies on ``enabled_precisions``, which Torch
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from trtopt.backends.base import Capabilities
+from trtopt.backends.base import Capabilities, Runner
 from trtopt.environment import package_version
 from trtopt.errors import TrtoptError
+from trtopt.feeds import CheckedFeed
 
 
-class TorchTensorRTRunner:
-    """A Torch-TensorRT compiled module behind the Runner protocol (inputs on the GPU, outputs on the host)."""
+class TorchTensorRTRunner(Runner):
+    """A Torch-TensorRT compiled module behind the Runner protocol (inputs on the GPU, outputs on the host).
+
+    Compiled for one batch size: its inputs are the `LoadedModel`'s with the batch axis fixed at it.
+    """
 
     backend = "torch-tensorrt"
 
@@ -38,17 +43,18 @@ class TorchTensorRTRunner:
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         self.loaded = loaded
         self.precision = precision
-        self.input_names = [s.name for s in loaded.inputs]
+        self.inputs = tuple(replace(s, batch=batch_size) for s in loaded.inputs)
+        self.model_name = loaded.spec
         module = loaded.module.eval().cuda().to(self.dtype)
         examples = [torch.zeros((batch_size, *s.shape), dtype=self.dtype, device="cuda") for s in loaded.inputs]
         self.module = torch_tensorrt.compile(module, ir="dynamo", inputs=examples)
 
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, feed: CheckedFeed) -> dict[str, np.ndarray]:
         import torch
 
         from trtopt.backends.torch import flatten_outputs
 
-        args = [torch.from_numpy(np.ascontiguousarray(feed[n])).to("cuda", self.dtype) for n in self.input_names]
+        args = [torch.from_numpy(feed[s.name]).to("cuda", self.dtype) for s in self.inputs]
         with torch.inference_mode():
             outputs = flatten_outputs(self.module(*args))
         names = list(self.loaded.output_names) + [f"output_{i}" for i in range(len(self.loaded.output_names), len(outputs))]

@@ -102,6 +102,24 @@ def write_json_output(path: str | None, data: Any, force: bool) -> None:
 
         write_json(path, data, force=force)
 
+def speedup_search_outcome(search: Any) -> int:
+    """Print one line on a `trtopt.speedup_search.SpeedupSearchResult`; the exit status.
+
+    Reached: the chosen step's speedup and interval, status 0. Missed: one ``warning:`` line naming the
+    kept (closest) step and the best measured speedup, status 1 (the closest model has been written).
+    """
+    chosen, target, knob = search.chosen_step, search.config, search.knob
+    window = f"{target.target_speedup}× ± {target.tolerance:.0%}"
+    measured = (f"{chosen.speedup:.2f}× [{chosen.speedup_ci_low:.2f}, {chosen.speedup_ci_high:.2f}] at {knob} "
+                f"{chosen.compression[knob]:.4g}")
+    if search.reached:
+        print(f"speedup {measured} (target {window} reached)")
+        return 0
+    best = search.fastest_step
+    print(f"warning: target {window} not reached in {len(search.steps)} steps: best measured speedup {best.speedup:.2f}× "
+          f"at {knob} {best.compression[knob]:.4g}; kept the closest, {measured}")
+    return EXIT_CHECK_FAILED
+
 def timing_config(args: argparse.Namespace) -> TimingConfig:
     return TimingConfig(warmup_iterations=args.warmup, iterations=args.iterations, duration_s=args.duration,
                         min_iterations=min(TimingConfig.min_iterations, args.iterations))

@@ -13,9 +13,10 @@ import argparse
 from typing import Any
 
 from trtopt.errors import TrtoptError
-from trtopt.cli._common import (add_data, feed_for, named_shapes, onnx_outputs, parse_shapes, step_printer, timing_config,
-                                write_json_output)
+from trtopt.cli._common import (add_data, feed_for, named_shapes, onnx_outputs, parse_shapes, speedup_search_outcome,
+                                step_printer, write_json_output)
 from trtopt.compress.config import CONV_SCHEMES, GRANULARITIES, LowRankConfig, ShareConfig
+from trtopt.speedup_search import SpeedupSearchConfig
 
 
 def _load(args: argparse.Namespace):
@@ -42,14 +43,14 @@ def _export(args: argparse.Namespace, loaded, path: str) -> Any:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from trtopt.compress.share import cluster_weights, save_shared
+    from trtopt.compress.share import cluster_weights_, save_shared
 
     config = ShareConfig(bits=args.bits, granularity=args.granularity, layers=tuple(args.layer or ()),
                          exclude=tuple(args.exclude or ()), min_elements=args.min_elements, int8_grid=args.int8_grid,
                          seed=args.seed)
     _check_outputs(args, (args.output, args.json, args.checkpoint_out), args.onnx)
     loaded = _load(args)
-    module, report = cluster_weights(loaded.module, config)
+    module, report = cluster_weights_(loaded.module, config)
     info = save_shared(module, args.output, force=args.force)
     result: dict[str, Any] = {"model": args.model, "report": report.to_dict(), "file": info.to_dict()}
     if args.checkpoint_out:
@@ -86,7 +87,7 @@ def _parse_ranks(values: list[str] | None) -> dict[str, int]:
 
 
 def cmd_factorize(args: argparse.Namespace) -> int:
-    from trtopt.compress.lowrank import factorize
+    from trtopt.compress.lowrank import factorize_
 
     ranks = _parse_ranks(args.rank)
     chosen = [flag for flag, on in (("--energy", args.energy is not None), ("--param-budget", args.param_budget is not None),
@@ -98,39 +99,42 @@ def cmd_factorize(args: argparse.Namespace) -> int:
                            param_budget=args.param_budget, ranks=ranks, conv=args.conv, layers=tuple(args.layer or ()),
                            exclude=tuple(args.exclude or ()), min_reduction=args.min_reduction,
                            rank_multiple=args.rank_multiple)
+    target = None
+    if args.target_speedup is not None:
+        target = SpeedupSearchConfig(target_speedup=args.target_speedup, tolerance=args.tolerance, batch_size=args.batch_size,
+                                     threads=args.threads, warmup_iterations=args.warmup, iterations=args.iterations)
     _check_outputs(args, (args.json,), args.output)
     loaded = _load(args)
     import torch
 
     example = feed_for(args, loaded.inputs, loaded.preprocess, count=max(args.samples or 8, 8))
     result: dict[str, Any] = {"model": args.model}
-    if args.target_speedup is not None:
-        from trtopt.speedup_search import factorize_for_speedup
+    if target is not None:
+        from trtopt.speedup_search import search_speedup
 
-        loaded.module, result["latency_search"] = factorize_for_speedup(
-            loaded, args.target_speedup, config, energies=args.energies, feed=example, batch_size=args.batch_size,
-            timing=timing_config(args), threads=args.threads, on_step=step_printer(args))
-        report_dict = result["latency_search"].pop("report")
+        step = step_printer(args)
+        step(f"searching the kept energy for a {target.target_speedup}× speedup on ONNX Runtime (batch {target.batch_size})")
+        search = search_speedup(loaded, config, target, feed=example, on_step=lambda s: step(
+            f"energy {s.compression['energy']:.4g}: parameters {s.compression['parameters']:,}, speedup {s.speedup:.2f}× "
+            f"[{s.speedup_ci_low:.2f}, {s.speedup_ci_high:.2f}]"))
+        loaded.module, report = search.module, search.result
+        result["speedup_search"] = search.to_dict()
     else:
         example_t = tuple(torch.from_numpy(example[spec.name][:1]) for spec in loaded.inputs)  # forward's positional order
-        _, report = factorize(loaded.module, config, example_inputs=example_t)
-        report_dict = report.to_dict()
+        _, report = factorize_(loaded.module, config, example_inputs=example_t)
+    report_dict = report.to_dict()
     artifact = _export(args, loaded, args.output)
     result.update(report=report_dict, onnx=artifact.to_dict())
     write_json_output(args.json, result, args.force)
     print(f"wrote {artifact.path}: {report_dict['factorized_layers']} of {len(report_dict['layers'])} layers factorized; "
           f"parameters {report_dict['parameters_before']:,} → {report_dict['parameters_after']:,} "
           f"({report_dict['parameter_reduction']:.1%} fewer)")
-    if "latency_search" in result:
-        found = result["latency_search"]
-        print(f"  energy {found['chosen_energy']} chosen for ≥ {args.target_speedup}× at batch {args.batch_size}: " + ", ".join(
-            f"{r['energy']}: {r['speedup']:.2f}×" for r in found["candidates"]))
     for la in report_dict["layers"]:
         what = f"skipped: {la['skipped']}" if la["skipped"] else (
             f"{la['scheme']} rank {la['rank']}, energy {la['energy_kept']:.3f}, "
             f"{la['params_before']:,} → {la['params_after']:,} parameters")
         print(f"  {la['name']}: {what}")
-    return 0
+    return 0 if target is None else speedup_search_outcome(search)
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
@@ -176,13 +180,16 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--rank-multiple", type=int, default=LowRankConfig.rank_multiple,
                    help="round ranks up to a multiple (8/16 suit tensor cores; default %(default)s)")
     p.add_argument("--target-speedup", type=float, default=None, metavar="X",
-                   help="measure: export one candidate per --energies level, time them in ONNX Runtime interleaved with "
-                        "the original, keep the highest energy at least X times faster")
-    p.add_argument("--energies", type=float, nargs="+", default=[0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5],
-                   help="levels tried by --target-speedup")
-    p.add_argument("--batch-size", type=int, default=1, help="batch timed by --target-speedup (default 1)")
-    p.add_argument("--iterations", type=int, default=50, help="timed calls per candidate (--target-speedup)")
-    p.add_argument("--duration", type=float, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--warmup", type=int, default=5, help="untimed calls first (--target-speedup)")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (--target-speedup)")
+                   help="lower the kept energy step by step (then bisect) until the exported ONNX is measured X× faster "
+                        "than the original's on ONNX Runtime (interleaved); missed: keeps the closest, exit 1")
+    p.add_argument("--tolerance", type=float, default=SpeedupSearchConfig.tolerance,
+                   help="accept a speedup within X × (1 ± this) (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=SpeedupSearchConfig.batch_size,
+                   help="batch timed by --target-speedup (default %(default)s)")
+    p.add_argument("--iterations", type=int, default=SpeedupSearchConfig.iterations,
+                   help="timed calls per candidate (--target-speedup, default %(default)s)")
+    p.add_argument("--warmup", type=int, default=SpeedupSearchConfig.warmup_iterations,
+                   help="untimed calls first (--target-speedup, default %(default)s)")
+    p.add_argument("--threads", type=int, default=SpeedupSearchConfig.threads,
+                   help="ONNX Runtime threads (--target-speedup, default %(default)s)")
     p.set_defaults(func=cmd_factorize)

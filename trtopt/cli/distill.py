@@ -97,7 +97,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
                            patience=args.patience, checkpoint_dir=args.checkpoint_dir or args.resume,
                            resume_from=args.resume, seed=args.seed, keep_zeros=args.keep_zeros)
     if args.resume:
-        from trtopt.compress.distill import load_checkpoint
+        from trtopt.compress.trainer import load_checkpoint
 
         load_checkpoint(args.resume)  # fail on an unreadable checkpoint before loading models and data
     student = load_model(args.student, checkpoint=args.student_checkpoint)
@@ -162,11 +162,11 @@ def _npz(path: str, inputs) -> tuple[Any, Any]:
 
 def _model_inputs(feed: dict[str, Any], inputs, where: str) -> Any:
     """A checked feed as the model's positional inputs: one array, or a tuple in ``forward`` order."""
-    from trtopt.data import check_feed
+    from trtopt.feeds import check_feed
 
     if len(inputs) == 1 and len(feed) == 1:
         feed = {inputs[0].name: next(iter(feed.values()))}
-    checked = check_feed(feed, inputs, where)
+    checked = check_feed(feed, inputs, source=where)
     arrays = tuple(checked[s.name] for s in inputs)
     return arrays[0] if len(arrays) == 1 else arrays
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from typing import Any
-from trtopt.cli._common import EXIT_CHECK_FAILED, parse_shapes, step_printer, write_json_output
+from trtopt.cli._common import EXIT_CHECK_FAILED, parse_shapes, speedup_search_outcome, step_printer, write_json_output
 from trtopt.compress.config import IMPORTANCES, PRUNE_METHODS, PruneConfig
-from trtopt.speedup_search import SpeedupTargetConfig
+from trtopt.speedup_search import SpeedupSearchConfig
 
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from trtopt.files import check_outputs
     from trtopt.models.load import load_model, save_module
-    from trtopt.speedup_search import prune_to_speedup
+    from trtopt.speedup_search import search_speedup
     from trtopt.compress.prune import prune_loaded
 
     config = PruneConfig(method=args.method, ratio=args.ratio, global_pruning=args.global_pruning,
@@ -22,39 +22,32 @@ def cmd_prune(args: argparse.Namespace) -> int:
                          protect_first_last=not args.no_protect)
     target = None
     if args.target_speedup is not None:
-        target = SpeedupTargetConfig(target_speedup=args.target_speedup, tolerance=args.tolerance,
+        target = SpeedupSearchConfig(target_speedup=args.target_speedup, tolerance=args.tolerance,
                                      batch_size=args.batch_size, threads=args.threads, iterations=args.iterations)
     check_outputs([args.output, args.json], args.force, inputs=[args.model, args.checkpoint])  # before any work
     shapes = parse_shapes(args.input_shape)
     loaded = load_model(args.model, checkpoint=args.checkpoint, input_shape=next(iter(shapes.values())) if len(shapes) == 1 else None)
     step = step_printer(args)
-    report: dict[str, Any]
+    report: dict[str, Any] = {"model": args.model}
     if target is not None:
         step(f"searching the channel ratio for a {target.target_speedup}× speedup on ONNX Runtime "
              f"(batch {target.batch_size}, {target.threads} threads)")
-        search = prune_to_speedup(loaded, config, target, on_step=lambda r: step(
-            f"ratio {r['ratio']:.3f}: MACs ÷{r['macs_reduction']:.2f}, speedup {r['speedup']:.2f}× "
-            f"[{r['speedup_ci_low']:.2f}, {r['speedup_ci_high']:.2f}]"))
+        search = search_speedup(loaded, config, target, on_step=lambda s: step(
+            f"ratio {s.compression['ratio']:.3f}: MACs ÷{s.compression['macs_reduction']:.2f}, speedup {s.speedup:.2f}× "
+            f"[{s.speedup_ci_low:.2f}, {s.speedup_ci_high:.2f}]"))
         result = search.result
-        pruned = dataclasses.replace(loaded, module=result.module)
-        report = search.to_dict()
+        pruned = dataclasses.replace(loaded, module=search.module)
+        report["speedup_search"] = search.to_dict()
     else:
         step(f"pruning {args.model} ({config.method}, ratio {config.ratio})")
         pruned, result = prune_loaded(loaded, config)
-        report = {"result": result.to_dict()}
-    report["model"] = args.model
+    report["result"] = result.to_dict()
     save_module(pruned, args.output, force=args.force, metadata={"prune": result.to_dict()})
     write_json_output(args.json, report, args.force)
     print(f"wrote {args.output}: parameters {result.parameters_before:,} → {result.parameters_after:,} "
           f"(pruning rate {result.pruning_rate_percent:.1f} % of parameters), MACs/sample {result.macs_before / 1e6:.1f} M → "
           f"{result.macs_after / 1e6:.1f} M, channel ratio {result.channel_ratio:.3f}")
-    if target is not None:
-        chosen = next(s for s in report["steps"] if s["chosen"])
-        print(f"speedup {chosen['speedup']:.2f}× [{chosen['speedup_ci_low']:.2f}, {chosen['speedup_ci_high']:.2f}] at ratio "
-              f"{chosen['ratio']:.3f} (target {target.target_speedup}× ± {target.tolerance:.0%}: "
-              f"{'reached' if report['reached'] else 'NOT reached'})")
-        return 0 if report["reached"] else EXIT_CHECK_FAILED
-    return 0
+    return 0 if target is None else speedup_search_outcome(search)
 
 
 def cmd_check_2to4(args: argparse.Namespace) -> int:
@@ -95,13 +88,13 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--no-protect", action="store_true", help="also prune the first layer's and last layer's outputs")
     p.add_argument("--target-speedup", type=float, default=None, metavar="X",
                    help="raise the ratio step by step until the ONNX model is X× faster on ONNX Runtime (measured)")
-    p.add_argument("--tolerance", type=float, default=SpeedupTargetConfig.tolerance,
+    p.add_argument("--tolerance", type=float, default=SpeedupSearchConfig.tolerance,
                    help="accept a speedup within X × (1 ± this) (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=SpeedupTargetConfig.batch_size,
+    p.add_argument("--batch-size", type=int, default=SpeedupSearchConfig.batch_size,
                    help="batch timed by --target-speedup (default %(default)s)")
-    p.add_argument("--threads", type=int, default=SpeedupTargetConfig.threads,
+    p.add_argument("--threads", type=int, default=SpeedupSearchConfig.threads,
                    help="ONNX Runtime threads for --target-speedup (default %(default)s)")
-    p.add_argument("--iterations", type=int, default=SpeedupTargetConfig.iterations,
+    p.add_argument("--iterations", type=int, default=SpeedupSearchConfig.iterations,
                    help="timed calls per model and step (default %(default)s)")
     p.add_argument("--input-shape", action="append", metavar="[NAME:]DIMS", help="input shape without batch")
     p.add_argument("--json", help="write the pruning report (and search steps) here")

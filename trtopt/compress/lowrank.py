@@ -17,9 +17,9 @@
 Rank per layer, from one of three rules (all measured in the layer's own singular values):
 ``energy`` (smallest rank keeping that fraction of Σ s_i²), ``params`` (a global parameter budget:
 ranks are grown greedily where they keep the most energy per parameter until the budget is spent), or
-``ranks`` (explicit per layer). A *measured latency target* is met by `trtopt.speedup_search.factorize_for_speedup`:
-it exports one candidate per energy level, times them in ONNX Runtime interleaved with the original's
-ONNX, and keeps the highest energy that is fast enough. A layer whose chosen rank would not reduce its parameters (and, when
+``ranks`` (explicit per layer). A *measured latency target* is met by `trtopt.speedup_search.search_speedup`:
+it lowers the kept energy step by step (then bisects), exports each candidate and times it in ONNX Runtime
+interleaved with the original's ONNX. A layer whose chosen rank would not reduce its parameters (and, when
 example inputs are given, its MACs) is left as it is and listed with the reason.
 
 The result is a plain ``nn.Module`` (``nn.Sequential`` of standard layers in place of each factorized
@@ -63,8 +63,8 @@ class LayerRank:
     skipped: str | None = None
 
 @dataclass
-class LowRankReport:
-    """What :func:`factorize` did; ``to_dict()`` is JSON-ready.
+class LowRankResult:
+    """What :func:`factorize_` did; ``to_dict()`` is JSON-ready.
 
     ``parameters_*`` and ``bytes_*`` (FP32) cover the whole model; per-layer rows cover each candidate.
     """
@@ -413,8 +413,8 @@ def _budget_ranks(plans: Sequence[_Plan], caps: Mapping[str, int], budget_params
             heapq.heappush(heap, (s[0], i, s[1], s[2]))
     return ranks
 
-def factorize(model: Any, config: LowRankConfig = LowRankConfig(), example_inputs: Any = None,
-              on_layer: Callable[[str], None] | None = None) -> tuple[Any, LowRankReport]:
+def factorize_(model: Any, config: LowRankConfig = LowRankConfig(), example_inputs: Any = None,
+               on_layer: Callable[[str], None] | None = None) -> tuple[Any, LowRankResult]:
     """Replace selected Linear/Conv2d layers by low-rank factorizations, **in place**; returns (model, report).
 
     Args:
@@ -505,7 +505,7 @@ def factorize(model: Any, config: LowRankConfig = LowRankConfig(), example_input
         _set_module(model, modules, plan.name, replacement)
     order = {n: i for i, (n, _) in enumerate(chosen)}
     rows.sort(key=lambda la: order[la.name])
-    return model, LowRankReport(config, rows, before, parameter_count(model), time.perf_counter() - start)
+    return model, LowRankResult(config, rows, before, parameter_count(model), time.perf_counter() - start)
 
 def _useful_rank(plan: _Plan, shapes: Mapping[str, Any], min_reduction: float) -> int:
     """The largest rank whose parameters (and MACs, when known) are at most (1 - min_reduction) of dense; 0 if none."""

@@ -23,7 +23,7 @@ The pruning rate follows DESIGN.md: pruned *parameters* / total parameters × 10
 plus newly zeroed ones). The channel ratio is reported beside it, clearly named: removing 50 % of the
 channels removes ~75 % of a conv's weights.
 
-`trtopt.speedup_search.prune_to_speedup` prunes step by step until the exported model, timed interleaved against the
+`trtopt.speedup_search.search_speedup` prunes step by step until the exported model, timed interleaved against the
 unpruned model on ONNX Runtime, reaches a requested speedup (measured, not estimated from MACs).
 
 Imports torch (and torch_pruning for ``structured``): import this module lazily.

@@ -11,7 +11,7 @@ no further weight error.
 
 Pipeline::
 
-    model, report = cluster_weights(model, ShareConfig(bits=4))       # weights now take <= 16 values per group
+    model, report = cluster_weights_(model, ShareConfig(bits=4))      # weights now take <= 16 values per group
     with tie_weights(model):                                          # optional recovery: any trainer
         train(model)                                                  # gradients averaged per cluster
     save_shared(model, "model.shared.npz")                            # codebooks + packed indices + FP32 rest
@@ -77,8 +77,8 @@ class LayerShare:
     skipped: str | None = None
 
 @dataclass
-class ShareReport:
-    """What :func:`cluster_weights` did, JSON-ready via :meth:`to_dict`.
+class ShareResult:
+    """What :func:`cluster_weights_` did, JSON-ready via :meth:`to_dict`.
 
     ``bytes_*`` count the model state: FP32 bytes of everything vs b-bit indices + FP32 codebooks of the
     clustered weights + the unclustered state at its dtype (the payload of :func:`save_shared`, before
@@ -215,8 +215,8 @@ def _select_modules(model: Any, config_layers: Sequence[str], exclude: Sequence[
         chosen = [(n, m) for n, m in modules.items() if type(m).__name__ in CLUSTERABLE_TYPES]
     return [(n, m) for n, m in chosen if n not in set(exclude)]
 
-def cluster_weights(model: Any, config: ShareConfig = ShareConfig(),
-                    on_layer: Callable[[str], None] | None = None) -> tuple[Any, ShareReport]:
+def cluster_weights_(model: Any, config: ShareConfig = ShareConfig(),
+                     on_layer: Callable[[str], None] | None = None) -> tuple[Any, ShareResult]:
     """Replace each selected weight by its nearest of 2^b k-means centroids (per layer or per channel).
 
     Args:
@@ -275,7 +275,7 @@ def cluster_weights(model: Any, config: ShareConfig = ShareConfig(),
                           f"cluster a model with {', '.join(CLUSTERABLE_TYPES[:3])}... layers or lower min_elements")
     setattr(model, SPEC_ATTRIBUTE, spec)
     fp32_total, shared_total = _state_sizes(model, spec)
-    return model, ShareReport(config, layers, fp32_total, shared_total, time.perf_counter() - start)
+    return model, ShareResult(config, layers, fp32_total, shared_total, time.perf_counter() - start)
 
 def _shared_bytes(numel: int, groups: int, bits: int) -> int:
     """Bytes of one clustered weight: groups × 2^b FP32 codebook values + packed b-bit indices."""
@@ -319,7 +319,7 @@ def codes(weight: Any, granularity: str, bits: int, name: str = "weight") -> tup
     most = int(rank[:, -1].max()) + 1
     if most > k:
         raise TrtoptError(f"{name} has {most} distinct values in a group, more than 2^{bits}={k}",
-                          "cluster it again with cluster_weights, or fine-tune inside tie_weights(model)")
+                          "cluster it again with cluster_weights_, or fine-tune inside tie_weights(model)")
     indices = torch.empty_like(rank).scatter_(1, order, rank)
     codebook = torch.empty(grouped.shape[0], k, dtype=grouped.dtype)
     last = values.gather(1, rank.argmax(dim=1, keepdim=True))  # pad with each group's largest value
@@ -355,7 +355,7 @@ def tie_weights(model: Any) -> Iterator[TieHandle]:
 
     spec = getattr(model, SPEC_ATTRIBUTE, None)
     if not spec:
-        raise TrtoptError("the model has no shared weights (no trtopt_share attribute)", "run cluster_weights(model) first")
+        raise TrtoptError("the model has no shared weights (no trtopt_share attribute)", "run cluster_weights_(model) first")
     params = dict(model.named_parameters())
     modules = dict(model.named_modules())
     handle = TieHandle()
@@ -439,7 +439,7 @@ def _content_hash(arrays: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 @dataclass(frozen=True)
-class SharedFileInfo:
+class SharedWeightsArtifact:
     """What :func:`save_shared` wrote (JSON-ready via ``vars``/:meth:`to_dict`)."""
 
     path: str
@@ -458,7 +458,7 @@ class SharedFileInfo:
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self), compression_ratio=self.compression_ratio)
 
-def save_shared(model: Any, path: str | os.PathLike, force: bool = False) -> SharedFileInfo:
+def save_shared(model: Any, path: str | os.PathLike, force: bool = False) -> SharedWeightsArtifact:
     """Write a clustered model's state compactly: FP32 codebooks + packed b-bit indices + the rest as stored.
 
     File: a deflate-compressed ``.npz`` (zip) with a JSON header (``meta``: format name and version, the
@@ -472,7 +472,7 @@ def save_shared(model: Any, path: str | os.PathLike, force: bool = False) -> Sha
     """
     spec = getattr(model, SPEC_ATTRIBUTE, None)
     if not spec:
-        raise TrtoptError("the model has no shared weights (no trtopt_share attribute)", "run cluster_weights(model) first")
+        raise TrtoptError("the model has no shared weights (no trtopt_share attribute)", "run cluster_weights_(model) first")
     state = model.state_dict()
     codebooks: list[np.ndarray] = []
     packed: list[np.ndarray] = []
@@ -518,8 +518,8 @@ def save_shared(model: Any, path: str | os.PathLike, force: bool = False) -> Sha
         tmp.write_bytes(buf.getvalue())
     payload = sum(a.nbytes for k, a in arrays.items() if k != "meta")
     n_shared = sum(1 for e in entries.values() if e["kind"] == "shared")
-    return SharedFileInfo(str(path), Path(path).stat().st_size, fp32_bytes, payload, n_shared, len(entries) - n_shared,
-                          digest)
+    return SharedWeightsArtifact(str(path), Path(path).stat().st_size, fp32_bytes, payload, n_shared,
+                                 len(entries) - n_shared, digest)
 
 def read_shared(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The header and arrays of a shared-weights file, checked (format, version, SHA-256 of the content).

@@ -2,8 +2,8 @@
 
 Both formats are built for one input shape; the sidecar next to the model (``model.pte.json``) records
 what the file itself does not: input names, shapes and dtypes, output names, precision, and how it was
-made. This module reads and checks it (and the feeds given to a static-shape model); the runtime
-adapters in `trtopt.backends` use it, the converters in `trtopt.edge.export` write it.
+made. This module reads and checks it; the runtime adapters in `trtopt.backends` use it (their inputs,
+batch axis fixed, come from it), the converters in `trtopt.edge.export` write it.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from trtopt.errors import TrtoptError
 
 
@@ -24,7 +22,6 @@ FORMATS = {"pte": ("executorch", "executorch"), "tflite": ("litert", "litert")}
 
 SIDECAR_VERSION = 1
 
-Feed = dict[str, np.ndarray]
 
 @dataclass(frozen=True)
 class EdgeArtifact:
@@ -111,18 +108,3 @@ def require(module: str, backend: str) -> None:
     if importlib.util.find_spec(module) is None:
         extra = next(extra for name, extra in FORMATS.values() if name == backend)
         raise missing_dependency(module, extra, f"the {backend} backend")
-
-def check_static_feed(feed: dict[str, np.ndarray], inputs: list[tuple[str, tuple[int, ...], str]],
-                      model_name: str) -> dict[str, np.ndarray]:
-    """Feed checked against static input shapes (batch included) and cast to the inputs' dtypes."""
-    out = {}
-    for name, shape, dtype in inputs:
-        if name not in feed:
-            raise TrtoptError(f"{model_name} needs input {name!r}, the feed has {', '.join(feed) or 'none'}",
-                              f"provide {', '.join(n for n, _, _ in inputs)}")
-        arr = np.asarray(feed[name])
-        if tuple(arr.shape) != shape:
-            raise TrtoptError(f"input {name!r} of {model_name} is built for shape {shape}, got {tuple(arr.shape)}",
-                              f"use batch size {shape[0]} (edge models are static), or re-export with --batch-size")
-        out[name] = np.ascontiguousarray(arr.astype(dtype, copy=False))
-    return out

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from trtopt.errors import TrtoptError
-from trtopt.edge.artifact import EdgeArtifact, FORMATS, Feed, SIDECAR_VERSION, edge_format, inspect_edge, sidecar_path
+from trtopt.edge.artifact import EdgeArtifact, FORMATS, SIDECAR_VERSION, edge_format, inspect_edge, sidecar_path
+from trtopt.feeds import Feed
 from trtopt.edge.convert import EdgeConfig
 
 

@@ -37,7 +37,9 @@ from typing import Any
 import numpy as np
 
 from trtopt._config import check_int, check_number
+from trtopt.backends.base import Runner
 from trtopt.errors import TrtoptError
+from trtopt.feeds import CheckedFeed
 from trtopt.files import atomic_output, sha256_file, write_json
 
 BASELINE_FORMAT = 2
@@ -72,14 +74,18 @@ class GateConfig:
 CONTROL_NAME = "trtopt-control"
 
 
-class ControlRunner:
+class ControlRunner(Runner):
     """A fixed workload timed interleaved with the candidates, to cancel machine-wide slowdowns.
 
     An ONNX Runtime session over a constant MatMul+Relu chain (8 layers of 256×256, batch 8, ~0.5 ms on
     2 threads here) built in memory, run on the candidates' thread count. If a neighbour process or a
     clock change slows the machine during today's run, the control slows too, and slowdowns are judged
-    on candidate/control ratios per round. It ignores the feed it is given.
+    on candidate/control ratios per round. It declares no inputs and runs its own constant feed.
     """
+
+    backend = "onnxruntime"
+    inputs = ()
+    model_name = "the control workload"
 
     def __init__(self, threads: int | None = None):
         import onnxruntime as ort
@@ -102,7 +108,7 @@ class ControlRunner:
         self._feed = {"x": rng.standard_normal((8, 256)).astype(np.float32)}
         self.threads = threads
 
-    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, feed: CheckedFeed) -> dict[str, np.ndarray]:
         return dict(zip([o.name for o in self._session.get_outputs()], self._session.run(None, self._feed), strict=True))
 
     def describe(self) -> dict[str, Any]:

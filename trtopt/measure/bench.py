@@ -16,9 +16,10 @@ from typing import Any
 from trtopt.artifacts import OnnxArtifact, inspect_onnx
 from trtopt.backends.base import Runner
 from trtopt.backends.ort import OrtConfig
-from trtopt.data import Feed, take_batch
+from trtopt.data import take_batch
 from trtopt.edge.artifact import edge_format
 from trtopt.errors import TrtoptError
+from trtopt.feeds import Feed
 from trtopt.models.spec import InputSpec, LoadedModel, is_onnx_path, parameter_bytes, parameter_count
 from trtopt.models.load import load_model
 from trtopt.measure.profile import TimingConfig, compare_latency, speedup_interval, time_interleaved
@@ -26,7 +27,7 @@ from trtopt.measure.profile import TimingConfig, compare_latency, speedup_interv
 
 @dataclass
 class Candidate:
-    """One model on one backend, opened and ready to time.
+    """One model on one backend, opened and ready to time; ``with`` closes its runner on exit.
 
     Attributes:
         name: label in reports ("pytorch-fp32", "resnet18.onnx").
@@ -51,6 +52,12 @@ class Candidate:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "backend": self.backend, "precision": self.precision, "source": self.source,
                 "size_bytes": self.size_bytes, "parameters": self.parameters, "runner": self.runner.describe()}
+
+    def __enter__(self) -> Candidate:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.runner.close()
 
 
 def torch_candidate(loaded: LoadedModel, name: str = "pytorch-fp32", threads: int | None = None) -> Candidate:
@@ -154,9 +161,8 @@ def bench(candidates: Sequence[Candidate], feed: Feed, batch_sizes: Sequence[int
     per_batch = []
     for batch_size in batch_sizes:
         batch = take_batch(feed, batch_size)
-        feeds = {c.name: _feed_for(c, batch) for c in candidates}
         callback = (lambda done, total, b=batch_size: on_progress(f"batch {b}", done, total)) if on_progress else None
-        runs = [time_interleaved({c.name: c.runner for c in candidates}, feeds, timing, on_iteration=callback)
+        runs = [time_interleaved({c.name: c.runner for c in candidates}, batch, timing, on_iteration=callback)
                 for _ in range(repeats)]
         samples = {name: [v for run in runs for v in run[name]] for name in names}  # round order kept across runs
         result = compare_latency(samples, names[0], batch_size, timing)
@@ -172,11 +178,6 @@ def bench(candidates: Sequence[Candidate], feed: Feed, batch_sizes: Sequence[int
     return {"baseline": names[0], "candidates": [c.describe() for c in candidates], "per_batch": per_batch}
 
 
-def _feed_for(candidate: Candidate, batch: Feed) -> Feed:
-    checker = getattr(candidate.runner, "check_feed", None)
-    return checker(batch) if checker else batch
-
-
 def run_all(candidate: Candidate, feed: Feed, batch_size: int = 8) -> dict[str, Any]:
     """Outputs of ``candidate`` over every sample of ``feed``, concatenated (for accuracy comparisons)."""
     from trtopt.measure.compare import concat_batches
@@ -184,13 +185,13 @@ def run_all(candidate: Candidate, feed: Feed, batch_size: int = 8) -> dict[str, 
 
     static = getattr(candidate.runner, "static_batch", None)
     if static is None:
-        return concat_batches([candidate.runner.infer(_feed_for(candidate, b)) for b in iter_batches(feed, batch_size)])
+        return concat_batches([candidate.runner.infer(b) for b in iter_batches(feed, batch_size)])
     # A static-shape model (.pte/.tflite) runs its own batch size; the last batch is padded by wrapping
     # around to the first samples, and the padding's outputs are dropped.
     n = len(next(iter(feed.values())))
     outputs = []
     for start in range(0, n, static):
-        result = candidate.runner.infer(_feed_for(candidate, take_batch(feed, static, start)))
+        result = candidate.runner.infer(take_batch(feed, static, start))
         outputs.append({k: v[:min(static, n - start)] for k, v in result.items()})
     return concat_batches(outputs)
 

@@ -181,12 +181,16 @@ def time_interleaved(runners: Mapping[str, Runner],
         list was timed in round ``i``, which :func:`speedup_interval` relies on for pairing).
 
     Raises:
-        TrtoptError: if there are no runners or the feed does not fit them.
+        TrtoptError: if there are no runners or the feed does not fit them (the runner's check names the input).
     """
     names = list(runners)
     if not names:
         raise TrtoptError("no runners to time", "pass at least one name -> runner")
     feeds = _feeds_per_runner(names, feed)
+    # Each feed checked once, before any call (Runner.check_feed): a runner passes a feed its own check
+    # returned straight through, so the timed calls run the model only.
+    feeds = {name: runners[name].check_feed(feeds[name]) if isinstance(runners[name], Runner) else feeds[name]
+             for name in names}
     calls = [(name, runners[name].infer, feeds[name]) for name in names]
     for _warmup in range(config.warmup_iterations):
         for _name, infer, inputs in calls:

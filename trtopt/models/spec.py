@@ -7,8 +7,8 @@ loading and every stage that runs a model; plus parameter counts and sizes of a 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
-
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -17,20 +17,47 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One model input, described without its batch axis.
+    """One model input: name, per-sample shape, dtype, and what its batch axis (axis 0) is.
+
+    The one input descriptor of the package: models declare their inputs with it, every runner declares
+    the inputs it takes with it, and :func:`trtopt.feeds.check_feed` checks feeds against it.
 
     Attributes:
         name: input name, used in ONNX and in data files (.npz keys).
-        shape: shape without the batch axis, e.g. (3, 224, 224).
-        dtype: numpy dtype name ("float32", "int64").
+        shape: shape without the batch axis, e.g. (3, 224, 224); a string is a symbolic axis of any
+            length ("seq"; "?" when unnamed), as ONNX and TensorRT signatures have.
+        dtype: numpy dtype name ("float32", "int64"); "unknown" when the model does not say.
         low / high: value range for seeded random inputs ([low, high) for integers: token ids, masks).
+        batch: axis 0: a symbol ("N", "batch") for a batch of any size, an int for a batch fixed at that
+            size (static ONNX, edge and Torch-TensorRT models), None for an input without one (a 0-d
+            scalar input of an ONNX graph).
     """
 
     name: str
-    shape: tuple[int, ...]
+    shape: tuple[int | str, ...]
     dtype: str = "float32"
     low: float = 0.0
     high: float = 1.0
+    batch: int | str | None = "N"
+
+    @classmethod
+    def from_dims(cls, name: str, dims: Sequence[int | str | None], dtype: str) -> InputSpec:
+        """An input from its full shape, batch axis included (an ONNX, engine or edge-sidecar signature).
+
+        Axis 0 becomes ``batch``; negative (TensorRT's -1), None and empty dims become the symbol "?".
+        """
+        full = tuple(_dim(d) for d in dims)
+        return cls(name, full[1:], dtype, batch=full[0]) if full else cls(name, (), dtype, batch=None)
+
+    @property
+    def dims(self) -> tuple[int | str, ...]:
+        """The full shape a feed's array has: ``(batch, *shape)``, or ``shape`` without a batch axis."""
+        return self.shape if self.batch is None else (self.batch, *self.shape)
+
+def _dim(d: int | str | None) -> int | str:
+    if isinstance(d, str):
+        return d or "?"
+    return "?" if d is None or int(d) < 0 else int(d)
 
 @dataclass(frozen=True)
 class ImagePreprocess:

@@ -24,9 +24,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trtopt._config import check_choice, check_int, check_number
-from trtopt.artifacts import OnnxArtifact, Ranges, TensorInfo, TensorRange, inspect_onnx
+from trtopt.artifacts import OnnxArtifact, Ranges, TensorRange, inspect_onnx
 from trtopt.errors import TrtoptError
+from trtopt.feeds import CheckedFeed, Feed, as_feed, check_feed
 from trtopt.files import temp_dir
+from trtopt.models.spec import InputSpec
 
 if TYPE_CHECKING:
     from trtopt.backends.ort import OrtConfig
@@ -34,8 +36,6 @@ from trtopt.quant.histogram import ENTROPY_START_BIN, StreamingHistogram, amax_e
 
 
 METHODS = ("minmax", "entropy", "percentile", "mse")
-
-Feed = dict[str, np.ndarray]
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -190,121 +190,40 @@ def write_with_outputs(model: Any, source: Path, outputs: Sequence[str], folder:
             shutil.copyfile(side, link)
     return target
 
-class _InputChecker:
-    """Checks calibration batches against the model's ONNX signature and fingerprints them."""
+class _Fingerprint:
+    """A sha256 of the exact arrays the model was fed, per input, independent of how the data is batched."""
 
-    def __init__(self, inputs: Sequence[TensorInfo], model_name: str):
-        self.inputs = list(inputs)
-        self.model_name = model_name
-        self.hashers = {t.name: hashlib.sha256() for t in inputs}
-        self.shapes: dict[str, list[list[Any]]] = {t.name: [] for t in inputs}  # run-length per-sample shapes
+    def __init__(self, inputs: Sequence[InputSpec]):
+        self.inputs = tuple(inputs)
+        self.hashers = {s.name: hashlib.sha256() for s in inputs}
+        self.shapes: dict[str, list[list[Any]]] = {s.name: [] for s in inputs}  # run-length per-sample shapes
         self.samples = 0
 
-    def to_feed(self, item: Any, where: str) -> Feed:
-        """One batch as a feed (dict name → array); arrays are accepted for single-input models."""
-        if isinstance(item, Mapping):
-            return {str(k): _to_numpy(v) for k, v in item.items()}
-        if len(self.inputs) == 1 and (isinstance(item, np.ndarray) or hasattr(item, "__array__")):
-            return {self.inputs[0].name: _to_numpy(item)}
-        names = ", ".join(t.name for t in self.inputs)
-        raise TrtoptError(f"{where} is a {type(item).__name__}, not a dict of arrays",
-                          f"yield dicts mapping {names} to arrays (axis 0 = samples)")
-
-    def check(self, feed: Feed, where: str) -> tuple[Feed, int]:
-        """Validate names, dtypes, shapes, sample counts and finiteness; returns (cast feed, samples)."""
-        names = [t.name for t in self.inputs]
-        missing = [n for n in names if n not in feed]
-        if missing:
-            have = ", ".join(feed) or "none"
-            raise TrtoptError(f"{where} lack input {missing[0]!r} of {self.model_name} (have {have})",
-                              f"provide arrays named {', '.join(names)}")
-        extra = [k for k in feed if k not in names]
-        if extra:
-            raise TrtoptError(f"{where} have input {extra[0]!r}, which {self.model_name} does not take",
-                              f"the model's inputs are {', '.join(names)}")
-        out: Feed = {}
-        counts, fixed_counts = set(), set()
-        for info in self.inputs:
-            arr = _cast(feed[info.name], info, self.model_name)
-            _check_shape(arr, info, self.model_name)
-            arr = np.ascontiguousarray(arr)  # ONNX Runtime and the fingerprint read raw memory
-            # Axis 0 is the sample axis where it is symbolic. A fixed or absent axis 0 (a static model,
-            # a 0-d scalar, a shape tensor beside a batched input) is part of one model call.
-            batched = bool(info.shape) and not isinstance(info.shape[0], int)
-            (counts if batched else fixed_counts).add(arr.shape[0] if arr.ndim else 1)
-            out[info.name] = arr
-        if len(counts) > 1:
-            raise TrtoptError(f"{where} have different sample counts per input {sorted(counts)}",
-                              "give every input the same number of samples")
-        # A fully static model: one call per batch, unless every input agrees on its axis-0 length.
-        n = counts.pop() if counts else (fixed_counts.pop() if len(fixed_counts) == 1 else 1)
-        for info in self.inputs:
-            arr = out[info.name]
-            if arr.dtype.kind == "f":
-                rows = arr.shape[0] if arr.ndim else 1  # per sample along axis 0 (a scalar is one)
-                finite = np.isfinite(arr).reshape(rows, -1).all(axis=1) if arr.size else np.ones(0, bool)
-                if not finite.all():
-                    first = self.samples + int(np.argmin(finite))
-                    raise TrtoptError(f"calibration input {info.name!r} contains NaN or inf (sample {first})",
-                                      "clean or drop those samples")
-        return out, n
-
-    def fingerprint_(self, feed: Feed, n: int) -> None:
-        """Add a checked batch to the running fingerprint (independent of how the data is batched)."""
+    def update_(self, feed: CheckedFeed) -> None:
+        """Add a checked batch (C-contiguous arrays, ``feed.samples`` samples)."""
         for name, arr in feed.items():
-            self.hashers[name].update(np.ascontiguousarray(arr).data)
+            self.hashers[name].update(arr.data)
             runs = self.shapes[name]
             sample_shape = list(arr.shape[1:])
             if runs and runs[-1][0] == sample_shape:
-                runs[-1][1] += n
+                runs[-1][1] += feed.samples
             else:
-                runs.append([sample_shape, n])
-        self.samples += n
+                runs.append([sample_shape, feed.samples])
+        self.samples += feed.samples
 
     def digest(self) -> str:
-        record = [{"name": t.name, "dtype": t.dtype, "shapes": self.shapes[t.name],
-                   "sha256": self.hashers[t.name].hexdigest()} for t in self.inputs]
+        record = [{"name": s.name, "dtype": s.dtype, "shapes": self.shapes[s.name],
+                   "sha256": self.hashers[s.name].hexdigest()} for s in self.inputs]
         return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
-def _to_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):  # a torch tensor
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
-
-def _cast(arr: np.ndarray, info: TensorInfo, model_name: str) -> np.ndarray:
-    """Cast to the input's dtype when the kind matches (float64 → float32, int32 → int64), else fail."""
-    if info.dtype == "unknown" or arr.dtype.name == info.dtype:
-        return arr
-    expected = np.dtype(info.dtype)
-    same_kind = (arr.dtype.kind == "f" and expected.kind == "f") or (arr.dtype.kind in "iu" and expected.kind in "iu")
-    if not same_kind:
-        raise TrtoptError(f"calibration input {info.name!r} has dtype {arr.dtype.name}, "
-                          f"{model_name} expects {info.dtype}",
-                          f"convert the data to {info.dtype} (e.g. array.astype('{info.dtype}'))")
-    return arr.astype(expected)
-
-def _check_shape(arr: np.ndarray, info: TensorInfo, model_name: str) -> None:
-    expected = info.shape
-    def fits(dims: Sequence[int | str], got: Sequence[int]) -> bool:
-        return all(not isinstance(e, int) or e == a for e, a in zip(dims, got, strict=True))
-
-    if arr.ndim == len(expected) and fits(expected, arr.shape):
-        return
-    shown = f"({', '.join(str(e) for e in expected)})"
-    fix = "pass arrays of the model's input shape, samples on axis 0"
-    if arr.ndim == len(expected) and isinstance(expected[0], int) and expected[0] != arr.shape[0] \
-            and fits(expected[1:], arr.shape[1:]):
-        fix = f"the model's batch axis is fixed at {expected[0]}: set calibration batch_size={expected[0]}"
-    raise TrtoptError(f"calibration input {info.name!r} has shape {tuple(arr.shape)}, {model_name} expects {shown}",
-                      fix)
-
-def _batches(data: Any, checker: _InputChecker, config: CalibrationConfig) -> tuple[Iterator[Feed], int]:
+def _batches(data: Any, inputs: Sequence[InputSpec], model: str,
+             config: CalibrationConfig) -> tuple[Iterator[Feed], int]:
     """Split ``data`` into feeds of at most ``batch_size`` samples; returns (batches, total or -1)."""
     if isinstance(data, (str, bytes, os.PathLike)):
         raise TrtoptError(f"calibration data {data!r} is a path, calibrate takes arrays",
                           "load it first with trtopt.data.load_feed (files, image folders, skimage:photos)")
     if isinstance(data, Mapping) or isinstance(data, np.ndarray) or hasattr(data, "detach"):
-        feed = checker.to_feed(data, "calibration data")
+        feed = as_feed(data, inputs, "calibration data", model)
         counts = {len(v) if v.ndim else 0 for v in feed.values()}
         total = max(counts) if counts else 0
         if config.max_samples is not None:
@@ -313,7 +232,7 @@ def _batches(data: Any, checker: _InputChecker, config: CalibrationConfig) -> tu
     if not isinstance(data, Iterable):
         raise TrtoptError(f"calibration data is a {type(data).__name__}",
                           "pass a dict of arrays (axis 0 = samples) or an iterable of such batches")
-    items = (checker.to_feed(item, f"calibration batch {k}") for k, item in enumerate(data))
+    items = (as_feed(item, inputs, f"calibration batch {k}", model) for k, item in enumerate(data))
     return _split(items, config), -1
 
 def _split(items: Iterable[Feed], config: CalibrationConfig) -> Iterator[Feed]:
@@ -321,7 +240,7 @@ def _split(items: Iterable[Feed], config: CalibrationConfig) -> Iterator[Feed]:
         lengths = [len(v) if np.ndim(v) else 0 for v in feed.values()]
         n = max(lengths) if lengths else 0
         if n <= config.batch_size or len(set(lengths)) > 1:
-            yield feed  # a malformed batch is yielded whole; the checker reports it
+            yield feed  # a malformed batch is yielded whole; the feed check reports it
             continue
         for start in range(0, n, config.batch_size):
             yield {k: v[start:start + config.batch_size] for k, v in feed.items()}
@@ -370,28 +289,29 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
     input_names = {t.name for t in artifact.inputs}
     fetched = [n for n in names if n not in input_names]  # graph inputs come from the feed itself
     stats = {n: StreamingHistogram(config.num_bins) for n in names}
-    checker = _InputChecker(artifact.inputs, path.name)
-    batches, total = _batches(data, checker, config)
+    inputs = tuple(InputSpec.from_dims(t.name, t.shape, t.dtype) for t in artifact.inputs)
+    fingerprint = _Fingerprint(inputs)
+    batches, total = _batches(data, inputs, path.name, config)
     progress = on_progress or (lambda _done, _total: None)
 
     workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     with temp_dir("calibrate") as tmp, \
-            ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
+            ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool, \
+            contextlib.ExitStack() as stack:  # closes the runner before its folder goes
         runner = None
         if fetched:
             augmented = write_with_outputs(model, path, fetched, Path(tmp))
-            runner = OrtRunner(augmented, ort or OrtConfig())
+            runner = stack.enter_context(OrtRunner(augmented, ort or OrtConfig()))
         del model
         for k, feed in enumerate(batches):
-            remaining = None if config.max_samples is None else config.max_samples - checker.samples
+            remaining = None if config.max_samples is None else config.max_samples - fingerprint.samples
             if remaining is not None and remaining <= 0:
                 break
             if remaining is not None:  # samples past max_samples are neither checked nor used
                 feed = {key: v[:remaining] if np.ndim(v) else v for key, v in feed.items()}
-            feed, n = checker.check(feed, f"calibration batch {k}")
-            if n == 0:
-                continue
-            checker.fingerprint_(feed, n)
+            feed = check_feed(feed, inputs, model=path.name, source=f"calibration batch {k}",
+                              first_sample=fingerprint.samples)
+            fingerprint.update_(feed)
             jobs = [(stats[name], feed[name], name) for name in names if name in input_names]
             if runner is not None:
                 jobs += [(stats[name], value, name) for name, value in runner.infer(feed).items() if name in stats]
@@ -399,18 +319,16 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
             # parallel; each histogram is updated by one task per batch, so results do not depend on it.
             for _ in (pool.map(_update_job, jobs) if pool is not None else map(_update_job, jobs)):
                 pass
-            progress(checker.samples, total)
-            if config.max_samples is not None and checker.samples >= config.max_samples:
+            progress(fingerprint.samples, total)
+            if config.max_samples is not None and fingerprint.samples >= config.max_samples:
                 break
-        if runner is not None:
-            runner.close()
-    if checker.samples == 0:
+    if fingerprint.samples == 0:
         raise TrtoptError("the calibration data hold no samples", "provide at least one sample (hundreds are typical)")
     return Ranges(
         tensors={name: tensor_range(stats[name], config) for name in names},
         method=config.method,
-        samples=checker.samples,
-        data_sha256=checker.digest(),
+        samples=fingerprint.samples,
+        data_sha256=fingerprint.digest(),
         model_sha256=artifact.sha256,
         settings={**config.to_dict(), "histogram": "|x|, power-of-two bin width",
                   "entropy_start_bin": ENTROPY_START_BIN, "entropy_zero_bin_as_neighbor": True},

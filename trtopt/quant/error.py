@@ -21,7 +21,8 @@ import numpy as np
 
 from trtopt import metrics
 from trtopt.backends.ort import OrtConfig
-from trtopt.data import Feed, iter_batches
+from trtopt.data import iter_batches
+from trtopt.feeds import Feed
 from trtopt.files import temp_dir
 
 GEMM_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -161,18 +162,18 @@ def activation_sqnr(fp32_path: str | os.PathLike, qdq_path: str | os.PathLike, f
         ref_dir, q_dir = Path(tmp, "fp32"), Path(tmp, "qdq")
         ref_dir.mkdir()
         q_dir.mkdir()
-        ref_runner = OrtRunner(write_with_outputs(fp32, Path(fp32_path), names, ref_dir), OrtConfig())
-        q_runner = OrtRunner(write_with_outputs(qdq, Path(qdq_path), q_names, q_dir), qdq_ort or OrtConfig())
-        for batch in iter_batches(feed, batch_size):
-            ref = ref_runner.infer(ref_runner.check_feed(batch))
-            got = q_runner.infer(q_runner.check_feed(batch))
-            for name, q_name in zip(names, q_names):
-                r = ref[name].astype(np.float64)
-                e = r - got[q_name].astype(np.float64)
-                signal[name] += float(np.sum(r * r))
-                noise[name] += float(np.sum(e * e))
-                worst[name] = max(worst[name], float(np.abs(e).max()))
-                count[name] += r.size
+        with OrtRunner(write_with_outputs(fp32, Path(fp32_path), names, ref_dir), OrtConfig()) as ref_runner, \
+                OrtRunner(write_with_outputs(qdq, Path(qdq_path), q_names, q_dir), qdq_ort or OrtConfig()) as q_runner:
+            for batch in iter_batches(feed, batch_size):
+                ref = ref_runner.infer(batch)
+                got = q_runner.infer(batch)
+                for name, q_name in zip(names, q_names):
+                    r = ref[name].astype(np.float64)
+                    e = r - got[q_name].astype(np.float64)
+                    signal[name] += float(np.sum(r * r))
+                    noise[name] += float(np.sum(e * e))
+                    worst[name] = max(worst[name], float(np.abs(e).max()))
+                    count[name] += r.size
     rows = []
     for name, _, node in owners:
         sqnr = math.inf if noise[name] == 0 else 10 * math.log10(max(signal[name], 1e-300) / noise[name])

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from trtopt.errors import TrtoptError
+from trtopt.feeds import Feed
 from trtopt.files import temp_dir
 
-Feed = dict[str, np.ndarray]
 # The shipped case folders of the onnx wheel that hold model.onnx files (``real`` and ``light`` don't).
 CASE_GROUPS = ("simple", "pytorch-converted", "pytorch-operator")
 
@@ -253,9 +253,8 @@ def _check(path: Path, feed: Feed, work: Path, target: str, expected: Feed | Non
         record.update(opset=art.opset, inputs=[t.to_dict() for t in art.inputs], outputs=[t.to_dict() for t in art.outputs],
                       external_data=[p.name for p in art.data_files])
         stage = "fp32"
-        runner = OrtRunner(art.path, OrtConfig(intra_op_threads=threads))
-        fp32 = runner.infer(runner.check_feed(feed))
-        runner.close()
+        with OrtRunner(art.path, OrtConfig(intra_op_threads=threads)) as runner:
+            fp32 = runner.infer(feed)
         if expected:
             record["fp32_vs_reference"] = _summary(compare_outputs(expected, fp32, Tolerances(rtol=1e-3, atol=1e-4)))
         stage = "calibrate"
@@ -274,9 +273,8 @@ def _check(path: Path, feed: Feed, work: Path, target: str, expected: Feed | Non
             raise
         record["int8_size_bytes"] = int8.size_bytes
         stage = "int8"
-        runner = OrtRunner(int8.path, OrtConfig(intra_op_threads=threads))
-        out = runner.infer(runner.check_feed(feed))
-        runner.close()
+        with OrtRunner(int8.path, OrtConfig(intra_op_threads=threads)) as runner:
+            out = runner.infer(feed)
         stage = "compare"
         record["int8_vs_fp32"] = _summary(compare_outputs(fp32, out, Tolerances(rtol=0.1, atol=0.1, min_cosine=0.9)))
         record.update(status="ok", stage="done")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from trtopt.artifacts import Ranges
-from trtopt.data import Feed
+from trtopt.feeds import Feed
 from trtopt.errors import TrtoptError
 from trtopt.files import temp_dir
 from trtopt.quant.quantize import COMPUTE_OP_TYPES, QuantizeConfig, quantize
@@ -32,11 +32,8 @@ def model_outputs(path: Path, feed: Feed, threads: int | None, batch_size: int =
     """First output of the model over every sample (ONNX Runtime with the target's evaluation settings)."""
     from trtopt.measure.bench import onnx_candidate, run_all
 
-    cand = onnx_candidate(path, threads=threads)
-    try:
+    with onnx_candidate(path, threads=threads) as cand:
         return next(iter(run_all(cand, feed, batch_size).values()))
-    finally:
-        cand.runner.close()
 
 
 def accuracy_scorer(feed: Feed, labels: np.ndarray, threads: int | None = None) -> Scorer:

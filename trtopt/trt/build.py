@@ -33,7 +33,7 @@ from trtopt.trt.calibrator import make_calibrator
 
 
 @dataclass(frozen=True)
-class EngineBuild:
+class EngineArtifact:
     """A built (or reused) engine: its file, sidecar and layer information."""
 
     path: Path
@@ -47,7 +47,7 @@ class EngineBuild:
 
 def build_engine(plan: Any, output: str | os.PathLike, force: bool = False, calibration_data: Iterable | None = None,
                  calib_max_samples: int | None = 512, cache_dir: str | os.PathLike | None = None,
-                 cuda_library: str = "auto", verbose: bool = False) -> EngineBuild:
+                 cuda_library: str = "auto", verbose: bool = False) -> EngineArtifact:
     """Build the engine ``plan`` describes into ``output`` (+ ``output.json`` sidecar, ``output.layers.json``).
 
     Args:
@@ -67,7 +67,8 @@ def build_engine(plan: Any, output: str | os.PathLike, force: bool = False, cali
     """
     from trtopt.trt.cuda import open_cuda
     from trtopt.files import ensure_writable
-    from trtopt.trt.calibrator import CalibrationBatches, CalibrationInput
+    from trtopt.models.spec import InputSpec
+    from trtopt.trt.calibrator import CalibrationBatches
     from trtopt.trt.engine import engine_cache_key
     from trtopt.trt.build import format_parser_errors
 
@@ -136,8 +137,8 @@ def build_engine(plan: Any, output: str | os.PathLike, force: bool = False, cali
         if plan.trt_major >= 11:  # make_plan refuses this; kept so no 11.x run can reach a removed API
             raise TrtoptError("implicit INT8 on TensorRT 11", "use a Q/DQ ONNX")
         ops = open_cuda(cuda_library)
-        inputs = [CalibrationInput(network.get_input(i).name, _sample_shape(plan, network.get_input(i)),
-                                   np.dtype(trt.nptype(network.get_input(i).dtype)).name)
+        inputs = [InputSpec(network.get_input(i).name, _sample_shape(plan, network.get_input(i)),
+                            np.dtype(trt.nptype(network.get_input(i).dtype)).name)
                   for i in range(network.num_inputs)]
         if plan.int8_source == "calibrator":
             if calibration_data is None:
@@ -189,7 +190,7 @@ def _check_onnx_unchanged(plan: Any) -> None:
                           "remake the plan (trtopt build --plan-only) for this ONNX")
 
 def _save_engine(trt: Any, logger: Any, data: bytes, plan: Any, out: Path, identity: dict[str, Any], gpu: dict[str, Any],
-                 build_time: float, force: bool, cache_dir: Any, key: str) -> EngineBuild:
+                 build_time: float, force: bool, cache_dir: Any, key: str) -> EngineArtifact:
     """Write engine, layer information and sidecar atomically; copy them into the cache folder."""
     import hashlib
 
@@ -224,9 +225,9 @@ def _save_engine(trt: Any, logger: Any, data: bytes, plan: Any, out: Path, ident
                           (layer_path, f"{key}.engine.layers.json")):
             with atomic_output(cache / name, force=True) as tmp:
                 shutil.copyfile(src, tmp)
-    return EngineBuild(out, sidecar, layer_path, cache_hit=False)
+    return EngineArtifact(out, sidecar, layer_path, cache_hit=False)
 
-def _from_cache(cache: Path, key: str, out: Path, identity: dict[str, Any]) -> EngineBuild | None:
+def _from_cache(cache: Path, key: str, out: Path, identity: dict[str, Any]) -> EngineArtifact | None:
     """The cached engine for ``key`` copied to ``out``, or None when there is none (or it is stale)."""
     from trtopt.files import atomic_output
     from trtopt.trt.engine import check_engine_file, check_engine_matches, read_sidecar, sidecar_path
@@ -247,7 +248,7 @@ def _from_cache(cache: Path, key: str, out: Path, identity: dict[str, Any]) -> E
     for src, dst in pairs:
         with atomic_output(dst, force=True) as tmp:
             shutil.copyfile(src, tmp)
-    return EngineBuild(out, sidecar, pairs[2][1] if len(pairs) > 2 else None, cache_hit=True)
+    return EngineArtifact(out, sidecar, pairs[2][1] if len(pairs) > 2 else None, cache_hit=True)
 
 
 def format_parser_errors(parser: Any, onnx_name: str, limit: int = 3) -> str:

@@ -8,27 +8,20 @@ this module imports TensorRT only when a calibrator is made. TensorRT 11 has no 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from trtopt.errors import TrtoptError
+from trtopt.feeds import CheckedFeed, as_feed, check_feed
+from trtopt.models.spec import InputSpec
 
 
 def _unused_call(obj: Any, name: str) -> Any:
     value = getattr(obj, name, "")
     return value() if callable(value) else value
-
-@dataclass(frozen=True)
-class CalibrationInput:
-    """One network input the calibrator feeds: name, per-sample shape (no batch axis), numpy dtype."""
-
-    name: str
-    sample_shape: tuple[int, ...]
-    dtype: str
 
 class CalibrationBatches:
     """Fixed-size batches for an INT8 calibrator, streamed from trtopt data (feeds or arrays).
@@ -36,11 +29,15 @@ class CalibrationBatches:
     TensorRT's calibrator asks for one batch at a time (``get_batch``) of exactly ``batch_size`` samples
     per input. This regroups any iterable of feeds (dict name -> array, axis 0 = samples; e.g.
     :func:`trtopt.data.iter_batches` or :func:`trtopt.data.iter_photo_crops`) into such batches, holding at
-    most one batch plus one source chunk in memory, checks names/shapes/dtypes, stops after
+    most one batch plus one source chunk in memory, checks each chunk (`trtopt.feeds.check_feed`: names,
+    per-sample shapes, sample counts, dtypes; arrays no input takes are left out), stops after
     ``max_samples`` and drops a final partial batch (counted in ``dropped``).
+
+    ``inputs`` are the network's inputs with their per-sample shape: the calibration profile's opt shape
+    without the batch axis.
     """
 
-    def __init__(self, source: Iterable[Mapping[str, Any]], inputs: Sequence[CalibrationInput], batch_size: int,
+    def __init__(self, source: Iterable[Any], inputs: Sequence[InputSpec], batch_size: int,
                  max_samples: int | None = None):
         if batch_size < 1:
             raise TrtoptError(f"calibration batch size {batch_size} is below 1", "use e.g. 8")
@@ -61,37 +58,19 @@ class CalibrationBatches:
             self.batches_served += 1
         return batch
 
-    def _check(self, feed: Mapping[str, Any], index: int) -> dict[str, np.ndarray]:
-        if not isinstance(feed, Mapping):
-            if len(self.inputs) != 1:
-                raise TrtoptError(f"calibration item {index} is an array but the network has {len(self.inputs)} inputs",
-                                  "yield dicts keyed by input name")
-            feed = {self.inputs[0].name: feed}
-        out = {}
-        counts = set()
-        for spec in self.inputs:
-            if spec.name not in feed:
-                raise TrtoptError(f"calibration item {index} has no input {spec.name!r} (has {', '.join(feed)})",
-                                  f"yield every input: {', '.join(s.name for s in self.inputs)}")
-            arr = np.asarray(feed[spec.name])
-            if tuple(arr.shape[1:]) != spec.sample_shape:
-                raise TrtoptError(f"calibration input {spec.name!r} has samples of shape {tuple(arr.shape[1:])}, the "
-                                  f"calibration profile needs {spec.sample_shape}",
-                                  "give data of the profile's opt shape (without the batch axis)")
-            out[spec.name] = arr.astype(spec.dtype, copy=False)
-            counts.add(arr.shape[0])
-        if len(counts) != 1:
-            raise TrtoptError(f"calibration item {index} has inputs with different sample counts {sorted(counts)}",
-                              "give every input the same number of samples")
-        return out
+    def _check(self, item: Any, index: int) -> CheckedFeed:
+        where = f"calibration item {index}"
+        feed = as_feed(item, self.inputs, where, "the network")
+        return check_feed(feed, self.inputs, model="the network's calibration profile", source=where,
+                          allow_extra=True, finite=False)
 
-    def _generate(self, source: Iterator[Mapping[str, Any]]) -> Iterator[dict[str, np.ndarray]]:
+    def _generate(self, source: Iterator[Any]) -> Iterator[dict[str, np.ndarray]]:
         pending: dict[str, list[np.ndarray]] = {s.name: [] for s in self.inputs}
         have = 0
         taken = 0
         for index, item in enumerate(source):
             feed = self._check(item, index)
-            n = next(iter(feed.values())).shape[0]
+            n = feed.samples
             if self.max_samples is not None:
                 n = min(n, self.max_samples - taken)
             start = 0

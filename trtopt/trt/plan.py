@@ -75,11 +75,8 @@ def resolve_version(version: str) -> str:
                       f"use one of {', '.join(VERSIONS)} (API manifests exist for those)")
 
 def major(version: str) -> int:
+    """The major release of a version trtopt plans for (10 or 11); TrtoptError for others (see resolve_version)."""
     return int(resolve_version(version).split(".")[0])
-
-def family(version: str) -> str:
-    """ "10.x" or "11.x"."""
-    return f"{major(version)}.x"
 
 @dataclass(frozen=True)
 class ShapeProfile:
@@ -339,112 +336,130 @@ class BuildPlan:
 def make_plan(onnx: Any, options: BuildOptions, trt_version: str) -> BuildPlan:
     """Decide the build for ``onnx`` (a path or an :class:`~trtopt.artifacts.OnnxArtifact`) on ``trt_version``.
 
+    The precision route (typing, precision flags, where INT8 scales come from) follows the rules of the
+    version's major release, :func:`_plan_trt10` or :func:`_plan_trt11`; the rest (shape profiles,
+    calibration batch, sparsity, DLA, compatibility flags) is the same for every version.
+
     Raises TrtoptError, before any TensorRT object exists, for anything that version can't do.
     """
     from trtopt.artifacts import OnnxArtifact, inspect_onnx
 
     art = onnx if isinstance(onnx, OnnxArtifact) else inspect_onnx(onnx)
     version = resolve_version(trt_version)
-    fam = family(version)
     where = art.path.name
-    onnx_precision = art.precision
     precision = options.precision
     if precision == "auto":
-        precision = "int8" if (options.calib_cache or options.calibrate) else onnx_precision
-    notes: list[str] = []
-    network_flags: list[str] = []
-    builder_flags: list[str] = []
-    int8_source = None
-    calib_sha = None
-    calib_batch = None
-
-    if fam == "11.x":
-        if options.calib_cache or options.calibrate:
-            raise TrtoptError(f"TensorRT {version} has no implicit INT8: calibrators and calibration caches were "
-                              "removed in 11.0",
-                              "make a Q/DQ ONNX (trtopt quantize --target tensorrt --ranges R.json) and build that")
-        if options.typing == "weak":
-            raise TrtoptError(f"TensorRT {version} networks are always strongly typed", "drop --typing weak")
-        if precision == "int8" and onnx_precision != "int8":
-            raise TrtoptError(f"INT8 asked for {where} on TensorRT {version}, but it holds no Q/DQ nodes (11.x takes "
-                              "INT8 only from Q/DQ in the graph)",
-                              f"quantize it first: trtopt quantize {where} --target tensorrt -o model.int8.onnx")
-        if precision == "fp16" and onnx_precision != "fp16":
-            raise TrtoptError(f"FP16 asked for {where} on TensorRT {version}, but it is {onnx_precision} (11.x has no "
-                              "FP16 builder flag; precision comes from the graph)",
-                              f"convert it first: trtopt quantize {where} --precision fp16 -o model.fp16.onnx")
-        _check_matches(precision, onnx_precision, where, version)
-        typing = "strong"  # STRONGLY_TYPED is deprecated and ignored in 11.x: create_network(0)
-        if precision == "int8":
-            int8_source = "qdq"
-    else:
-        if onnx_precision in ("int8", "fp16") and precision == onnx_precision:
-            typing = "weak" if options.typing == "weak" else "strong"
-            if typing == "strong":
-                network_flags.append("STRONGLY_TYPED")
-            elif precision == "int8":
-                builder_flags.append("INT8")  # weakly typed Q/DQ networks need it (NVIDIA developer guide)
-                if options.mixed_fp16:
-                    builder_flags.append("FP16")
-            else:
-                builder_flags.append("FP16")
-            int8_source = "qdq" if precision == "int8" else None
-            if options.calib_cache or options.calibrate:
-                raise TrtoptError(f"{where} already holds Q/DQ nodes; a calibration cache/calibrator would be ignored",
-                                  "drop --calib-cache (the Q/DQ scales are used)")
-        else:
-            _check_matches(precision, onnx_precision, where, version)
-            if options.typing == "strong" and precision != "fp32":
-                raise TrtoptError(f"a strongly typed network takes its precision from the graph, and {where} is "
-                                  f"{onnx_precision}, not {precision}",
-                                  f"use --typing weak, or convert the ONNX (trtopt quantize --precision {precision})")
-            typing = "strong" if options.typing == "strong" else "weak"
-            if typing == "strong":
-                network_flags.append("STRONGLY_TYPED")
-            if precision == "fp16":
-                builder_flags.append("FP16")
-                notes.append("BuilderFlag.FP16 is deprecated since TensorRT 10.12 (removed in 11): "
-                             "an FP16-cast ONNX is the portable route")
-            if precision == "int8":
-                builder_flags.append("INT8")
-                if options.mixed_fp16:
-                    builder_flags.append("FP16")
-                if options.calib_cache:
-                    calib_sha = _check_cache(options.calib_cache, version)
-                    int8_source = "calibration-cache"
-                elif options.calibrate:
-                    int8_source = "calibrator"
-                    calib_batch = -1  # filled in below from the profile (TensorRT calibrates at the OPT shape)
-                else:
-                    raise TrtoptError(f"implicit INT8 for {where} on TensorRT {version} needs scales",
-                                      "give --calib-cache FILE (trtopt calibrate --cache), calibration --data, or "
-                                      "build a Q/DQ ONNX (trtopt quantize --target tensorrt)")
-                notes.append("implicit INT8 (calibrators/caches) is deprecated since TensorRT 10.1 and removed in 11")
+        precision = "int8" if (options.calib_cache or options.calibrate) else art.precision
+    route = _VERSION_RULES[major(version)](art.precision, precision, options, where, version)
     profiles = validate_profiles(list(art.inputs), options.shapes, where)
-    if calib_batch is not None:
-        calib_batch = _calibration_batch(art, profiles, where)
+    # TensorRT calibrates at the OPT shape of the profile: the batch comes from there.
+    calib_batch = _calibration_batch(art, profiles, where) if route.int8_source == "calibrator" else None
+    builder_flags = list(route.builder_flags)
     if options.sparse:
         builder_flags.append("SPARSE_WEIGHTS")
-    device_type = "GPU"
-    if options.dla_core is not None:
-        device_type = "DLA"
-        if options.gpu_fallback:
-            builder_flags.append("GPU_FALLBACK")
-        if typing == "strong" and fam == "10.x":
-            notes.append("DLA runs FP16/INT8 only: layers the strongly typed graph keeps in FP32 fall back to the GPU")
+    if options.dla_core is not None and options.gpu_fallback:
+        builder_flags.append("GPU_FALLBACK")
     if options.version_compatible:
         builder_flags.append("VERSION_COMPATIBLE")
     if options.exclude_lean_runtime:
         builder_flags.append("EXCLUDE_LEAN_RUNTIME")
     return BuildPlan(
-        trt_version=version, onnx_path=str(art.path), onnx_sha256=art.sha256, onnx_precision=onnx_precision,
-        precision=precision, typing=typing, network_flags=tuple(network_flags), builder_flags=tuple(builder_flags),
-        int8_source=int8_source, calib_cache=str(options.calib_cache) if options.calib_cache else None,
-        calib_cache_sha256=calib_sha, calib_batch_size=calib_batch, profiles=profiles,
+        trt_version=version, onnx_path=str(art.path), onnx_sha256=art.sha256, onnx_precision=art.precision,
+        precision=precision, typing=route.typing, network_flags=route.network_flags, builder_flags=tuple(builder_flags),
+        int8_source=route.int8_source, calib_cache=str(options.calib_cache) if options.calib_cache else None,
+        calib_cache_sha256=route.calib_cache_sha256, calib_batch_size=calib_batch, profiles=profiles,
         workspace_bytes=options.workspace_bytes, timing_cache=options.timing_cache,
-        builder_optimization_level=options.opt_level, target=options.target, device_type=device_type,
-        dla_core=options.dla_core, hardware_compatibility_level=HARDWARE_COMPATIBILITY[options.hardware_compatibility],
-        notes=tuple(notes))
+        builder_optimization_level=options.opt_level, target=options.target,
+        device_type="GPU" if options.dla_core is None else "DLA", dla_core=options.dla_core,
+        hardware_compatibility_level=HARDWARE_COMPATIBILITY[options.hardware_compatibility], notes=route.notes)
+
+@dataclass(frozen=True)
+class _PrecisionRoute:
+    """How one TensorRT version builds the asked precision: typing, precision flags, source of INT8 scales."""
+
+    typing: str                             # "strong" or "weak"
+    network_flags: tuple[str, ...] = ()
+    builder_flags: tuple[str, ...] = ()     # precision flags only; make_plan adds the version-independent ones
+    int8_source: str | None = None          # None, "qdq", "calibration-cache", "calibrator"
+    calib_cache_sha256: str | None = None
+    notes: tuple[str, ...] = ()
+
+def _plan_trt11(onnx_precision: str, precision: str, options: BuildOptions, where: str, version: str) -> _PrecisionRoute:
+    """TensorRT 11.x: always strongly typed, precision from the graph only (Q/DQ for INT8, casts for FP16).
+
+    STRONGLY_TYPED is deprecated and ignored in 11.x, so no network flag is set (``create_network(0)``);
+    there are no FP16/INT8 builder flags, calibrators or calibration caches.
+    """
+    if options.calib_cache or options.calibrate:
+        raise TrtoptError(f"TensorRT {version} has no implicit INT8: calibrators and calibration caches were "
+                          "removed in 11.0",
+                          "make a Q/DQ ONNX (trtopt quantize --target tensorrt --ranges R.json) and build that")
+    if options.typing == "weak":
+        raise TrtoptError(f"TensorRT {version} networks are always strongly typed", "drop --typing weak")
+    if precision == "int8" and onnx_precision != "int8":
+        raise TrtoptError(f"INT8 asked for {where} on TensorRT {version}, but it holds no Q/DQ nodes (11.x takes "
+                          "INT8 only from Q/DQ in the graph)",
+                          f"quantize it first: trtopt quantize {where} --target tensorrt -o model.int8.onnx")
+    if precision == "fp16" and onnx_precision != "fp16":
+        raise TrtoptError(f"FP16 asked for {where} on TensorRT {version}, but it is {onnx_precision} (11.x has no "
+                          "FP16 builder flag; precision comes from the graph)",
+                          f"convert it first: trtopt quantize {where} --precision fp16 -o model.fp16.onnx")
+    _check_matches(precision, onnx_precision, where, version)
+    return _PrecisionRoute("strong", int8_source="qdq" if precision == "int8" else None)
+
+def _plan_trt10(onnx_precision: str, precision: str, options: BuildOptions, where: str, version: str) -> _PrecisionRoute:
+    """TensorRT 10.x: a graph that carries its precision builds strongly typed unless weak typing is asked;
+    otherwise precision comes from builder flags, and INT8 from a calibration cache or a calibrator."""
+    if onnx_precision in ("int8", "fp16") and precision == onnx_precision:
+        route = _trt10_from_graph(precision, options, where)
+    else:
+        route = _trt10_from_flags(onnx_precision, precision, options, where, version)
+    if options.dla_core is not None and route.typing == "strong":
+        route = replace(route, notes=route.notes + (
+            "DLA runs FP16/INT8 only: layers the strongly typed graph keeps in FP32 fall back to the GPU",))
+    return route
+
+def _trt10_from_graph(precision: str, options: BuildOptions, where: str) -> _PrecisionRoute:
+    """10.x, a Q/DQ (INT8) or FP16-cast ONNX built in its own precision."""
+    if options.calib_cache or options.calibrate:
+        raise TrtoptError(f"{where} already holds Q/DQ nodes; a calibration cache/calibrator would be ignored",
+                          "drop --calib-cache (the Q/DQ scales are used)")
+    int8_source = "qdq" if precision == "int8" else None
+    if options.typing != "weak":
+        return _PrecisionRoute("strong", network_flags=("STRONGLY_TYPED",), int8_source=int8_source)
+    if precision == "fp16":
+        return _PrecisionRoute("weak", builder_flags=("FP16",))
+    # Weakly typed Q/DQ networks need the INT8 flag (NVIDIA developer guide).
+    return _PrecisionRoute("weak", builder_flags=("INT8", "FP16") if options.mixed_fp16 else ("INT8",), int8_source=int8_source)
+
+def _trt10_from_flags(onnx_precision: str, precision: str, options: BuildOptions, where: str,
+                      version: str) -> _PrecisionRoute:
+    """10.x, an FP32 ONNX: FP16 by BuilderFlag.FP16, INT8 by the INT8 flag plus a calibration cache or calibrator."""
+    _check_matches(precision, onnx_precision, where, version)
+    if options.typing == "strong" and precision != "fp32":
+        raise TrtoptError(f"a strongly typed network takes its precision from the graph, and {where} is "
+                          f"{onnx_precision}, not {precision}",
+                          f"use --typing weak, or convert the ONNX (trtopt quantize --precision {precision})")
+    typing = "strong" if options.typing == "strong" else "weak"
+    network_flags = ("STRONGLY_TYPED",) if typing == "strong" else ()
+    if precision == "fp16":
+        return _PrecisionRoute(typing, network_flags, ("FP16",), notes=(
+            "BuilderFlag.FP16 is deprecated since TensorRT 10.12 (removed in 11): an FP16-cast ONNX is the portable route",))
+    if precision != "int8":
+        return _PrecisionRoute(typing, network_flags)
+    flags = ("INT8", "FP16") if options.mixed_fp16 else ("INT8",)
+    note = ("implicit INT8 (calibrators/caches) is deprecated since TensorRT 10.1 and removed in 11",)
+    if options.calib_cache:
+        return _PrecisionRoute(typing, network_flags, flags, "calibration-cache",
+                               _check_cache(options.calib_cache, version), notes=note)
+    if options.calibrate:
+        return _PrecisionRoute(typing, network_flags, flags, "calibrator", notes=note)
+    raise TrtoptError(f"implicit INT8 for {where} on TensorRT {version} needs scales",
+                      "give --calib-cache FILE (trtopt calibrate --cache), calibration --data, or "
+                      "build a Q/DQ ONNX (trtopt quantize --target tensorrt)")
+
+#: The precision rules of each TensorRT major release.
+_VERSION_RULES = {10: _plan_trt10, 11: _plan_trt11}
 
 def _calibration_batch(art: Any, profiles: tuple[ShapeProfile, ...], where: str) -> int:
     """Samples per calibration batch: the batch axis of the calibration profile's OPT shape (TensorRT 10.x

@@ -10,22 +10,26 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from trtopt.backends.base import Runner
 from trtopt.errors import TrtoptError
+from trtopt.feeds import CheckedFeed
+from trtopt.models.spec import InputSpec
 from trtopt.trt.runtime import import_trt, make_logger, machine
 
 
-class TensorRTRunner:
+class TensorRTRunner(Runner):
     """A TensorRT engine behind the Runner protocol, plus trtexec-style profiling (:meth:`profile`).
 
     Loading checks the sidecar against this machine (TensorRT version, GPU) and the engine file against the
-    sidecar before deserializing. Buffers: one device buffer and one pinned host buffer per I/O tensor,
-    grown when a larger shape arrives; ``infer`` does H2D, ``execute_async_v3``, D2H on one stream.
+    sidecar before deserializing. Its inputs are the engine's input tensors (dynamic dims, -1 to TensorRT,
+    are symbolic); whether a shape is inside the engine's optimization profile TensorRT says when the shape
+    is set. Buffers: one device buffer and one pinned host buffer per I/O tensor, grown when a larger shape
+    arrives; ``infer`` does H2D, ``execute_async_v3``, D2H on one stream.
     """
 
     backend = "tensorrt"
@@ -35,6 +39,7 @@ class TensorRTRunner:
         from trtopt.trt.engine import check_engine_file, check_engine_matches, read_sidecar
 
         self.path = Path(engine_path)
+        self.model_name = f"engine {self.path.name}"
         self.sidecar = read_sidecar(self.path)
         check_engine_file(self.path, self.sidecar)
         trt = import_trt()
@@ -49,14 +54,18 @@ class TensorRTRunner:
             raise TrtoptError(f"TensorRT cannot load {self.path.name}: {self.logger.errors()}",
                               "rebuild the engine on this machine (trtopt build --force)")
         self.context = self.engine.create_execution_context()
-        self.inputs: list[str] = []
+        inputs: list[InputSpec] = []
         self.outputs: list[str] = []
         self.dtypes: dict[str, np.dtype] = {}
         for i in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(i)
             self.dtypes[name] = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
-            is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            (self.inputs if is_input else self.outputs).append(name)
+            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                shape = tuple(self.engine.get_tensor_shape(name))  # -1 where the dim is dynamic
+                inputs.append(InputSpec.from_dims(name, shape, self.dtypes[name].name))
+            else:
+                self.outputs.append(name)
+        self.inputs = tuple(inputs)
         self.stream = self.ops.stream_create()
         self.device: dict[str, tuple[int, int]] = {}
         self.host: dict[str, np.ndarray] = {}
@@ -79,20 +88,17 @@ class TensorRTRunner:
         self.context.set_tensor_address(name, ptr)
         self._shapes[name] = shape
 
-    def _prepare(self, feed: Mapping[str, np.ndarray]) -> None:
-        missing = [n for n in self.inputs if n not in feed]
-        if missing:
-            raise TrtoptError(f"engine {self.path.name} needs input {missing[0]!r}", f"provide {', '.join(self.inputs)}")
-        for name in self.inputs:
-            shape = tuple(np.asarray(feed[name]).shape)
+    def _prepare(self, feed: CheckedFeed) -> None:
+        for spec in self.inputs:
+            name = spec.name
+            shape = feed[name].shape
             if self._shapes.get(name) != shape:
                 if not self.context.set_input_shape(name, shape):
                     raise TrtoptError(f"input {name!r} shape {shape} is outside engine {self.path.name}'s profile",
                                       "use a shape within the --shapes min..max the engine was built with")
                 self._buffer(name, shape)
-            host = self.host[name]
             n = int(np.prod(shape, dtype=np.int64))
-            host[:n] = np.asarray(feed[name], dtype=self.dtypes[name]).ravel()
+            self.host[name][:n] = feed[name].ravel()
         for name in self.outputs:
             shape = tuple(self.context.get_tensor_shape(name))
             if any(d < 0 for d in shape):
@@ -102,7 +108,7 @@ class TensorRTRunner:
                 self._buffer(name, shape)
 
     def _h2d(self) -> None:
-        for name in self.inputs:
+        for name in (s.name for s in self.inputs):
             n = int(np.prod(self._shapes[name], dtype=np.int64))
             self.ops.htod_async(self.device[name][0], self.host[name][:n], self.stream)
 
@@ -122,7 +128,7 @@ class TensorRTRunner:
 
     # -- Runner protocol
 
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, feed: CheckedFeed) -> dict[str, np.ndarray]:
         """H2D, execute_async_v3, D2H on the runner's stream; synchronizes; outputs as host arrays."""
         self._prepare(feed)
         self._h2d()
@@ -141,8 +147,9 @@ class TensorRTRunner:
         """
         from trtopt.trt.timing import trtexec_stats
 
+        feed = self.check_feed(feed)
         self._prepare(feed)
-        batch = int(np.asarray(feed[self.inputs[0]]).shape[0]) if self.inputs else 1
+        batch = feed.samples
         graph = None
         launch = self._compute
         if cuda_graph:
@@ -194,6 +201,8 @@ class TensorRTRunner:
                 "cuda_library": self.ops.name}
 
     def close(self) -> None:
+        if self.context is None:  # closed already
+            return
         for name, (ptr, _) in list(self.device.items()):
             self.ops.free(ptr)
             self.ops.host_free(self.host[name])
