@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from trtopt import files
 from trtopt.errors import TrtoptError
-from trtopt.files import atomic_output, ensure_writable, sha256_file, write_json, write_text
+from trtopt.files import (atomic_output, check_outputs, ensure_replaceable_dir, ensure_writable, replace_dir, sha256_file,
+                          staging_dir, temp_dir, write_json, write_text)
 
 
 def test_atomic_output_writes_the_file_and_leaves_no_temp(tmp_path):
@@ -106,3 +109,209 @@ def test_sha256_file_matches_hashlib(tmp_path, size):
     path.write_bytes(payload)
     assert sha256_file(path) == hashlib.sha256(payload).hexdigest()
     assert sha256_file(path, chunk_bytes=7) == hashlib.sha256(payload).hexdigest()
+
+
+# --------------------------------------------------------------------------- the one output check
+
+
+def test_an_input_is_never_an_output_even_with_force(tmp_path):
+    source = tmp_path / "model.onnx"
+    source.write_bytes(b"onnx")
+    link = tmp_path / "link.onnx"
+    link.symlink_to(source)
+    hard = tmp_path / "hard.onnx"
+    os.link(source, hard)
+    for output in (source, link, hard):
+        with pytest.raises(TrtoptError, match="is also an input") as err:
+            ensure_writable(output, force=True, inputs=["zoo:not_a_file", source])
+        assert str(output) in str(err.value)
+    assert source.read_bytes() == b"onnx"
+
+
+def test_special_files_are_refused_even_with_force():
+    for force in (False, True):
+        with pytest.raises(TrtoptError, match="special file") as err:
+            ensure_writable("/dev/null", force=force)
+        assert "/dev/null" in str(err.value)
+
+
+def test_a_file_below_a_file_is_refused(tmp_path):
+    (tmp_path / "plain").write_text("x", encoding="utf-8")
+    with pytest.raises(TrtoptError, match="which is a file"):
+        ensure_writable(tmp_path / "plain" / "out.json", force=False)
+
+
+def test_a_name_the_filesystem_cannot_hold_is_refused_before_writing(tmp_path):
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    with pytest.raises(TrtoptError, match=f"longer than the {limit} bytes"):
+        ensure_writable(tmp_path / ("x" * (limit + 1)), force=False)
+    with pytest.raises(TrtoptError, match="longer than"):
+        ensure_writable(tmp_path / ("d" * (limit + 1)) / "out.json", force=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_longest_legal_name_is_written_although_the_temp_name_would_be_longer(tmp_path):
+    """trtopt's temporary name adds ~30 characters; a name near the limit still works and leaves no temp file."""
+    name = "r" * (os.pathconf(tmp_path, "PC_NAME_MAX") - 5) + ".json"
+    written = write_json(tmp_path / name, {"ok": True})
+    assert json.loads(written.read_text(encoding="utf-8")) == {"ok": True}
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_an_unwritable_folder_is_refused_before_any_work(tmp_path, monkeypatch):
+    """A read-only filesystem or folder (os.access says no; as root only a read-only mount does)."""
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == tmp_path else real_access(p, mode, **kw))
+    with pytest.raises(TrtoptError, match="not writable") as err:
+        ensure_writable(tmp_path / "new" / "out.json", force=False)
+    assert str(tmp_path) in str(err.value)
+
+
+def test_not_enough_free_space_is_refused_where_the_size_is_known(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(TrtoptError, match=r"needs about 0\.0 MB, but .* 0\.0 MB free"):
+        ensure_writable(tmp_path / "big.onnx", force=False, size_bytes=5000)
+    assert ensure_writable(tmp_path / "small.json", force=False, size_bytes=100) == tmp_path / "small.json"
+
+
+def test_check_outputs_refuses_one_path_for_two_outputs_and_checks_appended_files(tmp_path):
+    out = tmp_path / "out.json"
+    with pytest.raises(TrtoptError, match="named for two outputs"):
+        check_outputs([out, str(tmp_path / "." / "out.json")], force=True)
+    history = tmp_path / "history.jsonl"
+    history.write_text("{}\n", encoding="utf-8")
+    assert check_outputs([out], force=False, appended=[history, None]) == [out, history]  # appending needs no --force
+    with pytest.raises(TrtoptError, match="is a directory"):
+        check_outputs([out], force=False, appended=[tmp_path])
+
+
+def test_a_full_disk_during_a_write_is_one_error_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    def full(*_args, **_kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(TrtoptError, match="No space left on device") as err:
+        write_text(tmp_path / "out.txt", "data")
+    assert "out.txt" in str(err.value) and err.value.fix
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_inside_a_staging_folder_is_one_error_and_leaves_nothing(tmp_path):
+    import errno
+
+    with pytest.raises(TrtoptError, match="No space left on device"):
+        with staging_dir(tmp_path / "model.onnx") as stage:
+            (stage / "model.onnx").write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device", str(stage / "model.onnx"))
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- folders: --force replaces only trtopt's
+
+
+def _is_ours(path):
+    return (path / "manifest.json").is_file()
+
+
+def test_a_folder_holding_an_input_or_the_current_folder_is_never_replaced(tmp_path, monkeypatch):
+    base = tmp_path / "base"
+    base.mkdir()
+    model = base / "tiny.onnx"
+    model.write_bytes(b"onnx")
+    (base / "manifest.json").write_text("{}", encoding="utf-8")  # even one that looks like ours
+    with pytest.raises(TrtoptError, match="holds the input"):
+        ensure_replaceable_dir(base, True, _is_ours, "bundle folder", inputs=[model])
+    with pytest.raises(TrtoptError, match="holds the input"):
+        ensure_replaceable_dir(tmp_path, True, _is_ours, "bundle folder", inputs=[model])
+    monkeypatch.chdir(base)
+    for folder in (".", "..", base):
+        with pytest.raises(TrtoptError, match="current folder"):
+            ensure_replaceable_dir(folder, True, _is_ours, "bundle folder")
+    assert sorted(p.name for p in base.iterdir()) == ["manifest.json", "tiny.onnx"]
+
+
+def test_only_a_folder_trtopt_wrote_is_replaced_and_only_with_force(tmp_path):
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "cat.jpg").write_bytes(b"jpg")
+    with pytest.raises(TrtoptError, match="not a bundle folder trtopt wrote"):
+        ensure_replaceable_dir(foreign, True, _is_ours, "bundle folder")
+    ours = tmp_path / "bundle"
+    ours.mkdir()
+    (ours / "manifest.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(TrtoptError, match="exists and is not empty"):
+        ensure_replaceable_dir(ours, False, _is_ours, "bundle folder")
+    assert ensure_replaceable_dir(ours, True, _is_ours, "bundle folder") == ours
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert ensure_replaceable_dir(empty, False, _is_ours, "bundle folder") == empty
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    with pytest.raises(TrtoptError, match="is a file, not a folder"):
+        ensure_replaceable_dir(tmp_path / "file", True, _is_ours, "bundle folder")
+
+
+def test_replace_dir_swaps_the_folder_and_keeps_the_old_one_when_the_move_fails(tmp_path, monkeypatch):
+    target, new = tmp_path / "bundle", tmp_path / "new"
+    target.mkdir()
+    (target / "old.txt").write_text("old", encoding="utf-8")
+    new.mkdir()
+    (new / "new.txt").write_text("new", encoding="utf-8")
+    real_replace = os.replace
+    calls = []
+
+    def failing_second(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:
+            raise OSError("simulated")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_second)
+    with pytest.raises(OSError, match="simulated"):
+        replace_dir(new, target)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert [p.name for p in target.iterdir()] == ["old.txt"]
+    replace_dir(new, target)
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+# --------------------------------------------------------------------------- temporaries and the sweep
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)
+
+
+def test_temporaries_carry_host_and_pid_in_their_names(tmp_path):
+    with staging_dir(tmp_path / "model.onnx") as stage:
+        assert re.fullmatch(rf"\.trtopt-{files._HOST}-{os.getpid()}-[0-9a-f]{{8}}", stage.name)
+    with temp_dir("calibrate") as tmp:
+        assert re.fullmatch(rf"trtopt-calibrate-{files._HOST}-{os.getpid()}-[0-9a-f]{{8}}", tmp.name)
+    assert not tmp.exists() and not stage.exists()
+
+
+def test_sweep_removes_only_trtopt_temporaries_of_dead_processes_on_this_host(tmp_path):
+    dead, host = _dead_pid(), files._HOST
+    other_host = "0" * 6 if host != "0" * 6 else "1" * 6
+    stale_stage = tmp_path / f".trtopt-{host}-{dead}-deadbeef"
+    stale_temp = tmp_path / f"trtopt-calibrate-{host}-{dead}-deadbeef"
+    stale_file = tmp_path / f".model.onnx.trtopt-{host}-{dead}-deadbeef.tmp"
+    live_stage = tmp_path / f".trtopt-{host}-{os.getpid()}-deadbeef"
+    foreign = tmp_path / f".trtopt-{other_host}-{dead}-deadbeef"
+    lookalike = tmp_path / f"trtopt-{host}-{dead}-notours"
+    user_file = tmp_path / f"trtopt-{host}-{dead}-deadbeef.tmp"  # no leading dot: not a name trtopt writes
+    for folder in (stale_stage, stale_temp, live_stage, foreign, lookalike):
+        folder.mkdir()
+        (folder / "model.onnx").write_bytes(b"x")
+    for file in (stale_file, user_file):
+        file.write_bytes(b"x")
+    assert sorted(files.sweep_stale(tmp_path)) == sorted([stale_stage, stale_temp, stale_file])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (live_stage, foreign, lookalike, user_file))

@@ -308,5 +308,5 @@ def check_ranges(tensors: dict[str, TensorRange], where: str = "ranges") -> None
             problem = "min and max must satisfy -amax <= min <= max <= amax"
         else:
             continue
-        raise TrtoptError(f"{where}: tensor {name!r} has amax {r.amax!r}, min {r.min!r}, max {r.max!r}: {problem}",
+        raise TrtoptError(f"{where}: tensor {name!r} has amax {r.amax:.6g}, min {r.min:.6g}, max {r.max:.6g}: {problem}",
                           _RANGE_FIX)

@@ -117,6 +117,7 @@ def ensure_replaceable_dir(path: PathLike, force: bool, is_ours: Callable[[Path]
         size_bytes: about how many bytes the folder will hold, when known (checked against free space).
     """
     p = Path(path)
+    _check_name(p)
     real = Path(os.path.realpath(p))
     if p.exists() and not p.is_dir():
         raise TrtoptError(f"{what} {p} is a file, not a folder", "name a new folder")
@@ -135,7 +136,6 @@ def ensure_replaceable_dir(path: PathLike, force: bool, is_ours: Callable[[Path]
         if not is_ours(p):
             raise TrtoptError(f"{p} is not a {what} trtopt wrote, so --force does not replace it",
                               "choose a new or empty folder (trtopt replaces only folders it wrote)")
-    _check_name(p)
     _check_parent(p)
     if size_bytes:
         _check_space(p, size_bytes)
@@ -144,6 +144,7 @@ def ensure_replaceable_dir(path: PathLike, force: bool, is_ours: Callable[[Path]
 
 def _check_target(p: Path, inputs: Iterable[PathLike | None], what: str) -> Path:
     """The checks every output file gets, whether replaced or appended to."""
+    _check_name(p)  # first: stat() of a name that is too long fails with ENAMETOOLONG
     if p.exists():
         for source in inputs:
             if source is not None and os.path.exists(source) and os.path.samefile(p, source):
@@ -154,7 +155,6 @@ def _check_target(p: Path, inputs: Iterable[PathLike | None], what: str) -> Path
         if not stat.S_ISREG(p.stat().st_mode):
             raise TrtoptError(f"{what} {p} is a special file (device, pipe or socket), not a regular file",
                               "give the path of a regular file")
-    _check_name(p)
     _check_parent(p)
     return p
 
@@ -162,7 +162,7 @@ def _check_target(p: Path, inputs: Iterable[PathLike | None], what: str) -> Path
 def _nearest_existing(p: Path) -> Path:
     """``p``'s closest ancestor that exists (the folder a write must be allowed in)."""
     parent = Path(os.path.abspath(p)).parent
-    while not parent.exists():
+    while not os.path.exists(parent):  # os.path: a name too long to stat() counts as missing
         parent = parent.parent
     return parent
 

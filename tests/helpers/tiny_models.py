@@ -62,3 +62,36 @@ def two_input_mlp() -> nn.Module:
 
 def drifting() -> nn.Module:
     return DriftingModel()
+
+
+def raising() -> nn.Module:
+    """A factory that fails: what a user's broken model code does."""
+    raise RuntimeError("weights file missing")
+
+
+def nan_weights() -> nn.Module:
+    """The tiny CNN with one NaN weight: every output is NaN (a corrupted checkpoint)."""
+    model = TinyCNN()
+    with torch.no_grad():
+        model.head.weight[0, 0] = float("nan")
+    return model
+
+
+class SlowModel(nn.Module):
+    """Sleeps 0.2 s per call: an export of it runs long enough to be interrupted mid-way."""
+
+    trtopt_inputs = (InputSpec("input", (4,), "float32", -1.0, 1.0),)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(0.2)
+        return self.fc(x)
+
+
+def slow() -> nn.Module:
+    return SlowModel()

@@ -49,18 +49,34 @@ def check_batch_sizes(values: Sequence[int], flag: str = "--batch-sizes") -> Non
         raise TrtoptError(f"{flag} {bad[0]} is outside 1..{MAX_BATCH_SIZE}", f"give batch sizes from 1 to {MAX_BATCH_SIZE}")
 
 def check_fits_memory(inputs, samples: int, what: str) -> None:
-    """Refuse, before allocating, ``samples`` samples of ``inputs`` (InputSpecs) that exceed this machine's memory."""
+    """Refuse, before allocating, ``samples`` samples of ``inputs`` (InputSpecs) this machine cannot hold.
+
+    The limit is a third of the memory available now: inputs exist in more than one copy while they are made
+    and used (random data is drawn in float64, then cast; batches are sliced out; runtimes copy them again).
+    """
     import numpy as np
 
     need = samples * sum(math.prod(s.shape) * np.dtype(s.dtype).itemsize for s in inputs)
-    try:
-        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, OSError, ValueError):  # no sysconf (Windows): nothing to compare with
-        return
-    if need > total:
+    available = _available_memory()
+    if available is not None and 3 * need > available:
         shapes = ", ".join(f"{s.name} {'x'.join(map(str, s.shape))}" for s in inputs)
-        raise TrtoptError(f"{what}: {samples} samples of {shapes} need {need / 1e9:,.1f} GB, more than this machine's "
-                          f"{total / 1e9:,.1f} GB of memory", "use fewer samples, smaller batch sizes or a smaller --input-shape")
+        raise TrtoptError(f"{what}: {samples} samples of {shapes} take {need / 1e9:,.1f} GB, more than this machine "
+                          f"can hold while working ({available / 1e9:,.1f} GB of memory available)",
+                          "use fewer samples, smaller batch sizes or a smaller --input-shape")
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux MemAvailable), else physical memory; None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # not Linux: fall back to the physical memory
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):  # no sysconf (Windows)
+        return None
 
 def console(args: argparse.Namespace):
     from rich.console import Console

@@ -114,8 +114,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(found, indent=2))
         else:
+            amax = ("no usable amax" if found["amax_min"] is None
+                    else f"amax {found['amax_min']:.4g}..{found['amax_max']:.4g}")
             print(f"TensorRT {found['trt_version']} ({found['version_code']}), {found['algorithm']}, "
-                  f"{found['tensor_count']} tensors, amax {found['amax_min']:.4g}..{found['amax_max']:.4g}")
+                  f"{found['tensor_count']} tensors, {amax}")
             for warning in found["warnings"]:
                 print(f"warning: {warning}")
         return 0

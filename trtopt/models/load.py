@@ -126,7 +126,12 @@ def _load_factory(module_name: str, attr: str, pretrained: bool) -> LoadedModel:
     factory = getattr(mod, attr, None)
     if not callable(factory):
         raise TrtoptError(f"{module_name} has no callable {attr!r}", "name a function or class that returns an nn.Module")
-    result = factory(pretrained=True) if pretrained else factory()
+    try:
+        result = factory(pretrained=True) if pretrained else factory()
+    except Exception as e:  # user code: whatever it raises, the spec is what failed
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise TrtoptError(f"model factory {module_name}:{attr} raised {type(e).__name__}" + (f": {first}" if first else ""),
+                          "fix the factory, or run it in Python to see the traceback (trtopt --debug shows it)") from e
     if isinstance(result, LoadedModel):
         return result
     _require_module(result, f"{module_name}:{attr}")

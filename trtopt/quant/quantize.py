@@ -123,6 +123,10 @@ def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.Pa
         staged = stage / target.name
         _run_ort_quantizer(prepared, staged, ranges, config, sorted(excluded), stage)
         counts = _stamp(staged, config, ranges)
+        if not counts["QuantizeLinear"]:  # e.g. op_types naming only ops ONNX Runtime's quantizer leaves alone
+            raise TrtoptError(f"quantizing {source.path.name} for target {config.target} placed no Q/DQ node "
+                              f"(op types {', '.join(config.op_types or ('of the target',))})",
+                              f"quantize op types that hold the MACs: {', '.join(COMPUTE_OP_TYPES)}")
         try:
             onnx.checker.check_model(str(staged))
         except onnx.checker.ValidationError as e:  # ONNX Runtime's tool can emit graphs the checker rejects
