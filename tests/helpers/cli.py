@@ -1,14 +1,34 @@
-"""Running the ``trtopt`` CLI in a subprocess, and the one-line-error contract every bad input must meet."""
+"""Running the ``trtopt`` CLI (in a subprocess or in this process), and the one-line-error contract every bad
+input must meet."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from typing import NamedTuple
 
 
 def run(args, cwd, env):
     return subprocess.run([sys.executable, "-m", "trtopt", "-q", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
+
+
+class Outcome(NamedTuple):
+    """What a CLI run in this process gave: its exit status and its captured output."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_here(args, capsys) -> Outcome:
+    """``trtopt -q ARGS`` in this process (no interpreter start, no torch import per call); cwd as it is."""
+    from trtopt.cli.main import main
+
+    capsys.readouterr()
+    code = main(["-q", *map(str, args)])
+    captured = capsys.readouterr()
+    return Outcome(code, captured.out, captured.err)
 
 
 def assert_one_line_error(result, *needles):
