@@ -251,18 +251,10 @@ class Ranges:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Ranges:
-        """Read a ranges JSON file written by :meth:`save`."""
-        import json
+        """Read a ranges JSON file written by :meth:`save`; every defect is a TrtoptError naming the file."""
+        from trtopt.files import read_json
 
-        p = Path(path)
-        if not p.is_file():
-            raise TrtoptError(f"ranges file {p} does not exist", "create it with trtopt calibrate")
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-            raise TrtoptError(f"ranges file {p} is not valid JSON ({type(e).__name__}: {str(e)[:120]})",
-                              "recreate it with trtopt calibrate") from e
-        return cls.from_dict(data, where=str(p))
+        return cls.from_dict(read_json(path, "ranges file", "create it with trtopt calibrate"), where=str(path))
 
 
 #: (key, type, description) of the top-level fields of a ranges file besides "version".

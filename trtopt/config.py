@@ -172,6 +172,8 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         lines = _key_lines(yaml.compose(text))
     except yaml.YAMLError as e:
         raise TrtoptError(f"recipe {p} is not valid YAML ({str(e).splitlines()[0]})", "fix the YAML syntax") from e
+    except RecursionError:
+        raise TrtoptError(f"recipe {p} is nested too deeply to be a recipe", "fix the YAML syntax") from None
     if not isinstance(data, dict):
         raise TrtoptError(f"recipe {p} must be a YAML mapping", "start it with 'model: ...'")
     try:

@@ -142,7 +142,14 @@ def load_npy(path: str | os.PathLike) -> np.ndarray:
     Raises TrtoptError naming the file for anything numpy cannot read as a plain array: a truncated or
     garbage file, or an object array (pickled Python objects, which could run code when loaded).
     """
-    return _np_read(Path(path), lambda p: np.load(p, allow_pickle=False))
+    def read(p: Path) -> np.ndarray:
+        array = np.load(p, allow_pickle=False)
+        if not isinstance(array, np.ndarray):  # np.load reads an .npz archive whatever the suffix says
+            array.close()
+            raise ValueError("an .npz archive, not a single .npy array")
+        return array
+
+    return _np_read(Path(path), read)
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -407,6 +407,28 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def read_json(path: PathLike, what: str, fix: str) -> Any:
+    """The JSON value in ``path``, for every JSON file trtopt reads (ranges, baselines, plans, sidecars).
+
+    Raises TrtoptError naming ``what`` and the file when it does not exist, is not UTF-8 text, is not JSON
+    (with the line and column) or is nested too deeply for Python's parser; ``fix`` says what to do. The
+    caller checks the value's shape.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise TrtoptError(f"{what} {p} does not exist", fix)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise TrtoptError(f"{what} {p} is not UTF-8 text (byte {e.start}): not valid JSON", fix) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TrtoptError(f"{what} {p} is not valid JSON (line {e.lineno} column {e.colno}: {e.msg})", fix) from None
+    except RecursionError:
+        raise TrtoptError(f"{what} {p} is not valid JSON for trtopt (nested too deeply)", fix) from None
+
+
 def sha256_file(path: PathLike, chunk_bytes: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in 1 MiB chunks (bounded memory for multi-GB weights)."""
     h = hashlib.sha256()

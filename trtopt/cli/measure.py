@@ -53,7 +53,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _gate_setup(args: argparse.Namespace) -> dict[str, Any] | None:
     """Check every output of ``bench`` and its regression-gating flags, and read the baseline, before anything is timed."""
     from trtopt.files import check_outputs
-    from trtopt.measure.baseline import check_environment, golden_path, load_baseline
+    from trtopt.measure.baseline import check_environment, golden_path, load_baseline, load_golden
 
     if args.save_baseline and args.baseline:
         raise TrtoptError("--save-baseline and --baseline were both given", "record a baseline or compare with one, not both")
@@ -73,12 +73,14 @@ def _gate_setup(args: argparse.Namespace) -> dict[str, Any] | None:
     config = GateConfig(tolerance=args.tolerance, allow_environment_mismatch=args.allow_env_mismatch)
     baseline = load_baseline(args.baseline)
     check_environment(baseline["environment"], environment(), config.allow_environment_mismatch)
-    return {"mode": "compare", "baseline": baseline, "config": config}
+    golden = load_golden(args.baseline, baseline["golden"]) if baseline.get("golden") else None
+    return {"mode": "compare", "baseline": baseline, "config": config, "golden": golden,
+            "golden_tolerances": _golden_tolerances(args)}
 
 def _gate_finish(args: argparse.Namespace, gate: dict[str, Any], result: dict[str, Any], env: dict[str, Any],
                  settings: dict[str, Any], outputs: dict[str, Any]) -> int:
     """Save the run as a baseline, or judge it against one (latency and golden outputs); exit 1 on failure."""
-    from trtopt.measure.baseline import append_history, baseline_from_bench, compare_with_baseline, golden_path, load_golden, markdown_summary, save_baseline, save_golden
+    from trtopt.measure.baseline import append_history, baseline_from_bench, compare_with_baseline, golden_path, markdown_summary, save_baseline, save_golden
     from trtopt.measure.compare import compare_outputs
 
     if gate["mode"] == "save":
@@ -90,9 +92,9 @@ def _gate_finish(args: argparse.Namespace, gate: dict[str, Any], result: dict[st
     baseline = gate["baseline"]
     comparison = compare_with_baseline(baseline, baseline_from_bench(result, env, settings), gate["config"])
     golden_results = None
-    if baseline.get("golden"):
-        default, per_output = _golden_tolerances(args)
-        golden = load_golden(args.baseline, baseline["golden"])
+    if gate["golden"] is not None:
+        default, per_output = gate["golden_tolerances"]
+        golden = gate["golden"]
         golden_results = {name: compare_outputs(golden[name], outputs[name], default, per_output)
                           for name in golden if name in outputs}
     summary = markdown_summary(comparison, golden_results)

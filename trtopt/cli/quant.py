@@ -80,7 +80,9 @@ def _split_excludes(onnx_path: str, values: list[str]) -> tuple[tuple[str, ...],
     """--exclude values as (node names, op types): a node name wins, else an op type present in the model."""
     import onnx
 
-    nodes = onnx.load(onnx_path, load_external_data=False).graph.node
+    from trtopt.artifacts import inspect_onnx
+
+    nodes = onnx.load(inspect_onnx(onnx_path).path, load_external_data=False).graph.node
     names = {n.name for n in nodes}
     ops = {n.op_type for n in nodes}
     unknown = [v for v in values if v not in names and v not in ops]

@@ -8,7 +8,6 @@ batch axis fixed, come from it), the converters in `trtopt.edge.export` write it
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -72,7 +71,7 @@ def inspect_edge(path: str | os.PathLike) -> EdgeArtifact:
 
     Raises TrtoptError for an unknown suffix, a missing file or sidecar, or a file changed since.
     """
-    from trtopt.files import sha256_file
+    from trtopt.files import read_json, sha256_file
 
     p = Path(path)
     fmt = edge_format(p)
@@ -84,8 +83,8 @@ def inspect_edge(path: str | os.PathLike) -> EdgeArtifact:
     if not side.is_file():
         raise TrtoptError(f"{p.name} has no sidecar {side.name} (input names and shapes)",
                           "create the model with trtopt edge-export, which writes both")
+    data = read_json(side, "edge sidecar", "re-create the model with trtopt edge-export")
     try:
-        data = json.loads(side.read_text(encoding="utf-8"))
         if data.get("version") != SIDECAR_VERSION:
             raise ValueError(f"version {data.get('version')!r}")
         art = EdgeArtifact(path=p, format=fmt, backend=FORMATS[fmt][0], precision=data["precision"],
@@ -93,7 +92,7 @@ def inspect_edge(path: str | os.PathLike) -> EdgeArtifact:
                            inputs=tuple(data["inputs"]), output_names=tuple(data["output_names"]),
                            source=data.get("source", ""), notes=tuple(data.get("notes", ())),
                            config=dict(data.get("config", {})))
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # not an object, or fields missing / mistyped
         raise TrtoptError(f"sidecar {side} is not a trtopt edge sidecar ({e})", "re-create the model with trtopt edge-export") from e
     if sha256_file(p) != art.sha256:
         raise TrtoptError(f"{p.name} changed since {side.name} was written", "re-create the model with trtopt edge-export")

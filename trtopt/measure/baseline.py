@@ -171,24 +171,21 @@ def load_golden(baseline_path: str | os.PathLike, record: Mapping[str, Any]) -> 
     if sha256_file(path) != record["sha256"]:
         raise TrtoptError(f"golden outputs {path} do not match the baseline's sha256 (changed or corrupted)",
                           "re-record the baseline with --save-baseline")
+    from trtopt.data import load_npz
+
     golden: dict[str, dict[str, np.ndarray]] = {}
-    with np.load(path, allow_pickle=False) as archive:
-        for key in archive.files:
-            cand, _, out = key.partition("::")
-            golden.setdefault(cand, {})[out] = archive[key]
+    for key, array in load_npz(path).items():
+        cand, _, out = key.partition("::")
+        golden.setdefault(cand, {})[out] = array
     return golden
 
 
 def load_baseline(path: str | os.PathLike) -> dict[str, Any]:
     """Read and validate a baseline file; every defect is a one-line error saying how to fix it."""
+    from trtopt.files import read_json
+
     p = Path(path)
-    if not p.is_file():
-        raise TrtoptError(f"baseline {p} does not exist", "record one first with trtopt bench ... --save-baseline FILE")
-    try:
-        document = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TrtoptError(f"baseline {p} is not valid JSON ({e.__class__.__name__}: {e})",
-                          "re-record it with --save-baseline") from None
+    document = read_json(p, "baseline", "record it with trtopt bench ... --save-baseline FILE")
     if not isinstance(document, dict) or "format" not in document:
         raise TrtoptError(f"baseline {p} has no 'format' field: not a trtopt baseline",
                           "record one with trtopt bench ... --save-baseline FILE")
@@ -199,10 +196,19 @@ def load_baseline(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("environment", "entries"):
         if key not in document:
             raise TrtoptError(f"baseline {p} lacks '{key}' (truncated or edited)", "re-record it with --save-baseline")
+    golden = document.get("golden")
+    if golden is not None and not (isinstance(golden, dict) and isinstance(golden.get("path"), str)
+                                   and isinstance(golden.get("sha256"), str)):
+        raise TrtoptError(f"baseline {p} has a malformed 'golden' record (path and sha256 of the golden outputs)",
+                          "re-record it with --save-baseline")
+    if not isinstance(document["entries"], list):
+        raise TrtoptError(f"baseline {p} has 'entries' of type {type(document['entries']).__name__}, not a list",
+                          "re-record it with --save-baseline")
     for i, entry in enumerate(document["entries"]):
         repeats = entry.get("repeats_ms") if isinstance(entry, dict) else None
-        if not repeats or not all(run and all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in run)
-                                  for run in repeats):
+        if not isinstance(repeats, list) or not repeats or not all(
+                isinstance(run, list) and run and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      and math.isfinite(v) and v > 0 for v in run) for run in repeats):
             raise TrtoptError(f"baseline {p} entry {i} has no valid repeats_ms (corrupted)", "re-record it with --save-baseline")
     return document
 

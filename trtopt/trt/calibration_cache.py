@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trtopt.artifacts import Ranges, TensorRange
+from trtopt.artifacts import Ranges, TensorRange, inspect_onnx
 from trtopt.errors import TrtoptError
 
 ALGORITHMS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration")
@@ -456,14 +456,8 @@ def _graph_tensors(graph: Any, known: set[str], compute_inputs: list[str], const
 def _load_onnx_graph(onnx_path: str | os.PathLike) -> Any:
     import onnx
 
-    p = Path(onnx_path)
-    if not p.is_file():
-        raise TrtoptError(f"ONNX file {p} does not exist", "check the path or export the model first (trtopt export)")
-    try:
-        return onnx.load(str(p), load_external_data=False).graph
-    except Exception as e:  # protobuf's DecodeError or onnx's own: either way not ONNX
-        raise TrtoptError(f"{p} is not a readable ONNX model ({type(e).__name__})",
-                          "re-export it; the file is corrupt or not ONNX") from e
+    path = inspect_onnx(onnx_path).path  # missing, not ONNX, empty or cut off: one error naming the file
+    return onnx.load(str(path), load_external_data=False).graph
 
 
 def inspect_cache(cache: CalibrationCache, onnx_path: str | os.PathLike | None = None,

@@ -60,10 +60,9 @@ def read_sidecar(engine: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise TrtoptError(f"engine {engine} has no sidecar {path.name}, so the TensorRT version and GPU that built it "
                           "are unknown", "rebuild it with trtopt build (engines only run where they were built)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise TrtoptError(f"sidecar {path} is unreadable ({e})", "rebuild the engine with trtopt build") from e
+    from trtopt.files import read_json
+
+    data = read_json(path, "engine sidecar", "rebuild the engine with trtopt build")
     if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
         raise TrtoptError(f"{path} is not a trtopt engine sidecar (format {SIDECAR_FORMAT})", "rebuild with trtopt build")
     return data

@@ -320,12 +320,9 @@ class BuildPlan:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BuildPlan:
-        p = Path(path)
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise TrtoptError(f"cannot read build plan {p} ({e})", "write it with trtopt build --plan-only") from e
-        return cls.from_dict(data, where=str(p))
+        from trtopt.files import read_json
+
+        return cls.from_dict(read_json(path, "build plan", "write it with trtopt build --plan-only"), where=str(path))
 
     def relocated(self, onnx_path: str, calib_cache: str | None = None, timing_cache: str | None = None) -> BuildPlan:
         """The same plan with files at other paths (e.g. inside a bundle); the hash does not change."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,9 +58,9 @@ def check_2to4(onnx_path: str | os.PathLike) -> TwoFourCheck:
     import onnx
     from onnx import numpy_helper
 
-    path = Path(onnx_path)
-    if not path.is_file():
-        raise TrtoptError(f"ONNX file {path} does not exist", "export the model first (trtopt export)")
+    from trtopt.artifacts import inspect_onnx
+
+    path = inspect_onnx(onnx_path).path  # missing, not ONNX, empty or cut off: one error naming the file
     try:
         model = onnx.load(str(path), load_external_data=True)
     except Exception as e:
