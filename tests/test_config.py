@@ -287,7 +287,7 @@ def test_load_recipe_reports_unknown_key_with_path(tmp_path):
     # two levels deep
     ("model: m\nexport:\n  parity:\n    rtol: 0.1\n    atol: -1\n", 5, "export.parity.atol", "export.parity.atol=-1"),
     # a top-level field
-    ("model: m\nbatch_sizes: [1, 0]\n", 2, "batch_sizes", "batch_sizes=(1, 0) must be a non-empty list of integers >= 1"),
+    ("model: m\nbatch_sizes: [1, 0]\n", 2, "batch_sizes", "batch_sizes=(1, 0) must be a non-empty list of integers in 1..65536"),
 ])
 def test_load_recipe_points_at_the_line_of_the_offending_field(tmp_path, body, line, key, fragment):
     path = tmp_path / "r.yaml"

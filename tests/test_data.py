@@ -213,7 +213,7 @@ def test_corrupt_numpy_file(tmp_path, name):
 def test_pickled_npy_is_refused(tmp_path):
     path = tmp_path / "obj.npy"
     np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(TrtoptError, match="not a readable numpy file"):
+    with pytest.raises(TrtoptError, match="holds an object array .* which trtopt does not load"):
         load_feed(path, CNN_INPUTS)
 
 
@@ -368,3 +368,15 @@ def test_iter_batches_covers_every_sample_once():
         np.testing.assert_array_equal(np.concatenate([b[name] for b in batches]), feed[name])
     assert len(list(iter_batches(feed, 10))) == 1
     assert len(list(iter_batches(feed, 32))) == 1
+
+
+def test_npz_object_arrays_and_archives_posing_as_npy_are_refused(tmp_path):
+    objects = tmp_path / "obj.npz"
+    np.savez(objects, input=np.array([object(), 1], dtype=object))
+    with pytest.raises(TrtoptError, match="obj.npz holds an object array"):
+        load_feed(objects, CNN_INPUTS)
+    archive = tmp_path / "archive.npy"
+    with open(archive, "wb") as f:
+        np.savez(f, input=rng_array((2, 3, 32, 32)))
+    with pytest.raises(TrtoptError, match=r"archive.npy is not a readable numpy file .*an \.npz archive"):
+        load_feed(archive, CNN_INPUTS)

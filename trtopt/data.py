@@ -167,7 +167,7 @@ def _np_read(path: Path, read: Callable[[Path], Any]) -> Any:
     try:
         return read(path)
     except Exception as e:  # numpy raises ValueError, OSError, EOFError, BadZipFile, zlib.error, MemoryError ...
-        if "allow_pickle" in str(e):
+        if "Object arrays cannot be loaded" in str(e):  # numpy's words for an object array under allow_pickle=False
             raise TrtoptError(f"{path} holds an object array (pickled Python objects), which trtopt does not load",
                               "save plain numeric arrays (numpy.save/savez of int or float arrays)") from e
         raise TrtoptError(f"{path} is not a readable numpy file ({type(e).__name__}: {str(e)[:160]})",
