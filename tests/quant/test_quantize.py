@@ -52,7 +52,7 @@ def test_onnxruntime_target_is_u8s8_and_accurate(digits):
     model = onnx.load(str(out.path))
     zps = list(_zero_points(model))
     assert zps and all(z.dtype == np.uint8 for z in zps)  # uint8 activations
-    assert out.precision == "int8" and out.metadata["trtopt.quant.quantize.target"] == "onnxruntime"
+    assert out.precision == "int8" and out.metadata["trtopt.quantize.target"] == "onnxruntime"
     fp32_acc = topk_accuracy(_run(art.path, test.inputs), test.labels)
     int8_acc = topk_accuracy(_run(out.path, test.inputs), test.labels)
     assert fp32_acc > 0.97

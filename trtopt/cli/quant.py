@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from trtopt.errors import TrtoptError
 from trtopt.cli._common import add_calibration, add_data, onnx_feed, progress_bar, step_printer, write_json_output
@@ -27,21 +26,33 @@ def _calibrate(args: argparse.Namespace, onnx_path: str):
                          on_progress=lambda done, total: update("calibration", done, total))
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from trtopt.files import ensure_writable
+    from trtopt import workspace
+    from trtopt.files import ensure_writable, sha256_file, write_json
 
-    ensure_writable(args.output, args.force)
-    if args.cache:
-        ensure_writable(args.cache, args.force)
+    output = args.output or str(workspace.calibration_ranges_path(args.model))
+    cache = args.cache
+    if cache == "":  # --cache without a path: calibration/<model>.trt<version>.cache
+        cache = str(workspace.calibration_cache_path(args.model, args.trt_version))
+    manifest = workspace.data_manifest_path(output)
+    for path in (output, cache, manifest):
+        if path:
+            ensure_writable(path, args.force)
     ranges = _calibrate(args, args.model)
-    ranges.save(args.output, force=args.force)
-    print(f"wrote {args.output}: {len(ranges.tensors)} tensor ranges ({ranges.method}, {ranges.samples} samples, "
+    ranges.save(output, force=args.force)
+    print(f"wrote {output}: {len(ranges.tensors)} tensor ranges ({ranges.method}, {ranges.samples} samples, "
           f"data sha256 {ranges.data_sha256[:12]}…)")
-    if args.cache:
+    write_json(manifest, {"format": workspace.DATA_MANIFEST_FORMAT, "model": str(args.model),
+                          "model_sha256": ranges.model_sha256 or sha256_file(args.model),
+                          "data": args.data or "random", "samples": ranges.samples, "seed": args.seed,
+                          "batch_size": args.batch_size, "method": ranges.method, "data_sha256": ranges.data_sha256,
+                          "ranges": str(output)}, force=args.force)
+    print(f"wrote {manifest}: which samples were used")
+    if cache:
         from trtopt.trt.calibration_cache import ranges_to_cache, write_cache
 
-        cache = ranges_to_cache(ranges, trt_version=args.trt_version)
-        write_cache(cache, args.cache, force=args.force)
-        print(f"wrote {args.cache}: TensorRT {cache.trt_version} calibration cache ({cache.header})")
+        trt_cache = ranges_to_cache(ranges, trt_version=args.trt_version)
+        write_cache(trt_cache, cache, force=args.force)
+        print(f"wrote {cache}: TensorRT {trt_cache.trt_version} calibration cache ({trt_cache.header})")
     return 0
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -136,8 +147,11 @@ def cmd_cache(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("calibrate", parents=[common], help="streaming INT8 calibration of an FP32 ONNX model → ranges JSON")
     p.add_argument("model", help="FP32 .onnx file")
-    p.add_argument("-o", "--output", required=True, help="ranges JSON to write")
-    p.add_argument("--cache", help="also write a TensorRT calibration cache here")
+    p.add_argument("-o", "--output", default=None,
+                   help="ranges JSON to write (default calibration/MODEL.ranges.json; a MODEL.data.json manifest of the "
+                        "samples used is written beside it)")
+    p.add_argument("--cache", nargs="?", const="", default=None, metavar="FILE",
+                   help="also write a TensorRT calibration cache (default file: calibration/MODEL.trtVERSION.cache)")
     p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION,
                    help="TensorRT version the cache is for (default %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")

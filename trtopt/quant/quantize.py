@@ -255,7 +255,7 @@ def _stamp(path: Path, config: QuantizeConfig, ranges: Ranges) -> dict[str, int]
     for node in model.graph.node:
         if node.op_type in counts:
             counts[node.op_type] += 1
-    props = {"trtopt.quant.quantize.target": config.target, "trtopt.calibration.method": ranges.method,
+    props = {"trtopt.quantize.target": config.target, "trtopt.calibration.method": ranges.method,
              "trtopt.calibration.samples": str(ranges.samples), "trtopt.calibration.data_sha256": ranges.data_sha256}
     for key, value in props.items():
         entry = model.metadata_props.add()
@@ -274,7 +274,7 @@ def evaluation_config(artifact: OnnxArtifact, threads: int | None = None) -> Any
     """
     from trtopt.backends.ort import OrtConfig
 
-    level = "disable" if artifact.metadata.get("trtopt.quant.quantize.target") == "tensorrt" else "all"
+    level = "disable" if artifact.metadata.get("trtopt.quantize.target") == "tensorrt" else "all"
     return OrtConfig(intra_op_threads=threads, graph_optimization_level=level)
 
 
