@@ -587,7 +587,8 @@ def _measure_accuracy(run: _Run, variants: list[tuple[str, str]], int8: Mapping[
     """Every variant's outputs vs the FP32 PyTorch original's on the evaluation data, task accuracy when
     the data is labelled, quantization error per layer, and (optionally) per-layer INT8 sensitivity."""
     from trtopt.measure.bench import onnx_candidate, run_all, torch_candidate
-    from trtopt.measure.compare import compare_outputs, topk_accuracy
+    from trtopt.measure.compare import compare_outputs
+    from trtopt.metrics import topk_accuracy
     from trtopt.data import labels_for
 
     r = run.recipe
