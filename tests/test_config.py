@@ -256,3 +256,16 @@ def test_load_recipe_reports_unknown_key_with_path(tmp_path):
     with pytest.raises(TrtoptError, match=r"'ort\.intra_threads'") as e:
         load_recipe(path)
     assert "intra_op_threads" in str(e.value)
+
+
+def test_yaml_error_without_a_message_is_still_one_line(tmp_path, monkeypatch):
+    import yaml
+
+    def fails(_text):
+        raise yaml.YAMLError()  # str() is "": the message must not crash on its first line
+
+    path = tmp_path / "r.yaml"
+    path.write_text("model: tests.helpers.tiny_models:tiny_cnn\n")
+    monkeypatch.setattr(yaml, "safe_load", fails)
+    with pytest.raises(TrtoptError, match=r"is not valid YAML \(YAMLError\)"):
+        load_recipe(path)

@@ -22,7 +22,7 @@ from trtopt._config import check_choice
 from trtopt.backends.ort import OrtConfig
 from dataclasses import dataclass, field
 from trtopt.data import Feed, check_feed, random_feed, take_batch
-from trtopt.errors import TrtoptError
+from trtopt.errors import TrtoptError, first_line
 from trtopt.files import ensure_writable, staging_dir
 from trtopt.models.spec import LoadedModel
 
@@ -137,7 +137,7 @@ def _export(loaded: LoadedModel, staged: Path, config: ExportConfig, example: Fe
             _torch_export(loaded, staged, config, example, dynamo=True)
             return "dynamo"
         except Exception as e:  # the dynamo exporter raises many types (torch._dynamo, onnxscript, ...)
-            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+            reason = first_line(e, with_type=True)
             if config.exporter == "dynamo":
                 raise TrtoptError(f"the dynamo exporter failed for {loaded.spec} ({reason})",
                                   "try exporter: torchscript (--exporter torchscript)") from e
@@ -146,7 +146,7 @@ def _export(loaded: LoadedModel, staged: Path, config: ExportConfig, example: Fe
     try:
         _torch_export(loaded, staged, config, example, dynamo=False)
     except Exception as e:
-        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+        reason = first_line(e, with_type=True)
         raise TrtoptError(f"the TorchScript exporter failed for {loaded.spec} ({reason})",
                           "make the model traceable (no data-dependent Python control flow) or fix the failing op") from e
     return "torchscript"
@@ -209,7 +209,7 @@ def _finalize(staged: Path, config: ExportConfig, notes: list[str], output_names
     try:
         onnx.checker.check_model(str(staged))
     except onnx.checker.ValidationError as e:
-        raise TrtoptError(f"the exported ONNX model is invalid: {str(e).strip().splitlines()[0][:200]}",
+        raise TrtoptError(f"the exported ONNX model is invalid: {first_line(e)}",
                           "try --exporter torchscript or another opset") from e
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from trtopt.backends.base import Capabilities
 from trtopt.edge.artifact import EdgeArtifact, check_static_feed, inspect_edge, require
 from trtopt.environment import package_version
-from trtopt.errors import TrtoptError
+from trtopt.errors import TrtoptError, first_line
 
 
 NAME = "executorch"
@@ -37,7 +37,7 @@ class ExecuTorchRunner:
         try:
             self.method = Runtime.get().load_program(str(artifact.path)).load_method("forward")
         except Exception as e:  # the runtime raises RuntimeError for a program it cannot load
-            raise TrtoptError(f"ExecuTorch cannot load {artifact.path.name}: {str(e).splitlines()[0][:200]}",
+            raise TrtoptError(f"ExecuTorch cannot load {artifact.path.name}: {first_line(e)}",
                               "re-create it with trtopt edge-export using this executorch version") from e
         self.inputs = [(i["name"], tuple(i["shape"]), i["dtype"]) for i in artifact.inputs]
 

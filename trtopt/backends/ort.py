@@ -11,7 +11,7 @@ import numpy as np
 from trtopt.backends.base import Capabilities
 from trtopt._config import check_choice
 from dataclasses import dataclass
-from trtopt.errors import TrtoptError
+from trtopt.errors import TrtoptError, first_line
 
 _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                "all": "ORT_ENABLE_ALL"}
@@ -69,8 +69,7 @@ def load_error(path: Path, error: Exception, version: str) -> TrtoptError:
         return TrtoptError(f"op {op} of {path.name} is not supported by target onnxruntime {version} "
                            "(not a registered op or function)",
                            "remove or replace that op (it may be a training-only or custom-domain op)")
-    first = text.splitlines()[0] if text else type(error).__name__
-    return TrtoptError(f"ONNX Runtime cannot load {path}: {first[:300]}",
+    return TrtoptError(f"ONNX Runtime cannot load {path}: {first_line(error, limit=300)}",
                        "check that the model is valid ONNX for this onnxruntime version")
 
 

@@ -90,7 +90,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trtopt import metrics
-from trtopt.errors import TrtoptError
+from trtopt.errors import TrtoptError, first_line
 from trtopt.compress.config import DistillConfig, _check_alpha_temperature
 
 
@@ -495,7 +495,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise TrtoptError(f"checkpoint {p} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})",
+        raise TrtoptError(f"checkpoint {p} cannot be read ({first_line(e, limit=120, with_type=True)})",
                           "it is corrupted or truncated: resume from another checkpoint or start afresh") from e
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise TrtoptError(f"{p} is not a trtopt distillation checkpoint", "give a last.pt or best.pt written by trtopt distill")
@@ -675,7 +675,7 @@ def _train(student, teacher, source, eval_source, metric, config, progress, dist
             optimizer.load_state_dict(resume_state["optimizer"])
             scheduler.load_state_dict(resume_state["scheduler"])
         except (RuntimeError, KeyError, ValueError) as e:
-            raise TrtoptError(f"checkpoint {config.resume_from} does not fit this student ({str(e).splitlines()[0][:160]})",
+            raise TrtoptError(f"checkpoint {config.resume_from} does not fit this student ({first_line(e, limit=160)})",
                               "resume with the same student architecture the checkpoint was written for") from None
         step, epoch, batch_in_epoch = resume_state["step"], resume_state["epoch"], resume_state["batch_in_epoch"]
         step_losses, epoch_losses = list(resume_state["step_losses"]), list(resume_state["epoch_losses"])
