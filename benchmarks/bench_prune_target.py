@@ -68,9 +68,7 @@ def main() -> None:
     started = time.perf_counter()
     target = SpeedupTargetConfig(target_speedup=args.target, tolerance=0.1, batch_size=1, threads=args.threads,
                                  iterations=args.iterations)
-    search = prune_to_speedup(load_model(args.model), PruneConfig("structured"), target, on_step=lambda r: print(
-        f"ratio {r['ratio']:.3f}: MACs ÷{r['macs_reduction']:.2f} → speedup {r['speedup']:.2f}× "
-        f"[{r['speedup_ci_low']:.2f}, {r['speedup_ci_high']:.2f}]", flush=True))
+    search = prune_to_speedup(load_model(args.model), PruneConfig("structured"), target, on_step=lambda line: print(line, flush=True))
     chosen = next(s for s in search.steps if s["chosen"])
     print(f"target {args.target}× ± 10 %: {'reached' if search.reached else 'NOT reached'} at ratio {chosen['ratio']} "
           f"({chosen['speedup']:.2f}×)")

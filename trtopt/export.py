@@ -12,7 +12,7 @@ import io
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from trtopt.data import Feed, check_feed, random_feed, take_batch
 from trtopt.errors import TrtoptError, first_line
 from trtopt.files import ensure_writable, staging_dir
 from trtopt.models.spec import LoadedModel
+from trtopt.progress import StepCallback
 
 # Protobuf cannot serialize a message over 2 GiB; stay clear of it when weights are inline.
 INLINE_LIMIT_BYTES = 1_800_000_000
@@ -78,7 +79,7 @@ class ExportConfig:
 
 def export_onnx(loaded: LoadedModel, path: str | os.PathLike, config: ExportConfig = ExportConfig(),
                 feed: Feed | None = None, force: bool = False,
-                on_step: Callable[[str], None] | None = None) -> OnnxArtifact:
+                on_step: StepCallback | None = None) -> OnnxArtifact:
     """Export ``loaded`` to ONNX at ``path`` and return the checked artifact.
 
     Args:

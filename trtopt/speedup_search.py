@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,7 @@ from trtopt.compress.config import LowRankConfig, PruneConfig
 if TYPE_CHECKING:
     from trtopt.compress.prune import PruneResult
 from trtopt.errors import TrtoptError
+from trtopt.progress import StepCallback
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class SpeedupSearch:
                 "chosen_ratio": self.result.config.ratio, "result": self.result.to_dict()}
 
 def prune_to_speedup(loaded: Any, config: PruneConfig, target: SpeedupTargetConfig,
-                     on_step: Callable[[dict[str, Any]], None] | None = None) -> SpeedupSearch:
+                     on_step: StepCallback | None = None) -> SpeedupSearch:
     """Prune ``loaded`` structurally at increasing ratios until its ONNX reaches ``target.target_speedup``.
 
     Each step prunes the original model at one channel ratio (``config`` with ``ratio`` replaced),
@@ -92,7 +93,8 @@ def prune_to_speedup(loaded: Any, config: PruneConfig, target: SpeedupTargetConf
         loaded: a `trtopt.models.spec.LoadedModel`.
         config: pruning settings (method must be "structured"; its ratio is ignored).
         target: the requested speedup and search/timing settings.
-        on_step: called with each step's record as it completes (progress display).
+        on_step: called with one line per measured ratio as it completes (ratio, MACs reduction, speedup
+            and its interval); the records themselves are in ``SpeedupSearch.steps``.
 
     Returns:
         A :class:`SpeedupSearch`: whether the target was reached, the chosen result and every step.
@@ -134,7 +136,8 @@ def prune_to_speedup(loaded: Any, config: PruneConfig, target: SpeedupTargetConf
             steps.append(record)
             results.append(result)
             if on_step:
-                on_step(record)
+                on_step(f"ratio {record['ratio']:.3f}: MACs ÷{record['macs_reduction']:.2f}, speedup "
+                        f"{record['speedup']:.2f}× [{record['speedup_ci_low']:.2f}, {record['speedup_ci_high']:.2f}]")
             return record
 
         below = 0.0
@@ -166,7 +169,7 @@ def prune_to_speedup(loaded: Any, config: PruneConfig, target: SpeedupTargetConf
 def factorize_for_speedup(loaded: Any, target_speedup: float, config: LowRankConfig = LowRankConfig(),
                           energies: Sequence[float] = (0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5), feed: Any = None,
                           batch_size: int = 1, timing: Any = None, threads: int | None = None,
-                          workdir: str | None = None, on_step: Callable[[str], None] | None = None) -> tuple[Any, dict[str, Any]]:
+                          workdir: str | None = None, on_step: StepCallback | None = None) -> tuple[Any, dict[str, Any]]:
     """Rank choice from a *measured* latency target: the highest energy whose factorized model, exported to
     ONNX and timed in ONNX Runtime interleaved with the original's ONNX, is at least ``target_speedup``
     times faster (median ratio). Every candidate is timed in the same run, so the ratios are like for like.

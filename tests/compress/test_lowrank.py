@@ -219,3 +219,11 @@ def test_latency_target_picks_the_highest_energy_meeting_it(tmp_path):
     assert isinstance(loaded.module.conv3, nn.Conv2d)  # the original is untouched
     with pytest.raises(TrtoptError, match="no energy level reaches a 1000000.0× speedup"):
         factorize_for_speedup(loaded, 1e6, energies=(0.6,), timing=timing, workdir=str(tmp_path))
+
+
+def test_on_step_reports_each_layer_as_it_is_factorized():
+    steps: list[str] = []
+    _, report = factorize(nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64)),
+                          LowRankConfig(method="energy", energy=0.5), on_step=steps.append)
+    assert steps == ["factorizing 0", "factorizing 2"]
+    assert [row.name for row in report.layers] == ["0", "2"]

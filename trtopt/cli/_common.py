@@ -52,7 +52,7 @@ def progress_bar(args: argparse.Namespace):
 
     def update(label: str, done: int, total: int) -> None:
         if label not in tasks:
-            tasks[label] = progress.add_task(f"timing {label}", total=total if total > 0 else None)
+            tasks[label] = progress.add_task(label, total=total if total > 0 else None)
         progress.update(tasks[label], completed=done)
 
     return progress, update

@@ -33,9 +33,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if target is not None:
         step(f"searching the channel ratio for a {target.target_speedup}× speedup on ONNX Runtime "
              f"(batch {target.batch_size}, {target.threads} threads)")
-        search = prune_to_speedup(loaded, config, target, on_step=lambda r: step(
-            f"ratio {r['ratio']:.3f}: MACs ÷{r['macs_reduction']:.2f}, speedup {r['speedup']:.2f}× "
-            f"[{r['speedup_ci_low']:.2f}, {r['speedup_ci_high']:.2f}]"))
+        search = prune_to_speedup(loaded, config, target, on_step=step)
         result = search.result
         pruned = dataclasses.replace(loaded, module=result.module)
         report = search.to_dict()

@@ -22,8 +22,7 @@ def _calibrate(args: argparse.Namespace, onnx_path: str):
     feed = onnx_feed(args, onnx_path)
     progress, update = progress_bar(args)
     with progress:
-        return calibrate(onnx_path, feed, _calibration_config(args),
-                         on_progress=lambda done, total: update("calibration", done, total))
+        return calibrate(onnx_path, feed, _calibration_config(args), on_progress=update)
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from trtopt.files import ensure_writable

@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ import numpy as np
 
 from trtopt.artifacts import OnnxArtifact, Ranges, TensorInfo, TensorRange, inspect_onnx
 from trtopt.errors import TrtoptError
+from trtopt.progress import ProgressCallback
 
 if TYPE_CHECKING:
     from trtopt.backends.ort import OrtConfig
@@ -36,7 +37,6 @@ METHODS = ("minmax", "entropy", "percentile", "mse")
 
 Feed = dict[str, np.ndarray]
 
-ProgressCallback = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class CalibrationConfig:
@@ -348,7 +348,8 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
         config: method and its parameters, batch size, sample limit.
         tensors: names of the tensors to calibrate; default: every float activation of the graph
             (see :func:`calibration_tensors`), graph inputs included. Quantizers pick what they need.
-        on_progress: called after each batch with (samples done, total samples or -1 when unknown).
+        on_progress: called after each batch as ``("calibration", samples done, total samples or -1 when
+            unknown)``.
         ort: an :class:`trtopt.backends.ort.OrtConfig` for the ONNX Runtime session (default: CPU, all cores).
 
     Returns:
@@ -380,7 +381,7 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
     stats = {n: StreamingHistogram(config.num_bins) for n in names}
     checker = _InputChecker(artifact.inputs, path.name)
     batches, total = _batches(data, checker, config)
-    progress = on_progress or (lambda _done, _total: None)
+    progress = on_progress or (lambda _label, _done, _total: None)
 
     workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     with tempfile.TemporaryDirectory(prefix="trtopt-calibrate-") as tmp, \
@@ -407,7 +408,7 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
             # parallel; each histogram is updated by one task per batch, so results do not depend on it.
             for _ in (pool.map(_update_job, jobs) if pool is not None else map(_update_job, jobs)):
                 pass
-            progress(checker.samples, total)
+            progress("calibration", checker.samples, total)
             if config.max_samples is not None and checker.samples >= config.max_samples:
                 break
         if runner is not None:

@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 from trtopt.artifacts import OnnxArtifact, Ranges, inspect_onnx
 from trtopt.errors import TrtoptError, first_line
 from trtopt.files import ensure_writable, staging_dir
+from trtopt.progress import StepCallback
 
 TARGETS = ("onnxruntime", "tensorrt")
 # Ops whose inputs carry Q/DQ in TensorRT's rules (weights and activations).
@@ -83,7 +83,7 @@ class QuantizeConfig:
 
 def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.PathLike,
              config: QuantizeConfig = QuantizeConfig(), force: bool = False,
-             on_step: Callable[[str], None] | None = None) -> OnnxArtifact:
+             on_step: StepCallback | None = None) -> OnnxArtifact:
     """Write the INT8 Q/DQ version of an FP32 ONNX model for ``config.target``.
 
     Args:

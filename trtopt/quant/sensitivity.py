@@ -25,6 +25,7 @@ from trtopt import metrics
 from trtopt.artifacts import Ranges
 from trtopt.data import Feed
 from trtopt.errors import TrtoptError
+from trtopt.progress import StepCallback
 from trtopt.quant.quantize import COMPUTE_OP_TYPES, QuantizeConfig, quantize
 
 Scorer = Callable[[Path], float]
@@ -81,7 +82,7 @@ def quantizable_layers(onnx_path: str | os.PathLike, config: QuantizeConfig) -> 
 
 
 def layer_sensitivity(onnx_path: str | os.PathLike, ranges: Ranges, config: QuantizeConfig, score: Scorer,
-                      on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+                      on_step: StepCallback | None = None) -> dict[str, Any]:
     """Score FP32, full INT8, and INT8 with each layer left out; rank layers by the score they recover.
 
     Returns ``{"fp32_score", "int8_score", "layers": [{"node", "score_without", "recovered"}...]}``
@@ -109,7 +110,7 @@ def _score_excluding(onnx_path: str | os.PathLike, ranges: Ranges, config: Quant
 
 
 def choose_mixed_precision(onnx_path: str | os.PathLike, ranges: Ranges, config: QuantizeConfig, score: Scorer,
-                           max_drop: float, on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+                           max_drop: float, on_step: StepCallback | None = None) -> dict[str, Any]:
     """The fewest layers (greedy, most sensitive first) kept in FP32 so that fp32 − int8 ≤ ``max_drop``.
 
     ``max_drop`` is in score units (e.g. 0.003 = 0.3 accuracy points for a fraction). Returns the
