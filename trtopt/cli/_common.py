@@ -111,4 +111,4 @@ def add_calibration(p: argparse.ArgumentParser) -> None:
 def add_tolerances(p: argparse.ArgumentParser, atol: float, rtol: float, cosine: float) -> None:
     p.add_argument("--atol", type=float, default=atol, help=f"absolute tolerance (default {atol})")
     p.add_argument("--rtol", type=float, default=rtol, help=f"relative tolerance (default {rtol})")
-    p.add_argument("--min-cosine", type=float, default=cosine, help=f"minimum cosine similarity (default {cosine})")
+    p.add_argument("--min-cosine", type=float, default=cosine, help=f"minimum cosine similarity, per sample then averaged (default {cosine})")
