@@ -86,8 +86,9 @@ def compare_output(name: str, reference: ArrayLike, candidate: ArrayLike, tol: T
         reference values from blowing the ratio up, down to the smallest positive float if atol is 0),
         all over the elements finite in both arrays, or None if there are none;
         ``cosine`` (`trtopt.metrics.cosine_similarity`: the mean over samples, axis 0, of each
-        sample's cosine over its elements finite in both; 1.0 for samples zero in both, samples zero in
-        only one left out since their angle is undefined; None if no sample is left);
+        sample's cosine over its elements finite in both (a 0-D or 1-D output is one sample); 1.0 for
+        samples zero in both, samples zero in only one left out since their angle is undefined; None if
+        no sample is left);
         ``mismatched_elements`` (elements failing the allclose rule, non-finite mismatches included);
         ``nan_count`` (NaN or infinite elements in the candidate);
         ``top1_agreement`` (for 2-D outputs with more than one column and at least one row:
