@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from trtopt.errors import TrtoptError
 from trtopt.cli._common import add_calibration, add_data, onnx_feed, progress_bar, step_printer, write_json_output
@@ -22,8 +23,7 @@ def _calibrate(args: argparse.Namespace, onnx_path: str):
     feed = onnx_feed(args, onnx_path)
     progress, update = progress_bar(args)
     with progress:
-        return calibrate(onnx_path, feed, _calibration_config(args),
-                         on_progress=lambda done, total: update("calibration", done, total))
+        return calibrate(onnx_path, feed, _calibration_config(args), on_progress=update)
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from trtopt import workspace
