@@ -42,6 +42,7 @@ from trtopt.files import write_json
 from trtopt.models.spec import LoadedModel
 from trtopt.models.load import load_model
 from trtopt.measure.profile import TimingConfig
+from trtopt.metrics import cosine_per_sample, topk_accuracy
 from trtopt.compress.config import PruneConfig
 from trtopt.compress.prune import count_macs, prune
 
@@ -52,7 +53,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def accuracy(module: torch.nn.Module, inputs: np.ndarray, labels: np.ndarray) -> float:
     module.eval()
     logits = module(torch.from_numpy(inputs))
-    return float((logits.argmax(1).numpy() == labels).mean())
+    return topk_accuracy(logits.numpy(), labels)
 
 
 def _speedups(report: dict[str, Any], baseline: str, candidate: str) -> list[dict[str, Any]]:
@@ -167,13 +168,13 @@ def _lee_scores(module: torch.nn.Module, docs_feed: dict[str, np.ndarray], ratin
     sims = torch.nn.functional.normalize(emb, dim=1) @ torch.nn.functional.normalize(emb, dim=1).T
     iu = np.triu_indices(len(ratings), 1)
     model_sims, human = sims.numpy()[iu], ratings[iu]
-    cos_docs = torch.nn.functional.cosine_similarity(emb, reference, dim=1)
-    cos_sent = torch.nn.functional.cosine_similarity(_embed(module, held_out), reference_held_out, dim=1)
+    cos_docs = cosine_per_sample(reference.numpy(), emb.numpy())
+    cos_sent = cosine_per_sample(reference_held_out.numpy(), _embed(module, held_out).numpy())
     return {"lee_pearson": round(float(pearsonr(model_sims, human)[0]), 4),
             "lee_spearman": round(float(spearmanr(model_sims, human)[0]), 4),
-            "cosine_to_teacher_lee_docs_mean": round(float(cos_docs.mean()), 4),
-            "cosine_to_teacher_heldout_sentences_mean": round(float(cos_sent.mean()), 4),
-            "cosine_to_teacher_heldout_sentences_min": round(float(cos_sent.min()), 4)}
+            "cosine_to_teacher_lee_docs_mean": round(float(np.nanmean(cos_docs)), 4),
+            "cosine_to_teacher_heldout_sentences_mean": round(float(np.nanmean(cos_sent)), 4),
+            "cosine_to_teacher_heldout_sentences_min": round(float(np.nanmin(cos_sent)), 4)}
 
 
 def part_minilm(args: argparse.Namespace) -> dict[str, Any]:

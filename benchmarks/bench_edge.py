@@ -43,6 +43,7 @@ from trtopt.export import export_onnx
 from trtopt.files import write_json
 from trtopt.models.spec import InputSpec, LoadedModel
 from trtopt.models.load import load_model
+from trtopt.metrics import cosine_per_sample, top1_agreement
 from trtopt.measure.profile import TimingConfig
 from trtopt.quant.quantize import QuantizeConfig, quantize
 
@@ -112,12 +113,12 @@ def build_edge(loaded: LoadedModel, path: Path, precision: str, calib: dict[str,
 
 
 def agreement(ref: np.ndarray, out: np.ndarray, classes: bool) -> dict[str, float]:
-    r, o = ref.reshape(len(ref), -1).astype(np.float64), out.reshape(len(out), -1).astype(np.float64)
-    cos = (r * o).sum(1) / np.maximum(np.linalg.norm(r, axis=1) * np.linalg.norm(o, axis=1), 1e-30)
-    result = {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
+    r, o = ref.reshape(len(ref), -1), out.reshape(len(out), -1)
+    cos = cosine_per_sample(r, o)
+    result = {"cosine_mean": float(np.nanmean(cos)), "cosine_min": float(np.nanmin(cos))}
     if classes:
-        result["top1_agreement"] = float((r.argmax(1) == o.argmax(1)).mean())
-        result["top1_agree_count"] = f"{int((r.argmax(1) == o.argmax(1)).sum())}/{len(r)}"
+        result["top1_agreement"] = top1_agreement(r, o)
+        result["top1_agree_count"] = f"{round(result['top1_agreement'] * len(r))}/{len(r)}"
     return result
 
 

@@ -25,7 +25,6 @@ import numpy as np
 from trtopt.artifacts import inspect_onnx
 from trtopt.measure.bench import bench, onnx_candidate, run_all
 from trtopt.quant.calibrate import CalibrationConfig, calibrate
-from trtopt.measure.compare import topk_accuracy
 from trtopt.export import ExportConfig
 from trtopt.backends.ort import OrtConfig
 from trtopt.data import iter_photo_crops, load_feed
@@ -34,6 +33,7 @@ from trtopt.export import export_onnx
 from trtopt.files import write_json
 from trtopt.models.load import load_model
 from trtopt.measure.profile import TimingConfig
+from trtopt.metrics import cosine_per_sample, top1_agreement, topk_accuracy
 from trtopt.quant.quantize import QuantizeConfig, quantize
 from trtopt.quant.sensitivity import choose_mixed_precision, cosine_scorer
 
@@ -73,9 +73,9 @@ def outputs(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
 
 def agreement(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
     r, o = ref.reshape(len(ref), -1), out.reshape(len(out), -1)
-    cos = (r * o).sum(1) / np.maximum(np.linalg.norm(r, axis=1) * np.linalg.norm(o, axis=1), 1e-30)
-    return {"top1_agreement": float((r.argmax(1) == o.argmax(1)).mean()), "cosine_mean": float(cos.mean()),
-            "cosine_min": float(cos.min())}
+    cos = cosine_per_sample(r, o)
+    return {"top1_agreement": top1_agreement(r, o), "cosine_mean": float(np.nanmean(cos)),
+            "cosine_min": float(np.nanmin(cos))}
 
 
 def image_model(spec: str, tmp: Path, timing: TimingConfig, method: str) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from trtopt.compress.lowrank import factorize_
 from trtopt.models.spec import LoadedModel
 from trtopt.models.load import load_model
 from trtopt.measure.profile import TimingConfig
+from trtopt.metrics import topk_accuracy
 
 OUT = Path(__file__).resolve().parent / "results" / "lowrank.json"
 
@@ -77,7 +78,7 @@ def digits(tmp: Path, energies: tuple[float, ...], epochs: int) -> dict[str, Any
 
     def acc(model: Any) -> float:
         with torch.no_grad():
-            return float((model(x_test).argmax(1).numpy() == test.labels).mean())
+            return topk_accuracy(model(x_test).numpy(), test.labels)
 
     paths = {"original": export_onnx(loaded, tmp / "digits.onnx", ExportConfig(), feed=test.inputs, force=True).path}
     result: dict[str, Any] = {"model": "zoo:digits_cnn", "dataset": "sklearn digits test split (359 images)",

@@ -30,6 +30,7 @@ from trtopt.compress.config import PruneConfig
 from trtopt.speedup_search import SpeedupSearchConfig, search_speedup
 from trtopt.trt.sparsity import check_2to4
 from trtopt.compress.prune import prune_loaded
+from trtopt.metrics import topk_accuracy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -37,7 +38,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def accuracy(module: torch.nn.Module, split) -> float:
     with torch.no_grad():
         logits = module(torch.from_numpy(split.inputs["input"]))
-    return float((logits.argmax(1).numpy() == split.labels).mean())
+    return topk_accuracy(logits.numpy(), split.labels)
 
 
 def two_four() -> dict:

@@ -32,6 +32,7 @@ from trtopt.files import write_json
 from trtopt.compress.config import ShareConfig
 from trtopt.compress.share import cluster_weights_, finetune_shared, kmeans_1d, load_shared, save_shared
 from trtopt.models.zoo import load
+from trtopt.metrics import topk_accuracy
 
 OUT = Path(__file__).resolve().parent / "results" / "share.json"
 
@@ -47,7 +48,7 @@ def exact_round_trip(model: Any, fresh: Any, path: Path) -> dict[str, Any]:
 
 def accuracy(model: Any, x: torch.Tensor, labels: np.ndarray) -> float:
     with torch.no_grad():
-        return float((model(x).argmax(1).numpy() == labels).mean())
+        return topk_accuracy(model(x).numpy(), labels)
 
 
 def digits(tmp: Path, epochs: int) -> dict[str, Any]:

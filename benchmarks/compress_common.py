@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from trtopt.metrics import cosine_per_sample
+
 THREADS = 2
 # Standard-library modules whose docstrings are long English prose: offline training text for MiniLM
 # distillation (the model card's sentences stay held out for evaluation).
@@ -39,12 +41,6 @@ def docstring_sentences(limit: int = 2000) -> list[str]:
     return out[:limit]
 
 
-def cosine_rows(a: Any, b: Any) -> np.ndarray:
-    """Cosine similarity of matching rows."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
-
-
 def minilm_data() -> dict[str, Any]:
     """Token feeds (torch) for MiniLM: ``train``/``val`` from docstring sentences at 32 tokens (short text:
     32 tokens hold almost all of it and halve training cost), ``card``: the model card's sentences at 64
@@ -63,12 +59,13 @@ def minilm_data() -> dict[str, Any]:
 
 
 def minilm_cosine(model: Any, reference: np.ndarray, card: dict[str, Any]) -> dict[str, float]:
-    """Mean and min cosine of ``model``'s embeddings of the card sentences vs ``reference`` (FP32's)."""
+    """Mean and min per-sentence cosine (`trtopt.metrics.cosine_per_sample`) of ``model``'s embeddings of the
+    card sentences vs ``reference`` (FP32's)."""
     import torch
 
     with torch.no_grad():
-        c = cosine_rows(reference, model(**card).numpy())
-    return {"mean": float(c.mean()), "min": float(c.min())}
+        c = cosine_per_sample(reference, model(**card).numpy())
+    return {"mean": float(np.nanmean(c)), "min": float(np.nanmin(c))}
 
 
 def minilm_distill_config(steps: int, lr: float) -> Any:

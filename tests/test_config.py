@@ -321,3 +321,16 @@ def test_a_config_built_directly_names_its_field():
     with pytest.raises(TrtoptError, match=r"^ratio=1\.0 must be a number in \[0, 1\); fix: give the fraction") as e:
         PruneConfig(ratio=1.0)
     assert e.value.key == "ratio"
+
+
+def test_yaml_error_without_a_message_is_still_one_line(tmp_path, monkeypatch):
+    import yaml
+
+    def fails(_text):
+        raise yaml.YAMLError()  # str() is "": the message must not crash on its first line
+
+    path = tmp_path / "r.yaml"
+    path.write_text("model: tests.helpers.tiny_models:tiny_cnn\n")
+    monkeypatch.setattr(yaml, "safe_load", fails)
+    with pytest.raises(TrtoptError, match=r"is not valid YAML \(YAMLError\)"):
+        load_recipe(path)

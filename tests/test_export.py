@@ -110,6 +110,19 @@ def test_auto_falls_back_to_torchscript_and_says_why(tiny_cnn, tmp_path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
+def test_dynamo_failure_without_a_message_is_named_by_its_type(tiny_cnn, tmp_path, monkeypatch):
+    real = export_mod._torch_export
+
+    def dynamo_breaks(loaded, staged, config, example, dynamo):
+        if dynamo:
+            raise RuntimeError()  # str() is "": the note must not crash on its first line
+        return real(loaded, staged, config, example, dynamo)
+
+    monkeypatch.setattr(export_mod, "_torch_export", dynamo_breaks)
+    art = export_onnx(tiny_cnn, tmp_path / "m.onnx", ExportConfig(opset=17))
+    assert "dynamo exporter failed (RuntimeError); fell back to the TorchScript exporter" in art.notes
+
+
 def test_dynamo_only_failure_suggests_torchscript(tiny_cnn, tmp_path, monkeypatch):
     calls = []
 

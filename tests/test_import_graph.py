@@ -32,7 +32,7 @@ RULES = [
     (("trtopt.backends",), STAGES + COMPOSERS, ()),
     # leaves import nothing above them
     (("trtopt.errors", "trtopt.files", "trtopt.environment", "trtopt._config", "trtopt._version", "trtopt.metrics",
-      "trtopt.artifacts"), ("trtopt.models", "trtopt.data", "trtopt.datasets", "trtopt.backends") + STAGES + COMPOSERS,
+      "trtopt.progress", "trtopt.artifacts"), ("trtopt.models", "trtopt.data", "trtopt.datasets", "trtopt.backends") + STAGES + COMPOSERS,
      ()),
     # the report renders JSON: it runs nothing
     (("trtopt.report",), STAGES + ("trtopt.backends", "trtopt.pipeline", "trtopt.models", "trtopt.data"), ()),

@@ -1,4 +1,4 @@
-"""Tests for trtopt.metrics: the seed article's worked examples and the error cases."""
+"""Tests for trtopt.metrics: the seed article's worked examples, the accuracy measures, edge and error cases."""
 
 from __future__ import annotations
 
@@ -8,10 +8,14 @@ import pytest
 from trtopt.errors import TrtoptError
 from trtopt.metrics import (
     compression_ratio,
+    cosine_per_sample,
+    cosine_similarity,
     error_summary,
     pruning_rate_percent,
     quantization_error,
     speedup_ratio,
+    top1_agreement,
+    topk_accuracy,
 )
 
 MB = 1_000_000
@@ -82,3 +86,179 @@ def test_error_summary_values():
 def test_error_summary_rejects_empty():
     with pytest.raises(TrtoptError, match="empty"):
         error_summary(np.array([]))
+
+
+# Cosine similarity: per sample over its flattened output, then the mean over samples.
+
+def test_cosine_per_sample_hand_computed():
+    reference = np.array([[1.0, 0.0], [0.0, 1.0], [3.0, 4.0]])
+    candidate = np.array([[2.0, 0.0], [1.0, 1.0], [-3.0, -4.0]])  # same direction, 45 degrees, opposite
+    np.testing.assert_allclose(cosine_per_sample(reference, candidate), [1.0, 1 / np.sqrt(2), -1.0])
+    assert cosine_similarity(reference, candidate) == pytest.approx((1.0 + 1 / np.sqrt(2) - 1.0) / 3)
+
+
+def test_cosine_is_the_mean_of_samples_not_of_everything_flattened():
+    # sample 0 is loud and exact, sample 1 is quiet and orthogonal: flattened, the loud one hides it
+    reference = np.array([[100.0, 0.0], [0.0, 1.0]])
+    candidate = np.array([[100.0, 0.0], [1.0, 0.0]])
+    flattened = reference.ravel() @ candidate.ravel() / np.linalg.norm(reference) / np.linalg.norm(candidate)
+    assert flattened == pytest.approx(0.99990, abs=1e-5)
+    assert cosine_similarity(reference, candidate) == pytest.approx(0.5)
+
+
+def test_cosine_flattens_each_sample_over_every_non_batch_axis():
+    # (N, T, D): one cosine per sample over T*D elements, not one per token along the last axis
+    reference = np.array([[[1.0, 0.0], [0.0, 2.0]]])
+    candidate = np.array([[[1.0, 0.0], [2.0, 0.0]]])
+    # per-token mean would be (1 + 0) / 2 = 0.5; the sample's vectors [1, 0, 0, 2] and [1, 0, 2, 0]: 1/5
+    assert cosine_similarity(reference, candidate) == pytest.approx(1 / 5)
+
+
+def test_cosine_of_one_sample_equals_the_flattened_cosine():
+    rng = np.random.default_rng(0)
+    reference, candidate = rng.standard_normal((1, 3, 4)), rng.standard_normal((1, 3, 4))
+    flattened = reference.ravel() @ candidate.ravel() / np.linalg.norm(reference) / np.linalg.norm(candidate)
+    assert cosine_similarity(reference, candidate) == pytest.approx(flattened)
+
+
+def test_cosine_of_a_vector_is_one_sample():
+    assert cosine_similarity(np.array([1.0, 0.0, 0.0]), np.array([1.0, 0.5, 0.5])) == pytest.approx(1 / np.sqrt(1.5))
+    assert cosine_similarity(np.float32(3.0), np.float32(-2.0)) == -1.0
+
+
+def test_cosine_zero_vectors():
+    reference = np.array([[0.0, 0.0], [1.0, 2.0], [0.0, 0.0]])
+    candidate = np.array([[0.0, 0.0], [1.0, 2.0], [1e-7, 0.0]])
+    per_sample = cosine_per_sample(reference, candidate)
+    assert per_sample[0] == 1.0 and per_sample[1] == pytest.approx(1.0) and np.isnan(per_sample[2])
+    assert cosine_similarity(reference, candidate) == pytest.approx(1.0)  # the undefined sample is left out
+    assert cosine_similarity(np.zeros((2, 3)), np.ones((2, 3))) is None  # no sample has an angle
+    assert cosine_similarity(np.zeros((0, 3)), np.zeros((0, 3))) is None  # no samples
+    assert cosine_similarity(np.zeros((2, 0)), np.zeros((2, 0))) is None  # empty samples have no angle
+
+
+def test_cosine_leaves_non_finite_elements_out_on_both_sides():
+    reference = np.array([[1.0, 2.0, np.nan], [1.0, 0.0, 5.0]])
+    candidate = np.array([[1.0, 2.0, 7.0], [1.0, np.inf, 5.0]])
+    np.testing.assert_allclose(cosine_per_sample(reference, candidate), [1.0, 1.0])
+    assert cosine_similarity(np.array([[np.nan, 1.0]]), np.array([[1.0, np.nan]])) is None  # nothing left
+    assert cosine_similarity(np.array([[1.0, 2.0]]), np.full((1, 2), np.nan)) is None  # not 1.0: NaN is no match
+
+
+def test_cosine_does_not_overflow_on_huge_values():
+    reference = np.array([[1e300, 1e300]])
+    assert cosine_similarity(reference, reference * 0.5) == pytest.approx(1.0)
+    assert cosine_similarity(reference, np.array([[1e300, -1e300]])) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_cosine_stays_within_minus_one_and_one():
+    rng = np.random.default_rng(1)
+    values = rng.standard_normal((64, 17)).astype(np.float32)
+    assert np.all(cosine_per_sample(values, values) <= 1.0)
+    assert np.all(cosine_per_sample(values, -values) >= -1.0)
+
+
+def test_cosine_shape_mismatch_names_both_shapes():
+    with pytest.raises(TrtoptError, match=r"\(2, 3\).*\(3, 2\)"):
+        cosine_similarity(np.zeros((2, 3)), np.zeros((3, 2)))
+
+
+# Top-1 agreement and top-k accuracy.
+
+def test_top1_agreement_hand_computed():
+    reference = np.array([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5], [0.6, 0.4, 0.0]])
+    candidate = np.array([[0.1, 0.9, 0.0], [0.1, 0.8, 0.1], [0.2, 0.3, 0.5], [0.4, 0.6, 0.0]])
+    assert top1_agreement(reference, candidate) == 0.5
+
+
+def test_top1_agreement_counts_every_position_and_breaks_ties_low():
+    reference = np.array([[[0.0, 1.0], [1.0, 0.0]], [[0.5, 0.5], [0.0, 1.0]]])  # (N=2, T=2, C=2)
+    candidate = np.array([[[0.0, 1.0], [0.0, 1.0]], [[0.9, 0.1], [0.0, 1.0]]])  # tie [0.5, 0.5] is class 0
+    assert top1_agreement(reference, candidate) == 0.75
+
+
+@pytest.mark.parametrize("reference, candidate, message", [
+    (np.zeros((2, 3)), np.zeros((2, 4)), r"\(2, 3\).*\(2, 4\)"),
+    (np.zeros(3), np.zeros(3), "shape"),
+    (np.zeros((0, 3)), np.zeros((0, 3)), "N >= 1"),
+    (np.zeros((2, 0)), np.zeros((2, 0)), "C >= 1"),
+])
+def test_top1_agreement_rejects_bad_input(reference, candidate, message):
+    with pytest.raises(TrtoptError, match=message):
+        top1_agreement(reference, candidate)
+
+
+def test_topk_accuracy_examples():
+    scores = np.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
+    labels = np.array([1, 1, 2, 2])
+    assert topk_accuracy(scores, labels) == 0.5
+    assert topk_accuracy(scores, labels, k=2) == 0.75
+    assert topk_accuracy(scores, labels, k=3) == 1.0
+
+
+def test_topk_accuracy_per_position_and_ties_like_argmax():
+    scores = np.array([[[0.5, 0.5], [0.2, 0.8]]])  # (N=1, T=2, C=2); the tie counts as class 0
+    assert topk_accuracy(scores, np.array([[0, 1]])) == 1.0
+    assert topk_accuracy(scores, np.array([[1, 1]])) == 0.5
+    assert topk_accuracy(scores, np.array([[1, 1]])) == top1_agreement(scores, np.array([[[0.0, 1.0], [0.0, 1.0]]]))
+
+
+@pytest.mark.parametrize("scores, labels, k, message", [
+    (np.zeros(3), np.zeros(3, np.int64), 1, "shape"),
+    (np.zeros((0, 3)), np.zeros(0, np.int64), 1, "N >= 1"),
+    (np.zeros((2, 3)), np.zeros(3, np.int64), 1, "labels of shape"),
+    (np.zeros((2, 3)), np.zeros(2, np.float32), 1, "integer"),
+    (np.zeros((2, 3)), np.array([0, 3]), 1, "lie in"),
+    (np.zeros((2, 3)), np.array([0, 1]), 4, "k must"),
+    (np.zeros((2, 3)), np.array([0, 1]), 0, "k must"),
+])
+def test_topk_accuracy_rejects_bad_input(scores, labels, k, message):
+    with pytest.raises(TrtoptError, match=message):
+        topk_accuracy(scores, labels, k)
+
+
+# One number everywhere: compare, sensitivity and distillation call the formulas above.
+
+def test_compare_sensitivity_and_distill_report_the_same_numbers(monkeypatch):
+    import torch
+
+    from trtopt.compress import distill
+    from trtopt.measure.compare import Tolerances, compare_output
+    from trtopt.quant import sensitivity
+
+    rng = np.random.default_rng(2)
+    reference = rng.standard_normal((6, 5)).astype(np.float32)
+    reference[0] *= 100.0  # a loud sample: a flattened cosine would differ from the per-sample mean
+    candidate = (reference + 2 * rng.standard_normal((6, 5)) * np.abs(reference).mean(1, keepdims=True)).astype(np.float32)
+    expected_cosine = float(np.mean([r @ c / np.linalg.norm(r) / np.linalg.norm(c)
+                                     for r, c in zip(reference.astype(np.float64), candidate.astype(np.float64))]))
+    expected_agreement = float(np.mean(reference.argmax(1) == candidate.argmax(1)))
+    assert 0.0 < expected_agreement < 1.0
+
+    compared = compare_output("y", reference, candidate, Tolerances())
+    monkeypatch.setattr(sensitivity, "model_outputs", lambda path, feed, threads: candidate)
+    student, teacher = torch.from_numpy(candidate), torch.from_numpy(reference)
+
+    cosines = [compared["cosine"], sensitivity.cosine_scorer({}, reference)("model.onnx"),
+               distill.cosine_metric(student, teacher, None)]
+    assert cosines == [pytest.approx(expected_cosine, rel=1e-12)] * 3
+    assert len(set(cosines)) == 1
+    agreements = [compared["top1_agreement"], sensitivity.agreement_scorer({}, reference)("model.onnx"),
+                  distill.agreement_metric(student, teacher, None)]
+    assert agreements == [expected_agreement] * 3
+    labels = rng.integers(0, 5, 6)
+    assert sensitivity.accuracy_scorer({}, labels)("model.onnx") == distill.accuracy_metric(
+        student, teacher, torch.from_numpy(labels)) == float(np.mean(candidate.argmax(1) == labels))
+
+
+def test_rankers_score_an_output_without_any_angle_as_zero(monkeypatch):
+    import torch
+
+    from trtopt.compress import distill
+    from trtopt.quant import sensitivity
+
+    reference = np.ones((3, 4), np.float32)
+    collapsed = np.zeros((3, 4), np.float32)
+    monkeypatch.setattr(sensitivity, "model_outputs", lambda path, feed, threads: collapsed)
+    assert sensitivity.cosine_scorer({}, reference)("model.onnx") == 0.0
+    assert distill.cosine_metric(torch.from_numpy(collapsed), torch.from_numpy(reference), None) == 0.0

@@ -15,7 +15,7 @@ from typing import Any
 
 from trtopt.quant.calibrate import CalibrationConfig
 from trtopt.measure.compare import Tolerances
-from trtopt.errors import TrtoptError
+from trtopt.errors import TrtoptError, first_line
 from trtopt.measure.profile import TimingConfig
 from trtopt.quant.quantize import QuantizeConfig
 from trtopt.export import ExportConfig
@@ -171,7 +171,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         data = yaml.safe_load(text)
         lines = _key_lines(yaml.compose(text))
     except yaml.YAMLError as e:
-        raise TrtoptError(f"recipe {p} is not valid YAML ({str(e).splitlines()[0]})", "fix the YAML syntax") from e
+        raise TrtoptError(f"recipe {p} is not valid YAML ({first_line(e)})", "fix the YAML syntax") from e
     except RecursionError:
         raise TrtoptError(f"recipe {p} is nested too deeply to be a recipe", "fix the YAML syntax") from None
     if not isinstance(data, dict):

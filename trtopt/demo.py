@@ -14,13 +14,13 @@ Then with :func:`compression_recipe`: pruning and distillation before export, on
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from trtopt.quant.calibrate import CalibrationConfig
 from trtopt.config import DEFAULT_STAGES, Recipe
 from trtopt.measure.profile import TimingConfig
+from trtopt.progress import ProgressCallback, StepCallback
 
 DEMO_MODEL = "zoo:efficientnet_lite0"
 DEMO_DATA = "skimage:photos"
@@ -61,8 +61,8 @@ def demo_recipes(iterations: int = 100) -> dict[str, Recipe]:
 
 
 def run_demo(recipe: Recipe, out_dir: str | os.PathLike, force: bool = False,
-             on_step: Callable[[str], None] | None = None,
-             on_progress: Callable[[str, int, int], None] | None = None) -> tuple[dict[str, Any], dict[str, Path]]:
+             on_step: StepCallback | None = None,
+             on_progress: ProgressCallback | None = None) -> tuple[dict[str, Any], dict[str, Path]]:
     """Run ``recipe`` through `trtopt.pipeline.optimize` into ``out_dir``; returns the report and paths."""
     from trtopt.pipeline import optimize
 

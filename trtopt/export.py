@@ -12,7 +12,7 @@ import io
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,11 @@ from trtopt._config import MAX_BATCH_SIZE, check_choice, check_int, check_ints, 
 from trtopt.backends.ort import OrtConfig
 from dataclasses import dataclass, field
 from trtopt.data import random_feed, take_batch
-from trtopt.errors import TrtoptError
+from trtopt.errors import TrtoptError, first_line
 from trtopt.feeds import Feed, check_feed
 from trtopt.files import ensure_writable, staging_dir
 from trtopt.models.spec import LoadedModel, parameter_bytes
+from trtopt.progress import StepCallback
 
 # Protobuf cannot serialize a message over 2 GiB; stay clear of it when weights are inline.
 INLINE_LIMIT_BYTES = 1_800_000_000
@@ -78,7 +79,7 @@ class ExportConfig:
 
 def export_onnx(loaded: LoadedModel, path: str | os.PathLike, config: ExportConfig = ExportConfig(),
                 feed: Feed | None = None, force: bool = False,
-                on_step: Callable[[str], None] | None = None) -> OnnxArtifact:
+                on_step: StepCallback | None = None) -> OnnxArtifact:
     """Export ``loaded`` to ONNX at ``path`` and return the checked artifact.
 
     Args:
@@ -138,7 +139,7 @@ def _export(loaded: LoadedModel, staged: Path, config: ExportConfig, example: Fe
             _torch_export(loaded, staged, config, example, dynamo=True)
             return "dynamo"
         except Exception as e:  # the dynamo exporter raises many types (torch._dynamo, onnxscript, ...)
-            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+            reason = first_line(e, with_type=True)
             if config.exporter == "dynamo":
                 raise TrtoptError(f"the dynamo exporter failed for {loaded.spec} ({reason})",
                                   "try exporter: torchscript (--exporter torchscript)") from e
@@ -147,7 +148,7 @@ def _export(loaded: LoadedModel, staged: Path, config: ExportConfig, example: Fe
     try:
         _torch_export(loaded, staged, config, example, dynamo=False)
     except Exception as e:
-        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+        reason = first_line(e, with_type=True)
         raise TrtoptError(f"the TorchScript exporter failed for {loaded.spec} ({reason})",
                           "make the model traceable (no data-dependent Python control flow) or fix the failing op") from e
     return "torchscript"
@@ -210,7 +211,7 @@ def _finalize(staged: Path, config: ExportConfig, notes: list[str], output_names
     try:
         onnx.checker.check_model(str(staged))
     except onnx.checker.ValidationError as e:
-        raise TrtoptError(f"the exported ONNX model is invalid: {str(e).strip().splitlines()[0][:200]}",
+        raise TrtoptError(f"the exported ONNX model is invalid: {first_line(e)}",
                           "try --exporter torchscript or another opset") from e
 
 

@@ -1,10 +1,16 @@
-"""The headline numbers every trtopt report carries, as plain formulas.
+"""Every formula a trtopt report carries, each defined once, as plain numpy functions.
 
-These are the seed article's definitions made precise (see DESIGN.md, "The numbers every report
-carries"): compression ratio, speedup ratio, pruning rate and quantization error. Each function checks its
-inputs and raises :class:`~trtopt.errors.TrtoptError` on values that would make the number meaningless
-(a zero size, a negative time), so a report never shows ``inf`` or a silently wrong ratio. Nothing here
-knows about torch, ONNX or a backend: callers measure sizes, times and tensors, and pass the numbers in.
+The seed article's numbers made precise (see DESIGN.md, "The numbers every report carries"): compression
+ratio, speedup ratio, pruning rate and quantization error; and the accuracy measures that judge a
+compressed model against its original: cosine similarity, top-1 agreement and top-k accuracy. Output
+comparison (`trtopt.measure.compare`), INT8 sensitivity (`trtopt.quant.sensitivity`), distillation's eval
+metrics (`trtopt.compress.distill`), the pipeline's task accuracy and the benchmarks all call these, so a
+"cosine" or an "agreement" means the same number everywhere.
+
+Each function checks its inputs and raises :class:`~trtopt.errors.TrtoptError` on values that would make
+the number meaningless (a zero size, a negative time, mismatched shapes), so a report never shows ``inf``
+or a silently wrong ratio. Nothing here knows about torch, ONNX or a backend: callers measure sizes, times
+and outputs, and pass the numbers in (torch tensors as ``tensor.detach().cpu().numpy()``).
 """
 
 from __future__ import annotations
@@ -113,3 +119,159 @@ def error_summary(errors: ArrayLike) -> dict[str, float]:
     summary.update({key: float(value)
                     for (key, _), value in zip(_SUMMARY_PERCENTILES, percentiles, strict=True)})
     return summary
+
+
+def _sample_vectors(reference: ArrayLike, candidate: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Both arrays as float64 ``(N, D)``: one row per sample (axis 0), the sample's elements flattened.
+
+    Arrays of 0 or 1 dimensions are one sample. Raises TrtoptError if the shapes differ.
+    """
+    reference_array = np.asarray(reference, dtype=np.float64)
+    candidate_array = np.asarray(candidate, dtype=np.float64)
+    if reference_array.shape != candidate_array.shape:
+        raise TrtoptError(
+            f"cosine similarity needs arrays of one shape, got reference {reference_array.shape} "
+            f"and candidate {candidate_array.shape}",
+            "compare the outputs of the same inputs, in the same order and batch size")
+    if reference_array.ndim <= 1:
+        return reference_array.reshape(1, -1), candidate_array.reshape(1, -1)
+    shape = (reference_array.shape[0], math.prod(reference_array.shape[1:]))  # -1 is ambiguous with 0 samples
+    return reference_array.reshape(shape), candidate_array.reshape(shape)
+
+
+def cosine_per_sample(reference: ArrayLike, candidate: ArrayLike) -> np.ndarray:
+    """Cosine similarity of each sample's output vector to the reference's, as a float64 ``(N,)`` array.
+
+    ``cos(r, c) = r · c / (‖r‖ ‖c‖)`` per sample, in [-1, 1]: 1 when the two point the same way whatever
+    their lengths, 0 when orthogonal.
+
+    Args:
+        reference: the trusted output, shape ``(N, ...)``: axis 0 is the sample (batch) axis and the
+            rest of each sample is flattened into one vector. A 0-D or 1-D array is one sample (a
+            per-sample cosine of scalars would only compare signs). Any numeric dtype.
+        candidate: the output under test, of the same shape.
+
+    Edge cases:
+        - Elements that are NaN or infinite in either array are left out of that sample's vectors (on
+          both sides); count them separately (`trtopt.measure.compare` reports and fails on them). A
+          sample with no element finite in both (or no elements) has no angle: NaN.
+        - A sample whose two vectors are both zero is identical: 1.0.
+        - A sample where exactly one vector is zero has no angle: NaN. Its difference is an element-wise
+          matter (an all-zero ReLU output against FP16 noise of 1e-7 should pass on an absolute
+          tolerance, not fail on a cosine of 0).
+
+    Each vector is divided by its largest magnitude first, so that squaring values above about 1e154
+    (a diverged model's output) cannot overflow float64.
+
+    Raises:
+        TrtoptError: if the shapes differ.
+    """
+    reference_rows, candidate_rows = _sample_vectors(reference, candidate)
+    finite = np.isfinite(reference_rows) & np.isfinite(candidate_rows)
+    reference_rows = np.where(finite, reference_rows, 0.0)
+    candidate_rows = np.where(finite, candidate_rows, 0.0)
+    reference_peak = np.abs(reference_rows).max(axis=1, initial=0.0)
+    candidate_peak = np.abs(candidate_rows).max(axis=1, initial=0.0)
+    cosines = np.full(reference_rows.shape[0], np.nan)
+    cosines[(reference_peak == 0.0) & (candidate_peak == 0.0) & finite.any(axis=1)] = 1.0
+    defined = (reference_peak > 0.0) & (candidate_peak > 0.0)
+    reference_unit = reference_rows[defined] / reference_peak[defined, None]
+    candidate_unit = candidate_rows[defined] / candidate_peak[defined, None]
+    dot = np.einsum("ij,ij->i", reference_unit, candidate_unit)
+    norms = np.linalg.norm(reference_unit, axis=1) * np.linalg.norm(candidate_unit, axis=1)
+    cosines[defined] = np.clip(dot / norms, -1.0, 1.0)  # rounding can step just past +-1
+    return cosines
+
+
+def cosine_similarity(reference: ArrayLike, candidate: ArrayLike) -> float | None:
+    """Mean over samples of the per-sample cosine similarity (:func:`cosine_per_sample`), in [-1, 1].
+
+    Why per sample, then the mean, rather than one cosine of everything flattened: every sample weighs
+    the same whatever the magnitude of its output (a flattened cosine is dominated by the samples with the
+    largest outputs, so one sample that quantization broke can hide among loud ones); a sample's score does
+    not depend on which other samples share its batch; and it is the number embedding users rank by
+    (the cosine between the two models' embeddings of one input), which distillation with
+    ``output_loss="cosine"`` trains for. For a single sample it equals the flattened cosine.
+
+    Samples without an angle (exactly one zero vector, see :func:`cosine_per_sample`) are left out of the
+    mean. Example: reference ``[[1, 0], [0, 1]]``, candidate ``[[1, 0], [1, 1]]`` gives
+    (1 + 1/√2) / 2 ≈ 0.8536.
+
+    Returns:
+        The mean as a float, or None if no sample has a defined cosine (there are no samples, or every
+        sample pairs a zero vector with a non-zero one or has no finite elements). A caller that must
+        rank models by it scores None as 0.0 (no similarity).
+
+    Raises:
+        TrtoptError: if the shapes differ.
+    """
+    cosines = cosine_per_sample(reference, candidate)
+    defined = cosines[~np.isnan(cosines)]
+    return float(defined.mean()) if defined.size else None
+
+
+def _class_scores(name: str, scores: np.ndarray) -> None:
+    """Raise unless ``scores`` is ``(N, ..., C)`` with at least one sample and one class."""
+    if scores.ndim < 2 or scores.shape[0] == 0 or scores.shape[-1] == 0:
+        raise TrtoptError(f"{name} needs class scores of shape (N, C) or (N, ..., C) with N >= 1 and C >= 1, "
+                          f"got {scores.shape}", "pass the classifier's (batch, classes) output")
+
+
+def top1_agreement(reference: ArrayLike, candidate: ArrayLike) -> float:
+    """Fraction of predictions whose top-1 class is the same in both outputs, in [0, 1] (no labels needed).
+
+    ``mean(argmax(reference, -1) == argmax(candidate, -1))`` over every sample (and every position, for
+    ``(N, ..., C)`` outputs such as per-token logits). Ties go to the lowest class index, as in
+    ``numpy.argmax``. Example: reference ``[[0.1, 0.9], [0.8, 0.2]]``, candidate ``[[0.2, 0.8], [0.4, 0.6]]``
+    agree on the first row only: 0.5.
+
+    Args:
+        reference: ``(N, C)`` or ``(N, ..., C)`` scores (logits or probabilities) of the trusted model.
+        candidate: the scores of the model under test, same shape.
+
+    Raises:
+        TrtoptError: if the shapes differ, or are not ``(N, ..., C)`` with N >= 1 and C >= 1.
+    """
+    reference_scores = np.asarray(reference)
+    candidate_scores = np.asarray(candidate)
+    if reference_scores.shape != candidate_scores.shape:
+        raise TrtoptError(f"top-1 agreement needs scores of one shape, got reference {reference_scores.shape} "
+                          f"and candidate {candidate_scores.shape}", "compare the outputs of the same inputs")
+    _class_scores("top-1 agreement", reference_scores)
+    return float(np.mean(np.argmax(reference_scores, axis=-1) == np.argmax(candidate_scores, axis=-1)))
+
+
+def topk_accuracy(logits: ArrayLike, labels: ArrayLike, k: int = 1) -> float:
+    """Fraction of predictions whose true label is among the ``k`` highest scores, in [0, 1].
+
+    Top-1 accuracy is ``k=1``. Ties among equal scores go to the lowest class index (a stable sort), so
+    ``k=1`` picks the same class as :func:`top1_agreement`. Example: scores ``[[0.1, 0.7, 0.2],
+    [0.5, 0.3, 0.2]]`` with labels ``[1, 1]``: top-1 0.5, top-2 1.0.
+
+    Args:
+        logits: ``(N, C)`` scores (logits or probabilities) for N samples and C classes, or
+            ``(N, ..., C)`` with one label per position (per-token classification).
+        labels: integer class indices in ``[0, C)``, of shape ``logits.shape[:-1]``.
+        k: how many top classes count as a hit, 1 <= k <= C.
+
+    Raises:
+        TrtoptError: on wrong shapes, an empty batch, non-integer or out-of-range labels, or a bad k.
+    """
+    scores = np.asarray(logits)
+    targets = np.asarray(labels)
+    _class_scores("top-k accuracy", scores)
+    if targets.shape != scores.shape[:-1]:
+        raise TrtoptError(f"labels of shape {targets.shape} do not fit logits of shape {scores.shape}",
+                          f"pass one integer label per prediction, shape {scores.shape[:-1]}")
+    if not np.issubdtype(targets.dtype, np.integer):
+        raise TrtoptError(f"labels must be integer class indices, got dtype {targets.dtype}",
+                          "convert the labels to integers, e.g. labels.astype(np.int64)")
+    classes = scores.shape[-1]
+    if np.any(targets < 0) or np.any(targets >= classes):
+        raise TrtoptError(f"labels must lie in [0, {classes}), got values from {targets.min()} to "
+                          f"{targets.max()}", "check that labels and logits use the same class indexing")
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= classes:
+        raise TrtoptError(f"k must be an integer from 1 to the number of classes ({classes}), got {k!r}",
+                          "use k=1 or k=5 on a model with at least that many classes")
+    top = np.argsort(-scores.astype(np.float64), axis=-1, kind="stable")[..., :k]
+    return float(np.mean(np.any(top == targets[..., None], axis=-1)))

@@ -39,11 +39,10 @@ from trtopt.config import Recipe, dump_recipe
 from trtopt._config import to_dict
 from trtopt.errors import TrtoptError
 from trtopt.files import sha256_file, write_json, write_text
+from trtopt.progress import ProgressCallback, StepCallback
 
 LEDGER = "stages.json"
 LEDGER_FORMAT = 1
-Step = Callable[[str], None]
-ProgressCallback = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -106,7 +105,7 @@ def stage_key(name: str, material: Mapping[str, Any]) -> str:
 class _Run:
     """State of one `optimize` call: the recipe, the ledger, the model loaded on first need."""
 
-    def __init__(self, recipe: Recipe, out: Path, force: bool, step: Step, progress: ProgressCallback | None):
+    def __init__(self, recipe: Recipe, out: Path, force: bool, step: StepCallback, progress: ProgressCallback | None):
         self.recipe, self.out, self.force, self.step, self.progress = recipe, out, force, step, progress
         self.ledger = Ledger.open(out, force)
         self.status: dict[str, str] = {}
@@ -178,7 +177,8 @@ class _Run:
 
 
 def optimize(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike | None = None, force: bool = False,
-             on_step: Step | None = None, on_progress: ProgressCallback | None = None) -> tuple[dict[str, Any], dict[str, Path]]:
+             on_step: StepCallback | None = None,
+             on_progress: ProgressCallback | None = None) -> tuple[dict[str, Any], dict[str, Path]]:
     """Run ``recipe``'s stages into ``out_dir`` and write the report; returns (report, written paths).
 
     Args:
@@ -350,7 +350,8 @@ def _apply_factorize(run: _Run, source: Any, config: Any) -> tuple[Any, dict[str
     from trtopt.compress.prune import example_inputs_for
 
     run.step(f"factorizing ({config.method})")
-    module, report = factorize_(copy.deepcopy(source.module), config, example_inputs_for(source))  # in place: a copy
+    module, report = factorize_(copy.deepcopy(source.module), config, example_inputs_for(source),  # in place: a copy
+                                on_step=run.step)
     return replace(source, module=module, description=f"{source.description}, factorized"), report.to_dict(), []
 
 
@@ -361,7 +362,7 @@ def _apply_cluster(run: _Run, source: Any, config: Any) -> tuple[Any, dict[str, 
     from trtopt.compress.share import cluster_weights_, save_shared
 
     run.step(f"clustering weights ({config.bits} bits, per {config.granularity})")
-    module, report = cluster_weights_(copy.deepcopy(source.module), config)
+    module, report = cluster_weights_(copy.deepcopy(source.module), config, on_step=run.step)
     info = save_shared(module, run.out / "model.shared.npz", force=True)
     return (replace(source, module=module, description=f"{source.description}, {config.bits}-bit shared weights"),
             {**report.to_dict(), "storage": info.to_dict()}, [Path(info.path)])
@@ -415,8 +416,7 @@ def _calibrate(run: _Run, onnx: Mapping[str, Any]) -> dict[str, Any]:
         feed = run.feed(source)
         count = len(next(iter(feed.values())))
         run.step(f"calibrating INT8 ranges ({r.calibration.method}) on {count} samples of {source or 'random'}")
-        progress = (lambda done, total: run.progress("calibration", done, total)) if run.progress else None
-        ranges = calibrate(_deployed(onnx), feed, r.calibration, on_progress=progress)
+        ranges = calibrate(_deployed(onnx), feed, r.calibration, on_progress=run.progress)
         ranges_path = ranges.save(run.out / "ranges.json", force=True)
         cache = write_cache(ranges_to_cache(ranges, trt_version=r.trt_cache_version), run.out / "calibration.cache",
                             force=True)
@@ -589,7 +589,8 @@ def _measure_accuracy(run: _Run, variants: list[tuple[str, str]], int8: Mapping[
     """Every variant's outputs vs the FP32 PyTorch original's on the evaluation data, task accuracy when
     the data is labelled, quantization error per layer, and (optionally) per-layer INT8 sensitivity."""
     from trtopt.measure.bench import onnx_candidate, run_all, torch_candidate
-    from trtopt.measure.compare import compare_outputs, topk_accuracy
+    from trtopt.measure.compare import compare_outputs
+    from trtopt.metrics import topk_accuracy
     from trtopt.data import labels_for
 
     r = run.recipe

@@ -322,3 +322,21 @@ def test_tensorrt_installed_without_gpu_says_so(monkeypatch, no_tensorrt_import,
     assert "no CUDA device (test)" in str(err.value) and "GPU" in str(err.value)
     assert "pip install" not in str(err.value)  # it is installed: don't tell the user to install it
     assert "tensorrt" not in sys.modules
+
+
+class _FailsWithoutMessage(torch.nn.Module):
+    def forward(self, x):
+        raise RuntimeError()  # str() is "": the error message must still be one line
+
+
+def test_torch_runner_error_without_a_message_names_its_type():
+    loaded = LoadedModel(_FailsWithoutMessage(), "test:fails", (InputSpec("x", (3,)),))
+    with pytest.raises(TrtoptError, match=r"the model rejected inputs x\(2, 3\): RuntimeError; fix:"):
+        TorchRunner(loaded).infer({"x": np.ones((2, 3), np.float32)})
+
+
+def test_ort_load_error_without_a_message_names_its_type(tmp_path):
+    from trtopt.backends.ort import load_error
+
+    error = load_error(tmp_path / "m.onnx", RuntimeError(), onnxruntime.__version__)
+    assert error.problem == f"ONNX Runtime cannot load {tmp_path / 'm.onnx'}: RuntimeError"

@@ -45,7 +45,7 @@ def test_quantize_from_ranges_for_both_targets(fp32):
                  "--json", f"{target}.json"], work, env)
         assert r.returncode == 0, r.stderr
         record = json.loads((work / f"{target}.json").read_text())
-        assert record["precision"] == "int8" and record["metadata"]["trtopt.quant.quantize.target"] == target
+        assert record["precision"] == "int8" and record["metadata"]["trtopt.quantize.target"] == target
     cmp = run(["compare", "fp32.onnx", "onnxruntime.onnx", "--data", "calib.npy", "--atol", "0.5", "--rtol", "0.5",
                "--min-cosine", "0.99"], work, env)
     assert cmp.returncode == 0, cmp.stdout + cmp.stderr

@@ -233,3 +233,11 @@ def test_speedup_search_missing_the_target_keeps_the_closest_energy():
     assert not search.reached and [s.compression["energy"] for s in search.steps] == [0.6, 0.2]
     assert search.chosen_step is search.fastest_step
     assert search.result.config.energy == search.chosen_step.compression["energy"]
+
+
+def test_on_step_reports_each_layer_as_it_is_factorized():
+    steps: list[str] = []
+    _, report = factorize_(nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64)),
+                          LowRankConfig(method="energy", energy=0.5), on_step=steps.append)
+    assert steps == ["factorizing 0", "factorizing 2"]
+    assert [row.name for row in report.layers] == ["0", "2"]

@@ -395,3 +395,22 @@ def test_minilm_heads_and_ffn_pruned_runs_and_exports(tmp_path):
     assert pruned.module.encoder.encoder.layer[0].intermediate.dense.out_features == 768
     art = export_onnx(pruned, tmp_path / "m.onnx")
     assert all(p["passed"] for p in art.parity.values())
+
+
+class _Boom(nn.Module):
+    def forward(self, x):
+        raise RuntimeError()  # str() is "": the error message must still be one line
+
+
+def test_layer_failing_without_a_message_is_named_with_its_type():
+    model = nn.Sequential(nn.Linear(4, 4), _Boom())
+    with pytest.raises(TrtoptError, match=r"example inputs failed in layer '1' \(_Boom\): RuntimeError; fix:"):
+        prune(model, torch.zeros(1, 4), PruneConfig("unstructured", 0.5))
+
+
+def test_missing_torch_pruning_says_it_is_a_core_dependency(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch_pruning", None)  # makes `import torch_pruning` raise ImportError
+    with pytest.raises(TrtoptError, match="structured pruning needs the Python package 'torch-pruning'") as err:
+        prune(DigitsCNN(), torch.zeros(1, 1, 8, 8), PruneConfig("structured", 0.5))
+    assert "pip install 'torch-pruning'" in err.value.fix and "reinstalling trtopt" in err.value.fix
+    assert "trtopt[" not in str(err.value)  # no extra brings it: it is in pyproject's dependencies

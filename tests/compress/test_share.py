@@ -253,3 +253,10 @@ def test_tie_weights_accepts_frozen_weights():
         model(torch.randn(2, 1, 8, 8))
     assert torch.equal(model.conv1.weight, frozen)
     assert _distinct(model.conv2.weight, "layer") <= 4
+
+
+def test_on_step_reports_each_weight_as_it_is_clustered():
+    steps: list[str] = []
+    _, report = cluster_weights_(_cnn(), ShareConfig(bits=4), on_step=steps.append)
+    clustered = [layer.name for layer in report.layers if layer.skipped is None]
+    assert clustered and steps == [f"clustering {name}" for name in clustered]

@@ -60,7 +60,7 @@ def test_bench_torch_against_onnx(exported):
         for s in stats.values():
             assert s["iterations"] == 5 and s["latency_ms_p50"] > 0
             assert s["batch_size"] == per_batch["batch_size"]
-    assert progress and {label for label, _, _ in progress} == {"batch 1", "batch 4"}
+    assert progress and {label for label, _, _ in progress} == {"timing batch 1", "timing batch 4"}
     for c in candidates:
         c.runner.close()
 

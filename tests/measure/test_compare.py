@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trtopt.measure.compare import Tolerances, compare_output, compare_outputs, concat_batches, failed_outputs_message, topk_accuracy
+from trtopt.measure.compare import Tolerances, compare_output, compare_outputs, concat_batches, failed_outputs_message
 from trtopt.errors import TrtoptError
 
 
@@ -177,28 +177,6 @@ def test_failed_outputs_message_names_only_failing_outputs(logits):
 def test_failed_outputs_message_when_all_pass(logits):
     result = compare_outputs({"logits": logits}, {"logits": logits}, Tolerances())
     assert failed_outputs_message(result) == "all outputs are within tolerances"
-
-
-def test_topk_accuracy_examples():
-    scores = np.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
-    labels = np.array([1, 1, 2, 2])
-    assert topk_accuracy(scores, labels) == 0.5
-    assert topk_accuracy(scores, labels, k=2) == 0.75
-    assert topk_accuracy(scores, labels, k=3) == 1.0
-
-
-@pytest.mark.parametrize("scores, labels, k, message", [
-    (np.zeros(3), np.zeros(3, np.int64), 1, "shape"),
-    (np.zeros((0, 3)), np.zeros(0, np.int64), 1, "N >= 1"),
-    (np.zeros((2, 3)), np.zeros(3, np.int64), 1, "labels of shape"),
-    (np.zeros((2, 3)), np.zeros(2, np.float32), 1, "integer"),
-    (np.zeros((2, 3)), np.array([0, 3]), 1, "lie in"),
-    (np.zeros((2, 3)), np.array([0, 1]), 4, "k must"),
-    (np.zeros((2, 3)), np.array([0, 1]), 0, "k must"),
-])
-def test_topk_accuracy_rejects_bad_input(scores, labels, k, message):
-    with pytest.raises(TrtoptError, match=message):
-        topk_accuracy(scores, labels, k)
 
 
 def test_concat_batches():

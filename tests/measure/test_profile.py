@@ -100,8 +100,8 @@ def test_time_interleaved_reports_progress():
     calls = []
     runners = {"a": RecordingRunner("a", [])}
     time_interleaved(runners, FEED, TimingConfig(warmup_iterations=0, iterations=4),
-                     on_iteration=lambda done, total: calls.append((done, total)))
-    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
+                     on_progress=lambda *call: calls.append(call), label="timing batch 2")
+    assert calls == [("timing batch 2", 1, 4), ("timing batch 2", 2, 4), ("timing batch 2", 3, 4), ("timing batch 2", 4, 4)]
 
 
 def test_time_interleaved_duration_mode_stops():
@@ -110,7 +110,7 @@ def test_time_interleaved_duration_mode_stops():
     config = TimingConfig(warmup_iterations=0, duration_s=0.01, min_iterations=2)
     started = time.perf_counter()
     samples = time_interleaved(runners, FEED, config,
-                               on_iteration=lambda done, total: calls.append((done, total)))
+                               on_progress=lambda label, done, total: calls.append((done, total)))
     elapsed = time.perf_counter() - started
     assert 0.02 <= elapsed < 1.0
     assert len(samples["a"]) == len(samples["b"]) >= 2

@@ -337,17 +337,17 @@ def test_iterable_is_consumed_lazily_up_to_max_samples(cnn):
 
     progress = []
     ranges = calibrate(art, batches(), CalibrationConfig(batch_size=4, max_samples=10),
-                       on_progress=lambda done, total: progress.append((done, total)))
+                       on_progress=lambda *call: progress.append(call))
     assert ranges.samples == 10 and len(pulled) == 3
-    assert progress == [(4, -1), (8, -1), (10, -1)]
+    assert progress == [("calibration", 4, -1), ("calibration", 8, -1), ("calibration", 10, -1)]
     assert ranges == calibrate(art, {"input": feed["input"][:10]}, CalibrationConfig(batch_size=4, max_samples=10))
 
 
 def test_progress_reports_the_total_of_a_dict(cnn):
     _, art, feed = cnn
     seen = []
-    calibrate(art, feed, CalibrationConfig(batch_size=16), on_progress=lambda d, t: seen.append((d, t)))
-    assert seen == [(16, 40), (32, 40), (40, 40)]
+    calibrate(art, feed, CalibrationConfig(batch_size=16), on_progress=lambda *call: seen.append(call))
+    assert seen == [("calibration", 16, 40), ("calibration", 32, 40), ("calibration", 40, 40)]
 
 
 def test_selected_tensors_only_and_graph_inputs_need_no_run(cnn):

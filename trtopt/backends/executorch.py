@@ -11,7 +11,7 @@ import numpy as np
 from trtopt.backends.base import Capabilities, Runner
 from trtopt.edge.artifact import EdgeArtifact, inspect_edge, require
 from trtopt.environment import package_version
-from trtopt.errors import TrtoptError
+from trtopt.errors import TrtoptError, first_line
 from trtopt.feeds import CheckedFeed
 from trtopt.models.spec import InputSpec
 
@@ -42,7 +42,7 @@ class ExecuTorchRunner(Runner):
         try:
             self.method = Runtime.get().load_program(str(artifact.path)).load_method("forward")
         except Exception as e:  # the runtime raises RuntimeError for a program it cannot load
-            raise TrtoptError(f"ExecuTorch cannot load {artifact.path.name}: {str(e).splitlines()[0][:200]}",
+            raise TrtoptError(f"ExecuTorch cannot load {artifact.path.name}: {first_line(e)}",
                               "re-create it with trtopt edge-export using this executorch version") from e
         self.inputs = tuple(InputSpec.from_dims(i["name"], i["shape"], i["dtype"]) for i in artifact.inputs)
         self.model_name = artifact.path.name

@@ -11,7 +11,7 @@ import numpy as np
 from trtopt.backends.base import Capabilities, Runner
 from trtopt.edge.artifact import EdgeArtifact, inspect_edge, require
 from trtopt.environment import package_version
-from trtopt.errors import TrtoptError
+from trtopt.errors import TrtoptError, first_line
 from trtopt.feeds import CheckedFeed
 from trtopt.models.spec import InputSpec
 
@@ -35,7 +35,7 @@ class LiteRTRunner(Runner):
             self.interpreter = Interpreter(model_path=str(artifact.path), num_threads=threads or None)
             self.interpreter.allocate_tensors()
         except Exception as e:  # ValueError / RuntimeError from the interpreter
-            raise TrtoptError(f"LiteRT cannot load {artifact.path.name}: {str(e).splitlines()[0][:200]}",
+            raise TrtoptError(f"LiteRT cannot load {artifact.path.name}: {first_line(e)}",
                               "re-create it with trtopt edge-export using this ai-edge-litert version") from e
         # Input/output order of the flatbuffer is the export's argument/return order.
         self.input_details = sorted(self.interpreter.get_input_details(), key=lambda d: d["index"])

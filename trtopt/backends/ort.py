@@ -12,7 +12,7 @@ from trtopt.artifacts import numpy_dtype_of_onnx_type
 from trtopt.backends.base import Capabilities, Runner
 from trtopt._config import check_choice, check_names
 from dataclasses import dataclass
-from trtopt.errors import TrtoptError
+from trtopt.errors import TrtoptError, first_line
 from trtopt.feeds import CheckedFeed
 from trtopt.models.spec import InputSpec
 
@@ -72,8 +72,7 @@ def load_error(path: Path, error: Exception, version: str) -> TrtoptError:
         return TrtoptError(f"op {op} of {path.name} is not supported by target onnxruntime {version} "
                            "(not a registered op or function)",
                            "remove or replace that op (it may be a training-only or custom-domain op)")
-    first = text.splitlines()[0] if text else type(error).__name__
-    return TrtoptError(f"ONNX Runtime cannot load {path}: {first[:300]}",
+    return TrtoptError(f"ONNX Runtime cannot load {path}: {first_line(error, limit=300)}",
                        "check that the model is valid ONNX for this onnxruntime version")
 
 

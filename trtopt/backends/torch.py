@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from trtopt.backends.base import Capabilities, Runner
-from trtopt.errors import TrtoptError
+from trtopt.errors import TrtoptError, first_line
 from trtopt.feeds import CheckedFeed
 
 
@@ -53,7 +53,7 @@ class TorchRunner(Runner):
                 outputs = flatten_outputs(self.module(*args))
             except RuntimeError as e:
                 shapes = ", ".join(f"{s.name}{tuple(feed[s.name].shape)}" for s in self.inputs)
-                raise TrtoptError(f"the model rejected inputs {shapes}: {str(e).splitlines()[0][:200]}",
+                raise TrtoptError(f"the model rejected inputs {shapes}: {first_line(e)}",
                                   "pass inputs of the shape the model expects (--input-shape)") from e
         names = list(self.loaded.output_names)
         names += [f"output_{i}" for i in range(len(names), len(outputs))]

@@ -100,7 +100,7 @@ def progress_bar(args: argparse.Namespace):
 
     def update(label: str, done: int, total: int) -> None:
         if label not in tasks:
-            tasks[label] = progress.add_task(f"timing {label}", total=total if total > 0 else None)
+            tasks[label] = progress.add_task(label, total=total if total > 0 else None)
         progress.update(tasks[label], completed=done)
 
     return progress, update
@@ -191,4 +191,4 @@ def add_tolerances(p: argparse.ArgumentParser, atol: float, rtol: float, cosine:
     """--atol/--rtol/--min-cosine with the defaults of the `Tolerances` the command fills."""
     p.add_argument("--atol", type=float, default=atol, help="absolute tolerance (default %(default)s)")
     p.add_argument("--rtol", type=float, default=rtol, help="relative tolerance (default %(default)s)")
-    p.add_argument("--min-cosine", type=float, default=cosine, help="minimum cosine similarity (default %(default)s)")
+    p.add_argument("--min-cosine", type=float, default=cosine, help="minimum cosine similarity, per sample then averaged (default %(default)s)")

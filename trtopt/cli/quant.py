@@ -24,23 +24,34 @@ def _calibrate(args: argparse.Namespace, onnx_path: str):
     feed = onnx_feed(args, onnx_path)
     progress, update = progress_bar(args)
     with progress:
-        return calibrate(onnx_path, feed, _calibration_config(args),
-                         on_progress=lambda done, total: update("calibration", done, total))
+        return calibrate(onnx_path, feed, _calibration_config(args), on_progress=update)
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from trtopt.files import check_outputs
+    from trtopt import workspace
+    from trtopt.files import check_outputs, sha256_file, write_json
 
-    check_outputs([args.output, args.cache], args.force, inputs=[args.model, args.data])
+    output = args.output or str(workspace.calibration_ranges_path(args.model))
+    cache = args.cache
+    if cache == "":  # --cache without a path: calibration/<model>.trt<version>.cache
+        cache = str(workspace.calibration_cache_path(args.model, args.trt_version))
+    manifest = workspace.data_manifest_path(output)
+    check_outputs([output, cache, manifest], args.force, inputs=[args.model, args.data])
     ranges = _calibrate(args, args.model)
-    ranges.save(args.output, force=args.force)
-    print(f"wrote {args.output}: {len(ranges.tensors)} tensor ranges ({ranges.method}, {ranges.samples} samples, "
+    ranges.save(output, force=args.force)
+    print(f"wrote {output}: {len(ranges.tensors)} tensor ranges ({ranges.method}, {ranges.samples} samples, "
           f"data sha256 {ranges.data_sha256[:12]}…)")
-    if args.cache:
+    write_json(manifest, {"format": workspace.DATA_MANIFEST_FORMAT, "model": str(args.model),
+                          "model_sha256": ranges.model_sha256 or sha256_file(args.model),
+                          "data": args.data or "random", "samples": ranges.samples, "seed": args.seed,
+                          "batch_size": args.batch_size, "method": ranges.method, "data_sha256": ranges.data_sha256,
+                          "ranges": str(output)}, force=args.force)
+    print(f"wrote {manifest}: which samples were used")
+    if cache:
         from trtopt.trt.calibration_cache import ranges_to_cache, write_cache
 
-        cache = ranges_to_cache(ranges, trt_version=args.trt_version)
-        write_cache(cache, args.cache, force=args.force)
-        print(f"wrote {args.cache}: TensorRT {cache.trt_version} calibration cache ({cache.header})")
+        trt_cache = ranges_to_cache(ranges, trt_version=args.trt_version)
+        write_cache(trt_cache, cache, force=args.force)
+        print(f"wrote {cache}: TensorRT {trt_cache.trt_version} calibration cache ({trt_cache.header})")
     return 0
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -143,8 +154,11 @@ def cmd_cache(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("calibrate", parents=[common], help="streaming INT8 calibration of an FP32 ONNX model → ranges JSON")
     p.add_argument("model", help="FP32 .onnx file")
-    p.add_argument("-o", "--output", required=True, help="ranges JSON to write")
-    p.add_argument("--cache", help="also write a TensorRT calibration cache here")
+    p.add_argument("-o", "--output", default=None,
+                   help="ranges JSON to write (default calibration/MODEL.ranges.json; a MODEL.data.json manifest of the "
+                        "samples used is written beside it)")
+    p.add_argument("--cache", nargs="?", const="", default=None, metavar="FILE",
+                   help="also write a TensorRT calibration cache (default file: calibration/MODEL.trtVERSION.cache)")
     p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION,
                    help="TensorRT version the cache is for (default %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")

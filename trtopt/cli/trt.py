@@ -67,17 +67,25 @@ def _trt_version(requested: str) -> str:
     return installed
 
 
+def _default_engine_path(onnx: str, trt_version: str, with_gpu: bool) -> Path:
+    """engines/<model>_trt<version>_<gpu>.engine; the GPU is the first CUDA device (a plan has none)."""
+    from trtopt import workspace
+
+    gpu = None
+    if with_gpu:
+        from trtopt.trt.cuda import probe_gpus
+
+        found = probe_gpus()
+        gpu = found["devices"][0]["name"] if found.get("available") and found.get("devices") else None
+    return workspace.engine_path(onnx, trt_version, gpu)
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from trtopt.files import check_outputs, write_json
     from trtopt.trt.engine import sidecar_path
     from trtopt.trt.plan import BuildPlan, make_plan, plan_summary
     from trtopt.trt.trtexec import TrtexecTiming, trtexec_args, trtexec_command, unverified_flags
 
-    plan_path = args.output + ".plan.json"
-    layers_path = args.output + ".layers.json"
-    outputs = [plan_path] if args.plan_only else [args.output, sidecar_path(args.output), layers_path, args.json]
-    check_outputs(outputs, args.force, inputs=[args.onnx, args.plan, args.calib_cache, args.data],
-                  appended=[None if args.plan_only else args.timing_cache])
     if args.plan:
         plan = BuildPlan.load(args.plan)
         if Path(plan.onnx_path).resolve() != Path(args.onnx).resolve():
@@ -85,7 +93,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     else:
         plan = make_plan(args.onnx, _options(args, BuildOptions.target, calibrate=bool(args.data)),
                          _trt_version(args.trt_version))
-    line = trtexec_command(trtexec_args(plan, engine=args.output, timing=TrtexecTiming(), layer_info=layers_path))
+    output = args.output or str(_default_engine_path(args.onnx, plan.trt_version, with_gpu=not args.plan_only))
+    plan_path = (output.removesuffix(".engine") if not args.output else output) + ".plan.json"
+    layers_path = output + ".layers.json"
+    # Every file this build writes, checked before it starts (the plan above is pure Python: no output yet).
+    outputs = [plan_path] if args.plan_only else [output, str(sidecar_path(output)), layers_path, args.json]
+    check_outputs(outputs, args.force, inputs=[args.onnx, args.plan, args.calib_cache, args.data],
+                  appended=[None if args.plan_only else args.timing_cache])
+    line = trtexec_command(trtexec_args(plan, engine=output, timing=TrtexecTiming(), layer_info=layers_path))
     if args.plan_only:
         data = plan.to_dict()
         data["trtexec"] = line
@@ -101,7 +116,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     data = None
     if plan.int8_source == "calibrator":
         data = _calibration_feeds(args, plan)
-    built = build_engine(plan, args.output, force=args.force, calibration_data=data, cache_dir=args.cache_dir,
+    built = build_engine(plan, output, force=args.force, calibration_data=data, cache_dir=args.cache_dir,
                          cuda_library=args.cuda_lib, verbose=getattr(args, "debug", False))
     layers = built.sidecar.get("layers", {})
     how = "reused from the engine cache" if built.cache_hit else f"built in {built.sidecar['build_time_s']:.1f} s"
@@ -212,7 +227,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("build", parents=[common], help="build a TensorRT engine from ONNX (version-aware plan; "
                        "--plan-only needs no TensorRT)")
     p.add_argument("onnx", help=".onnx model (FP32, FP16-cast or Q/DQ INT8)")
-    p.add_argument("-o", "--output", required=True, help="engine file (sidecar: ENGINE.json, layers: ENGINE.layers.json)")
+    p.add_argument("-o", "--output", default=None,
+                   help="engine file (sidecar: ENGINE.json, layers: ENGINE.layers.json); default "
+                        "engines/MODEL_trtVERSION_GPU.engine (--plan-only: engines/MODEL_trtVERSION.plan.json)")
     p.add_argument("--trt-version", default="auto", help="auto (installed), 10.3, 10.16, 11.0 or 11.1")
     p.add_argument("--plan", help="build exactly this plan JSON (from --plan-only or a bundle)")
     p.add_argument("--plan-only", action="store_true", help="write ENGINE.plan.json and the trtexec line; no TensorRT")

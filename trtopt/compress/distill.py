@@ -76,30 +76,38 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from trtopt.compress.config import DistillConfig
 from trtopt.compress.data_source import DataSource
 from trtopt.compress.trainer import (DistillProgress, Metric, Trainer, check_resume_config, config_dict, load_checkpoint,
                                      setup_distributed)
+from trtopt import metrics
 from trtopt.errors import TrtoptError
 
 
+def _host(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor as a numpy array on the host, for the formulas in `trtopt.metrics` (floats as float32)."""
+    tensor = tensor.detach()
+    return (tensor.float() if tensor.is_floating_point() else tensor).cpu().numpy()
+
+
 def accuracy_metric(student_out: torch.Tensor, teacher_out: torch.Tensor | None, labels: torch.Tensor | None) -> float:
-    """Top-1 accuracy of the student's logits against the labels (fraction in [0, 1])."""
+    """Top-1 accuracy of the student's logits against the labels (`trtopt.metrics.topk_accuracy`, in [0, 1])."""
     if labels is None:
         raise TrtoptError("accuracy needs labelled eval data", "give eval_data=(inputs, labels) or another metric")
-    return float((student_out.argmax(-1) == labels).float().mean())
+    return metrics.topk_accuracy(_host(student_out), _host(labels))
 
 def agreement_metric(student_out: torch.Tensor, teacher_out: torch.Tensor | None, labels: torch.Tensor | None) -> float:
-    """Fraction of samples where the student's top-1 class equals the teacher's."""
-    return float((student_out.argmax(-1) == teacher_out.argmax(-1)).float().mean())
+    """Fraction of predictions where the student's top-1 class equals the teacher's (`trtopt.metrics.top1_agreement`)."""
+    return metrics.top1_agreement(_host(teacher_out), _host(student_out))
 
 def cosine_metric(student_out: torch.Tensor, teacher_out: torch.Tensor | None, labels: torch.Tensor | None) -> float:
-    """Mean cosine similarity between student and teacher outputs along the last axis."""
-    return float(F.cosine_similarity(student_out.float(), teacher_out.float(), dim=-1).mean())
+    """Cosine similarity of the student's outputs to the teacher's (`trtopt.metrics.cosine_similarity`: per
+    sample over its flattened output, then the mean); 0.0 when no sample has a defined angle."""
+    return metrics.cosine_similarity(_host(teacher_out), _host(student_out)) or 0.0
 
 @dataclass
 class DistillResult:

@@ -40,6 +40,7 @@ import numpy as np
 
 from trtopt.errors import TrtoptError
 from trtopt.compress.config import LowRankConfig
+from trtopt.progress import StepCallback
 
 
 SUPPORTED_TYPES = ("Linear", "Conv2d")
@@ -414,7 +415,7 @@ def _budget_ranks(plans: Sequence[_Plan], caps: Mapping[str, int], budget_params
     return ranks
 
 def factorize_(model: Any, config: LowRankConfig = LowRankConfig(), example_inputs: Any = None,
-               on_layer: Callable[[str], None] | None = None) -> tuple[Any, LowRankResult]:
+               on_step: StepCallback | None = None) -> tuple[Any, LowRankResult]:
     """Replace selected Linear/Conv2d layers by low-rank factorizations, **in place**; returns (model, report).
 
     Args:
@@ -422,7 +423,7 @@ def factorize_(model: Any, config: LowRankConfig = LowRankConfig(), example_inpu
         config: rank rule, conv scheme, layer selection (see :class:`LowRankConfig`).
         example_inputs: a tensor, tuple or dict of inputs for one forward pass; when given, MACs per sample
             are counted per layer and a layer whose factorization would not cut MACs is skipped too.
-        on_layer: called with each layer's name as it is decomposed (progress).
+        on_step: called with "factorizing NAME" as each layer is decomposed (progress).
 
     Returns:
         The same module object with factorized layers swapped for ``nn.Sequential`` blocks, and a report
@@ -443,8 +444,8 @@ def factorize_(model: Any, config: LowRankConfig = LowRankConfig(), example_inpu
     candidates: list[tuple[_Plan, int]] = []
     plans_by_layer: list[list[_Plan]] = []
     for name, m in chosen:
-        if on_layer:
-            on_layer(name)
+        if on_step:
+            on_step(f"factorizing {name}")
         plans = _plans_for(name, m, config, shapes)
         dense = sum(p.numel() for p in m.parameters())
         if isinstance(plans, str):

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trtopt.errors import TrtoptError
+from trtopt.errors import TrtoptError, first_line
 from trtopt.compress.config import PruneConfig
 from trtopt.compress.sparsity import mask_2to4, weight_layers
 
@@ -189,8 +189,7 @@ def _naming_failures(module: nn.Module, what: str, fix: str) -> Iterator[None]:
             where = f"right after layer {last_done[0]!r}"
         else:
             where = "before its first layer"
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise TrtoptError(f"{what} failed {where}: {type(e).__name__}: {reason}", fix) from e
+        raise TrtoptError(f"{what} failed {where}: {first_line(e, with_type=True)}", fix) from e
     finally:
         for h in handles:
             h.remove()
@@ -355,7 +354,7 @@ def _structured_(model: nn.Module, args: tuple[Any, ...], config: PruneConfig,
     except ImportError as e:
         from trtopt.errors import missing_dependency
 
-        raise missing_dependency("torch-pruning", "models", "structured pruning") from e
+        raise missing_dependency("torch-pruning", None, "structured pruning") from e
     layers = weight_layers(model)
     by_name = dict(model.named_modules())
     ignored = set(config.ignored_layers)

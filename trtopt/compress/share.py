@@ -48,6 +48,7 @@ import numpy as np
 from trtopt.errors import TrtoptError
 from trtopt.files import atomic_output
 from trtopt.compress.config import ShareConfig
+from trtopt.progress import StepCallback
 
 
 FORMAT_NAME = "trtopt-shared"
@@ -216,13 +217,13 @@ def _select_modules(model: Any, config_layers: Sequence[str], exclude: Sequence[
     return [(n, m) for n, m in chosen if n not in set(exclude)]
 
 def cluster_weights_(model: Any, config: ShareConfig = ShareConfig(),
-                     on_layer: Callable[[str], None] | None = None) -> tuple[Any, ShareResult]:
+                     on_step: StepCallback | None = None) -> tuple[Any, ShareResult]:
     """Replace each selected weight by its nearest of 2^b k-means centroids (per layer or per channel).
 
     Args:
         model: an ``nn.Module``; modified **in place** (and returned), on the CPU or any device.
         config: bits, granularity, which layers, INT8-grid snapping, k-means settings.
-        on_layer: called with each weight's name as it is clustered (progress).
+        on_step: called with "clustering NAME" as each weight is clustered (progress).
 
     Returns:
         (model, report): the model's clustered weights take at most 2^b distinct values per group; its
@@ -251,8 +252,8 @@ def cluster_weights_(model: Any, config: ShareConfig = ShareConfig(),
                                      skipped=f"{numel} elements: fewer than min_elements={config.min_elements} "
                                              f"or 2^b+1={k + 1}, a codebook would not pay"))
             continue
-        if on_layer:
-            on_layer(name)
+        if on_step:
+            on_step(f"clustering {name}")
         with torch.no_grad():
             original = weight.detach().to(torch.float64)
             grouped = _grouped(original.cpu(), config.granularity)

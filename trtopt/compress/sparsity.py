@@ -19,6 +19,7 @@ _WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 def weight_layers(module: nn.Module) -> dict[str, nn.Module]:
+    """Conv1d/2d/3d and Linear layers by module name: the layers pruning and sparsity masks act on."""
     return {n: m for n, m in module.named_modules() if isinstance(m, _WEIGHT_LAYERS)}
 
 

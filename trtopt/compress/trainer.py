@@ -49,7 +49,7 @@ from torch import nn
 from trtopt.compress.config import DistillConfig
 from trtopt.compress.data_source import DataSource, call_model, map_tensors, predict, primary_output
 from trtopt.compress.losses import embedding_loss, feature_mse, kd_loss
-from trtopt.errors import TrtoptError
+from trtopt.errors import TrtoptError, first_line
 
 
 CHECKPOINT_FORMAT = "trtopt-distill-checkpoint/1"
@@ -148,7 +148,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise TrtoptError(f"checkpoint {p} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})",
+        raise TrtoptError(f"checkpoint {p} cannot be read ({first_line(e, limit=120, with_type=True)})",
                           "it is corrupted or truncated: resume from another checkpoint or start afresh") from e
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise TrtoptError(f"{p} is not a trtopt distillation checkpoint", "give a last.pt or best.pt written by trtopt distill")
@@ -310,7 +310,7 @@ class Trainer:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             self.scheduler.load_state_dict(checkpoint["scheduler"])
         except (RuntimeError, KeyError, ValueError) as e:
-            raise TrtoptError(f"checkpoint {self.config.resume_from} does not fit this student ({str(e).splitlines()[0][:160]})",
+            raise TrtoptError(f"checkpoint {self.config.resume_from} does not fit this student ({first_line(e, limit=160)})",
                               "resume with the same student architecture the checkpoint was written for") from None
         self.state = TrainerState.from_checkpoint(checkpoint)
         _set_rng_state(checkpoint["rng"], self.device)

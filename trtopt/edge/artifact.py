@@ -58,6 +58,7 @@ class EdgeArtifact:
         return d
 
 def sidecar_path(path: str | os.PathLike) -> Path:
+    """The JSON sidecar beside an edge model: ``model.pte`` → ``model.pte.json``."""
     p = Path(path)
     return p.with_name(p.name + ".json")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ from trtopt.errors import TrtoptError
 from trtopt.edge.artifact import EdgeArtifact, FORMATS, SIDECAR_VERSION, edge_format, inspect_edge, sidecar_path
 from trtopt.feeds import Feed
 from trtopt.edge.convert import EdgeConfig
+from trtopt.progress import StepCallback
 
 
 # backend name → the module whose ``convert(module, example, config, batches)`` writes that format
@@ -28,7 +29,7 @@ _CONVERTERS = {"executorch": "trtopt.edge.executorch", "litert": "trtopt.edge.li
 
 def export_edge(loaded: Any, out_path: str | os.PathLike, config: EdgeConfig = EdgeConfig(),
                 calibration: Feed | None = None, force: bool = False,
-                on_step: Callable[[str], None] | None = None) -> EdgeArtifact:
+                on_step: StepCallback | None = None) -> EdgeArtifact:
     """Convert a `LoadedModel` to the format named by ``out_path``'s suffix (.pte or .tflite).
 
     Args:

@@ -8,7 +8,7 @@ process, interleaved, so the speedup of each against the first (the baseline) is
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from trtopt.feeds import Feed
 from trtopt.models.spec import InputSpec, LoadedModel, is_onnx_path, parameter_bytes, parameter_count
 from trtopt.models.load import load_model
 from trtopt.measure.profile import TimingConfig, compare_latency, speedup_interval, time_interleaved
+from trtopt.progress import ProgressCallback
 
 
 @dataclass
@@ -130,7 +131,7 @@ def open_candidate(source: str, threads: int | None = None, ort: OrtConfig | Non
 
 
 def bench(candidates: Sequence[Candidate], feed: Feed, batch_sizes: Sequence[int], timing: TimingConfig = TimingConfig(),
-          on_progress: Callable[[str, int, int], None] | None = None,
+          on_progress: ProgressCallback | None = None,
           also_versus: Sequence[str] = (), repeats: int = 1) -> dict[str, Any]:
     """Time every candidate at every batch size, interleaved; the first candidate is the baseline.
 
@@ -139,7 +140,8 @@ def bench(candidates: Sequence[Candidate], feed: Feed, batch_sizes: Sequence[int
         feed: real or random inputs; batches are taken from it (wrapping when it is smaller).
         batch_sizes: batch sizes to time.
         timing: warm-up, iterations or duration, bootstrap settings.
-        on_progress: called as ``(label, done, total)`` while timing (total = -1 with a duration).
+        on_progress: called as ``("timing batch N", rounds done, total rounds)`` while timing (total -1
+            with a duration).
         also_versus: further reference candidates (e.g. "onnxruntime-fp32"): every other candidate also
             gets ``speedup_vs[<name>]``, from the same interleaved samples.
         repeats: independent timing runs per batch size (each with its own warm-up). Statistics pool
@@ -161,8 +163,8 @@ def bench(candidates: Sequence[Candidate], feed: Feed, batch_sizes: Sequence[int
     per_batch = []
     for batch_size in batch_sizes:
         batch = take_batch(feed, batch_size)
-        callback = (lambda done, total, b=batch_size: on_progress(f"batch {b}", done, total)) if on_progress else None
-        runs = [time_interleaved({c.name: c.runner for c in candidates}, batch, timing, on_iteration=callback)
+        runs = [time_interleaved({c.name: c.runner for c in candidates}, batch, timing, on_progress=on_progress,
+                                 label=f"timing batch {batch_size}")
                 for _ in range(repeats)]
         samples = {name: [v for run in runs for v in run[name]] for name in names}  # round order kept across runs
         result = compare_latency(samples, names[0], batch_size, timing)

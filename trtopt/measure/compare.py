@@ -1,16 +1,19 @@
-"""Accuracy of a candidate's outputs against a reference's, and task metrics on logits.
+"""Accuracy of a candidate's outputs against a reference's: element tolerances, cosine, top-1 agreement.
 
 A compressed model (pruned, INT8, FP16, a TensorRT engine) is only useful if its outputs stay close to
 the original's. This module compares output arrays element by element and as whole vectors:
 
 - the element rule is numpy's ``allclose``: an element passes if
   ``|candidate - reference| <= atol + rtol * |reference|`` (NaN matches only NaN, inf only the same inf);
-- cosine similarity of the flattened outputs catches a uniform drift that per-element tolerances let
-  through (and forgives a few outliers that they do not);
+- cosine similarity (`trtopt.metrics.cosine_similarity`: per sample, then the mean over samples)
+  catches a uniform drift that per-element tolerances let through (and forgives a few outliers that
+  they do not);
 - the error distribution (mean, p50, p90, p99, max) tells a rare outlier from a general shift;
-- for ``(batch, classes)`` outputs, top-1 agreement says how often the predicted class is unchanged.
+- for ``(batch, classes)`` outputs, top-1 agreement (`trtopt.metrics.top1_agreement`) says how often
+  the predicted class is unchanged.
 
-Everything is numpy on host arrays; backends deliver the outputs, this module only judges them.
+Everything is numpy on host arrays; backends deliver the outputs, this module only judges them. The
+formulas live in `trtopt.metrics`, so these numbers are the ones sensitivity and distillation report.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from trtopt import metrics
 from trtopt._config import check_number
 from trtopt.errors import TrtoptError
 
@@ -38,7 +42,8 @@ class Tolerances:
     Attributes:
         atol: absolute tolerance per element, in the output's own unit.
         rtol: relative tolerance per element, as a fraction of ``|reference|``.
-        min_cosine: lowest acceptable cosine similarity of the flattened outputs, in [-1, 1].
+        min_cosine: lowest acceptable cosine similarity (`trtopt.metrics.cosine_similarity`: the
+            mean over samples of each sample's cosine), in [-1, 1].
 
     An output passes if every element satisfies ``|candidate - reference| <= atol + rtol * |reference|``
     and the cosine similarity is at least ``min_cosine``.
@@ -56,24 +61,6 @@ class Tolerances:
     def to_dict(self) -> dict[str, float]:
         """The tolerances as a JSON-ready dict (field name -> value)."""
         return dataclasses.asdict(self)
-
-
-def _cosine(reference: np.ndarray, candidate: np.ndarray) -> float | None:
-    """Cosine similarity of two 1-D float64 vectors; 1.0 if both are zero (or empty), None if one is.
-
-    With exactly one zero vector the angle is undefined; None leaves the verdict to the element rule
-    (an all-zero ReLU output against FP16 noise of 1e-7 should pass on atol, not fail on cosine 0).
-    Each vector is divided by its largest magnitude first so that squaring cannot overflow.
-    """
-    reference_peak = float(np.max(np.abs(reference))) if reference.size else 0.0
-    candidate_peak = float(np.max(np.abs(candidate))) if candidate.size else 0.0
-    if reference_peak == 0.0 or candidate_peak == 0.0:
-        return 1.0 if reference_peak == candidate_peak else None
-    reference_unit = reference / reference_peak
-    candidate_unit = candidate / candidate_peak
-    value = float(np.dot(reference_unit, candidate_unit)
-                  / (np.linalg.norm(reference_unit) * np.linalg.norm(candidate_unit)))
-    return min(1.0, max(-1.0, value))
 
 
 def compare_output(name: str, reference: ArrayLike, candidate: ArrayLike, tol: Tolerances,
@@ -94,12 +81,15 @@ def compare_output(name: str, reference: ArrayLike, candidate: ArrayLike, tol: T
         (of ``|candidate - reference| / max(|reference|, atol)``; the ``atol`` floor keeps near-zero
         reference values from blowing the ratio up, down to the smallest positive float if atol is 0),
         all over the elements finite in both arrays, or None if there are none;
-        ``cosine`` (of the flattened float64 outputs over the same elements; 1.0 if both are zero,
-        None if only one is, since the angle is then undefined);
+        ``cosine`` (`trtopt.metrics.cosine_similarity`: the mean over samples, axis 0, of each
+        sample's cosine over its elements finite in both (a 0-D or 1-D output is one sample); 1.0 for
+        samples zero in both, samples zero in only one left out since their angle is undefined; None if
+        no sample is left);
         ``mismatched_elements`` (elements failing the allclose rule, non-finite mismatches included);
         ``nan_count`` (NaN or infinite elements in the candidate);
-        ``top1_agreement`` (for 2-D outputs with more than one column and at least one row: fraction of
-        rows whose argmax is the same in both; otherwise None);
+        ``top1_agreement`` (for 2-D outputs with more than one column and at least one row:
+        `trtopt.metrics.top1_agreement`, the fraction of rows whose argmax is the same in both;
+        otherwise None);
         ``passed`` (no mismatched element and cosine >= ``tol.min_cosine``, the latter skipped when
         cosine is None).
 
@@ -118,7 +108,7 @@ def compare_output(name: str, reference: ArrayLike, candidate: ArrayLike, tol: T
     reference_finite = reference_array[both_finite]
     candidate_finite = candidate_array[both_finite]
     abs_error = np.abs(candidate_finite - reference_finite)
-    cosine = _cosine(reference_finite, candidate_finite)
+    cosine = metrics.cosine_similarity(reference_array, candidate_array)
     mismatched = int(close.size - np.count_nonzero(close))
 
     result: dict[str, Any] = {"output": name, "shape": [int(size) for size in reference_array.shape]}
@@ -135,7 +125,7 @@ def compare_output(name: str, reference: ArrayLike, candidate: ArrayLike, tol: T
             ["max_abs_error", "mean_abs_error", *(key for key, _ in _ERROR_PERCENTILES), "max_rel_error"]))
     top1 = None
     if reference_array.ndim == 2 and reference_array.shape[1] > 1 and reference_array.shape[0] > 0:
-        top1 = float(np.mean(np.argmax(reference_array, axis=1) == np.argmax(candidate_array, axis=1)))
+        top1 = metrics.top1_agreement(reference_array, candidate_array)
     result.update({
         "cosine": cosine,
         "mismatched_elements": mismatched,
@@ -222,41 +212,6 @@ def failed_outputs_message(result: Mapping[str, Any]) -> str:
 def _number(value: float | None, digits: int = 3) -> str:
     """A compact rendering of a measured value for messages ('n/a' when there was nothing to measure)."""
     return "n/a" if value is None else f"{value:.{digits}g}"
-
-
-def topk_accuracy(logits: ArrayLike, labels: ArrayLike, k: int = 1) -> float:
-    """Fraction of rows whose true label is among the ``k`` highest logits, in [0, 1].
-
-    Args:
-        logits: ``(N, C)`` scores (logits or probabilities) for N samples and C classes.
-        labels: ``(N,)`` integer class indices in ``[0, C)``.
-        k: how many top classes count as a hit, 1 <= k <= C.
-
-    Ties among equal scores at the k-th place are broken arbitrarily.
-
-    Raises:
-        TrtoptError: on wrong shapes, an empty batch, non-integer or out-of-range labels, or a bad k.
-    """
-    scores = np.asarray(logits)
-    targets = np.asarray(labels)
-    if scores.ndim != 2 or scores.shape[0] == 0:
-        raise TrtoptError(f"top-k accuracy needs logits of shape (N, C) with N >= 1, got {scores.shape}",
-                          "pass the classifier's (batch, classes) output")
-    if targets.shape != (scores.shape[0],):
-        raise TrtoptError(f"labels of shape {targets.shape} do not fit logits of shape {scores.shape}",
-                          f"pass one integer label per row, shape ({scores.shape[0]},)")
-    if not np.issubdtype(targets.dtype, np.integer):
-        raise TrtoptError(f"labels must be integer class indices, got dtype {targets.dtype}",
-                          "convert the labels to integers, e.g. labels.astype(np.int64)")
-    classes = scores.shape[1]
-    if np.any(targets < 0) or np.any(targets >= classes):
-        raise TrtoptError(f"labels must lie in [0, {classes}), got values from {targets.min()} to "
-                          f"{targets.max()}", "check that labels and logits use the same class indexing")
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= classes:
-        raise TrtoptError(f"k must be an integer from 1 to the number of classes ({classes}), got {k!r}",
-                          "use k=1 or k=5 on a model with at least that many classes")
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    return float(np.mean(np.any(top == targets[:, None], axis=1)))
 
 
 def concat_batches(batches: Sequence[Mapping[str, ArrayLike]]) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ import numpy as np
 from trtopt._config import check_int, check_number
 from trtopt.backends.base import Runner
 from trtopt.errors import TrtoptError
+from trtopt.progress import ProgressCallback
 
 #: Percentiles reported by :func:`latency_stats`, as (key, percent) pairs.
 _LATENCY_PERCENTILES = (
@@ -157,7 +158,7 @@ def _feeds_per_runner(names: Sequence[str],
 def time_interleaved(runners: Mapping[str, Runner],
                      feed: Mapping[str, np.ndarray] | Mapping[str, Mapping[str, np.ndarray]],
                      config: TimingConfig,
-                     on_iteration: Callable[[int, int], None] | None = None) -> dict[str, list[float]]:
+                     on_progress: ProgressCallback | None = None, label: str = "timing") -> dict[str, list[float]]:
     """Time several runners against each other, interleaved, and return each call's latency.
 
     First every runner is warmed up with ``config.warmup_iterations`` untimed calls, in turn. Then the
@@ -173,8 +174,9 @@ def time_interleaved(runners: Mapping[str, Runner],
         feed: either one feed (input name -> array) shared by all runners, or one feed per runner keyed
             by runner name (for candidates whose input names or dtypes differ).
         config: counts and duration.
-        on_iteration: called as ``on_iteration(rounds_done, total_rounds)`` after each timed round, for
+        on_progress: called as ``(label, rounds_done, total_rounds)`` after each timed round, for
             progress display; ``total_rounds`` is -1 in duration mode, where it is not known up front.
+        label: the progress label (`trtopt.measure.bench.bench` names the batch size).
 
     Returns:
         Runner name -> list of per-call latencies in milliseconds, in round order (index ``i`` of every
@@ -214,8 +216,8 @@ def time_interleaved(runners: Mapping[str, Runner],
             infer(inputs)
             samples[name].append((time.perf_counter_ns() - begin_ns) / 1e6)
         round_index += 1
-        if on_iteration is not None:
-            on_iteration(round_index, total_rounds)
+        if on_progress is not None:
+            on_progress(label, round_index, total_rounds)
     return samples
 
 

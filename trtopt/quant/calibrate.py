@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +29,7 @@ from trtopt.errors import TrtoptError
 from trtopt.feeds import CheckedFeed, Feed, as_feed, check_feed
 from trtopt.files import temp_dir
 from trtopt.models.spec import InputSpec
+from trtopt.progress import ProgressCallback
 
 if TYPE_CHECKING:
     from trtopt.backends.ort import OrtConfig
@@ -37,7 +38,6 @@ from trtopt.quant.histogram import ENTROPY_START_BIN, StreamingHistogram, amax_e
 
 METHODS = ("minmax", "entropy", "percentile", "mse")
 
-ProgressCallback = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class CalibrationConfig:
@@ -259,7 +259,8 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
         config: method and its parameters, batch size, sample limit.
         tensors: names of the tensors to calibrate; default: every float activation of the graph
             (see :func:`calibration_tensors`), graph inputs included. Quantizers pick what they need.
-        on_progress: called after each batch with (samples done, total samples or -1 when unknown).
+        on_progress: called after each batch as ``("calibration", samples done, total samples or -1 when
+            unknown)``.
         ort: an :class:`trtopt.backends.ort.OrtConfig` for the ONNX Runtime session (default: CPU, all cores).
 
     Returns:
@@ -292,7 +293,7 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
     inputs = tuple(InputSpec.from_dims(t.name, t.shape, t.dtype) for t in artifact.inputs)
     fingerprint = _Fingerprint(inputs)
     batches, total = _batches(data, inputs, path.name, config)
-    progress = on_progress or (lambda _done, _total: None)
+    progress = on_progress or (lambda _label, _done, _total: None)
 
     workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     with temp_dir("calibrate") as tmp, \
@@ -319,7 +320,7 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
             # parallel; each histogram is updated by one task per batch, so results do not depend on it.
             for _ in (pool.map(_update_job, jobs) if pool is not None else map(_update_job, jobs)):
                 pass
-            progress(fingerprint.samples, total)
+            progress("calibration", fingerprint.samples, total)
             if config.max_samples is not None and fingerprint.samples >= config.max_samples:
                 break
     if fingerprint.samples == 0:

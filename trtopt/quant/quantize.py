@@ -24,15 +24,15 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trtopt._config import check_choice
 from trtopt.artifacts import OnnxArtifact, Ranges, inspect_onnx
-from trtopt.errors import TrtoptError
+from trtopt.errors import TrtoptError, first_line
 from trtopt.files import ensure_writable, staging_dir
+from trtopt.progress import StepCallback
 
 TARGETS = ("onnxruntime", "tensorrt")
 # Ops whose inputs carry Q/DQ in TensorRT's rules (weights and activations).
@@ -82,7 +82,7 @@ class QuantizeConfig:
 
 def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.PathLike,
              config: QuantizeConfig = QuantizeConfig(), force: bool = False,
-             on_step: Callable[[str], None] | None = None) -> OnnxArtifact:
+             on_step: StepCallback | None = None) -> OnnxArtifact:
     """Write the INT8 Q/DQ version of an FP32 ONNX model for ``config.target``.
 
     Args:
@@ -205,9 +205,8 @@ def convert_opset(model: Any, opset: int, name: str) -> Any:
     try:
         converted = version_converter.convert_version(model, opset)
     except Exception as e:  # the converter raises RuntimeError/ValidationError naming the node's op
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TrtoptError(f"ONNX's version converter cannot take {name} from opset {_default_opset(model)} to {opset}: "
-                          f"{first[:200]}", f"re-export the model at opset {opset} or later") from e
+                          f"{first_line(e)}", f"re-export the model at opset {opset} or later") from e
     converted.ir_version = max(converted.ir_version, onnx.helper.find_min_ir_version_for(list(converted.opset_import)))
     return converted
 
@@ -279,7 +278,7 @@ def _stamp(path: Path, config: QuantizeConfig, ranges: Ranges) -> dict[str, int]
     for node in model.graph.node:
         if node.op_type in counts:
             counts[node.op_type] += 1
-    props = {"trtopt.quant.quantize.target": config.target, "trtopt.calibration.method": ranges.method,
+    props = {"trtopt.quantize.target": config.target, "trtopt.calibration.method": ranges.method,
              "trtopt.calibration.samples": str(ranges.samples), "trtopt.calibration.data_sha256": ranges.data_sha256}
     for key, value in props.items():
         entry = model.metadata_props.add()
@@ -298,7 +297,7 @@ def evaluation_config(artifact: OnnxArtifact, threads: int | None = None) -> Any
     """
     from trtopt.backends.ort import OrtConfig
 
-    level = "disable" if artifact.metadata.get("trtopt.quant.quantize.target") == "tensorrt" else "all"
+    level = "disable" if artifact.metadata.get("trtopt.quantize.target") == "tensorrt" else "all"
     return OrtConfig(intra_op_threads=threads, graph_optimization_level=level)
 
 
@@ -360,5 +359,5 @@ def _require_loadable(path: Path) -> None:
     try:
         ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types; all mean "cannot load"
-        raise TrtoptError(f"the FP16 model does not load in ONNX Runtime: {str(e).splitlines()[0][:300]}",
+        raise TrtoptError(f"the FP16 model does not load in ONNX Runtime: {first_line(e, limit=300)}",
                           "keep the op types it names in FP32 with --exclude OPTYPE") from e

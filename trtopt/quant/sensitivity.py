@@ -6,7 +6,8 @@ most is the one quantization hurts most. Mixed precision then keeps layers in FP
 sensitive first, re-measuring after each, until the score is within ``max_drop`` of FP32.
 
 A *score* is any "higher is better" number computed from a model file: top-1 accuracy on labels,
-top-1 agreement with FP32, or mean cosine of embeddings (see the ``*_scorer`` factories).
+top-1 agreement with FP32, or mean cosine of embeddings (see the ``*_scorer`` factories; the formulas are
+`trtopt.metrics`', the same numbers `trtopt.measure.compare` reports).
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from trtopt import metrics
 from trtopt.artifacts import Ranges
 from trtopt.feeds import Feed
 from trtopt.errors import TrtoptError
 from trtopt.files import temp_dir
+from trtopt.progress import StepCallback
 from trtopt.quant.quantize import COMPUTE_OP_TYPES, QuantizeConfig, quantize
 
 Scorer = Callable[[Path], float]
@@ -37,29 +40,19 @@ def model_outputs(path: Path, feed: Feed, threads: int | None, batch_size: int =
 
 
 def accuracy_scorer(feed: Feed, labels: np.ndarray, threads: int | None = None) -> Scorer:
-    """Top-1 accuracy (fraction) of a classifier's first output against ``labels``."""
-    from trtopt.measure.compare import topk_accuracy
-
-    return lambda path: topk_accuracy(model_outputs(path, feed, threads), labels)
+    """Top-1 accuracy (`trtopt.metrics.topk_accuracy`, a fraction) of a classifier's first output against ``labels``."""
+    return lambda path: metrics.topk_accuracy(model_outputs(path, feed, threads), labels)
 
 
 def agreement_scorer(feed: Feed, reference: np.ndarray, threads: int | None = None) -> Scorer:
-    """Fraction of samples whose argmax matches the FP32 reference logits (no labels needed)."""
-    ref = reference.argmax(axis=-1)
-    return lambda path: float((model_outputs(path, feed, threads).argmax(axis=-1) == ref).mean())
+    """Top-1 agreement (`trtopt.metrics.top1_agreement`) with the FP32 reference logits (no labels needed)."""
+    return lambda path: metrics.top1_agreement(reference, model_outputs(path, feed, threads))
 
 
 def cosine_scorer(feed: Feed, reference: np.ndarray, threads: int | None = None) -> Scorer:
-    """Mean per-sample cosine similarity of the first output to the FP32 reference (embeddings)."""
-    ref = reference.reshape(len(reference), -1).astype(np.float64)
-
-    def score(path: Path) -> float:
-        out = model_outputs(path, feed, threads).reshape(len(ref), -1).astype(np.float64)
-        num = (out * ref).sum(1)
-        den = np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1)
-        return float(np.mean(num / np.maximum(den, 1e-30)))
-
-    return score
+    """Cosine similarity (`trtopt.metrics.cosine_similarity`: per sample, then the mean) of the first output
+    to the FP32 reference (embeddings); 0.0 when no sample has a defined angle (a collapsed all-zero output)."""
+    return lambda path: metrics.cosine_similarity(reference, model_outputs(path, feed, threads)) or 0.0
 
 
 def make_scorer(metric: str, feed: Feed, reference: np.ndarray | None = None, labels: np.ndarray | None = None,
@@ -86,7 +79,7 @@ def quantizable_layers(onnx_path: str | os.PathLike, config: QuantizeConfig) -> 
 
 
 def layer_sensitivity(onnx_path: str | os.PathLike, ranges: Ranges, config: QuantizeConfig, score: Scorer,
-                      on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+                      on_step: StepCallback | None = None) -> dict[str, Any]:
     """Score FP32, full INT8, and INT8 with each layer left out; rank layers by the score they recover.
 
     Returns ``{"fp32_score", "int8_score", "layers": [{"node", "score_without", "recovered"}...]}``
@@ -114,7 +107,7 @@ def _score_excluding(onnx_path: str | os.PathLike, ranges: Ranges, config: Quant
 
 
 def choose_mixed_precision(onnx_path: str | os.PathLike, ranges: Ranges, config: QuantizeConfig, score: Scorer,
-                           max_drop: float, on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+                           max_drop: float, on_step: StepCallback | None = None) -> dict[str, Any]:
     """The fewest layers (greedy, most sensitive first) kept in FP32 so that fp32 − int8 ≤ ``max_drop``.
 
     ``max_drop`` is in score units (e.g. 0.003 = 0.3 accuracy points for a fraction). Returns the

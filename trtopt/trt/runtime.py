@@ -21,6 +21,7 @@ def installed_version() -> str | None:
     return package_version("tensorrt") or package_version("tensorrt-cu12") or package_version("tensorrt-cu13")
 
 def import_trt() -> Any:
+    """The ``tensorrt`` module; raises the missing-extra `TrtoptError` when it is not installed."""
     try:
         import tensorrt as trt
     except ImportError as e:
