@@ -34,7 +34,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     cache = args.cache
     if cache == "":  # --cache without a path: calibration/<model>.trt<version>.cache
         cache = str(workspace.calibration_cache_path(args.model, args.trt_version))
-    manifest = workspace.data_manifest_path(output)
+    manifest = workspace.data_manifest_path(output) if Path(output).name else None  # "-o ." is refused below
     check_outputs([output, cache, manifest], args.force, inputs=[args.model, args.data])
     ranges = _calibrate(args, args.model)
     ranges.save(output, force=args.force)
