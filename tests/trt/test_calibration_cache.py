@@ -376,3 +376,19 @@ def test_convert_cache_refuses_tensorrt_11():
         convert_cache(parse_cache(MATCHING), "11.0")
     assert "11.0.0 removed INT8 calibrators" in str(err.value)
     assert "trtopt quantize --target tensorrt" in str(err.value)
+
+
+@pytest.mark.parametrize("word,shown", [("7fc00000", "nan"), ("7f800000", "inf"), ("00000000", "0.0"),
+                                        ("bf800000", "-1.0")])
+def test_unusable_scales_are_refused_by_reading_converting_and_writing_but_inspected(tmp_path, word, shown):
+    path = tmp_path / "bad.cache"
+    path.write_text(f"TRT-100300-EntropyCalibration2\ninput: 3c010204\nconv: {word}\n", encoding="utf-8")
+    with pytest.raises(TrtoptError, match=rf"1 tensor\(s\) have a scale that is not finite and positive: conv \(conv: {shown}\)"):
+        read_cache(path)
+    cache = read_cache(path, check_scales=False)
+    for refuse in (lambda: cache_to_ranges(cache), lambda: convert_cache(cache, trt_version="10.16.0"),
+                   lambda: write_cache(cache, tmp_path / "out.cache")):
+        with pytest.raises(TrtoptError, match="not finite and positive"):
+            refuse()
+    assert not (tmp_path / "out.cache").exists()
+    assert inspect_cache(cache)["bad_scales"] == ["conv"]
