@@ -37,9 +37,21 @@ from trtopt.errors import TrtoptError
 
 PathLike = str | os.PathLike
 
-#: Short hash of the host name: temporaries of another machine sharing a folder (NFS, a container's
-#: volume) belong to processes this one cannot see, so the sweep leaves them alone.
-_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+
+def _host_tag() -> str:
+    """Short hash of the host name and the pid namespace: temporaries of another machine or container sharing
+    a folder (NFS, a mounted volume, a shared /tmp) belong to pids this process cannot see, so the sweep
+    leaves them alone."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino  # Linux: containers on one host differ here
+    except OSError:
+        namespace = 0
+    return hashlib.sha256(f"{socket.gethostname()}:{namespace}".encode()).hexdigest()[:6]
+
+
+_HOST = _host_tag()
+#: Names of trtopt's temporaries (see :func:`sweep_stale`); ``dot``/``tmp`` tell staging folders and temporary
+#: files (hidden, beside outputs) from temp folders.
 _TEMP_NAME = re.compile(r"(?P<dot>\.)?(?:.+\.)?trtopt-(?:[a-z]+-)?(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-f]{8}"
                         r"(?P<tmp>\.tmp)?")
 #: errno values that only a write produces: a command that meets one failed to write, whatever it was doing.
