@@ -102,10 +102,12 @@ def check_ints(key: str, value: Any, minimum: int = 1, maximum: int | None = Non
 def check_shape(key: str, value: Any) -> None:
     """Raise unless ``value`` is a non-empty list/tuple of positive integers (one sample's shape, without the
     batch axis) of at most :data:`MAX_SAMPLE_ELEMENTS` elements."""
-    check_ints(key, value, nonempty=True, fix=f"write {key} as the positive dimensions of one sample, e.g. [3, 224, 224]")
+    check_ints(key, value, nonempty=True,
+               fix=f"write {key} as the positive dimensions of one sample, e.g. [3, 224, 224]")
     if math.prod(value) > MAX_SAMPLE_ELEMENTS:
-        raise field_error(key, value, f"has {math.prod(value):,} elements per sample, more than {MAX_SAMPLE_ELEMENTS:,} "
-                          "(TensorRT's and ONNX Runtime's int32 index limit)", "check the dimensions")
+        raise field_error(key, value, f"has {math.prod(value):,} elements per sample, more than "
+                          f"{MAX_SAMPLE_ELEMENTS:,} (TensorRT's and ONNX Runtime's int32 index limit)",
+                          "check the dimensions")
 
 
 def check_names(key: str, value: Any, *, nonempty: bool = False, fix: str | None = None) -> None:

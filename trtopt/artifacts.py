@@ -235,8 +235,8 @@ class Ranges:
             value = data.get(key)
             if key in data and (not isinstance(value, kind) or isinstance(value, bool)
                                 or (kind is int and value < 0)):
-                raise TrtoptError(f"{where}: field {key!r} is {_short(value)} ({type(value).__name__}), expected {what}",
-                                  "recreate it with trtopt calibrate")
+                raise TrtoptError(f"{where}: field {key!r} is {_short(value)} ({type(value).__name__}), "
+                                  f"expected {what}", "recreate it with trtopt calibrate")
         tensors = {name: _tensor_range(name, entry, where) for name, entry in data["tensors"].items()}
         check_ranges(tensors, where)
         return cls(tensors, data.get("method", ""), data.get("samples", 0), data.get("data_sha256", ""),
@@ -272,7 +272,8 @@ def _short(value: Any) -> str:
 def _tensor_range(name: str, entry: Any, where: str) -> TensorRange:
     """One ``tensors`` entry as a TensorRange; its fields must be numbers (not strings, not booleans)."""
     if not isinstance(entry, dict):
-        raise TrtoptError(f"{where}: tensor {name!r} is {_short(entry)}, not an object with amax, min and max", _RANGE_FIX)
+        raise TrtoptError(f"{where}: tensor {name!r} is {_short(entry)}, not an object with amax, min and max",
+                          _RANGE_FIX)
     values = []
     for key in ("amax", "min", "max"):
         value = entry.get(key)
@@ -300,5 +301,5 @@ def check_ranges(tensors: dict[str, TensorRange], where: str = "ranges") -> None
             problem = "min and max must satisfy -amax <= min <= max <= amax"
         else:
             continue
-        raise TrtoptError(f"{where}: tensor {name!r} has amax {r.amax:.6g}, min {r.min:.6g}, max {r.max:.6g}: {problem}",
-                          _RANGE_FIX)
+        raise TrtoptError(f"{where}: tensor {name!r} has amax {r.amax:.6g}, min {r.min:.6g}, max {r.max:.6g}: "
+                          f"{problem}", _RANGE_FIX)

@@ -22,7 +22,8 @@ from trtopt.export import ExportConfig
 from trtopt.backends.ort import OrtConfig
 from trtopt.compress.config import DistillConfig, LowRankConfig, PruneConfig, ShareConfig
 from trtopt.trt.calibration_cache import DEFAULT_TRT_VERSION
-from trtopt._config import MAX_BATCH_SIZE, check_choice, check_int, check_ints, check_shape, field_error, from_dict, to_dict
+from trtopt._config import (MAX_BATCH_SIZE, check_choice, check_int, check_ints, check_shape, field_error, from_dict,
+                            to_dict)
 
 
 RECIPE_VERSION = 1
@@ -123,7 +124,8 @@ class Recipe:
             raise field_error("version", self.version,
                               f"is not supported (this trtopt reads recipe version {RECIPE_VERSION})",
                               "update the recipe or trtopt")
-        check_ints("batch_sizes", self.batch_sizes, maximum=MAX_BATCH_SIZE, nonempty=True, fix="e.g. batch_sizes: [1, 8]")
+        check_ints("batch_sizes", self.batch_sizes, maximum=MAX_BATCH_SIZE, nonempty=True,
+                   fix="e.g. batch_sizes: [1, 8]")
         for name, shape in self.input_shapes.items():
             check_shape(f"input_shapes.{name}", shape)
         check_int("threads", self.threads, optional=True, fix="omit it to use the default")
@@ -166,7 +168,8 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
-        raise TrtoptError(f"recipe {p} is not UTF-8 text (byte {e.start}, line {line})", "save the recipe as UTF-8 YAML") from None
+        raise TrtoptError(f"recipe {p} is not UTF-8 text (byte {e.start}, line {line})",
+                          "save the recipe as UTF-8 YAML") from None
     try:
         data = yaml.safe_load(text)
         lines = _key_lines(yaml.compose(text))

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from trtopt.errors import TrtoptError, missing_dependency
+from trtopt.errors import TrtoptError, first_line, missing_dependency
 from trtopt.feeds import CheckedFeed, Feed, as_feed, check_feed
 from trtopt.models.spec import ImagePreprocess, InputSpec
 
@@ -170,7 +170,7 @@ def _np_read(path: Path, read: Callable[[Path], Any]) -> Any:
         if "Object arrays cannot be loaded" in str(e):  # numpy's words for an object array under allow_pickle=False
             raise TrtoptError(f"{path} holds an object array (pickled Python objects), which trtopt does not load",
                               "save plain numeric arrays (numpy.save/savez of int or float arrays)") from e
-        raise TrtoptError(f"{path} is not a readable numpy file ({type(e).__name__}: {str(e)[:160]})",
+        raise TrtoptError(f"{path} is not a readable numpy file ({first_line(e, 160, with_type=True)})",
                           "re-save it with numpy.save/savez") from e
 
 

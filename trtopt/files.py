@@ -91,7 +91,8 @@ def ensure_appendable(path: PathLike, *, inputs: Iterable[PathLike | None] = ())
 
 
 def check_outputs(outputs: Iterable[PathLike | None], force: bool, *, inputs: Iterable[PathLike | None] = (),
-                  appended: Iterable[PathLike | None] = (), sizes: Mapping[PathLike, int | None] | None = None) -> list[Path]:
+                  appended: Iterable[PathLike | None] = (),
+                  sizes: Mapping[PathLike, int | None] | None = None) -> list[Path]:
     """Check every file a command will write, before it starts (see :func:`ensure_writable`).
 
     ``outputs`` are written (replaced with ``force``), ``appended`` are appended to; None entries are

@@ -46,7 +46,8 @@ def check_batch_sizes(values: Sequence[int], flag: str = "--batch-sizes") -> Non
     """Batch sizes in 1..MAX_BATCH_SIZE (exported models declare their batch axis as that range)."""
     bad = [b for b in values if not 1 <= b <= MAX_BATCH_SIZE]
     if bad:
-        raise TrtoptError(f"{flag} {bad[0]} is outside 1..{MAX_BATCH_SIZE}", f"give batch sizes from 1 to {MAX_BATCH_SIZE}")
+        raise TrtoptError(f"{flag} {bad[0]} is outside 1..{MAX_BATCH_SIZE}",
+                          f"give batch sizes from 1 to {MAX_BATCH_SIZE}")
 
 def check_fits_memory(inputs, samples: int, what: str) -> None:
     """Refuse, before allocating, ``samples`` samples of ``inputs`` (InputSpecs) this machine cannot hold.
@@ -106,7 +107,7 @@ def progress_bar(args: argparse.Namespace):
     return progress, update
 
 def onnx_outputs(path: str | None) -> list[str | None]:
-    """The files writing the ONNX model ``path`` may replace: the model and, when one exists, its ``.data`` side file."""
+    """The files writing the ONNX model ``path`` may replace: the model and its ``.data`` side file, if one exists."""
     if path is None:
         return []
     side = path + ".data"

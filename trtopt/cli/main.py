@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 
 from trtopt._version import __version__
 from trtopt.errors import TrtoptError
+from trtopt.files import WRITE_ERRNOS, sweep_stale, write_error
 # One module per command family, each with ``add_commands(sub, common)``; they import their heavy
 # libraries inside the commands, so building the parser stays light.
 from trtopt.cli import compress, distill, doctor, edge, export, measure, pipeline, prune, quant, trt
@@ -85,8 +86,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # route Python warnings into logging and show them only with --debug.
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(logging.DEBUG if args.debug else logging.ERROR)
-    from trtopt.files import WRITE_ERRNOS, sweep_stale, write_error
-
     sweep_stale(tempfile.gettempdir())  # temp folders of trtopt processes that were killed (SIGKILL) earlier
     try:
         with _sigterm_as_interrupt():

@@ -10,8 +10,9 @@ from typing import Any
 from trtopt.errors import TrtoptError
 from trtopt.measure.baseline import GateConfig
 from trtopt.measure.compare import Tolerances
-from trtopt.cli._common import (EXIT_CHECK_FAILED, add_data, add_timing, add_tolerances, check_batch_sizes, check_fits_memory,
-                                feed_for, named_shapes, parse_shapes, progress_bar, timing_config, write_json_output)
+from trtopt.cli._common import (EXIT_CHECK_FAILED, add_data, add_timing, add_tolerances, check_batch_sizes,
+                                check_fits_memory, feed_for, named_shapes, parse_shapes, progress_bar, timing_config,
+                                write_json_output)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -51,7 +52,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return _gate_finish(args, gate, result, report["environment"], settings, outputs)
 
 def _gate_setup(args: argparse.Namespace) -> dict[str, Any] | None:
-    """Check every output of ``bench`` and its regression-gating flags, and read the baseline, before anything is timed."""
+    """Check every output of ``bench`` and its regression-gating flags, and read the baseline (and its golden
+    outputs), before anything is timed."""
     from trtopt.files import check_outputs
     from trtopt.measure.baseline import check_environment, golden_path, load_baseline, load_golden
 
@@ -80,7 +82,8 @@ def _gate_setup(args: argparse.Namespace) -> dict[str, Any] | None:
 def _gate_finish(args: argparse.Namespace, gate: dict[str, Any], result: dict[str, Any], env: dict[str, Any],
                  settings: dict[str, Any], outputs: dict[str, Any]) -> int:
     """Save the run as a baseline, or judge it against one (latency and golden outputs); exit 1 on failure."""
-    from trtopt.measure.baseline import append_history, baseline_from_bench, compare_with_baseline, golden_path, markdown_summary, save_baseline, save_golden
+    from trtopt.measure.baseline import (append_history, baseline_from_bench, compare_with_baseline, golden_path,
+                                         markdown_summary, save_baseline, save_golden)
     from trtopt.measure.compare import compare_outputs
 
     if gate["mode"] == "save":

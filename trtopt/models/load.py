@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from trtopt.errors import TrtoptError, missing_dependency
+from trtopt.errors import TrtoptError, first_line, missing_dependency
 from trtopt.models.spec import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess, InputSpec, LoadedModel, image_inputs, is_onnx_path
 
 
@@ -129,8 +129,7 @@ def _load_factory(module_name: str, attr: str, pretrained: bool) -> LoadedModel:
     try:
         result = factory(pretrained=True) if pretrained else factory()
     except Exception as e:  # user code: whatever it raises, the spec is what failed
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise TrtoptError(f"model factory {module_name}:{attr} raised {type(e).__name__}" + (f": {first}" if first else ""),
+        raise TrtoptError(f"model factory {module_name}:{attr} raised {first_line(e, with_type=True)}",
                           "fix the factory, or run it in Python to see the traceback (trtopt --debug shows it)") from e
     if isinstance(result, LoadedModel):
         return result

@@ -131,7 +131,8 @@ def make_bundle(onnx_paths: Sequence[str | os.PathLike], out_dir: str | os.PathL
                 (stage / sub).rmdir()
         files = {str(p.relative_to(stage)): {"sha256": sha256_file(p), "size_bytes": p.stat().st_size}
                  for p in sorted(stage.rglob("*")) if p.is_file()}
-        manifest = {"format": BUNDLE_FORMAT, "target": target, "trt10_version": trt10, "trt11_version": resolve_version(TRT11),
+        manifest = {"format": BUNDLE_FORMAT, "target": target, "trt10_version": trt10,
+                    "trt11_version": resolve_version(TRT11),
                     "models": names, "plans": plans_made, "files": files}
         write_json(stage / "manifest.json", manifest)
         replace_dir(stage, out)
