@@ -86,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # route Python warnings into logging and show them only with --debug.
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(logging.DEBUG if args.debug else logging.ERROR)
-    sweep_stale(tempfile.gettempdir())  # temp folders of trtopt processes that were killed (SIGKILL) earlier
+    with contextlib.suppress(FileNotFoundError):  # no usable temp folder at all: nothing to sweep there
+        sweep_stale(tempfile.gettempdir())  # temp folders of trtopt processes that were killed (SIGKILL) earlier
     try:
         with _sigterm_as_interrupt():
             status = args.func(args)
