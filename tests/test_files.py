@@ -171,7 +171,7 @@ def test_not_enough_free_space_is_refused_where_the_size_is_known(tmp_path, monk
     import shutil
 
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
-    with pytest.raises(TrtoptError, match=r"needs about 0\.0 MB, but .* 0\.0 MB free"):
+    with pytest.raises(TrtoptError, match=r"needs about 5\.0 kB, but .* has 1\.0 kB free"):
         ensure_writable(tmp_path / "big.onnx", force=False, size_bytes=5000)
     assert ensure_writable(tmp_path / "small.json", force=False, size_bytes=100) == tmp_path / "small.json"
 

@@ -215,14 +215,22 @@ def _check_space(p: Path, size_bytes: int) -> None:
     folder = _nearest_existing(p)
     free = shutil.disk_usage(folder).free
     if free < size_bytes:
-        raise TrtoptError(f"writing {p} needs about {size_bytes / 1e6:.1f} MB, but {folder} has "
-                          f"{free / 1e6:.1f} MB free", "free some space or write to another filesystem")
+        raise TrtoptError(f"writing {p} needs about {_size(size_bytes)}, but {folder} has {_size(free)} free",
+                          "free some space or write to another filesystem")
+
+
+def _size(n: int) -> str:
+    """Bytes in the largest decimal unit that keeps a digit before the point ("12.3 kB", "1.8 GB")."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def write_error(e: OSError, target: PathLike) -> TrtoptError:
     """The one-line error for a write that failed for lack of space or a read-only filesystem."""
-    where = e.filename or target
-    return TrtoptError(f"writing {target} failed: {e.strerror or e} ({where})",
+    where = f" ({e.filename})" if e.filename and str(e.filename) != str(target) else ""
+    return TrtoptError(f"writing {target} failed: {e.strerror or e}{where}",
                        "free some space or write to another (writable) filesystem")
 
 
