@@ -108,8 +108,8 @@ def check_outputs(outputs: Iterable[PathLike | None], force: bool, *, inputs: It
              else ensure_writable(path, force, inputs=inputs, size_bytes=sizes.get(path)))
         key = os.path.realpath(p)
         if key in checked:
-            raise TrtoptError(f"output {p} is named for two outputs (also as {checked[key]})",
-                              "give each output its own path")
+            spelled = "" if str(checked[key]) == str(p) else f" (also as {checked[key]})"
+            raise TrtoptError(f"output {p} is named for two outputs{spelled}", "give each output its own path")
         checked[key] = p
     return list(checked.values())
 
