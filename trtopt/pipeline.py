@@ -417,7 +417,7 @@ def _compression_summary(run: _Run) -> dict[str, Any]:
 def _torch_stage(run: _Run, name: str, previous: Mapping[str, Any] | None,
                  apply: Callable[[_Run, Any, Any], tuple[Any, dict[str, Any], list[Path]]]) -> dict[str, Any]:
     """A PyTorch-side stage: the model so far (the original, or the previous stage's saved module) →
-    ``apply`` → ``model.<name>.pt`` (a whole-module file `trtopt.models.load.load_model` reads)."""
+    ``apply`` → ``model.<name>.pt`` (a trtopt model file, `trtopt.models.module_file`)."""
     from trtopt.models.module_file import save_module
 
     material = {**run.model_key(), name: to_dict(getattr(run.recipe, name)), "input": run.digest(previous) if previous else None}
