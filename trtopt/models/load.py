@@ -206,7 +206,7 @@ def _load_file(spec: str, trust: bool) -> LoadedModel:
         if architecture.split(":", 1)[0] not in REGISTRY_SOURCES or Path(architecture).exists():
             _require_trust(trust, path, f"rebuilds its architecture by calling {architecture}, code the file names")
         return restore(record, _load_architecture(architecture, False, trust), path)
-    imports = _pickled_globals(path)
+    imports = [] if _is_plain_data(path) else _pickled_globals(path)  # a state dict names torch's own rebuilders
     if imports:
         _require_trust(trust, path, f"is a pickle of Python objects ({', '.join(imports[:3])}), and unpickling it "
                                     "runs code the file names")
@@ -226,6 +226,19 @@ def _require_trust(trust: bool, path: Path, why: str) -> None:
     if not trust:
         raise TrtoptError(f"{path} {why}; refused", f"only if you trust {path.name}, pass --trust-code (recipe: "
                           "trust_code: true); trtopt's own model files from a torchvision/timm/zoo model need no trust")
+
+def _is_plain_data(path: Path) -> bool:
+    """True when ``torch.load(weights_only=True)`` reads ``path`` (tensors and containers: a state dict, a checkpoint)."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile):
+        return False
+    return True
 
 def _is_torchscript(path: Path) -> bool:
     """True for a TorchScript archive (a zip with compiled ``code/``), told apart without loading it."""
