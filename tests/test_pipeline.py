@@ -147,6 +147,16 @@ def test_a_model_file_replaced_in_place_is_exported_again(tmp_path, tiny_cnn):
     assert statuses(again) == {"export": "ran"}
 
 
+def test_a_recipe_model_that_would_run_code_needs_trust_code(tmp_path, tiny_cnn):
+    from trtopt.models.module_file import save_module
+
+    save_module(tiny_cnn, tmp_path / "tiny.pt")  # its architecture is a factory the file names
+    with pytest.raises(TrtoptError, match="tiny.pt rebuilds its architecture by calling tests.helpers.tiny_models:tiny_cnn"):
+        optimize(tiny_recipe(model=str(tmp_path / "tiny.pt"), stages=("export",)), tmp_path / "run")
+    report, _ = optimize(tiny_recipe(model=str(tmp_path / "tiny.pt"), stages=("export",), trust_code=True), tmp_path / "run")
+    assert statuses(report) == {"export": "ran"}
+
+
 def test_sources_are_keyed_by_content_not_path(tmp_path):
     from trtopt.pipeline import content_sha256
 
