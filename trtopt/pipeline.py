@@ -29,13 +29,12 @@ no ledger is not a run directory: it is refused without ``force``. ``force`` re-
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -115,13 +114,13 @@ class Ledger:
 
     def resolved(self, entry: Mapping[str, Any]) -> dict[str, Any]:
         """A copy of a recorded entry whose ``result`` paths are absolute again, inside this run directory."""
-        copy = json.loads(json.dumps(entry))
+        resolved = json.loads(json.dumps(entry))
         for where in entry.get("paths", []):
-            parent = copy["result"]
+            parent = resolved["result"]
             for step in where[:-1]:
                 parent = parent[step]
             parent[where[-1]] = str(self.path.parent / parent[where[-1]])
-        return copy
+        return resolved
 
 
 def _relative_paths(value: Any, root: str, where: list[Any], found: list[list[Any]]) -> Any:
@@ -147,7 +146,7 @@ def content_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-@contextlib.contextmanager
+@contextmanager
 def run_lock(out: Path) -> Iterator[None]:
     """Hold an exclusive OS lock (``fcntl.flock``) on ``out/.trtopt.lock`` for the block.
 
