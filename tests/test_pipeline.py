@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from trtopt.config import Recipe
@@ -100,6 +103,121 @@ def test_a_folder_that_is_not_a_run_directory_is_refused(tmp_path):
     with pytest.raises(TrtoptError, match="not a trtopt run directory"):
         optimize(tiny_recipe(), tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+RESUME_STAGES = ("export", "calibrate", "quantize", "profile", "compare")
+
+
+def statuses(report) -> dict[str, str]:
+    return {name: s["status"] for name, s in report["stages"].items()}
+
+
+def test_a_data_file_changed_in_place_reruns_what_reads_it_and_reuses_the_rest(tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "eval.npy", rng.uniform(-1, 1, (6, 3, 32, 32)).astype(np.float32))
+    np.save(tmp_path / "calib.npy", rng.uniform(-1, 1, (6, 3, 32, 32)).astype(np.float32))
+    recipe = tiny_recipe(stages=RESUME_STAGES, data=str(tmp_path / "eval.npy"), calibration_data=str(tmp_path / "calib.npy"))
+    first, _ = optimize(recipe, tmp_path / "run")
+    ranges = (tmp_path / "run" / "ranges.json").read_text()
+    np.save(tmp_path / "calib.npy", rng.uniform(-3, 3, (6, 3, 32, 32)).astype(np.float32))  # same path, new contents
+    second, _ = optimize(recipe, tmp_path / "run")
+    assert statuses(second) == {"export": "reused", "calibrate": "ran", "quantize": "ran", "profile": "ran", "compare": "ran"}
+    assert (tmp_path / "run" / "ranges.json").read_text() != ranges
+    assert "| export | reused |" in (tmp_path / "run" / "report.md").read_text()  # the Stages table
+    np.save(tmp_path / "eval.npy", rng.uniform(-1, 1, (6, 3, 32, 32)).astype(np.float32))
+    third, _ = optimize(recipe, tmp_path / "run")  # the evaluation data: export's parity check, profile, compare
+    assert statuses(third) == {"export": "ran", "calibrate": "reused", "quantize": "reused", "profile": "ran", "compare": "ran"}
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_a_model_file_replaced_in_place_is_exported_again(tmp_path, tiny_cnn):
+    import torch
+
+    def save_traced(seed):
+        torch.manual_seed(seed)
+        module = type(tiny_cnn.module)().eval()
+        torch.jit.trace(module, torch.zeros(1, 3, 32, 32)).save(str(tmp_path / "model.ts"))
+
+    save_traced(0)
+    recipe = tiny_recipe(model=str(tmp_path / "model.ts"), input_shapes={"input": (3, 32, 32)}, stages=("export",))
+    optimize(recipe, tmp_path / "run")
+    assert statuses(optimize(recipe, tmp_path / "run")[0]) == {"export": "reused"}
+    save_traced(1)  # another model at the same path
+    again, _ = optimize(recipe, tmp_path / "run")
+    assert statuses(again) == {"export": "ran"}
+
+
+def test_a_recipe_model_that_would_run_code_needs_trust_code(tmp_path, tiny_cnn):
+    from trtopt.models.module_file import save_module
+
+    save_module(tiny_cnn, tmp_path / "tiny.pt")  # its architecture is a factory the file names
+    with pytest.raises(TrtoptError, match="tiny.pt rebuilds its architecture by calling tests.helpers.tiny_models:tiny_cnn"):
+        optimize(tiny_recipe(model=str(tmp_path / "tiny.pt"), stages=("export",)), tmp_path / "run")
+    report, _ = optimize(tiny_recipe(model=str(tmp_path / "tiny.pt"), stages=("export",), trust_code=True), tmp_path / "run")
+    assert statuses(report) == {"export": "ran"}
+
+
+def test_sources_are_keyed_by_content_not_path(tmp_path):
+    from trtopt.pipeline import content_sha256
+
+    (tmp_path / "images" / "sub").mkdir(parents=True)
+    (tmp_path / "images" / "a.png").write_bytes(b"one")
+    (tmp_path / "images" / "sub" / "b.png").write_bytes(b"two")
+    before = content_sha256(tmp_path / "images")
+    os.utime(tmp_path / "images" / "a.png", (0, 0))
+    assert content_sha256(tmp_path / "images") == before  # times are not contents
+    (tmp_path / "images" / "a.png").write_bytes(b"ONE")
+    changed = content_sha256(tmp_path / "images")
+    (tmp_path / "images" / "a.png").rename(tmp_path / "images" / "c.png")
+    assert len({before, changed, content_sha256(tmp_path / "images")}) == 3  # names count too
+    shutil.copytree(tmp_path / "images", tmp_path / "elsewhere")
+    assert content_sha256(tmp_path / "elsewhere") == content_sha256(tmp_path / "images")
+
+
+def test_a_copied_run_directory_resumes_from_another_directory_on_its_own_files(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    np.save(tmp_path / "eval.npy", np.random.default_rng(0).uniform(-1, 1, (4, 3, 32, 32)).astype(np.float32))
+    recipe = tiny_recipe(stages=RESUME_STAGES, data=str(tmp_path / "eval.npy"))
+    monkeypatch.chdir(tmp_path / "a")
+    optimize(recipe, "run")  # a path relative to the working directory
+    ledger = json.loads((tmp_path / "a" / "run" / "stages.json").read_text())
+    assert ledger["stages"]["export"]["result"]["path"] == "model.onnx"  # relative to the run directory
+    monkeypatch.chdir(tmp_path / "b")
+    resumed, _ = optimize(recipe, tmp_path / "a" / "run")
+    assert set(statuses(resumed).values()) == {"reused"}
+    shutil.copytree(tmp_path / "a" / "run", tmp_path / "b" / "copy")
+    shutil.rmtree(tmp_path / "a")  # the copy cannot lean on the original's files
+    copied, _ = optimize(recipe, "copy")
+    assert set(statuses(copied).values()) == {"reused"} and copied["rows"] == resumed["rows"]
+    assert Path(copied["onnx"]["path"]) == tmp_path / "b" / "copy" / "model.onnx"
+    (tmp_path / "b" / "copy" / "model.int8.onnxruntime.onnx").write_bytes(b"damaged")  # its own files are verified
+    again, _ = optimize(recipe, "copy")
+    assert statuses(again)["quantize"] == "ran" and statuses(again)["export"] == "reused"
+
+
+def test_a_run_directory_in_use_is_refused_in_process_and_across_processes(tmp_path, cli_env):
+    from trtopt.pipeline import run_lock
+
+    out = tmp_path / "run"
+    with run_lock(out):
+        with pytest.raises(TrtoptError, match=f"is in use by another trtopt optimize \\(pid {os.getpid()}\\)"):
+            optimize(tiny_recipe(stages=("export",)), out)
+    (tmp_path / "r.yaml").write_text("model: tests.helpers.tiny_models:tiny_cnn\nstages: [export]\n")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from trtopt.pipeline import run_lock\nwith run_lock(Path(sys.argv[1])):\n"
+                               "    print('locked', flush=True); time.sleep(120)", str(out)],
+                              env=cli_env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        r = run_cli(["optimize", "r.yaml", "--out", "run"], tmp_path, cli_env)
+        assert r.returncode == 2 and f"(pid {holder.pid})" in r.stderr and "wait for it to finish" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and not (out / "stages.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    r = run_cli(["optimize", "r.yaml", "--out", "run"], tmp_path, cli_env)  # the kernel freed the dead holder's lock
+    assert r.returncode == 0, r.stderr
 
 
 def test_stage_dependencies_are_checked_in_the_recipe():

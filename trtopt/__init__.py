@@ -37,7 +37,7 @@ _EXPORTS = {
     "GateConfig": "trtopt.measure.baseline",
     "PruneConfig": "trtopt.compress.config",
     "check_2to4": "trtopt.trt.sparsity",
-    "save_module": "trtopt.models.load",
+    "save_module": "trtopt.models.module_file",
     "DistillConfig": "trtopt.compress.config",
     "distill": "trtopt.compress.distill",
     "kd_loss": "trtopt.compress.distill",

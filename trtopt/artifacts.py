@@ -104,7 +104,12 @@ def _all_tensors(graph: Any) -> Any:
 
 
 def external_data_files(model: Any, base_dir: Path) -> tuple[Path, ...]:
-    """The side files an ONNX ModelProto (loaded without its external data) refers to."""
+    """The side files an ONNX ModelProto (loaded without its external data) refers to.
+
+    Raises TrtoptError for a ``location`` that is absolute or climbs out of ``base_dir`` (``..``): ONNX
+    Runtime refuses such paths too, and following one would read, link or copy files outside the
+    model's folder (calibration links the side files into a temporary folder by these names).
+    """
     import onnx
 
     locations: list[str] = []
@@ -112,14 +117,29 @@ def external_data_files(model: Any, base_dir: Path) -> tuple[Path, ...]:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             for entry in tensor.external_data:
                 if entry.key == "location" and entry.value not in locations:
+                    _check_location(tensor.name, entry.value, base_dir)
                     locations.append(entry.value)
     return tuple(base_dir / loc for loc in locations)
+
+
+def _check_location(tensor: str, location: str, base_dir: Path) -> None:
+    """Refuse an external-data location that is empty, absolute, or has a ``..`` part (POSIX or Windows form)."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    posix, windows = PurePosixPath(location), PureWindowsPath(location)
+    if (not location or posix.is_absolute() or windows.is_absolute() or windows.drive or windows.root
+            or ".." in posix.parts or ".." in windows.parts):
+        raise TrtoptError(f"tensor {tensor!r} stores its data at {location!r}, which is not a relative path inside "
+                          f"the model's folder {base_dir} (ONNX Runtime refuses it too)",
+                          "re-save the model with its external data beside it, e.g. "
+                          "onnx.save(model, path, save_as_external_data=True, location='model.onnx.data')")
 
 
 def inspect_onnx(path: str | os.PathLike, **extra: Any) -> OnnxArtifact:
     """Describe an ONNX file on disk, checking that it and its side files are usable.
 
-    Raises TrtoptError for a missing file, a file that is not ONNX, or a missing ``.onnx.data``.
+    Raises TrtoptError for a missing file, a file that is not ONNX, a missing ``.onnx.data``, or an external-data
+    location outside the file's folder (see :func:`external_data_files`).
     ``extra`` fills the provenance fields (exporter, notes, parity).
     """
     import onnx

@@ -83,6 +83,9 @@ class Recipe:
             JetPack 6) or "server" (10.16); plans for TensorRT 11.1 are always included.
         workspace_mib: TensorRT builder workspace limit for the build and bundle stages (None = TensorRT's
             default). Optimization profiles come from the model's inputs: batch 1 to max(batch_sizes).
+        trust_code: let ``model`` name a file whose loading runs code it names (a pickled module, an
+            ExportedProgram, a trtopt model file built on a ``package.module:factory``); see
+            `trtopt.models.load`. Off: such a file is refused with one line.
     """
 
     model: str
@@ -111,6 +114,7 @@ class Recipe:
     metric: str = "auto"
     bundle_target: str = "jetson-orin"
     workspace_mib: int | None = None
+    trust_code: bool = False
     version: int = RECIPE_VERSION
 
     def __post_init__(self) -> None:

@@ -11,25 +11,30 @@ The pipeline only composes stages (`export_onnx`, `calibrate`, `quantize`, `benc
     timing.json, accuracy.json                the profile and compare stages' measurements
     report.json, report.md, report.html, plots/*.png
 
-**Resume.** A stage's key is the sha256 of its config, the content hashes of its inputs (upstream
-output files, the model spec and checkpoint) and trtopt's version. When the ledger holds the same key
-and every recorded output file still has its recorded sha256, the stage is skipped and its outputs
-reused; otherwise it runs again, and so does everything downstream whose inputs changed. The report
-is always re-rendered (it is cheap and records which stages were reused).
+**Resume.** A stage's key is the sha256 of its config, the content hashes of its inputs and trtopt's
+version. Inputs are hashed by content, never named by path: upstream output files, a model or checkpoint
+file, and every data file or image folder the stage reads (a folder: its sorted file names and their
+contents; each source hashed once per run). So overwriting the calibration ``.npy`` in place re-runs
+calibrate and what depends on it, while stages that never read it are reused. When the ledger holds the
+same key and every recorded output file still has its recorded sha256, the stage is skipped and its
+outputs reused; otherwise it runs again, and so does everything downstream whose inputs changed. The
+report is always re-rendered (it is cheap and records which stages were reused).
 
-A directory that holds files but no ledger is not a run directory: it is refused without ``force``.
-``force`` re-runs every stage.
+The ledger records every path inside the run directory relative to it, so a run resumes from any
+working directory, and a copied or moved run directory resumes reading (and verifying) its own files.
+One `optimize` at a time per run directory: it holds an OS lock on ``.trtopt.lock`` there, and a second
+process is refused with one line instead of interleaving its writes. A directory that holds files but
+no ledger is not a run directory: it is refused without ``force``. ``force`` re-runs every stage.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,7 +47,8 @@ from trtopt.files import sha256_file, write_json, write_text
 from trtopt.progress import ProgressCallback, StepCallback
 
 LEDGER = "stages.json"
-LEDGER_FORMAT = 1
+LEDGER_FORMAT = 2
+LOCK = ".trtopt.lock"
 
 
 @dataclass
@@ -52,22 +58,27 @@ class Ledger:
     path: Path
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    @staticmethod
+    def check_folder(out: Path, force: bool) -> None:
+        """Refuse a non-empty folder that is not a run directory (holds no ledger), unless ``force``."""
+        if out.is_dir() and not (out / LEDGER).is_file() and not force and any(p.name != LOCK for p in out.iterdir()):
+            raise TrtoptError(f"{out} holds files but is not a trtopt run directory (no {LEDGER})",
+                              "choose an empty or new --out, or pass --force")
+
     @classmethod
     def open(cls, out: Path, force: bool) -> Ledger:
-        """Read ``out/stages.json`` (a resumable run) or start one; refuse a foreign non-empty folder."""
+        """Read ``out/stages.json`` (a resumable run) or start one (with ``force``, always a new one)."""
         path = out / LEDGER
         if path.is_file() and not force:
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError):
                 raise TrtoptError(f"{path} is corrupted", "pass --force to re-run every stage") from None
-            if data.get("format") != LEDGER_FORMAT:
-                raise TrtoptError(f"{path} has format {data.get('format')!r}, this trtopt writes {LEDGER_FORMAT}",
+            if not isinstance(data, dict) or data.get("format") != LEDGER_FORMAT:
+                found = data.get("format") if isinstance(data, dict) else type(data).__name__
+                raise TrtoptError(f"{path} has format {found!r}, this trtopt writes {LEDGER_FORMAT}",
                                   "pass --force to re-run every stage")
             return cls(path, dict(data.get("stages", {})))
-        if out.is_dir() and any(out.iterdir()) and not path.is_file() and not force:
-            raise TrtoptError(f"{out} holds files but is not a trtopt run directory (no {LEDGER})",
-                              "choose an empty or new --out, or pass --force")
         ledger = cls(path)
         ledger.save()  # from now on the folder is recognizably a run directory, even if a stage fails
         return ledger
@@ -88,12 +99,80 @@ class Ledger:
         return entry
 
     def record(self, name: str, key: str, outputs: list[Path], result: Any, seconds: float) -> dict[str, Any]:
-        """Record a finished stage (output hashes included) and save the ledger atomically."""
-        entry = {"key": key, "outputs": {str(p.relative_to(self.path.parent)): sha256_file(p) for p in outputs},
-                 "result": result, "seconds": round(seconds, 3)}
+        """Record a finished stage (output hashes included) and save the ledger atomically.
+
+        ``outputs`` and every path string in ``result`` inside the run directory (given absolute, as
+        `_Run` makes them) are stored relative to it; ``paths`` lists where they are in ``result``.
+        """
+        root = self.path.parent
+        paths: list[list[Any]] = []
+        entry = {"key": key, "outputs": {p.relative_to(root).as_posix(): sha256_file(p) for p in outputs},
+                 "result": _relative_paths(result, str(root), [], paths), "paths": paths, "seconds": round(seconds, 3)}
         self.stages[name] = entry
         self.save()
         return entry
+
+    def resolved(self, entry: Mapping[str, Any]) -> dict[str, Any]:
+        """A copy of a recorded entry whose ``result`` paths are absolute again, inside this run directory."""
+        resolved = json.loads(json.dumps(entry))
+        for where in entry.get("paths", []):
+            parent = resolved["result"]
+            for step in where[:-1]:
+                parent = parent[step]
+            parent[where[-1]] = str(self.path.parent / parent[where[-1]])
+        return resolved
+
+
+def _relative_paths(value: Any, root: str, where: list[Any], found: list[list[Any]]) -> Any:
+    """``value`` with every string naming ``root`` or a path under it made relative to ``root`` (``.`` for
+    ``root`` itself); the location of each goes into ``found`` (a list of keys and indexes)."""
+    if isinstance(value, Mapping):
+        return {k: _relative_paths(v, root, [*where, k], found) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_relative_paths(v, root, [*where, i], found) for i, v in enumerate(value)]
+    if isinstance(value, str) and (value == root or value.startswith(root + os.sep)):
+        found.append(where)
+        return Path(value).relative_to(root).as_posix()
+    return value
+
+
+def content_sha256(path: Path) -> str:
+    """sha256 of a file, or of a folder: its files' relative names (sorted) and contents, recursively."""
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
+@contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive OS lock (``fcntl.flock``) on ``out/.trtopt.lock`` for the block.
+
+    The kernel releases it when the process ends, however it ends, so no lock outlives its run.
+
+    Raises:
+        TrtoptError: another process holds it (naming that process's id when it wrote one).
+    """
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip()
+            raise TrtoptError(f"{out} is in use by another trtopt optimize{f' (pid {holder})' if holder else ''}",
+                              "wait for it to finish, or give another --out") from None
+        f.truncate(0)
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)
 
 
 def stage_key(name: str, material: Mapping[str, Any]) -> str:
@@ -106,12 +185,14 @@ class _Run:
     """State of one `optimize` call: the recipe, the ledger, the model loaded on first need."""
 
     def __init__(self, recipe: Recipe, out: Path, force: bool, step: StepCallback, progress: ProgressCallback | None):
-        self.recipe, self.out, self.force, self.step, self.progress = recipe, out, force, step, progress
-        self.ledger = Ledger.open(out, force)
+        # absolute: the paths stages record start with it, which is how the ledger finds them (`Ledger.record`)
+        self.recipe, self.out, self.force, self.step, self.progress = recipe, out.absolute(), force, step, progress
+        self.ledger = Ledger.open(self.out, force)
         self.status: dict[str, str] = {}
         self._loaded: Any = None
         self._feeds: dict[str | None, Any] = {}
         self._models: dict[str, Any] = {}
+        self._digests: dict[str, str] = {}
 
     @property
     def loaded(self) -> Any:
@@ -121,7 +202,8 @@ class _Run:
             self.step(f"loading {self.recipe.model}")
             shapes = self.recipe.input_shapes
             self._loaded = load_model(self.recipe.model, checkpoint=self.recipe.checkpoint,
-                                      input_shape=next(iter(shapes.values())) if len(shapes) == 1 else None)
+                                      input_shape=next(iter(shapes.values())) if len(shapes) == 1 else None,
+                                      trust_code=self.recipe.trust_code)
         return self._loaded
 
     def feed(self, source: str | None) -> Any:
@@ -132,23 +214,29 @@ class _Run:
         return self._feeds[source]
 
     def compressed(self, entry: Mapping[str, Any]) -> Any:
-        """The compressed model a PyTorch-side stage saved (a whole-module file), loaded once."""
+        """The compressed model a PyTorch-side stage saved (a trtopt model file), loaded once over the
+        run's own model: the file's architecture is the recipe's, so nothing the file names is run."""
         path = entry["result"]["module"]
         if path not in self._models:
-            from trtopt.models.load import load_model
+            from trtopt.models.module_file import load_module_file
 
-            self._models[path] = load_model(path)
+            self._models[path] = load_module_file(path, self.loaded)
         return self._models[path]
 
-    @functools.cached_property
-    def _model_key(self) -> dict[str, Any]:
-        r = self.recipe
-        return {"model": r.model, "checkpoint_sha256": sha256_file(r.checkpoint) if r.checkpoint else None,
-                "input_shapes": to_dict(r.input_shapes)}
+    def source_key(self, source: str | None) -> Any:
+        """What identifies a model, checkpoint or data source in stage keys: the sha256 of its contents when
+        it is a file or folder (`content_sha256`, once per run), else its name (``dataset:digits:test``)."""
+        if source is None or not Path(source).exists():
+            return source
+        if source not in self._digests:
+            self._digests[source] = content_sha256(Path(source))
+        return {"sha256": self._digests[source]}
 
     def model_key(self) -> dict[str, Any]:
-        """What identifies the original model in stage keys (the checkpoint is hashed once per run)."""
-        return dict(self._model_key)
+        """What identifies the original model in stage keys."""
+        r = self.recipe
+        return {"model": self.source_key(r.model), "checkpoint": self.source_key(r.checkpoint),
+                "input_shapes": to_dict(r.input_shapes)}
 
     def stage(self, name: str, material: Mapping[str, Any], run: Callable[[], tuple[list[Path], Any]]) -> dict[str, Any]:
         """Run stage ``name`` unless the ledger holds a matching, intact result; returns the ledger entry."""
@@ -157,11 +245,11 @@ class _Run:
         if entry is not None:
             self.status[name] = "reused"
             self.step(f"{name}: unchanged, reusing {', '.join(entry['outputs']) or 'its result'}")
-            return entry
+            return self.ledger.resolved(entry)
         started = time.perf_counter()
         outputs, result = run()
         self.status[name] = "ran"
-        return self.ledger.record(name, key, outputs, result, time.perf_counter() - started)
+        return self.ledger.resolved(self.ledger.record(name, key, outputs, result, time.perf_counter() - started))
 
     def file_digest(self, path: str | os.PathLike) -> str:
         """sha256 of a stage's output file as the ledger recorded it (hashed once, when written)."""
@@ -191,15 +279,22 @@ def optimize(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike | No
     module docstring for the run directory's layout and how unchanged stages are reused.
 
     Raises:
-        TrtoptError: a foreign non-empty ``out_dir`` without ``force``, or any stage's user error.
+        TrtoptError: a foreign non-empty ``out_dir`` without ``force``, another process running in ``out_dir``,
+            or any stage's user error.
     """
     if not isinstance(recipe, Recipe):
         from trtopt.config import load_recipe
 
         recipe = load_recipe(recipe)
     out = Path(out_dir) if out_dir is not None else Path("runs") / recipe.model.rsplit(":", 1)[-1].rsplit("/", 1)[-1]
+    Ledger.check_folder(out, force)  # before the lock file makes the folder non-empty
+    with run_lock(out):
+        return _optimize(recipe, out, force, on_step, on_progress)
+
+
+def _optimize(recipe: Recipe, out: Path, force: bool, on_step: StepCallback | None,
+              on_progress: ProgressCallback | None) -> tuple[dict[str, Any], dict[str, Path]]:
     run = _Run(recipe, out, force, on_step or (lambda _m: None), on_progress)
-    out.mkdir(parents=True, exist_ok=True)
     stages = set(recipe.stages)
     compressed = None
     for name, apply in (("prune", _apply_prune), ("factorize", _apply_factorize), ("distill", None),
@@ -277,7 +372,7 @@ def _export(run: _Run, compressed: Mapping[str, Any] | None) -> dict[str, Any]:
     from trtopt.export import export_onnx
 
     r = run.recipe
-    material = {**run.model_key(), "export": to_dict(r.export), "data": r.data,
+    material = {**run.model_key(), "export": to_dict(r.export), "data": run.source_key(r.data),
                 "compressed": run.digest(compressed) if compressed else None}
 
     def go() -> tuple[list[Path], Any]:
@@ -321,8 +416,8 @@ def _compression_summary(run: _Run) -> dict[str, Any]:
 def _torch_stage(run: _Run, name: str, previous: Mapping[str, Any] | None,
                  apply: Callable[[_Run, Any, Any], tuple[Any, dict[str, Any], list[Path]]]) -> dict[str, Any]:
     """A PyTorch-side stage: the model so far (the original, or the previous stage's saved module) →
-    ``apply`` → ``model.<name>.pt`` (a whole-module file `trtopt.models.load.load_model` reads)."""
-    from trtopt.models.load import save_module
+    ``apply`` → ``model.<name>.pt`` (a trtopt model file, `trtopt.models.module_file`)."""
+    from trtopt.models.module_file import save_module
 
     material = {**run.model_key(), name: to_dict(getattr(run.recipe, name)), "input": run.digest(previous) if previous else None}
 
@@ -372,11 +467,11 @@ def _distill(run: _Run, student_entry: Mapping[str, Any]) -> dict[str, Any]:
     """Train the compressed model against the original on ``train_data`` (labels when it has them)."""
     from trtopt.data import labels_for
     from trtopt.compress.distill import distill
-    from trtopt.models.load import save_module
+    from trtopt.models.module_file import save_module
 
     r = run.recipe
-    material = {**run.model_key(), "student": run.digest(student_entry), "distill": to_dict(r.distill), "train_data": r.train_data,
-                "eval": r.data}
+    material = {**run.model_key(), "student": run.digest(student_entry), "distill": to_dict(r.distill), "train_data": run.source_key(r.train_data),
+                "eval": run.source_key(r.data)}
 
     def go() -> tuple[list[Path], Any]:
         import copy
@@ -409,7 +504,7 @@ def _calibrate(run: _Run, onnx: Mapping[str, Any]) -> dict[str, Any]:
 
     r = run.recipe
     source = r.calibration_data or r.data
-    material = {"onnx": run.digest(onnx), "calibration": to_dict(r.calibration), "source": source,
+    material = {"onnx": run.digest(onnx), "calibration": to_dict(r.calibration), "source": run.source_key(source),
                 "trt_cache_version": r.trt_cache_version}
 
     def go() -> tuple[list[Path], Any]:
@@ -549,7 +644,7 @@ def _profile(run: _Run, onnx: Mapping[str, Any], quantized: Mapping[str, Any] | 
     timed = [(n, p) for n, p in _variants(run, onnx, quantized)
              if n in ("onnxruntime-fp32", "onnxruntime-fp32-compressed", "onnxruntime-int8")]
     material = {**run.model_key(), "variants": {n: run.file_digest(p) for n, p in timed}, "timing": to_dict(r.timing),
-                "batch_sizes": list(r.batch_sizes), "threads": r.threads, "ort": to_dict(ort), "data": r.data,
+                "batch_sizes": list(r.batch_sizes), "threads": r.threads, "ort": to_dict(ort), "data": run.source_key(r.data),
                 "compressed": run.digest(compressed) if compressed else None}
 
     def go() -> tuple[list[Path], Any]:
@@ -573,7 +668,7 @@ def _compare(run: _Run, onnx: Mapping[str, Any], int8: Mapping[str, Any], compre
     r = run.recipe
     variants = _variants(run, onnx, int8.get("quantize"))
     material = {**run.model_key(), "variants": {n: run.file_digest(p) for n, p in variants}, "compare": to_dict(r.compare),
-                "data": r.data, "threads": r.threads, "sensitivity": r.sensitivity, "metric": r.metric,
+                "data": run.source_key(r.data), "threads": r.threads, "sensitivity": r.sensitivity, "metric": r.metric,
                 "ranges": run.digest(int8["calibration"]) if "calibration" in int8 else None,
                 "compressed": run.digest(compressed) if compressed else None}
 

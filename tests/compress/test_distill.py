@@ -376,7 +376,8 @@ def test_cli_distill_writes_loadable_student_and_resumes(tmp_path):
     import dataclasses
     import json
 
-    from trtopt.models.load import load_model, save_module
+    from trtopt.models.load import load_model
+    from trtopt.models.module_file import save_module
     from trtopt.compress.config import PruneConfig
     from trtopt.compress.prune import prune
 

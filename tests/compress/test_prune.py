@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from trtopt.errors import TrtoptError
-from trtopt.models.load import load_model, save_module
+from trtopt.models.load import load_model
+from trtopt.models.module_file import save_module
 from trtopt.models.nets import DigitsCNN
 from trtopt.compress.config import PruneConfig
 from trtopt.compress.sparsity import apply_masks_, mask_2to4, sparsity_masks
@@ -298,7 +299,9 @@ def test_pruned_model_saves_whole_and_loads_with_load_model(tmp_path):
     save_module(pruned, tmp_path / "p.pt", metadata={"prune": result.to_dict()})
     with pytest.raises(TrtoptError, match="already exists"):
         save_module(pruned, tmp_path / "p.pt")
-    back = load_model(str(tmp_path / "p.pt"))
+    with pytest.raises(TrtoptError, match="--trust-code"):  # its architecture is a factory: code the file names
+        load_model(str(tmp_path / "p.pt"))
+    back = load_model(str(tmp_path / "p.pt"), trust_code=True)
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(back.module(x), pruned.module(x))
@@ -352,7 +355,8 @@ def test_cli_prune_export_and_check_2to4_end_to_end(tmp_path, cli_env):
     assert "pruning rate" in r.stdout
     r = run(["prune", "tests.helpers.tiny_prune_models:tiny_resnet", "-o", "s.pt", "--method", "2:4"], tmp_path, cli_env)
     assert r.returncode == 0, r.stderr
-    assert run(["export", "s.pt", "-o", "s.onnx"], tmp_path, cli_env).returncode == 0
+    assert_one_line_error(run(["export", "s.pt", "-o", "s.onnx"], tmp_path, cli_env), "s.pt", "--trust-code")
+    assert run(["export", "s.pt", "-o", "s.onnx", "--trust-code"], tmp_path, cli_env).returncode == 0
     r = run(["check-2to4", "s.onnx", "--json", "c.json"], tmp_path, cli_env)
     assert r.returncode == 0 and json.loads((tmp_path / "c.json").read_text())["ok"]
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trtopt.measure.baseline import BASELINE_FORMAT, GateConfig, baseline_from_bench, check_environment, compare_with_baseline, control_candidate, load_baseline, markdown_summary
+from trtopt.measure.baseline import BASELINE_FORMAT, CONTROL_NAME, GateConfig, baseline_from_bench, check_environment, compare_with_baseline, control_candidate, judge_golden, load_baseline, markdown_summary
 from trtopt.errors import TrtoptError
+from tests.helpers.env import cli_environment
 
 
 def chain_model(path: Path, layers: int, width: int = 192, seed: int = 0) -> Path:
@@ -90,6 +91,50 @@ def _document(env: dict, samples=(1.0, 1.1, 0.9)) -> dict:
             "entries": [{"candidate": "m", "batch_size": 1, "repeats_ms": [list(samples)]}]}
 
 
+def _entries(*keys, samples=(1.0, 1.1, 0.9)) -> dict:
+    return {"format": BASELINE_FORMAT, "environment": {},
+            "entries": [{"candidate": c, "batch_size": b, "repeats_ms": [list(samples)] * 3} for c, b in keys]}
+
+
+@pytest.mark.parametrize("baseline_keys, current_keys, needles", [
+    ([("model.onnx", 4)], [("renamed.onnx", 4)], ["baseline entry model.onnx @ batch 4 is missing", "no entry was judged"]),
+    ([("model.onnx", 4)], [("model.onnx", 8)], ["baseline entry model.onnx @ batch 4 is missing"]),
+    ([("model.onnx", 1), ("model.onnx", 4)], [("model.onnx", 1)], ["baseline entry model.onnx @ batch 4 is missing"]),
+    ([], [("model.onnx", 4)], ["no entry was judged: the baseline has 0 entries and this run 1"]),
+    ([(CONTROL_NAME, 4)], [("model.onnx", 4), (CONTROL_NAME, 4)], ["no entry was judged"]),
+])
+def test_the_gate_fails_when_a_baseline_entry_was_not_judged(baseline_keys, current_keys, needles):
+    verdict = compare_with_baseline(_entries(*baseline_keys), _entries(*current_keys), GateConfig())
+    assert not verdict["passed"] and verdict["regressions"] == 0
+    for needle in needles:
+        assert any(needle in f for f in verdict["failures"]), verdict["failures"]
+    summary = markdown_summary(verdict)
+    assert "**FAIL**: 0 regression(s)" in summary and "PASS" not in summary and needles[0] in summary
+
+
+def test_the_gate_passes_an_unchanged_run_and_ignores_a_missing_control():
+    verdict = compare_with_baseline(_entries(("m", 1), (CONTROL_NAME, 1)), _entries(("m", 1), ("extra", 1)), GateConfig())
+    assert verdict["passed"] and verdict["failures"] == [] and verdict["new"] == ["extra @ batch 1"]
+    assert markdown_summary(verdict).rstrip().endswith("**PASS**: 0 regression(s), 0 improvement(s)")
+
+
+def test_golden_outputs_removed_or_not_in_the_run_fail_the_gate(tmp_path):
+    from trtopt.measure.baseline import save_golden
+    from trtopt.measure.compare import Tolerances
+
+    outputs = {"a.onnx": {"y": np.ones((2, 3), np.float32)}}
+    for golden in (None, {}):
+        verdict = judge_golden(tmp_path / "b.json", {"golden": golden}, outputs, Tolerances())
+        assert not verdict["passed"] and "golden: null" in verdict["failures"][0]
+    record = save_golden({"a.onnx": outputs["a.onnx"], "b.onnx": outputs["a.onnx"]}, tmp_path / "b.json.golden.npz")
+    verdict = judge_golden(tmp_path / "b.json", {"golden": record}, outputs, Tolerances())
+    assert verdict["failures"] == ["golden outputs of b.onnx were not compared: b.onnx is not in this run"]
+    assert verdict["results"]["a.onnx"]["passed"]
+    latency = compare_with_baseline(_entries(("a.onnx", 1)), _entries(("a.onnx", 1)), GateConfig())
+    summary = markdown_summary(latency, verdict)
+    assert "**FAIL**" in summary and "b.onnx is not in this run" in summary
+
+
 def test_environment_mismatch_is_refused_unless_allowed():
     old = {"cpu_model": "CPU A", "cpu_count_logical": 2, "packages": {"onnxruntime": "1.20.0"}}
     new = {"cpu_model": "CPU B", "cpu_count_logical": 2, "packages": {"onnxruntime": "1.32.0"}}
@@ -130,8 +175,9 @@ def test_gate_config_validation():
 
 
 def run_cli(args, cwd):
-    return subprocess.run([sys.executable, "-m", "trtopt", "-q", *args], cwd=cwd, capture_output=True, text=True, check=False,
-                          timeout=300)
+    # cli_environment puts this checkout first on PYTHONPATH: the subprocess runs the trtopt under test
+    return subprocess.run([sys.executable, "-m", "trtopt", "-q", *args], cwd=cwd, env=cli_environment(), capture_output=True,
+                          text=True, check=False, timeout=300)
 
 
 BENCH = ["bench", "model.onnx", "--iterations", "40", "--batch-sizes", "4", "--threads", "1"]
@@ -187,3 +233,29 @@ def test_cli_golden_file_tampering_is_caught(tmp_path):
         f.write(b"x")
     r = run_cli([*BENCH, "--baseline", "base.json"], tmp_path)
     assert r.returncode == 2 and "sha256" in r.stderr
+
+
+GATE = ["bench", "model.onnx", "--iterations", "10", "--warmup", "2", "--batch-sizes", "4", "--threads", "1", "--repeats", "2"]
+
+
+def test_cli_gate_fails_when_nothing_or_not_everything_was_compared(tmp_path):
+    """The same model under a new name, another batch size, a baseline edited to no entries or without golden
+    outputs: each is exit 1 naming what was not judged, never "PASS"."""
+    chain_model(tmp_path / "model.onnx", layers=2)
+    assert run_cli([*GATE, "--save-baseline", "base.json"], tmp_path).returncode == 0
+    (tmp_path / "renamed.onnx").write_bytes((tmp_path / "model.onnx").read_bytes())
+    document = json.loads((tmp_path / "base.json").read_text())
+    (tmp_path / "empty.json").write_text(json.dumps({**document, "entries": []}))
+    (tmp_path / "nogolden.json").write_text(json.dumps({**document, "golden": None}))
+    cases = [
+        (["renamed.onnx", *GATE[2:], "--baseline", "base.json"], "baseline entry model.onnx @ batch 4 is missing"),
+        ([*GATE[1:7], "8", *GATE[8:], "--baseline", "base.json"], "baseline entry model.onnx @ batch 4 is missing"),
+        ([*GATE[1:], "--baseline", "empty.json"], "no entry was judged"),
+        ([*GATE[1:], "--baseline", "nogolden.json", "--tolerance", "9"], "golden: null"),
+    ]
+    for args, needle in cases:
+        r = run_cli(["bench", *args], tmp_path)
+        assert r.returncode == 1, (args, r.stdout, r.stderr)
+        assert "**FAIL**" in r.stdout and "PASS" not in r.stdout and needle in r.stdout
+        assert r.stderr.startswith("trtopt: regression gate failed: ") and needle in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1

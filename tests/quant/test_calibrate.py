@@ -397,6 +397,44 @@ def test_temporary_files_are_removed_after_success_and_error(cnn, tmp_path, monk
     assert os.listdir(scratch) == []
 
 
+def _tree(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("location", ["../outside/w.bin", "sub/../../outside/w.bin", "ABSOLUTE"])
+def test_external_data_outside_the_model_folder_is_refused_and_nothing_is_created(cnn, tmp_path, monkeypatch, location):
+    """A location climbing out of the model's folder (or absolute) is refused when the model is read, so
+    calibrate/quantize never link or copy files by that name outside their temporary folder."""
+    from trtopt.artifacts import inspect_onnx
+    from trtopt.quant.quantize import QuantizeConfig, quantize
+
+    _, art, feed = cnn
+    model = onnx.load(str(art.path))
+    (tmp_path / "outside").mkdir()
+    onnx.save(model, str(tmp_path / "outside" / "m.onnx"), save_as_external_data=True, location="w.bin")
+    location = str(tmp_path / "outside" / "w.bin") if location == "ABSOLUTE" else location
+    evil = onnx.load(str(tmp_path / "outside" / "m.onnx"), load_external_data=False)
+    external = [t for t in evil.graph.initializer if t.data_location == TensorProto.EXTERNAL]
+    for tensor in external:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    (tmp_path / "models" / "sub").mkdir(parents=True)
+    onnx.save(evil, str(tmp_path / "models" / "evil.onnx"))
+    scratch = tmp_path / "scratch" / "tmp"  # the system temp folder: "../outside" from a folder in it is scratch/outside
+    scratch.mkdir(parents=True)
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    ranges = calibrate(art, feed, CalibrationConfig(method="minmax"))
+    before = _tree(tmp_path)
+    for run in (lambda: inspect_onnx(tmp_path / "models" / "evil.onnx"),
+                lambda: calibrate(tmp_path / "models" / "evil.onnx", feed, CalibrationConfig(method="minmax")),
+                lambda: quantize(tmp_path / "models" / "evil.onnx", ranges, tmp_path / "q.onnx", QuantizeConfig())):
+        with pytest.raises(TrtoptError, match="not a relative path inside the model's folder") as err:
+            run()
+        assert repr(location) in str(err.value) and repr(external[0].name) in str(err.value)
+    assert _tree(tmp_path) == before
+
+
 def test_two_input_model(tmp_path):
     loaded = load_model("tests.helpers.tiny_models:two_input_mlp")
     art = export_onnx(loaded, tmp_path / "mlp.onnx", ExportConfig(exporter="torchscript", opset=17))

@@ -120,7 +120,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         return 0
     record = result.to_dict() | {"student": args.student, "teacher": args.teacher, "output": args.output,
                                  "data": args.data, "labels": args.labels}
-    _save_student(result.student, teacher, args.output, args.force,
+    _save_student(result.student, student, teacher, args.output, args.force,
                   {"distill": {k: record[k] for k in ("student", "teacher", "data", "labels", "steps", "best_metric", "config")}})
     write_json_output(args.json, record, args.force)
     last = result.epoch_losses[-1] if result.epoch_losses else result.step_losses[-1]
@@ -199,14 +199,16 @@ def _check_labels(labels: Any, inputs: Any, classes: int, where: str) -> None:
                           f"{classes} outputs), e.g. {int(bad[0])}", fix)
 
 
-def _save_student(module: Any, teacher: Any, path: str, force: bool, metadata: dict[str, Any]) -> None:
-    """Write the trained student whole (`trtopt.models.load.save_module`), with the teacher's input specs, so
-    `load_model(path)` (and ``trtopt export``/``bench``) read it back with its real inputs."""
-    from trtopt.models.spec import LoadedModel
-    from trtopt.models.load import save_module
+def _save_student(module: Any, student: Any, teacher: Any, path: str, force: bool, metadata: dict[str, Any]) -> None:
+    """Write the trained student as a trtopt model file (`trtopt.models.module_file.save_module`: the student's
+    architecture, with the teacher's input specs), so `load_model(path)` (and ``trtopt export``/``bench``) read
+    it back with its real inputs."""
+    from dataclasses import replace
 
-    loaded = LoadedModel(module.eval(), path, teacher.inputs, teacher.output_names, teacher.preprocess,
-                         description=f"distilled from {teacher.spec}")
+    from trtopt.models.module_file import save_module
+
+    loaded = replace(student, module=module.eval(), inputs=teacher.inputs, output_names=teacher.output_names,
+                     preprocess=teacher.preprocess, description=f"distilled from {teacher.spec}")
     save_module(loaded, path, force=force, metadata=metadata)
 
 

@@ -29,16 +29,22 @@ from trtopt.cli._common import EXIT_USAGE
 
 
 
+TRUST_CODE_HELP = ("load model files that run code they name: pickled modules, .pt2 ExportedPrograms, trtopt model "
+                   "files built on a package.module:factory (only for files you trust; see README, Trust and safety)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trtopt", description="Make PyTorch models small and fast for NVIDIA "
                                      "inference, and prove it with numbers.")
     parser.add_argument("--version", action="version", version=f"trtopt {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress display")
-    # The same two flags after the subcommand too (``trtopt export ... -q``); SUPPRESS keeps the global value.
+    parser.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
+    # The same flags after the subcommand too (``trtopt export ... -q``); SUPPRESS keeps the global value.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress display")
+    common.add_argument("--trust-code", action="store_true", default=argparse.SUPPRESS, help=TRUST_CODE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     for module in (export, measure, quant, pipeline, trt, prune, distill, compress, edge, doctor):
@@ -86,10 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # route Python warnings into logging and show them only with --debug.
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(logging.DEBUG if args.debug else logging.ERROR)
+    from trtopt.models.load import trusting_code
+
     with contextlib.suppress(FileNotFoundError):  # no usable temp folder at all: nothing to sweep there
         sweep_stale(tempfile.gettempdir())  # temp folders of trtopt processes that were killed (SIGKILL) earlier
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), trusting_code(args.trust_code):
             status = args.func(args)
             sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
             return status

@@ -75,16 +75,15 @@ def _gate_setup(args: argparse.Namespace) -> dict[str, Any] | None:
     config = GateConfig(tolerance=args.tolerance, allow_environment_mismatch=args.allow_env_mismatch)
     baseline = load_baseline(args.baseline)
     check_environment(baseline["environment"], environment(), config.allow_environment_mismatch)
-    golden = load_golden(args.baseline, baseline["golden"]) if baseline.get("golden") else None
-    return {"mode": "compare", "baseline": baseline, "config": config, "golden": golden,
-            "golden_tolerances": _golden_tolerances(args)}
+    if baseline.get("golden"):  # missing, edited or unreadable golden outputs fail here, not after the timing
+        load_golden(args.baseline, baseline["golden"])
+    return {"mode": "compare", "baseline": baseline, "config": config, "golden_tolerances": _golden_tolerances(args)}
 
 def _gate_finish(args: argparse.Namespace, gate: dict[str, Any], result: dict[str, Any], env: dict[str, Any],
                  settings: dict[str, Any], outputs: dict[str, Any]) -> int:
     """Save the run as a baseline, or judge it against one (latency and golden outputs); exit 1 on failure."""
-    from trtopt.measure.baseline import (append_history, baseline_from_bench, compare_with_baseline, golden_path,
-                                         markdown_summary, save_baseline, save_golden)
-    from trtopt.measure.compare import compare_outputs
+    from trtopt.measure.baseline import (append_history, baseline_from_bench, compare_with_baseline, gate_failures,
+                                         golden_path, judge_golden, markdown_summary, save_baseline, save_golden)
 
     if gate["mode"] == "save":
         golden = save_golden(outputs, golden_path(args.save_baseline), force=args.force)
@@ -94,22 +93,20 @@ def _gate_finish(args: argparse.Namespace, gate: dict[str, Any], result: dict[st
         return 0
     baseline = gate["baseline"]
     comparison = compare_with_baseline(baseline, baseline_from_bench(result, env, settings), gate["config"])
-    golden_results = None
-    if gate["golden"] is not None:
-        default, per_output = gate["golden_tolerances"]
-        golden = gate["golden"]
-        golden_results = {name: compare_outputs(golden[name], outputs[name], default, per_output)
-                          for name in golden if name in outputs}
-    summary = markdown_summary(comparison, golden_results)
+    golden = judge_golden(args.baseline, baseline, outputs, *gate["golden_tolerances"])
+    summary = markdown_summary(comparison, golden)
     print(summary)
     if args.summary:
         from trtopt.files import write_text
 
         write_text(args.summary, summary, force=args.force)
-    golden_passed = None if golden_results is None else all(r["passed"] for r in golden_results.values())
     if args.history:
-        append_history(args.history, comparison, env, golden_passed)
-    return 0 if comparison["passed"] and golden_passed is not False else EXIT_CHECK_FAILED
+        append_history(args.history, comparison, env, golden)
+    failures = gate_failures(comparison, golden)
+    if failures:
+        print(f"trtopt: regression gate failed: {'; '.join(failures)}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    return 0
 
 def _golden_tolerances(args: argparse.Namespace):
     """--golden-atol/--golden-rtol values: ``1e-4`` (every output) or ``NAME:1e-3`` (one output)."""

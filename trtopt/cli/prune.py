@@ -13,7 +13,8 @@ from trtopt.speedup_search import SpeedupSearchConfig
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from trtopt.files import check_outputs
-    from trtopt.models.load import load_model, save_module
+    from trtopt.models.load import load_model
+    from trtopt.models.module_file import save_module
     from trtopt.speedup_search import search_speedup
     from trtopt.compress.prune import prune_loaded
 

@@ -12,7 +12,9 @@ bootstrap confidence interval: repeats are resampled, then calls within them, in
 machine the median moved by up to 35 % while each run's own interval was ±3 % wide. An entry is a **regression** only when the whole interval lies
 above ``1 + tolerance`` — slower by more than the tolerance *and* significantly so — and an
 **improvement** when it lies below ``1 / (1 + tolerance)``; anything else is unchanged. Noise widens the
-interval, so a noisy run fails to prove a regression instead of raising a false alarm.
+interval, so a noisy run fails to prove a regression instead of raising a false alarm. The gate passes
+only what it judged: a baseline entry the run lacks, a run with no entry in common with the baseline,
+and a baseline without golden outputs all fail it, named (`compare_with_baseline`, `judge_golden`).
 
 Machine-wide slowdowns (a busy neighbour, a clock change) are not the model's fault: gated runs time a
 fixed control workload (`ControlRunner`) interleaved with the candidates, and when both runs have it the
@@ -236,8 +238,12 @@ def compare_with_baseline(baseline: Mapping[str, Any], current: Mapping[str, Any
     """Judge every entry of ``current`` (a baseline document of today's run) against ``baseline``.
 
     Returns ``{"entries": [...], "regressions": n, "improvements": n, "missing": [...], "new": [...],
-    "environment_differences": [...], "passed": bool}``; each entry has the slowdown (current p50 /
-    baseline p50), its interval and a verdict ("regression", "improvement", "unchanged").
+    "environment_differences": [...], "failures": [...], "passed": bool}``; each entry has the slowdown
+    (current p50 / baseline p50), its interval and a verdict ("regression", "improvement", "unchanged").
+
+    The gate fails (``passed`` False, a reason per problem in ``failures``) on a regression, on a
+    baseline entry this run lacks (the same model under another name, another batch size: its latency
+    was never judged), and when no entry was judged at all; the control workload is not an entry.
     """
     diffs = check_environment(baseline["environment"], current["environment"], config.allow_environment_mismatch)
     old = {(e["candidate"], e["batch_size"]): e for e in baseline["entries"]}
@@ -262,16 +268,53 @@ def compare_with_baseline(baseline: Mapping[str, Any], current: Mapping[str, Any
                      "current_ms_p50": _median_of_medians(new[key]["repeats_ms"]), "slowdown": slowdown,
                      "slowdown_ci_low": low, "slowdown_ci_high": high, "verdict": verdict, "raw_slowdown": raw,
                      "control_normalized": normalized, "repeats": {"baseline": len(before), "current": len(after)}})
-    regressions = sum(r["verdict"] == "regression" for r in rows)
+    regressions = [r for r in rows if r["verdict"] == "regression"]
+    missing = [f"{c} @ batch {b}" for c, b in old if (c, b) not in new and c != CONTROL_NAME]
+    failures = [f"regression: {r['candidate']} @ batch {r['batch_size']} is {r['slowdown']:.2f}× slower" for r in regressions]
+    failures += [f"baseline entry {m} is missing from this run, so it was not judged" for m in missing]
+    if not rows:
+        judged = sum(c != CONTROL_NAME for c, _ in old)
+        failures.append(f"no entry was judged: the baseline has {judged} entr{'y' if judged == 1 else 'ies'} "
+                        f"and this run {sum(c != CONTROL_NAME for c, _ in new)}, none in common")
     return {"tolerance": config.tolerance, "confidence": config.confidence, "entries": rows,
-            "regressions": regressions, "improvements": sum(r["verdict"] == "improvement" for r in rows),
-            "missing": [f"{c} @ batch {b}" for c, b in old if (c, b) not in new],
-            "new": [f"{c} @ batch {b}" for c, b in new if (c, b) not in old],
-            "environment_differences": diffs, "passed": regressions == 0}
+            "regressions": len(regressions), "improvements": sum(r["verdict"] == "improvement" for r in rows),
+            "missing": missing, "new": [f"{c} @ batch {b}" for c, b in new if (c, b) not in old and c != CONTROL_NAME],
+            "environment_differences": diffs, "failures": failures, "passed": not failures}
+
+
+def judge_golden(baseline_path: str | os.PathLike, baseline: Mapping[str, Any], outputs: Mapping[str, Mapping[str, Any]],
+                 tolerances: Any, per_output: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Compare this run's outputs (``{candidate: {output: array}}``) with the golden ones the baseline records.
+
+    Returns ``{"results": {candidate: compare_outputs result}, "failures": [...], "passed": bool}``. It
+    fails when the baseline records no golden outputs (``golden`` null or absent: nothing would be
+    checked), when a candidate with golden outputs is not in this run, and when outputs differ beyond
+    ``tolerances`` (a `trtopt.measure.compare.Tolerances`; ``per_output`` by output name).
+
+    Raises:
+        TrtoptError: the golden file is missing or does not match its recorded sha256.
+    """
+    from trtopt.measure.compare import compare_outputs
+
+    if not baseline.get("golden"):
+        reason = "the baseline records no golden outputs (golden: null), so this run's outputs were not checked"
+        return {"results": {}, "failures": [reason], "passed": False}
+    golden = load_golden(baseline_path, baseline["golden"])
+    results = {name: compare_outputs(golden[name], outputs[name], tolerances, per_output) for name in golden if name in outputs}
+    failures = [f"golden outputs of {name} were not compared: {name} is not in this run" for name in golden if name not in outputs]
+    failures += [f"{name}: outputs differ from the golden ones in " + ", ".join(o["output"] for o in r["outputs"] if not o["passed"])
+                 for name, r in results.items() if not r["passed"]]
+    if not results and not failures:
+        failures.append(f"the golden file {baseline['golden'].get('path')} holds no outputs, so nothing was checked")
+    return {"results": results, "failures": failures, "passed": not failures}
 
 
 def markdown_summary(comparison: Mapping[str, Any], golden: Mapping[str, Any] | None = None) -> str:
-    """A Markdown summary fit for a CI log: one row per entry, the verdicts, and golden-output results."""
+    """A Markdown summary fit for a CI log: one row per entry, the verdicts, and golden-output results.
+
+    ``golden`` is :func:`judge_golden`'s result (None: outputs were not part of the gate). The last line
+    is the verdict, PASS only when the gate passed; a FAIL names every reason.
+    """
     tol = comparison["tolerance"]
     heading = (f"## Latency vs baseline (regression = slower by > {tol:.0%}, "
                f"{comparison['confidence']:.0%} interval entirely above)")
@@ -293,23 +336,31 @@ def markdown_summary(comparison: Mapping[str, Any], golden: Mapping[str, Any] | 
         lines += ["", "Environment differs (compared anyway): " + "; ".join(comparison["environment_differences"])]
     if golden is not None:
         lines += ["", "## Outputs vs golden", ""]
-        for cand, result in golden.items():
+        for cand, result in golden["results"].items():
             failed = [o["output"] for o in result["outputs"] if not o["passed"]]
             lines.append(f"- {cand}: " + ("match" if not failed else "**MISMATCH** in " + ", ".join(failed)))
-    verdict = "PASS" if comparison["passed"] and all(g["passed"] for g in (golden or {}).values()) else "FAIL"
-    lines += ["", f"**{verdict}**: {comparison['regressions']} regression(s), {comparison['improvements']} improvement(s)"]
+    failures = gate_failures(comparison, golden)
+    counts = f"{comparison['regressions']} regression(s), {comparison['improvements']} improvement(s)"
+    lines += ["", f"**FAIL**: {counts}; " + "; ".join(failures) if failures else f"**PASS**: {counts}"]
     return "\n".join(lines) + "\n"
 
 
-def append_history(path: str | os.PathLike, comparison: Mapping[str, Any], environment: Mapping[str, Any],
-                   golden_passed: bool | None = None) -> Path:
-    """Append one JSON line (time, verdicts, per-entry p50s, environment summary) to a history file.
+def gate_failures(comparison: Mapping[str, Any], golden: Mapping[str, Any] | None = None) -> list[str]:
+    """Every reason the gate fails: latency (:func:`compare_with_baseline`), then outputs (:func:`judge_golden`)."""
+    return [*comparison["failures"], *(golden["failures"] if golden is not None else [])]
 
-    The history is append-only JSON Lines so a CI job can chart latency over time; each line is written
-    with a single ``write`` call, so an interrupted job never leaves half a line.
+
+def append_history(path: str | os.PathLike, comparison: Mapping[str, Any], environment: Mapping[str, Any],
+                   golden: Mapping[str, Any] | None = None) -> Path:
+    """Append one JSON line (time, verdicts and their reasons, per-entry p50s, environment summary) to a history file.
+
+    ``golden`` is :func:`judge_golden`'s result, or None when outputs were not gated. The history is
+    append-only JSON Lines so a CI job can chart latency over time; each line is written with a single
+    ``write`` call, so an interrupted job never leaves half a line.
     """
-    record = {"created_utc": _now(), "passed": comparison["passed"] and golden_passed is not False,
-              "regressions": comparison["regressions"], "golden_passed": golden_passed,
+    failures = gate_failures(comparison, golden)
+    record = {"created_utc": _now(), "passed": not failures, "failures": failures,
+              "regressions": comparison["regressions"], "golden_passed": None if golden is None else golden["passed"],
               "entries": [{k: r[k] for k in ("candidate", "batch_size", "current_ms_p50", "slowdown", "verdict")}
                           for r in comparison["entries"]],
               "environment": {k: _dig(environment, k) for k in ENVIRONMENT_KEYS}}

@@ -5,18 +5,30 @@ Specs:
     ``timm:NAME``                 a timm architecture
     ``zoo:NAME``                  a real pretrained model that ships inside a Python package (see `trtopt.models.zoo`)
     ``package.module:factory``    any importable callable returning an ``nn.Module``
-    ``path/to/model.pt``          a TorchScript file, an ExportedProgram (``.pt2``), or a whole module saved by
-                                  :func:`save_module` (e.g. a pruned model, whose architecture differs)
+    ``path/to/model.pt``          a TorchScript file, a trtopt model file (`trtopt.models.module_file.save_module`:
+                                  a pruned or distilled model, whose architecture differs from its spec), or,
+                                  only when trusted, an ExportedProgram (``.pt2``) or a pickled ``nn.Module``
 plus an optional ``checkpoint`` (state dict or a dict holding one under ``state_dict``/``model``) loaded
 strictly into the architecture. Pretrained hub weights cannot be downloaded here; asking for them fails
 with a message saying what to do instead (a local checkpoint, or a ``zoo:`` model).
+
+**Code from files.** A model file must not run code it names. TorchScript files, checkpoints
+(``weights_only``) and trtopt model files whose architecture is a registry spec (torchvision, timm, zoo)
+load as data. Three kinds would run code the file chooses, so they load only with ``trust_code``
+(``--trust-code``, recipe ``trust_code: true``), and are otherwise refused with one line naming the
+file: a pickled module (``torch.load(weights_only=False)`` runs what the pickle names), an
+ExportedProgram (``torch.export.load`` in torch 2.14 unpickles parts of the archive with
+``weights_only=False``), and a trtopt model file whose architecture is a ``package.module:factory``
+(rebuilding it calls a function the file names).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import contextvars
 import importlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +36,23 @@ from trtopt.errors import TrtoptError, first_line, missing_dependency
 from trtopt.models.spec import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess, InputSpec, LoadedModel, image_inputs, is_onnx_path
 
 
+REGISTRY_SOURCES = ("torchvision", "timm", "zoo")
+
+_TRUST_CODE = contextvars.ContextVar("trtopt_trust_code", default=False)
+
+
+@contextlib.contextmanager
+def trusting_code(trust: bool = True) -> Iterator[None]:
+    """Within the block, `load_model` calls default to ``trust_code=trust`` (the CLI's ``--trust-code``)."""
+    token = _TRUST_CODE.set(trust)
+    try:
+        yield
+    finally:
+        _TRUST_CODE.reset(token)
+
+
 def load_model(spec: str, checkpoint: str | os.PathLike | None = None, pretrained: bool = False,
-               input_shape: tuple[int, ...] | None = None, seed: int = 0) -> LoadedModel:
+               input_shape: tuple[int, ...] | None = None, seed: int = 0, trust_code: bool | None = None) -> LoadedModel:
     """Load ``spec`` (see module docstring) on the CPU in eval mode.
 
     Args:
@@ -34,10 +61,14 @@ def load_model(spec: str, checkpoint: str | os.PathLike | None = None, pretraine
         pretrained: ask for the hub's pretrained weights (fails offline unless already cached).
         input_shape: override the input shape (without batch) of a single-input model.
         seed: seed for randomly initialized weights.
+        trust_code: allow model files that run code they name (see module docstring); None: the
+            setting of the enclosing `trusting_code` block, else False.
 
     Raises:
-        TrtoptError: unknown spec, missing file, weights that don't fit, offline hub request.
+        TrtoptError: unknown spec, missing file, weights that don't fit, offline hub request, a model
+            file that would run code it names without ``trust_code``.
     """
+    trust = _TRUST_CODE.get() if trust_code is None else trust_code
     if is_onnx_path(spec):
         raise TrtoptError(f"{spec} is an ONNX file, not a PyTorch model",
                           "use it where an ONNX model is expected (trtopt bench/compare accept it directly)")
@@ -47,7 +78,7 @@ def load_model(spec: str, checkpoint: str | os.PathLike | None = None, pretraine
     # loaded twice, e.g. as reference and as candidate, is the same model); the global RNG is untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        loaded = _load_architecture(spec, pretrained)
+        loaded = _load_architecture(spec, pretrained, trust)
     if checkpoint is not None:
         load_checkpoint_(loaded.module, checkpoint)
     if input_shape is not None:
@@ -59,9 +90,9 @@ def load_model(spec: str, checkpoint: str | os.PathLike | None = None, pretraine
     loaded.module.eval()
     return loaded
 
-def _load_architecture(spec: str, pretrained: bool) -> LoadedModel:
+def _load_architecture(spec: str, pretrained: bool, trust: bool) -> LoadedModel:
     if ":" not in spec or Path(spec).exists():
-        return _load_file(spec, pretrained)
+        return _load_file(spec, trust)
     source, name = spec.split(":", 1)
     if source == "torchvision":
         return _load_torchvision(name, pretrained)
@@ -143,14 +174,18 @@ def _require_module(obj: Any, spec: str) -> None:
     if not isinstance(obj, torch.nn.Module):
         raise TrtoptError(f"{spec} returned {type(obj).__name__}, not a torch.nn.Module", "return the model itself")
 
-def _load_file(spec: str, pretrained: bool) -> LoadedModel:
+def _load_file(spec: str, trust: bool) -> LoadedModel:
     import torch
+
+    from trtopt.models.module_file import read_record, restore
 
     path = Path(spec)
     if not path.exists():
         hint = "a path that exists" if ("/" in spec or "." in spec) else "torchvision:NAME, timm:NAME, zoo:NAME or package.module:factory"
         raise TrtoptError(f"unknown model spec or missing file {spec!r}", f"give {hint}")
     if path.suffix == ".pt2":
+        _require_trust(trust, path, "is an ExportedProgram, and torch.export.load unpickles parts of it with "
+                                    "weights_only=False, which runs code the file names")
         try:
             program = torch.export.load(str(path))
         except Exception as e:
@@ -159,86 +194,94 @@ def _load_file(spec: str, pretrained: bool) -> LoadedModel:
         inputs = tuple(InputSpec(f"input_{i}" if i else "input", tuple(a.shape[1:]), str(a.dtype).replace("torch.", ""))
                        for i, a in enumerate(program.example_inputs[0]))
         return LoadedModel(module, spec, inputs, description=f"ExportedProgram {path.name}")
-    if is_module_file(path):
-        return _load_module_file(path)
-    try:
-        module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as e:
-        raise TrtoptError(
-            f"{path} is not a TorchScript model (a state dict or checkpoint needs its architecture)",
-            f"give the architecture as the model spec and this file as --checkpoint (e.g. torchvision:resnet18 --checkpoint {path})",
-        ) from e
-    return LoadedModel(module, spec, image_inputs(), description=f"TorchScript {path.name}")
+    if _is_torchscript(path):
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as e:
+            raise TrtoptError(f"{path} is not a loadable TorchScript model ({type(e).__name__})",
+                              "re-save it with torch.jit.save") from e
+        return LoadedModel(module, spec, image_inputs(), description=f"TorchScript {path.name}")
+    record = read_record(path)
+    if record is not None:
+        architecture = record["architecture"]
+        if not isinstance(architecture, str) or ":" not in architecture:
+            raise TrtoptError(f"{path} is a malformed trtopt model file (architecture {architecture!r})",
+                              "re-create it with trtopt (prune/distill -o, or optimize)")
+        if architecture.split(":", 1)[0] not in REGISTRY_SOURCES or Path(architecture).exists():
+            _require_trust(trust, path, f"rebuilds its architecture by calling {architecture}, code the file names")
+        return restore(record, _load_architecture(architecture, False, trust), path)
+    imports = [] if _is_plain_data(path) else _pickled_globals(path)  # a state dict names torch's own rebuilders
+    if imports:
+        _require_trust(trust, path, f"is a pickle of Python objects ({', '.join(imports[:3])}), and unpickling it "
+                                    "runs code the file names")
+        try:
+            module = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise TrtoptError(f"{path} cannot be unpickled ({type(e).__name__}: {str(e)[:160]})",
+                              "load it with the packages (and versions) it was saved with") from e
+        _require_module(module, str(path))
+        return LoadedModel(module, spec, image_inputs(), description=f"pickled module {path.name}")
+    raise TrtoptError(
+        f"{path} is not a TorchScript model or a trtopt model file (a state dict or checkpoint needs its architecture)",
+        f"give the architecture as the model spec and this file as --checkpoint (e.g. torchvision:resnet18 --checkpoint {path})",
+    )
 
-MODULE_FILE_MARKER = "trtopt_module_file"
+def _require_trust(trust: bool, path: Path, why: str) -> None:
+    if not trust:
+        raise TrtoptError(f"{path} {why}; refused", f"only if you trust {path.name}, pass --trust-code (recipe: "
+                          "trust_code: true); trtopt's own model files from a torchvision/timm/zoo model need no trust")
 
-def save_module(loaded: LoadedModel, path: str | os.PathLike, force: bool = False,
-                metadata: dict[str, Any] | None = None) -> Path:
-    """Save a whole module (architecture and weights) with its input specs, atomically, for `load_model`.
-
-    For models whose architecture no longer matches any spec (a pruned model has fewer channels), a state
-    dict is not enough. The file is a ``torch.save`` pickle of ``{"trtopt_module_file": 1, "module": ...,
-    "inputs": ..., "output_names": ..., "description": ..., "metadata": ...}``; `load_model(path)` reads
-    it back. Loading it unpickles the module's classes, i.e. runs code importable from the file's
-    modules, like any saved nn.Module: load only files you trust (trtopt only unpickles files that
-    start with its own marker).
-
-    Raises:
-        TrtoptError: the output exists without ``force``; the module cannot be pickled (a class defined
-            inside a function).
-    """
+def _is_plain_data(path: Path) -> bool:
+    """True when ``torch.load(weights_only=True)`` reads ``path`` (tensors and containers: a state dict, a checkpoint)."""
     import pickle
+    import zipfile
 
     import torch
 
-    from trtopt.files import atomic_output
+    try:
+        torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile):
+        return False
+    return True
 
-    record = {MODULE_FILE_MARKER: 1, "module": loaded.module,
-              "inputs": [dataclasses.asdict(s) for s in loaded.inputs], "output_names": list(loaded.output_names),
-              "preprocess": dataclasses.asdict(loaded.preprocess) if loaded.preprocess else None,
-              "spec": loaded.spec, "description": loaded.description, "metadata": metadata or {}}
-    with atomic_output(path, force) as tmp:
-        try:
-            torch.save(record, str(tmp))
-        except (pickle.PicklingError, AttributeError, TypeError) as e:
-            raise TrtoptError(f"the model {loaded.spec} cannot be saved whole ({type(e).__name__}: {str(e)[:160]})",
-                              "define its classes at module level so they can be pickled") from e
-    return Path(path)
-
-def is_module_file(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a file written by :func:`save_module` (checked without unpickling anything)."""
-    import pickletools
+def _is_torchscript(path: Path) -> bool:
+    """True for a TorchScript archive (a zip with compiled ``code/``), told apart without loading it."""
     import zipfile
 
     try:
         with zipfile.ZipFile(path) as archive:
-            pkl = next((n for n in archive.namelist() if n.endswith("/data.pkl")), None)
-            if pkl is None:
-                return False
-            with archive.open(pkl) as f:
-                for i, (opcode, arg, _pos) in enumerate(pickletools.genops(f)):
-                    if isinstance(arg, str) and arg == MODULE_FILE_MARKER:
-                        return True
-                    if i > 8:
-                        return False
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # not a zip or not a pickle: another format
+            return any("/code/" in name for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
         return False
-    return False
 
-def _load_module_file(path: Path) -> LoadedModel:
-    import torch
+def _pickled_globals(path: Path) -> list[str]:
+    """The ``module.name`` globals the pickle in ``path`` (or in a ``torch.save`` archive) would import, read
+    with `pickletools` without unpickling; empty for a file that is not a pickle or names none."""
+    import pickletools
+    import zipfile
 
+    names: list[str] = []
+    strings: list[str] = []
     try:
-        record = torch.load(str(path), map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise TrtoptError(f"{path} is a trtopt module file but cannot be loaded ({type(e).__name__}: {str(e)[:160]})",
-                          "load it with the packages (and versions) it was saved with") from e
-    _require_module(record.get("module"), str(path))
-    inputs = tuple(InputSpec(d["name"], tuple(d["shape"]), d["dtype"], d["low"], d["high"]) for d in record["inputs"])
-    pre = record.get("preprocess")
-    preprocess = ImagePreprocess(pre["size"], pre["resize"], tuple(pre["mean"]), tuple(pre["std"])) if pre else None
-    return LoadedModel(record["module"], str(path), inputs, tuple(record.get("output_names") or ("output",)), preprocess,
-                       record.get("description") or f"saved module {path.name}", extra={"metadata": record.get("metadata", {})})
+        with contextlib.ExitStack() as stack:
+            if zipfile.is_zipfile(path):
+                archive = stack.enter_context(zipfile.ZipFile(path))
+                pkl = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                if pkl is None:
+                    return []
+                stream = stack.enter_context(archive.open(pkl))
+            else:
+                stream = stack.enter_context(open(path, "rb"))
+            for opcode, arg, _pos in pickletools.genops(stream):
+                if opcode.name in ("GLOBAL", "INST"):
+                    names.append(str(arg).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                if isinstance(arg, str):
+                    strings.append(arg)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # not a pickle (any more): what was read is the answer
+        pass
+    return list(dict.fromkeys(names))
 
 def load_checkpoint_(module: Any, checkpoint: str | os.PathLike) -> None:
     """Load a state dict (or a checkpoint dict holding one) into ``module`` in place, strictly.

@@ -1,7 +1,7 @@
 """Small network architectures that trtopt trains and ships itself (imports torch: import lazily).
 
 `SentenceEncoder` wraps a Hugging Face encoder for ``zoo:minilm_l6``; it lives here, at module level, so a
-(pruned) copy can be saved whole with ``torch.save`` and loaded again (`trtopt.models.load.save_module`).
+(pruned) copy can be saved as a trtopt model file and rebuilt (`trtopt.models.module_file.save_module`).
 
 `DigitsCNN` is the classifier behind ``zoo:digits_cnn`` (scikit-learn digits, see `trtopt.datasets`).
 Its layers are plain named attributes, not one ``nn.Sequential``, so structured pruning can follow the

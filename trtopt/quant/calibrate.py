@@ -166,7 +166,11 @@ def write_with_outputs(model: Any, source: Path, outputs: Sequence[str], folder:
 
     External data stays where it is referenced: the side files are hard-linked into ``folder`` (ONNX
     Runtime refuses side files outside the model's folder, symlinks included), copied when linking
-    is not possible (another filesystem).
+    is not possible (another filesystem). Their names come from the model, so `external_data_files`
+    refuses any that is absolute or climbs out with ``..``: every link lands inside ``folder``.
+
+    Raises:
+        TrtoptError: an external-data location outside the model's folder.
     """
     import onnx
 
