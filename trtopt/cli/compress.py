@@ -43,6 +43,7 @@ def _export(args: argparse.Namespace, loaded, path: str) -> Any:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
+    """``trtopt cluster``: k-means weight sharing → the compact codebook file (and its fidelity on --data); exit status."""
     from trtopt.compress.share import cluster_weights_, save_shared
 
     config = ShareConfig(bits=args.bits, granularity=args.granularity, layers=tuple(args.layer or ()),
@@ -87,6 +88,7 @@ def _parse_ranks(values: list[str] | None) -> dict[str, int]:
 
 
 def cmd_factorize(args: argparse.Namespace) -> int:
+    """``trtopt factorize``: low-rank factorization (or a measured speedup search) → exported ONNX; exit status."""
     from trtopt.compress.lowrank import factorize_
 
     ranks = _parse_ranks(args.rank)
@@ -149,6 +151,7 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Register this family's subcommands on ``sub`` (``common``: the flags every subcommand takes)."""
     p = sub.add_parser("cluster", parents=[common],
                        help="weight sharing: k-means codebooks of 2^b values per layer; compact file (storage only, not speed)")
     _add_model(p)

@@ -18,6 +18,7 @@ DATASETS = ("digits",)
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Register this family's subcommands on ``sub`` (``common``: the flags every subcommand takes)."""
     p = sub.add_parser("distill", parents=[common], help="train a (pruned/smaller) student against a teacher: KD loss, checkpoints, resume, DDP")
     p.add_argument("student", help="student model: spec (zoo:NAME, package.module:factory, ...) or a model file")
     p.add_argument("teacher", help="teacher model: spec or a model file")
@@ -73,6 +74,7 @@ def _rank() -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
+    """``trtopt distill``: train the student against the teacher, save it (and resume); exit status."""
     from dataclasses import replace
 
     from trtopt.compress.distill import distill

@@ -10,6 +10,7 @@ from trtopt._version import __version__
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    """``trtopt doctor``: print what this machine can run and what to install; exit status."""
     from trtopt.doctor import diagnose
 
     found = diagnose()
@@ -38,6 +39,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Register this family's subcommands on ``sub`` (``common``: the flags every subcommand takes)."""
     p = sub.add_parser("doctor", parents=[common], help="what this machine can run and what to install")
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
     p.set_defaults(func=cmd_doctor)

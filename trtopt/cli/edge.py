@@ -13,6 +13,7 @@ from trtopt.edge.convert import PRECISIONS, EdgeConfig
 
 
 def cmd_edge_export(args: argparse.Namespace) -> int:
+    """``trtopt edge-export``: PyTorch → ``.pte`` / ``.tflite`` with its sidecar; exit status."""
     from trtopt.edge.export import export_edge
     from trtopt.edge.artifact import edge_format, sidecar_path
     from trtopt.errors import TrtoptError
@@ -40,6 +41,7 @@ def cmd_edge_export(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Register this family's subcommands on ``sub`` (``common``: the flags every subcommand takes)."""
     p = sub.add_parser("edge-export", parents=[common],
                        help="export a PyTorch model to ExecuTorch .pte (XNNPACK) or LiteRT .tflite, FP32 or INT8")
     p.add_argument("model", help="torchvision:NAME, timm:NAME, zoo:NAME, package.module:factory, or a TorchScript file")

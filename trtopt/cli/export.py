@@ -12,6 +12,7 @@ from trtopt.export import EXPORTERS, EXTERNAL_DATA, ExportConfig
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """``trtopt export``: PyTorch → ONNX, parity-checked before the file is kept; exit status."""
     from trtopt.measure.compare import Tolerances
     from trtopt.export import export_onnx
     from trtopt.files import check_outputs
@@ -38,6 +39,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Register this family's subcommands on ``sub`` (``common``: the flags every subcommand takes)."""
     p = sub.add_parser("export", parents=[common], help="export a PyTorch model to ONNX and check parity with PyTorch")
     p.add_argument("model", help="torchvision:NAME, timm:NAME, zoo:NAME, package.module:factory, or a TorchScript file")
     p.add_argument("-o", "--output", required=True, help="destination .onnx file")

@@ -34,6 +34,7 @@ TRUST_CODE_HELP = ("load model files that run code they name: pickled modules, .
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``trtopt`` argument parser: global flags and every command family's subcommands."""
     parser = argparse.ArgumentParser(prog="trtopt", description="Make PyTorch models small and fast for NVIDIA "
                                      "inference, and prove it with numbers.")
     parser.add_argument("--version", action="version", version=f"trtopt {__version__}")
@@ -84,6 +85,7 @@ def _silence_stdout() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``trtopt`` command; returns its exit status (2 for a user error, one line on stderr)."""
     args = build_parser().parse_args(argv)
     # trtopt's own warnings show; third-party libraries' (exporters, optimizers) only with --debug.
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")

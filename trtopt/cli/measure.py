@@ -16,6 +16,7 @@ from trtopt.cli._common import (EXIT_CHECK_FAILED, add_data, add_timing, add_tol
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    """``trtopt bench``: time models interleaved (and gate against a baseline); exit status (1 on a regression)."""
     from trtopt.measure.bench import bench, open_candidate, run_all
     from trtopt.report.model import build_report
     from trtopt.report.markdown import markdown_table, render_markdown
@@ -132,6 +133,7 @@ def _golden_tolerances(args: argparse.Namespace):
     return default, per_output
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    """``trtopt compare``: run both models on the same inputs and compare every output; exit status (1 on a mismatch)."""
     from trtopt.files import check_outputs
     from trtopt.measure.bench import open_candidate, run_all
     from trtopt.measure.compare import compare_outputs
@@ -159,6 +161,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Register this family's subcommands on ``sub`` (``common``: the flags every subcommand takes)."""
     p = sub.add_parser("bench", parents=[common], help="time models side by side (interleaved); the first is the baseline")
     p.add_argument("models", nargs="+", help="model specs (PyTorch eager) and/or .onnx files (ONNX Runtime)")
     p.add_argument("--checkpoint", help="checkpoint for the PyTorch model specs")

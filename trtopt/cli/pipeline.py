@@ -9,6 +9,7 @@ from trtopt.cli._common import progress_bar, step_printer
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Register this family's subcommands on ``sub`` (``common``: the flags every subcommand takes)."""
     p = sub.add_parser("optimize", parents=[common],
                        help="run a recipe's stages (export, calibrate, quantize, profile, compare) into a run directory "
                             "with report.json/.md/.html and plots; unchanged stages are reused")
@@ -28,6 +29,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
+    """``trtopt optimize``: run a recipe's stages into a run directory and print the results table; exit status."""
     from pathlib import Path
 
     from trtopt.config import load_recipe
@@ -50,6 +52,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """``trtopt demo``: the built-in recipes through `trtopt.pipeline.optimize`; exit status."""
     from pathlib import Path
 
     from trtopt.demo import demo_recipes, run_demo

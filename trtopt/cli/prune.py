@@ -12,6 +12,7 @@ from trtopt.speedup_search import SpeedupSearchConfig
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    """``trtopt prune``: prune (or search a measured speedup) and save the module; exit status."""
     from trtopt.files import check_outputs
     from trtopt.models.load import load_model
     from trtopt.models.module_file import save_module
@@ -52,6 +53,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_check_2to4(args: argparse.Namespace) -> int:
+    """``trtopt check-2to4``: prove the 2:4 pattern in an ONNX model; exit status (1 naming violating nodes)."""
     from trtopt.files import check_outputs
     from trtopt.trt.sparsity import check_2to4
 

@@ -27,6 +27,7 @@ def _calibrate(args: argparse.Namespace, onnx_path: str):
         return calibrate(onnx_path, feed, _calibration_config(args), on_progress=update)
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    """``trtopt calibrate``: streaming ranges (+ data manifest, optional TensorRT cache); exit status."""
     from trtopt import workspace
     from trtopt.files import check_outputs, sha256_file, write_json
 
@@ -55,6 +56,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 def cmd_quantize(args: argparse.Namespace) -> int:
+    """``trtopt quantize``: ranges → INT8 Q/DQ ONNX for a target, or FP16 by casts; exit status."""
     from trtopt.artifacts import Ranges, inspect_onnx
     from trtopt.files import check_outputs
     from trtopt.quant.quantize import quantize
@@ -118,6 +120,7 @@ def _mixed_precision(args: argparse.Namespace, ranges, config):
     return replace(config, exclude_nodes=tuple(config.exclude_nodes) + tuple(choice["exclude_nodes"]))
 
 def cmd_cache(args: argparse.Namespace) -> int:
+    """``trtopt cache``: inspect, convert or translate TensorRT calibration caches; exit status."""
     from trtopt.files import check_outputs
     from trtopt.trt import calibration_cache as trt_cache
 
@@ -152,6 +155,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Register this family's subcommands on ``sub`` (``common``: the flags every subcommand takes)."""
     p = sub.add_parser("calibrate", parents=[common], help="streaming INT8 calibration of an FP32 ONNX model → ranges JSON")
     p.add_argument("model", help="FP32 .onnx file")
     p.add_argument("-o", "--output", default=None,

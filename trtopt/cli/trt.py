@@ -81,6 +81,7 @@ def _default_engine_path(onnx: str, trt_version: str, with_gpu: bool) -> Path:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    """``trtopt build``: a version-aware build plan, then the engine (or only the plan and trtexec line); exit status."""
     from trtopt.files import check_outputs, write_json
     from trtopt.trt.engine import sidecar_path
     from trtopt.trt.plan import BuildPlan, make_plan, plan_summary
@@ -140,6 +141,7 @@ def _calibration_feeds(args: argparse.Namespace, plan: Any):
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
+    """``trtopt bundle``: a folder to build engines on the device (models, caches, plans, scripts); exit status."""
     from trtopt.trt.bundle import make_bundle
 
     target = args.target or Recipe.bundle_target  # make_bundle checks the folder before any work
@@ -223,6 +225,7 @@ def _torch_baseline(args: argparse.Namespace, feed: dict, trt_compute_ms: list[f
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Register this family's subcommands on ``sub`` (``common``: the flags every subcommand takes)."""
 
     p = sub.add_parser("build", parents=[common], help="build a TensorRT engine from ONNX (version-aware plan; "
                        "--plan-only needs no TensorRT)")
