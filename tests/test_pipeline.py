@@ -100,9 +100,10 @@ def test_force_reruns_everything(tmp_path):
 
 def test_a_folder_that_is_not_a_run_directory_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(TrtoptError, match="not a trtopt run directory"):
-        optimize(tiny_recipe(), tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    for force in (False, True):  # --force re-runs a run directory's stages; it never adopts a foreign folder
+        with pytest.raises(TrtoptError, match="not a trtopt run directory"):
+            optimize(tiny_recipe(), tmp_path, force=force)
+        assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
 RESUME_STAGES = ("export", "calibrate", "quantize", "profile", "compare")
@@ -317,3 +318,20 @@ def test_prune_and_distill_stages_on_real_labelled_data(tmp_path):
     assert rows[("pytorch-compressed", 64)]["pruning_rate_percent"] > 70
     again, _ = optimize(recipe, tmp_path / "run")
     assert again["stages"]["distill"]["status"] == "reused"
+
+
+@pytest.mark.parametrize("stages, needle", [
+    ([["export", {}]], "'stages' is a list"),
+    ({"export": {"outputs": {}}}, "stage 'export' has no string 'key'"),
+    ({"export": {"key": "k", "outputs": ["model.onnx"]}}, "stage 'export' 'outputs' is not a mapping"),
+    ({"export": {"key": "k", "outputs": {"../../elsewhere.onnx": "0" * 64}}}, "outside the run directory"),
+])
+def test_a_ledger_of_the_wrong_shape_is_one_error_naming_the_stage(tmp_path, stages, needle):
+    import json
+
+    from trtopt.pipeline import LEDGER, LEDGER_FORMAT, Ledger
+
+    (tmp_path / LEDGER).write_text(json.dumps({"format": LEDGER_FORMAT, "stages": stages}))
+    with pytest.raises(TrtoptError, match=needle) as e:
+        Ledger.open(tmp_path, force=False)
+    assert "--force" in str(e.value)

@@ -51,6 +51,31 @@ LEDGER_FORMAT = 2
 LOCK = ".trtopt.lock"
 
 
+def _checked_stages(path: Path, stages: Any) -> dict[str, dict[str, Any]]:
+    """The ledger's ``stages`` after checking their shape: name → {key, outputs (relative path → sha256), result}.
+
+    A ledger edited by hand or from another tool must not crash a resume nor point a stage at files outside
+    the run directory; anything else is one error naming the stage and pointing at ``--force``.
+    """
+    def bad(what: str) -> TrtoptError:
+        return TrtoptError(f"{path} is malformed: {what}", "pass --force to re-run every stage")
+
+    if not isinstance(stages, dict):
+        raise bad(f"'stages' is a {type(stages).__name__}, not a mapping of stage name to entry")
+    for name, entry in stages.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+            raise bad(f"stage {name!r} has no string 'key'")
+        outputs = entry.get("outputs")
+        if not isinstance(outputs, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in outputs.items()):
+            raise bad(f"stage {name!r} 'outputs' is not a mapping of file → sha256")
+        for rel in outputs:
+            if Path(rel).is_absolute() or ".." in Path(rel).parts:
+                raise bad(f"stage {name!r} names output {rel!r} outside the run directory")
+        if not isinstance(entry.get("paths", []), list):
+            raise bad(f"stage {name!r} 'paths' is not a list")
+    return dict(stages)
+
+
 @dataclass
 class Ledger:
     """The run directory's record of stages: what ran, with which key, producing which files."""
@@ -60,10 +85,15 @@ class Ledger:
 
     @staticmethod
     def check_folder(out: Path, force: bool) -> None:
-        """Refuse a non-empty folder that is not a run directory (holds no ledger), unless ``force``."""
-        if out.is_dir() and not (out / LEDGER).is_file() and not force and any(p.name != LOCK for p in out.iterdir()):
-            raise TrtoptError(f"{out} holds files but is not a trtopt run directory (no {LEDGER})",
-                              "choose an empty or new --out, or pass --force")
+        """Refuse a non-empty folder that is not a run directory (holds no ledger), even with ``force``.
+
+        ``force`` re-runs the stages of a run directory; it never turns a folder trtopt did not write (the
+        current directory, a folder of inputs) into one.
+        """
+        if out.is_dir() and not (out / LEDGER).is_file() and any(p.name != LOCK for p in out.iterdir()):
+            raise TrtoptError(f"{out} holds files but is not a trtopt run directory (no {LEDGER}); trtopt does not "
+                              "write a run into a folder it did not create, even with --force",
+                              "choose an empty or new --out")
 
     @classmethod
     def open(cls, out: Path, force: bool) -> Ledger:
@@ -78,7 +108,7 @@ class Ledger:
                 found = data.get("format") if isinstance(data, dict) else type(data).__name__
                 raise TrtoptError(f"{path} has format {found!r}, this trtopt writes {LEDGER_FORMAT}",
                                   "pass --force to re-run every stage")
-            return cls(path, dict(data.get("stages", {})))
+            return cls(path, _checked_stages(path, data.get("stages", {})))
         ledger = cls(path)
         ledger.save()  # from now on the folder is recognizably a run directory, even if a stage fails
         return ledger

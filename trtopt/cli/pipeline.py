@@ -15,7 +15,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                             "with report.json/.md/.html and plots; unchanged stages are reused")
     p.add_argument("recipe", help="YAML recipe (see examples/)")
     p.add_argument("--out", default=None, help="run directory (default runs/<recipe name>)")
-    p.add_argument("--force", action="store_true", help="re-run every stage (and use a folder that is not a run directory)")
+    p.add_argument("--force", action="store_true", help="re-run every stage of the run directory (a folder trtopt did not create is refused)")
     p.add_argument("--iterations", type=int, default=None, help="override timing.iterations")
     p.add_argument("--threads", type=int, default=None, help="override threads")
     p.add_argument("--stages", default=None, metavar="A,B", help="override stages, e.g. export,calibrate,quantize")
