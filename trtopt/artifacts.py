@@ -204,11 +204,14 @@ class Ranges:
 
     Attributes:
         tensors: tensor name → range.
-        method: "minmax", "entropy", "percentile" or "mse" (or "tensorrt-cache" when read from a cache).
+        method: "auto", "minmax", "entropy", "percentile" or "mse" (or "tensorrt-cache" when read from a cache).
         samples: calibration samples seen.
         data_sha256: fingerprint of the calibration data (the exact arrays, in order).
         model_sha256: sha256 of the FP32 ONNX file calibrated.
         settings: method parameters (bins, percentile, ...).
+        choice: how the ranges were chosen: ``fallbacks`` (tensors whose method's answer was implausible,
+            why, and what was used instead) and, for method "auto", the evidence (candidates' scores,
+            the model's method, per-tensor changes); see `trtopt.quant.calibrate.calibrate`.
     """
 
     tensors: dict[str, TensorRange]
@@ -217,11 +220,12 @@ class Ranges:
     data_sha256: str = ""
     model_sha256: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
+    choice: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": RANGES_VERSION, "method": self.method, "samples": self.samples,
                 "data_sha256": self.data_sha256, "model_sha256": self.model_sha256, "settings": dict(self.settings),
-                "tensors": {name: r.to_dict() for name, r in self.tensors.items()}}
+                "choice": dict(self.choice), "tensors": {name: r.to_dict() for name, r in self.tensors.items()}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "ranges") -> Ranges:
@@ -235,7 +239,7 @@ class Ranges:
         except (KeyError, TypeError, ValueError) as e:
             raise TrtoptError(f"{where} has a malformed tensor entry ({e})", "recreate it with trtopt calibrate") from e
         return cls(tensors, str(data.get("method", "")), int(data.get("samples", 0)), str(data.get("data_sha256", "")),
-                   str(data.get("model_sha256", "")), dict(data.get("settings", {})))
+                   str(data.get("model_sha256", "")), dict(data.get("settings", {})), dict(data.get("choice", {})))
 
     def save(self, path: str | os.PathLike, force: bool = False) -> Path:
         """Write the ranges as JSON atomically."""
