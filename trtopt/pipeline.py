@@ -260,6 +260,7 @@ def _report(run: _Run, onnx: Mapping[str, Any] | None, int8: Mapping[str, Any], 
     if "calibration" in int8 and quantized:
         cal = int8["calibration"]["result"]
         extra["int8"] = {"ranges": cal["ranges"], "calibration": to_dict(r.calibration), "calibration_samples": cal["samples"],
+                         "range_choice": cal.get("choice", {}),
                          "tensorrt_cache": cal["cache"], "trt_cache_version": r.trt_cache_version,
                          **{("tensorrt_qdq" if t == "tensorrt" else t): a for t, a in quantized.items()},
                          "weight_error": acc.get("quant_error", {}).get("weights", []),
@@ -420,7 +421,7 @@ def _calibrate(run: _Run, onnx: Mapping[str, Any]) -> dict[str, Any]:
         cache = write_cache(ranges_to_cache(ranges, trt_version=r.trt_cache_version), run.out / "calibration.cache",
                             force=True)
         return [ranges_path, cache], {"ranges": str(ranges_path), "cache": str(cache), "samples": count,
-                                      "source": source, "tensors": len(ranges.tensors)}
+                                      "source": source, "tensors": len(ranges.tensors), "choice": ranges.choice}
 
     return run.stage("calibrate", material, go)
 

@@ -103,8 +103,9 @@ def add_data(p: argparse.ArgumentParser) -> None:
                    help="input shape without batch, e.g. 3x224x224 (repeat per input)")
 
 def add_calibration(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=("entropy", "minmax", "percentile", "mse"), default="entropy",
-                   help="range method (default entropy, TensorRT's EntropyCalibration2)")
+    p.add_argument("--method", choices=("auto", "entropy", "minmax", "percentile", "mse"), default="auto",
+                   help="range method (default auto: each method scored by output fidelity on held-out calibration "
+                        "samples; entropy is TensorRT's EntropyCalibration2)")
     p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
     p.add_argument("--batch-size", type=int, default=16, help="samples per calibration run (memory bound)")
 

@@ -21,9 +21,33 @@ def _calibrate(args: argparse.Namespace, onnx_path: str):
 
     feed = onnx_feed(args, onnx_path)
     progress, update = progress_bar(args)
-    with progress:
-        return calibrate(onnx_path, feed, _calibration_config(args),
-                         on_progress=lambda done, total: update("calibration", done, total))
+    try:
+        with progress:
+            ranges = calibrate(onnx_path, feed, _calibration_config(args),
+                               on_progress=lambda done, total: update("calibration", done, total))
+    except TrtoptError as e:
+        if args.data is not None:
+            raise
+        drawn = ", ".join(f"{k} {v.dtype} in [{v.min():.4g}, {v.max():.4g}]" for k, v in feed.items())
+        raise TrtoptError(f"{e.problem} (the inputs were random data trtopt generated without --data: {drawn})",
+                          "pass real inputs with --data (.npy/.npz, an image folder), or --input-shape for "
+                          "the shapes") from e
+    for line in describe_choice(ranges):
+        print(line)
+    return ranges
+
+
+def describe_choice(ranges) -> list[str]:
+    """One line on how the ranges were chosen (method auto: the winner and the candidates' scores)."""
+    choice = ranges.choice
+    if not choice.get("scored"):
+        return [f"ranges: method auto could not score the methods ({choice['reason']}); used {choice['model_method']}"] \
+            if "reason" in choice else []
+    scores = ", ".join(f"{c['method']} {c['sqnr_db']:.1f}" for c in choice["candidates"])
+    changes = len(choice["per_tensor"])
+    return [f"ranges: auto chose {choice['model_method']} (output SQNR vs FP32 on {choice['scoring_samples']} "
+            f"{'held-out' if choice['held_out'] else 'calibration'} samples, dB: {scores})"
+            + (f", {changes} tensor(s) changed to another method" if changes else "")]
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from trtopt.files import ensure_writable
@@ -153,11 +177,13 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                    help="onnxruntime: U8S8 for CPUs; tensorrt: symmetric S8S8 Q/DQ on Conv/MatMul/Gemm inputs")
     p.add_argument("--exclude", action="append", metavar="NAME|OPTYPE", help="keep a node (or every node of an op type) in FP32")
     p.add_argument("--op-types", default=None, metavar="A,B",
-                   help="op types to quantize (default: the target's set; transformers on onnxruntime: MatMul,Gemm)")
+                   help="op types to quantize (default: the target's set; on onnxruntime a graph with LayerNorm or "
+                        "attention gets MatMul,Gemm only, and says so)")
     p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
-                   help="per-channel weight scales (default on)")
+                   help="per-channel weight scales (default on; grouped ConvTranspose weights stay per-tensor)")
     p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
-                   help="7-bit weights (default: on for onnxruntime, whose x86 U8S8 kernels can saturate; off for tensorrt)")
+                   help="7-bit weights (default: on for onnxruntime only on CPUs without VNNI/AMX, whose U8S8 kernels "
+                        "can saturate; off for tensorrt)")
     p.add_argument("--max-accuracy-drop", type=float, default=None, metavar="FRACTION",
                    help="keep the fewest layers in FP32 so --metric vs FP32 drops by at most this (e.g. 0.01)")
     p.add_argument("--metric", choices=("agreement", "cosine"), default="agreement",

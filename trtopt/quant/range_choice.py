@@ -24,7 +24,6 @@ samples are added to the histograms afterwards, so the final ranges come from al
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 import logging
 from dataclasses import dataclass, field
@@ -116,7 +115,7 @@ class RangeChoice:
     Attributes:
         methods: tensor → range method (every calibrated tensor).
         evidence: JSON-able record: the model-wide method, per-tensor overrides, each candidate's SQNR
-            and cosine, the held-out sample count, the simulated tensors and the cost in seconds.
+            and cosine, the held-out sample count, the simulated tensors and the number of simulation runs.
     """
 
     methods: dict[str, str]
@@ -252,7 +251,6 @@ def choose_methods(model_path: Path, fit: Mapping[str, StreamingHistogram], floa
     """
     import onnx
 
-    start = time.perf_counter()
     model = onnx.load(str(model_path))  # with its weights: they are fake-quantized
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     reason = ("the model has no float outputs to compare" if not outputs
@@ -261,7 +259,7 @@ def choose_methods(model_path: Path, fit: Mapping[str, StreamingHistogram], floa
         sim, scales = simulation_model(model, [t for t in float32 if t in fit])
         del model
         try:
-            return _score_and_choose(sim, scales, fit, feeds, reference, outputs, percentile, workdir, threads, start)
+            return _score_and_choose(sim, scales, fit, feeds, reference, outputs, percentile, workdir, threads)
         except Exception as e:  # onnxruntime raises its own types; an unscorable model still calibrates
             reason = f"ONNX Runtime could not run the INT8 simulation ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
     _log.warning(f"method auto could not score the range methods on {model_path.name}: {reason}; "
@@ -272,7 +270,7 @@ def choose_methods(model_path: Path, fit: Mapping[str, StreamingHistogram], floa
 
 def _score_and_choose(sim: Any, scales: Mapping[str, str], fit: Mapping[str, StreamingHistogram],
                       feeds: Sequence[Feed], reference: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[str],
-                      percentile: float, workdir: Path, threads: int | None, start: float) -> RangeChoice:
+                      percentile: float, workdir: Path, threads: int | None) -> RangeChoice:
     import onnx
 
     path = workdir / "range_choice_simulation.onnx"
@@ -299,8 +297,7 @@ def _score_and_choose(sim: Any, scales: Mapping[str, str], fit: Mapping[str, Str
                 "candidates": [{"method": m, **scores[m]} for m in CANDIDATES],
                 "per_tensor": overrides, "final": best_score, "simulated_tensors": len(scales),
                 "simulation": "symmetric int8 Q/DQ on the float32 inputs of Conv/ConvTranspose/MatMul/Gemm, "
-                              "per-channel int8 weights", "runs": scorer.runs,
-                "seconds": round(time.perf_counter() - start, 3)}
+                              "per-channel int8 weights", "runs": scorer.runs}
     return RangeChoice(methods, evidence)
 
 
