@@ -60,20 +60,23 @@ def cpu_flags() -> set[str] | None:
     return None
 
 
-def cpu_isa(flags: set[str] | None = None, machine: str | None = None) -> dict[str, Any]:
-    """The instruction sets ONNX Runtime's INT8 CPU kernels dispatch on, as JSON-able data.
+def cpu_isa() -> dict[str, Any]:
+    """This machine's instruction sets as ONNX Runtime's INT8 CPU kernels see them (see :func:`isa_from_flags`)."""
+    return isa_from_flags(cpu_flags(), platform.machine())
+
+
+def isa_from_flags(flags: set[str] | None, machine: str) -> dict[str, Any]:
+    """The instruction sets ONNX Runtime's INT8 CPU kernels dispatch on, from CPU flags, as JSON-able data.
 
     Returns ``{"flags": [...], "int8": NAME, "u8s8_saturates": bool}``: ``flags`` are the
-    :data:`ISA_FLAGS` present; ``int8`` the best INT8 path: "amx_int8" (AMX tiles), "avx512_vnni",
-    "avx_vnni" (VNNI on 256-bit vectors), "avx2", "arm_dotprod", "other", or "unknown" when the flags
-    cannot be read. ``u8s8_saturates``: on x86 without VNNI or AMX, ONNX Runtime's U8S8 kernels sum
-    pairs of u8×s8 products into int16 with saturation (``vpmaddubsw``), which 8-bit weights can
-    overflow and 7-bit weights cannot (ONNX Runtime's ``reduce_range`` advice); VNNI and AMX accumulate
-    in int32. Unknown x86 flags count as saturating (the safe side). ``flags`` and ``machine`` default
-    to this machine's.
+    :data:`ISA_FLAGS` present (None when unreadable); ``int8`` the best INT8 path: "amx_int8" (AMX
+    tiles), "avx512_vnni", "avx_vnni" (VNNI on 256-bit vectors), "avx2", "arm_dotprod", "other", or
+    "unknown". ``u8s8_saturates``: on x86 without VNNI or AMX, ONNX Runtime's U8S8 kernels sum pairs of
+    u8×s8 products into int16 with saturation (``vpmaddubsw``), which 8-bit weights can overflow and
+    7-bit weights cannot (ONNX Runtime's ``reduce_range`` advice); VNNI and AMX accumulate in int32.
+    Unknown x86 flags count as saturating (the safe side). ``machine`` is ``platform.machine()``'s name.
     """
-    flags = cpu_flags() if flags is None else flags
-    x86 = (machine or platform.machine()).lower() in ("x86_64", "amd64", "i386", "i686")
+    x86 = machine.lower() in ("x86_64", "amd64", "i386", "i686")
     if flags is None:
         return {"flags": None, "int8": "unknown", "u8s8_saturates": x86}
     if x86:

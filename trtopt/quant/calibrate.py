@@ -428,8 +428,11 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
         runner = None
         if fetched:
             augmented = write_with_outputs(model, path, fetched, Path(tmp))
-            runner = OrtRunner(augmented, ort or OrtConfig())
-            runner.path = path  # run errors name the user's model, not the temporary augmented copy
+            try:
+                runner = OrtRunner(augmented, ort or OrtConfig())
+            except TrtoptError as e:  # name the user's model, not the temporary augmented copy
+                raise TrtoptError(e.problem.replace(str(augmented), str(path)), e.fix) from e
+            runner.path = path  # likewise for run errors
         del model
 
         def observe(feed: Feed) -> dict[str, np.ndarray]:

@@ -231,8 +231,9 @@ def _op_types(model: Any, config: QuantizeConfig) -> tuple[list[str] | None, str
     if not markers:
         return None, None
     found = ", ".join(f"{k} ×{v}" for k, v in markers.items())
-    return list(TRANSFORMER_OP_TYPES), (f"transformer graph ({found}): quantizing {', '.join(TRANSFORMER_OP_TYPES)} only; "
-                                        "norms, softmax and residual adds stay float (--op-types to choose)")
+    return list(TRANSFORMER_OP_TYPES), (f"transformer graph ({found}): quantizing the inputs of "
+                                        f"{', '.join(TRANSFORMER_OP_TYPES)} only; norms, softmax and residual adds "
+                                        "stay float (--op-types to choose)")
 
 
 def _per_tensor_weights(model: Any, config: QuantizeConfig, excluded: set[str]) -> tuple[list[str], str | None]:
@@ -352,6 +353,10 @@ def _run_ort_quantizer(prepared: Path, staged: Path, ranges: Ranges, config: Qua
     cache = stage / "ranges.json"
     save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
     extra: dict[str, Any] = {"ActivationSymmetric": symmetric, "WeightSymmetric": True}
+    if op_types == list(TRANSFORMER_OP_TYPES) and not config.op_types:
+        # transformer default: Q/DQ on what enters the GEMMs only, so attention scores reach Softmax and
+        # projections reach the residual Adds in float (ONNX Runtime runs DQ→MatMul as MatMulIntegerToFloat)
+        extra["OpTypesToExcludeOutputQuantization"] = list(TRANSFORMER_OP_TYPES)
     if per_tensor:  # an override without "axis" makes ONNX Runtime quantize that weight per tensor
         extra["TensorQuantOverrides"] = {name: [{"symmetric": True}] for name in per_tensor}
     if symmetric:
@@ -399,7 +404,7 @@ def _stamp(path: Path, config: QuantizeConfig, ranges: Ranges, large: bool) -> d
     for key, value in props.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    if large:  # ONNX Runtime named the side file after the model: keep that name, relative to the model
+    if large:  # <model name>.data beside the model, whatever name ONNX Runtime's quantizer gave it
         _rename_side_file(model, path)
     onnx.save_model(model, str(path))
     return counts
@@ -411,7 +416,9 @@ def _rename_side_file(model: Any, path: Path) -> None:
 
     sides = external_data_files(model, path.parent)
     wanted = path.with_name(path.name + ".data")
-    if len(sides) != 1:
+    if not sides:  # every quantized tensor was small enough to stay inline
+        return
+    if len(sides) > 1:
         raise TrtoptError(f"ONNX Runtime's quantizer wrote {len(sides)} weight side files for {path.name}, expected one",
                           "report this with the model's size and onnxruntime version")
     if sides[0] != wanted:
