@@ -74,7 +74,7 @@ ROWS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "minil
         "resnet18_speed", "calibration_cost")
 LITE_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-LEE = "gensim/test/test_data"
+CACHE = Path.home() / ".cache" / "trtopt" / "bench_int8_zoo"
 
 
 # --- running models ---------------------------------------------------------------------------------------
@@ -119,6 +119,7 @@ def trtopt_default(fp32: Path, calib: dict[str, np.ndarray], tmp: Path) -> dict[
             "range_choice": {"method": choice.get("model_method"), "scores_db": {c["method"]: round(c["sqnr_db"], 2)
                                                                                 for c in choice.get("candidates", [])},
                              "per_tensor_changes": len(choice.get("per_tensor", [])),
+                             "recovery": choice.get("recovery"), "recovery_trials": choice.get("recovery_trials"),
                              "fallbacks": len(choice.get("fallbacks", []))},
             "notes": {t: list(a.notes[3:]) for t, a in made.items()}}
 
@@ -333,8 +334,16 @@ def fashion_row(tmp: Path, iterations: int, epochs: int = 2) -> dict[str, Any]:
 
     train_x, train_y = images("train-images-idx3-ubyte.gz"), _idx(FASHION / "train-labels-idx1-ubyte.gz")
     test_x, test_y = images("t10k-images-idx3-ubyte.gz"), _idx(FASHION / "t10k-labels-idx1-ubyte.gz")
+    import torch
+
     start = time.perf_counter()
-    module = _fashion_cnn(train_x, train_y, epochs)
+    cached = CACHE / f"fashion_cnn_{epochs}_epochs.pt"  # training takes minutes on 2 busy cores: once per machine
+    if cached.is_file():
+        module = torch.load(cached, weights_only=False).eval()
+    else:
+        module = _fashion_cnn(train_x, train_y, epochs)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(module, cached)
     train_s = time.perf_counter() - start
     loaded = LoadedModel(module, "bench:fashion_cnn", (InputSpec("input", (1, 28, 28), "float32", -1.0, 2.1),),
                          description=f"2-conv CNN trained here on Fashion-MNIST ({epochs} epochs)")
@@ -347,7 +356,7 @@ def fashion_row(tmp: Path, iterations: int, epochs: int = 2) -> dict[str, Any]:
 
     return _row("fashion_mnist", f"test accuracy ({len(test_y)} labelled images)", fp32, variants,
                 evaluate(fp32, variants, {"input": test_x}, score), speed(fp32, variants, {"input": test_x[:64]}, iterations),
-                calibration="512 training images", training_seconds=train_s)
+                calibration="512 training images", training_seconds=train_s, trained_model_cached=str(cached))
 
 
 def digits_row(tmp: Path, iterations: int) -> dict[str, Any]:

@@ -212,6 +212,8 @@ class Ranges:
         choice: how the ranges were chosen: ``fallbacks`` (tensors whose method's answer was implausible,
             why, and what was used instead) and, for method "auto", the evidence (candidates' scores,
             the model's method, per-tensor changes); see `trtopt.quant.calibrate.calibrate`.
+        channels: per-channel statistics (``{"axis", "absmax", "mean"}``) of the inputs of GEMM-like
+            layers with constant weights, for accuracy recovery (`trtopt.quant.recovery`).
     """
 
     tensors: dict[str, TensorRange]
@@ -221,11 +223,13 @@ class Ranges:
     model_sha256: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
     choice: dict[str, Any] = field(default_factory=dict)
+    channels: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": RANGES_VERSION, "method": self.method, "samples": self.samples,
                 "data_sha256": self.data_sha256, "model_sha256": self.model_sha256, "settings": dict(self.settings),
-                "choice": dict(self.choice), "tensors": {name: r.to_dict() for name, r in self.tensors.items()}}
+                "choice": dict(self.choice), "tensors": {name: r.to_dict() for name, r in self.tensors.items()},
+                "channels": dict(self.channels)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "ranges") -> Ranges:
@@ -239,7 +243,8 @@ class Ranges:
         except (KeyError, TypeError, ValueError) as e:
             raise TrtoptError(f"{where} has a malformed tensor entry ({e})", "recreate it with trtopt calibrate") from e
         return cls(tensors, str(data.get("method", "")), int(data.get("samples", 0)), str(data.get("data_sha256", "")),
-                   str(data.get("model_sha256", "")), dict(data.get("settings", {})), dict(data.get("choice", {})))
+                   str(data.get("model_sha256", "")), dict(data.get("settings", {})), dict(data.get("choice", {})),
+                   dict(data.get("channels", {})))
 
     def save(self, path: str | os.PathLike, force: bool = False) -> Path:
         """Write the ranges as JSON atomically."""

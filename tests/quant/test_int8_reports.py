@@ -8,6 +8,7 @@ the text of the error a user sees.
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import onnx
@@ -179,8 +180,10 @@ def test_weights_go_to_a_side_file_when_the_model_is_too_large_for_protobuf(enco
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("TRTOPT_TEST_LARGE") != "1",
+                    reason="writes 2.7 GB and peaks at 7.5 GB RSS for ~5 min; set TRTOPT_TEST_LARGE=1 to run it")
 def test_a_model_over_2_gb_quantizes_end_to_end(tmp_path):
-    """Four 16384×8192 Gemm weights (2.1 GB) in a side file: calibrate, quantize, run (was protobuf EncodeError)."""
+    """Four 16384×8192 MatMul weights (2.1 GB) in a side file: calibrate, quantize, run (was protobuf EncodeError)."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)

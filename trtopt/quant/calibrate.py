@@ -31,8 +31,10 @@ from trtopt.errors import TrtoptError
 if TYPE_CHECKING:
     from trtopt.backends.ort import OrtConfig
 from trtopt.quant import histogram
-from trtopt.quant.histogram import ENTROPY_START_BIN, MAX_SATURATED_FRACTION, _positive_int, StreamingHistogram, choose_amax
+from trtopt.quant.histogram import (ENTROPY_START_BIN, MAX_SATURATED_FRACTION, ChannelStatistics, StreamingHistogram,
+                                    _positive_int, choose_amax)
 from trtopt.quant.range_choice import HeldOut, choose_methods
+from trtopt.quant.recovery import recoverable_inputs
 
 _log = logging.getLogger(__name__)
 
@@ -416,6 +418,8 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
     fetched = [n for n in names if n not in input_names]  # graph inputs come from the feed itself
     fetched += [o for o in outputs if o not in fetched]
     stats = {n: StreamingHistogram(config.num_bins) for n in names}
+    # per-channel statistics of the GEMM inputs, for accuracy recovery (trtopt.quant.recovery)
+    channels = {n: ChannelStatistics(axis) for n, axis in recoverable_inputs(model).items() if n in stats}
     checker = _InputChecker(artifact.inputs, path.name)
     batches, total = _batches(data, checker, config)
     progress = on_progress or (lambda _done, _total: None)
@@ -440,6 +444,8 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
             fetched_values = runner.infer(feed) if runner is not None else {}
             jobs = [(stats[name], feed[name], name) for name in names if name in input_names]
             jobs += [(stats[name], value, name) for name, value in fetched_values.items() if name in stats]
+            values = {**feed, **fetched_values}
+            jobs += [(channels[name], values[name], name) for name in channels]
             # One tensor per task: numpy releases the GIL, so the cores ONNX Runtime just used bin in
             # parallel; each histogram is updated by one task per batch, so results do not depend on it.
             for _ in (pool.map(_update_job, jobs) if pool is not None else map(_update_job, jobs)):
@@ -465,10 +471,12 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
                 break
         if held is not None and checker.samples:
             fit = {name: h.copy() for name, h in stats.items()}
+            fit_channels = {name: c.to_dict() for name, c in channels.items()}
             feeds, scored, held_out = held.scoring_feeds(config.batch_size)
             reference = [observe(f) if held_out else runner.infer(f) if runner is not None else {} for f in feeds]
             choice = choose_methods(path, fit, [n for n in names if types.get(n) == _FLOAT32], feeds, reference,
-                                    outputs, config.percentile, Path(tmp), (ort or OrtConfig()).intra_op_threads)
+                                    outputs, config.percentile, Path(tmp), (ort or OrtConfig()).intra_op_threads,
+                                    {k: v for k, v in fit_channels.items() if v is not None})
             choice.evidence.update({"scoring_samples": scored, "held_out": held_out})
         if runner is not None:
             runner.close()
@@ -487,12 +495,13 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
                   "entropy_start_bin": ENTROPY_START_BIN, "entropy_zero_bin_as_neighbor": True,
                   "max_saturated_fraction": MAX_SATURATED_FRACTION},
         choice={**(choice.evidence if choice is not None else {}), "fallbacks": fallbacks},
+        channels={name: d for name, c in channels.items() if (d := c.to_dict()) is not None},
     )
 
-def _update_job(job: tuple[StreamingHistogram, Any, str]) -> None:
+def _update_job(job: tuple[StreamingHistogram | ChannelStatistics, Any, str]) -> None:
     _update(*job)
 
-def _update(stats: StreamingHistogram, value: Any, name: str) -> None:
+def _update(stats: StreamingHistogram | ChannelStatistics, value: Any, name: str) -> None:
     arr = np.asarray(value)
     if arr.dtype.kind != "f":
         raise TrtoptError(f"tensor {name!r} is {arr.dtype.name}, not a float tensor",

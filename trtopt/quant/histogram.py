@@ -169,6 +169,53 @@ class StreamingHistogram:
             np.copyto(index, scaled, casting="unsafe")  # truncation == floor for values >= 0
             self.counts += np.bincount(index, minlength=self.num_bins)
 
+class ChannelStatistics:
+    """Per-channel largest |x| and mean of one tensor along ``axis``, streamed in fixed memory.
+
+    What accuracy recovery needs beyond a per-tensor range (`trtopt.quant.recovery`): the channels
+    that carry outliers (SmoothQuant) and each channel's mean (bias correction). Memory is two float64
+    values per channel. A tensor whose channel count changes between batches is marked ``valid = False``.
+    """
+
+    def __init__(self, axis: int):
+        self.axis = axis
+        self.absmax: np.ndarray | None = None
+        self.sum: np.ndarray | None = None
+        self.count = 0
+        self.valid = True
+
+    def update(self, values: Any) -> None:
+        """Add ``values`` (any shape with ``axis``; float) to the statistics."""
+        x = np.asarray(values)
+        if not self.valid or x.ndim == 0 or x.size == 0:
+            return
+        channels = x.shape[self.axis]
+        flat = np.moveaxis(x, self.axis, -1).reshape(-1, channels)
+        if self.absmax is not None and self.absmax.size != channels:
+            self.valid = False
+            return
+        absmax = np.abs(flat).max(axis=0).astype(np.float64)
+        total = flat.sum(axis=0, dtype=np.float64)
+        self.absmax = absmax if self.absmax is None else np.maximum(self.absmax, absmax)
+        self.sum = total if self.sum is None else self.sum + total
+        self.count += flat.shape[0]
+
+    def copy(self) -> ChannelStatistics:
+        """An independent copy."""
+        other = ChannelStatistics(self.axis)
+        other.absmax = None if self.absmax is None else self.absmax.copy()
+        other.sum = None if self.sum is None else self.sum.copy()
+        other.count, other.valid = self.count, self.valid
+        return other
+
+    def to_dict(self) -> dict[str, Any] | None:
+        """``{"axis", "absmax": [...], "mean": [...]}`` (6 significant digits), or None without valid data."""
+        if not self.valid or self.absmax is None:
+            return None
+        return {"axis": self.axis, "absmax": [float(f"{v:.6g}") for v in self.absmax],
+                "mean": [float(f"{v:.6g}") for v in self.sum / max(self.count, 1)]}
+
+
 def _as_hist(hist: Any) -> np.ndarray:
     h = np.asarray(hist)
     if h.ndim != 1 or (h.size and h.min() < 0):

@@ -72,6 +72,10 @@ class QuantizeConfig:
         op_types: op types to quantize; None = the target's default set (onnxruntime: every op its CPU
             kernels fuse, or MatMul/Gemm for a transformer, see :func:`transformer_markers`; tensorrt:
             the inputs of Conv/ConvTranspose/MatMul/Gemm).
+        smoothing: SmoothQuant-style smoothing of GEMM inputs with outlier channels
+            (`trtopt.quant.recovery`); None = what calibration's method auto measured (on only where it
+            raised output SQNR; off for other methods).
+        bias_correction: correct Conv/Gemm biases for the INT8 weight error; None = as for smoothing.
     """
 
     target: str = "onnxruntime"
@@ -80,6 +84,8 @@ class QuantizeConfig:
     exclude_nodes: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
     op_types: tuple[str, ...] | None = None
+    smoothing: bool | None = None
+    bias_correction: bool | None = None
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -97,7 +103,8 @@ class QuantizeConfig:
         return {"target": self.target, "per_channel": self.per_channel, "reduce_range": self.weights_reduce_range,
                 "exclude_nodes": list(self.exclude_nodes),
                 "exclude_op_types": list(self.exclude_op_types),
-                "op_types": None if self.op_types is None else list(self.op_types)}
+                "op_types": None if self.op_types is None else list(self.op_types),
+                "smoothing": self.smoothing, "bias_correction": self.bias_correction}
 
 
 def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.PathLike,
@@ -139,12 +146,17 @@ def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.Pa
     large = sum(_tensor_bytes(t) for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
     if op_note:
         step(op_note)
+    steps = recovery_steps(config, ranges)
     with staging_dir(target) as stage:
+        fp32, ranges, recovery_nodes, recovery_notes = _recover(source.path, ranges, steps, config, stage, large)
+        for note in recovery_notes:
+            step(note)
         step("preparing the model (shape inference)")
-        prepared = _prepare(source.path, stage, large)
+        prepared = _prepare(fp32, stage, large)
         step(f"placing Q/DQ for {config.target}")
         staged = stage / target.name
-        _run_ort_quantizer(prepared, staged, ranges, config, sorted(excluded), stage, op_types, per_tensor, large)
+        _run_ort_quantizer(prepared, staged, ranges, config, sorted(excluded | recovery_nodes), stage, op_types,
+                           per_tensor, large)
         counts = _stamp(staged, config, ranges, large)
         try:
             onnx.checker.check_model(str(staged))  # by path: works past 2 GiB
@@ -159,9 +171,49 @@ def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.Pa
     notes = (f"target {config.target}: {_layout(config)}",
              f"{counts['QuantizeLinear']} QuantizeLinear, {counts['DequantizeLinear']} DequantizeLinear nodes",
              f"{len(excluded)} node(s) kept in FP32" + (f": {', '.join(sorted(excluded)[:8])}" if excluded else ""),
-             *(n for n in (op_note, weight_note, _weight_bits_note(config)) if n),
+             *(n for n in (op_note, weight_note, _weight_bits_note(config)) if n), *recovery_notes,
              *(("weights in the side file " + target.name + ".data (the model is over 2 GB)",) if large else ()))
     return inspect_onnx(target, notes=notes)
+
+
+def recovery_steps(config: QuantizeConfig, ranges: Ranges) -> dict[str, bool]:
+    """The accuracy-recovery steps to apply: the config's choice, else what method auto measured and kept."""
+    measured = ranges.choice.get("recovery") or {}
+    return {"smoothing": bool(measured.get("smoothing")) if config.smoothing is None else config.smoothing,
+            "bias_correction": bool(measured.get("bias_correction")) if config.bias_correction is None
+            else config.bias_correction}
+
+
+def _recover(path: Path, ranges: Ranges, steps: dict[str, bool], config: QuantizeConfig, stage: Path,
+             large: bool) -> tuple[Path, Ranges, set[str], list[str]]:
+    """The FP32 model with the recovery ``steps`` applied (written in ``stage``), its ranges, nodes to keep float.
+
+    Smoothing adds ``<X>_smoothed`` tensors, whose ranges follow from X's per-channel statistics; the
+    Mul nodes that make them stay float (quantizing their input would bring the outliers back).
+    """
+    import dataclasses
+
+    import onnx
+
+    from trtopt.artifacts import TensorRange
+    from trtopt.quant.recovery import apply_recovery, describe
+
+    if not any(steps.values()):
+        return path, ranges, set(), []
+    if not ranges.channels:
+        raise TrtoptError("the ranges have no per-channel statistics, which smoothing and bias correction need",
+                          "recalibrate with this trtopt (trtopt calibrate), or turn the recovery steps off")
+    model, smoothed, applied = apply_recovery(onnx.load(str(path)), ranges.channels, steps,
+                                              bits=7 if config.weights_reduce_range else 8, per_channel=config.per_channel)
+    tensors = dict(ranges.tensors)
+    for name, info in smoothed.items():
+        source = ranges.tensors[info["source"]]
+        tensors[name] = TensorRange(info["amax"], -info["amax"] if source.min < 0 else 0.0,
+                                    info["amax"] if source.max > 0 else 0.0)
+    out = stage / "recovered.onnx"
+    onnx.save_model(model, str(out), save_as_external_data=large, location="recovered.onnx.data" if large else None)
+    mul_nodes = {n.name for n in model.graph.node if n.output and n.output[0] in smoothed}
+    return out, dataclasses.replace(ranges, tensors=tensors), mul_nodes, describe(applied)
 
 
 def _tensor_bytes(tensor: Any) -> int:

@@ -52,6 +52,10 @@ EXTERNAL_DATA_BYTES = 1_800_000_000  # weights above this go to a side file (pro
 Feed = dict[str, np.ndarray]
 
 
+class SimulationError(Exception):
+    """ONNX Runtime refused to load or run a simulation model (the message says why)."""
+
+
 class HeldOut:
     """Splits calibration batches into samples for the histograms and samples kept for scoring.
 
@@ -231,7 +235,8 @@ class _Scorer:
 
 def choose_methods(model_path: Path, fit: Mapping[str, StreamingHistogram], float32: Sequence[str],
                    feeds: Sequence[Feed], reference: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[str],
-                   percentile: float, workdir: Path, threads: int | None = None) -> RangeChoice:
+                   percentile: float, workdir: Path, threads: int | None = None,
+                   channels: Mapping[str, Mapping[str, Any]] | None = None) -> RangeChoice:
     """Score the candidate methods on ``feeds`` and pick a method per tensor.
 
     Args:
@@ -243,6 +248,8 @@ def choose_methods(model_path: Path, fit: Mapping[str, StreamingHistogram], floa
         percentile: the percentile the ``percentile`` candidate uses.
         workdir: where the simulation model is written (a temporary folder).
         threads: ONNX Runtime intra-op threads (None: its default).
+        channels: per-channel statistics of GEMM inputs (from the same samples as ``fit``), for the
+            accuracy-recovery steps (`trtopt.quant.recovery`), each scored and kept only when it helps.
 
     Returns:
         The method per tensor and the evidence. When the model cannot be scored (no float outputs,
@@ -259,27 +266,24 @@ def choose_methods(model_path: Path, fit: Mapping[str, StreamingHistogram], floa
         sim, scales = simulation_model(model, [t for t in float32 if t in fit])
         del model
         try:
-            return _score_and_choose(sim, scales, fit, feeds, reference, outputs, percentile, workdir, threads)
-        except Exception as e:  # onnxruntime raises its own types; an unscorable model still calibrates
-            reason = f"ONNX Runtime could not run the INT8 simulation ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            return _score_and_choose(model_path, sim, scales, fit, float32, channels or {}, feeds, reference, outputs,
+                                     percentile, workdir, threads)
+        except SimulationError as e:  # an unscorable model still calibrates
+            reason = str(e)
     _log.warning(f"method auto could not score the range methods on {model_path.name}: {reason}; "
                  f"using {CANDIDATES[0]} for every tensor")
     return RangeChoice(dict.fromkeys(fit, CANDIDATES[0]),
                        {"model_method": CANDIDATES[0], "scored": False, "reason": reason})
 
 
-def _score_and_choose(sim: Any, scales: Mapping[str, str], fit: Mapping[str, StreamingHistogram],
-                      feeds: Sequence[Feed], reference: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[str],
-                      percentile: float, workdir: Path, threads: int | None) -> RangeChoice:
-    import onnx
-
-    path = workdir / "range_choice_simulation.onnx"
-    large = sum(len(t.raw_data) for t in sim.graph.initializer) > EXTERNAL_DATA_BYTES  # protobuf stops at 2 GiB
-    onnx.save_model(sim, str(path), save_as_external_data=large, location=path.name + ".data" if large else None)
-    del sim
+def _score_and_choose(model_path: Path, sim: Any, scales: Mapping[str, str], fit: Mapping[str, StreamingHistogram],
+                      float32: Sequence[str], channels: Mapping[str, Mapping[str, Any]], feeds: Sequence[Feed],
+                      reference: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[str], percentile: float,
+                      workdir: Path, threads: int | None) -> RangeChoice:
     # Only the simulated tensors change the score: the others get the model's method without being scored.
     amax = {m: {t: choose_amax(fit[t], m, percentile).amax for t in scales} for m in CANDIDATES}
-    scorer = _Scorer(_simulation_session(path, threads), scales, feeds, reference, outputs)
+    scorer = _Scorer(_simulation_session(sim, workdir, threads), scales, feeds, reference, outputs)
+    del sim
     scores: dict[str, dict[str, float]] = {}
     for m in CANDIDATES:  # a candidate with the same ranges as an earlier one shares its score
         same = next((o for o in scores if amax[o] == amax[m]), None)
@@ -293,32 +297,93 @@ def _score_and_choose(sim: Any, scales: Mapping[str, str], fit: Mapping[str, Str
             overrides.append({"tensor": tensor, "method": other, "sqnr_db_before": best_score["sqnr_db"],
                               "sqnr_db_after": trial["sqnr_db"]})
             current[tensor], methods[tensor], best_score = amax[other][tensor], other, trial
+    steps, trials, best_score = _score_recovery(model_path, float32, fit, channels, current, best_score,
+                                                (feeds, reference, outputs), workdir, threads)
     evidence = {"model_method": best, "scored": True,
                 "candidates": [{"method": m, **scores[m]} for m in CANDIDATES],
-                "per_tensor": overrides, "final": best_score, "simulated_tensors": len(scales),
+                "per_tensor": overrides, "recovery": steps, "recovery_trials": trials, "final": best_score,
+                "simulated_tensors": len(scales),
                 "simulation": "symmetric int8 Q/DQ on the float32 inputs of Conv/ConvTranspose/MatMul/Gemm, "
-                              "per-channel int8 weights", "runs": scorer.runs}
+                              "per-channel int8 weights", "runs": scorer.runs + len(trials)}
     return RangeChoice(methods, evidence)
 
 
-def _simulation_session(path: Path, threads: int | None) -> Callable[[Feed], dict[str, np.ndarray]]:
-    """An ONNX Runtime session over the simulation model, as a ``feed -> outputs`` function.
+def _score_recovery(model_path: Path, float32: Sequence[str], fit: Mapping[str, StreamingHistogram],
+                    channels: Mapping[str, Mapping[str, Any]], current: Mapping[str, float], best: dict[str, float],
+                    data: tuple[Any, Any, Any], workdir: Path,
+                    threads: int | None) -> tuple[dict[str, bool], list[dict[str, Any]], dict[str, float]]:
+    """Try each recovery step on top of the ones kept so far; keep it when SQNR rises by :data:`MIN_GAIN_DB`.
+
+    Returns (steps kept, one record per step tried, the best score). A step that changes nothing in this
+    model (no outlier channels, no biases) is recorded as not applicable, without a run.
+    """
+    import onnx
+
+    from trtopt.quant.recovery import RECOVERY_STEPS, apply_recovery
+
+    kept: dict[str, bool] = dict.fromkeys(RECOVERY_STEPS, False)
+    trials: list[dict[str, Any]] = []
+    for step in RECOVERY_STEPS:
+        model, smoothed, applied = apply_recovery(onnx.load(str(model_path)), channels, {**kept, step: True})
+        if not applied.get(step):
+            trials.append({"step": step, "applicable": False})
+            continue
+        tensors = [t for t in float32 if t in fit] + list(smoothed)
+        sim, scales = simulation_model(model, tensors)
+        del model
+        amax = {t: current[t] if t in current else smoothed[t]["amax"] if t in smoothed
+                else choose_amax(fit[t], "minmax").amax for t in scales}
+        try:
+            score = _Scorer(_simulation_session(sim, workdir, threads, step), scales, *data).score(amax)
+        except SimulationError as e:
+            trials.append({"step": step, "applicable": True, "changed": applied[step], "error": str(e), "kept": False})
+            continue
+        keep = score["sqnr_db"] >= best["sqnr_db"] + MIN_GAIN_DB
+        trials.append({"step": step, "applicable": True, "changed": applied[step], "sqnr_db": score["sqnr_db"],
+                       "cosine": score["cosine"], "sqnr_db_before": best["sqnr_db"], "kept": keep})
+        if keep:
+            kept[step], best = True, score
+    return kept, trials, best
+
+
+def _simulation_session(sim: Any, workdir: Path, threads: int | None,
+                        name: str = "base") -> Callable[[Feed], dict[str, np.ndarray]]:
+    """An ONNX Runtime session over a simulation model (saved in ``workdir`` under ``name``), as ``feed -> outputs``.
 
     ONNX Runtime's QDQ fusions are switched off: with the scales as graph inputs they still rewrite the
     Q/DQ pairs, and the result is wrong (EfficientNet-Lite0: SQNR 5.0 dB vs 13.2 dB with exact Q/DQ
     semantics, which is what the TensorRT-layout model gives; even the "basic" level does it). Every
     other optimization stays on (about 2x faster than none).
     """
+    import onnx
     import onnxruntime as ort
 
+    path = workdir / f"range_choice_simulation_{name}.onnx"
+    large = sum(len(t.raw_data) for t in sim.graph.initializer) > EXTERNAL_DATA_BYTES  # protobuf stops at 2 GiB
+    onnx.save_model(sim, str(path), save_as_external_data=large, location=path.name + ".data" if large else None)
     options = ort.SessionOptions()
     options.add_session_config_entry("session.disable_quant_qdq", "1")
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # failures are raised (and recorded), not logged
     if threads:
         options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's exception types derive from Exception only
+        raise SimulationError(f"ONNX Runtime could not load the INT8 simulation ({_first_line(e)})") from e
     names = [o.name for o in session.get_outputs()]
-    return lambda feed: dict(zip(names, session.run(names, feed), strict=True))
+
+    def run(feed: Feed) -> dict[str, np.ndarray]:
+        try:
+            return dict(zip(names, session.run(names, feed), strict=True))
+        except Exception as e:  # as above
+            raise SimulationError(f"ONNX Runtime could not run the INT8 simulation ({_first_line(e)})") from e
+
+    return run
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:200] if text else ''}"
 
 
 def _refinement_trials(amax: Mapping[str, Mapping[str, float]], best: str) -> list[tuple[str, str]]:
