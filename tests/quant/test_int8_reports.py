@@ -119,8 +119,10 @@ def test_transformer_gets_matmul_gemm_only_on_onnxruntime_and_says_so(encoder, t
     fed_by_dq = {n.op_type for n in model.graph.node if set(n.input) & dq_outputs}
     assert fed_by_dq <= {"MatMul", "Gemm"}  # norms, softmax, residual adds read float tensors
     ref, got = _run(art.path, feed), _run(out.path, feed)
-    assert _cosine(ref, got) >= 0.995  # was 0.966 with every op quantized
-    assert np.mean(ref.argmax(1) == got.argmax(1)) >= 0.9  # was 0.81
+    # was 0.966 / 0.81 with every op quantized; MatMul/Gemm inputs only: 0.9966 / 0.93; plus the smoothing
+    # method auto keeps for the outlier channel (tests/quant/test_recovery.py): 0.9998 / 0.97
+    assert _cosine(ref, got) >= 0.999
+    assert np.mean(ref.argmax(1) == got.argmax(1)) >= 0.95
 
 
 def test_explicit_op_types_win_over_the_transformer_default(encoder, tmp_path):
