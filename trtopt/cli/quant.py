@@ -85,7 +85,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     names, op_types = _split_excludes(args.model, args.exclude or [])
     config = QuantizeConfig(target=args.target, per_channel=args.per_channel, reduce_range=args.reduce_range,
                             op_types=tuple(args.op_types.split(",")) if args.op_types else None, exclude_nodes=names,
-                            exclude_op_types=op_types)
+                            exclude_op_types=op_types, smoothing=args.smoothing, bias_correction=args.bias_correction)
     if args.max_accuracy_drop is not None:
         config = _mixed_precision(args, ranges, config)
     artifact = quantize(args.model, ranges, args.output, config, force=args.force, on_step=step_printer(args))
@@ -184,6 +184,11 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
                    help="7-bit weights (default: on for onnxruntime only on CPUs without VNNI/AMX, whose U8S8 kernels "
                         "can saturate; off for tensorrt)")
+    p.add_argument("--smoothing", action=argparse.BooleanOptionalAction, default=None,
+                   help="SmoothQuant-style smoothing of GEMM inputs with outlier channels (default: as method auto "
+                        "measured during calibration: on only where it raised output fidelity)")
+    p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
+                   help="correct Conv/Gemm biases for the INT8 weight error (default: as method auto measured)")
     p.add_argument("--max-accuracy-drop", type=float, default=None, metavar="FRACTION",
                    help="keep the fewest layers in FP32 so --metric vs FP32 drops by at most this (e.g. 0.01)")
     p.add_argument("--metric", choices=("agreement", "cosine"), default="agreement",

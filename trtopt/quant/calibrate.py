@@ -387,8 +387,9 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
         fingerprint of the exact arrays the model was fed (independent of batching), the model's
         sha256, the settings, and ``choice``: every tensor whose method's answer was implausible and
         fell back (``fallbacks``, also logged as a warning) and, for ``auto``, the candidates' scores,
-        the method chosen for the model and the per-tensor changes (`trtopt.quant.range_choice`).
-        Deterministic: the same data gives the same ranges.
+        the method chosen for the model, the per-tensor changes and the accuracy-recovery steps kept
+        (`trtopt.quant.range_choice`); and ``channels``, per-channel statistics of the inputs of
+        GEMM-like layers (`trtopt.quant.recovery`). Deterministic: the same data gives the same ranges.
 
     Raises:
         TrtoptError: a missing or corrupt model; no float tensors to calibrate; unknown, non-float or

@@ -190,15 +190,15 @@ class ChannelStatistics:
         if not self.valid or x.ndim == 0 or x.size == 0:
             return
         channels = x.shape[self.axis]
-        flat = np.moveaxis(x, self.axis, -1).reshape(-1, channels)
         if self.absmax is not None and self.absmax.size != channels:
             self.valid = False
             return
-        absmax = np.abs(flat).max(axis=0).astype(np.float64)
-        total = flat.sum(axis=0, dtype=np.float64)
+        reduce = tuple(i for i in range(x.ndim) if i != self.axis % x.ndim)  # no transposed copy of x
+        absmax = np.maximum(x.max(axis=reduce), -x.min(axis=reduce)).astype(np.float64)
+        total = x.sum(axis=reduce, dtype=np.float64)
         self.absmax = absmax if self.absmax is None else np.maximum(self.absmax, absmax)
         self.sum = total if self.sum is None else self.sum + total
-        self.count += flat.shape[0]
+        self.count += x.size // channels
 
     def copy(self) -> ChannelStatistics:
         """An independent copy."""
