@@ -439,8 +439,11 @@ def _quantize(run: _Run, onnx: Mapping[str, Any], calibration: Mapping[str, Any]
         written: dict[str, Any] = {}
         for target in r.int8_targets:
             run.step(f"quantizing for {target}")
-            written[target] = quantize(_deployed(onnx), ranges, run.out / f"model.int8.{target}.onnx",
-                                       replace(r.quantize, target=target), force=True).to_dict()
+            artifact = quantize(_deployed(onnx), ranges, run.out / f"model.int8.{target}.onnx",
+                                replace(r.quantize, target=target), force=True)
+            for note in artifact.notes[3:]:  # the defaults it chose: op set, weight bits, recovery steps
+                run.step(f"  {note}")
+            written[target] = artifact.to_dict()
         if r.fp16:
             run.step("converting to FP16 by casts")
             written["fp16"] = to_fp16(_deployed(onnx), run.out / "model.fp16.onnx", force=True).to_dict()

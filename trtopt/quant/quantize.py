@@ -115,13 +115,18 @@ def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.Pa
     Args:
         onnx_path: the FP32 ONNX model that ``ranges`` were calibrated on.
         ranges: calibrated activation ranges (tensor names of ``onnx_path``).
-        out_path: destination ``.onnx`` (written atomically; weights inline unless > 2 GB).
-        config: target layout, per-channel weights, exclusions.
+        out_path: destination ``.onnx`` (written atomically; weights inline unless over 2 GB, then in
+            ``<out_path>.data`` beside it).
+        config: target layout, per-channel weights, weight bits, op types, exclusions, accuracy recovery
+            (by default the steps method auto kept, recorded in ``ranges.choice``).
         force: overwrite an existing output.
+        on_step: called with a short description as each step starts, and with each default it chose
+            (the transformer op set, the recovery steps).
 
     Raises:
         TrtoptError: the model has nothing to quantize, ranges lack a tensor the layout needs, the
-        ranges come from another model, or the output exists without ``force``.
+        ranges come from another model, recovery is asked for but the ranges have no per-channel
+        statistics, or the output exists without ``force``.
     """
     import onnx
 
@@ -168,7 +173,7 @@ def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.Pa
         if side.exists():  # the weights' side file first: the model never refers to a missing one
             os.replace(side, target.with_name(target.name + ".data"))
         os.replace(staged, target)
-    notes = (f"target {config.target}: {_layout(config)}",
+    notes = (f"target {config.target}: {_layout(config, op_types)}",
              f"{counts['QuantizeLinear']} QuantizeLinear, {counts['DequantizeLinear']} DequantizeLinear nodes",
              f"{len(excluded)} node(s) kept in FP32" + (f": {', '.join(sorted(excluded)[:8])}" if excluded else ""),
              *(n for n in (op_note, weight_note, _weight_bits_note(config)) if n), *recovery_notes,
@@ -318,11 +323,13 @@ def _weight_bits_note(config: QuantizeConfig) -> str | None:
             "quantize with --reduce-range")
 
 
-def _layout(config: QuantizeConfig) -> str:
+def _layout(config: QuantizeConfig, op_types: list[str] | None) -> str:
     if config.target == "tensorrt":
         return "symmetric int8 activations and weights (zero point 0), Q/DQ on inputs of Conv/MatMul/Gemm"
     weights = ("per-channel" if config.per_channel else "per-tensor") + (", 7-bit" if config.weights_reduce_range else "")
-    return f"uint8 asymmetric activations, int8 symmetric {weights} weights (U8S8), Q/DQ around fusable ops"
+    where = ("on MatMul/Gemm inputs" if op_types == list(TRANSFORMER_OP_TYPES) and not config.op_types
+             else "around fusable ops")
+    return f"uint8 asymmetric activations, int8 symmetric {weights} weights (U8S8), Q/DQ {where}"
 
 
 def _prepare(path: Path, stage: Path, large: bool) -> Path:
