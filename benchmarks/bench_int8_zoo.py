@@ -151,10 +151,9 @@ def ort_quantize_static(fp32: Path, calib: dict[str, np.ndarray], out: Path) -> 
             quant_pre_process(str(fp32), str(prepared), skip_optimization=True)
         except Exception:  # symbolic shape inference fails on some exporter graphs: ONNX's shape inference instead
             quant_pre_process(str(fp32), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
-        # CalibMaxIntermediateOutputs=1 merges min/max after every batch: the same ranges in bounded memory
+        # MinMax adds ReduceMin/ReduceMax outputs: it keeps two numbers per tensor and batch, not the activations
         quantize_static(str(prepared), str(out), _Reader(calib, names), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        extra_options={"CalibMaxIntermediateOutputs": 1})
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     return {"path": out, "seconds": time.perf_counter() - start}
 
 
