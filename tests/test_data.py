@@ -380,3 +380,56 @@ def test_npz_object_arrays_and_archives_posing_as_npy_are_refused(tmp_path):
         np.savez(f, input=rng_array((2, 3, 32, 32)))
     with pytest.raises(TrtoptError, match=r"archive.npy is not a readable numpy file .*an \.npz archive"):
         load_feed(archive, CNN_INPUTS)
+
+
+# --- random integer inputs respect the tables they index ---------------------------------------------
+
+def _embedding_graph(path, tables=(50,), through=("Cast", "Unsqueeze")):
+    """ids (N, 12) int64 → [Cast → Unsqueeze →] Gather on each table (rows × 4) → Concat."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits, name = [], [], "ids"
+    for op in through:
+        if op == "Cast":
+            nodes.append(helper.make_node("Cast", [name], ["cast"], to=TensorProto.INT32))
+            name = "cast"
+        elif op == "Unsqueeze":
+            inits.append(numpy_helper.from_array(np.array([2], np.int64), "axes"))
+            nodes.append(helper.make_node("Unsqueeze", [name, "axes"], ["unsq"]))
+            name = "unsq"
+        elif op == "Add":
+            inits.append(numpy_helper.from_array(np.array(1, np.int64), "one"))
+            nodes.append(helper.make_node("Add", [name, "one"], ["shifted"]))
+            name = "shifted"
+    outs = []
+    for i, rows in enumerate(tables):
+        inits.append(numpy_helper.from_array(np.ones((rows, 4), np.float32), f"table{i}"))
+        nodes.append(helper.make_node("Gather", [f"table{i}", name], [f"e{i}"]))
+        outs.append(f"e{i}")
+    nodes.append(helper.make_node("Concat", outs, ["y"], axis=-1))
+    graph = helper.make_graph(nodes, "emb", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", 12]),
+                                             helper.make_tensor_value_info("mask", TensorProto.INT64, ["n", 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return onnx.load(str(path))
+
+
+def test_integer_inputs_are_bounded_by_the_table_they_index(tmp_path):
+    from trtopt.artifacts import inspect_onnx
+    from trtopt.data import DEFAULT_INTEGER_HIGH, integer_input_limits
+    from trtopt.measure.bench import onnx_input_specs
+
+    model = _embedding_graph(tmp_path / "emb.onnx")
+    assert integer_input_limits(model) == {"ids": 50}  # through Cast and Unsqueeze; the mask indexes nothing
+    specs = {s.name: s for s in onnx_input_specs(inspect_onnx(tmp_path / "emb.onnx"))}
+    assert specs["ids"].high == 50 and specs["mask"].high == DEFAULT_INTEGER_HIGH
+    ids = random_feed(tuple(specs.values()), 512)["ids"]
+    assert ids.min() >= 0 and ids.max() == 49
+
+
+def test_the_smallest_table_wins_and_arithmetic_hides_the_table(tmp_path):
+    from trtopt.data import integer_input_limits
+
+    assert integer_input_limits(_embedding_graph(tmp_path / "two.onnx", tables=(50, 30), through=())) == {"ids": 30}
+    assert integer_input_limits(_embedding_graph(tmp_path / "add.onnx", through=("Add",))) == {}

@@ -225,11 +225,16 @@ class Ranges:
 
     Attributes:
         tensors: tensor name → range.
-        method: "minmax", "entropy", "percentile" or "mse" (or "tensorrt-cache" when read from a cache).
+        method: "auto", "minmax", "entropy", "percentile" or "mse" (or "tensorrt-cache" when read from a cache).
         samples: calibration samples seen.
         data_sha256: fingerprint of the calibration data (the exact arrays, in order).
         model_sha256: sha256 of the FP32 ONNX file calibrated.
         settings: method parameters (bins, percentile, ...).
+        choice: how the ranges were chosen: ``fallbacks`` (tensors whose method's answer was implausible,
+            why, and what was used instead) and, for method "auto", the evidence (candidates' scores,
+            the model's method, per-tensor changes); see `trtopt.quant.calibrate.calibrate`.
+        channels: per-channel statistics (``{"axis", "absmax", "mean"}``) of the inputs of GEMM-like
+            layers with constant weights, for accuracy recovery (`trtopt.quant.recovery`).
     """
 
     tensors: dict[str, TensorRange]
@@ -238,11 +243,14 @@ class Ranges:
     data_sha256: str = ""
     model_sha256: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
+    choice: dict[str, Any] = field(default_factory=dict)
+    channels: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": RANGES_VERSION, "method": self.method, "samples": self.samples,
                 "data_sha256": self.data_sha256, "model_sha256": self.model_sha256, "settings": dict(self.settings),
-                "tensors": {name: r.to_dict() for name, r in self.tensors.items()}}
+                "choice": dict(self.choice), "tensors": {name: r.to_dict() for name, r in self.tensors.items()},
+                "channels": dict(self.channels)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "ranges") -> Ranges:
@@ -260,7 +268,8 @@ class Ranges:
         tensors = {name: _tensor_range(name, entry, where) for name, entry in data["tensors"].items()}
         check_ranges(tensors, where)
         return cls(tensors, data.get("method", ""), data.get("samples", 0), data.get("data_sha256", ""),
-                   data.get("model_sha256", ""), dict(data.get("settings", {})))
+                   data.get("model_sha256", ""), dict(data.get("settings", {})), dict(data.get("choice", {})),
+                   dict(data.get("channels", {})))
 
     def save(self, path: str | os.PathLike, force: bool = False) -> Path:
         """Write the ranges as JSON atomically; refuses ranges :func:`check_ranges` rejects."""
@@ -280,7 +289,8 @@ class Ranges:
 #: (key, type, description) of the top-level fields of a ranges file besides "version".
 _RANGES_FIELDS = (("tensors", dict, "an object of tensor name → {amax, min, max}"), ("method", str, "a string"),
                   ("samples", int, "a non-negative integer"), ("data_sha256", str, "a string"),
-                  ("model_sha256", str, "a string"), ("settings", dict, "an object"))
+                  ("model_sha256", str, "a string"), ("settings", dict, "an object"), ("choice", dict, "an object"),
+                  ("channels", dict, "an object of tensor name → per-channel statistics"))
 _RANGE_FIX = "recalibrate (trtopt calibrate); a range is finite numbers with -amax <= min <= max <= amax"
 
 

@@ -35,6 +35,12 @@ SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field
                   "text", "cell")
 
 
+DEFAULT_INTEGER_HIGH = 100  # random integer inputs fall in [0, 100) unless the graph says more (token ids, masks)
+
+# Ops an index goes through unchanged on its way to a Gather (reshaped, cast, copied: values kept).
+_INDEX_PASSTHROUGH = ("Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Expand", "Transpose")
+
+
 def random_feed(inputs: Sequence[InputSpec], count: int, seed: int = 0) -> Feed:
     """``count`` seeded random samples per input: uniform in [low, high) (integers for int dtypes).
 
@@ -52,6 +58,51 @@ def random_feed(inputs: Sequence[InputSpec], count: int, seed: int = 0) -> Feed:
         else:
             feed[spec.name] = rng.uniform(spec.low, spec.high, size=shape).astype(spec.dtype)
     return feed
+
+
+def integer_input_limits(model: Any) -> dict[str, int]:
+    """For each integer graph input that indexes a table, the table's size (the exclusive upper bound).
+
+    An input indexes a table when it reaches the indices of a Gather (an embedding lookup), possibly
+    through Cast/Reshape/Unsqueeze/Squeeze/Flatten/Identity/Expand/Transpose, whose data is a constant
+    (initializer or Constant node): its size along the Gather's axis bounds the ids. With several
+    tables the smallest wins. ``model`` is a ModelProto (weights need not be loaded); inputs that index
+    nothing are left out.
+    """
+    from onnx import TensorProto, numpy_helper
+
+    sizes = {t.name: list(t.dims) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                sizes[node.output[0]] = list(numpy_helper.to_array(value).shape)
+    integer = {TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64, TensorProto.UINT8,
+               TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64}
+    consumers: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    limits: dict[str, int] = {}
+    for graph_input in model.graph.input:
+        if graph_input.type.tensor_type.elem_type not in integer or graph_input.name in sizes:
+            continue
+        frontier, seen = [graph_input.name], set()
+        while frontier:
+            name = frontier.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            for node in consumers.get(name, []):
+                if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name \
+                        and node.input[0] in sizes:
+                    dims = sizes[node.input[0]]
+                    axis = next((a.i for a in node.attribute if a.name == "axis"), 0) % max(len(dims), 1)
+                    if dims:
+                        limits[graph_input.name] = min(limits.get(graph_input.name, dims[axis]), dims[axis])
+                elif node.op_type in _INDEX_PASSTHROUGH and node.input[0] == name:
+                    frontier.append(node.output[0])
+    return limits
 
 
 def load_feed(source: str | os.PathLike | Iterable | None, inputs: Sequence[InputSpec], count: int | None = None,

@@ -1,4 +1,5 @@
-"""What produced a number: versions, CPU, GPU, thread settings. Read without importing heavy packages.
+"""What produced a number: versions, CPU and its instruction sets, GPU, thread settings. Read without
+importing heavy packages.
 
 Versions come from installed package metadata (``importlib.metadata``), not from importing the
 packages, so recording the environment never loads TensorRT or initializes CUDA. The GPU is read from
@@ -20,6 +21,10 @@ from trtopt._version import __version__
 PACKAGES = ("torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "onnxslim", "numpy",
             "tensorrt", "cuda-python", "cuda-bindings", "pycuda", "nvidia-modelopt", "timm", "transformers")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
+#: CPU flags (as /proc/cpuinfo names them) that change inference speed or INT8 numerics: SIMD widths,
+#: INT8 dot products (VNNI, AMX; Arm's dot product and i8mm), half/bfloat16 support.
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
+             "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm", "sve", "sve2")
 
 
 def package_version(name: str) -> str | None:
@@ -40,6 +45,46 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo ("flags" on x86, "Features" on Arm); None where unreadable."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    return None
+
+
+def cpu_isa() -> dict[str, Any]:
+    """This machine's instruction sets as ONNX Runtime's INT8 CPU kernels see them (see :func:`isa_from_flags`)."""
+    return isa_from_flags(cpu_flags(), platform.machine())
+
+
+def isa_from_flags(flags: set[str] | None, machine: str) -> dict[str, Any]:
+    """The instruction sets ONNX Runtime's INT8 CPU kernels dispatch on, from CPU flags, as JSON-able data.
+
+    Returns ``{"flags": [...], "int8": NAME, "u8s8_saturates": bool}``: ``flags`` are the
+    :data:`ISA_FLAGS` present (None when unreadable); ``int8`` the best INT8 path: "amx_int8" (AMX
+    tiles), "avx512_vnni", "avx_vnni" (VNNI on 256-bit vectors), "avx2", "arm_dotprod", "other", or
+    "unknown". ``u8s8_saturates``: on x86 without VNNI or AMX, ONNX Runtime's U8S8 kernels sum pairs of
+    u8×s8 products into int16 with saturation (``vpmaddubsw``), which 8-bit weights can overflow and
+    7-bit weights cannot (ONNX Runtime's ``reduce_range`` advice); VNNI and AMX accumulate in int32.
+    Unknown x86 flags count as saturating (the safe side). ``machine`` is ``platform.machine()``'s name.
+    """
+    x86 = machine.lower() in ("x86_64", "amd64", "i386", "i686")
+    if flags is None:
+        return {"flags": None, "int8": "unknown", "u8s8_saturates": x86}
+    if x86:
+        best = next((name for name in ("amx_int8", "avx512_vnni", "avx_vnni", "avx2") if name in flags), "other")
+    else:
+        best = "arm_dotprod" if "asimddp" in flags else "other"
+    return {"flags": sorted(f for f in ISA_FLAGS if f in flags), "int8": best,
+            "u8s8_saturates": x86 and best not in ("amx_int8", "avx512_vnni", "avx_vnni")}
 
 
 def gpus() -> list[dict[str, str]]:
@@ -69,6 +114,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu_model": cpu_model(),
+        "cpu_isa": cpu_isa(),
         "cpu_count_logical": os.cpu_count(),
         "cpu_affinity_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_threads": torch_threads,

@@ -386,6 +386,7 @@ def _report(run: _Run, onnx: Mapping[str, Any] | None, int8: Mapping[str, Any], 
     if "calibration" in int8 and quantized:
         cal = int8["calibration"]["result"]
         extra["int8"] = {"ranges": cal["ranges"], "calibration": to_dict(r.calibration), "calibration_samples": cal["samples"],
+                         "range_choice": cal.get("choice", {}),
                          "tensorrt_cache": cal["cache"], "trt_cache_version": r.trt_cache_version,
                          **{("tensorrt_qdq" if t == "tensorrt" else t): a for t, a in quantized.items()},
                          "weight_error": acc.get("quant_error", {}).get("weights", []),
@@ -546,7 +547,7 @@ def _calibrate(run: _Run, onnx: Mapping[str, Any]) -> dict[str, Any]:
         cache = write_cache(ranges_to_cache(ranges, trt_version=r.trt_cache_version), run.out / "calibration.cache",
                             force=True)
         return [ranges_path, cache], {"ranges": str(ranges_path), "cache": str(cache), "samples": count,
-                                      "source": source, "tensors": len(ranges.tensors)}
+                                      "source": source, "tensors": len(ranges.tensors), "choice": ranges.choice}
 
     return run.stage("calibrate", material, go)
 
@@ -564,8 +565,11 @@ def _quantize(run: _Run, onnx: Mapping[str, Any], calibration: Mapping[str, Any]
         written: dict[str, Any] = {}
         for target in r.int8_targets:
             run.step(f"quantizing for {target}")
-            written[target] = quantize(_deployed(onnx), ranges, run.out / f"model.int8.{target}.onnx",
-                                       replace(r.quantize, target=target), force=True).to_dict()
+            artifact = quantize(_deployed(onnx), ranges, run.out / f"model.int8.{target}.onnx",
+                                replace(r.quantize, target=target), force=True)
+            for note in artifact.notes[3:]:  # the defaults it chose: op set, weight bits, recovery steps
+                run.step(f"  {note}")
+            written[target] = artifact.to_dict()
         if r.fp16:
             run.step("converting to FP16 by casts")
             written["fp16"] = to_fp16(_deployed(onnx), run.out / "model.fp16.onnx", force=True).to_dict()

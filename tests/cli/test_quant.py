@@ -125,3 +125,15 @@ def test_unknown_exclude_and_existing_output(fp32):
     assert_one_line_error(r, "Nonexistent")
     r = run(["quantize", "fp32.onnx", "--ranges", "r4.json", "-o", "r4.json"], work, env)
     assert_one_line_error(r, "r4.json", "is also an input")  # an input is never overwritten, --force or not
+
+
+def test_calibrate_defaults_to_auto_and_says_what_it_chose(fp32):
+    work, env = fp32
+    r = run(["calibrate", "fp32.onnx", "--data", "calib.npy", "-o", "auto.json", "--force"], work, env)
+    assert r.returncode == 0, r.stderr
+    ranges = json.loads((work / "auto.json").read_text())
+    choice = ranges["choice"]
+    assert ranges["method"] == "auto" and choice["scored"] and choice["held_out"] and choice["scoring_samples"] == 3
+    assert f"ranges: auto chose {choice['model_method']} (output SQNR vs FP32 on 3 held-out samples" in r.stdout
+    for c in choice["candidates"]:
+        assert f"{c['method']} {c['sqnr_db']:.1f}" in r.stdout

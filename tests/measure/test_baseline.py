@@ -259,3 +259,15 @@ def test_cli_gate_fails_when_nothing_or_not_everything_was_compared(tmp_path):
         assert "**FAIL**" in r.stdout and "PASS" not in r.stdout and needle in r.stdout
         assert r.stderr.startswith("trtopt: regression gate failed: ") and needle in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_baseline_from_another_instruction_set_is_refused_like_another_cpu():
+    """Virtual machines often report the same model name on AVX2-only and AVX-512 VNNI hosts."""
+    same_name = {"cpu_model": "Intel(R) Xeon(R) Processor", "cpu_count_logical": 2}
+    avx2 = {**same_name, "cpu_isa": {"flags": ["avx", "avx2", "fma"], "int8": "avx2", "u8s8_saturates": True}}
+    vnni = {**same_name, "cpu_isa": {"flags": ["avx", "avx2", "avx512_vnni", "avx512f", "fma"], "int8": "avx512_vnni",
+                                     "u8s8_saturates": False}}
+    with pytest.raises(TrtoptError, match="another environment") as err:
+        compare_with_baseline(_document(avx2), _document(vnni), GateConfig())
+    assert "cpu_isa.flags: ['avx', 'avx2', 'fma'] → ['avx', 'avx2', 'avx512_vnni', 'avx512f', 'fma']" in str(err.value)
+    assert compare_with_baseline(_document(vnni), _document(vnni), GateConfig())["passed"]

@@ -41,7 +41,7 @@ def test_config_rejects_bad_values_naming_the_field(field, value):
 def test_config_to_dict_round_trips():
     cfg = CalibrationConfig(method="percentile", percentile=99.9, batch_size=4, max_samples=100)
     assert CalibrationConfig(**cfg.to_dict()) == cfg
-    assert CalibrationConfig().to_dict()["method"] == "entropy"
+    assert CalibrationConfig().to_dict()["method"] == "auto"
 
 
 # --- the histogram ----------------------------------------------------------------------------------

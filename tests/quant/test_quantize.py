@@ -182,3 +182,27 @@ def test_fp16_by_casts_keeps_float32_io_and_matches(digits):
     assert cosine_per_sample(ref, got).min() > 0.9999 and top1_agreement(ref, got) == 1.0
     with pytest.raises(TrtoptError, match="--force"):
         to_fp16(art.path, half.path)
+
+
+@pytest.mark.parametrize("isa, bits", [({"int8": "avx2", "u8s8_saturates": True}, 7),
+                                       ({"int8": "avx512_vnni", "u8s8_saturates": False}, 8)])
+def test_weight_bits_follow_the_cpu_isa(digits, monkeypatch, isa, bits):
+    """7-bit weights only where U8S8 kernels can saturate (x86 without VNNI/AMX); recorded in the model."""
+    import trtopt.quant.quantize as quantize_module
+
+    tmp, art, ranges, test = digits
+    monkeypatch.setattr(quantize_module, "cpu_isa", lambda: {"flags": [], **isa})
+    assert QuantizeConfig().weights_reduce_range is (bits == 7)
+    assert QuantizeConfig(target="tensorrt").weights_reduce_range is False
+    out = quantize(art.path, ranges, tmp / f"w{bits}.onnx", QuantizeConfig(), force=True)
+    assert out.metadata["trtopt.quantize.weight_bits"] == str(bits)
+    assert out.metadata["trtopt.quantize.cpu_int8"] == isa["int8"]
+    assert any(f"{bits}-bit weights" in n and isa["int8"] in n for n in out.notes)
+    model = onnx.load(str(out.path))
+    weights = [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8
+               and len(t.dims) > 1]
+    top = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+    assert top == (64 if bits == 7 else 127)  # symmetric 7-bit: [-64, 64]; 8-bit: [-127, 127]
+    assert topk_accuracy(_run(out.path, test.inputs), test.labels) > 0.97
+    explicit = QuantizeConfig(reduce_range=True)
+    assert explicit.weights_reduce_range and not quantize_module._weight_bits_note(explicit)

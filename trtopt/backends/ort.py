@@ -122,7 +122,9 @@ class OrtRunner(Runner):
         if config.inter_op_threads:
             options.inter_op_num_threads = config.inter_op_threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.allow_spinning else "0")
-        options.log_severity_level = 3  # errors only: the library never prints warnings of its own runtime
+        # fatal only: a failed load or run is re-raised as a one-line TrtoptError, and ONNX Runtime's own
+        # error log ("[E:onnxruntime:...] Non-zero status code ...") would print a second line before it
+        options.log_severity_level = 4
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=list(config.providers))
         except Exception as e:  # ORT raises Fail/InvalidGraph/NotImplemented with long messages

@@ -23,8 +23,32 @@ def _calibrate(args: argparse.Namespace, onnx_path: str):
 
     feed = onnx_feed(args, onnx_path)
     progress, update = progress_bar(args)
-    with progress:
-        return calibrate(onnx_path, feed, _calibration_config(args), on_progress=update)
+    try:
+        with progress:
+            ranges = calibrate(onnx_path, feed, _calibration_config(args), on_progress=update)
+    except TrtoptError as e:
+        if args.data is not None:
+            raise
+        drawn = ", ".join(f"{k} {v.dtype} in [{v.min():.4g}, {v.max():.4g}]" for k, v in feed.items())
+        raise TrtoptError(f"{e.problem} (the inputs were random data trtopt generated without --data: {drawn})",
+                          "pass real inputs with --data (.npy/.npz, an image folder), or --input-shape for "
+                          "the shapes") from e
+    for line in describe_choice(ranges):
+        print(line)
+    return ranges
+
+
+def describe_choice(ranges) -> list[str]:
+    """One line on how the ranges were chosen (method auto: the winner and the candidates' scores)."""
+    choice = ranges.choice
+    if not choice.get("scored"):
+        return [f"ranges: method auto could not score the methods ({choice['reason']}); used {choice['model_method']}"] \
+            if "reason" in choice else []
+    scores = ", ".join(f"{c['method']} {c['sqnr_db']:.1f}" for c in choice["candidates"])
+    changes = len(choice["per_tensor"])
+    return [f"ranges: auto chose {choice['model_method']} (output SQNR vs FP32 on {choice['scoring_samples']} "
+            f"{'held-out' if choice['held_out'] else 'calibration'} samples, dB: {scores})"
+            + (f", {changes} tensor(s) changed to another method" if changes else "")]
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """``trtopt calibrate``: streaming ranges (+ data manifest, optional TensorRT cache); exit status."""
@@ -77,7 +101,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     names, op_types = _split_excludes(args.model, args.exclude or [])
     config = QuantizeConfig(target=args.target, per_channel=args.per_channel, reduce_range=args.reduce_range,
                             op_types=tuple(args.op_types.split(",")) if args.op_types else None, exclude_nodes=names,
-                            exclude_op_types=op_types)
+                            exclude_op_types=op_types, smoothing=args.smoothing, bias_correction=args.bias_correction)
     if args.max_accuracy_drop is not None:
         config = _mixed_precision(args, ranges, config)
     artifact = quantize(args.model, ranges, args.output, config, force=args.force, on_step=step_printer(args))
@@ -181,11 +205,18 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                         "(default %(default)s)")
     p.add_argument("--exclude", action="append", metavar="NAME|OPTYPE", help="keep a node (or every node of an op type) in FP32")
     p.add_argument("--op-types", default=None, metavar="A,B",
-                   help="op types to quantize (default: the target's set; transformers on onnxruntime: MatMul,Gemm)")
+                   help="op types to quantize (default: the target's set; on onnxruntime a graph with LayerNorm or "
+                        "attention gets MatMul,Gemm only, and says so)")
     p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=QuantizeConfig.per_channel,
-                   help="per-channel weight scales (default %(default)s)")
+                   help="per-channel weight scales (default %(default)s; grouped ConvTranspose weights stay per-tensor)")
     p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=QuantizeConfig.reduce_range,
-                   help="7-bit weights (default: on for onnxruntime, whose x86 U8S8 kernels can saturate; off for tensorrt)")
+                   help="7-bit weights (default: on for onnxruntime only on CPUs without VNNI/AMX, whose U8S8 kernels "
+                        "can saturate; off for tensorrt)")
+    p.add_argument("--smoothing", action=argparse.BooleanOptionalAction, default=QuantizeConfig.smoothing,
+                   help="SmoothQuant-style smoothing of GEMM inputs with outlier channels (default: as method auto "
+                        "measured during calibration: on only where it raised output fidelity)")
+    p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=QuantizeConfig.bias_correction,
+                   help="correct Conv/Gemm biases for the INT8 weight error (default: as method auto measured)")
     p.add_argument("--max-accuracy-drop", type=float, default=None, metavar="FRACTION",
                    help="keep the fewest layers in FP32 so --metric vs FP32 drops by at most this (e.g. 0.01)")
     p.add_argument("--metric", choices=("agreement", "cosine"), default="agreement",

@@ -46,7 +46,9 @@ from trtopt.files import atomic_output, sha256_file, write_json
 
 BASELINE_FORMAT = 2
 #: Environment fields that must match for latencies to be comparable (dotted paths into `environment()`).
-ENVIRONMENT_KEYS = ("cpu_model", "cpu_count_logical", "cpu_affinity_count", "machine", "gpus",
+#: ``cpu_isa.flags``: a virtual machine often hides the CPU model ("Intel(R) Xeon(R) Processor") while its
+#: host's instruction sets (AVX2 only vs AVX-512 VNNI / AMX) change INT8 speed several times over.
+ENVIRONMENT_KEYS = ("cpu_model", "cpu_isa.flags", "cpu_count_logical", "cpu_affinity_count", "machine", "gpus",
                     "packages.torch", "packages.onnxruntime", "packages.tensorrt", "thread_env")
 
 

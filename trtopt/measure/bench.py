@@ -16,7 +16,7 @@ from typing import Any
 from trtopt.artifacts import OnnxArtifact, inspect_onnx
 from trtopt.backends.base import Runner
 from trtopt.backends.ort import OrtConfig
-from trtopt.data import take_batch
+from trtopt.data import DEFAULT_INTEGER_HIGH, integer_input_limits, take_batch
 from trtopt.edge.artifact import edge_format
 from trtopt.errors import TrtoptError
 from trtopt.feeds import Feed
@@ -90,6 +90,7 @@ def onnx_candidate(artifact: OnnxArtifact | str | os.PathLike, name: str | None 
 def onnx_input_specs(art: OnnxArtifact, overrides: dict[str, tuple[int, ...]] | None = None) -> tuple[InputSpec, ...]:
     """Input specs (without batch axis) from an ONNX signature; symbolic non-batch axes need an override."""
     overrides = overrides or {}
+    limits = integer_input_limits(_graph(art)) if any("int" in t.dtype for t in art.inputs) else {}
     specs = []
     for t in art.inputs:
         if t.name in overrides:
@@ -99,9 +100,16 @@ def onnx_input_specs(art: OnnxArtifact, overrides: dict[str, tuple[int, ...]] | 
             if any(not isinstance(d, int) or d <= 0 for d in shape):
                 raise TrtoptError(f"input {t.name!r} of {art.path.name} has symbolic axes {list(t.shape)}",
                                   f"pass --input-shape {t.name}:DIMS (without the batch axis, e.g. 3x224x224)")
-        high = 2 if t.dtype == "bool" else (100 if "int" in t.dtype else 1.0)
+        # integer ids stay inside the table they index (an embedding of 50 rows takes ids 0..49)
+        high = 2 if t.dtype == "bool" else (limits.get(t.name, DEFAULT_INTEGER_HIGH) if "int" in t.dtype else 1.0)
         specs.append(InputSpec(t.name, tuple(int(d) for d in shape), t.dtype, 0, high))
     return tuple(specs)
+
+
+def _graph(art: OnnxArtifact) -> Any:
+    import onnx
+
+    return onnx.load(str(art.path), load_external_data=False)
 
 
 def edge_candidate(path: str | os.PathLike, name: str | None = None, threads: int | None = None) -> Candidate:

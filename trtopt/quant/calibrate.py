@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -33,10 +34,17 @@ from trtopt.progress import ProgressCallback
 
 if TYPE_CHECKING:
     from trtopt.backends.ort import OrtConfig
-from trtopt.quant.histogram import ENTROPY_START_BIN, StreamingHistogram, amax_entropy, amax_mse, amax_percentile
+from trtopt.quant import histogram
+from trtopt.quant.histogram import (ENTROPY_START_BIN, MAX_SATURATED_FRACTION, ChannelStatistics, StreamingHistogram,
+                                    choose_amax)
+from trtopt.quant.range_choice import HeldOut, choose_methods
+from trtopt.quant.recovery import recoverable_inputs
 
+_log = logging.getLogger(__name__)
 
-METHODS = ("minmax", "entropy", "percentile", "mse")
+METHODS = (*histogram.METHODS, "auto")
+
+_FLOAT32 = 1  # onnx.TensorProto.FLOAT (onnx is imported where it is used)
 
 
 @dataclass(frozen=True)
@@ -44,7 +52,11 @@ class CalibrationConfig:
     """How activation ranges are computed.
 
     Attributes:
-        method: "entropy" (TensorRT's default, KL divergence), "minmax", "percentile" or "mse".
+        method: "auto" (default: every method below scored by the model's output fidelity on held-out
+            calibration samples, chosen per model and per tensor where it pays; see
+            `trtopt.quant.range_choice`), "entropy" (TensorRT's EntropyCalibration2, KL divergence),
+            "minmax", "percentile" or "mse". Any method's answer that would saturate a tensor falls back
+            for that tensor (`trtopt.quant.histogram.choose_amax`); the ranges record which and why.
         percentile: for ``method="percentile"``: the percentile of |x| kept, in percent (0, 100].
         num_bins: histogram bins per tensor (2048 as in TensorRT); memory is 8 bytes per bin per tensor.
         batch_size: samples per ONNX Runtime run; bounds peak memory (one batch of activations) and
@@ -52,7 +64,7 @@ class CalibrationConfig:
         max_samples: stop after this many samples (None: use all the data).
     """
 
-    method: str = "entropy"
+    method: str = "auto"
     percentile: float = 99.99
     num_bins: int = 2048
     batch_size: int = 16
@@ -71,23 +83,42 @@ class CalibrationConfig:
         return asdict(self)
 
 
-def tensor_range(stats: StreamingHistogram, config: CalibrationConfig) -> TensorRange:
-    """The range of one tensor under ``config.method``; min/max are the extremes clipped to ±amax.
+def tensor_range(stats: StreamingHistogram, amax: float) -> TensorRange:
+    """The range of one tensor at ``amax``; min/max are the extremes clipped to ±amax.
 
     A tensor that was zero on every sample gets amax 0.0 (quantizers must treat it as a constant).
     """
-    hist, width, absmax = stats.counts, stats.bin_width, stats.absmax
-    if config.method == "minmax" or width == 0.0:
-        amax = absmax
-    elif config.method == "entropy":
-        amax = amax_entropy(hist, width, absmax=absmax)
-    elif config.method == "percentile":
-        amax = amax_percentile(hist, width, config.percentile, absmax=absmax)
-    else:
-        amax = amax_mse(hist, width, absmax=absmax)
     lo = min(max(stats.min, -amax), amax) if stats.count else 0.0
     hi = min(max(stats.max, -amax), amax) if stats.count else 0.0
     return TensorRange(float(amax), float(lo), float(hi))
+
+
+def tensor_ranges(stats: Mapping[str, StreamingHistogram], methods: Mapping[str, str],
+                  percentile: float = 99.99) -> tuple[dict[str, TensorRange], list[dict[str, Any]]]:
+    """Each tensor's range under its method, and a record of every tensor whose method's answer fell back.
+
+    Returns (ranges in the order of ``stats``, fallbacks): each fallback names the tensor, the method
+    asked for, its amax and why it was rejected, and the method and amax used instead.
+    """
+    ranges, fallbacks = {}, []
+    for name, hist in stats.items():
+        choice = choose_amax(hist, methods[name], percentile)
+        ranges[name] = tensor_range(hist, choice.amax)
+        if choice.rejected:
+            first = choice.rejected[0]
+            fallbacks.append({"tensor": name, "method": first["method"], "amax": first["amax"],
+                              "reason": first["reason"], "used": choice.method, "amax_used": choice.amax})
+    return ranges, fallbacks
+
+
+def _warn_fallbacks(fallbacks: Sequence[Mapping[str, Any]], model_name: str) -> None:
+    if not fallbacks:
+        return
+    shown = "; ".join(f"{f['tensor']!r}: {f['method']} {f['reason']}, using {f['used']} (amax {f['amax_used']:.4g})"
+                      for f in fallbacks[:3])
+    more = f" (and {len(fallbacks) - 3} more, listed in the ranges JSON under choice.fallbacks)" if len(fallbacks) > 3 else ""
+    _log.warning(f"{len(fallbacks)} tensor range(s) of {model_name} fell back to another method: {shown}{more}")
+
 
 def _float_elem_types() -> dict[int, str]:
     from onnx import TensorProto
@@ -270,7 +301,11 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
     Returns:
         Ranges: tensor → (amax, min, max) in graph order, the method, samples seen, a sha256
         fingerprint of the exact arrays the model was fed (independent of batching), the model's
-        sha256 and the settings. Deterministic: the same data gives the same ranges.
+        sha256, the settings, and ``choice``: every tensor whose method's answer was implausible and
+        fell back (``fallbacks``, also logged as a warning) and, for ``auto``, the candidates' scores,
+        the method chosen for the model, the per-tensor changes and the accuracy-recovery steps kept
+        (`trtopt.quant.range_choice`); and ``channels``, per-channel statistics of the inputs of
+        GEMM-like layers (`trtopt.quant.recovery`). Deterministic: the same data gives the same ranges.
 
     Raises:
         TrtoptError: a missing or corrupt model; no float tensors to calibrate; unknown, non-float or
@@ -292,12 +327,22 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
     else:
         names = _check_requested(model, path, list(tensors))
     input_names = {t.name for t in artifact.inputs}
+    types = _elem_types(model)
+    auto = config.method == "auto"
+    # auto compares the model's float outputs with FP32 on held-out samples: fetch them too
+    outputs = [o.name for o in model.graph.output if types.get(o.name) in _float_elem_types()
+               and o.name not in input_names] if auto else []
     fetched = [n for n in names if n not in input_names]  # graph inputs come from the feed itself
+    fetched += [o for o in outputs if o not in fetched]
     stats = {n: StreamingHistogram(config.num_bins) for n in names}
+    # per-channel statistics of the GEMM inputs, for accuracy recovery (trtopt.quant.recovery)
+    channels = {n: ChannelStatistics(axis) for n, axis in recoverable_inputs(model).items() if n in stats}
     inputs = tuple(InputSpec.from_dims(t.name, t.shape, t.dtype) for t in artifact.inputs)
     fingerprint = _Fingerprint(inputs)
     batches, total = _batches(data, inputs, path.name, config)
     progress = on_progress or (lambda _label, _done, _total: None)
+    held = HeldOut(batched=all(t.shape and not isinstance(t.shape[0], int) for t in artifact.inputs)) if auto else None
+    choice = None
 
     workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     with temp_dir("calibrate") as tmp, \
@@ -306,8 +351,26 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
         runner = None
         if fetched:
             augmented = write_with_outputs(model, path, fetched, Path(tmp))
-            runner = stack.enter_context(OrtRunner(augmented, ort or OrtConfig()))
+            try:
+                runner = stack.enter_context(OrtRunner(augmented, ort or OrtConfig()))
+            except TrtoptError as e:  # name the user's model, not the temporary augmented copy
+                raise TrtoptError(e.problem.replace(str(augmented), str(path)), e.fix) from e
+            runner.path = path  # likewise for run errors
         del model
+
+        def observe(feed: Feed) -> dict[str, np.ndarray]:
+            """Run one checked batch and add its tensors to the histograms; returns the fetched outputs."""
+            fetched_values = runner.infer(feed) if runner is not None else {}
+            jobs = [(stats[name], feed[name], name) for name in names if name in input_names]
+            jobs += [(stats[name], value, name) for name, value in fetched_values.items() if name in stats]
+            values = {**feed, **fetched_values}
+            jobs += [(channels[name], values[name], name) for name in channels]
+            # One tensor per task: numpy releases the GIL, so the cores ONNX Runtime just used bin in
+            # parallel; each histogram is updated by one task per batch, so results do not depend on it.
+            for _ in (pool.map(_update_job, jobs) if pool is not None else map(_update_job, jobs)):
+                pass
+            return fetched_values
+
         for k, feed in enumerate(batches):
             remaining = None if config.max_samples is None else config.max_samples - fingerprint.samples
             if remaining is not None and remaining <= 0:
@@ -316,33 +379,46 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
                 feed = {key: v[:remaining] if np.ndim(v) else v for key, v in feed.items()}
             feed = check_feed(feed, inputs, model=path.name, source=f"calibration batch {k}",
                               first_sample=fingerprint.samples)
+            n = feed.samples
             fingerprint.update_(feed)
-            jobs = [(stats[name], feed[name], name) for name in names if name in input_names]
-            if runner is not None:
-                jobs += [(stats[name], value, name) for name, value in runner.infer(feed).items() if name in stats]
-            # One tensor per task: numpy releases the GIL, so the cores ONNX Runtime just used bin in
-            # parallel; each histogram is updated by one task per batch, so results do not depend on it.
-            for _ in (pool.map(_update_job, jobs) if pool is not None else map(_update_job, jobs)):
-                pass
+            if held is not None:  # auto: held-out samples join the histograms after scoring
+                feed, n = held.split(feed, n, fingerprint.samples - n)
+            if n:
+                observe(feed)
             progress("calibration", fingerprint.samples, total)
             if config.max_samples is not None and fingerprint.samples >= config.max_samples:
                 break
+        if held is not None and fingerprint.samples:
+            fit = {name: h.copy() for name, h in stats.items()}
+            fit_channels = {name: c.to_dict() for name, c in channels.items()}
+            feeds, scored, held_out = held.scoring_feeds(config.batch_size)
+            reference = [observe(f) if held_out else runner.infer(f) if runner is not None else {} for f in feeds]
+            choice = choose_methods(path, fit, [n for n in names if types.get(n) == _FLOAT32], feeds, reference,
+                                    outputs, config.percentile, Path(tmp), (ort or OrtConfig()).intra_op_threads,
+                                    {k: v for k, v in fit_channels.items() if v is not None})
+            choice.evidence.update({"scoring_samples": scored, "held_out": held_out})
     if fingerprint.samples == 0:
         raise TrtoptError("the calibration data hold no samples", "provide at least one sample (hundreds are typical)")
+    methods = choice.methods if choice is not None else dict.fromkeys(names, config.method)
+    ranges, fallbacks = tensor_ranges(stats, methods, config.percentile)
+    _warn_fallbacks(fallbacks, path.name)
     return Ranges(
-        tensors={name: tensor_range(stats[name], config) for name in names},
+        tensors=ranges,
         method=config.method,
         samples=fingerprint.samples,
         data_sha256=fingerprint.digest(),
         model_sha256=artifact.sha256,
         settings={**config.to_dict(), "histogram": "|x|, power-of-two bin width",
-                  "entropy_start_bin": ENTROPY_START_BIN, "entropy_zero_bin_as_neighbor": True},
+                  "entropy_start_bin": ENTROPY_START_BIN, "entropy_zero_bin_as_neighbor": True,
+                  "max_saturated_fraction": MAX_SATURATED_FRACTION},
+        choice={**(choice.evidence if choice is not None else {}), "fallbacks": fallbacks},
+        channels={name: d for name, c in channels.items() if (d := c.to_dict()) is not None},
     )
 
-def _update_job(job: tuple[StreamingHistogram, Any, str]) -> None:
+def _update_job(job: tuple[StreamingHistogram | ChannelStatistics, Any, str]) -> None:
     _update(*job)
 
-def _update(stats: StreamingHistogram, value: Any, name: str) -> None:
+def _update(stats: StreamingHistogram | ChannelStatistics, value: Any, name: str) -> None:
     arr = np.asarray(value)
     if arr.dtype.kind != "f":
         raise TrtoptError(f"tensor {name!r} is {arr.dtype.name}, not a float tensor",

