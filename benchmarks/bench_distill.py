@@ -31,20 +31,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from trtopt.measure.bench import bench, onnx_candidate
-from trtopt.export import ExportConfig
-from trtopt.datasets import load_dataset
-from trtopt.compress.config import DistillConfig
+from trtopt.compress.config import DistillConfig, PruneConfig
 from trtopt.compress.distill import distill
+from trtopt.compress.prune import count_macs, prune
+from trtopt.datasets import load_dataset
 from trtopt.environment import environment
-from trtopt.export import export_onnx
+from trtopt.export import ExportConfig, export_onnx
 from trtopt.files import write_json
-from trtopt.models.spec import LoadedModel
-from trtopt.models.load import load_model
+from trtopt.measure.bench import bench, onnx_candidate
 from trtopt.measure.profile import TimingConfig
 from trtopt.metrics import cosine_per_sample, topk_accuracy
-from trtopt.compress.config import PruneConfig
-from trtopt.compress.prune import count_macs, prune
+from trtopt.models.load import load_model
+from trtopt.models.spec import LoadedModel
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -29,22 +29,21 @@ from typing import Any
 
 import numpy as np
 
-from trtopt.measure.bench import Candidate, bench, edge_candidate, onnx_candidate, run_all, torch_candidate
-from trtopt.quant.calibrate import CalibrationConfig, calibrate
-from trtopt.export import ExportConfig
 from trtopt.backends.ort import OrtConfig
 from trtopt.data import iter_photo_crops, load_feed
-from trtopt.edge.export import export_edge
-from trtopt.edge.convert import EdgeConfig
 from trtopt.edge.artifact import inspect_edge
+from trtopt.edge.convert import EdgeConfig
+from trtopt.edge.export import export_edge
 from trtopt.environment import environment, package_version
 from trtopt.errors import TrtoptError
-from trtopt.export import export_onnx
+from trtopt.export import ExportConfig, export_onnx
 from trtopt.files import write_json
-from trtopt.models.spec import InputSpec, LoadedModel
-from trtopt.models.load import load_model
-from trtopt.metrics import cosine_per_sample, top1_agreement
+from trtopt.measure.bench import Candidate, bench, edge_candidate, onnx_candidate, run_all, torch_candidate
 from trtopt.measure.profile import TimingConfig
+from trtopt.metrics import cosine_per_sample, top1_agreement
+from trtopt.models.load import load_model
+from trtopt.models.spec import InputSpec, LoadedModel
+from trtopt.quant.calibrate import CalibrationConfig, calibrate
 from trtopt.quant.quantize import QuantizeConfig, quantize
 
 ROOT = Path(__file__).resolve().parent.parent

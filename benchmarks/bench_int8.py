@@ -23,17 +23,16 @@ from typing import Any
 import numpy as np
 
 from trtopt.artifacts import inspect_onnx
-from trtopt.measure.bench import bench, onnx_candidate, run_all
-from trtopt.quant.calibrate import CalibrationConfig, calibrate
-from trtopt.export import ExportConfig
 from trtopt.backends.ort import OrtConfig
 from trtopt.data import iter_photo_crops, load_feed
 from trtopt.environment import environment
-from trtopt.export import export_onnx
+from trtopt.export import ExportConfig, export_onnx
 from trtopt.files import write_json
-from trtopt.models.load import load_model
+from trtopt.measure.bench import bench, onnx_candidate, run_all
 from trtopt.measure.profile import TimingConfig
 from trtopt.metrics import cosine_per_sample, top1_agreement, topk_accuracy
+from trtopt.models.load import load_model
+from trtopt.quant.calibrate import CalibrationConfig, calibrate
 from trtopt.quant.quantize import QuantizeConfig, quantize
 from trtopt.quant.sensitivity import choose_mixed_precision, cosine_scorer
 

@@ -27,19 +27,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compress_common import THREADS, digits_distill_config, minilm_cosine, minilm_data, minilm_distill_config
 
-from trtopt.measure.bench import bench, onnx_candidate
-from trtopt.export import ExportConfig
 from trtopt.backends.ort import OrtConfig
-from trtopt.compress.distill import distill
-from trtopt.environment import environment
-from trtopt.export import export_onnx
-from trtopt.files import write_json
 from trtopt.compress.config import LowRankConfig
+from trtopt.compress.distill import distill
 from trtopt.compress.lowrank import factorize_
-from trtopt.models.spec import LoadedModel
-from trtopt.models.load import load_model
+from trtopt.environment import environment
+from trtopt.export import ExportConfig, export_onnx
+from trtopt.files import write_json
+from trtopt.measure.bench import bench, onnx_candidate
 from trtopt.measure.profile import TimingConfig
 from trtopt.metrics import topk_accuracy
+from trtopt.models.load import load_model
+from trtopt.models.spec import LoadedModel
 
 OUT = Path(__file__).resolve().parent / "results" / "lowrank.json"
 

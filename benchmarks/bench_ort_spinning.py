@@ -10,15 +10,14 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from trtopt.measure.bench import onnx_candidate, torch_candidate
-from trtopt.export import ExportConfig
 from trtopt.backends.ort import OrtConfig
 from trtopt.data import load_feed, take_batch
 from trtopt.environment import environment
-from trtopt.export import export_onnx
+from trtopt.export import ExportConfig, export_onnx
 from trtopt.files import write_json
-from trtopt.models.load import load_model
+from trtopt.measure.bench import onnx_candidate, torch_candidate
 from trtopt.measure.profile import TimingConfig, latency_stats, time_interleaved
+from trtopt.models.load import load_model
 
 OUT = Path(__file__).resolve().parent / "results" / "ort_spinning.json"
 

@@ -21,16 +21,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from trtopt.measure.bench import bench, onnx_candidate
-from trtopt.export import ExportConfig
-from trtopt.data import random_feed
-from trtopt.environment import environment
-from trtopt.export import export_onnx
-from trtopt.files import write_json
-from trtopt.models.load import load_model
-from trtopt.measure.profile import TimingConfig
 from trtopt.compress.config import PruneConfig
 from trtopt.compress.prune import prune_loaded
+from trtopt.data import random_feed
+from trtopt.environment import environment
+from trtopt.export import ExportConfig, export_onnx
+from trtopt.files import write_json
+from trtopt.measure.bench import bench, onnx_candidate
+from trtopt.measure.profile import TimingConfig
+from trtopt.models.load import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -21,16 +21,16 @@ from pathlib import Path
 
 import torch
 
+from trtopt.compress.config import PruneConfig
+from trtopt.compress.prune import prune_loaded
 from trtopt.datasets import load_dataset
 from trtopt.environment import environment
 from trtopt.export import export_onnx
 from trtopt.files import write_json
+from trtopt.metrics import topk_accuracy
 from trtopt.models.load import load_model
-from trtopt.compress.config import PruneConfig
 from trtopt.speedup_search import SpeedupSearchConfig, search_speedup
 from trtopt.trt.sparsity import check_2to4
-from trtopt.compress.prune import prune_loaded
-from trtopt.metrics import topk_accuracy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -21,9 +21,9 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from test_baseline import chain_model, timed_document  # noqa: E402  (the same models the tests use)
 
-from trtopt.measure.baseline import CONTROL_NAME, GateConfig, compare_with_baseline
 from trtopt.environment import environment  # noqa: E402
 from trtopt.files import write_json  # noqa: E402
+from trtopt.measure.baseline import CONTROL_NAME, GateConfig, compare_with_baseline
 
 RERUNS = 10
 TOLERANCE = 0.10

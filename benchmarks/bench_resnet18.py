@@ -12,16 +12,15 @@ import os
 import tempfile
 from pathlib import Path
 
-from trtopt.measure.bench import bench, onnx_candidate, torch_candidate
-from trtopt.export import ExportConfig
 from trtopt.backends.ort import OrtConfig
 from trtopt.data import load_feed
-from trtopt.export import export_onnx
+from trtopt.export import ExportConfig, export_onnx
 from trtopt.files import write_json
-from trtopt.models.load import load_model
+from trtopt.measure.bench import bench, onnx_candidate, torch_candidate
 from trtopt.measure.profile import TimingConfig
-from trtopt.report.model import build_report
+from trtopt.models.load import load_model
 from trtopt.report.markdown import markdown_table
+from trtopt.report.model import build_report
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -27,12 +27,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compress_common import THREADS, digits_distill_config, minilm_cosine, minilm_data, minilm_distill_config
 
-from trtopt.environment import environment
-from trtopt.files import write_json
 from trtopt.compress.config import ShareConfig
 from trtopt.compress.share import cluster_weights_, finetune_shared, kmeans_1d, load_shared, save_shared
-from trtopt.models.zoo import load
+from trtopt.environment import environment
+from trtopt.files import write_json
 from trtopt.metrics import topk_accuracy
+from trtopt.models.zoo import load
 
 OUT = Path(__file__).resolve().parent / "results" / "share.json"
 

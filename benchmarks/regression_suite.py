@@ -27,11 +27,10 @@ WORK = HERE.parent / "runs" / "regression-suite"
 
 def build_models() -> list[str]:
     """FP32 and INT8 ONNX of the digits CNN in runs/regression-suite (rebuilt each time)."""
-    from trtopt.quant.calibrate import CalibrationConfig, calibrate
-    from trtopt.export import ExportConfig
     from trtopt.data import load_feed
-    from trtopt.export import export_onnx
+    from trtopt.export import ExportConfig, export_onnx
     from trtopt.models.load import load_model
+    from trtopt.quant.calibrate import CalibrationConfig, calibrate
     from trtopt.quant.quantize import QuantizeConfig, quantize
 
     loaded = load_model("zoo:digits_cnn")

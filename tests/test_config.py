@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from trtopt.measure.compare import Tolerances
-from trtopt.config import RECIPE_VERSION, Recipe, dump_recipe, load_recipe
-from trtopt.export import ExportConfig
-from trtopt.backends.ort import OrtConfig
 from trtopt._config import from_dict, merge, to_dict
+from trtopt.backends.ort import OrtConfig
+from trtopt.config import RECIPE_VERSION, Recipe, dump_recipe, load_recipe
 from trtopt.errors import TrtoptError
+from trtopt.export import ExportConfig
+from trtopt.measure.compare import Tolerances
 from trtopt.measure.profile import TimingConfig
 
 

@@ -13,10 +13,9 @@ import torch
 
 import trtopt.export as export_mod
 from trtopt.artifacts import inspect_onnx
-from trtopt.export import ExportConfig
 from trtopt.data import random_feed
 from trtopt.errors import TrtoptError
-from trtopt.export import check_parity, export_onnx
+from trtopt.export import ExportConfig, check_parity, export_onnx
 from trtopt.models.load import load_model
 
 TORCHSCRIPT = ExportConfig(exporter="torchscript", opset=17)

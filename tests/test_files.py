@@ -13,8 +13,18 @@ import pytest
 
 from trtopt import files
 from trtopt.errors import TrtoptError
-from trtopt.files import (atomic_output, check_outputs, ensure_replaceable_dir, ensure_writable, replace_dir, sha256_file,
-                          staging_dir, temp_dir, write_json, write_text)
+from trtopt.files import (
+    atomic_output,
+    check_outputs,
+    ensure_replaceable_dir,
+    ensure_writable,
+    replace_dir,
+    sha256_file,
+    staging_dir,
+    temp_dir,
+    write_json,
+    write_text,
+)
 
 
 def test_atomic_output_writes_the_file_and_leaves_no_temp(tmp_path):

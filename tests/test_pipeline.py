@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trtopt.config import Recipe
 from trtopt._config import from_dict
+from trtopt.config import Recipe
 from trtopt.errors import TrtoptError
-from trtopt.pipeline import optimize
 from trtopt.measure.profile import TimingConfig
+from trtopt.pipeline import optimize
 from trtopt.report.html import markdown_to_html
 from trtopt.report.plots import pareto_front
 

@@ -10,11 +10,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from trtopt.export import ExportConfig
 from trtopt.data import load_feed, take_batch
-from trtopt.export import export_onnx
-from trtopt.models.spec import InputSpec, LoadedModel
+from trtopt.export import ExportConfig, export_onnx
 from trtopt.models.load import load_model
+from trtopt.models.spec import InputSpec, LoadedModel
 
 pytestmark = pytest.mark.slow
 
@@ -132,8 +131,8 @@ def test_efficientnet_int8_agreement_at_least_ort_quantize_static(tmp_path):
 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from trtopt.quant.calibrate import CalibrationConfig, calibrate
     from trtopt.data import iter_photo_crops
+    from trtopt.quant.calibrate import CalibrationConfig, calibrate
     from trtopt.quant.quantize import QuantizeConfig, quantize
 
     loaded = load_model("zoo:efficientnet_lite0")

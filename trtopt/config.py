@@ -13,18 +13,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trtopt.quant.calibrate import CalibrationConfig
-from trtopt.measure.compare import Tolerances
-from trtopt.errors import TrtoptError, first_line
-from trtopt.measure.profile import TimingConfig
-from trtopt.quant.quantize import QuantizeConfig
-from trtopt.export import ExportConfig
+from trtopt._config import (
+    MAX_BATCH_SIZE,
+    check_choice,
+    check_int,
+    check_ints,
+    check_shape,
+    field_error,
+    from_dict,
+    to_dict,
+)
 from trtopt.backends.ort import OrtConfig
 from trtopt.compress.config import DistillConfig, LowRankConfig, PruneConfig, ShareConfig
+from trtopt.errors import TrtoptError, first_line
+from trtopt.export import ExportConfig
+from trtopt.measure.compare import Tolerances
+from trtopt.measure.profile import TimingConfig
+from trtopt.quant.calibrate import CalibrationConfig
+from trtopt.quant.quantize import QuantizeConfig
 from trtopt.trt.calibration_cache import DEFAULT_TRT_VERSION
-from trtopt._config import (MAX_BATCH_SIZE, check_choice, check_int, check_ints, check_shape, field_error, from_dict,
-                            to_dict)
-
 
 RECIPE_VERSION = 1
 

@@ -41,8 +41,8 @@ def diagnose() -> dict[str, Any]:
     found["onnxruntime"] = probe_onnxruntime()
     found["cuda"] = probe_cuda()
     found["gpus"] = gpus()
-    from trtopt.trt.runtime import installed_version
     from trtopt.trt.cuda import installed_libraries
+    from trtopt.trt.runtime import installed_version
 
     found["tensorrt"] = {"version": installed_version(), "cuda_libraries": installed_libraries(),
                          "torch_tensorrt": package_version("torch-tensorrt")}

@@ -13,18 +13,18 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trtopt.artifacts import OnnxArtifact, inspect_onnx
-from trtopt.measure.compare import Tolerances, compare_outputs, failed_outputs_message
 from trtopt._config import MAX_BATCH_SIZE, check_choice, check_int, check_ints, field_error
+from trtopt.artifacts import OnnxArtifact, inspect_onnx
 from trtopt.backends.ort import OrtConfig
-from dataclasses import dataclass, field
 from trtopt.data import random_feed, take_batch
 from trtopt.errors import TrtoptError, first_line
 from trtopt.feeds import Feed, check_feed
 from trtopt.files import ensure_writable, staging_dir
+from trtopt.measure.compare import Tolerances, compare_outputs, failed_outputs_message
 from trtopt.models.spec import LoadedModel, parameter_bytes
 from trtopt.progress import StepCallback
 

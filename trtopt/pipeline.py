@@ -39,9 +39,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from trtopt._config import to_dict
 from trtopt._version import __version__
 from trtopt.config import Recipe, dump_recipe
-from trtopt._config import to_dict
 from trtopt.errors import TrtoptError
 from trtopt.files import sha256_file, write_json, write_text
 from trtopt.progress import ProgressCallback, StepCallback
@@ -496,8 +496,8 @@ def _apply_cluster(run: _Run, source: Any, config: Any) -> tuple[Any, dict[str, 
 
 def _distill(run: _Run, student_entry: Mapping[str, Any]) -> dict[str, Any]:
     """Train the compressed model against the original on ``train_data`` (labels when it has them)."""
-    from trtopt.data import labels_for
     from trtopt.compress.distill import distill
+    from trtopt.data import labels_for
     from trtopt.models.module_file import save_module
 
     r = run.recipe
@@ -717,10 +717,10 @@ def _measure_accuracy(run: _Run, variants: list[tuple[str, str]], int8: Mapping[
                       compressed: Any) -> dict[str, Any]:
     """Every variant's outputs vs the FP32 PyTorch original's on the evaluation data, task accuracy when
     the data is labelled, quantization error per layer, and (optionally) per-layer INT8 sensitivity."""
+    from trtopt.data import labels_for
     from trtopt.measure.bench import onnx_candidate, run_all, torch_candidate
     from trtopt.measure.compare import compare_outputs
     from trtopt.metrics import topk_accuracy
-    from trtopt.data import labels_for
 
     r = run.recipe
     feed = run.feed(r.data)

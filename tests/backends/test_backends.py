@@ -11,18 +11,16 @@ import onnxruntime
 import pytest
 import torch
 
-from trtopt import backends
 import trtopt.backends.base
 import trtopt.trt.cuda
 import trtopt.trt.runtime
+from trtopt import backends
 from trtopt.backends.base import Runner
-from trtopt.backends.ort import OrtRunner
+from trtopt.backends.ort import OrtConfig, OrtRunner
 from trtopt.backends.torch import TorchRunner, flatten_outputs
-from trtopt.export import ExportConfig
-from trtopt.backends.ort import OrtConfig
 from trtopt.data import random_feed
 from trtopt.errors import TrtoptError
-from trtopt.export import export_onnx
+from trtopt.export import ExportConfig, export_onnx
 from trtopt.models.spec import InputSpec, LoadedModel
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import torch
+
 from tests.helpers.cli import assert_one_line_error, run
 
 
@@ -18,7 +19,6 @@ def test_cluster_writes_file_checkpoint_and_report(tmp_path, cli_env):
     assert result["report"]["config"]["bits"] == 3
     assert all(la["distinct_values_max"] <= 8 for la in result["report"]["layers"] if la["skipped"] is None)
     from tests.helpers.tiny_models import tiny_cnn
-
     from trtopt.compress.share import load_shared
 
     decoded = load_shared(tmp_path / "m.npz", tiny_cnn())

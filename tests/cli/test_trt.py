@@ -6,11 +6,11 @@ import json
 import stat
 
 import pytest
-from tests.helpers.trt_fixtures import conv_model
 
-from trtopt.trt.runtime import installed_version
+from tests.helpers.trt_fixtures import conv_model
 from trtopt.cli.main import main
 from trtopt.files import sha256_file
+from trtopt.trt.runtime import installed_version
 
 NO_TRT = installed_version() is None
 SHAPES = "input:1x3x8x8,4x3x8x8,16x3x8x8"

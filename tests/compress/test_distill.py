@@ -376,10 +376,10 @@ def test_cli_distill_writes_loadable_student_and_resumes(tmp_path):
     import dataclasses
     import json
 
-    from trtopt.models.load import load_model
-    from trtopt.models.module_file import save_module
     from trtopt.compress.config import PruneConfig
     from trtopt.compress.prune import prune
+    from trtopt.models.load import load_model
+    from trtopt.models.module_file import save_module
 
     teacher = load_model("zoo:digits_cnn")
     pruned = prune(teacher.module, (torch.zeros(2, 1, 8, 8),), PruneConfig(method="structured", ratio=0.5))

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
 from tests.helpers.env import TESTS_DIR
 
 WORKER = TESTS_DIR / "helpers" / "distill_ddp_worker.py"

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from trtopt.errors import TrtoptError
 from trtopt.compress.config import LowRankConfig
 from trtopt.compress.lowrank import factorize_
+from trtopt.errors import TrtoptError
 from trtopt.models.nets import DigitsCNN
 
 

@@ -15,14 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from trtopt.compress.config import PruneConfig
+from trtopt.compress.prune import count_macs, prune, prune_loaded
+from trtopt.compress.sparsity import apply_masks_, mask_2to4, sparsity_masks
 from trtopt.errors import TrtoptError
 from trtopt.models.load import load_model
 from trtopt.models.module_file import save_module
 from trtopt.models.nets import DigitsCNN
-from trtopt.compress.config import PruneConfig
-from trtopt.compress.sparsity import apply_masks_, mask_2to4, sparsity_masks
 from trtopt.trt.sparsity import check_2to4
-from trtopt.compress.prune import count_macs, prune, prune_loaded
 
 
 def small_digits() -> nn.Module:

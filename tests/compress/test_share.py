@@ -9,10 +9,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from trtopt.compress.config import ShareConfig
+from trtopt.compress.share import (
+    cluster_weights_,
+    kmeans_1d,
+    load_shared,
+    pack_bits,
+    save_shared,
+    tie_weights,
+    unpack_bits,
+)
 from trtopt.errors import TrtoptError
 from trtopt.models.nets import DigitsCNN
-from trtopt.compress.config import ShareConfig
-from trtopt.compress.share import cluster_weights_, kmeans_1d, load_shared, pack_bits, save_shared, tie_weights, unpack_bits
 
 
 def _cnn(seed: int = 0) -> DigitsCNN:

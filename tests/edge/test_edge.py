@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from trtopt.backends import get_backend, names
-from trtopt.edge.export import export_edge
-from trtopt.edge.convert import EdgeConfig
 from trtopt.edge.artifact import inspect_edge
+from trtopt.edge.convert import EdgeConfig
+from trtopt.edge.export import export_edge
 from trtopt.errors import TrtoptError
 from trtopt.models.load import load_model
 from trtopt.models.spec import InputSpec

@@ -14,9 +14,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trtopt.measure.baseline import BASELINE_FORMAT, CONTROL_NAME, GateConfig, baseline_from_bench, check_environment, compare_with_baseline, control_candidate, judge_golden, load_baseline, markdown_summary
-from trtopt.errors import TrtoptError
 from tests.helpers.env import cli_environment
+from trtopt.errors import TrtoptError
+from trtopt.measure.baseline import (
+    BASELINE_FORMAT,
+    CONTROL_NAME,
+    GateConfig,
+    baseline_from_bench,
+    check_environment,
+    compare_with_baseline,
+    control_candidate,
+    judge_golden,
+    load_baseline,
+    markdown_summary,
+)
 
 
 def chain_model(path: Path, layers: int, width: int = 192, seed: int = 0) -> Path:
@@ -40,9 +51,9 @@ def chain_model(path: Path, layers: int, width: int = 192, seed: int = 0) -> Pat
 
 def timed_document(path: Path, iterations: int = 30, batch_sizes=(1, 8), repeats: int = 5) -> dict:
     """Time ``path`` alone (as a CI job would) and return today's run as a baseline document."""
-    from trtopt.measure.bench import bench, open_candidate
     from trtopt.data import load_feed
     from trtopt.environment import environment
+    from trtopt.measure.bench import bench, open_candidate
     from trtopt.measure.profile import TimingConfig
 
     candidate = open_candidate(str(path), threads=1)

@@ -10,13 +10,20 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from trtopt.measure.bench import bench, default_output_path, onnx_candidate, onnx_input_specs, open_candidate, run_all, torch_candidate
-from trtopt.export import ExportConfig
 from trtopt.data import random_feed
 from trtopt.errors import TrtoptError
-from trtopt.export import export_onnx
-from trtopt.models.load import load_model
+from trtopt.export import ExportConfig, export_onnx
+from trtopt.measure.bench import (
+    bench,
+    default_output_path,
+    onnx_candidate,
+    onnx_input_specs,
+    open_candidate,
+    run_all,
+    torch_candidate,
+)
 from trtopt.measure.profile import TimingConfig
+from trtopt.models.load import load_model
 
 TIMING = TimingConfig(warmup_iterations=1, iterations=5, bootstrap_samples=200)
 

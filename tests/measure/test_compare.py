@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trtopt.measure.compare import Tolerances, compare_output, compare_outputs, concat_batches, failed_outputs_message
 from trtopt.errors import TrtoptError
+from trtopt.measure.compare import Tolerances, compare_output, compare_outputs, concat_batches, failed_outputs_message
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from trtopt.measure import profile
 from trtopt.errors import TrtoptError
+from trtopt.measure import profile
 from trtopt.measure.profile import TimingConfig, compare_latency, latency_stats, speedup_interval, time_interleaved
 
 

@@ -7,8 +7,16 @@ import pytest
 import torch
 
 from trtopt.errors import TrtoptError
-from trtopt.models.spec import IMAGENET_MEAN, IMAGENET_STD, InputSpec, LoadedModel, is_onnx_path, parameter_bytes, parameter_count
 from trtopt.models.load import load_checkpoint_, load_model
+from trtopt.models.spec import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    InputSpec,
+    LoadedModel,
+    is_onnx_path,
+    parameter_bytes,
+    parameter_count,
+)
 
 RESNET18_PARAMS = 11_689_512
 EFFICIENTNET_LITE0_PARAMS = 4_652_008

@@ -13,12 +13,19 @@ import torch
 from onnx import TensorProto, helper
 
 from trtopt.artifacts import Ranges
-from trtopt.quant.calibrate import CalibrationConfig, calibrate, calibration_tensors
-from trtopt.quant.histogram import StreamingHistogram, amax_entropy, amax_minmax, amax_mse, amax_percentile, entropy_divergences, mse_errors
-from trtopt.export import ExportConfig
 from trtopt.errors import TrtoptError
-from trtopt.export import export_onnx
+from trtopt.export import ExportConfig, export_onnx
 from trtopt.models.load import load_model
+from trtopt.quant.calibrate import CalibrationConfig, calibrate, calibration_tensors
+from trtopt.quant.histogram import (
+    StreamingHistogram,
+    amax_entropy,
+    amax_minmax,
+    amax_mse,
+    amax_percentile,
+    entropy_divergences,
+    mse_errors,
+)
 
 
 def hist_of(values, num_bins=2048):

@@ -13,10 +13,18 @@ import pytest
 from onnx import TensorProto, helper
 
 from trtopt.artifacts import inspect_onnx
-from trtopt.quant.calibrate import CalibrationConfig, calibrate
-from trtopt.quant.histogram import StreamingHistogram
 from trtopt.errors import TrtoptError
-from trtopt.quant.foreign import check_pipeline, load_case, node_cases, onnx_test_data_root, shipped_cases, unsupported_ops, upgrade_opset
+from trtopt.quant.calibrate import CalibrationConfig, calibrate
+from trtopt.quant.foreign import (
+    check_pipeline,
+    load_case,
+    node_cases,
+    onnx_test_data_root,
+    shipped_cases,
+    unsupported_ops,
+    upgrade_opset,
+)
+from trtopt.quant.histogram import StreamingHistogram
 
 DATA = onnx_test_data_root()
 

@@ -8,13 +8,12 @@ import pytest
 from onnx import numpy_helper
 
 from trtopt.artifacts import Ranges, TensorRange
-from trtopt.quant.calibrate import CalibrationConfig, calibrate
-from trtopt.metrics import cosine_per_sample, top1_agreement, topk_accuracy
-from trtopt.export import ExportConfig
 from trtopt.data import load_feed
 from trtopt.errors import TrtoptError
-from trtopt.export import export_onnx
+from trtopt.export import ExportConfig, export_onnx
+from trtopt.metrics import cosine_per_sample, top1_agreement, topk_accuracy
 from trtopt.models.load import load_model
+from trtopt.quant.calibrate import CalibrationConfig, calibrate
 from trtopt.quant.error import activation_sqnr, weight_errors
 from trtopt.quant.quantize import QuantizeConfig, quantize
 

@@ -10,17 +10,16 @@ import onnxruntime
 import pytest
 import torch
 
-from trtopt.measure.bench import bench, onnx_candidate, run_all, torch_candidate
-from trtopt.measure.compare import compare_outputs
-from trtopt.export import ExportConfig
 from trtopt.data import random_feed
 from trtopt.environment import environment
 from trtopt.errors import TrtoptError
-from trtopt.export import export_onnx
-from trtopt.models.load import load_model
+from trtopt.export import ExportConfig, export_onnx
+from trtopt.measure.bench import bench, onnx_candidate, run_all, torch_candidate
+from trtopt.measure.compare import compare_outputs
 from trtopt.measure.profile import TimingConfig
-from trtopt.report.model import build_report, variant_rows
+from trtopt.models.load import load_model
 from trtopt.report.markdown import render_markdown
+from trtopt.report.model import build_report, variant_rows
 from trtopt.report.write import write_report
 
 TIMING = TimingConfig(warmup_iterations=1, iterations=5, bootstrap_samples=200)

@@ -10,7 +10,19 @@ import pytest
 
 from trtopt.artifacts import Ranges, TensorRange
 from trtopt.errors import TrtoptError
-from trtopt.trt.calibration_cache import CalibrationCache, cache_to_ranges, convert_cache, format_cache, inspect_cache, parse_cache, ranges_to_cache, read_cache, version_code, version_string, write_cache
+from trtopt.trt.calibration_cache import (
+    CalibrationCache,
+    cache_to_ranges,
+    convert_cache,
+    format_cache,
+    inspect_cache,
+    parse_cache,
+    ranges_to_cache,
+    read_cache,
+    version_code,
+    version_string,
+    write_cache,
+)
 
 
 def hex32(x: float) -> str:

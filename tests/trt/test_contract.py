@@ -25,8 +25,8 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.helpers.trt_fixtures import conv_model
 
+from tests.helpers.trt_fixtures import conv_model
 from trtopt.errors import TrtoptError
 from trtopt.trt.plan import VERSIONS, BuildOptions, make_plan, parse_shape_spec
 

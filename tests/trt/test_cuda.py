@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trtopt.trt import cuda
 from trtopt.errors import TrtoptError
+from trtopt.trt import cuda
 
 HAS_GPU = cuda.probe_gpus()["available"]
 

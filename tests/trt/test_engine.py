@@ -7,16 +7,25 @@ import json
 
 import numpy as np
 import pytest
-from tests.helpers.trt_fixtures import conv_model
 
+from tests.helpers.trt_fixtures import conv_model
 from trtopt.data import iter_batches
 from trtopt.errors import TrtoptError
 from trtopt.models.spec import InputSpec
-from trtopt.trt.calibrator import CalibrationBatches
-from trtopt.trt.engine import check_engine_file, check_engine_matches, engine_cache_key, machine_identity, make_sidecar, read_sidecar, sidecar_path, summarize_layers
 from trtopt.trt.build import format_parser_errors
-from trtopt.trt.timing import trtexec_stats
+from trtopt.trt.calibrator import CalibrationBatches
+from trtopt.trt.engine import (
+    check_engine_file,
+    check_engine_matches,
+    engine_cache_key,
+    machine_identity,
+    make_sidecar,
+    read_sidecar,
+    sidecar_path,
+    summarize_layers,
+)
 from trtopt.trt.plan import BuildOptions, make_plan, parse_shape_spec
+from trtopt.trt.timing import trtexec_stats
 
 ORIN = {"name": "Orin", "compute_capability": "8.7"}
 H200 = {"name": "NVIDIA H200", "compute_capability": "9.0"}

@@ -9,11 +9,11 @@ import json
 
 import numpy as np
 import pytest
-from tests.helpers.trt_fixtures import conv_model
 
-from trtopt.trt.runtime import installed_version
-from trtopt.trt.cuda import probe_gpus
+from tests.helpers.trt_fixtures import conv_model
 from trtopt.errors import TrtoptError
+from trtopt.trt.cuda import probe_gpus
+from trtopt.trt.runtime import installed_version
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(installed_version() is None or not probe_gpus()["available"],
@@ -63,8 +63,8 @@ def test_engine_matches_onnxruntime(built):
 
 
 def test_engine_cache_reuses_and_refuses_stale(built):
-    from trtopt.trt.runner import TensorRTRunner
     from trtopt.trt.build import build_engine
+    from trtopt.trt.runner import TensorRTRunner
 
     root, _, plan, _ = built
     again = build_engine(plan, root / "again.engine", cache_dir=root / "cache")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.helpers.trt_fixtures import conv_model
 
+from tests.helpers.trt_fixtures import conv_model
 from trtopt.errors import TrtoptError
 from trtopt.trt.calibration_cache import ranges_to_cache, write_cache
 from trtopt.trt.plan import BuildOptions, BuildPlan, ShapeProfile, make_plan, parse_shape_spec, resolve_version

@@ -15,7 +15,6 @@ from trtopt.errors import TrtoptError, first_line
 from trtopt.feeds import CheckedFeed
 from trtopt.models.spec import InputSpec
 
-
 NAME = "executorch"
 
 def set_threads(threads: int | None) -> int:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from trtopt._config import check_choice, check_names
 from trtopt.artifacts import numpy_dtype_of_onnx_type
 from trtopt.backends.base import Capabilities, Runner
-from trtopt._config import check_choice, check_names
-from dataclasses import dataclass
 from trtopt.errors import TrtoptError, first_line
 from trtopt.feeds import CheckedFeed
 from trtopt.models.spec import InputSpec

@@ -8,11 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
 from trtopt.backends.base import Capabilities
 from trtopt.errors import TrtoptError, missing_dependency
-from trtopt.trt.runtime import installed_version
 from trtopt.trt.runner import TensorRTRunner
+from trtopt.trt.runtime import installed_version
 
 
 class TensorRTBackend:

@@ -19,7 +19,6 @@ from trtopt.errors import TrtoptError
 from trtopt.measure.profile import TimingConfig
 from trtopt.quant.calibrate import METHODS, CalibrationConfig
 
-
 EXIT_USAGE = 2
 
 EXIT_CHECK_FAILED = 1

@@ -12,10 +12,18 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from trtopt.errors import TrtoptError
-from trtopt.cli._common import (add_data, feed_for, named_shapes, onnx_outputs, parse_shapes, speedup_search_outcome,
-                                step_printer, write_json_output)
+from trtopt.cli._common import (
+    add_data,
+    feed_for,
+    named_shapes,
+    onnx_outputs,
+    parse_shapes,
+    speedup_search_outcome,
+    step_printer,
+    write_json_output,
+)
 from trtopt.compress.config import CONV_SCHEMES, GRANULARITIES, LowRankConfig, ShareConfig
+from trtopt.errors import TrtoptError
 from trtopt.speedup_search import SpeedupSearchConfig
 
 
@@ -35,8 +43,7 @@ def _check_outputs(args: argparse.Namespace, files: tuple[str | None, ...], onnx
 
 
 def _export(args: argparse.Namespace, loaded, path: str) -> Any:
-    from trtopt.export import ExportConfig
-    from trtopt.export import export_onnx
+    from trtopt.export import ExportConfig, export_onnx
 
     feed = feed_for(args, loaded.inputs, loaded.preprocess, count=max(args.samples or 8, 8))
     return export_onnx(loaded, path, ExportConfig(), feed=feed, force=args.force, on_step=step_printer(args))

@@ -10,9 +10,9 @@ import argparse
 import os
 from typing import Any
 
-from trtopt.errors import TrtoptError
 from trtopt.cli._common import console, write_json_output
 from trtopt.compress.config import OPTIMIZERS, OUTPUT_LOSSES, SCHEDULERS, DistillConfig
+from trtopt.errors import TrtoptError
 
 DATASETS = ("digits",)
 

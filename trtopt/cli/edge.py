@@ -7,15 +7,15 @@ and ``trtopt compare zoo:efficientnet_lite0 m.pte`` open ``.pte``/``.tflite`` fi
 from __future__ import annotations
 
 import argparse
+
 from trtopt.cli._common import add_data, feed_for, parse_shapes, step_printer, write_json_output
 from trtopt.edge.convert import PRECISIONS, EdgeConfig
 
 
-
 def cmd_edge_export(args: argparse.Namespace) -> int:
     """``trtopt edge-export``: PyTorch → ``.pte`` / ``.tflite`` with its sidecar; exit status."""
-    from trtopt.edge.export import export_edge
     from trtopt.edge.artifact import edge_format, sidecar_path
+    from trtopt.edge.export import export_edge
     from trtopt.errors import TrtoptError
     from trtopt.files import check_outputs
     from trtopt.models.load import load_model

@@ -6,16 +6,23 @@ from __future__ import annotations
 import argparse
 
 from trtopt._config import field_default
-from trtopt.cli._common import (add_data, add_tolerances, feed_for, onnx_outputs, parse_shapes, step_printer,
-                                write_json_output)
+from trtopt.cli._common import (
+    add_data,
+    add_tolerances,
+    feed_for,
+    onnx_outputs,
+    parse_shapes,
+    step_printer,
+    write_json_output,
+)
 from trtopt.export import EXPORTERS, EXTERNAL_DATA, ExportConfig
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``trtopt export``: PyTorch → ONNX, parity-checked before the file is kept; exit status."""
-    from trtopt.measure.compare import Tolerances
     from trtopt.export import export_onnx
     from trtopt.files import check_outputs
+    from trtopt.measure.compare import Tolerances
     from trtopt.models.load import load_model
 
     check_outputs([*onnx_outputs(args.output), args.json], args.force, inputs=[args.model, args.checkpoint, args.data])

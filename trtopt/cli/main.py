@@ -20,14 +20,13 @@ import tempfile
 from collections.abc import Iterator, Sequence
 
 from trtopt._version import __version__
-from trtopt.errors import TrtoptError
-from trtopt.files import WRITE_ERRNOS, sweep_stale, write_error
+
 # One module per command family, each with ``add_commands(sub, common)``; they import their heavy
 # libraries inside the commands, so building the parser stays light.
 from trtopt.cli import compress, distill, doctor, edge, export, measure, pipeline, prune, quant, trt
 from trtopt.cli._common import EXIT_USAGE
-
-
+from trtopt.errors import TrtoptError
+from trtopt.files import WRITE_ERRNOS, sweep_stale, write_error
 
 TRUST_CODE_HELP = ("load model files that run code they name: pickled modules, .pt2 ExportedPrograms, trtopt model "
                    "files built on a package.module:factory (only for files you trust; see README, Trust and safety)")

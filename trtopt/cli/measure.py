@@ -7,19 +7,30 @@ import argparse
 import sys
 from typing import Any
 
+from trtopt.cli._common import (
+    EXIT_CHECK_FAILED,
+    add_data,
+    add_timing,
+    add_tolerances,
+    check_batch_sizes,
+    check_fits_memory,
+    feed_for,
+    named_shapes,
+    parse_shapes,
+    progress_bar,
+    timing_config,
+    write_json_output,
+)
 from trtopt.errors import TrtoptError
 from trtopt.measure.baseline import GateConfig
 from trtopt.measure.compare import Tolerances
-from trtopt.cli._common import (EXIT_CHECK_FAILED, add_data, add_timing, add_tolerances, check_batch_sizes,
-                                check_fits_memory, feed_for, named_shapes, parse_shapes, progress_bar, timing_config,
-                                write_json_output)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """``trtopt bench``: time models interleaved (and gate against a baseline); exit status (1 on a regression)."""
     from trtopt.measure.bench import bench, open_candidate, run_all
-    from trtopt.report.model import build_report
     from trtopt.report.markdown import markdown_table, render_markdown
+    from trtopt.report.model import build_report
 
     shapes = parse_shapes(args.input_shape)
     check_batch_sizes(args.batch_sizes)
@@ -83,8 +94,17 @@ def _gate_setup(args: argparse.Namespace) -> dict[str, Any] | None:
 def _gate_finish(args: argparse.Namespace, gate: dict[str, Any], result: dict[str, Any], env: dict[str, Any],
                  settings: dict[str, Any], outputs: dict[str, Any]) -> int:
     """Save the run as a baseline, or judge it against one (latency and golden outputs); exit 1 on failure."""
-    from trtopt.measure.baseline import (append_history, baseline_from_bench, compare_with_baseline, gate_failures,
-                                         golden_path, judge_golden, markdown_summary, save_baseline, save_golden)
+    from trtopt.measure.baseline import (
+        append_history,
+        baseline_from_bench,
+        compare_with_baseline,
+        gate_failures,
+        golden_path,
+        judge_golden,
+        markdown_summary,
+        save_baseline,
+        save_golden,
+    )
 
     if gate["mode"] == "save":
         golden = save_golden(outputs, golden_path(args.save_baseline), force=args.force)

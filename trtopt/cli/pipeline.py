@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import argparse
-from trtopt.cli._common import progress_bar, step_printer
 
+from trtopt.cli._common import progress_bar, step_printer
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -32,8 +32,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     """``trtopt optimize``: run a recipe's stages into a run directory and print the results table; exit status."""
     from pathlib import Path
 
-    from trtopt.config import load_recipe
     from trtopt._config import merge
+    from trtopt.config import load_recipe
     from trtopt.pipeline import optimize
     from trtopt.report.markdown import markdown_table
 

@@ -5,19 +5,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from typing import Any
+
 from trtopt.cli._common import EXIT_CHECK_FAILED, parse_shapes, speedup_search_outcome, step_printer, write_json_output
 from trtopt.compress.config import IMPORTANCES, PRUNE_METHODS, PruneConfig
 from trtopt.speedup_search import SpeedupSearchConfig
 
 
-
 def cmd_prune(args: argparse.Namespace) -> int:
     """``trtopt prune``: prune (or search a measured speedup) and save the module; exit status."""
+    from trtopt.compress.prune import prune_loaded
     from trtopt.files import check_outputs
     from trtopt.models.load import load_model
     from trtopt.models.module_file import save_module
     from trtopt.speedup_search import search_speedup
-    from trtopt.compress.prune import prune_loaded
 
     config = PruneConfig(method=args.method, ratio=args.ratio, global_pruning=args.global_pruning,
                          importance=args.importance, round_to=args.round_to, ignored_layers=tuple(args.ignore or ()),

@@ -8,8 +8,8 @@ import json
 import os
 from pathlib import Path
 
-from trtopt.errors import TrtoptError
 from trtopt.cli._common import add_calibration, add_data, onnx_feed, progress_bar, step_printer, write_json_output
+from trtopt.errors import TrtoptError
 from trtopt.quant.calibrate import CalibrationConfig
 from trtopt.quant.quantize import TARGETS, QuantizeConfig
 from trtopt.trt.calibration_cache import DEFAULT_TRT_VERSION

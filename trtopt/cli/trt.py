@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from trtopt.cli._common import add_data, feed_for, named_shapes, parse_shapes
 from trtopt.config import Recipe
 from trtopt.errors import TrtoptError
-from trtopt.cli._common import add_data, feed_for, named_shapes, parse_shapes
 from trtopt.trt.plan import HARDWARE_COMPATIBILITY, PRECISIONS, TARGETS, TYPINGS, BuildOptions
 
 
@@ -131,8 +131,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 def _calibration_feeds(args: argparse.Namespace, plan: Any):
     """Calibration data for a build-time calibrator: --data at the profile's opt shapes, streamed in batches."""
     from trtopt.artifacts import inspect_onnx
-    from trtopt.measure.bench import onnx_input_specs
     from trtopt.data import iter_batches, load_feed
+    from trtopt.measure.bench import onnx_input_specs
 
     art = inspect_onnx(plan.onnx_path)
     overrides = {p.name: tuple(p.opt[1:]) for p in plan.profiles}
@@ -168,10 +168,10 @@ def cmd_trt_bench(args: argparse.Namespace) -> int:
         raise TrtoptError(f"trtopt trt-bench cannot run here: {detail}",
                           "run it on a machine with an NVIDIA GPU and TensorRT (trtopt doctor shows what is missing)")
     require_gpu("trtopt trt-bench")
-    from trtopt.trt.runner import TensorRTRunner
     from trtopt.data import take_batch
     from trtopt.files import check_outputs, write_json
     from trtopt.trt.engine import read_sidecar
+    from trtopt.trt.runner import TensorRTRunner
 
     check_outputs([args.json], args.force, inputs=[args.engine, args.data])
     runner = TensorRTRunner(args.engine, cuda_library=args.cuda_lib)
@@ -210,9 +210,9 @@ def _torch_baseline(args: argparse.Namespace, feed: dict, trt_compute_ms: list[f
     TensorRT compute time excludes transfers)."""
     import torch
 
-    from trtopt.trt.cuda import time_torch_cuda
-    from trtopt.models.load import load_model
     from trtopt.measure.profile import TimingConfig, speedup_interval
+    from trtopt.models.load import load_model
+    from trtopt.trt.cuda import time_torch_cuda
     from trtopt.trt.timing import distribution
 
     loaded = load_model(args.baseline)

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 from trtopt._config import check_choice, check_int, check_names, check_number, field_error
 
-
 # -- prune ------------------------------------------------------------
 
 PRUNE_METHODS = ("unstructured", "structured", "2:4")

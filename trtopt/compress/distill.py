@@ -80,11 +80,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from trtopt import metrics
 from trtopt.compress.config import DistillConfig
 from trtopt.compress.data_source import DataSource
-from trtopt.compress.trainer import (DistillProgress, Metric, Trainer, check_resume_config, config_dict, load_checkpoint,
-                                     setup_distributed)
-from trtopt import metrics
+from trtopt.compress.trainer import (
+    DistillProgress,
+    Metric,
+    Trainer,
+    check_resume_config,
+    config_dict,
+    load_checkpoint,
+    setup_distributed,
+)
 from trtopt.errors import TrtoptError
 
 

@@ -38,10 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from trtopt.errors import TrtoptError
 from trtopt.compress.config import LowRankConfig
+from trtopt.errors import TrtoptError
 from trtopt.progress import StepCallback
-
 
 SUPPORTED_TYPES = ("Linear", "Conv2d")
 

@@ -43,10 +43,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from trtopt.errors import TrtoptError, first_line
 from trtopt.compress.config import PruneConfig
 from trtopt.compress.sparsity import mask_2to4, weight_layers
-
+from trtopt.errors import TrtoptError, first_line
 
 
 @dataclass

@@ -45,11 +45,10 @@ from typing import Any
 
 import numpy as np
 
+from trtopt.compress.config import ShareConfig
 from trtopt.errors import TrtoptError
 from trtopt.files import atomic_output
-from trtopt.compress.config import ShareConfig
 from trtopt.progress import StepCallback
-
 
 FORMAT_NAME = "trtopt-shared"
 

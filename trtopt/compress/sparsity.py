@@ -8,12 +8,10 @@ the input channels at each kernel position, as NVIDIA's ASP does.
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
 from trtopt.errors import TrtoptError
-
 
 _WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 

@@ -51,7 +51,6 @@ from trtopt.compress.data_source import DataSource, call_model, map_tensors, pre
 from trtopt.compress.losses import embedding_loss, feature_mse, kd_loss
 from trtopt.errors import TrtoptError, first_line
 
-
 CHECKPOINT_FORMAT = "trtopt-distill-checkpoint/1"
 
 # Config fields that change the training math: a resumed run must use the same values.

@@ -15,7 +15,6 @@ from typing import Any
 
 from trtopt.errors import TrtoptError
 
-
 # file suffix → (backend name, the extra that installs it)
 FORMATS = {"pte": ("executorch", "executorch"), "tflite": ("litert", "litert")}
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-
 from trtopt._config import check_choice, check_int
 from trtopt.errors import TrtoptError
-
 
 PRECISIONS = ("fp32", "int8")
 

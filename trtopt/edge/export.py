@@ -17,12 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from trtopt.errors import TrtoptError
-from trtopt.edge.artifact import EdgeArtifact, FORMATS, SIDECAR_VERSION, edge_format, inspect_edge, sidecar_path
-from trtopt.feeds import Feed
+from trtopt.edge.artifact import FORMATS, SIDECAR_VERSION, EdgeArtifact, edge_format, inspect_edge, sidecar_path
 from trtopt.edge.convert import EdgeConfig
+from trtopt.errors import TrtoptError
+from trtopt.feeds import Feed
 from trtopt.progress import StepCallback
-
 
 # backend name → the module whose ``convert(module, example, config, batches)`` writes that format
 _CONVERTERS = {"executorch": "trtopt.edge.executorch", "litert": "trtopt.edge.litert"}

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-
+from trtopt.backends.litert import NAME
 from trtopt.edge.artifact import require
 from trtopt.edge.convert import EdgeConfig, converter_error, pt2e_quantize
 from trtopt.errors import TrtoptError
-from trtopt.backends.litert import NAME
 
 
 def convert(module: Any, example: tuple[Any, ...], config: EdgeConfig,

@@ -20,9 +20,9 @@ from trtopt.data import DEFAULT_INTEGER_HIGH, integer_input_limits, take_batch
 from trtopt.edge.artifact import edge_format
 from trtopt.errors import TrtoptError
 from trtopt.feeds import Feed
-from trtopt.models.spec import InputSpec, LoadedModel, is_onnx_path, parameter_bytes, parameter_count
-from trtopt.models.load import load_model
 from trtopt.measure.profile import TimingConfig, compare_latency, speedup_interval, time_interleaved
+from trtopt.models.load import load_model
+from trtopt.models.spec import InputSpec, LoadedModel, is_onnx_path, parameter_bytes, parameter_count
 from trtopt.progress import ProgressCallback
 
 
@@ -190,8 +190,8 @@ def bench(candidates: Sequence[Candidate], feed: Feed, batch_sizes: Sequence[int
 
 def run_all(candidate: Candidate, feed: Feed, batch_size: int = 8) -> dict[str, Any]:
     """Outputs of ``candidate`` over every sample of ``feed``, concatenated (for accuracy comparisons)."""
-    from trtopt.measure.compare import concat_batches
     from trtopt.data import iter_batches
+    from trtopt.measure.compare import concat_batches
 
     static = getattr(candidate.runner, "static_batch", None)
     if static is None:

@@ -33,8 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from trtopt.errors import TrtoptError, first_line, missing_dependency
-from trtopt.models.spec import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess, InputSpec, LoadedModel, image_inputs, is_onnx_path
-
+from trtopt.models.spec import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImagePreprocess,
+    InputSpec,
+    LoadedModel,
+    image_inputs,
+    is_onnx_path,
+)
 
 REGISTRY_SOURCES = ("torchvision", "timm", "zoo")
 

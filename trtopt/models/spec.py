@@ -6,10 +6,9 @@ loading and every stage that runs a model; plus parameter counts and sizes of a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
-
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 

@@ -240,10 +240,9 @@ def check_pipeline(onnx_path: str | os.PathLike, feed: Feed, work_dir: str | os.
 def _check(path: Path, feed: Feed, work: Path, target: str, expected: Feed | None, method: str,
            threads: int | None) -> dict[str, Any]:
     from trtopt.artifacts import inspect_onnx
-    from trtopt.backends.ort import OrtRunner
-    from trtopt.quant.calibrate import CalibrationConfig, calibrate
+    from trtopt.backends.ort import OrtConfig, OrtRunner
     from trtopt.measure.compare import Tolerances, compare_outputs
-    from trtopt.backends.ort import OrtConfig
+    from trtopt.quant.calibrate import CalibrationConfig, calibrate
     from trtopt.quant.quantize import QuantizeConfig, quantize
 
     record: dict[str, Any] = {"model": str(path), "status": "error", "stage": "inspect", "error": None}

@@ -22,8 +22,8 @@ import numpy as np
 
 from trtopt import metrics
 from trtopt.artifacts import Ranges
-from trtopt.feeds import Feed
 from trtopt.errors import TrtoptError
+from trtopt.feeds import Feed
 from trtopt.files import temp_dir
 from trtopt.progress import StepCallback
 from trtopt.quant.quantize import COMPUTE_OP_TYPES, QuantizeConfig, quantize

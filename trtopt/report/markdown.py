@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 def _fmt(value: Any, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 

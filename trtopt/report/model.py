@@ -15,7 +15,6 @@ from typing import Any
 from trtopt import metrics
 from trtopt.environment import environment
 
-
 REPORT_VERSION = 1
 
 def build_report(title: str, bench_result: Mapping[str, Any], accuracy: Mapping[str, Any] | None = None,

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from trtopt.errors import TrtoptError
-from trtopt.trt.runtime import import_trt, make_logger, machine
 from trtopt.trt.calibrator import make_calibrator
+from trtopt.trt.runtime import import_trt, machine, make_logger
 
 
 @dataclass(frozen=True)
@@ -65,12 +65,12 @@ def build_engine(plan: Any, output: str | os.PathLike, force: bool = False, cali
     asked on a device without DLA, an ONNX the parser rejects (node name and description), a failed build
     (with TensorRT's last error lines).
     """
-    from trtopt.trt.cuda import open_cuda
     from trtopt.files import ensure_writable
     from trtopt.models.spec import InputSpec
-    from trtopt.trt.calibrator import CalibrationBatches
-    from trtopt.trt.engine import engine_cache_key
     from trtopt.trt.build import format_parser_errors
+    from trtopt.trt.calibrator import CalibrationBatches
+    from trtopt.trt.cuda import open_cuda
+    from trtopt.trt.engine import engine_cache_key
 
     out = ensure_writable(output, force)
     trt = import_trt()

@@ -17,9 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-
 from trtopt.errors import TrtoptError
-
 
 SIDECAR_FORMAT = 1
 

@@ -35,7 +35,6 @@ from typing import Any
 from trtopt._config import check_choice, check_int, field_error
 from trtopt.errors import TrtoptError
 
-
 PLAN_FORMAT = 1
 
 _RENDERED_KEYS = ("plan_sha256", "trtexec", "trtexec_unverified_flags")  # written beside a plan, derived from it

@@ -19,7 +19,7 @@ from trtopt.backends.base import Runner
 from trtopt.errors import TrtoptError
 from trtopt.feeds import CheckedFeed
 from trtopt.models.spec import InputSpec
-from trtopt.trt.runtime import import_trt, make_logger, machine
+from trtopt.trt.runtime import import_trt, machine, make_logger
 
 
 class TensorRTRunner(Runner):

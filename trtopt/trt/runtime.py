@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from trtopt.environment import package_version
 from trtopt.errors import TrtoptError, missing_dependency
-
 
 LOG_LINES_KEPT = 200
 

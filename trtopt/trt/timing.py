@@ -11,7 +11,6 @@ import numpy as np
 
 from trtopt.errors import TrtoptError
 
-
 COV_WARNING_PERCENT = 2.5  # trtexec warns when GPU compute time's coefficient of variation exceeds this
 
 _STAT_POINTS = (("min", None), ("mean", None), ("median", 50.0), ("p90", 90.0), ("p95", 95.0), ("p99", 99.0),
