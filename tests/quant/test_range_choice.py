@@ -13,8 +13,15 @@ from trtopt.export import export_onnx
 from trtopt.models.load import load_model
 from trtopt.quant.calibrate import CalibrationConfig, calibrate
 from trtopt.quant.quantize import QuantizeConfig, quantize
-from trtopt.quant.range_choice import (CANDIDATES, HELD_OUT_SAMPLES, REFINE_RUNS, HeldOut, _refinement_trials,
-                                       simulation_model, sqnr_db)
+from trtopt.quant.range_choice import (
+    CANDIDATES,
+    HELD_OUT_SAMPLES,
+    REFINE_RUNS,
+    HeldOut,
+    _refinement_trials,
+    simulation_model,
+    sqnr_db,
+)
 
 
 @pytest.fixture(scope="module")

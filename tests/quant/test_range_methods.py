@@ -9,8 +9,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trtopt.quant.histogram import (FALLBACKS, MAX_SATURATED_FRACTION, METHODS, StreamingHistogram, amax_mse,
-                                    choose_amax, implausibility, method_amax, mse_errors, saturated_fraction)
+from trtopt.quant.histogram import (
+    FALLBACKS,
+    MAX_SATURATED_FRACTION,
+    METHODS,
+    StreamingHistogram,
+    amax_mse,
+    choose_amax,
+    implausibility,
+    method_amax,
+    mse_errors,
+    saturated_fraction,
+)
 
 N = 200_000
 

@@ -31,8 +31,14 @@ from trtopt.errors import TrtoptError
 if TYPE_CHECKING:
     from trtopt.backends.ort import OrtConfig
 from trtopt.quant import histogram
-from trtopt.quant.histogram import (ENTROPY_START_BIN, MAX_SATURATED_FRACTION, ChannelStatistics, StreamingHistogram,
-                                    _positive_int, choose_amax)
+from trtopt.quant.histogram import (
+    ENTROPY_START_BIN,
+    MAX_SATURATED_FRACTION,
+    ChannelStatistics,
+    StreamingHistogram,
+    _positive_int,
+    choose_amax,
+)
 from trtopt.quant.range_choice import HeldOut, choose_methods
 from trtopt.quant.recovery import recoverable_inputs
 
@@ -397,8 +403,7 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
         shape (named, expected vs got), or containing NaN/inf; a tensor that becomes NaN/inf.
         Nothing is written outside a temporary folder, which is removed.
     """
-    from trtopt.backends.ort import OrtRunner
-    from trtopt.backends.ort import OrtConfig
+    from trtopt.backends.ort import OrtConfig, OrtRunner
 
     artifact = onnx_path if isinstance(onnx_path, OnnxArtifact) else inspect_onnx(onnx_path)
     path = Path(artifact.path)
