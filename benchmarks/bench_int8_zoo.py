@@ -536,6 +536,23 @@ def markdown(results: dict[str, Any]) -> str:
                      f" | {_fmt(acc['trtopt_tensorrt'], key)} | {_fmt(acc['ort_quantize_static'], key)} | "
                      f"{_fmt(acc['modelopt'], key)} | {_speedup(b[1]['trtopt_vs_fp32'])} / {_speedup(b[8]['trtopt_vs_fp32'])}"
                      f" | {_speedup(b[1]['ort_vs_fp32'])} / {_speedup(b[8]['ort_vs_fp32'])} |")
+    resnet = results["rows"].get("resnet18_speed")
+    if resnet:
+        isa = results["environment"]["cpu_isa"]
+        lines += ["", f"ResNet-18 INT8 (trtopt default, onnxruntime target) vs FP32 ONNX Runtime on this CPU "
+                      f"({results['environment']['cpu_model']}, INT8 path {isa['int8']}; {resnet['default_weight_bits']}-bit "
+                      "weights by default), 2 threads:", "",
+                  "| batch | FP32 p50 (ms) | INT8 p50 (ms) | INT8 speedup | with 7-bit weights |", "|---|---|---|---|---|"]
+        lines += [f"| {b['batch_size']} | {b['p50_ms']['fp32']:.1f} | {b['p50_ms']['int8_default']:.1f} | "
+                  f"{_speedup(b['int8_vs_fp32'])} | {_speedup(b['int8_7bit_vs_fp32'])} |" for b in resnet["speed"]]
+    cost = results["rows"].get("calibration_cost")
+    if cost and "choose_seconds" in next(iter(cost["auto_overhead"].values())):
+        lines += ["", "Cost of method auto over one method (EfficientNet-Lite0, fresh process per run, medians of 2):",
+                  "", "| samples | entropy pass (s) | auto pass (s) | of which scoring (s) | scoring / one pass | "
+                      "peak RSS change (MB) |", "|---|---|---|---|---|---|"]
+        lines += [f"| {n} | {o['pass_seconds_entropy']:.1f} | {o['pass_seconds_auto']:.1f} | {o['choose_seconds']:.1f} | "
+                  f"{o['choose_fraction_of_a_pass']:.1%} | {o['extra_peak_rss_mb']:+.0f} |"
+                  for n, o in cost["auto_overhead"].items()]
     return "\n".join(lines)
 
 
