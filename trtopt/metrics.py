@@ -35,6 +35,19 @@ def _require_positive(name: str, value: float) -> float:
     return number
 
 
+def paired_arrays(first: ArrayLike, second: ArrayLike, problem: str, fix: str) -> tuple[np.ndarray, np.ndarray]:
+    """``first`` and ``second`` as float64 arrays of one shape (the operands of an element-wise comparison).
+
+    Raises:
+        TrtoptError: the shapes differ; ``problem`` is formatted with the two shapes (``{0}``, ``{1}``).
+    """
+    first_array = np.asarray(first, dtype=np.float64)
+    second_array = np.asarray(second, dtype=np.float64)
+    if first_array.shape != second_array.shape:
+        raise TrtoptError(problem.format(first_array.shape, second_array.shape), fix)
+    return first_array, second_array
+
+
 def compression_ratio(original_bytes: float, compressed_bytes: float) -> float:
     """How many times smaller the compressed model is: ``original_bytes / compressed_bytes``.
 
@@ -91,13 +104,9 @@ def quantization_error(original: ArrayLike, quantized: ArrayLike) -> np.ndarray:
     Raises:
         TrtoptError: if the two arrays differ in shape (broadcasting would hide a layout mistake).
     """
-    original_array = np.asarray(original, dtype=np.float64)
-    quantized_array = np.asarray(quantized, dtype=np.float64)
-    if original_array.shape != quantized_array.shape:
-        raise TrtoptError(
-            f"quantization error needs arrays of one shape, got original {original_array.shape} "
-            f"and quantized {quantized_array.shape}",
-            "compare the same tensor before and after quantization")
+    original_array, quantized_array = paired_arrays(
+        original, quantized, "quantization error needs arrays of one shape, got original {0} and quantized {1}",
+        "compare the same tensor before and after quantization")
     return np.abs(original_array - quantized_array)
 
 
@@ -126,13 +135,9 @@ def _sample_vectors(reference: ArrayLike, candidate: ArrayLike) -> tuple[np.ndar
 
     Arrays of 0 or 1 dimensions are one sample. Raises TrtoptError if the shapes differ.
     """
-    reference_array = np.asarray(reference, dtype=np.float64)
-    candidate_array = np.asarray(candidate, dtype=np.float64)
-    if reference_array.shape != candidate_array.shape:
-        raise TrtoptError(
-            f"cosine similarity needs arrays of one shape, got reference {reference_array.shape} "
-            f"and candidate {candidate_array.shape}",
-            "compare the outputs of the same inputs, in the same order and batch size")
+    reference_array, candidate_array = paired_arrays(
+        reference, candidate, "cosine similarity needs arrays of one shape, got reference {0} and candidate {1}",
+        "compare the outputs of the same inputs, in the same order and batch size")
     if reference_array.ndim <= 1:
         return reference_array.reshape(1, -1), candidate_array.reshape(1, -1)
     shape = (reference_array.shape[0], math.prod(reference_array.shape[1:]))  # -1 is ambiguous with 0 samples

@@ -96,13 +96,10 @@ def compare_output(name: str, reference: ArrayLike, candidate: ArrayLike, tol: T
     Raises:
         TrtoptError: if the shapes differ.
     """
-    reference_array = np.asarray(reference, dtype=np.float64)
-    candidate_array = np.asarray(candidate, dtype=np.float64)
-    if reference_array.shape != candidate_array.shape:
-        raise TrtoptError(
-            f"output '{name}' has shape {candidate_array.shape} in the candidate but "
-            f"{reference_array.shape} in the reference",
-            "compare the models on the same inputs and batch size, and check the export's output order")
+    reference_array, candidate_array = metrics.paired_arrays(
+        reference, candidate,
+        f"output '{name.replace('{', '{{').replace('}', '}}')}' has shape {{1}} in the candidate but {{0}} in the reference",
+        "compare the models on the same inputs and batch size, and check the export's output order")
     close = np.isclose(candidate_array, reference_array, rtol=tol.rtol, atol=tol.atol, equal_nan=True)
     both_finite = np.isfinite(reference_array) & np.isfinite(candidate_array)
     reference_finite = reference_array[both_finite]
