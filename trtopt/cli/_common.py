@@ -188,6 +188,32 @@ def add_calibration(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=CalibrationConfig.batch_size,
                    help="samples per calibration run (memory bound; default %(default)s)")
 
+def add_speedup_search(p: argparse.ArgumentParser, target_help: str) -> None:
+    """--target-speedup and the search's timing flags, with the defaults of `SpeedupSearchConfig` (prune, factorize)."""
+    from trtopt.speedup_search import SpeedupSearchConfig as C
+
+    p.add_argument("--target-speedup", type=float, default=None, metavar="X", help=target_help)
+    p.add_argument("--tolerance", type=float, default=C.tolerance,
+                   help="accept a speedup within X × (1 ± this) (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=C.batch_size, help="batch timed by --target-speedup (default %(default)s)")
+    p.add_argument("--iterations", type=int, default=C.iterations,
+                   help="timed calls per candidate and step (--target-speedup, default %(default)s)")
+    p.add_argument("--warmup", type=int, default=C.warmup_iterations,
+                   help="untimed calls first (--target-speedup, default %(default)s)")
+    p.add_argument("--threads", type=int, default=C.threads,
+                   help="ONNX Runtime threads (--target-speedup, default %(default)s)")
+
+
+def speedup_search_config(args: argparse.Namespace):
+    """The `SpeedupSearchConfig` the flags of :func:`add_speedup_search` ask for, or None without --target-speedup."""
+    if args.target_speedup is None:
+        return None
+    from trtopt.speedup_search import SpeedupSearchConfig
+
+    return SpeedupSearchConfig(target_speedup=args.target_speedup, tolerance=args.tolerance, batch_size=args.batch_size,
+                               threads=args.threads, warmup_iterations=args.warmup, iterations=args.iterations)
+
+
 def add_tolerances(p: argparse.ArgumentParser, atol: float, rtol: float, cosine: float) -> None:
     """--atol/--rtol/--min-cosine with the defaults of the `Tolerances` the command fills."""
     p.add_argument("--atol", type=float, default=atol, help="absolute tolerance (default %(default)s)")

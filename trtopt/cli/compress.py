@@ -14,17 +14,18 @@ from typing import Any
 
 from trtopt.cli._common import (
     add_data,
+    add_speedup_search,
     feed_for,
     named_shapes,
     onnx_outputs,
     parse_shapes,
+    speedup_search_config,
     speedup_search_outcome,
     step_printer,
     write_json_output,
 )
 from trtopt.compress.config import CONV_SCHEMES, GRANULARITIES, LowRankConfig, ShareConfig
 from trtopt.errors import TrtoptError
-from trtopt.speedup_search import SpeedupSearchConfig
 
 
 def _load(args: argparse.Namespace):
@@ -108,10 +109,7 @@ def cmd_factorize(args: argparse.Namespace) -> int:
                            param_budget=args.param_budget, ranks=ranks, conv=args.conv, layers=tuple(args.layer or ()),
                            exclude=tuple(args.exclude or ()), min_reduction=args.min_reduction,
                            rank_multiple=args.rank_multiple)
-    target = None
-    if args.target_speedup is not None:
-        target = SpeedupSearchConfig(target_speedup=args.target_speedup, tolerance=args.tolerance, batch_size=args.batch_size,
-                                     threads=args.threads, warmup_iterations=args.warmup, iterations=args.iterations)
+    target = speedup_search_config(args)
     _check_outputs(args, (args.json,), args.output)
     loaded = _load(args)
     import torch
@@ -189,17 +187,6 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="skip layers losing less than this fraction of parameters/MACs (default %(default)s)")
     p.add_argument("--rank-multiple", type=int, default=LowRankConfig.rank_multiple,
                    help="round ranks up to a multiple (8/16 suit tensor cores; default %(default)s)")
-    p.add_argument("--target-speedup", type=float, default=None, metavar="X",
-                   help="lower the kept energy step by step (then bisect) until the exported ONNX is measured X× faster "
-                        "than the original's on ONNX Runtime (interleaved); missed: keeps the closest, exit 1")
-    p.add_argument("--tolerance", type=float, default=SpeedupSearchConfig.tolerance,
-                   help="accept a speedup within X × (1 ± this) (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=SpeedupSearchConfig.batch_size,
-                   help="batch timed by --target-speedup (default %(default)s)")
-    p.add_argument("--iterations", type=int, default=SpeedupSearchConfig.iterations,
-                   help="timed calls per candidate (--target-speedup, default %(default)s)")
-    p.add_argument("--warmup", type=int, default=SpeedupSearchConfig.warmup_iterations,
-                   help="untimed calls first (--target-speedup, default %(default)s)")
-    p.add_argument("--threads", type=int, default=SpeedupSearchConfig.threads,
-                   help="ONNX Runtime threads (--target-speedup, default %(default)s)")
+    add_speedup_search(p, "lower the kept energy step by step (then bisect) until the exported ONNX is measured X× "
+                          "faster than the original's on ONNX Runtime (interleaved); missed: keeps the closest, exit 1")
     p.set_defaults(func=cmd_factorize)

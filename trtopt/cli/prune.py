@@ -6,9 +6,16 @@ import argparse
 import dataclasses
 from typing import Any
 
-from trtopt.cli._common import EXIT_CHECK_FAILED, parse_shapes, speedup_search_outcome, step_printer, write_json_output
+from trtopt.cli._common import (
+    EXIT_CHECK_FAILED,
+    add_speedup_search,
+    parse_shapes,
+    speedup_search_config,
+    speedup_search_outcome,
+    step_printer,
+    write_json_output,
+)
 from trtopt.compress.config import IMPORTANCES, PRUNE_METHODS, PruneConfig
-from trtopt.speedup_search import SpeedupSearchConfig
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -22,10 +29,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     config = PruneConfig(method=args.method, ratio=args.ratio, global_pruning=args.global_pruning,
                          importance=args.importance, round_to=args.round_to, ignored_layers=tuple(args.ignore or ()),
                          protect_first_last=not args.no_protect)
-    target = None
-    if args.target_speedup is not None:
-        target = SpeedupSearchConfig(target_speedup=args.target_speedup, tolerance=args.tolerance,
-                                     batch_size=args.batch_size, threads=args.threads, iterations=args.iterations)
+    target = speedup_search_config(args)
     check_outputs([args.output, args.json], args.force, inputs=[args.model, args.checkpoint])  # before any work
     shapes = parse_shapes(args.input_shape)
     loaded = load_model(args.model, checkpoint=args.checkpoint, input_shape=next(iter(shapes.values())) if len(shapes) == 1 else None)
@@ -89,16 +93,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--round-to", type=int, default=PruneConfig.round_to,
                    help="keep channel counts multiples of this (default %(default)s)")
     p.add_argument("--no-protect", action="store_true", help="also prune the first layer's and last layer's outputs")
-    p.add_argument("--target-speedup", type=float, default=None, metavar="X",
-                   help="raise the ratio step by step until the ONNX model is X× faster on ONNX Runtime (measured)")
-    p.add_argument("--tolerance", type=float, default=SpeedupSearchConfig.tolerance,
-                   help="accept a speedup within X × (1 ± this) (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=SpeedupSearchConfig.batch_size,
-                   help="batch timed by --target-speedup (default %(default)s)")
-    p.add_argument("--threads", type=int, default=SpeedupSearchConfig.threads,
-                   help="ONNX Runtime threads for --target-speedup (default %(default)s)")
-    p.add_argument("--iterations", type=int, default=SpeedupSearchConfig.iterations,
-                   help="timed calls per model and step (default %(default)s)")
+    add_speedup_search(p, "raise the ratio step by step until the ONNX model is X× faster on ONNX Runtime (measured)")
     p.add_argument("--input-shape", action="append", metavar="[NAME:]DIMS", help="input shape without batch")
     p.add_argument("--json", help="write the pruning report (and search steps) here")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
