@@ -543,9 +543,9 @@ def _calibrate(run: _Run, onnx: Mapping[str, Any]) -> dict[str, Any]:
         count = len(next(iter(feed.values())))
         run.step(f"calibrating INT8 ranges ({r.calibration.method}) on {count} samples of {source or 'random'}")
         ranges = calibrate(_deployed(onnx), feed, r.calibration, on_progress=run.progress)
+        trt_cache = ranges_to_cache(ranges, trt_version=r.trt_cache_version)  # refusals come before any write
         ranges_path = ranges.save(run.out / "ranges.json", force=True)
-        cache = write_cache(ranges_to_cache(ranges, trt_version=r.trt_cache_version), run.out / "calibration.cache",
-                            force=True)
+        cache = write_cache(trt_cache, run.out / "calibration.cache", force=True)
         return [ranges_path, cache], {"ranges": str(ranges_path), "cache": str(cache), "samples": count,
                                       "source": source, "tensors": len(ranges.tensors), "choice": ranges.choice}
 

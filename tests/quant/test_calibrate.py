@@ -521,7 +521,7 @@ def test_model_without_float_tensors_is_an_error(tmp_path):
                               [helper.make_tensor_value_info("y", TensorProto.INT64, ["n", 4])])
     path = tmp_path / "ints.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    with pytest.raises(TrtoptError, match="no float tensors to calibrate") as err:
+    with pytest.raises(TrtoptError, match="no float tensors that INT8 Q/DQ would quantize") as err:
         calibrate(path, {"x": np.ones((2, 4), np.int64)})
     assert _one_line(err)
 
@@ -552,10 +552,16 @@ def test_bad_tensor_requests_and_data_types_are_errors(cnn):
 
 
 def test_activation_that_becomes_infinite_is_named(tmp_path):
-    graph = helper.make_graph([helper.make_node("Reciprocal", ["x"], ["y"])], "g",
+    """A quantized tensor (a MatMul input) that becomes inf: the error names it, the node and the fix."""
+    graph = helper.make_graph([helper.make_node("Reciprocal", ["x"], ["y"]),
+                               helper.make_node("MatMul", ["y", "w"], ["z"], name="mm")], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])])
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 2])],
+                              [helper.make_tensor("w", TensorProto.FLOAT, [2, 2], [1.0, 0.0, 0.0, 1.0])])
     path = tmp_path / "recip.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    with pytest.raises(TrtoptError, match="tensor 'y' becomes NaN or inf"):
+    with pytest.raises(TrtoptError, match="tensor 'y' becomes NaN or inf.*node mm.*--exclude mm") as err:
         calibrate(path, {"x": np.array([[1.0, 0.0]], np.float32)})
+    assert _one_line(err)
+    with pytest.raises(TrtoptError, match="tensor 'y' becomes NaN or inf on the calibration data; "):
+        calibrate(path, {"x": np.array([[1.0, 0.0]], np.float32)}, tensors=["y"])

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -18,14 +19,16 @@ from trtopt.trt.calibration_cache import DEFAULT_TRT_VERSION
 def _calibration_config(args: argparse.Namespace) -> CalibrationConfig:
     return CalibrationConfig(method=args.method, percentile=args.percentile, batch_size=args.batch_size)
 
-def _calibrate(args: argparse.Namespace, onnx_path: str):
-    from trtopt.quant.calibrate import calibrate
+def _calibrate(args: argparse.Namespace, onnx_path: str, layouts=None):
+    """Ranges for ``onnx_path`` from --data; ``layouts``: the Q/DQ layouts to cover (default: both targets)."""
+    from trtopt.quant.calibrate import DEFAULT_LAYOUTS, calibrate
 
     feed = onnx_feed(args, onnx_path)
     progress, update = progress_bar(args)
     try:
         with progress:
-            ranges = calibrate(onnx_path, feed, _calibration_config(args), on_progress=update)
+            ranges = calibrate(onnx_path, feed, _calibration_config(args), on_progress=update,
+                               layouts=layouts or DEFAULT_LAYOUTS)
     except TrtoptError as e:
         if args.data is not None:
             raise
@@ -53,7 +56,7 @@ def describe_choice(ranges) -> list[str]:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """``trtopt calibrate``: streaming ranges (+ data manifest, optional TensorRT cache); exit status."""
     from trtopt import workspace
-    from trtopt.files import check_outputs, sha256_file, write_json
+    from trtopt.files import atomic_output, check_outputs, sha256_file, write_json
 
     output = args.output or str(workspace.calibration_ranges_path(args.model))
     cache = args.cache
@@ -61,21 +64,30 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         cache = str(workspace.calibration_cache_path(args.model, args.trt_version))
     manifest = workspace.data_manifest_path(output) if Path(output).name else None  # "-o ." is refused below
     check_outputs([output, cache, manifest], args.force, inputs=[args.model, args.data])
+    trt_cache = None
+    if cache:  # a cache for a TensorRT without calibrators is refused before any work
+        from trtopt.trt.calibration_cache import calibrating_version, ranges_to_cache, write_cache
+
+        calibrating_version(args.trt_version)
     ranges = _calibrate(args, args.model)
-    ranges.save(output, force=args.force)
+    if cache:
+        trt_cache = ranges_to_cache(ranges, trt_version=args.trt_version)
+    # All outputs or none: each is written to a temporary file beside it, and the renames happen only
+    # once every write has succeeded (a failure removes the temporary files, leaving nothing behind).
+    with contextlib.ExitStack() as stack:
+        staged = {path: stack.enter_context(atomic_output(path, args.force)) for path in (output, manifest, cache) if path}
+        ranges.save(staged[output], force=True)
+        write_json(staged[manifest], {"format": workspace.DATA_MANIFEST_FORMAT, "model": str(args.model),
+                                      "model_sha256": ranges.model_sha256 or sha256_file(args.model),
+                                      "data": args.data or "random", "samples": ranges.samples, "seed": args.seed,
+                                      "batch_size": args.batch_size, "method": ranges.method,
+                                      "data_sha256": ranges.data_sha256, "ranges": str(output)}, force=True)
+        if trt_cache is not None:
+            write_cache(trt_cache, staged[cache], force=True)
     print(f"wrote {output}: {len(ranges.tensors)} tensor ranges ({ranges.method}, {ranges.samples} samples, "
           f"data sha256 {ranges.data_sha256[:12]}…)")
-    write_json(manifest, {"format": workspace.DATA_MANIFEST_FORMAT, "model": str(args.model),
-                          "model_sha256": ranges.model_sha256 or sha256_file(args.model),
-                          "data": args.data or "random", "samples": ranges.samples, "seed": args.seed,
-                          "batch_size": args.batch_size, "method": ranges.method, "data_sha256": ranges.data_sha256,
-                          "ranges": str(output)}, force=args.force)
     print(f"wrote {manifest}: which samples were used")
-    if cache:
-        from trtopt.trt.calibration_cache import ranges_to_cache, write_cache
-
-        trt_cache = ranges_to_cache(ranges, trt_version=args.trt_version)
-        write_cache(trt_cache, cache, force=args.force)
+    if trt_cache is not None:
         print(f"wrote {cache}: TensorRT {trt_cache.trt_version} calibration cache ({trt_cache.header})")
     return 0
 
@@ -97,11 +109,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         return 0
     if args.ranges and args.data:
         raise TrtoptError("both --ranges and --data given", "use --ranges FILE (calibrated) or --data SRC (calibrate now)")
-    ranges = Ranges.load(args.ranges) if args.ranges else _calibrate(args, args.model)
     names, op_types = _split_excludes(args.model, args.exclude or [])
     config = QuantizeConfig(target=args.target, per_channel=args.per_channel, reduce_range=args.reduce_range,
                             op_types=tuple(args.op_types.split(",")) if args.op_types else None, exclude_nodes=names,
                             exclude_op_types=op_types, smoothing=args.smoothing, bias_correction=args.bias_correction)
+    # calibrating now: exactly the tensors this layout (with its op types and exclusions) quantizes
+    ranges = Ranges.load(args.ranges) if args.ranges else _calibrate(args, args.model, layouts=(config,))
     if args.max_accuracy_drop is not None:
         config = _mixed_precision(args, ranges, config)
     artifact = quantize(args.model, ranges, args.output, config, force=args.force, on_step=step_printer(args))

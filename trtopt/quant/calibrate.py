@@ -38,10 +38,12 @@ from trtopt.quant import histogram
 from trtopt.quant.histogram import (
     ENTROPY_START_BIN,
     MAX_SATURATED_FRACTION,
+    ZERO_TENSOR_AMAX,
     ChannelStatistics,
     StreamingHistogram,
     choose_amax,
 )
+from trtopt.quant.quantize import TARGETS, QuantizeConfig, quantized_tensors
 from trtopt.quant.range_choice import HeldOut, choose_methods
 from trtopt.quant.recovery import recoverable_inputs
 
@@ -50,6 +52,11 @@ _log = logging.getLogger(__name__)
 METHODS = (*histogram.METHODS, "auto")
 
 _FLOAT32 = 1  # onnx.TensorProto.FLOAT (onnx is imported where it is used)
+#: The layouts calibration covers by default: each target's default Q/DQ placement, so the ranges serve
+#: ``quantize`` of the same model on either target.
+DEFAULT_LAYOUTS = tuple(QuantizeConfig(target=t) for t in TARGETS)
+#: An amax this many times the median amax of the model's tensors (or more) is flagged as absurd.
+OUTLIER_RATIO = 1e4
 
 
 @dataclass(frozen=True)
@@ -91,11 +98,30 @@ class CalibrationConfig:
 def tensor_range(stats: StreamingHistogram, amax: float) -> TensorRange:
     """The range of one tensor at ``amax``; min/max are the extremes clipped to ±amax.
 
-    A tensor that was zero on every sample gets amax 0.0 (quantizers must treat it as a constant).
+    A tensor that was zero on every sample gets amax :data:`~trtopt.quant.histogram.ZERO_TENSOR_AMAX`
+    with min = max = 0: zero stays exactly representable, and every scale derived from it is positive
+    (TensorRT caches and symmetric Q/DQ refuse or break on a zero scale).
     """
-    lo = min(max(stats.min, -amax), amax) if stats.count else 0.0
-    hi = min(max(stats.max, -amax), amax) if stats.count else 0.0
+    if stats.absmax == 0.0:
+        return TensorRange(ZERO_TENSOR_AMAX, 0.0, 0.0)
+    lo = min(max(stats.min, -amax), amax)
+    hi = min(max(stats.max, -amax), amax)
     return TensorRange(float(amax), float(lo), float(hi))
+
+
+def outlier_ranges(ranges: Mapping[str, TensorRange], ratio: float = OUTLIER_RATIO) -> list[dict[str, Any]]:
+    """Tensors whose amax is at least ``ratio`` times the median amax of ``ranges`` (zero tensors left out).
+
+    Such a range (e.g. 3.4e38 from a ``finfo.min`` mask value) leaves all but one or two int8 codes
+    unused for the real values. Returns ``{"tensor", "amax", "times_median"}`` per tensor, largest first.
+    """
+    amaxes = [r.amax for r in ranges.values() if r.amax > ZERO_TENSOR_AMAX]
+    if not amaxes:
+        return []
+    median = float(np.median(amaxes))
+    found = [{"tensor": name, "amax": r.amax, "times_median": r.amax / median}
+             for name, r in ranges.items() if r.amax >= ratio * median]
+    return sorted(found, key=lambda f: -f["amax"])
 
 
 def tensor_ranges(stats: Mapping[str, StreamingHistogram], methods: Mapping[str, str],
@@ -147,28 +173,31 @@ def _elem_types(model: Any) -> dict[str, int]:
             types[vi.name] = vi.type.tensor_type.elem_type
     return types
 
-def calibration_tensors(onnx_path: str | os.PathLike | OnnxArtifact) -> list[str]:
+def calibration_tensors(onnx_path: str | os.PathLike | OnnxArtifact,
+                        layouts: Sequence[QuantizeConfig] = DEFAULT_LAYOUTS) -> list[str]:
     """The tensors :func:`calibrate` calibrates by default, in graph order.
 
-    Every float (fp32/fp16/fp64) tensor that is an input or output of a top-level node, graph inputs
-    included; initializers (weights) and outputs of Constant nodes are not activations and are left
-    out. Tensors inside subgraphs (If/Loop bodies) cannot be observed and are not listed.
+    Every float (fp32/fp16/fp64) or untyped tensor that one of ``layouts`` can quantize
+    (`trtopt.quant.quantize.quantized_tensors`: the non-initializer inputs, and outputs where the layout
+    quantizes them, of the nodes that take Q/DQ), graph inputs included. Tensors no layout quantizes (an
+    attention mask's -inf path, shape arithmetic) are left out, and so are tensors inside subgraphs
+    (If/Loop bodies), which cannot be observed.
     """
     path = Path(getattr(onnx_path, "path", onnx_path))
     inspect_onnx(path)
-    return _default_tensors(_typed_model(path))
+    return list(_default_tensors(_typed_model(path), layouts))
 
-def _default_tensors(model: Any) -> list[str]:
+def _default_tensors(model: Any, layouts: Sequence[QuantizeConfig]) -> dict[str, str]:
+    """Tensor → the node whose Q/DQ needs its range, for the float or untyped tensors ``layouts`` quantize."""
     floats = _float_elem_types()
     types = _elem_types(model)
-    constants = {t.name for t in model.graph.initializer}
-    constants.update(o for node in model.graph.node if node.op_type == "Constant" for o in node.output)
-    names: dict[str, None] = {}
-    for node in model.graph.node:
-        for name in (*node.input, *node.output):
-            if name and name not in constants and types.get(name) in floats:
-                names[name] = None
-    return list(names)
+    found: dict[str, str] = {}
+    for layout in layouts:
+        for name, node in quantized_tensors(model, layout).items():
+            if name not in types or types[name] in floats:  # untyped: kept if it turns out to be float
+                found.setdefault(name, f"{node} ({layout.target})")
+    order = {name: k for k, name in enumerate(n for node in model.graph.node for n in (*node.input, *node.output))}
+    return dict(sorted(found.items(), key=lambda item: order.get(item[0], -1)))
 
 def _check_requested(model: Any, path: Path, tensors: Sequence[str]) -> list[str]:
     floats = _float_elem_types()
@@ -287,7 +316,7 @@ def _split(items: Iterable[Feed], config: CalibrationConfig) -> Iterator[Feed]:
 
 def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: CalibrationConfig = CalibrationConfig(),
               tensors: Sequence[str] | None = None, on_progress: ProgressCallback | None = None,
-              ort: OrtConfig | None = None) -> Ranges:
+              ort: OrtConfig | None = None, layouts: Sequence[QuantizeConfig] = DEFAULT_LAYOUTS) -> Ranges:
     """Run the FP32 model on ``data`` in ONNX Runtime and compute per-tensor INT8 ranges in one pass.
 
     Args:
@@ -297,11 +326,13 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
             held whole; batches larger than ``batch_size`` are split). Float data of another float
             dtype (float64) is cast to the model's dtype, likewise integers.
         config: method and its parameters, batch size, sample limit.
-        tensors: names of the tensors to calibrate; default: every float activation of the graph
-            (see :func:`calibration_tensors`), graph inputs included. Quantizers pick what they need.
+        tensors: names of the tensors to calibrate; default: every float tensor one of ``layouts``
+            quantizes (see :func:`calibration_tensors`), graph inputs included.
         on_progress: called after each batch as ``("calibration", samples done, total samples or -1 when
             unknown)``.
         ort: an :class:`trtopt.backends.ort.OrtConfig` for the ONNX Runtime session (default: CPU, all cores).
+        layouts: the Q/DQ layouts the ranges must serve when ``tensors`` is None (default: both targets'
+            default layouts, so `trtopt.quant.quantize.quantize` of this model works on either).
 
     Returns:
         Ranges: tensor → (amax, min, max) in graph order, the method, samples seen, a sha256
@@ -309,13 +340,17 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
         sha256, the settings, and ``choice``: every tensor whose method's answer was implausible and
         fell back (``fallbacks``, also logged as a warning) and, for ``auto``, the candidates' scores,
         the method chosen for the model, the per-tensor changes and the accuracy-recovery steps kept
-        (`trtopt.quant.range_choice`); and ``channels``, per-channel statistics of the inputs of
-        GEMM-like layers (`trtopt.quant.recovery`). Deterministic: the same data gives the same ranges.
+        (`trtopt.quant.range_choice`), the tensors that were zero on every sample (``zero_tensors``:
+        they get amax :data:`~trtopt.quant.histogram.ZERO_TENSOR_AMAX`) and those whose amax is absurd
+        (``outliers``, :func:`outlier_ranges`; both logged as warnings); and ``channels``, per-channel
+        statistics of the inputs of GEMM-like layers (`trtopt.quant.recovery`). Deterministic: the same
+        data gives the same ranges.
 
     Raises:
         TrtoptError: a missing or corrupt model; no float tensors to calibrate; unknown, non-float or
         weight tensors requested; no samples; an input missing, unexpected, of the wrong dtype or
-        shape (named, expected vs got), or containing NaN/inf; a tensor that becomes NaN/inf.
+        shape (named, expected vs got), or containing NaN/inf; a calibrated tensor that becomes NaN/inf
+        (naming the node whose Q/DQ needs it, and how to keep that node in FP32).
         Nothing is written outside a temporary folder, which is removed.
     """
     from trtopt.backends.ort import OrtConfig, OrtRunner
@@ -324,14 +359,20 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
     path = Path(artifact.path)
     model = _typed_model(path)
     if tensors is None:
-        names = _default_tensors(model)
+        askers = _default_tensors(model, layouts)
+        names = list(askers)
         if not names:
-            raise TrtoptError(f"{path.name} has no float tensors to calibrate",
-                              "INT8 calibration applies to models with float (fp32/fp16) activations")
+            raise TrtoptError(f"{path.name} has no float tensors that INT8 Q/DQ would quantize "
+                              f"({', '.join(sorted({layout.target for layout in layouts}))} layout)",
+                              "INT8 calibration applies to models with float Conv/MatMul/Gemm layers; keep this one "
+                              "in FP32/FP16")
     else:
         names = _check_requested(model, path, list(tensors))
+        askers = {}
     input_names = {t.name for t in artifact.inputs}
     types = _elem_types(model)
+    untyped = {n for n in askers if n not in types}  # kept only if ONNX Runtime gives them a float type
+    dropped: set[str] = set()
     auto = config.method == "auto"
     # auto compares the model's float outputs with FP32 on held-out samples: fetch them too
     outputs = [o.name for o in model.graph.output if types.get(o.name) in _float_elem_types()
@@ -365,10 +406,14 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
         def observe(feed: Feed) -> dict[str, np.ndarray]:
             """Run one checked batch and add its tensors to the histograms; returns the fetched outputs."""
             fetched_values = runner.infer(feed) if runner is not None else {}
-            jobs = [(stats[name], feed[name], name) for name in names if name in input_names]
-            jobs += [(stats[name], value, name) for name, value in fetched_values.items() if name in stats]
+            for name in untyped & fetched_values.keys():
+                if np.asarray(fetched_values[name]).dtype.kind != "f":
+                    dropped.add(name)
+            jobs = [(stats[name], feed[name], name, askers.get(name)) for name in names if name in input_names]
+            jobs += [(stats[name], value, name, askers.get(name)) for name, value in fetched_values.items()
+                     if name in stats and name not in dropped]
             values = {**feed, **fetched_values}
-            jobs += [(channels[name], values[name], name) for name in channels]
+            jobs += [(channels[name], values[name], name, askers.get(name)) for name in channels]
             # One tensor per task: numpy releases the GIL, so the cores ONNX Runtime just used bin in
             # parallel; each histogram is updated by one task per batch, so results do not depend on it.
             for _ in (pool.map(_update_job, jobs) if pool is not None else map(_update_job, jobs)):
@@ -403,9 +448,14 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
             choice.evidence.update({"scoring_samples": scored, "held_out": held_out})
     if fingerprint.samples == 0:
         raise TrtoptError("the calibration data hold no samples", "provide at least one sample (hundreds are typical)")
+    for name in dropped:  # untyped tensors that turned out not to be float: nothing to quantize
+        del stats[name]
     methods = choice.methods if choice is not None else dict.fromkeys(names, config.method)
     ranges, fallbacks = tensor_ranges(stats, methods, config.percentile)
     _warn_fallbacks(fallbacks, path.name)
+    zeros = [name for name, hist in stats.items() if hist.absmax == 0.0]
+    outliers = outlier_ranges(ranges)
+    _warn_zeros_and_outliers(zeros, outliers, path.name)
     return Ranges(
         tensors=ranges,
         method=config.method,
@@ -413,16 +463,37 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
         data_sha256=fingerprint.digest(),
         model_sha256=artifact.sha256,
         settings={**config.to_dict(), "histogram": "|x|, power-of-two bin width",
+                  "layouts": None if tensors is not None else [_layout_name(layout) for layout in layouts],
+                  "zero_tensor_amax": ZERO_TENSOR_AMAX, "outlier_ratio": OUTLIER_RATIO,
                   "entropy_start_bin": ENTROPY_START_BIN, "entropy_zero_bin_as_neighbor": True,
                   "max_saturated_fraction": MAX_SATURATED_FRACTION},
-        choice={**(choice.evidence if choice is not None else {}), "fallbacks": fallbacks},
+        choice={**(choice.evidence if choice is not None else {}), "fallbacks": fallbacks, "zero_tensors": zeros,
+                "outliers": outliers},
         channels={name: d for name, c in channels.items() if (d := c.to_dict()) is not None},
     )
 
-def _update_job(job: tuple[StreamingHistogram | ChannelStatistics, Any, str]) -> None:
+def _layout_name(layout: QuantizeConfig) -> str:
+    return layout.target + (f" ({','.join(layout.op_types)})" if layout.op_types else "")
+
+
+def _warn_zeros_and_outliers(zeros: Sequence[str], outliers: Sequence[Mapping[str, Any]], model_name: str) -> None:
+    if zeros:
+        shown = ", ".join(repr(z) for z in zeros[:3]) + (f" (and {len(zeros) - 3} more)" if len(zeros) > 3 else "")
+        _log.warning(f"{len(zeros)} tensor(s) of {model_name} were exactly 0 on every calibration sample: {shown}; "
+                     f"they get the tiny range amax {ZERO_TENSOR_AMAX:.4g} (listed under choice.zero_tensors)")
+    if outliers:
+        shown = "; ".join(f"{o['tensor']!r}: amax {o['amax']:.4g} ({o['times_median']:.3g}× the median)"
+                          for o in outliers[:3])
+        _log.warning(f"{len(outliers)} tensor range(s) of {model_name} are absurdly wide (≥ {OUTLIER_RATIO:g}× the "
+                     f"median amax; int8 keeps almost no resolution there): {shown} (listed under choice.outliers; "
+                     "keep the nodes they feed in FP32 with quantize --exclude)")
+
+
+def _update_job(job: tuple[StreamingHistogram | ChannelStatistics, Any, str, str | None]) -> None:
     _update(*job)
 
-def _update(stats: StreamingHistogram | ChannelStatistics, value: Any, name: str) -> None:
+def _update(stats: StreamingHistogram | ChannelStatistics, value: Any, name: str, asker: str | None = None) -> None:
+    """Add one tensor's batch to its statistics; ``asker`` is the node (and layout) whose Q/DQ needs the range."""
     arr = np.asarray(value)
     if arr.dtype.kind != "f":
         raise TrtoptError(f"tensor {name!r} is {arr.dtype.name}, not a float tensor",
@@ -430,5 +501,10 @@ def _update(stats: StreamingHistogram | ChannelStatistics, value: Any, name: str
     try:
         stats.update(arr)
     except ValueError as e:
-        raise TrtoptError(f"tensor {name!r} becomes NaN or inf on the calibration data",
-                          "check the model and the data (an overflow or a division by zero upstream)") from e
+        if asker is None:
+            raise TrtoptError(f"tensor {name!r} becomes NaN or inf on the calibration data",
+                              "check the model and the data (an overflow or a division by zero upstream)") from e
+        node = asker.rsplit(" (", 1)[0]
+        raise TrtoptError(f"tensor {name!r} becomes NaN or inf on the calibration data, and node {asker} "
+                          "quantizes it", "check the model and the data (an overflow or a division by zero upstream), "
+                          f"or keep that node in FP32: trtopt quantize --exclude {node} --data ...") from e

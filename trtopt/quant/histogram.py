@@ -36,6 +36,11 @@ from typing import Any
 import numpy as np
 
 ENTROPY_START_BIN = 128  # first candidate threshold, in bins (TensorRT's EntropyCalibration2)
+#: The amax of a tensor that was exactly 0 on every calibration sample (e.g. after a BatchNorm whose gamma is
+#: 0, as timm initializes the last one of each residual block). Its int8 scale is 2**-14, float16's smallest
+#: normal number, so the scale is positive and exact in float32 and float16 alike (TensorRT refuses a zero
+#: scale, and symmetric Q/DQ divides by it), while 0 stays exactly representable.
+ZERO_TENSOR_AMAX = 127 * 2.0 ** -14
 
 INT8_LEVELS = 128  # |x| is quantized to the levels 0..127 of symmetric int8
 
@@ -86,7 +91,7 @@ class StreamingHistogram:
     @property
     def absmax(self) -> float:
         """Largest |x| seen (0.0 before any value)."""
-        return max(-self.min, self.max, 0.0) if self.count else 0.0
+        return max(-self.min, self.max, 0.0) + 0.0 if self.count else 0.0  # + 0.0: never -0.0
 
     @property
     def nbytes(self) -> int:

@@ -316,6 +316,40 @@ def _op_types(model: Any, config: QuantizeConfig) -> tuple[list[str] | None, str
                                         "stay float (--op-types to choose)")
 
 
+def quantized_tensors(model: Any, config: QuantizeConfig) -> dict[str, str]:
+    """The activations whose ranges ``config``'s Q/DQ layout can ask for: tensor name → the node asking.
+
+    ``model`` is a ModelProto (weights need not be loaded). A node takes Q/DQ when its op type is in the
+    target's op set (:func:`_op_types`; with none given, every op ONNX Runtime's quantizer handles) and
+    it is not excluded; the quantizer then asks for the range of each of its inputs that is not an
+    initializer (activations, but also Constant outputs, initializers passed through Identity and float
+    shape arithmetic), and of its outputs unless the layout quantizes inputs only (tensorrt; the
+    transformer default of onnxruntime). This is a superset of what ONNX Runtime's quantizer asks for
+    (it skips tensors it cannot type, and some ops quantize only some inputs), in graph order; tensors of
+    non-float types are in it too (calibration keeps the float ones). Tensors outside it (an attention
+    mask's -inf path, shape computations feeding nothing quantized) never need a range.
+    """
+    op_types, _ = _op_types(model, config)
+    if op_types is None:
+        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+        op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))  # quantize_static's own default
+    output_free = set(TENSORRT_OP_TYPES if config.target == "tensorrt"
+                      else TRANSFORMER_OP_TYPES if op_types == list(TRANSFORMER_OP_TYPES) and not config.op_types
+                      else ())
+    wanted = set(op_types) - set(config.exclude_op_types)
+    excluded = set(config.exclude_nodes)
+    initializers = {t.name for t in model.graph.initializer}
+    found: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type not in wanted or node.name in excluded:
+            continue
+        for name in (*node.input, *(() if node.op_type in output_free else node.output)):
+            if name and name not in initializers:
+                found.setdefault(name, node.name or node.op_type)
+    return found
+
+
 def _per_tensor_weights(model: Any, config: QuantizeConfig, excluded: set[str]) -> tuple[list[str], str | None]:
     """Weights that must be per-tensor although ``config.per_channel``, and a note naming their nodes.
 

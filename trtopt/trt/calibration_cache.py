@@ -196,8 +196,11 @@ def _check_algorithm(algorithm: str) -> str:
     return algorithm
 
 
-def _calibrating_version(trt_version: str) -> tuple[str, int]:
-    """Canonical version string and integer for a TensorRT that reads caches (refuses 11.x and later)."""
+def calibrating_version(trt_version: str) -> tuple[str, int]:
+    """Canonical version string and integer for a TensorRT that reads caches.
+
+    Raises TrtoptError for 11.x and later (no calibrators, no caches) and for a malformed version.
+    """
     code = version_code(trt_version)
     if _major(code) >= 11:
         raise TrtoptError(f"TensorRT {version_string(code)} removed INT8 calibrators and reads no calibration cache",
@@ -373,7 +376,7 @@ def ranges_to_cache(ranges: Ranges, trt_version: str = DEFAULT_TRT_VERSION,
     Raises TrtoptError for TensorRT 11.x and later (no calibrators), an unknown method without an
     explicit algorithm, and an amax that is not finite and positive (TensorRT needs a non-empty range).
     """
-    trt_version, code = _calibrating_version(trt_version)
+    trt_version, code = calibrating_version(trt_version)
     if algorithm is None:
         method = ranges.method
         if method.startswith(_CACHE_METHOD_PREFIX):
@@ -385,9 +388,10 @@ def ranges_to_cache(ranges: Ranges, trt_version: str = DEFAULT_TRT_VERSION,
                               f"pass an algorithm ({', '.join(ALGORITHMS)})")
     _check_algorithm(algorithm)
     bad = [name for name, r in ranges.tensors.items() if not (math.isfinite(r.amax) and r.amax > 0)]
-    if bad:
+    if bad:  # trtopt calibrate gives an all-zero tensor a tiny positive range; older ranges files hold amax 0
         raise TrtoptError(f"{len(bad)} tensor(s) have no usable range (amax must be finite and > 0): "
-                          f"{_first_few(bad)}", "recalibrate with more or more varied data")
+                          f"{_first_few(bad)}", "recalibrate with this trtopt (trtopt calibrate), which gives "
+                          "tensors that are 0 on every sample a tiny positive range")
     scales = {name: r.amax / 127.0 for name, r in ranges.tensors.items()}
     return CalibrationCache(trt_version, code, algorithm, scales)
 
@@ -416,7 +420,7 @@ def convert_cache(cache: CalibrationCache, trt_version: str | None = None,
     not finite and positive.
     """
     require_valid_scales(cache)
-    version, code = (_calibrating_version(trt_version) if trt_version is not None
+    version, code = (calibrating_version(trt_version) if trt_version is not None
                      else (cache.trt_version, cache.version_code))
     return CalibrationCache(version, code, _check_algorithm(algorithm or cache.algorithm), dict(cache.scales))
 
