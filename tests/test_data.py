@@ -11,7 +11,9 @@ from trtopt.data import (
     SKIMAGE_PHOTOS,
     check_feed,
     from_iterable,
+    image_size,
     iter_batches,
+    iter_photo_crops,
     load_feed,
     load_image_folder,
     preprocess_image,
@@ -181,6 +183,43 @@ def test_skimage_photos():
     assert -2.2 < x.min() < -1.5 and 2.0 < x.max() < 2.7  # normalized pixels span ImageNet's range
     assert len({float(v) for v in x.mean(axis=(1, 2, 3))}) == 19  # 19 different photos
     assert load_feed("skimage:photos", (InputSpec("input", (3, 224, 224)),), count=5)["input"].shape[0] == 5
+
+
+def test_image_sources_follow_the_model_input_size(image_folder):
+    """A 256-px model (timm mobilevit_xxs) gets 256-px photos, crops and folder images; a rectangular input
+    gets rectangular ones (issue 14: they were always 224)."""
+    pytest.importorskip("skimage")
+    square = (InputSpec("input", (3, 256, 256)),)
+    assert load_feed("skimage:photos", square, count=2)["input"].shape == (2, 3, 256, 256)
+    assert load_feed("skimage:crops:3", square)["input"].shape == (3, 3, 256, 256)
+    wide = (InputSpec("input", (3, 40, 64)),)
+    x = load_feed(image_folder, wide)["input"]
+    assert x.shape == (4, 3, 40, 64)
+    np.testing.assert_allclose(x[0, 0], grey_value(128, 0), atol=1e-5)  # uniform grey stays uniform
+    assert load_feed("skimage:crops:2", wide)["input"].shape == (2, 3, 40, 64)
+    assert image_size((InputSpec("input", ("N", "H", "W")),)) == (224, 224)  # symbolic: the preprocessing's size
+    assert image_size((InputSpec("input", (3, "H", "W")),), ImagePreprocess(size=96)) == (96, 96)
+
+
+def test_square_crop_is_the_shorter_side_resize_and_center_crop_at_any_size():
+    """At the model's size the crop keeps the preprocessing's resize ratio (256/224 by default)."""
+    img = np.zeros((300, 600, 3), np.uint8)
+    img[:, 300:] = 255  # right half white
+    pre = ImagePreprocess(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    x = preprocess_image(Image.fromarray(img), pre, (128, 128))
+    # shorter side → 128 × 256/224 = 146 px, width 292; the 128-px center crop spans x = 82..210 of 292:
+    # the left 64 columns are black, the right 64 white
+    assert x.shape == (3, 128, 128)
+    np.testing.assert_allclose(x[:, :, :63], 0.0, atol=1e-6)
+    np.testing.assert_allclose(x[:, :, 65:], 1.0, atol=1e-6)
+    same = preprocess_image(Image.fromarray(img), pre)  # default: pre.size square, as before
+    assert same.shape == (3, 224, 224)
+
+
+def test_photo_crops_default_to_the_preprocessing_size():
+    pytest.importorskip("skimage")
+    batch = next(iter_photo_crops(2, pre=ImagePreprocess(size=96, resize=110)))
+    assert batch["input"].shape == (2, 3, 96, 96)
 
 
 # --- errors ----------------------------------------------------------------------------------------

@@ -7,7 +7,10 @@ Sources:
     ``file.npz``             one array per input name (or one array for a single-input model)
     ``path/to/images/``      an image folder (recursively, sorted), standard preprocessing
     ``skimage:photos``       19 real photographs shipped inside scikit-image (astronaut, coffee, ...)
-    ``skimage:crops:N``      N random 224 px crops of those photos (calibration data apart from the photos)
+    ``skimage:crops:N``      N random crops of those photos (calibration data apart from the photos)
+Images come at the model's input H×W (the first input's shape, e.g. 256×256 for timm mobilevit_xxs or as
+``--input-shape`` sets it), with the preprocessing's mean/std and resize-to-crop ratio (ImageNet's
+256/224 unless the model spec gives its own, as timm's ``crop_pct`` does).
     ``dataset:NAME:SPLIT``   a labelled dataset split (`trtopt.datasets`, e.g. dataset:digits:test);
                              :func:`labels_for` gives its labels
     ``text:minilm-card``     the sentences of all-MiniLM-L6-v2's model card, tokenized for zoo:minilm_l6
@@ -114,7 +117,8 @@ def load_feed(source: str | os.PathLike | Iterable | None, inputs: Sequence[Inpu
         inputs: the model's inputs (names, shapes without batch, dtypes).
         count: number of samples; random data needs it (default 8), real data is truncated to it.
         seed: seed for random data.
-        preprocess: image preprocessing for image folders / photos (default: 224 px ImageNet).
+        preprocess: image preprocessing for image folders / photos (default: ImageNet's mean, std and
+            256/224 resize ratio); the size comes from ``inputs`` (:func:`image_size`).
 
     Returns:
         The feed checked by `trtopt.feeds.check_feed` (read-only, cast to the inputs' dtypes).
@@ -155,6 +159,16 @@ def _dataset_parts(source: str) -> tuple[str, str]:
     return parts[1], parts[2]
 
 
+def image_size(inputs: Sequence[InputSpec], preprocess: ImagePreprocess | None = None) -> tuple[int, int]:
+    """(H, W) of the images an image source makes for ``inputs``: the first input's last two axes when it is
+    a fixed (C, H, W) image, else the preprocessing's square size (224 by default)."""
+    shape = tuple(inputs[0].shape) if inputs else ()
+    if len(shape) == 3 and all(isinstance(d, int) and d > 0 for d in shape[1:]):
+        return int(shape[1]), int(shape[2])
+    size = (preprocess or ImagePreprocess()).size
+    return size, size
+
+
 def _load_path(source: str, inputs: Sequence[InputSpec], preprocess: ImagePreprocess) -> Feed:
     if source.startswith("dataset:"):
         from trtopt.datasets import feed_source
@@ -164,19 +178,20 @@ def _load_path(source: str, inputs: Sequence[InputSpec], preprocess: ImagePrepro
         from trtopt.models.zoo import minilm_card_sentences, tokenize_for_minilm
 
         return {k: np.asarray(v) for k, v in tokenize_for_minilm(minilm_card_sentences()).items()}
+    hw = image_size(inputs, preprocess)
     if source == "skimage:photos":
-        return {inputs[0].name: skimage_photos(preprocess)}
+        return {inputs[0].name: skimage_photos(preprocess, hw)}
     if source.startswith("skimage:crops"):
         count = source.removeprefix("skimage:crops").lstrip(":") or "128"
         if not count.isdigit() or int(count) < 1:
             raise TrtoptError(f"data source {source!r} has no valid count", "write it as skimage:crops:N, e.g. skimage:crops:128")
-        crops = iter_photo_crops(int(count), size=preprocess.size, pre=preprocess)
+        crops = iter_photo_crops(int(count), size=hw, pre=preprocess)
         return {inputs[0].name: np.concatenate([b["input"] for b in crops])}
     path = Path(source)
     if not path.exists():
         raise TrtoptError(f"data source {path} does not exist", "give a .npy/.npz file, an image folder, or skimage:photos")
     if path.is_dir():
-        return {inputs[0].name: load_image_folder(path, preprocess)}
+        return {inputs[0].name: load_image_folder(path, preprocess, hw)}
     if path.suffix == ".npy":
         return {inputs[0].name: load_npy(path)}
     if path.suffix == ".npz":
@@ -236,24 +251,32 @@ def from_iterable(items: Iterable, inputs: Sequence[InputSpec]) -> Feed:
     return {k: np.concatenate(v, axis=0) for k, v in parts.items()}
 
 
-def preprocess_image(image: Any, pre: ImagePreprocess) -> np.ndarray:
-    """A PIL image → float32 array (3, size, size): shorter side to ``resize``, center crop, normalize."""
+def preprocess_image(image: Any, pre: ImagePreprocess, hw: tuple[int, int] | None = None) -> np.ndarray:
+    """A PIL image → float32 array (3, H, W): resize, center crop, scale to [0, 1], normalize (RGB order).
+
+    ``hw`` is the crop (default ``pre.size`` square). The image is first scaled (aspect kept) to cover
+    ``hw × pre.resize / pre.size``: for a square crop, the shorter side becomes ``resize`` as in
+    torchvision's ``Resize(resize) + CenterCrop(size)``.
+    """
     from PIL import Image
 
+    height, width = hw or (pre.size, pre.size)
+    ratio = pre.resize / pre.size
     image = image.convert("RGB")
     w, h = image.size
-    scale = pre.resize / min(w, h)
-    image = image.resize((max(pre.size, round(w * scale)), max(pre.size, round(h * scale))), Image.BILINEAR)
+    scale = max(height * ratio / h, width * ratio / w)
+    image = image.resize((max(width, round(w * scale)), max(height, round(h * scale))), Image.BILINEAR)
     w, h = image.size
-    left, top = (w - pre.size) // 2, (h - pre.size) // 2
-    image = image.crop((left, top, left + pre.size, top + pre.size))
+    left, top = (w - width) // 2, (h - height) // 2
+    image = image.crop((left, top, left + width, top + height))
     arr = np.asarray(image, dtype=np.float32) / 255.0
     arr = (arr - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
-def load_image_folder(path: str | os.PathLike, pre: ImagePreprocess) -> np.ndarray:
-    """All images under ``path`` (recursive, sorted by relative path) as (N, 3, size, size) float32.
+def load_image_folder(path: str | os.PathLike, pre: ImagePreprocess, hw: tuple[int, int] | None = None) -> np.ndarray:
+    """All images under ``path`` (recursive, sorted by relative path) as (N, 3, H, W) float32 (``hw``,
+    default ``pre.size`` square; see :func:`preprocess_image`).
 
     Raises TrtoptError naming the file for an image that cannot be decoded or has more than
     :data:`MAX_IMAGE_PIXELS` pixels (checked from its header, before decoding).
@@ -261,7 +284,7 @@ def load_image_folder(path: str | os.PathLike, pre: ImagePreprocess) -> np.ndarr
     files = sorted(p for p in Path(path).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise TrtoptError(f"image folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})", "point at a folder of images")
-    return np.stack([_read_image(f, pre) for f in files])
+    return np.stack([_read_image(f, pre, hw) for f in files])
 
 
 #: Most pixels an input image may have: PIL's decompression-bomb threshold (about 89.5 megapixels), checked
@@ -269,7 +292,7 @@ def load_image_folder(path: str | os.PathLike, pre: ImagePreprocess) -> np.ndarr
 MAX_IMAGE_PIXELS = 89_478_485
 
 
-def _read_image(f: Path, pre: ImagePreprocess) -> np.ndarray:
+def _read_image(f: Path, pre: ImagePreprocess, hw: tuple[int, int] | None) -> np.ndarray:
     from PIL import Image
 
     try:
@@ -277,15 +300,16 @@ def _read_image(f: Path, pre: ImagePreprocess) -> np.ndarray:
             if im.width * im.height > MAX_IMAGE_PIXELS:
                 raise TrtoptError(f"image {f} is {im.width}x{im.height} pixels, more than the {MAX_IMAGE_PIXELS:,} "
                                   "trtopt reads", "downscale it or remove it from the folder")
-            return preprocess_image(im, pre)
+            return preprocess_image(im, pre, hw)
     except TrtoptError:
         raise
     except Exception as e:  # PIL's decoders raise OSError, SyntaxError, ValueError, struct.error, ...
         raise TrtoptError(f"image {f} cannot be read ({type(e).__name__})", "remove or replace the file") from e
 
 
-def skimage_photos(pre: ImagePreprocess) -> np.ndarray:
-    """The real photographs shipped in scikit-image, preprocessed: (19, 3, size, size) float32."""
+def skimage_photos(pre: ImagePreprocess, hw: tuple[int, int] | None = None) -> np.ndarray:
+    """The real photographs shipped in scikit-image, preprocessed: (19, 3, H, W) float32 (``hw``, default
+    ``pre.size`` square; see :func:`preprocess_image`)."""
     try:
         import skimage.data
     except ImportError as e:
@@ -297,27 +321,29 @@ def skimage_photos(pre: ImagePreprocess) -> np.ndarray:
         img = np.asarray(getattr(skimage.data, name)())
         if img.dtype != np.uint8:
             img = (img.astype(np.float32) * 255).astype(np.uint8)
-        arrays.append(preprocess_image(Image.fromarray(img[..., :3] if img.ndim == 3 else img), pre))
+        arrays.append(preprocess_image(Image.fromarray(img[..., :3] if img.ndim == 3 else img), pre, hw))
     return np.stack(arrays)
 
 
-def iter_photo_crops(count: int, batch_size: int = 16, size: int = 224, seed: int = 0,
+def iter_photo_crops(count: int, batch_size: int = 16, size: int | tuple[int, int] | None = None, seed: int = 0,
                      pre: ImagePreprocess | None = None) -> Iterator[Feed]:
     """``count`` calibration images made from the scikit-image photos, in batches of ``batch_size``.
 
-    Sample k is a seeded random ``size`` crop of photo k % 19 (photos preprocessed at 256 px), flipped
-    horizontally with probability 1/2; it depends only on (seed, k), so batching never changes the data.
-    Yields feeds ``{"input": (b, 3, size, size) float32}``; memory is one batch, whatever ``count``.
+    ``size`` is the crop: an int for a square, or (H, W); default ``pre.size`` (224 without ``pre``).
+    Sample k is a seeded random crop of photo k % 19 (photos preprocessed square at 256/224 × the larger
+    side), flipped horizontally with probability 1/2; it depends only on (seed, k), so batching never
+    changes the data. Yields feeds ``{"input": (b, 3, H, W) float32}``; memory is one batch, whatever ``count``.
     """
     base = pre or ImagePreprocess()
-    source = int(round(size * 256 / 224))
+    height, width = (size, size) if isinstance(size, int) else size or (base.size, base.size)
+    source = int(round(max(height, width) * 256 / 224))
     photos = skimage_photos(ImagePreprocess(size=source, resize=source, mean=base.mean, std=base.std))
     for start in range(0, count, batch_size):
         batch = []
         for k in range(start, min(start + batch_size, count)):
             rng = np.random.default_rng([seed, k])
-            top, left = rng.integers(0, source - size + 1, size=2)
-            img = photos[k % len(photos), :, top:top + size, left:left + size]
+            top, left = rng.integers(0, [source - height + 1, source - width + 1])  # as size=2 for squares
+            img = photos[k % len(photos), :, top:top + height, left:left + width]
             batch.append(img[:, :, ::-1] if rng.random() < 0.5 else img)
         yield {"input": np.ascontiguousarray(np.stack(batch))}
 

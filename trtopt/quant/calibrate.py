@@ -196,7 +196,8 @@ def _default_tensors(model: Any, layouts: Sequence[QuantizeConfig]) -> dict[str,
         for name, node in quantized_tensors(model, layout).items():
             if name not in types or types[name] in floats:  # untyped: kept if it turns out to be float
                 found.setdefault(name, f"{node} ({layout.target})")
-    order = {name: k for k, name in enumerate(n for node in model.graph.node for n in (*node.input, *node.output))}
+    produced = [*(vi.name for vi in model.graph.input), *(o for node in model.graph.node for o in node.output)]
+    order = {name: k for k, name in reversed(list(enumerate(produced)))}  # graph order: where each is made
     return dict(sorted(found.items(), key=lambda item: order.get(item[0], -1)))
 
 def _check_requested(model: Any, path: Path, tensors: Sequence[str]) -> list[str]:
