@@ -531,18 +531,21 @@ def _distill(run: _Run, student_entry: Mapping[str, Any]) -> dict[str, Any]:
 
 def _calibrate(run: _Run, onnx: Mapping[str, Any]) -> dict[str, Any]:
     from trtopt.quant.calibrate import calibrate
+    from trtopt.quant.quantize import TARGETS
     from trtopt.trt.calibration_cache import ranges_to_cache, write_cache
 
     r = run.recipe
     source = r.calibration_data or r.data
+    # the recipe's Q/DQ layout (op types, exclusions) on both targets: quantize and sensitivity find every range
+    layouts = tuple(replace(r.quantize, target=target) for target in TARGETS)
     material = {"onnx": run.digest(onnx), "calibration": to_dict(r.calibration), "source": run.source_key(source),
-                "trt_cache_version": r.trt_cache_version}
+                "trt_cache_version": r.trt_cache_version, "layouts": [to_dict(layout) for layout in layouts]}
 
     def go() -> tuple[list[Path], Any]:
         feed = run.feed(source)
         count = len(next(iter(feed.values())))
         run.step(f"calibrating INT8 ranges ({r.calibration.method}) on {count} samples of {source or 'random'}")
-        ranges = calibrate(_deployed(onnx), feed, r.calibration, on_progress=run.progress)
+        ranges = calibrate(_deployed(onnx), feed, r.calibration, on_progress=run.progress, layouts=layouts)
         trt_cache = ranges_to_cache(ranges, trt_version=r.trt_cache_version)  # refusals come before any write
         ranges_path = ranges.save(run.out / "ranges.json", force=True)
         cache = write_cache(trt_cache, run.out / "calibration.cache", force=True)

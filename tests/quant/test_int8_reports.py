@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 
 from tests.helpers.cli import assert_one_line_error, run
+from trtopt.errors import TrtoptError
 from trtopt.export import ExportConfig, export_onnx
 from trtopt.models.load import load_model
 from trtopt.quant import quantize as quantize_module
@@ -126,9 +127,11 @@ def test_transformer_gets_matmul_gemm_only_on_onnxruntime_and_says_so(encoder, t
 
 
 def test_explicit_op_types_win_over_the_transformer_default(encoder, tmp_path):
-    art, _, ranges = encoder
-    out = quantize(art.path, ranges, tmp_path / "enc_all.onnx", QuantizeConfig(op_types=("MatMul", "Gemm", "Add")),
-                   force=True)
+    art, feed, ranges = encoder
+    config = QuantizeConfig(op_types=("MatMul", "Gemm", "Add"))
+    with pytest.raises(TrtoptError, match="op types MatMul,Gemm,Add beyond the layouts the ranges cover.*--data"):
+        quantize(art.path, ranges, tmp_path / "enc_all.onnx", config)  # ranges for the default layouts only
+    out = quantize(art.path, calibrate(art.path, {"input": feed["input"][:64]}, layouts=(config,)), tmp_path / "enc_all.onnx", config)
     model = onnx.load(str(out.path))
     dq_outputs = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     assert "Add" in {n.op_type for n in model.graph.node if set(n.input) & dq_outputs}

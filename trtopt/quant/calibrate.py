@@ -363,8 +363,9 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
         askers = _default_tensors(model, layouts)
         names = list(askers)
         if not names:
-            raise TrtoptError(f"{path.name} has no float tensors that INT8 Q/DQ would quantize "
-                              f"({', '.join(sorted({layout.target for layout in layouts}))} layout)",
+            raise TrtoptError(f"{path.name} has no float tensors to calibrate: the "
+                              f"{', '.join(sorted({layout.target for layout in layouts}))} Q/DQ layouts quantize none "
+                              "of its nodes",
                               "INT8 calibration applies to models with float Conv/MatMul/Gemm layers; keep this one "
                               "in FP32/FP16")
     else:

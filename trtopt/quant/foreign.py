@@ -258,8 +258,14 @@ def _check(path: Path, feed: Feed, work: Path, target: str, expected: Feed | Non
             record["fp32_vs_reference"] = _summary(compare_outputs(expected, fp32, Tolerances(rtol=1e-3, atol=1e-4)))
         stage = "calibrate"
         samples = max((len(v) if np.ndim(v) else 1) for v in feed.values()) if feed else 1
-        ranges = calibrate(art, [feed], CalibrationConfig(method=method, batch_size=max(samples, 1)),
-                           ort=OrtConfig(intra_op_threads=threads))
+        try:
+            ranges = calibrate(art, [feed], CalibrationConfig(method=method, batch_size=max(samples, 1)),
+                               ort=OrtConfig(intra_op_threads=threads))
+        except TrtoptError as e:
+            if "no float tensors to calibrate" in e.problem:  # no node any Q/DQ layout quantizes
+                record.update(status="not_quantizable", stage="calibrate", error=str(e))
+                return record
+            raise
         record["calibrated_tensors"] = len(ranges.tensors)
         stage = "quantize"
         int8_path = work / f"{path.stem}.int8.onnx"

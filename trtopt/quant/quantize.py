@@ -495,8 +495,13 @@ def _run_ort_quantizer(prepared: Path, staged: Path, ranges: Ranges, config: Qua
         if isinstance(e, ValueError) and not found:
             raise
         name = found.group(1) if found else e.args[0]
-        raise TrtoptError(f"the ranges have no entry for tensor {name!r}, which the {config.target} layout quantizes",
-                          "calibrate this exact model (trtopt calibrate) so every activation has a range") from e
+        missing = f"the ranges have no entry for tensor {name!r}, which the {config.target} layout quantizes"
+        if not ranges.settings.get("layouts"):  # ranges of chosen tensors, read from a cache or an older trtopt
+            raise TrtoptError(missing, "calibrate this exact model with this trtopt (trtopt calibrate)") from e
+        raise TrtoptError(f"{missing} ({'op types ' + ','.join(config.op_types) if config.op_types else 'exclusions'} "
+                          f"beyond the layouts the ranges cover: {', '.join(ranges.settings['layouts'])})",
+                          "calibrate for this layout: trtopt quantize with --data instead of --ranges calibrates what it "
+                          "quantizes (API: calibrate(..., layouts=[this QuantizeConfig]))") from e
 
 
 def _stamp(path: Path, config: QuantizeConfig, ranges: Ranges, large: bool) -> dict[str, int]:
