@@ -539,7 +539,7 @@ def _calibrate(run: _Run, onnx: Mapping[str, Any]) -> dict[str, Any]:
     # the recipe's Q/DQ layout (op types, exclusions) on both targets: quantize and sensitivity find every range
     layouts = tuple(replace(r.quantize, target=target) for target in TARGETS)
     material = {"onnx": run.digest(onnx), "calibration": to_dict(r.calibration), "source": run.source_key(source),
-                "trt_cache_version": r.trt_cache_version, "layouts": [to_dict(layout) for layout in layouts]}
+                "trt_cache_version": r.trt_cache_version, "layouts": [layout.placement() for layout in layouts]}
 
     def go() -> tuple[list[Path], Any]:
         feed = run.feed(source)

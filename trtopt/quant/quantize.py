@@ -98,6 +98,11 @@ class QuantizeConfig:
             return self.reduce_range
         return self.target == "onnxruntime" and cpu_isa()["u8s8_saturates"]
 
+    def placement(self) -> dict[str, Any]:
+        """The fields that decide which tensors get Q/DQ (what calibration must cover; see :func:`quantized_tensors`)."""
+        return {"target": self.target, "op_types": None if self.op_types is None else list(self.op_types),
+                "exclude_nodes": list(self.exclude_nodes), "exclude_op_types": list(self.exclude_op_types)}
+
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "per_channel": self.per_channel, "reduce_range": self.weights_reduce_range,
                 "exclude_nodes": list(self.exclude_nodes),
