@@ -72,10 +72,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     ranges = _calibrate(args, args.model)
     if cache:
         trt_cache = ranges_to_cache(ranges, trt_version=args.trt_version)
-    # All outputs or none: each is written to a temporary file beside it, and the renames happen only
-    # once every write has succeeded (a failure removes the temporary files, leaving nothing behind).
+    # All outputs or none: each is written to a temporary file beside it, and the renames happen only once
+    # every write has succeeded (a failure removes the temporary files, leaving nothing behind). The ranges
+    # are renamed first (the stack unwinds last-in first), so a failed rename leaves no manifest or cache
+    # without their ranges.
     with contextlib.ExitStack() as stack:
-        staged = {path: stack.enter_context(atomic_output(path, args.force)) for path in (output, manifest, cache) if path}
+        staged = {path: stack.enter_context(atomic_output(path, args.force)) for path in (cache, manifest, output) if path}
         ranges.save(staged[output], force=True)
         write_json(staged[manifest], {"format": workspace.DATA_MANIFEST_FORMAT, "model": str(args.model),
                                       "model_sha256": ranges.model_sha256 or sha256_file(args.model),
