@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trtopt.cli._common import add_data, feed_for, named_shapes, parse_shapes
+from trtopt.cli._common import add_data, feed_for, input_declarations
 from trtopt.config import Recipe
 from trtopt.errors import TrtoptError
 from trtopt.trt.plan import HARDWARE_COMPATIBILITY, PRECISIONS, TARGETS, TYPINGS, BuildOptions
@@ -133,10 +133,11 @@ def _calibration_feeds(args: argparse.Namespace, plan: Any):
     from trtopt.artifacts import inspect_onnx
     from trtopt.data import iter_batches, load_feed
     from trtopt.measure.bench import onnx_input_specs
+    from trtopt.models.inputs import InputDeclaration
 
     art = inspect_onnx(plan.onnx_path)
-    overrides = {p.name: tuple(p.opt[1:]) for p in plan.profiles}
-    feed = load_feed(args.data, onnx_input_specs(art, overrides or None), count=args.samples, seed=0)
+    opt = tuple(InputDeclaration(p.name, shape=p.opt) for p in plan.profiles)
+    feed = load_feed(args.data, onnx_input_specs(art, opt), count=args.samples, seed=0)
     return iter_batches(feed, plan.calib_batch_size or 8)
 
 
@@ -180,7 +181,7 @@ def cmd_trt_bench(args: argparse.Namespace) -> int:
         from trtopt.measure.bench import onnx_input_specs
 
         plan = read_sidecar(args.engine)["plan"]
-        specs = onnx_input_specs(inspect_onnx(plan["onnx_path"]), named_shapes(parse_shapes(args.input_shape)))
+        specs = onnx_input_specs(inspect_onnx(plan["onnx_path"]), input_declarations(args))
         feed = take_batch(feed_for(args, specs, count=args.batch_size), args.batch_size)
         result: dict[str, Any] = {"engine": args.engine, "runner": runner.describe(),
                                   "tensorrt": runner.profile(feed, iterations=args.iterations, warmup=args.warmup,
