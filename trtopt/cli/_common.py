@@ -161,14 +161,15 @@ def add_timing(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=TimingConfig.warmup_iterations, help="untimed calls first (default %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch and ONNX Runtime alike")
 
-def add_data(p: argparse.ArgumentParser) -> None:
+def add_data(p: argparse.ArgumentParser, dynamic: bool = False) -> None:
+    """--data/--samples/--seed and the input declaration flags (``dynamic``: with ``--dynamic``, for export)."""
     p.add_argument("--data", default=None, help="inputs: .npy/.npz, an image folder, skimage:photos (default: random)")
     p.add_argument("--samples", type=int, default=None, help="number of samples (random data: default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed for random inputs")
-    add_input_declarations(p)
+    add_input_declarations(p, dynamic)
 
 
-def add_input_declarations(p: argparse.ArgumentParser) -> None:
+def add_input_declarations(p: argparse.ArgumentParser, dynamic: bool = False) -> None:
     """The flags that declare a model's inputs (README "Declaring inputs"); read with :func:`input_declarations`."""
     p.add_argument("--input-shape", action="append", metavar="NAME:DIMS",
                    help="example shape per input, batch included, trtexec style: input:1x3x224x224 or "
@@ -176,8 +177,9 @@ def add_input_declarations(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-dtype", action="append", metavar="NAME:DTYPE", help="dtype per input, e.g. input_ids:int64")
     p.add_argument("--input-range", action="append", metavar="NAME:[LOW,HIGH]",
                    help="value range of random data per input, both ends included, e.g. input_ids:[0,30521]")
-    p.add_argument("--dynamic", action="append", metavar="NAME:AXIS=SYMBOL",
-                   help="export this axis beyond the batch as dynamic, e.g. input_ids:1=seq,attention_mask:1=seq")
+    if dynamic:
+        p.add_argument("--dynamic", action="append", metavar="NAME:AXIS=SYMBOL",
+                       help="export this axis beyond the batch as dynamic, e.g. input_ids:1=seq,attention_mask:1=seq")
 
 def add_calibration(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=METHODS, default=CalibrationConfig.method,

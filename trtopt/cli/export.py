@@ -66,7 +66,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     p.add_argument("--json", help="write the artifact record (sizes, hashes, parity) here")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    add_data(p)
+    add_data(p, dynamic=True)
     parity = field_default(ExportConfig, "parity")
     add_tolerances(p, parity.atol, parity.rtol, parity.min_cosine)
     p.set_defaults(func=cmd_export)

@@ -25,8 +25,12 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-cache", help="TensorRT 10.x calibration cache for implicit INT8")
     p.add_argument("--mixed-fp16", action="store_true",
                    help="weakly typed 10.x INT8: also allow FP16 for layers kept out of INT8 (trtexec --int8 --fp16)")
-    p.add_argument("--shapes", nargs="+", default=[], metavar="NAME:MIN,OPT,MAX",
-                   help="optimization profile per input, e.g. input:1x3x224x224,8x3x224x224,32x3x224x224")
+    p.add_argument("--shapes", action="append", metavar="NAME:DIMS",
+                   help="fixed shape per input, batch included, trtexec style: input:8x3x224x224 or "
+                        "input_ids:8x64,attention_mask:8x64")
+    for bound, example in (("min", "1x3x224x224"), ("opt", "8x3x224x224"), ("max", "32x3x224x224")):
+        p.add_argument(f"--{bound}Shapes", action="append", dest=f"{bound}_shapes", metavar="NAME:DIMS",
+                       help=f"{bound.upper()} shape of the optimization profile per input (trtexec), e.g. input:{example}")
     p.add_argument("--workspace", type=int, default=None, metavar="MiB", help="workspace memory pool limit")
     p.add_argument("--sparse", action="store_true", help="BuilderFlag.SPARSE_WEIGHTS (2:4 sparse weights)")
     p.add_argument("--target", choices=TARGETS, default=None,
@@ -42,11 +46,11 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
 
 
 def _options(args: argparse.Namespace, target_default: str, calibrate: bool = False):
-    from trtopt.trt.plan import parse_shape_spec
+    from trtopt.trt.plan import parse_profiles
 
     return BuildOptions(precision=args.precision, typing=args.typing, calib_cache=args.calib_cache, calibrate=calibrate,
                         mixed_fp16=args.mixed_fp16,
-                        shapes=tuple(parse_shape_spec(s) for s in args.shapes),
+                        shapes=parse_profiles(args.shapes, args.min_shapes, args.opt_shapes, args.max_shapes),
                         workspace_bytes=args.workspace * (1 << 20) if args.workspace else None,
                         timing_cache=args.timing_cache, opt_level=args.opt_level, sparse=args.sparse,
                         target=args.target or target_default, dla_core=args.dla_core,
