@@ -19,7 +19,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -194,7 +194,8 @@ def _export(loaded: LoadedModel, staged: Path, config: ExportConfig, example: Fe
     """Run the chosen exporter(s) into ``staged``; returns the name of the one that succeeded."""
     if config.exporter in ("auto", "dynamo"):
         try:
-            _torch_export(loaded, staged, config, example, dynamo=True, verbose=verbose)
+            with _exporter_output(verbose):
+                _torch_export(loaded, staged, config, example, dynamo=True)
             return "dynamo"
         except Exception as e:  # the dynamo exporter raises many types (torch._dynamo, onnxscript, ...)
             reason = first_line(e, with_type=True)
@@ -204,7 +205,8 @@ def _export(loaded: LoadedModel, staged: Path, config: ExportConfig, example: Fe
             notes.append(f"dynamo exporter failed ({reason}); fell back to the TorchScript exporter")
             _clear(staged.parent)
     try:
-        _torch_export(loaded, staged, config, example, dynamo=False, verbose=verbose)
+        with _exporter_output(verbose):
+            _torch_export(loaded, staged, config, example, dynamo=False)
     except Exception as e:
         reason = first_line(e, with_type=True)
         missing = re.search(r"missing \d+ required positional arguments?: (.+)$", reason)
@@ -221,8 +223,19 @@ def _export(loaded: LoadedModel, staged: Path, config: ExportConfig, example: Fe
     return "torchscript"
 
 
-def _torch_export(loaded: LoadedModel, staged: Path, config: ExportConfig, example: Feed, dynamo: bool,
-                  verbose: bool = False) -> None:
+@contextlib.contextmanager
+def _exporter_output(verbose: bool) -> Iterator[None]:
+    """The exporters print progress, warnings and FX graphs of their own: shown with ``verbose`` (--debug),
+    else captured (trtopt reports what matters itself)."""
+    if verbose:
+        yield
+        return
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _torch_export(loaded: LoadedModel, staged: Path, config: ExportConfig, example: Feed, dynamo: bool) -> None:
     import torch
 
     # Distinct tensor objects per input: the exporter can silently merge an input passed twice.
@@ -244,16 +257,10 @@ def _torch_export(loaded: LoadedModel, staged: Path, config: ExportConfig, examp
             kwargs["dynamic_axes"] = {**{n: a for n, a in axes.items() if a},
                                       **({n: {0: "batch"} for n in output_names} if config.dynamic_batch else {})}
     if dynamo:
-        kwargs.update(dynamo=True, external_data=True, optimize=True, verbose=verbose)
+        kwargs.update(dynamo=True, external_data=True, optimize=True, verbose=False)
     else:
-        kwargs.update(dynamo=False, do_constant_folding=True, verbose=verbose)
-    if verbose:
-        torch.onnx.export(loaded.module, args, str(staged), **kwargs)
-        return
-    # The exporters print progress, warnings and FX graphs of their own; trtopt reports what matters itself.
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(loaded.module, args, str(staged), **kwargs)
+        kwargs.update(dynamo=False, do_constant_folding=True)
+    torch.onnx.export(loaded.module, args, str(staged), **kwargs)
 
 
 def _clear(folder: Path) -> None:

@@ -105,7 +105,7 @@ def parse_profiles(shapes: Sequence[str] | None = None, min_shapes: Sequence[str
     from trtopt.models.inputs import parse_shape_list
 
     for value in shapes or []:
-        name, _, rest = value.partition(":")
+        name, _, rest = value.rpartition(":")
         parts = rest.split(",")
         if len(parts) in (2, 3) and all(":" not in p and "[" not in p for p in parts):
             flags = " ".join(f"--{f}Shapes {name}:{p}" for f, p in zip(("min", "opt", "max"), parts))
