@@ -593,6 +593,11 @@ def _profiles(run: _Run, onnx_path: str) -> tuple[Any, ...]:
 
     top = max(run.recipe.batch_sizes)
     specs = onnx_input_specs(inspect_onnx(onnx_path), run.recipe.input_declarations())
+    for s in specs:
+        if not all(isinstance(d, int) for d in s.shape):
+            raise TrtoptError(f"input {s.name!r} of {Path(onnx_path).name} has dynamic axes {s.dims}, so the build "
+                              "profile has no lengths for them",
+                              f"declare its shape in the recipe: inputs: {{{s.name}: {{shape: [1, ...]}}}}", key="inputs")
     return tuple(ShapeProfile(s.name, (1, *s.shape), (top, *s.shape), (top, *s.shape)) for s in specs)
 
 
