@@ -30,10 +30,13 @@ MODELS = {
     "dict-output": ("tests.helpers.byom_models:dict_output", ["--input-shape", "input:2x3x32x32"], None),
 }
 
-STEPS = ("export", "calibrate", "quantize-onnxruntime", "quantize-tensorrt", "compare", "build-plan")
+STEPS = ("export", "calibrate", "calibration-cache", "quantize-onnxruntime", "quantize-tensorrt", "compare", "build-plan")
 
 #: cells that fail for reasons owned by the calibration work (branch calib): flip at merge
-CALIB_BRANCH = {}
+CALIB_BRANCH = {
+    ("timm-cnn-random-init", "calibration-cache"): "random-init timm zeroes the last BatchNorm gamma of each block, "
+                                                   "so some tensors are exactly 0 and the TensorRT cache refuses them",
+}
 
 _chains: dict[str, dict[str, str]] = {}
 
@@ -62,6 +65,8 @@ def _chain(name: str, root: Path, capsys) -> dict[str, str]:
     commands = {
         "export": ["export", spec, "-o", onnx, *flags, *data],
         "calibrate": ["calibrate", onnx, "-o", ranges, "--method", "minmax", *data],
+        "calibration-cache": ["calibrate", onnx, "-o", work / "ranges-cache.json", "--method", "minmax",
+                              "--cache", work / "m.cache", *data],
         "quantize-onnxruntime": ["quantize", onnx, "--ranges", ranges, "--target", "onnxruntime", "-o", work / "ort.onnx"],
         "quantize-tensorrt": ["quantize", onnx, "--ranges", ranges, "--target", "tensorrt", "-o", work / "trt.onnx"],
         "compare": ["compare", onnx, work / "ort.onnx", "--rtol", "1", "--atol", "1e3", "--min-cosine", "0", *data],
@@ -70,7 +75,7 @@ def _chain(name: str, root: Path, capsys) -> dict[str, str]:
     }
     outcome: dict[str, str] = {}
     for step, args in commands.items():
-        needs = {"calibrate": "export", "quantize-onnxruntime": "calibrate", "quantize-tensorrt": "calibrate",
+        needs = {"calibrate": "export", "calibration-cache": "export", "quantize-onnxruntime": "calibrate", "quantize-tensorrt": "calibrate",
                  "compare": "quantize-onnxruntime", "build-plan": "quantize-tensorrt"}.get(step)
         if needs and outcome[needs] != "ok":
             outcome[step] = f"skipped ({needs} failed)"
