@@ -30,6 +30,15 @@ def test_two_int64_inputs_without_a_declaration_name_the_missing_input_and_the_f
 
 
 @pytest.mark.slow
+def test_token_inputs_declared_without_a_dtype_say_which_flag_declares_it(tmp_path, capsys):
+    result = run_here(["export", f"{FACTORIES}:bert_tiny", "-o", tmp_path / "b.onnx",
+                       "--input-shape", "input_ids:2x12", "--input-shape", "attention_mask:2x12"], capsys)
+    assert_one_line_error(result, "takes integer ids (an embedding lookup), but input 'input_ids' is declared float32",
+                          "--input-dtype input_ids:int64,attention_mask:int64")
+    assert "traceable" not in result.stderr
+
+
+@pytest.mark.slow
 def test_bert_from_a_config_exports_with_declared_inputs_and_a_dynamic_sequence(tmp_path, capsys):
     out = tmp_path / "bert.onnx"
     result = run_here(["export", f"{FACTORIES}:bert_tiny", "-o", out, "--input-shape", "input_ids:2x12,attention_mask:2x12",

@@ -218,6 +218,12 @@ def _export(loaded: LoadedModel, staged: Path, config: ExportConfig, example: Fe
                               f"({', '.join(s.name for s in loaded.inputs)}) leave out",
                               f"declare it: --input-shape {declared},{names[0]}:1xDIMS --input-dtype {names[0]}:DTYPE "
                               "(README: Declaring inputs)") from e
+        floats = [s.name for s in loaded.inputs if s.dtype.startswith("float")]
+        if floats and re.search(r"scalar types?: Long|Expected tensor for argument #\d+ 'indices'", reason):
+            raise TrtoptError(f"{loaded.spec} takes integer ids (an embedding lookup), but input {floats[0]!r} is "
+                              f"declared float32 ({reason})",
+                              "declare the dtype and range of id and mask inputs: --input-dtype "
+                              + ",".join(f"{n}:int64" for n in floats) + f" --input-range '{floats[0]}:[0,VOCAB-1]'") from e
         raise TrtoptError(f"the TorchScript exporter failed for {loaded.spec} ({reason})",
                           "make the model traceable (no data-dependent Python control flow) or fix the failing op") from e
     return "torchscript"
