@@ -44,7 +44,7 @@ def test_calibrate_without_output_writes_ranges_cache_and_manifest_under_calibra
 
 def test_build_plan_only_without_output_writes_under_engines(fp32):
     work, env = fp32
-    r = run(["build", "fp32.onnx", "--trt-version", "10.3", "--shapes", "input:1x3x8x8,2x3x8x8,4x3x8x8", "--plan-only"],
+    r = run(["build", "fp32.onnx", "--trt-version", "10.3", "--minShapes", "input:1x3x8x8", "--optShapes", "input:2x3x8x8", "--maxShapes", "input:4x3x8x8", "--plan-only"],
             work, env)
     assert r.returncode == 0, r.stderr
     plan = json.loads((work / "engines" / "fp32_trt10.3.0.plan.json").read_text())

@@ -29,6 +29,7 @@ from trtopt.errors import TrtoptError, first_line
 from trtopt.export import ExportConfig
 from trtopt.measure.compare import Tolerances
 from trtopt.measure.profile import TimingConfig
+from trtopt.models.inputs import InputDeclaration, declarations_from_dict
 from trtopt.quant.calibrate import CalibrationConfig
 from trtopt.quant.quantize import QuantizeConfig
 from trtopt.trt.calibration_cache import DEFAULT_TRT_VERSION
@@ -62,7 +63,10 @@ class Recipe:
     Attributes:
         model: a model spec (see `trtopt.models.load`), e.g. "torchvision:resnet18" or "zoo:efficientnet_lite0".
         checkpoint: optional state-dict/checkpoint file loaded into the model.
-        input_shapes: per input name, the shape *without* the batch axis; empty = the model's default.
+        inputs: input declarations per input name (README "Declaring inputs"): ``shape`` with the batch axis
+            (trtexec style), ``dtype``, ``range`` [LOW, HIGH] both included, ``dynamic`` {AXIS: SYMBOL};
+            read by `trtopt.models.inputs.declarations_from_dict`. Empty = the model's own declaration.
+        input_shapes: the older form: per input name, the shape *without* the batch axis.
         data: evaluation inputs (.npy/.npz file, image folder, skimage:photos); None = seeded random inputs.
         calibration_data: INT8 calibration inputs (same kinds); None = ``data``.
         batch_sizes: batch sizes profiled.
@@ -97,6 +101,7 @@ class Recipe:
 
     model: str
     checkpoint: str | None = None
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     data: str | None = None
     calibration_data: str | None = None
@@ -124,6 +129,11 @@ class Recipe:
     trust_code: bool = False
     version: int = RECIPE_VERSION
 
+    def input_declarations(self) -> tuple[InputDeclaration, ...]:
+        """``inputs`` (and the older ``input_shapes``, batch 1 prepended) as input declarations."""
+        older = {n: {"shape": [1, *s]} for n, s in self.input_shapes.items() if n not in self.inputs}
+        return declarations_from_dict({**older, **self.inputs})
+
     def __post_init__(self) -> None:
         # Python callers may give a section as a plain mapping (Recipe(prune={"ratio": 0.5})): read it
         # exactly as a recipe file's section would be
@@ -139,6 +149,7 @@ class Recipe:
                    fix="e.g. batch_sizes: [1, 8]")
         for name, shape in self.input_shapes.items():
             check_shape(f"input_shapes.{name}", shape)
+        self.input_declarations()  # refuses an unreadable inputs section, naming the key
         check_int("threads", self.threads, optional=True, fix="omit it to use the default")
         for stage in self.stages:
             check_choice("stages", stage, STAGES)

@@ -54,7 +54,9 @@ def random_feed(inputs: Sequence[InputSpec], count: int, seed: int = 0) -> Feed:
     for spec in inputs:
         if not all(isinstance(d, int) for d in spec.shape):
             raise TrtoptError(f"input {spec.name!r} has symbolic axes {spec.dims}, so random data has no shape",
-                              f"give its shape: --input-shape {spec.name}:DIMS (without the batch axis)")
+                              f"declare its shape, batch included: --input-shape {spec.name}:1x"
+                              f"{'x'.join(str(d) if isinstance(d, int) else d.upper() for d in spec.shape)}, "
+                              "or pass --data with arrays of that shape")
         shape = (count, *spec.shape)
         if np.issubdtype(np.dtype(spec.dtype), np.integer):
             feed[spec.name] = rng.integers(int(spec.low), int(spec.high), size=shape, dtype=spec.dtype)

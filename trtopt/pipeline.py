@@ -230,9 +230,8 @@ class _Run:
             from trtopt.models.load import load_model
 
             self.step(f"loading {self.recipe.model}")
-            shapes = self.recipe.input_shapes
             self._loaded = load_model(self.recipe.model, checkpoint=self.recipe.checkpoint,
-                                      input_shape=next(iter(shapes.values())) if len(shapes) == 1 else None,
+                                      inputs=self.recipe.input_declarations(),
                                       trust_code=self.recipe.trust_code)
         return self._loaded
 
@@ -266,7 +265,7 @@ class _Run:
         """What identifies the original model in stage keys."""
         r = self.recipe
         return {"model": self.source_key(r.model), "checkpoint": self.source_key(r.checkpoint),
-                "input_shapes": to_dict(r.input_shapes)}
+                "input_shapes": to_dict(r.input_shapes), **({"inputs": to_dict(r.inputs)} if r.inputs else {})}
 
     def stage(self, name: str, material: Mapping[str, Any], run: Callable[[], tuple[list[Path], Any]]) -> dict[str, Any]:
         """Run stage ``name`` unless the ledger holds a matching, intact result; returns the ledger entry."""
@@ -596,7 +595,12 @@ def _profiles(run: _Run, onnx_path: str) -> tuple[Any, ...]:
     from trtopt.trt.plan import ShapeProfile
 
     top = max(run.recipe.batch_sizes)
-    specs = onnx_input_specs(inspect_onnx(onnx_path), run.recipe.input_shapes or None)
+    specs = onnx_input_specs(inspect_onnx(onnx_path), run.recipe.input_declarations())
+    for s in specs:
+        if not all(isinstance(d, int) for d in s.shape):
+            raise TrtoptError(f"input {s.name!r} of {Path(onnx_path).name} has dynamic axes {s.dims}, so the build "
+                              "profile has no lengths for them",
+                              f"declare its shape in the recipe: inputs: {{{s.name}: {{shape: [1, ...]}}}}", key="inputs")
     return tuple(ShapeProfile(s.name, (1, *s.shape), (top, *s.shape), (top, *s.shape)) for s in specs)
 
 

@@ -134,6 +134,8 @@ def test_unknown_model_spec(tmp_path, cli_env):
 def test_wrong_input_shape_for_onnx(exported, tmp_path, cli_env):
     work, _ = exported
     r = run(["bench", str(work / "tiny.onnx"), "--input-shape", "3x64x64", "--iterations", "2"], tmp_path, cli_env)
+    assert_one_line_error(r, "'input'", "lacks the batch axis", "--input-shape input:1x3x64x64")
+    r = run(["bench", str(work / "tiny.onnx"), "--input-shape", "1x3x64x64", "--iterations", "2"], tmp_path, cli_env)
     assert_one_line_error(r, "'input'", "(1, 3, 64, 64)")
 
 

@@ -194,7 +194,7 @@ def _cases() -> list[Case]:
         ["cache", "convert", "bad.cache", "-o", "out.cache"],
         ["cache", "to-ranges", "bad.cache", "-o", "out.json"],
         ["build", "tiny.onnx", "-o", "out.engine", "--plan-only", "--trt-version", "10.3", "--calib-cache", "bad.cache",
-         "--shapes", "input:1x3x32x32,8x3x32x32,8x3x32x32"],
+         "--minShapes", "input:1x3x32x32", "--optShapes", "input:8x3x32x32", "--maxShapes", "input:8x3x32x32"],
         ["bundle", "tiny.onnx", "--calib-cache", "bad.cache", "-o", "out"]])
     # `cache inspect` is the diagnosis: it reports unusable scales (exit 0) instead of refusing them
     add("cache", "bad.cache", [v for v in CACHES if v[0] != "nan"], [["cache", "inspect", "bad.cache"]])

@@ -221,7 +221,7 @@ def test_caches_with_unusable_scales_are_refused_and_never_become_nan_json(work,
     for args in (["cache", "convert", "tiny.cache", "-o", "c.cache", "--trt-version", "10.16.0"],
                  ["cache", "to-ranges", "tiny.cache", "-o", "r.json"],
                  ["build", "tiny.onnx", "-o", "e.engine", "--plan-only", "--trt-version", "10.3", "--calib-cache",
-                  "tiny.cache", "--shapes", "input:1x3x32x32,8x3x32x32,8x3x32x32"],
+                  "tiny.cache", "--minShapes", "input:1x3x32x32", "--optShapes", "input:8x3x32x32", "--maxShapes", "input:8x3x32x32"],
                  ["bundle", "tiny.onnx", "--calib-cache", "tiny.cache", "-o", "b"]):
         refused(args, capsys, work, "tiny.cache", "not finite and positive", f"input: {shown}")
     inspected = run_here(["cache", "inspect", "tiny.cache"], capsys)  # the diagnosis still reads it
@@ -284,8 +284,8 @@ def test_a_model_factory_that_raises_is_one_line(work, capsys):
 
 @pytest.mark.parametrize("args,needle", [
     (["bench", "tiny.onnx", "--batch-sizes", "100000000"], "--batch-sizes 100000000 is outside 1..65536"),
-    (["bench", "tiny.onnx", "--input-shape", "3x100000x100000"], "30,000,000,000 elements per sample"),
-    (["bench", "tiny.onnx", "--input-shape", "3x20000x20000"], "more than this machine can hold"),
+    (["bench", "tiny.onnx", "--input-shape", "1x3x100000x100000"], "30,000,000,000 elements"),
+    (["bench", "tiny.onnx", "--input-shape", "input:[1,3,20000,20000]"], "more than this machine can hold"),
     (["calibrate", "tiny.onnx", "-o", "r.json", "--samples", "100000000"], "more than this machine can hold"),
 ])
 def test_huge_sizes_are_one_line_before_allocating(work, capsys, monkeypatch, args, needle):

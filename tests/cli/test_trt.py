@@ -13,7 +13,7 @@ from trtopt.files import sha256_file
 from trtopt.trt.runtime import installed_version
 
 NO_TRT = installed_version() is None
-SHAPES = "input:1x3x8x8,4x3x8x8,16x3x8x8"
+SHAPES = ("--minShapes", "input:1x3x8x8", "--optShapes", "input:4x3x8x8", "--maxShapes", "input:16x3x8x8")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_build_plan_only_needs_no_tensorrt(capsys, models, tmp_path, version, fl
     kind, precision = ("fp32", "fp16") if version == "10.3" else ("fp16", "auto")
     engine = tmp_path / f"m{version}.engine"
     code, out, err = run(capsys, "build", models[kind], "-o", engine, "--trt-version", version, "--precision", precision,
-                         "--shapes", SHAPES, "--workspace", "512", "--plan-only")
+                         *SHAPES, "--workspace", "512", "--plan-only")
     assert code == 0, err
     plan = json.loads((tmp_path / f"m{version}.engine.plan.json").read_text())
     assert plan["precision"] == "fp16" and plan["trt_version"].startswith(version)
@@ -58,22 +58,22 @@ def test_build_plan_only_needs_no_tensorrt(capsys, models, tmp_path, version, fl
 
 def test_build_errors_are_one_line(capsys, models, tmp_path):
     code, _, err = run(capsys, "build", models["fp32"], "-o", tmp_path / "x.engine", "--trt-version", "11.1",
-                       "--precision", "int8", "--shapes", SHAPES, "--plan-only")
+                       "--precision", "int8", *SHAPES, "--plan-only")
     assert code == 2 and err.startswith("trtopt: error: INT8 asked for fp32.onnx on TensorRT 11.1.0")
     assert err.count("\n") == 1 and "fix: quantize it first" in err
     code, _, err = run(capsys, "build", models["fp32"], "-o", tmp_path / "x.engine", "--trt-version", "10.3",
-                       "--shapes", "input:4x3x8x8,1x3x8x8,16x3x8x8", "--plan-only")
+                       "--minShapes", "input:4x3x8x8", "--optShapes", "input:1x3x8x8", "--maxShapes", "input:16x3x8x8", "--plan-only")
     assert code == 2 and "is not min <= opt <= max" in err and err.count("\n") == 1
     code, _, err = run(capsys, "build", models["int8"], "-o", tmp_path / "x.engine", "--trt-version", "10.3",
-                       "--shapes", SHAPES, "--dla-core", "0", "--plan-only")
+                       *SHAPES, "--dla-core", "0", "--plan-only")
     assert code == 2 and "has no DLA" in err
 
 
 @pytest.mark.skipif(not NO_TRT, reason="TensorRT is installed here")
 def test_build_and_bench_without_tensorrt_fail_in_one_line(capsys, models, tmp_path):
-    code, _, err = run(capsys, "build", models["fp32"], "-o", tmp_path / "x.engine", "--shapes", SHAPES)
+    code, _, err = run(capsys, "build", models["fp32"], "-o", tmp_path / "x.engine", *SHAPES)
     assert code == 2 and "--trt-version auto needs TensorRT installed" in err and err.count("\n") == 1
-    code, _, err = run(capsys, "build", models["fp32"], "-o", tmp_path / "x.engine", "--shapes", SHAPES,
+    code, _, err = run(capsys, "build", models["fp32"], "-o", tmp_path / "x.engine", *SHAPES,
                        "--trt-version", "10.16")
     assert code == 2 and "pip install 'trtopt[tensorrt]'" in err and err.count("\n") == 1
     assert not (tmp_path / "x.engine").exists()
@@ -85,7 +85,7 @@ def test_build_and_bench_without_tensorrt_fail_in_one_line(capsys, models, tmp_p
 def test_bundle_for_jetson(capsys, models, ranges, tmp_path):
     out = tmp_path / "bundle"
     code, _stdout, err = run(capsys, "bundle", models["fp32"], models["int8"], "-o", out, "--ranges", ranges,
-                            "--shapes", SHAPES, "--workspace", "256")
+                            *SHAPES, "--workspace", "256")
     assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
     for rel, entry in manifest["files"].items():
@@ -113,7 +113,7 @@ def test_bundle_for_jetson(capsys, models, ranges, tmp_path):
 
 def test_bundle_plan_builds_from_the_bundle_folder(capsys, models, ranges, tmp_path, monkeypatch):
     out = tmp_path / "b"
-    assert run(capsys, "bundle", models["fp32"], "-o", out, "--ranges", ranges, "--shapes", SHAPES,
+    assert run(capsys, "bundle", models["fp32"], "-o", out, "--ranges", ranges, *SHAPES,
                "--target", "server")[0] == 0
     monkeypatch.chdir(out)
     from trtopt.trt.plan import BuildPlan

@@ -23,6 +23,7 @@ from trtopt.measure.bench import (
     torch_candidate,
 )
 from trtopt.measure.profile import TimingConfig
+from trtopt.models.inputs import parse_declarations
 from trtopt.models.load import load_model
 
 TIMING = TimingConfig(warmup_iterations=1, iterations=5, bootstrap_samples=200)
@@ -139,10 +140,12 @@ def test_open_candidate_missing_onnx_names_the_file(tmp_path):
 
 def test_symbolic_non_batch_axis_needs_an_input_shape(tmp_path):
     path = _symbolic_axis_onnx(tmp_path / "seq.onnx")
+    symbolic = open_candidate(str(path))
+    assert [(s.name, s.shape) for s in symbolic.inputs] == [("tokens", ("seq", 4))]  # data gives the length
     with pytest.raises(TrtoptError, match="'tokens'") as err:
-        open_candidate(str(path))
-    assert "--input-shape" in str(err.value) and "seq" in str(err.value)
-    c = open_candidate(str(path), input_shapes={"tokens": (7, 4)})
+        random_feed(symbolic.inputs, 3)
+    assert "--input-shape tokens:1xSEQx4" in str(err.value)
+    c = open_candidate(str(path), inputs=parse_declarations(["tokens:1x7x4"]))
     assert [(s.name, s.shape) for s in c.inputs] == [("tokens", (7, 4))]
     feed = random_feed(c.inputs, 3, seed=1)
     out = run_all(c, feed, batch_size=2)["out"]
@@ -154,8 +157,8 @@ def test_onnx_input_specs_of_an_exported_model(tmp_path):
     art = export_onnx(loaded, tmp_path / "two.onnx", ExportConfig(exporter="torchscript", opset=17))
     specs = onnx_input_specs(art)
     assert [(s.name, s.shape, s.dtype) for s in specs] == [("features", (6,), "float32"), ("mask", (6,), "float32")]
-    override = onnx_input_specs(art, {"mask": (6,)})
-    assert [s.shape for s in override] == [(6,), (6,)]
+    override = onnx_input_specs(art, parse_declarations(["mask:1x3"]))
+    assert [s.shape for s in override] == [(6,), (3,)]
 
 
 @pytest.mark.parametrize("spec, expected", [

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from trtopt.errors import TrtoptError
+from trtopt.models.inputs import parse_declarations
 from trtopt.models.load import load_checkpoint_, load_model
 from trtopt.models.spec import (
     IMAGENET_MEAN,
@@ -205,7 +206,7 @@ def test_torchscript_file_loads_with_same_outputs(tmp_path, tiny_cnn):
     traced = torch.jit.trace(tiny_cnn.module, x)
     path = tmp_path / "tiny.pt"
     traced.save(str(path))
-    m = load_model(str(path), input_shape=(3, 32, 32))
+    m = load_model(str(path), inputs=parse_declarations(["input:1x3x32x32"]))
     assert not m.module.training
     assert m.inputs[0].shape == (3, 32, 32)
     assert "TorchScript" in m.description
@@ -224,14 +225,14 @@ def test_state_dict_as_model_spec_says_use_checkpoint(tmp_path, tiny_cnn):
 
 
 def test_input_shape_override(tiny_cnn):
-    m = load_model("tests.helpers.tiny_models:tiny_cnn", input_shape=(3, 48, 40))
+    m = load_model("tests.helpers.tiny_models:tiny_cnn", inputs=parse_declarations(["4x3x48x40"]))
     assert m.inputs == (InputSpec("input", (3, 48, 40), "float32", -1.0, 1.0),)
 
 
-def test_input_shape_override_rejected_for_two_inputs():
-    with pytest.raises(TrtoptError, match="single-input") as e:
-        load_model("tests.helpers.tiny_models:two_input_mlp", input_shape=(6,))
-    assert "2 inputs" in str(e.value)
+def test_unnamed_input_shape_rejected_for_two_inputs():
+    with pytest.raises(TrtoptError, match="single-input model; .* has inputs features, mask") as e:
+        load_model("tests.helpers.tiny_models:two_input_mlp", inputs=parse_declarations(["1x6"]))
+    assert "--input-shape features:DIMS,mask:DIMS" in str(e.value)
 
 
 def test_parameter_count_and_bytes(tiny_cnn):

@@ -28,7 +28,7 @@ import pytest
 
 from tests.helpers.trt_fixtures import conv_model
 from trtopt.errors import TrtoptError
-from trtopt.trt.plan import VERSIONS, BuildOptions, make_plan, parse_shape_spec
+from trtopt.trt.plan import VERSIONS, BuildOptions, ShapeProfile, make_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 # Every file that may touch TensorRT: the trt package (but cuda.py, whose ``self.context`` is a pycuda
@@ -232,7 +232,7 @@ def test_every_flag_a_plan_can_name_exists_in_that_version(manifests, tmp_path):
     from trtopt.trt.calibration_cache import ranges_to_cache, write_cache
 
     models = {k: conv_model(tmp_path / f"{k}.onnx", k) for k in ("fp32", "fp16", "int8")}
-    shapes = (parse_shape_spec("input:1x3x8x8,2x3x8x8,4x3x8x8"),)
+    shapes = (ShapeProfile("input", (1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8)),)
     grid = [{"precision": p, "typing": t, "sparse": True, "version_compatible": True, "exclude_lean_runtime": True}
             for p in ("auto", "fp32", "fp16", "int8") for t in ("auto", "strong", "weak")]
     grid += [{"precision": "int8", "typing": "weak", "mixed_fp16": True}, {"precision": "int8", "calibrate": True},

@@ -24,7 +24,7 @@ from trtopt.trt.engine import (
     sidecar_path,
     summarize_layers,
 )
-from trtopt.trt.plan import BuildOptions, make_plan, parse_shape_spec
+from trtopt.trt.plan import BuildOptions, ShapeProfile, make_plan
 from trtopt.trt.timing import trtexec_stats
 
 ORIN = {"name": "Orin", "compute_capability": "8.7"}
@@ -34,7 +34,7 @@ H200 = {"name": "NVIDIA H200", "compute_capability": "9.0"}
 @pytest.fixture(scope="module")
 def plan(tmp_path_factory):
     model = conv_model(tmp_path_factory.mktemp("eng") / "m.onnx", "int8")
-    return make_plan(model, BuildOptions(shapes=(parse_shape_spec("input:1x3x8x8,4x3x8x8,8x3x8x8"),)), "10.3")
+    return make_plan(model, BuildOptions(shapes=(ShapeProfile("input", (1, 3, 8, 8), (4, 3, 8, 8), (8, 3, 8, 8)),)), "10.3")
 
 
 def sidecar_for(plan, identity, **plan_changes):

@@ -13,13 +13,14 @@ import pytest
 from tests.helpers.trt_fixtures import conv_model
 from trtopt.errors import TrtoptError
 from trtopt.trt.cuda import probe_gpus
+from trtopt.trt.plan import ShapeProfile
 from trtopt.trt.runtime import installed_version
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(installed_version() is None or not probe_gpus()["available"],
                                  reason="needs an NVIDIA GPU and TensorRT")]
 
-SHAPES = "input:1x3x8x8,4x3x8x8,8x3x8x8"
+SHAPES = ShapeProfile("input", (1, 3, 8, 8), (4, 3, 8, 8), (8, 3, 8, 8))
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +28,11 @@ def built(tmp_path_factory):
     import tensorrt
 
     from trtopt.trt.build import build_engine
-    from trtopt.trt.plan import BuildOptions, make_plan, parse_shape_spec
+    from trtopt.trt.plan import BuildOptions, make_plan
 
     root = tmp_path_factory.mktemp("gpu")
     model = conv_model(root / "m.onnx", "fp32")
-    plan = make_plan(model, BuildOptions(shapes=(parse_shape_spec(SHAPES),), timing_cache=str(root / "t.cache")),
+    plan = make_plan(model, BuildOptions(shapes=(SHAPES,), timing_cache=str(root / "t.cache")),
                      tensorrt.__version__)
     return root, model, plan, build_engine(plan, root / "m.engine", cache_dir=root / "cache")
 
@@ -82,7 +83,7 @@ def test_unparseable_onnx_and_dla_on_a_gpu_are_one_line_errors(built, tmp_path):
     from onnx import TensorProto, helper
 
     from trtopt.trt.build import build_engine
-    from trtopt.trt.plan import BuildOptions, make_plan, parse_shape_spec
+    from trtopt.trt.plan import BuildOptions, make_plan
 
     node = helper.make_node("NoSuchOp", ["input"], ["output"], domain="com.example")
     graph = helper.make_graph([node], "bad", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3])],
@@ -97,7 +98,7 @@ def test_unparseable_onnx_and_dla_on_a_gpu_are_one_line_errors(built, tmp_path):
     gpu = probe_gpus()["devices"][0]
     if not gpu["integrated"]:
         model = built[1]
-        dla = make_plan(model, BuildOptions(shapes=(parse_shape_spec(SHAPES),), target="jetson-orin", dla_core=0),
+        dla = make_plan(model, BuildOptions(shapes=(SHAPES,), target="jetson-orin", dla_core=0),
                         tensorrt.__version__)
         with pytest.raises(TrtoptError, match="has no DLA"):
             build_engine(dla, tmp_path / "dla.engine")

@@ -9,11 +9,11 @@ import pytest
 from tests.helpers.trt_fixtures import conv_model
 from trtopt.errors import TrtoptError
 from trtopt.trt.calibration_cache import ranges_to_cache, write_cache
-from trtopt.trt.plan import BuildOptions, BuildPlan, ShapeProfile, make_plan, parse_shape_spec, resolve_version
+from trtopt.trt.plan import BuildOptions, BuildPlan, ShapeProfile, make_plan, parse_profiles, resolve_version
 from trtopt.trt.trtexec import TrtexecTiming, trtexec_args, unverified_flags
 
 VERSIONS = ("10.3", "10.16", "11.1")
-PROFILE = parse_shape_spec("input:1x3x8x8,4x3x8x8,16x3x8x8")
+PROFILE = ShapeProfile("input", (1, 3, 8, 8), (4, 3, 8, 8), (16, 3, 8, 8))
 
 
 @pytest.fixture(scope="module")
@@ -132,13 +132,25 @@ def test_precision_that_contradicts_the_graph_is_refused(models):
 # --- profiles
 
 
-def test_parse_shape_spec_forms():
-    assert parse_shape_spec("x:1x3,2x3,4x3") == ShapeProfile("x", (1, 3), (2, 3), (4, 3))
-    assert parse_shape_spec("a:b:8x3") == ShapeProfile("a:b", (8, 3), (8, 3), (8, 3))  # names may hold ':'
-    with pytest.raises(TrtoptError, match="two shapes"):
-        parse_shape_spec("x:1x3,2x3")
-    with pytest.raises(TrtoptError, match="cannot read shape profile"):
-        parse_shape_spec("1x3x8x8")
+def test_parse_profiles_trtexec_forms():
+    assert parse_profiles(["x:8x3"]) == (ShapeProfile("x", (8, 3), (8, 3), (8, 3)),)
+    assert parse_profiles(["a:b:8x3"]) == (ShapeProfile("a:b", (8, 3), (8, 3), (8, 3)),)  # names may hold ':'
+    # trtexec: commas separate inputs; Polygraphy's brackets are read too
+    two = parse_profiles(min_shapes=["ids:1x8,mask:[1,8]"], opt_shapes=["ids:4x64,mask:4x64"],
+                         max_shapes=["ids:8x128", "mask:8x128"])
+    assert two == (ShapeProfile("ids", (1, 8), (4, 64), (8, 128)), ShapeProfile("mask", (1, 8), (4, 64), (8, 128)))
+    with pytest.raises(TrtoptError, match=r"older MIN,OPT,MAX form.*fix: write --minShapes x:1x3 --optShapes x:2x3 "
+                                          r"--maxShapes x:4x3$"):
+        parse_profiles(["x:1x3,2x3,4x3"])
+    with pytest.raises(TrtoptError, match="needs the input name"):
+        parse_profiles(["1x3x8x8"])
+    with pytest.raises(TrtoptError, match="input 'mask' has no --maxShapes"):
+        parse_profiles(min_shapes=["mask:1x8"], opt_shapes=["mask:1x8"], max_shapes=["ids:1x8"])
+
+
+def _profile(spec):
+    name, _, rest = spec.rpartition(":")
+    return (name, *(tuple(int(d) for d in part.split("x")) for part in rest.split(",")))
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -150,7 +162,7 @@ def test_parse_shape_spec_forms():
 ])
 def test_inconsistent_profiles_are_one_line_errors(models, spec, message):
     with pytest.raises(TrtoptError, match=message) as err:
-        make_plan(models["fp32"], BuildOptions(shapes=(parse_shape_spec(spec),)), "10.3")
+        make_plan(models["fp32"], BuildOptions(shapes=(ShapeProfile(*_profile(spec)),)), "10.3")
     assert "\n" not in str(err.value)
 
 
@@ -241,5 +253,30 @@ def test_trtexec_calibration_dla_and_portability_flags(models, cache_103):
 
 def test_trtexec_quotes_names_with_colons(tmp_path):
     model = conv_model(tmp_path / "colon.onnx", input_name="in:0")
-    p = make_plan(model, BuildOptions(shapes=(parse_shape_spec("in:0:1x3x8x8,2x3x8x8,4x3x8x8"),)), "10.3")
+    p = make_plan(model, BuildOptions(shapes=(ShapeProfile("in:0", (1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8)),)), "10.3")
     assert "--minShapes='in:0':1x3x8x8" in trtexec_args(p)
+
+
+def _two_token_inputs(path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"]) for n in ("ids", "mask")]
+    out = helper.make_tensor_value_info("out", TensorProto.INT64, ["batch", "seq"])
+    graph = helper.make_graph([helper.make_node("Add", ["ids", "mask"], ["out"])], "g", inputs, [out])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_inputs_sharing_a_named_dim_need_one_profile_for_it(tmp_path):
+    model = _two_token_inputs(tmp_path / "tokens.onnx")
+    # trtexec's form: commas separate inputs (was misparsed as MIN,OPT,MAX of one input)
+    fixed = make_plan(model, BuildOptions(shapes=parse_profiles(["ids:8x64,mask:8x64"])), "10.3")
+    assert [(p.name, p.min, p.max) for p in fixed.profiles] == [("ids", (8, 64), (8, 64)), ("mask", (8, 64), (8, 64))]
+    assert fixed.dynamic_axes == {"ids": {"0": "batch", "1": "seq"}, "mask": {"0": "batch", "1": "seq"}}
+    with pytest.raises(TrtoptError) as err:
+        make_plan(model, BuildOptions(shapes=parse_profiles(min_shapes=["ids:1x8,mask:1x8"], opt_shapes=["ids:4x64,mask:4x32"],
+                                                             max_shapes=["ids:8x128,mask:8x128"])), "10.3")
+    assert str(err.value) == ("dim 'seq' is shared by input 'ids' (axis 1) and input 'mask' (axis 1), but their profiles "
+                              "give it 8,64,128 and 8,32,128 (min,opt,max); fix: give seq the same min/opt/max values "
+                              "in every input's shapes")

@@ -23,6 +23,19 @@ def flatten_outputs(result: Any) -> list[Any]:
     return []
 
 
+def output_names(result: Any, prefix: str = "output") -> list[str]:
+    """Names for the tensors :func:`flatten_outputs` returns, in its order: a dict's (or ModelOutput's) keys,
+    ``prefix`` for a lone tensor, ``prefix``, ``prefix_1``, ... along a tuple or list."""
+    if hasattr(result, "detach"):
+        return [prefix]
+    if isinstance(result, dict) or hasattr(result, "to_tuple"):
+        items = [(k, v) for k, v in result.items() if v is not None]
+        return [n for k, v in items for n in output_names(v, str(k))]
+    if isinstance(result, (list, tuple)):
+        return [n for i, v in enumerate(result) for n in output_names(v, prefix if i == 0 else f"{prefix}_{i}")]
+    return []
+
+
 class TorchRunner(Runner):
     """An ``nn.Module`` in eval mode behind the Runner protocol (inference_mode, CPU or CUDA).
 

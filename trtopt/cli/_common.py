@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from trtopt._config import MAX_BATCH_SIZE, MAX_SAMPLE_ELEMENTS
+from trtopt._config import MAX_BATCH_SIZE
 from trtopt.config import Recipe
 from trtopt.errors import TrtoptError
 from trtopt.measure.profile import TimingConfig
@@ -23,23 +23,13 @@ EXIT_USAGE = 2
 
 EXIT_CHECK_FAILED = 1
 
-def parse_shapes(values: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
-    """``["3x224x224"]`` or ``["input_ids:64", "attention_mask:64"]`` → {name or "": dims}."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for value in values or []:
-        name, _, dims = value.rpartition(":")
-        try:
-            shape = tuple(int(d) for d in dims.lower().replace(",", "x").split("x") if d)
-        except ValueError:
-            raise TrtoptError(f"cannot read input shape {value!r}", "write it as 3x224x224 or NAME:3x224x224") from None
-        if not shape or any(d <= 0 for d in shape):
-            raise TrtoptError(f"input shape {value!r} has no or non-positive dimensions", "e.g. 3x224x224")
-        if math.prod(shape) > MAX_SAMPLE_ELEMENTS:
-            raise TrtoptError(f"input shape {value!r} has {math.prod(shape):,} elements per sample, more than "
-                              f"{MAX_SAMPLE_ELEMENTS:,} (TensorRT's and ONNX Runtime's int32 index limit)",
-                              "give the shape of one sample without the batch axis, e.g. 3x224x224")
-        shapes[name] = shape
-    return shapes
+def input_declarations(args: argparse.Namespace):
+    """The input declarations of the flags ``--input-shape/--input-dtype/--input-range/--dynamic`` (see
+    `trtopt.models.inputs.parse_declarations`)."""
+    from trtopt.models.inputs import parse_declarations
+
+    return parse_declarations(args.input_shape, getattr(args, "input_dtype", None), getattr(args, "input_range", None),
+                              getattr(args, "dynamic", None))
 
 def check_batch_sizes(values: Sequence[int], flag: str = "--batch-sizes") -> None:
     """Batch sizes in 1..MAX_BATCH_SIZE (exported models declare their batch axis as that range)."""
@@ -56,7 +46,9 @@ def check_fits_memory(inputs, samples: int, what: str) -> None:
     """
     import numpy as np
 
-    need = samples * sum(math.prod(s.shape) * np.dtype(s.dtype).itemsize for s in inputs)
+    # a symbolic axis (an ONNX input fed from --data) counts as 1: the data's own size is known to fit
+    need = samples * sum(math.prod(d if isinstance(d, int) else 1 for d in s.shape) * np.dtype(s.dtype).itemsize
+                         for s in inputs)
     available = _available_memory()
     if available is not None and 3 * need > available:
         shapes = ", ".join(f"{s.name} {'x'.join(map(str, s.shape))}" for s in inputs)
@@ -148,18 +140,15 @@ def feed_for(args: argparse.Namespace, inputs, preprocess=None, count=None):
         check_fits_memory(inputs, count or 8, "random inputs")
     return load_feed(args.data, inputs, count=count, seed=args.seed, preprocess=preprocess)
 
-def named_shapes(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]] | None:
-    """--input-shape values keyed by input name (an unnamed shape is for "input"); None when none given."""
-    if not shapes:
-        return None
-    return {(k or "input"): v for k, v in shapes.items()}
-
 def onnx_feed(args: argparse.Namespace, onnx_path: str):
-    """Inputs for an ONNX model: its signature (with --input-shape overrides) and --data/--samples."""
+    """Inputs for an ONNX model: its signature (with the declaration flags applied) and --data/--samples.
+
+    Axes the ONNX file leaves symbolic take their length from --data; only random data needs them declared.
+    """
     from trtopt.artifacts import inspect_onnx
     from trtopt.measure.bench import onnx_input_specs
 
-    specs = onnx_input_specs(inspect_onnx(onnx_path), named_shapes(parse_shapes(args.input_shape)))
+    specs = onnx_input_specs(inspect_onnx(onnx_path), input_declarations(args))
     return feed_for(args, specs)
 
 def add_timing(p: argparse.ArgumentParser) -> None:
@@ -172,12 +161,25 @@ def add_timing(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=TimingConfig.warmup_iterations, help="untimed calls first (default %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch and ONNX Runtime alike")
 
-def add_data(p: argparse.ArgumentParser) -> None:
+def add_data(p: argparse.ArgumentParser, dynamic: bool = False) -> None:
+    """--data/--samples/--seed and the input declaration flags (``dynamic``: with ``--dynamic``, for export)."""
     p.add_argument("--data", default=None, help="inputs: .npy/.npz, an image folder, skimage:photos (default: random)")
     p.add_argument("--samples", type=int, default=None, help="number of samples (random data: default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed for random inputs")
-    p.add_argument("--input-shape", action="append", metavar="[NAME:]DIMS",
-                   help="input shape without batch, e.g. 3x224x224 (repeat per input)")
+    add_input_declarations(p, dynamic)
+
+
+def add_input_declarations(p: argparse.ArgumentParser, dynamic: bool = False) -> None:
+    """The flags that declare a model's inputs (README "Declaring inputs"); read with :func:`input_declarations`."""
+    p.add_argument("--input-shape", action="append", metavar="NAME:DIMS",
+                   help="example shape per input, batch included, trtexec style: input:1x3x224x224 or "
+                        "input_ids:8x64,attention_mask:8x64 (Polygraphy's input:[1,3,224,224] works too)")
+    p.add_argument("--input-dtype", action="append", metavar="NAME:DTYPE", help="dtype per input, e.g. input_ids:int64")
+    p.add_argument("--input-range", action="append", metavar="NAME:[LOW,HIGH]",
+                   help="value range of random data per input, both ends included, e.g. input_ids:[0,30521]")
+    if dynamic:
+        p.add_argument("--dynamic", action="append", metavar="NAME:AXIS=SYMBOL",
+                       help="export this axis beyond the batch as dynamic, e.g. input_ids:1=seq,attention_mask:1=seq")
 
 def add_calibration(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=METHODS, default=CalibrationConfig.method,

@@ -16,9 +16,8 @@ from trtopt.cli._common import (
     add_data,
     add_speedup_search,
     feed_for,
-    named_shapes,
+    input_declarations,
     onnx_outputs,
-    parse_shapes,
     speedup_search_config,
     speedup_search_outcome,
     step_printer,
@@ -31,9 +30,7 @@ from trtopt.errors import TrtoptError
 def _load(args: argparse.Namespace):
     from trtopt.models.load import load_model
 
-    shapes = named_shapes(parse_shapes(args.input_shape))
-    single = next(iter(shapes.values())) if shapes and len(shapes) == 1 else None
-    return load_model(args.model, checkpoint=args.checkpoint, input_shape=single)
+    return load_model(args.model, checkpoint=args.checkpoint, inputs=input_declarations(args))
 
 
 def _check_outputs(args: argparse.Namespace, files: tuple[str | None, ...], onnx: str | None) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from trtopt.cli._common import add_data, feed_for, parse_shapes, step_printer, write_json_output
+from trtopt.cli._common import add_data, feed_for, input_declarations, step_printer, write_json_output
 from trtopt.edge.convert import PRECISIONS, EdgeConfig
 
 
@@ -26,9 +26,7 @@ def cmd_edge_export(args: argparse.Namespace) -> int:
                   inputs=[args.model, args.checkpoint, args.data])
     config = EdgeConfig(precision=args.precision, batch_size=args.batch_size, per_channel=not args.per_tensor,
                         calibration_samples=args.samples)
-    shapes = parse_shapes(args.input_shape)
-    loaded = load_model(args.model, checkpoint=args.checkpoint,
-                        input_shape=next(iter(shapes.values())) if len(shapes) == 1 else None)
+    loaded = load_model(args.model, checkpoint=args.checkpoint, inputs=input_declarations(args))
     feed = feed_for(args, loaded.inputs, loaded.preprocess, count=args.samples or max(args.batch_size, 8)) \
         if args.precision == "int8" or args.data else None
     artifact = export_edge(loaded, args.output, config, calibration=feed, force=args.force, on_step=step_printer(args))

@@ -10,8 +10,8 @@ from trtopt.cli._common import (
     add_data,
     add_tolerances,
     feed_for,
+    input_declarations,
     onnx_outputs,
-    parse_shapes,
     step_printer,
     write_json_output,
 )
@@ -23,17 +23,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     from trtopt.export import export_onnx
     from trtopt.files import check_outputs
     from trtopt.measure.compare import Tolerances
+    from trtopt.models.inputs import example_batch
     from trtopt.models.load import load_model
 
     check_outputs([*onnx_outputs(args.output), args.json], args.force, inputs=[args.model, args.checkpoint, args.data])
-    shapes = parse_shapes(args.input_shape)
-    loaded = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
-                        input_shape=next(iter(shapes.values())) if len(shapes) == 1 else None)
-    config = ExportConfig(opset=args.opset, dynamic_batch=not args.static_batch, exporter=args.exporter,
+    declared = input_declarations(args)
+    loaded = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, inputs=declared)
+    batch = example_batch(declared)  # a declared batch is the example batch (static: the model's batch)
+    sizes = {} if batch is None else {"example_batch_size": batch if args.static_batch else max(batch, 2)}
+    config = ExportConfig(**sizes, opset=args.opset, dynamic_batch=not args.static_batch, exporter=args.exporter,
                           simplify=not args.no_simplify, external_data=args.external_data, check_parity=not args.no_parity,
                           parity=Tolerances(atol=args.atol, rtol=args.rtol, min_cosine=args.min_cosine))
     feed = feed_for(args, loaded.inputs, loaded.preprocess, count=max(args.samples or 8, 8))
-    artifact = export_onnx(loaded, args.output, config, feed=feed, force=args.force, on_step=step_printer(args))
+    artifact = export_onnx(loaded, args.output, config, feed=feed, force=args.force, on_step=step_printer(args),
+                           verbose=getattr(args, "debug", False))
     result = artifact.to_dict()
     write_json_output(args.json, result, args.force)
     parity = ", ".join(f"{k}: max abs {v['outputs'][0]['max_abs_error']:.2e}, cosine {v['outputs'][0]['cosine']:.6f}"
@@ -41,7 +44,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {artifact.path} ({artifact.size_bytes / 1e6:.2f} MB, {artifact.exporter} exporter, opset {artifact.opset})"
           + (f"; parity {parity}" if parity else ""))
     for note in artifact.notes:
-        print(f"  note: {note}")
+        print(f"  {note}" if note.startswith("warning: ") else f"  note: {note}")
     return 0
 
 
@@ -63,7 +66,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     p.add_argument("--json", help="write the artifact record (sizes, hashes, parity) here")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    add_data(p)
+    add_data(p, dynamic=True)
     parity = field_default(ExportConfig, "parity")
     add_tolerances(p, parity.atol, parity.rtol, parity.min_cosine)
     p.set_defaults(func=cmd_export)

@@ -93,6 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # route Python warnings into logging and show them only with --debug.
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(logging.DEBUG if args.debug else logging.ERROR)
+    if not args.debug:
+        # torch logs through handlers of its own (``W1130 ... _pytree.py:630] ...`` when transformers or torchao
+        # register types): quiet them, before torch is imported (TORCH_LOGS) and after (the logger's level)
+        os.environ.setdefault("TORCH_LOGS", "-torch")
+        if "torch" in sys.modules:
+            logging.getLogger("torch").setLevel(logging.ERROR)
     from trtopt.models.load import trusting_code
 
     with contextlib.suppress(FileNotFoundError):  # no usable temp folder at all: nothing to sweep there

@@ -15,8 +15,7 @@ from trtopt.cli._common import (
     check_batch_sizes,
     check_fits_memory,
     feed_for,
-    named_shapes,
-    parse_shapes,
+    input_declarations,
     progress_bar,
     timing_config,
     write_json_output,
@@ -32,10 +31,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from trtopt.report.markdown import markdown_table, render_markdown
     from trtopt.report.model import build_report
 
-    shapes = parse_shapes(args.input_shape)
+    declared = input_declarations(args)
     check_batch_sizes(args.batch_sizes)
     gate = _gate_setup(args)  # a bad baseline or an unwritable output fails before any timing
-    candidates = [open_candidate(m, threads=args.threads, input_shapes=named_shapes(shapes), checkpoint=args.checkpoint)
+    candidates = [open_candidate(m, threads=args.threads, inputs=declared, checkpoint=args.checkpoint)
                   for m in args.models]
     for candidate in candidates:
         if not candidate.inputs:
@@ -159,9 +158,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from trtopt.measure.compare import compare_outputs
 
     check_outputs([args.json], args.force, inputs=[args.reference, args.candidate, args.checkpoint, args.data])
-    shapes = named_shapes(parse_shapes(args.input_shape))
-    reference = open_candidate(args.reference, threads=args.threads, input_shapes=shapes, checkpoint=args.checkpoint)
-    candidate = open_candidate(args.candidate, threads=args.threads, input_shapes=shapes)
+    declared = input_declarations(args)
+    reference = open_candidate(args.reference, threads=args.threads, inputs=declared, checkpoint=args.checkpoint)
+    candidate = open_candidate(args.candidate, threads=args.threads, inputs=declared)
     preprocess = getattr(getattr(reference.runner, "loaded", None), "preprocess", None)
     feed = feed_for(args, reference.inputs, preprocess)
     tol = Tolerances(atol=args.atol, rtol=args.rtol, min_cosine=args.min_cosine)

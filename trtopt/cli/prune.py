@@ -8,8 +8,9 @@ from typing import Any
 
 from trtopt.cli._common import (
     EXIT_CHECK_FAILED,
+    add_input_declarations,
     add_speedup_search,
-    parse_shapes,
+    input_declarations,
     speedup_search_config,
     speedup_search_outcome,
     step_printer,
@@ -31,8 +32,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                          protect_first_last=not args.no_protect)
     target = speedup_search_config(args)
     check_outputs([args.output, args.json], args.force, inputs=[args.model, args.checkpoint])  # before any work
-    shapes = parse_shapes(args.input_shape)
-    loaded = load_model(args.model, checkpoint=args.checkpoint, input_shape=next(iter(shapes.values())) if len(shapes) == 1 else None)
+    loaded = load_model(args.model, checkpoint=args.checkpoint, inputs=input_declarations(args))
     step = step_printer(args)
     report: dict[str, Any] = {"model": args.model}
     if target is not None:
@@ -94,7 +94,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="keep channel counts multiples of this (default %(default)s)")
     p.add_argument("--no-protect", action="store_true", help="also prune the first layer's and last layer's outputs")
     add_speedup_search(p, "raise the ratio step by step until the ONNX model is X× faster on ONNX Runtime (measured)")
-    p.add_argument("--input-shape", action="append", metavar="[NAME:]DIMS", help="input shape without batch")
+    add_input_declarations(p)
     p.add_argument("--json", help="write the pruning report (and search steps) here")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.set_defaults(func=cmd_prune)

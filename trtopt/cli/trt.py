@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trtopt.cli._common import add_data, feed_for, named_shapes, parse_shapes
+from trtopt.cli._common import add_data, feed_for, input_declarations
 from trtopt.config import Recipe
 from trtopt.errors import TrtoptError
 from trtopt.trt.plan import HARDWARE_COMPATIBILITY, PRECISIONS, TARGETS, TYPINGS, BuildOptions
@@ -25,8 +25,12 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-cache", help="TensorRT 10.x calibration cache for implicit INT8")
     p.add_argument("--mixed-fp16", action="store_true",
                    help="weakly typed 10.x INT8: also allow FP16 for layers kept out of INT8 (trtexec --int8 --fp16)")
-    p.add_argument("--shapes", nargs="+", default=[], metavar="NAME:MIN,OPT,MAX",
-                   help="optimization profile per input, e.g. input:1x3x224x224,8x3x224x224,32x3x224x224")
+    p.add_argument("--shapes", action="append", metavar="NAME:DIMS",
+                   help="fixed shape per input, batch included, trtexec style: input:8x3x224x224 or "
+                        "input_ids:8x64,attention_mask:8x64")
+    for bound, example in (("min", "1x3x224x224"), ("opt", "8x3x224x224"), ("max", "32x3x224x224")):
+        p.add_argument(f"--{bound}Shapes", action="append", dest=f"{bound}_shapes", metavar="NAME:DIMS",
+                       help=f"{bound.upper()} shape of the optimization profile per input (trtexec), e.g. input:{example}")
     p.add_argument("--workspace", type=int, default=None, metavar="MiB", help="workspace memory pool limit")
     p.add_argument("--sparse", action="store_true", help="BuilderFlag.SPARSE_WEIGHTS (2:4 sparse weights)")
     p.add_argument("--target", choices=TARGETS, default=None,
@@ -42,11 +46,11 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
 
 
 def _options(args: argparse.Namespace, target_default: str, calibrate: bool = False):
-    from trtopt.trt.plan import parse_shape_spec
+    from trtopt.trt.plan import parse_profiles
 
     return BuildOptions(precision=args.precision, typing=args.typing, calib_cache=args.calib_cache, calibrate=calibrate,
                         mixed_fp16=args.mixed_fp16,
-                        shapes=tuple(parse_shape_spec(s) for s in args.shapes),
+                        shapes=parse_profiles(args.shapes, args.min_shapes, args.opt_shapes, args.max_shapes),
                         workspace_bytes=args.workspace * (1 << 20) if args.workspace else None,
                         timing_cache=args.timing_cache, opt_level=args.opt_level, sparse=args.sparse,
                         target=args.target or target_default, dla_core=args.dla_core,
@@ -133,10 +137,11 @@ def _calibration_feeds(args: argparse.Namespace, plan: Any):
     from trtopt.artifacts import inspect_onnx
     from trtopt.data import iter_batches, load_feed
     from trtopt.measure.bench import onnx_input_specs
+    from trtopt.models.inputs import InputDeclaration
 
     art = inspect_onnx(plan.onnx_path)
-    overrides = {p.name: tuple(p.opt[1:]) for p in plan.profiles}
-    feed = load_feed(args.data, onnx_input_specs(art, overrides or None), count=args.samples, seed=0)
+    opt = tuple(InputDeclaration(p.name, shape=p.opt) for p in plan.profiles)
+    feed = load_feed(args.data, onnx_input_specs(art, opt), count=args.samples, seed=0)
     return iter_batches(feed, plan.calib_batch_size or 8)
 
 
@@ -180,7 +185,7 @@ def cmd_trt_bench(args: argparse.Namespace) -> int:
         from trtopt.measure.bench import onnx_input_specs
 
         plan = read_sidecar(args.engine)["plan"]
-        specs = onnx_input_specs(inspect_onnx(plan["onnx_path"]), named_shapes(parse_shapes(args.input_shape)))
+        specs = onnx_input_specs(inspect_onnx(plan["onnx_path"]), input_declarations(args))
         feed = take_batch(feed_for(args, specs, count=args.batch_size), args.batch_size)
         result: dict[str, Any] = {"engine": args.engine, "runner": runner.describe(),
                                   "tensorrt": runner.profile(feed, iterations=args.iterations, warmup=args.warmup,

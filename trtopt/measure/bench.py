@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from trtopt.edge.artifact import edge_format
 from trtopt.errors import TrtoptError
 from trtopt.feeds import Feed
 from trtopt.measure.profile import TimingConfig, compare_latency, speedup_interval, time_interleaved
+from trtopt.models.inputs import InputDeclaration, declare_inputs
 from trtopt.models.load import load_model
 from trtopt.models.spec import InputSpec, LoadedModel, is_onnx_path, parameter_bytes, parameter_count
 from trtopt.progress import ProgressCallback
@@ -71,7 +72,7 @@ def torch_candidate(loaded: LoadedModel, name: str = "pytorch-fp32", threads: in
 
 
 def onnx_candidate(artifact: OnnxArtifact | str | os.PathLike, name: str | None = None,
-                   ort: OrtConfig | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None,
+                   ort: OrtConfig | None = None, inputs: Sequence[InputDeclaration] = (),
                    threads: int | None = None) -> Candidate:
     """An ONNX model in ONNX Runtime as a candidate.
 
@@ -83,27 +84,23 @@ def onnx_candidate(artifact: OnnxArtifact | str | os.PathLike, name: str | None 
 
     art = artifact if isinstance(artifact, OnnxArtifact) else inspect_onnx(artifact)
     runner = get_backend("onnxruntime").load(art, config=ort or evaluation_config(art, threads))
-    return Candidate(name or art.path.name, "onnxruntime", art.precision, runner, onnx_input_specs(art, input_shapes),
+    return Candidate(name or art.path.name, "onnxruntime", art.precision, runner, onnx_input_specs(art, inputs),
                      size_bytes=art.size_bytes, source=str(art.path), artifact=art.to_dict())
 
 
-def onnx_input_specs(art: OnnxArtifact, overrides: dict[str, tuple[int, ...]] | None = None) -> tuple[InputSpec, ...]:
-    """Input specs (without batch axis) from an ONNX signature; symbolic non-batch axes need an override."""
-    overrides = overrides or {}
+def onnx_input_specs(art: OnnxArtifact, inputs: Sequence[InputDeclaration] = ()) -> tuple[InputSpec, ...]:
+    """Input specs from an ONNX signature, with ``inputs`` (declarations) applied.
+
+    Axes the signature leaves symbolic stay symbolic (their length comes from the data; random data
+    needs them declared). Integer inputs that index a table get its size as the upper bound of random ids.
+    """
     limits = integer_input_limits(_graph(art)) if any("int" in t.dtype for t in art.inputs) else {}
     specs = []
     for t in art.inputs:
-        if t.name in overrides:
-            shape = tuple(overrides[t.name])
-        else:
-            shape = t.shape[1:]
-            if any(not isinstance(d, int) or d <= 0 for d in shape):
-                raise TrtoptError(f"input {t.name!r} of {art.path.name} has symbolic axes {list(t.shape)}",
-                                  f"pass --input-shape {t.name}:DIMS (without the batch axis, e.g. 3x224x224)")
         # integer ids stay inside the table they index (an embedding of 50 rows takes ids 0..49)
         high = 2 if t.dtype == "bool" else (limits.get(t.name, DEFAULT_INTEGER_HIGH) if "int" in t.dtype else 1.0)
-        specs.append(InputSpec(t.name, tuple(int(d) for d in shape), t.dtype, 0, high))
-    return tuple(specs)
+        specs.append(replace(InputSpec.from_dims(t.name, t.shape, t.dtype), low=0, high=high))
+    return declare_inputs(specs, inputs, art.path.name)
 
 
 def _graph(art: OnnxArtifact) -> Any:
@@ -126,15 +123,14 @@ def edge_candidate(path: str | os.PathLike, name: str | None = None, threads: in
 
 
 def open_candidate(source: str, threads: int | None = None, ort: OrtConfig | None = None,
-                   input_shapes: dict[str, tuple[int, ...]] | None = None, checkpoint: str | None = None) -> Candidate:
+                   inputs: Sequence[InputDeclaration] = (), checkpoint: str | None = None) -> Candidate:
     """Open a spec: ``.onnx`` → ONNX Runtime, ``.pte`` → ExecuTorch, ``.tflite`` → LiteRT, anything else →
     PyTorch eager (see `trtopt.models.load`)."""
     if is_onnx_path(source):
-        return onnx_candidate(source, ort=ort, input_shapes=input_shapes, threads=threads)
+        return onnx_candidate(source, ort=ort, inputs=inputs, threads=threads)
     if edge_format(source):
         return edge_candidate(source, threads=threads)
-    single = next(iter(input_shapes.values())) if input_shapes and len(input_shapes) == 1 else None
-    loaded = load_model(source, checkpoint=checkpoint, input_shape=single)
+    loaded = load_model(source, checkpoint=checkpoint, inputs=inputs)
     return torch_candidate(loaded, name=source, threads=threads)
 
 

@@ -27,12 +27,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib
+import inspect
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from trtopt.errors import TrtoptError, first_line, missing_dependency
+from trtopt.models.inputs import InputDeclaration, declare_inputs
 from trtopt.models.spec import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -59,21 +61,23 @@ def trusting_code(trust: bool = True) -> Iterator[None]:
 
 
 def load_model(spec: str, checkpoint: str | os.PathLike | None = None, pretrained: bool = False,
-               input_shape: tuple[int, ...] | None = None, seed: int = 0, trust_code: bool | None = None) -> LoadedModel:
+               inputs: Sequence[InputDeclaration] = (), seed: int = 0, trust_code: bool | None = None) -> LoadedModel:
     """Load ``spec`` (see module docstring) on the CPU in eval mode.
 
     Args:
         spec: the model spec.
         checkpoint: a state-dict/checkpoint file loaded strictly into the architecture.
         pretrained: ask for the hub's pretrained weights (fails offline unless already cached).
-        input_shape: override the input shape (without batch) of a single-input model.
+        inputs: input declarations (shapes with the batch, dtypes, ranges, dynamic axes) applied over the
+            model's own (`trtopt.models.inputs.declare_inputs`).
         seed: seed for randomly initialized weights.
         trust_code: allow model files that run code they name (see module docstring); None: the
             setting of the enclosing `trusting_code` block, else False.
 
     Raises:
         TrtoptError: unknown spec, missing file, weights that don't fit, offline hub request, a model
-            file that would run code it names without ``trust_code``.
+            file that would run code it names without ``trust_code``; declarations that don't fit the
+            model, or a factory model's forward parameter that nothing declares.
     """
     trust = _TRUST_CODE.get() if trust_code is None else trust_code
     if is_onnx_path(spec):
@@ -88,12 +92,9 @@ def load_model(spec: str, checkpoint: str | os.PathLike | None = None, pretraine
         loaded = _load_architecture(spec, pretrained, trust)
     if checkpoint is not None:
         load_checkpoint_(loaded.module, checkpoint)
-    if input_shape is not None:
-        if len(loaded.inputs) != 1:
-            raise TrtoptError(f"--input-shape applies to single-input models, {spec} has {len(loaded.inputs)} inputs",
-                              "pass shapes per input name (name:dims)")
-        first = loaded.inputs[0]
-        loaded.inputs = (InputSpec(first.name, tuple(input_shape), first.dtype, first.low, first.high),)
+    parameters = loaded.extra.pop("forward_parameters", None)
+    if inputs or (parameters is not None and len(parameters) > 1):
+        loaded.inputs = declare_inputs(loaded.inputs, inputs, spec, forward_parameters=parameters)
     loaded.module.eval()
     return loaded
 
@@ -120,11 +121,29 @@ def _load_torchvision(name: str, pretrained: bool) -> LoadedModel:
     if pretrained:
         weights = torchvision.models.get_model_weights(name).DEFAULT
         _require_cached_download(f"torchvision:{name}", weights.url)
-    module = torchvision.models.get_model(name, weights=weights)
+    kwargs: dict[str, Any] = {"weights": weights}
+    builder = torchvision.models.get_model_builder(name)
+    if "weights_backbone" in inspect.signature(builder).parameters:
+        # segmentation and detection builders download an ImageNet backbone by default: off unless pretrained
+        kwargs["weights_backbone"] = None  # with pretrained weights the full model's replace the backbone's anyway
+    with offline_downloads(f"torchvision:{name}"):
+        module = builder(**kwargs)
     size = 299 if name == "inception_v3" else 224
     return LoadedModel(module, f"torchvision:{name}", image_inputs((3, size, size)),
                        preprocess=ImagePreprocess(size=size, resize=int(size * 256 / 224)),
                        description=f"torchvision {name}, {'pretrained' if pretrained else 'random init'}")
+
+@contextlib.contextmanager
+def offline_downloads(spec: str) -> Iterator[None]:
+    """Turn a download attempted inside the block (torch.hub, urllib, Hugging Face) into the one-line offline error."""
+    import urllib.error
+
+    try:
+        yield
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+        raise TrtoptError(f"loading {spec} tried to download weights ({first_line(e)}), which is not possible offline",
+                          "load it without --pretrained (random init), or pass --checkpoint FILE") from e
+
 
 def _require_cached_download(spec: str, url: str) -> None:
     """Fail fast, before any network access, when hub weights are not in the local torch hub cache."""
@@ -172,8 +191,23 @@ def _load_factory(module_name: str, attr: str, pretrained: bool) -> LoadedModel:
     if isinstance(result, LoadedModel):
         return result
     _require_module(result, f"{module_name}:{attr}")
-    inputs = getattr(result, "trtopt_inputs", None) or image_inputs()
-    return LoadedModel(result, f"{module_name}:{attr}", tuple(inputs), description=f"{module_name}:{attr}")
+    declared = getattr(result, "trtopt_inputs", None)
+    loaded = LoadedModel(result, f"{module_name}:{attr}", tuple(declared or image_inputs()),
+                         description=f"{module_name}:{attr}")
+    if not declared:  # a guess: the forward's parameters say what the model takes (see declare_inputs)
+        loaded.extra["forward_parameters"] = _forward_parameters(result)
+    return loaded
+
+
+def _forward_parameters(module: Any) -> tuple[str, ...]:
+    """Names of the required positional parameters of ``module.forward``, in call order."""
+    try:
+        signature = inspect.signature(module.forward)
+    except (TypeError, ValueError):  # a builtin or compiled forward: no signature to read
+        return ("input",)
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names = tuple(p.name for p in signature.parameters.values() if p.kind in kinds and p.default is p.empty)
+    return names if len(names) > 1 else ("input",)
 
 def _require_module(obj: Any, spec: str) -> None:
     import torch

@@ -30,6 +30,9 @@ class InputSpec:
         batch: axis 0: a symbol ("N", "batch") for a batch of any size, an int for a batch fixed at that
             size (static ONNX, edge and Torch-TensorRT models), None for an input without one (a 0-d
             scalar input of an ONNX graph).
+        dynamic_axes: ``((axis, symbol), ...)``: axes beyond the batch (full-shape index >= 1) whose length
+            varies (sequence length, height, width); ``shape`` holds their example length. Axes with one
+            symbol have one length across inputs. Exported as dynamic (`trtopt.export`).
     """
 
     name: str
@@ -38,6 +41,7 @@ class InputSpec:
     low: float = 0.0
     high: float = 1.0
     batch: int | str | None = "N"
+    dynamic_axes: tuple[tuple[int, str], ...] = ()
 
     @classmethod
     def from_dims(cls, name: str, dims: Sequence[int | str | None], dtype: str) -> InputSpec:

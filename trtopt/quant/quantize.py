@@ -413,7 +413,10 @@ def _prepare(path: Path, stage: Path, large: bool) -> Path:
         path = upgraded
     external = {"save_as_external_data": True, "all_tensors_to_one_file": True,
                 "external_data_location": "prepared.onnx.data"} if large else {}
-    with contextlib.redirect_stdout(io.StringIO()), _quiet_logging():
+    path, out = Path(path).resolve(), out.resolve()
+    # chdir: ORT's symbolic shape inference writes sym_shape_infer_temp.onnx (and, failing, its .data files)
+    # into the working directory; keep them in the staging folder
+    with contextlib.chdir(stage), contextlib.redirect_stdout(io.StringIO()), _quiet_logging():
         try:
             quant_pre_process(str(path), str(out), skip_optimization=True, skip_symbolic_shape=False, **external)
         except Exception:  # ORT's symbolic shape inference fails on some exporter graphs (MiniLM: Expand)

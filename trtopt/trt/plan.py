@@ -27,8 +27,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,6 @@ CALIBRATOR_ALGORITHM = "EntropyCalibration2"  # the header a cache for that cali
 
 TIMING_MODES = ("gpu-compute", "end-to-end")
 
-_SHAPE_SPEC = re.compile(r"^(?P<name>.+):(?P<dims>[0-9x]+(?:,[0-9x]+){0,2})$")
 
 def resolve_version(version: str) -> str:
     """Full "MAJOR.MINOR.PATCH" for a version trtopt plans for: "10.3", "10.16", "11.1", "11.0" or their full
@@ -93,23 +92,43 @@ class ShapeProfile:
     def from_dict(cls, d: dict[str, Any]) -> ShapeProfile:
         return cls(str(d["name"]), tuple(d["min"]), tuple(d["opt"]), tuple(d["max"]))
 
-def parse_shape_spec(spec: str) -> ShapeProfile:
-    """``"input:1x3x224x224,8x3x224x224,32x3x224x224"`` (min,opt,max) or ``"input:8x3x224x224"`` (all three)."""
-    m = _SHAPE_SPEC.match(spec.strip())
-    if not m:
-        raise TrtoptError(f"cannot read shape profile {spec!r}",
-                          "write NAME:MIN,OPT,MAX with dims joined by x, e.g. input:1x3x224x224,8x3x224x224,32x3x224x224")
-    dims = []
-    for part in m["dims"].split(","):
-        try:
-            dims.append(tuple(int(d) for d in part.split("x")))
-        except ValueError:
-            raise TrtoptError(f"cannot read dimensions {part!r} in {spec!r}", "e.g. 1x3x224x224") from None
-    if len(dims) == 1:
-        dims = dims * 3
-    elif len(dims) == 2:
-        raise TrtoptError(f"shape profile {spec!r} has two shapes", "give one shape (fixed) or three (min,opt,max)")
-    return ShapeProfile(m["name"], *dims)
+def parse_profiles(shapes: Sequence[str] | None = None, min_shapes: Sequence[str] | None = None,
+                   opt_shapes: Sequence[str] | None = None, max_shapes: Sequence[str] | None = None
+                   ) -> tuple[ShapeProfile, ...]:
+    """Optimization profiles from trtexec's flags: ``--shapes`` (one shape per input: min = opt = max) or
+    ``--minShapes/--optShapes/--maxShapes``; each ``NAME:DIMS`` with the batch, inputs separated by commas
+    (``input_ids:1x8,attention_mask:1x8``); Polygraphy's ``NAME:[1,8]`` is read too.
+
+    Raises TrtoptError for unreadable shapes, an input missing from one of the three lists, both forms at
+    once, or the older ``NAME:MIN,OPT,MAX`` form of ``--shapes`` (the message shows the trtexec form).
+    """
+    from trtopt.models.inputs import parse_shape_list
+
+    for value in shapes or []:
+        name, _, rest = value.rpartition(":")
+        parts = rest.split(",")
+        if len(parts) in (2, 3) and all(":" not in p and "[" not in p for p in parts):
+            flags = " ".join(f"--{f}Shapes {name}:{p}" for f, p in zip(("min", "opt", "max"), parts))
+            raise TrtoptError(f"--shapes {value} is the older MIN,OPT,MAX form; --shapes now takes one shape per "
+                              "input (trtexec: commas separate inputs)", f"write {flags}")
+    fixed = parse_shape_list(shapes, "--shapes")
+    ranges = [parse_shape_list(v, f"--{f}Shapes") for v, f in ((min_shapes, "min"), (opt_shapes, "opt"),
+                                                              (max_shapes, "max"))]
+    if fixed and any(ranges):
+        raise TrtoptError("both --shapes and --minShapes/--optShapes/--maxShapes are given",
+                          "use --shapes for fixed shapes, or the three for a range")
+    if "" in fixed or any("" in r for r in ranges):
+        raise TrtoptError("a shape profile needs the input name", "write NAME:DIMS, e.g. --shapes input:8x3x224x224")
+    if fixed:
+        return tuple(ShapeProfile(n, d, d, d) for n, d in fixed.items())
+    names = list(dict.fromkeys(n for r in ranges for n in r))
+    for name in names:
+        absent = [f for r, f in zip(ranges, ("min", "opt", "max")) if name not in r]
+        if absent:
+            raise TrtoptError(f"input {name!r} has no --{absent[0]}Shapes", f"give {name} in all of "
+                              "--minShapes, --optShapes and --maxShapes (or one fixed shape with --shapes)")
+    return tuple(ShapeProfile(n, ranges[0][n], ranges[1][n], ranges[2][n]) for n in names)
+
 
 def validate_profiles(inputs: list[Any], profiles: tuple[ShapeProfile, ...], where: str) -> tuple[ShapeProfile, ...]:
     """Check ``profiles`` against the ONNX ``inputs`` (TensorInfo: name, shape with ints or symbols).
@@ -144,13 +163,32 @@ def validate_profiles(inputs: list[Any], profiles: tuple[ShapeProfile, ...], whe
             if isinstance(fixed, int) and fixed > 0 and not lo == mid == hi == fixed:
                 raise TrtoptError(f"shape profile of input {p.name!r} axis {axis} is {lo},{mid},{hi} but the model "
                                   f"fixes it to {fixed}", f"use {fixed} for that axis in all three shapes")
+    _check_shared_dims(profiles, by_name)
     missing = [i.name for i in inputs if i.name not in seen and not _static(i.shape)]
     if missing:
         shape = _model_dims(by_name[missing[0]].shape)
         raise TrtoptError(f"input {missing[0]!r} of {where} has dynamic dimensions ({shape}) and no shape profile",
-                          f"give --shapes {missing[0]}:MIN,OPT,MAX, e.g. with batch 1,8,32")
+                          f"give --minShapes/--optShapes/--maxShapes {missing[0]}:DIMS (batch included, e.g. batch 1, 8 "
+                          f"and 32), or one fixed shape with --shapes {missing[0]}:DIMS")
     order = [i.name for i in inputs]
     return tuple(sorted(profiles, key=lambda p: order.index(p.name)))
+
+def _check_shared_dims(profiles: Sequence[ShapeProfile], by_name: dict[str, Any]) -> None:
+    """Axes that share a symbol in the ONNX signature (``batch``, ``seq``) need one MIN/OPT/MAX across inputs:
+    TensorRT refuses the build otherwise. Raises TrtoptError naming the dim and the two inputs."""
+    seen: dict[str, tuple[str, int, tuple[int, int, int]]] = {}
+    for p in profiles:
+        for axis, dim in enumerate(by_name[p.name].shape):
+            if not isinstance(dim, str) or dim in ("", "?"):
+                continue
+            values = (p.min[axis], p.opt[axis], p.max[axis])
+            first = seen.setdefault(dim, (p.name, axis, values))
+            if first[2] != values:
+                raise TrtoptError(f"dim {dim!r} is shared by input {first[0]!r} (axis {first[1]}) and input {p.name!r} "
+                                  f"(axis {axis}), but their profiles give it {','.join(map(str, first[2]))} and "
+                                  f"{','.join(map(str, values))} (min,opt,max)",
+                                  f"give {dim} the same min/opt/max values in every input's shapes")
+
 
 def _static(shape: tuple) -> bool:
     return all(isinstance(d, int) and d > 0 for d in shape)
@@ -269,6 +307,7 @@ class BuildPlan:
     profiling_verbosity: str = "DETAILED"
     notes: tuple[str, ...] = ()
     format: int = PLAN_FORMAT
+    dynamic_axes: dict[str, dict[str, str]] = field(default_factory=dict)  # input -> {axis: symbol}, from the ONNX
 
     @property
     def trt_major(self) -> int:
@@ -307,7 +346,7 @@ class BuildPlan:
         hash; the ONNX and calibration cache enter through their sha256.
         """
         d = asdict(self)
-        for key in ("onnx_path", "calib_cache", "timing_cache", "notes"):
+        for key in ("onnx_path", "calib_cache", "timing_cache", "notes", "dynamic_axes"):  # the ONNX sha256 covers the axes
             d.pop(key)
         d["profiles"] = [p.to_dict() for p in self.profiles]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
@@ -367,7 +406,9 @@ def make_plan(onnx: Any, options: BuildOptions, trt_version: str) -> BuildPlan:
         workspace_bytes=options.workspace_bytes, timing_cache=options.timing_cache,
         builder_optimization_level=options.opt_level, target=options.target,
         device_type="GPU" if options.dla_core is None else "DLA", dla_core=options.dla_core,
-        hardware_compatibility_level=HARDWARE_COMPATIBILITY[options.hardware_compatibility], notes=route.notes)
+        hardware_compatibility_level=HARDWARE_COMPATIBILITY[options.hardware_compatibility], notes=route.notes,
+        dynamic_axes={i.name: {str(a): d for a, d in enumerate(i.shape) if isinstance(d, str)} for i in art.inputs
+                      if any(isinstance(d, str) for d in i.shape)})
 
 @dataclass(frozen=True)
 class _PrecisionRoute:
@@ -497,7 +538,8 @@ def plan_summary(plan: BuildPlan) -> dict[str, Any]:
     return {"trt_version": plan.trt_version, "precision": plan.precision, "typing": plan.typing,
             "int8_source": plan.int8_source, "network_flags": list(plan.network_flags),
             "builder_flags": list(plan.builder_flags), "device": plan.device_type,
-            "profiles": {p.name: [_dims(p.min), _dims(p.opt), _dims(p.max)] for p in plan.profiles}}
+            "profiles": {p.name: [_dims(p.min), _dims(p.opt), _dims(p.max)] for p in plan.profiles},
+            "dynamic_axes": plan.dynamic_axes}
 
-__all__ = ["BuildOptions", "BuildPlan", "ShapeProfile", "make_plan", "parse_shape_spec", "resolve_version",
+__all__ = ["BuildOptions", "BuildPlan", "ShapeProfile", "make_plan", "parse_profiles", "resolve_version",
            "validate_profiles"]
