@@ -32,12 +32,6 @@ MODELS = {
 
 STEPS = ("export", "calibrate", "calibration-cache", "quantize-onnxruntime", "quantize-tensorrt", "compare", "build-plan")
 
-#: cells that fail for reasons owned by the calibration work (branch calib): flip at merge
-CALIB_BRANCH = {
-    ("timm-cnn-random-init", "calibration-cache"): "random-init timm zeroes the last BatchNorm gamma of each block, "
-                                                   "so some tensors are exactly 0 and the TensorRT cache refuses them",
-}
-
 _chains: dict[str, dict[str, str]] = {}
 
 
@@ -103,10 +97,7 @@ def root(tmp_path_factory):
 def _cells():
     for name in MODELS:
         for step in STEPS:
-            marks = [pytest.mark.slow]
-            if (name, step) in CALIB_BRANCH:
-                marks.append(pytest.mark.xfail(strict=True, reason=f"calib branch: {CALIB_BRANCH[name, step]}"))
-            yield pytest.param(name, step, id=f"{name}-{step}", marks=marks)
+            yield pytest.param(name, step, id=f"{name}-{step}", marks=pytest.mark.slow)
 
 
 @pytest.mark.parametrize("name, step", list(_cells()))
