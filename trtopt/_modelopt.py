@@ -1,0 +1,48 @@
+"""NVIDIA ModelOpt, imported on use: one place that says which extra brings it and keeps its import quiet.
+
+``nvidia-modelopt`` comes with ``pip install 'trtopt[modelopt]'`` (the base package plus what ``modelopt.onnx``
+needs, without ModelOpt's own ``[onnx]`` extra, which pulls onnxruntime-gpu). Nothing imports it at
+``import trtopt`` time (tests/test_lean_import.py); the stages that use it (`trtopt.compress.qat`,
+`trtopt.quant.modelopt_placement`, `trtopt.quant.autocast`) call :func:`import_modelopt`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import warnings
+from types import ModuleType
+
+from trtopt.errors import TrtoptError, first_line, missing_dependency
+
+#: The trtopt extra that installs ModelOpt and the packages ``modelopt.onnx`` needs.
+EXTRA = "modelopt"
+#: Distribution names the extra installs (pyproject.toml ``[project.optional-dependencies] modelopt``).
+REQUIREMENTS = ("nvidia-modelopt", "onnx-graphsurgeon", "polygraphy", "lief", "ml_dtypes", "onnxslim", "requests",
+                "huggingface_hub")
+
+
+def available() -> bool:
+    """Whether ``nvidia-modelopt`` is installed (found without importing it)."""
+    return importlib.util.find_spec("modelopt") is not None
+
+
+def import_modelopt(module: str, purpose: str) -> ModuleType:
+    """Import ``module`` (e.g. ``"modelopt.torch.quantization"``) for ``purpose``.
+
+    ModelOpt's import-time warnings (deprecations, optional CUDA extensions it cannot build on a CPU
+    machine) are silenced; a failure is one line.
+
+    Raises:
+        TrtoptError: ModelOpt is not installed (the fix names ``trtopt[modelopt]``), or one of the packages
+            ``module`` needs is missing or broken (named, with the same fix).
+    """
+    if not available():
+        raise missing_dependency("nvidia-modelopt", EXTRA, purpose)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return importlib.import_module(module)
+    except ImportError as e:  # modelopt.onnx needs onnx-graphsurgeon, polygraphy, lief, ... (the extra brings them)
+        raise TrtoptError(f"{purpose} needs {module}, which fails to import ({first_line(e, limit=160)})",
+                          f"pip install 'trtopt[{EXTRA}]' (it brings ModelOpt's ONNX dependencies)") from e
