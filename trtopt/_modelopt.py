@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import warnings
 from types import ModuleType
 
@@ -30,8 +31,9 @@ def available() -> bool:
 def import_modelopt(module: str, purpose: str) -> ModuleType:
     """Import ``module`` (e.g. ``"modelopt.torch.quantization"``) for ``purpose``.
 
-    ModelOpt's import-time warnings (deprecations, optional CUDA extensions it cannot build on a CPU
-    machine) are silenced; a failure is one line.
+    ModelOpt's import-time warnings and log records (deprecations, torch's pytree notices, optional CUDA
+    extensions it cannot build on a CPU machine) are held back during the import only (warnings filter and
+    ``logging.disable``, both restored after), so a CLI error stays one line; a failure is one line.
 
     Raises:
         TrtoptError: ModelOpt is not installed (the fix names ``trtopt[modelopt]``), or one of the packages
@@ -39,10 +41,14 @@ def import_modelopt(module: str, purpose: str) -> ModuleType:
     """
     if not available():
         raise missing_dependency("nvidia-modelopt", EXTRA, purpose)
+    disabled = logging.root.manager.disable
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            logging.disable(logging.WARNING)
             return importlib.import_module(module)
     except ImportError as e:  # modelopt.onnx needs onnx-graphsurgeon, polygraphy, lief, ... (the extra brings them)
         raise TrtoptError(f"{purpose} needs {module}, which fails to import ({first_line(e, limit=160)})",
                           f"pip install 'trtopt[{EXTRA}]' (it brings ModelOpt's ONNX dependencies)") from e
+    finally:
+        logging.disable(disabled)
