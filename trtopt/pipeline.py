@@ -616,8 +616,10 @@ def _quantize(run: _Run, onnx: Mapping[str, Any], calibration: Mapping[str, Any]
         written: dict[str, Any] = {}
         for target in r.int8_targets:
             run.step(f"quantizing for {target}")
+            # quantizer modelopt places Q/DQ for TensorRT; the onnxruntime layout is always trtopt's
+            quantizer = r.quantize.quantizer if target == "tensorrt" else "trtopt"
             artifact = quantize(_deployed(onnx), ranges, run.out / f"model.int8.{target}.onnx",
-                                replace(r.quantize, target=target), force=True)
+                                replace(r.quantize, target=target, quantizer=quantizer), force=True)
             for note in artifact.notes[3:]:  # the defaults it chose: op set, weight bits, recovery steps
                 run.step(f"  {note}")
             written[target] = artifact.to_dict()

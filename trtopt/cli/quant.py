@@ -11,7 +11,7 @@ from pathlib import Path
 from trtopt.cli._common import add_calibration, add_data, onnx_feed, progress_bar, step_printer, write_json_output
 from trtopt.errors import TrtoptError
 from trtopt.quant.calibrate import CalibrationConfig
-from trtopt.quant.quantize import TARGETS, QuantizeConfig
+from trtopt.quant.quantize import QUANTIZERS, TARGETS, QuantizeConfig
 from trtopt.trt.calibration_cache import DEFAULT_TRT_VERSION
 
 
@@ -101,7 +101,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     names, op_types = _split_excludes(args.model, args.exclude or [])
     config = QuantizeConfig(target=args.target, per_channel=args.per_channel, reduce_range=args.reduce_range,
                             op_types=tuple(args.op_types.split(",")) if args.op_types else None, exclude_nodes=names,
-                            exclude_op_types=op_types, smoothing=args.smoothing, bias_correction=args.bias_correction)
+                            exclude_op_types=op_types, smoothing=args.smoothing, bias_correction=args.bias_correction,
+                            quantizer=args.quantizer)
     if args.max_accuracy_drop is not None:
         config = _mixed_precision(args, ranges, config)
     artifact = quantize(args.model, ranges, args.output, config, force=args.force, on_step=step_printer(args))
@@ -203,6 +204,9 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--target", choices=TARGETS, default=QuantizeConfig.target,
                    help="onnxruntime: U8S8 for CPUs; tensorrt: symmetric S8S8 Q/DQ on Conv/MatMul/Gemm inputs "
                         "(default %(default)s)")
+    p.add_argument("--quantizer", choices=QUANTIZERS, default=QuantizeConfig.quantizer,
+                   help="who places Q/DQ: trtopt, or modelopt (NVIDIA ModelOpt's placement with trtopt's ranges; "
+                        "--target tensorrt; needs trtopt[modelopt]) (default %(default)s)")
     p.add_argument("--exclude", action="append", metavar="NAME|OPTYPE", help="keep a node (or every node of an op type) in FP32")
     p.add_argument("--op-types", default=None, metavar="A,B",
                    help="op types to quantize (default: the target's set; on onnxruntime a graph with LayerNorm or "
