@@ -8,10 +8,13 @@ needs, without ModelOpt's own ``[onnx]`` extra, which pulls onnxruntime-gpu). No
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import io
 import logging
 import warnings
+from collections.abc import Iterator
 from types import ModuleType
 
 from trtopt.errors import TrtoptError, first_line, missing_dependency
@@ -28,12 +31,24 @@ def available() -> bool:
     return importlib.util.find_spec("modelopt") is not None
 
 
-def import_modelopt(module: str, purpose: str) -> ModuleType:
-    """Import ``module`` (e.g. ``"modelopt.torch.quantization"``) for ``purpose``.
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Hold back ModelOpt's console output while it runs: its prints and progress bars (stdout/stderr), its log
+    records and warnings (``logging.disable`` up to WARNING and a warnings filter, both restored after), so a
+    command's output stays trtopt's. Errors still raise."""
+    disabled = logging.root.manager.disable
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            logging.disable(logging.WARNING)
+            yield
+    finally:
+        logging.disable(disabled)
 
-    ModelOpt's import-time warnings and log records (deprecations, torch's pytree notices, optional CUDA
-    extensions it cannot build on a CPU machine) are held back during the import only (warnings filter and
-    ``logging.disable``, both restored after), so a CLI error stays one line; a failure is one line.
+
+def import_modelopt(module: str, purpose: str) -> ModuleType:
+    """Import ``module`` (e.g. ``"modelopt.torch.quantization"``) for ``purpose``, :func:`quiet`-ly (its import
+    logs torch notices and CUDA-extension warnings on a CPU machine).
 
     Raises:
         TrtoptError: ModelOpt is not installed (the fix names ``trtopt[modelopt]``), or one of the packages
@@ -41,14 +56,9 @@ def import_modelopt(module: str, purpose: str) -> ModuleType:
     """
     if not available():
         raise missing_dependency("nvidia-modelopt", EXTRA, purpose)
-    disabled = logging.root.manager.disable
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            logging.disable(logging.WARNING)
+        with quiet():
             return importlib.import_module(module)
     except ImportError as e:  # modelopt.onnx needs onnx-graphsurgeon, polygraphy, lief, ... (the extra brings them)
         raise TrtoptError(f"{purpose} needs {module}, which fails to import ({first_line(e, limit=160)})",
                           f"pip install 'trtopt[{EXTRA}]' (it brings ModelOpt's ONNX dependencies)") from e
-    finally:
-        logging.disable(disabled)

@@ -30,7 +30,7 @@ from trtopt.export import ExportConfig
 from trtopt.measure.compare import Tolerances
 from trtopt.measure.profile import TimingConfig
 from trtopt.quant.calibrate import CalibrationConfig
-from trtopt.quant.quantize import QuantizeConfig
+from trtopt.quant.quantize import FP16_CONVERTERS, QuantizeConfig
 from trtopt.trt.calibration_cache import DEFAULT_TRT_VERSION
 
 RECIPE_VERSION = 1
@@ -84,6 +84,8 @@ class Recipe:
         int8_targets: Q/DQ layouts the quantize stage writes: "onnxruntime" (U8S8, timed on the CPU) and/or
             "tensorrt" (S8S8 Q/DQ for TensorRT 11 and 10.x, evaluated for accuracy on the CPU).
         fp16: the quantize stage also writes an FP16-by-casts model (TensorRT 11's FP16 route).
+        fp16_converter: how that FP16 model is made: "onnxconverter" (onnxconverter-common) or "autocast" (NVIDIA
+            ModelOpt AutoCast; needs the ``modelopt`` extra); see `trtopt.quant.quantize.to_fp16`.
         trt_cache_version: TensorRT version stamped into the calibration cache (10.3.0 = JetPack 6).
         sensitivity: the compare stage also measures per-layer INT8 sensitivity (one quantize + evaluation
             per layer: minutes on a large model).
@@ -121,6 +123,7 @@ class Recipe:
     train_data: str | None = None
     int8_targets: tuple[str, ...] = INT8_TARGETS
     fp16: bool = False
+    fp16_converter: str = "onnxconverter"
     trt_cache_version: str = DEFAULT_TRT_VERSION
     sensitivity: bool = False
     metric: str = "auto"
@@ -155,6 +158,7 @@ class Recipe:
         for target in self.int8_targets:
             check_choice("int8_targets", target, INT8_TARGETS)
         check_choice("metric", self.metric, METRICS)
+        check_choice("fp16_converter", self.fp16_converter, FP16_CONVERTERS)
         for stage in TORCH_STAGES:
             if stage in self.stages and getattr(self, stage) is None:
                 raise TrtoptError(f"stages lists {stage!r} but the recipe has no '{stage}' section",

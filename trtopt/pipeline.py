@@ -609,7 +609,8 @@ def _quantize(run: _Run, onnx: Mapping[str, Any], calibration: Mapping[str, Any]
 
     r = run.recipe
     material = {"onnx": run.digest(onnx), "ranges": run.digest(calibration), "quantize": to_dict(r.quantize),
-                "targets": list(r.int8_targets), "fp16": r.fp16}
+                "targets": list(r.int8_targets), "fp16": r.fp16,
+                "fp16_converter": r.fp16_converter}
 
     def go() -> tuple[list[Path], Any]:
         ranges = Ranges.load(calibration["result"]["ranges"])
@@ -625,7 +626,8 @@ def _quantize(run: _Run, onnx: Mapping[str, Any], calibration: Mapping[str, Any]
             written[target] = artifact.to_dict()
         if r.fp16:
             run.step("converting to FP16 by casts")
-            written["fp16"] = to_fp16(_deployed(onnx), run.out / "model.fp16.onnx", force=True).to_dict()
+            written["fp16"] = to_fp16(_deployed(onnx), run.out / "model.fp16.onnx", force=True,
+                                      converter=r.fp16_converter).to_dict()
         return [Path(a["path"]) for a in written.values()], written
 
     return run.stage("quantize", material, go)

@@ -11,7 +11,7 @@ from pathlib import Path
 from trtopt.cli._common import add_calibration, add_data, onnx_feed, progress_bar, step_printer, write_json_output
 from trtopt.errors import TrtoptError
 from trtopt.quant.calibrate import CalibrationConfig
-from trtopt.quant.quantize import QUANTIZERS, TARGETS, QuantizeConfig
+from trtopt.quant.quantize import FP16_CONVERTERS, QUANTIZERS, TARGETS, QuantizeConfig
 from trtopt.trt.calibration_cache import DEFAULT_TRT_VERSION
 
 
@@ -92,7 +92,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.precision == "fp16":
         from trtopt.quant.quantize import to_fp16
 
-        artifact = to_fp16(args.model, args.output, exclude_op_types=tuple(args.exclude or ()), force=args.force)
+        artifact = to_fp16(args.model, args.output, exclude_op_types=tuple(args.exclude or ()), force=args.force,
+                           converter=args.fp16_converter)
         print(f"wrote {artifact.path} ({artifact.size_bytes / 1e6:.2f} MB); {artifact.notes[0]}")
         return 0
     if args.ranges and args.data:
@@ -201,6 +202,9 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--ranges", help="ranges JSON from trtopt calibrate (else calibrate now on --data)")
     p.add_argument("--precision", choices=("int8", "fp16"), default="int8",
                    help="int8 (Q/DQ from ranges) or fp16 (casts: TensorRT 11's FP16 route; --exclude takes op types)")
+    p.add_argument("--fp16-converter", choices=FP16_CONVERTERS, default=FP16_CONVERTERS[0],
+                   help="--precision fp16: onnxconverter (onnxconverter-common + trtopt's Cast repair) or autocast "
+                        "(NVIDIA ModelOpt AutoCast; needs trtopt[modelopt]) (default %(default)s)")
     p.add_argument("--target", choices=TARGETS, default=QuantizeConfig.target,
                    help="onnxruntime: U8S8 for CPUs; tensorrt: symmetric S8S8 Q/DQ on Conv/MatMul/Gemm inputs "
                         "(default %(default)s)")

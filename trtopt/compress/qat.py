@@ -27,9 +27,7 @@ FP32 model first, and its shape is named), a model where ModelOpt finds nothing 
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -37,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trtopt._modelopt import import_modelopt
+from trtopt._modelopt import import_modelopt, quiet
 from trtopt.compress.config import QATConfig
 from trtopt.compress.data_source import DataSource, call_model, map_tensors
 from trtopt.compress.distill import DistillResult, distill
@@ -150,7 +148,7 @@ def insert_fake_quant(model: nn.Module, calibration: Any, mtq: Any = None) -> nn
                 call_model(m, chunk)
 
     model.eval()
-    with contextlib.redirect_stdout(io.StringIO()):  # ModelOpt prints "Inserted N quantizers"
+    with quiet():  # ModelOpt prints "Inserted N quantizers"
         mtq.quantize(model, copy.deepcopy(mtq.INT8_DEFAULT_CFG), forward_loop)
     return model
 

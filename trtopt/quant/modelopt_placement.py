@@ -14,12 +14,10 @@ Non-quantized ops stay float32 (``high_precision_dtype="fp32"``, as trtopt's pla
 
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 from typing import Any
 
-from trtopt._modelopt import import_modelopt
+from trtopt._modelopt import import_modelopt, quiet
 from trtopt.artifacts import Ranges
 from trtopt.errors import TrtoptError, first_line
 
@@ -59,7 +57,7 @@ def place_qdq(prepared: Path, staged: Path, ranges: Ranges, op_types: list[str] 
         dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
         sample[value.name] = (rng.standard_normal(dims) if dtype.kind == "f" else np.zeros(dims)).astype(dtype)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with quiet():
             moq.quantize(str(prepared), quantize_mode="int8", calibration_data=sample, calibration_cache_path=str(cache),
                          calibration_eps=["cpu"], op_types_to_quantize=op_types, nodes_to_exclude=excluded or None,
                          op_types_to_exclude=list(exclude_op_types) or None, output_path=str(staged),

@@ -43,6 +43,8 @@ from trtopt.progress import StepCallback
 TARGETS = ("onnxruntime", "tensorrt")
 # Who places Q/DQ: trtopt (ONNX Runtime's quantizer with trtopt's rules) or NVIDIA ModelOpt (tensorrt only).
 QUANTIZERS = ("trtopt", "modelopt")
+# FP16 converters: onnxconverter-common (default) or NVIDIA ModelOpt AutoCast.
+FP16_CONVERTERS = ("onnxconverter", "autocast")
 # Ops whose inputs carry Q/DQ in TensorRT's rules (weights and activations).
 TENSORRT_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Ops that make a model worth quantizing at all (they hold the MACs).
@@ -552,33 +554,49 @@ def evaluation_config(artifact: OnnxArtifact, threads: int | None = None) -> Any
 
 
 def to_fp16(onnx_path: str | os.PathLike, out_path: str | os.PathLike, exclude_op_types: tuple[str, ...] = (),
-            force: bool = False) -> OnnxArtifact:
+            force: bool = False, converter: str = "onnxconverter") -> OnnxArtifact:
     """FP16 by casts: weights and compute in float16, inputs/outputs kept float32 behind Cast nodes.
 
     This is how TensorRT 11 takes FP16 (strongly typed networks: precision comes from the graph, there
     is no FP16 builder flag), and it runs unchanged in ONNX Runtime. The conversion is onnxconverter-
     common's ``convert_float_to_float16`` (it also keeps ops without float16 kernels, e.g. Resize's
     scales, in float32); ``exclude_op_types`` keeps more op types in float32 (e.g. "Softmax").
+    ``converter="autocast"`` uses NVIDIA ModelOpt AutoCast instead (`trtopt.quant.autocast`: keeps nodes whose
+    values leave float16's range in FP32 and writes consistent Casts itself; needs the ``modelopt`` extra).
+
+    Raises:
+        TrtoptError: an unknown converter, the output exists without ``force``, the converter fails, or the
+        result does not load in ONNX Runtime (the node it rejects is named).
     """
     import onnx
-    from onnxconverter_common import float16
 
+    check_choice("converter", converter, FP16_CONVERTERS, fix="use onnxconverter (default) or autocast (ModelOpt)")
     target = ensure_writable(out_path, force)
     source = inspect_onnx(onnx_path)
-    model = onnx.load(str(source.path))
     with staging_dir(target) as stage, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # onnxconverter-common warns about values it clamps to the fp16 range
-        half = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=list(exclude_op_types) or None)
-        _repair_casts(half)
-        entry = half.metadata_props.add()
-        entry.key, entry.value = "trtopt.precision", "fp16"
+        if converter == "autocast":
+            from trtopt.quant.autocast import autocast_fp16
+
+            half = autocast_fp16(source.path, exclude_op_types)
+        else:
+            from onnxconverter_common import float16
+
+            half = float16.convert_float_to_float16(onnx.load(str(source.path)), keep_io_types=True,
+                                                    op_block_list=list(exclude_op_types) or None)
+            _repair_casts(half)
+        for key, value in (("trtopt.precision", "fp16"), ("trtopt.fp16.converter", converter)):
+            entry = half.metadata_props.add()
+            entry.key, entry.value = key, value
         staged = stage / target.name
         onnx.save_model(half, str(staged))
         onnx.checker.check_model(str(staged))
         _require_loadable(staged)
         os.replace(staged, target)
     casts = sum(n.op_type == "Cast" for n in half.graph.node)
-    return inspect_onnx(target, notes=(f"fp16 weights and compute, float32 inputs/outputs ({casts} Cast nodes)",))
+    other_nodes = sum(n.op_type not in ("Cast", "Constant") for n in half.graph.node)
+    return inspect_onnx(target, notes=(f"fp16 weights and compute, float32 inputs/outputs ({casts} Cast nodes, "
+                                       f"{other_nodes} other nodes; converter {converter})",))
 
 
 def _repair_casts(model: Any) -> None:
