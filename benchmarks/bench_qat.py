@@ -7,6 +7,10 @@ Parts (``--part``, default ``accuracy``):
               labels and QAD without labels (ModelOpt fake quantization fine-tuned by trtopt's trainer), each
               QAT model exported to both layouts and evaluated in ONNX Runtime (the tensorrt layout with exact
               Q/DQ semantics, graph optimizations off, as `trtopt.quant.quantize.evaluation_config` does).
+``placement`` the tensorrt target placed by trtopt vs by ModelOpt (same ranges: calibration method auto), and
+              FP16 by onnxconverter-common vs ModelOpt AutoCast, on the Fashion-MNIST CNN (``--fp32-cache``) and
+              trtopt's digits CNN: Q/DQ counts, the op types they feed and follow, nodes, test accuracy on the CPU
+              (exact Q/DQ semantics), load in ONNX Runtime, cosine to FP32.
 ``ddp``       training cost of QAT: seconds per step with 1 and with 2 processes (torchrun, gloo), same global
               batch, and the two loss curves.
 
@@ -78,11 +82,9 @@ def torch_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
 def onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
     """Top-1 accuracy in ONNX Runtime (a tensorrt-layout model with exact Q/DQ semantics: `onnx_candidate`
     applies `trtopt.quant.quantize.evaluation_config`)."""
-    from trtopt.measure.bench import onnx_candidate, run_all
     from trtopt.metrics import topk_accuracy
 
-    logits = next(iter(run_all(onnx_candidate(path, threads=THREADS), {"input": x}, 250).values()))
-    return topk_accuracy(logits, y)
+    return topk_accuracy(_logits(path, {"input": x}), y)
 
 
 def qdq_summary(path: Path) -> dict[str, Any]:
@@ -184,6 +186,67 @@ def part_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def part_placement(args: argparse.Namespace) -> dict[str, Any]:
+    import onnx
+
+    from trtopt.datasets import load_dataset
+    from trtopt.export import export_onnx
+    from trtopt.metrics import cosine_similarity
+    from trtopt.models.load import load_model
+    from trtopt.models.spec import InputSpec, LoadedModel
+    from trtopt.quant.calibrate import CalibrationConfig, calibrate
+    from trtopt.quant.quantize import QuantizeConfig, quantize, to_fp16
+
+    x_train, _ = fashion_mnist("train", args.train_samples)
+    x_test, y_test = fashion_mnist("test", args.test_samples)
+    fashion, _ = train_fp32(x_train, fashion_mnist("train", args.train_samples)[1], args.fp32_epochs, Path(args.fp32_cache))
+    digits_train, digits_test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    models = {
+        "fashion_mnist_mobilenet_tiny": (LoadedModel(module=fashion, spec="bench:mobilenet_tiny",
+                                                     inputs=(InputSpec("input", (1, 28, 28)),)),
+                                         {"input": x_train[:args.calibration_samples]}, {"input": x_test}, y_test),
+        "digits_cnn": (load_model("zoo:digits_cnn"), {"input": digits_train.inputs["input"][:args.calibration_samples]},
+                       digits_test.inputs, digits_test.labels),
+    }
+    work = Path(tempfile.mkdtemp(prefix="bench_qat_placement_"))
+    rows = []
+    for name, (loaded, calib, test, labels) in models.items():
+        fp32 = export_onnx(loaded, work / f"{name}.onnx", feed=calib).path
+        ranges = calibrate(fp32, calib, CalibrationConfig(method="auto"))
+        reference = _logits(fp32, test)
+        base = {"model": name, "fp32_accuracy": float((reference.argmax(1) == labels).mean())}
+        for quantizer in ("trtopt", "modelopt"):
+            path = work / f"{name}.{quantizer}.onnx"
+            start = time.perf_counter()
+            quantize(fp32, ranges, path, QuantizeConfig(target="tensorrt", quantizer=quantizer))
+            seconds = time.perf_counter() - start
+            logits = _logits(path, test)
+            rows.append({**base, "variant": f"int8_tensorrt_{quantizer}", "accuracy": float((logits.argmax(1) == labels).mean()),
+                         "cosine_to_fp32": cosine_similarity(reference, logits), "quantize_seconds": round(seconds, 1),
+                         "qdq": qdq_summary(path), "size_bytes": path.stat().st_size})
+            print(json.dumps(rows[-1]), flush=True)
+        for converter in ("onnxconverter", "autocast"):
+            path = work / f"{name}.fp16.{converter}.onnx"
+            start = time.perf_counter()
+            to_fp16(fp32, path, converter=converter)
+            seconds = time.perf_counter() - start
+            logits = _logits(path, test)  # loads in ONNX Runtime (to_fp16 refuses a model that does not)
+            ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+            rows.append({**base, "variant": f"fp16_{converter}", "accuracy": float((logits.argmax(1) == labels).mean()),
+                         "cosine_to_fp32": cosine_similarity(reference, logits), "convert_seconds": round(seconds, 1),
+                         "nodes": len(ops), "cast_nodes": ops.count("Cast"), "loads_in_onnxruntime": True,
+                         "size_bytes": path.stat().st_size})
+            print(json.dumps(rows[-1]), flush=True)
+    return {"rows": rows}
+
+
+def _logits(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
+    from trtopt.measure.bench import onnx_candidate, run_all
+
+    with onnx_candidate(path, threads=THREADS) as candidate:
+        return next(iter(run_all(candidate, feed, 250).values()))
+
+
 def part_ddp(args: argparse.Namespace) -> dict[str, Any]:
     runs = {}
     for procs in (1, 2):
@@ -228,7 +291,7 @@ def ddp_worker(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("accuracy", "ddp", "ddp-worker"), default="accuracy")
+    parser.add_argument("--part", choices=("accuracy", "placement", "ddp", "ddp-worker"), default="accuracy")
     parser.add_argument("--train-samples", type=int, default=6000)
     parser.add_argument("--test-samples", type=int, default=2000)
     parser.add_argument("--calibration-samples", type=int, default=512)
@@ -244,7 +307,7 @@ def main() -> None:
         ddp_worker(args)
         return
     torch.set_num_threads(THREADS)
-    result = part_accuracy(args) if args.part == "accuracy" else part_ddp(args)
+    result = {"accuracy": part_accuracy, "placement": part_placement, "ddp": part_ddp}[args.part](args)
     record = {"benchmark": f"bench_qat.py --part {args.part}", "settings": {k: v for k, v in vars(args).items()
                                                                                if k not in ("worker_out", "out")},
               "cpu_isa": cpu_isa(), "environment": environment(), **result}
