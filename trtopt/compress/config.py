@@ -278,8 +278,8 @@ class QATConfig:
         calibration_samples: training samples (the first ones) that calibrate the quantizers' ranges
             (ModelOpt's max calibration) before training starts.
         training: the fine-tuning run, a `DistillConfig` (epochs/steps, lr, batch size, checkpoints, resume,
-            DDP). QAT wants a small learning rate: the default is 1e-4 for one epoch, constant after a short
-            warm-up; in mode "qat" ``alpha`` is forced to 1 (plain cross-entropy).
+            DDP). QAT wants a small learning rate: the default is 1e-4 for one epoch with cosine decay; in
+            mode "qat" ``alpha`` is forced to 1 (plain cross-entropy).
     """
 
     mode: str = "qat"
