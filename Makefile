@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[models,dev,edge]' $(TORCH_PINS)
+	$(BIN)/pip install --quiet -e '.[models,dev,edge,modelopt]' $(TORCH_PINS)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -24,14 +24,14 @@ from trtopt._config import (
     to_dict,
 )
 from trtopt.backends.ort import OrtConfig
-from trtopt.compress.config import DistillConfig, LowRankConfig, PruneConfig, ShareConfig
+from trtopt.compress.config import DistillConfig, LowRankConfig, PruneConfig, QATConfig, ShareConfig
 from trtopt.errors import TrtoptError, first_line
 from trtopt.export import ExportConfig
 from trtopt.measure.compare import Tolerances
 from trtopt.measure.profile import TimingConfig
 from trtopt.models.inputs import InputDeclaration, declarations_from_dict
 from trtopt.quant.calibrate import CalibrationConfig
-from trtopt.quant.quantize import QuantizeConfig
+from trtopt.quant.quantize import FP16_CONVERTERS, QuantizeConfig
 from trtopt.trt.calibration_cache import DEFAULT_TRT_VERSION
 
 RECIPE_VERSION = 1
@@ -39,7 +39,7 @@ RECIPE_VERSION = 1
 #: Pipeline stages in the order `trtopt.pipeline.optimize` runs them; a recipe lists the ones it wants.
 #: Pipeline stages in run order. PyTorch side: prune and factorize change the architecture, distill
 #: recovers accuracy from the original, cluster comes last (training after it would untie its weights).
-STAGES = ("prune", "factorize", "distill", "cluster", "export", "calibrate", "quantize", "build", "bundle", "profile",
+STAGES = ("prune", "factorize", "distill", "qat", "cluster", "export", "calibrate", "quantize", "build", "bundle", "profile",
           "compare")
 
 #: What each stage needs to have run before it.
@@ -47,7 +47,7 @@ STAGE_NEEDS = {"calibrate": ("export",), "quantize": ("calibrate",), "build": ("
                "bundle": ("export",), "profile": ("export",), "compare": ("export",)}
 
 #: PyTorch-side stages: each has a recipe section of its own (its config), required when the stage runs.
-TORCH_STAGES = ("prune", "factorize", "distill", "cluster")
+TORCH_STAGES = ("prune", "factorize", "distill", "qat", "cluster")
 DEFAULT_STAGES = ("export", "calibrate", "quantize", "build", "bundle", "profile", "compare")
 
 BUNDLE_TARGETS = ("jetson-orin", "jetson-xavier", "server")
@@ -79,11 +79,17 @@ class Recipe:
             also writes the compact codebook file (``model.shared.npz``).
         distill: `trtopt.compress.config.DistillConfig` fields (epochs, alpha, temperature, lr, ...) for the distill
             stage, which trains the pruned model against the original on ``train_data``.
-        train_data: the distill stage's training inputs (``dataset:NAME:SPLIT`` brings labels; any other
+        qat: `trtopt.compress.config.QATConfig` fields (mode qat/qad, calibration_samples, training: {epochs, lr,
+            ...}) for the qat stage: ModelOpt fake quantization of the model so far (after prune/factorize/distill),
+            fine-tuned on ``train_data``, written as ``model.qat.<target>.onnx`` for each of ``int8_targets``
+            and compared beside the PTQ variants (needs the ``modelopt`` extra; not with cluster).
+        train_data: the distill and qat stages' training inputs (``dataset:NAME:SPLIT`` brings labels; any other
             source trains on the teacher's outputs alone).
         int8_targets: Q/DQ layouts the quantize stage writes: "onnxruntime" (U8S8, timed on the CPU) and/or
             "tensorrt" (S8S8 Q/DQ for TensorRT 11 and 10.x, evaluated for accuracy on the CPU).
         fp16: the quantize stage also writes an FP16-by-casts model (TensorRT 11's FP16 route).
+        fp16_converter: how that FP16 model is made: "onnxconverter" (onnxconverter-common) or "autocast" (NVIDIA
+            ModelOpt AutoCast; needs the ``modelopt`` extra); see `trtopt.quant.quantize.to_fp16`.
         trt_cache_version: TensorRT version stamped into the calibration cache (10.3.0 = JetPack 6).
         sensitivity: the compare stage also measures per-layer INT8 sensitivity (one quantize + evaluation
             per layer: minutes on a large model).
@@ -117,10 +123,12 @@ class Recipe:
     prune: PruneConfig | None = None
     factorize: LowRankConfig | None = None
     distill: DistillConfig | None = None
+    qat: QATConfig | None = None
     cluster: ShareConfig | None = None
     train_data: str | None = None
     int8_targets: tuple[str, ...] = INT8_TARGETS
     fp16: bool = False
+    fp16_converter: str = "onnxconverter"
     trt_cache_version: str = DEFAULT_TRT_VERSION
     sensitivity: bool = False
     metric: str = "auto"
@@ -161,6 +169,7 @@ class Recipe:
         for target in self.int8_targets:
             check_choice("int8_targets", target, INT8_TARGETS)
         check_choice("metric", self.metric, METRICS)
+        check_choice("fp16_converter", self.fp16_converter, FP16_CONVERTERS)
         for stage in TORCH_STAGES:
             if stage in self.stages and getattr(self, stage) is None:
                 raise TrtoptError(f"stages lists {stage!r} but the recipe has no '{stage}' section",
@@ -168,14 +177,18 @@ class Recipe:
         if "distill" in self.stages and not {"prune", "factorize"} & set(self.stages):
             raise TrtoptError("stages: 'distill' trains a pruned or factorized model, but neither stage is listed",
                               "add prune or factorize before distill", key="stages")
-        if "distill" in self.stages and not self.train_data:
-            raise TrtoptError("the distill stage has no train_data", "e.g. train_data: dataset:digits:train", key="stages")
+        for stage in ("distill", "qat"):
+            if stage in self.stages and not self.train_data:
+                raise TrtoptError(f"the {stage} stage has no train_data", "e.g. train_data: dataset:digits:train", key="stages")
+        if {"qat", "cluster"} <= set(self.stages):
+            raise TrtoptError("stages: 'qat' and 'cluster' both list, but clustering a quantization-aware model "
+                              "would undo its training", "keep one of qat and cluster", key="stages")
         check_choice("bundle_target", self.bundle_target, BUNDLE_TARGETS)
 
 #: The typed sections a recipe holds, by key.
 _SECTIONS = {"export": ExportConfig, "ort": OrtConfig, "timing": TimingConfig, "compare": Tolerances,
              "calibration": CalibrationConfig, "quantize": QuantizeConfig, "prune": PruneConfig,
-             "factorize": LowRankConfig, "distill": DistillConfig, "cluster": ShareConfig}
+             "factorize": LowRankConfig, "distill": DistillConfig, "qat": QATConfig, "cluster": ShareConfig}
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:

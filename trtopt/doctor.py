@@ -31,6 +31,14 @@ def probe_onnxruntime() -> dict[str, Any]:
             "providers": onnxruntime.get_available_providers(), "device": onnxruntime.get_device()}
 
 
+def probe_modelopt() -> dict[str, Any]:
+    """NVIDIA ModelOpt's version and which of the packages ``trtopt[modelopt]`` brings are missing (not imported)."""
+    from trtopt._modelopt import REQUIREMENTS
+
+    return {"version": package_version("nvidia-modelopt"),
+            "missing": [name for name in REQUIREMENTS if package_version(name) is None]}
+
+
 def diagnose() -> dict[str, Any]:
     """The doctor's findings as data: environment, backends, CUDA, GPUs and advice lines."""
     found: dict[str, Any] = {"environment": environment(), "backends": {}}
@@ -46,7 +54,11 @@ def diagnose() -> dict[str, Any]:
 
     found["tensorrt"] = {"version": installed_version(), "cuda_libraries": installed_libraries(),
                          "torch_tensorrt": package_version("torch-tensorrt")}
+    found["modelopt"] = probe_modelopt()
     advice = []
+    if found["modelopt"]["missing"]:
+        advice.append("ModelOpt (QAT/QAD, ModelOpt Q/DQ placement, AutoCast FP16): pip install 'trtopt[modelopt]' "
+                      f"(missing: {', '.join(found['modelopt']['missing'])})")
     if not found["backends"]["tensorrt"]["available"]:
         advice.append("TensorRT: on a machine with an NVIDIA GPU, pip install 'trtopt[tensorrt]' "
                       "(JetPack ships it on Jetson); until then export ONNX and time it with ONNX Runtime")

@@ -330,6 +330,8 @@ def _optimize(recipe: Recipe, out: Path, force: bool, on_step: StepCallback | No
                         ("cluster", _apply_cluster)):
         if name in stages:
             compressed = _distill(run, compressed) if apply is None else _torch_stage(run, name, compressed, apply)
+        if name == "distill" and "qat" in stages:  # after prune/factorize/distill; cluster is refused beside it
+            _qat(run, compressed)
     onnx = _export(run, compressed) if "export" in stages else None
     int8: dict[str, Any] = {}
     if "calibrate" in stages:
@@ -337,6 +339,8 @@ def _optimize(recipe: Recipe, out: Path, force: bool, on_step: StepCallback | No
     if "quantize" in stages:
         int8["quantize"] = _quantize(run, onnx, int8["calibration"])
     deploy = _deployables(onnx, int8.get("quantize")) if onnx else []
+    qat_trt = _qat_variants(run).get("qat-int8-tensorrt-qdq")
+    deploy = ([("int8-qdq-qat", qat_trt)] if qat_trt else []) + deploy
     engines = _build(run, deploy) if "build" in stages else None
     bundle = _bundle(run, deploy, int8.get("calibration")) if "bundle" in stages else None
     timing = _profile(run, onnx, int8.get("quantize"), compressed) if "profile" in stages else None
@@ -430,6 +434,7 @@ def _compression_summary(run: _Run) -> dict[str, Any]:
     keys = {"prune": ("parameters_before", "parameters_after", "pruning_rate_percent", "channel_ratio", "macs_reduction"),
             "factorize": ("parameters_before", "parameters_after", "factorized_layers", "skipped_layers"),
             "distill": ("epochs_completed", "steps", "best_metric", "stopped_early", "seconds"),
+            "qat": ("mode", "quantizers", "calibration_samples"),
             "cluster": ("clustered_layers", "clustered_parameters", "compression_ratio")}
     summary = {}
     for name, wanted in keys.items():
@@ -528,6 +533,52 @@ def _distill(run: _Run, student_entry: Mapping[str, Any]) -> dict[str, Any]:
     return run.stage("distill", material, go)
 
 
+def _qat(run: _Run, previous: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Quantization-aware training of the model so far on ``train_data`` (`trtopt.compress.qat`), exported as
+    ``model.qat.<target>.onnx`` for each of ``int8_targets`` (`trtopt.quant.qat_export`)."""
+    from trtopt.compress.qat import qat
+    from trtopt.data import labels_for
+    from trtopt.quant.qat_export import export_qat
+
+    r = run.recipe
+    material = {**run.model_key(), "qat": to_dict(r.qat), "input": run.digest(previous) if previous else None,
+                "train_data": run.source_key(r.train_data), "eval": run.source_key(r.data),
+                "targets": list(r.int8_targets), "calibration": to_dict(r.calibration)}
+
+    def go() -> tuple[list[Path], Any]:
+        import copy
+
+        source = run.compressed(previous) if previous else run.loaded
+        names = [spec.name for spec in source.inputs]
+        train_feed = run.feed(r.train_data)
+
+        def inputs(feed: Mapping[str, Any]) -> Any:
+            return feed[names[0]] if len(names) == 1 else {n: feed[n] for n in names}
+
+        labels = labels_for(r.train_data) if r.qat.mode == "qat" else None
+        run.step(f"quantization-aware training ({r.qat.mode}) on {r.train_data}")
+        progress = ((lambda p: run.progress("quantization-aware training", p.step, p.total_steps)) if run.progress else None)
+        result = qat(copy.deepcopy(source.module), (inputs(train_feed), labels), r.qat,
+                     eval_data=(inputs(run.feed(r.data)), labels_for(r.data)), progress=progress)
+        feed = {n: train_feed[n][:r.qat.calibration_samples] for n in names}
+        paths = {t: run.out / f"model.qat.{t}.onnx" for t in r.int8_targets}
+        artifacts = export_qat(replace(source, module=result.model), paths, feed, r.calibration, force=True,
+                               on_step=run.step)
+        summary = result.to_dict()
+        summary["training"].pop("step_losses", None)
+        return list(paths.values()), {**summary, "outputs": {t: a.to_dict() for t, a in artifacts.items()}}
+
+    return run.stage("qat", material, go)
+
+
+def _qat_variants(run: _Run) -> dict[str, str]:
+    """Variant name → path of the qat stage's INT8 models (none when the stage did not run)."""
+    entry = run.ledger.stages.get("qat") if "qat" in run.recipe.stages else None
+    outputs = run.ledger.resolved(entry)["result"]["outputs"] if entry else {}
+    names = {"onnxruntime": "qat-int8-onnxruntime", "tensorrt": "qat-int8-tensorrt-qdq"}
+    return {names[t]: art["path"] for t, art in outputs.items()}
+
+
 def _calibrate(run: _Run, onnx: Mapping[str, Any]) -> dict[str, Any]:
     from trtopt.quant.calibrate import calibrate
     from trtopt.quant.quantize import TARGETS
@@ -560,21 +611,25 @@ def _quantize(run: _Run, onnx: Mapping[str, Any], calibration: Mapping[str, Any]
 
     r = run.recipe
     material = {"onnx": run.digest(onnx), "ranges": run.digest(calibration), "quantize": to_dict(r.quantize),
-                "targets": list(r.int8_targets), "fp16": r.fp16}
+                "targets": list(r.int8_targets), "fp16": r.fp16,
+                "fp16_converter": r.fp16_converter}
 
     def go() -> tuple[list[Path], Any]:
         ranges = Ranges.load(calibration["result"]["ranges"])
         written: dict[str, Any] = {}
         for target in r.int8_targets:
             run.step(f"quantizing for {target}")
+            # quantizer modelopt places Q/DQ for TensorRT; the onnxruntime layout is always trtopt's
+            quantizer = r.quantize.quantizer if target == "tensorrt" else "trtopt"
             artifact = quantize(_deployed(onnx), ranges, run.out / f"model.int8.{target}.onnx",
-                                replace(r.quantize, target=target), force=True)
+                                replace(r.quantize, target=target, quantizer=quantizer), force=True)
             for note in artifact.notes[3:]:  # the defaults it chose: op set, weight bits, recovery steps
                 run.step(f"  {note}")
             written[target] = artifact.to_dict()
         if r.fp16:
             run.step("converting to FP16 by casts")
-            written["fp16"] = to_fp16(_deployed(onnx), run.out / "model.fp16.onnx", force=True).to_dict()
+            written["fp16"] = to_fp16(_deployed(onnx), run.out / "model.fp16.onnx", force=True,
+                                      converter=r.fp16_converter).to_dict()
         return [Path(a["path"]) for a in written.values()], written
 
     return run.stage("quantize", material, go)
@@ -671,7 +726,7 @@ def _variants(run: _Run, onnx: Mapping[str, Any] | None, quantized: Mapping[str,
     for target, art in (quantized or {}).get("result", {}).items():
         name = {"onnxruntime": "onnxruntime-int8", "tensorrt": "tensorrt-int8-qdq", "fp16": "fp16-casts"}[target]
         variants.append((name, art["path"]))
-    return variants
+    return variants + list(_qat_variants(run).items())
 
 
 def _profile(run: _Run, onnx: Mapping[str, Any], quantized: Mapping[str, Any] | None,
@@ -683,7 +738,7 @@ def _profile(run: _Run, onnx: Mapping[str, Any], quantized: Mapping[str, Any] | 
     # Timed: what runs fast on this backend. The TensorRT-target Q/DQ and FP16-cast models are layouts for
     # TensorRT; on the CPU they run as reference semantics, so they are judged for accuracy only.
     timed = [(n, p) for n, p in _variants(run, onnx, quantized)
-             if n in ("onnxruntime-fp32", "onnxruntime-fp32-compressed", "onnxruntime-int8")]
+             if n in ("onnxruntime-fp32", "onnxruntime-fp32-compressed", "onnxruntime-int8", "qat-int8-onnxruntime")]
     material = {**run.model_key(), "variants": {n: run.file_digest(p) for n, p in timed}, "timing": to_dict(r.timing),
                 "batch_sizes": list(r.batch_sizes), "threads": r.threads, "ort": to_dict(ort), "data": run.source_key(r.data),
                 "compressed": run.digest(compressed) if compressed else None}

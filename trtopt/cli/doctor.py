@@ -33,6 +33,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     trt = found["tensorrt"]
     print(f"TensorRT: {trt['version'] or 'not installed'}; CUDA libraries: {', '.join(trt['cuda_libraries']) or 'none'}; "
           f"GPUs (CUDA): {', '.join(d['name'] + ' sm_' + d['compute_capability'] for d in cuda.get('devices', [])) or 'none'}")
+    mo = found["modelopt"]
+    print(f"ModelOpt: {mo['version'] or 'not installed'}" + (f" (missing: {', '.join(mo['missing'])})" if mo["missing"] else ""))
     for line in found["advice"]:
         print(f"advice: {line}")
     return 0

@@ -23,7 +23,7 @@ from trtopt._version import __version__
 
 # One module per command family, each with ``add_commands(sub, common)``; they import their heavy
 # libraries inside the commands, so building the parser stays light.
-from trtopt.cli import compress, distill, doctor, edge, export, measure, pipeline, prune, quant, trt
+from trtopt.cli import compress, distill, doctor, edge, export, measure, pipeline, prune, qat, quant, trt
 from trtopt.cli._common import EXIT_USAGE
 from trtopt.errors import TrtoptError
 from trtopt.files import WRITE_ERRNOS, sweep_stale, write_error
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--trust-code", action="store_true", default=argparse.SUPPRESS, help=TRUST_CODE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    for module in (export, measure, quant, pipeline, trt, prune, distill, compress, edge, doctor):
+    for module in (export, measure, quant, pipeline, trt, prune, distill, qat, compress, edge, doctor):
         module.add_commands(sub, common)
     return parser
 

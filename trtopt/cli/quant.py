@@ -12,7 +12,7 @@ from pathlib import Path
 from trtopt.cli._common import add_calibration, add_data, onnx_feed, progress_bar, step_printer, write_json_output
 from trtopt.errors import TrtoptError
 from trtopt.quant.calibrate import CalibrationConfig
-from trtopt.quant.quantize import TARGETS, QuantizeConfig
+from trtopt.quant.quantize import FP16_CONVERTERS, QUANTIZERS, TARGETS, QuantizeConfig
 from trtopt.trt.calibration_cache import DEFAULT_TRT_VERSION
 
 
@@ -108,7 +108,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.precision == "fp16":
         from trtopt.quant.quantize import to_fp16
 
-        artifact = to_fp16(args.model, args.output, exclude_op_types=tuple(args.exclude or ()), force=args.force)
+        artifact = to_fp16(args.model, args.output, exclude_op_types=tuple(args.exclude or ()), force=args.force,
+                           converter=args.fp16_converter)
         print(f"wrote {artifact.path} ({artifact.size_bytes / 1e6:.2f} MB); {artifact.notes[0]}")
         return 0
     if args.ranges and args.data:
@@ -116,7 +117,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     names, op_types = _split_excludes(args.model, args.exclude or [])
     config = QuantizeConfig(target=args.target, per_channel=args.per_channel, reduce_range=args.reduce_range,
                             op_types=tuple(args.op_types.split(",")) if args.op_types else None, exclude_nodes=names,
-                            exclude_op_types=op_types, smoothing=args.smoothing, bias_correction=args.bias_correction)
+                            exclude_op_types=op_types, smoothing=args.smoothing, bias_correction=args.bias_correction,
+                            quantizer=args.quantizer)
     # calibrating now: exactly the tensors this layout (with its op types and exclusions) quantizes
     ranges = Ranges.load(args.ranges) if args.ranges else _calibrate(args, args.model, layouts=(config,))
     if args.max_accuracy_drop is not None:
@@ -217,9 +219,15 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--ranges", help="ranges JSON from trtopt calibrate (else calibrate now on --data)")
     p.add_argument("--precision", choices=("int8", "fp16"), default="int8",
                    help="int8 (Q/DQ from ranges) or fp16 (casts: TensorRT 11's FP16 route; --exclude takes op types)")
+    p.add_argument("--fp16-converter", choices=FP16_CONVERTERS, default=FP16_CONVERTERS[0],
+                   help="--precision fp16: onnxconverter (onnxconverter-common + trtopt's Cast repair) or autocast "
+                        "(NVIDIA ModelOpt AutoCast; needs trtopt[modelopt]) (default %(default)s)")
     p.add_argument("--target", choices=TARGETS, default=QuantizeConfig.target,
                    help="onnxruntime: U8S8 for CPUs; tensorrt: symmetric S8S8 Q/DQ on Conv/MatMul/Gemm inputs "
                         "(default %(default)s)")
+    p.add_argument("--quantizer", choices=QUANTIZERS, default=QuantizeConfig.quantizer,
+                   help="who places Q/DQ: trtopt, or modelopt (NVIDIA ModelOpt's placement with trtopt's ranges; "
+                        "--target tensorrt; needs trtopt[modelopt]) (default %(default)s)")
     p.add_argument("--exclude", action="append", metavar="NAME|OPTYPE", help="keep a node (or every node of an op type) in FP32")
     p.add_argument("--op-types", default=None, metavar="A,B",
                    help="op types to quantize (default: the target's set; on onnxruntime a graph with LayerNorm or "

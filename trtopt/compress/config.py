@@ -261,3 +261,31 @@ class ShareConfig:
         check_int("min_elements", self.min_elements, minimum=0, fix="e.g. 64")
         check_int("max_iterations", self.max_iterations, fix="e.g. 300")
         check_int("init_sample", self.init_sample, fix="e.g. 16384")
+
+
+# -- QAT / QAD (quantization-aware training) ---------------------------
+
+QAT_MODES = ("qat", "qad")
+
+@dataclass(frozen=True)
+class QATConfig:
+    """How fake quantization is inserted and trained (`trtopt.compress.qat.qat`).
+
+    Attributes:
+        mode: "qat" (task loss: cross-entropy against the training labels, which are required) or "qad"
+            (quantization-aware distillation: the fake-quantized model learns the FP32 original's outputs,
+            no labels needed; `DistillConfig.output_loss` picks KL for logits, cosine/mse for embeddings).
+        calibration_samples: training samples (the first ones) that calibrate the quantizers' ranges
+            (ModelOpt's max calibration) before training starts.
+        training: the fine-tuning run, a `DistillConfig` (epochs/steps, lr, batch size, checkpoints, resume,
+            DDP). QAT wants a small learning rate: the default is 1e-4 for one epoch with cosine decay; in
+            mode "qat" ``alpha`` is forced to 1 (plain cross-entropy).
+    """
+
+    mode: str = "qat"
+    calibration_samples: int = 512
+    training: DistillConfig = field(default_factory=lambda: DistillConfig(lr=1e-4, epochs=1, scheduler="cosine"))
+
+    def __post_init__(self) -> None:
+        check_choice("mode", self.mode, QAT_MODES, fix="use qat (labels, task loss) or qad (distil from FP32, no labels)")
+        check_int("calibration_samples", self.calibration_samples, fix="use e.g. 512")

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trtopt._config import check_choice
+from trtopt._config import check_choice, field_error
 from trtopt.artifacts import OnnxArtifact, Ranges, inspect_onnx
 from trtopt.environment import cpu_isa
 from trtopt.errors import TrtoptError, first_line
@@ -41,6 +41,10 @@ from trtopt.files import ensure_writable, staging_dir
 from trtopt.progress import StepCallback
 
 TARGETS = ("onnxruntime", "tensorrt")
+# Who places Q/DQ: trtopt (ONNX Runtime's quantizer with trtopt's rules) or NVIDIA ModelOpt (tensorrt only).
+QUANTIZERS = ("trtopt", "modelopt")
+# FP16 converters: onnxconverter-common (default) or NVIDIA ModelOpt AutoCast.
+FP16_CONVERTERS = ("onnxconverter", "autocast")
 # Ops whose inputs carry Q/DQ in TensorRT's rules (weights and activations).
 TENSORRT_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Ops that make a model worth quantizing at all (they hold the MACs).
@@ -77,6 +81,9 @@ class QuantizeConfig:
             (`trtopt.quant.recovery`); None = what calibration's method auto measured (on only where it
             raised output SQNR; off for other methods).
         bias_correction: correct Conv/Gemm biases for the INT8 weight error; None = as for smoothing.
+        quantizer: who places Q/DQ: "trtopt" (the rules above, through ONNX Runtime's quantizer) or "modelopt"
+            (the tensorrt target; a recipe's onnxruntime target keeps trtopt's: ModelOpt's placement with trtopt's ranges, `trtopt.quant.modelopt_placement`;
+            needs the ``modelopt`` extra; weights always per-channel).
     """
 
     target: str = "onnxruntime"
@@ -87,9 +94,14 @@ class QuantizeConfig:
     op_types: tuple[str, ...] | None = None
     smoothing: bool | None = None
     bias_correction: bool | None = None
+    quantizer: str = "trtopt"
 
     def __post_init__(self) -> None:
         check_choice("target", self.target, TARGETS, fix="use onnxruntime (U8S8, CPUs) or tensorrt (S8S8 Q/DQ)")
+        check_choice("quantizer", self.quantizer, QUANTIZERS, fix="use trtopt or modelopt (tensorrt target)")
+        if self.quantizer == "modelopt" and not self.per_channel:
+            raise field_error("per_channel", self.per_channel, "is not available with quantizer modelopt (always per-channel)",
+                              "drop per_channel false, or use quantizer trtopt")
 
     @property
     def weights_reduce_range(self) -> bool:
@@ -108,7 +120,7 @@ class QuantizeConfig:
                 "exclude_nodes": list(self.exclude_nodes),
                 "exclude_op_types": list(self.exclude_op_types),
                 "op_types": None if self.op_types is None else list(self.op_types),
-                "smoothing": self.smoothing, "bias_correction": self.bias_correction}
+                "smoothing": self.smoothing, "bias_correction": self.bias_correction, "quantizer": self.quantizer}
 
 
 def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.PathLike,
@@ -136,6 +148,9 @@ def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.Pa
     import onnx
 
     step = on_step or (lambda _msg: None)
+    if config.quantizer == "modelopt" and config.target != "tensorrt":
+        raise TrtoptError(f"quantizer modelopt places Q/DQ for TensorRT, not for target {config.target}",
+                          "use --quantizer modelopt with --target tensorrt, or quantizer trtopt for onnxruntime")
     target = ensure_writable(out_path, force)
     source = inspect_onnx(onnx_path)
     if ranges.model_sha256 and ranges.model_sha256 != source.sha256:
@@ -164,10 +179,16 @@ def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.Pa
             step(note)
         step("preparing the model (shape inference)")
         prepared = _prepare(fp32, stage, large)
-        step(f"placing Q/DQ for {config.target}")
+        step(f"placing Q/DQ for {config.target}" + (" with ModelOpt" if config.quantizer == "modelopt" else ""))
         staged = stage / target.name
-        _run_ort_quantizer(prepared, staged, ranges, config, sorted(excluded | recovery_nodes), stage, op_types,
-                           per_tensor, large)
+        if config.quantizer == "modelopt":
+            from trtopt.quant.modelopt_placement import place_qdq
+
+            place_qdq(prepared, staged, ranges, list(config.op_types) if config.op_types else None,
+                      sorted(excluded | recovery_nodes), config.exclude_op_types, large)
+        else:
+            _run_ort_quantizer(prepared, staged, ranges, config, sorted(excluded | recovery_nodes), stage, op_types,
+                               per_tensor, large)
         counts = _stamp(staged, config, ranges, large)
         if not counts["QuantizeLinear"]:  # e.g. op_types naming only ops ONNX Runtime's quantizer leaves alone
             raise TrtoptError(f"quantizing {source.path.name} for target {config.target} placed no Q/DQ node "
@@ -386,6 +407,8 @@ def _weight_bits_note(config: QuantizeConfig) -> str | None:
 
 
 def _layout(config: QuantizeConfig, op_types: list[str] | None) -> str:
+    if config.quantizer == "modelopt":
+        return "ModelOpt's placement: symmetric int8 (zero point 0), per-channel weights, trtopt's activation ranges"
     if config.target == "tensorrt":
         return "symmetric int8 activations and weights (zero point 0), Q/DQ on inputs of Conv/MatMul/Gemm"
     weights = ("per-channel" if config.per_channel else "per-tensor") + (", 7-bit" if config.weights_reduce_range else "")
@@ -528,7 +551,7 @@ def _stamp(path: Path, config: QuantizeConfig, ranges: Ranges, large: bool) -> d
     props = {"trtopt.quantize.target": config.target, "trtopt.calibration.method": ranges.method,
              "trtopt.calibration.samples": str(ranges.samples), "trtopt.calibration.data_sha256": ranges.data_sha256,
              "trtopt.quantize.weight_bits": "7" if config.weights_reduce_range else "8",
-             "trtopt.quantize.cpu_int8": cpu_isa()["int8"]}
+             "trtopt.quantize.cpu_int8": cpu_isa()["int8"], "trtopt.quantize.quantizer": config.quantizer}
     for key, value in props.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
@@ -578,33 +601,49 @@ def evaluation_config(artifact: OnnxArtifact, threads: int | None = None) -> Any
 
 
 def to_fp16(onnx_path: str | os.PathLike, out_path: str | os.PathLike, exclude_op_types: tuple[str, ...] = (),
-            force: bool = False) -> OnnxArtifact:
+            force: bool = False, converter: str = "onnxconverter") -> OnnxArtifact:
     """FP16 by casts: weights and compute in float16, inputs/outputs kept float32 behind Cast nodes.
 
     This is how TensorRT 11 takes FP16 (strongly typed networks: precision comes from the graph, there
     is no FP16 builder flag), and it runs unchanged in ONNX Runtime. The conversion is onnxconverter-
     common's ``convert_float_to_float16`` (it also keeps ops without float16 kernels, e.g. Resize's
     scales, in float32); ``exclude_op_types`` keeps more op types in float32 (e.g. "Softmax").
+    ``converter="autocast"`` uses NVIDIA ModelOpt AutoCast instead (`trtopt.quant.autocast`: keeps nodes whose
+    values leave float16's range in FP32 and writes consistent Casts itself; needs the ``modelopt`` extra).
+
+    Raises:
+        TrtoptError: an unknown converter, the output exists without ``force``, the converter fails, or the
+        result does not load in ONNX Runtime (the node it rejects is named).
     """
     import onnx
-    from onnxconverter_common import float16
 
+    check_choice("converter", converter, FP16_CONVERTERS, fix="use onnxconverter (default) or autocast (ModelOpt)")
     target = ensure_writable(out_path, force)
     source = inspect_onnx(onnx_path)
-    model = onnx.load(str(source.path))
     with staging_dir(target) as stage, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # onnxconverter-common warns about values it clamps to the fp16 range
-        half = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=list(exclude_op_types) or None)
-        _repair_casts(half)
-        entry = half.metadata_props.add()
-        entry.key, entry.value = "trtopt.precision", "fp16"
+        if converter == "autocast":
+            from trtopt.quant.autocast import autocast_fp16
+
+            half = autocast_fp16(source.path, exclude_op_types)
+        else:
+            from onnxconverter_common import float16
+
+            half = float16.convert_float_to_float16(onnx.load(str(source.path)), keep_io_types=True,
+                                                    op_block_list=list(exclude_op_types) or None)
+            _repair_casts(half)
+        for key, value in (("trtopt.precision", "fp16"), ("trtopt.fp16.converter", converter)):
+            entry = half.metadata_props.add()
+            entry.key, entry.value = key, value
         staged = stage / target.name
         onnx.save_model(half, str(staged))
         onnx.checker.check_model(str(staged))
         _require_loadable(staged)
         os.replace(staged, target)
     casts = sum(n.op_type == "Cast" for n in half.graph.node)
-    return inspect_onnx(target, notes=(f"fp16 weights and compute, float32 inputs/outputs ({casts} Cast nodes)",))
+    other_nodes = sum(n.op_type not in ("Cast", "Constant") for n in half.graph.node)
+    return inspect_onnx(target, notes=(f"fp16 weights and compute, float32 inputs/outputs ({casts} Cast nodes, "
+                                       f"{other_nodes} other nodes; converter {converter})",))
 
 
 def _repair_casts(model: Any) -> None:

@@ -1,0 +1,329 @@
+"""QAT / QAD vs PTQ on a MobileNet-style CNN trained on Fashion-MNIST (real labelled data, offline).
+
+Parts (``--part``, default ``accuracy``):
+
+``accuracy``  train the FP32 model (seeded; reused from ``--fp32-cache`` when present), then on the held-out
+              test images: FP32, PTQ INT8 (trtopt's best: calibration method auto, both layouts), QAT with
+              labels and QAD without labels (ModelOpt fake quantization fine-tuned by trtopt's trainer), each
+              QAT model exported to both layouts and evaluated in ONNX Runtime (the tensorrt layout with exact
+              Q/DQ semantics, graph optimizations off, as `trtopt.quant.quantize.evaluation_config` does).
+``placement`` the tensorrt target placed by trtopt vs by ModelOpt (same ranges: calibration method auto), and
+              FP16 by onnxconverter-common vs ModelOpt AutoCast, on the Fashion-MNIST CNN (``--fp32-cache``) and
+              trtopt's digits CNN: Q/DQ counts, the op types they feed and follow, nodes, test accuracy on the CPU
+              (exact Q/DQ semantics), load in ONNX Runtime, cosine to FP32.
+``ddp``       training cost of QAT: seconds per step with 1 and with 2 processes (torchrun, gloo), same global
+              batch, and the two loss curves.
+
+Data: Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``): a subset of the 60k training
+images trains (``--train-samples``), the first ``--test-samples`` of the 10k test images evaluate. Writes
+``benchmarks/results/qat_fashion_mnist.json`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from bench_int8_zoo import FASHION, _idx  # the Fashion-MNIST files and their idx reader
+from torch import nn
+
+from trtopt.compress.config import DistillConfig, QATConfig
+from trtopt.environment import cpu_isa, environment
+
+MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set pixel mean and std (pixels in [0, 1])
+RESULTS = Path(__file__).resolve().parent / "results"
+THREADS = 2
+
+
+def fashion_mnist(split: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    prefix = "train" if split == "train" else "t10k"
+    images = _idx(FASHION / f"{prefix}-images-idx3-ubyte.gz")[:limit].astype(np.float32) / 255.0
+    labels = _idx(FASHION / f"{prefix}-labels-idx1-ubyte.gz")[:limit].astype(np.int64)
+    return ((images - MEAN) / STD)[:, None].astype(np.float32), labels
+
+
+def _ds(cin: int, cout: int, stride: int) -> nn.Sequential:
+    """Depthwise-separable block: depthwise 3×3 + BN + ReLU, pointwise 1×1 + BN + ReLU (MobileNet v1)."""
+    return nn.Sequential(nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(),
+                         nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class MobileNetTiny(nn.Module):
+    """MobileNet-v1-style classifier for 1×28×28 images: stem 3×3 conv (stride 2), four depthwise-separable blocks, GAP, FC."""
+
+    def __init__(self, width: int = 16, classes: int = 10) -> None:
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(nn.Conv2d(1, w, 3, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        self.blocks = nn.Sequential(_ds(w, 2 * w, 2), _ds(2 * w, 2 * w, 1), _ds(2 * w, 4 * w, 2), _ds(4 * w, 4 * w, 1))
+        self.head = nn.Linear(4 * w, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def torch_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model(torch.from_numpy(x[i:i + 500])).argmax(1) for i in range(0, len(x), 500)])
+    return float((pred.numpy() == y).mean())
+
+
+def onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy in ONNX Runtime (a tensorrt-layout model with exact Q/DQ semantics: `onnx_candidate`
+    applies `trtopt.quant.quantize.evaluation_config`)."""
+    from trtopt.metrics import topk_accuracy
+
+    return topk_accuracy(_logits(path, {"input": x}), y)
+
+
+def qdq_summary(path: Path) -> dict[str, Any]:
+    """Q/DQ counts and where they sit: op types fed by a DequantizeLinear, op types whose output is quantized."""
+    import onnx
+
+    model = onnx.load(str(path))
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[str]] = {}
+    for n in model.graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n.op_type)
+    feeds: dict[str, int] = {}
+    after: dict[str, int] = {}
+    for n in model.graph.node:
+        if n.op_type == "DequantizeLinear":
+            for op in consumers.get(n.output[0], []):
+                feeds[op] = feeds.get(op, 0) + 1
+        elif n.op_type == "QuantizeLinear" and n.input[0] in producer:
+            op = producer[n.input[0]]
+            after[op] = after.get(op, 0) + 1
+    ops = [n.op_type for n in model.graph.node]
+    return {"quantize_linear": ops.count("QuantizeLinear"), "dequantize_linear": ops.count("DequantizeLinear"),
+            "nodes": len(ops), "dq_feeds_op_types": dict(sorted(feeds.items())),
+            "q_after_op_types": dict(sorted(after.items()))}
+
+
+def train_fp32(x: np.ndarray, y: np.ndarray, epochs: int, cache: Path) -> tuple[nn.Module, dict[str, Any]]:
+    from trtopt.compress.distill import distill
+
+    torch.manual_seed(0)
+    model = MobileNetTiny()
+    if cache.exists():
+        model.load_state_dict(torch.load(cache, weights_only=True))
+        return model.eval(), {"cached": str(cache)}
+    start = time.perf_counter()
+    result = distill(model, None, (x, y), DistillConfig(alpha=1.0, epochs=epochs, batch_size=64, lr=3e-3,
+                                                      warmup_steps=20, device="cpu"))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(result.student.state_dict(), cache)
+    return result.student.eval(), {"epochs": epochs, "seconds": round(time.perf_counter() - start, 1),
+                                   "final_epoch_loss": result.epoch_losses[-1]}
+
+
+def part_accuracy(args: argparse.Namespace) -> dict[str, Any]:
+    from trtopt.compress.qat import qat
+    from trtopt.export import export_onnx
+    from trtopt.models.spec import InputSpec, LoadedModel
+    from trtopt.quant.calibrate import CalibrationConfig, calibrate
+    from trtopt.quant.qat_export import export_qat
+    from trtopt.quant.quantize import QuantizeConfig, quantize
+
+    x_train, y_train = fashion_mnist("train", args.train_samples)
+    x_test, y_test = fashion_mnist("test", args.test_samples)
+    fp32, fp32_training = train_fp32(x_train, y_train, args.fp32_epochs, Path(args.fp32_cache))
+    inputs = (InputSpec("input", (1, 28, 28)),)
+    calib = {"input": x_train[:args.calibration_samples]}
+    out: dict[str, Any] = {"fp32_training": fp32_training, "rows": []}
+    work = Path(tempfile.mkdtemp(prefix="bench_qat_"))
+
+    def row(name: str, **fields: Any) -> None:
+        out["rows"].append({"variant": name, **fields})
+        print(json.dumps(out["rows"][-1]), flush=True)
+        save(args, out)  # partial results survive an interrupted run
+
+    fp32_onnx = work / "fp32.onnx"
+    export_onnx(LoadedModel(module=copy.deepcopy(fp32), spec="bench:mobilenet_tiny", inputs=inputs), fp32_onnx,
+                feed=calib)
+    row("fp32", accuracy=onnx_accuracy(fp32_onnx, x_test, y_test), torch_accuracy=torch_accuracy(fp32, x_test, y_test))
+    start = time.perf_counter()
+    ranges = calibrate(fp32_onnx, calib, CalibrationConfig(method="auto"))
+    calib_s = time.perf_counter() - start
+    for target in ("onnxruntime", "tensorrt"):
+        path = work / f"ptq.{target}.onnx"
+        quantize(fp32_onnx, ranges, path, QuantizeConfig(target=target))
+        row(f"ptq_int8_{target}", accuracy=onnx_accuracy(path, x_test, y_test), method=ranges.method,
+            calibration_seconds=round(calib_s, 1), qdq=qdq_summary(path))
+    for mode in ("qat", "qad"):
+        model = copy.deepcopy(fp32)
+        training = DistillConfig(epochs=args.qat_epochs, batch_size=64, lr=args.qat_lr, alpha=1.0, temperature=1.0,
+                                 device="cpu")
+        labels = y_train if mode == "qat" else None
+        start = time.perf_counter()
+        result = qat(model, (x_train, labels), QATConfig(mode=mode, calibration_samples=args.calibration_samples,
+                                                         training=training))
+        seconds = time.perf_counter() - start
+        loaded = LoadedModel(module=result.model, spec=f"bench:mobilenet_tiny_{mode}", inputs=inputs)
+        paths = {t: work / f"{mode}.{t}.onnx" for t in ("tensorrt", "onnxruntime")}
+        export_qat(loaded, paths, calib, CalibrationConfig(method=args.qat_calibration_method))
+        for target, path in paths.items():
+            row(f"{mode}_int8_{target}", accuracy=onnx_accuracy(path, x_test, y_test),
+                fake_quant_torch_accuracy=torch_accuracy(result.model, x_test, y_test), labels=mode == "qat",
+                steps=result.training.steps, train_seconds=round(seconds, 1),
+                seconds_per_step=round(seconds / max(1, result.training.steps), 4),
+                first_loss=result.training.step_losses[0], last_epoch_loss=result.training.epoch_losses[-1],
+                qdq=qdq_summary(path))
+    base = out["rows"][0]["accuracy"]
+    for r in out["rows"]:
+        r["points_vs_fp32"] = round(100 * (r["accuracy"] - base), 2)
+    return out
+
+
+def part_placement(args: argparse.Namespace) -> dict[str, Any]:
+    import onnx
+
+    from trtopt.datasets import load_dataset
+    from trtopt.export import export_onnx
+    from trtopt.metrics import cosine_similarity
+    from trtopt.models.load import load_model
+    from trtopt.models.spec import InputSpec, LoadedModel
+    from trtopt.quant.calibrate import CalibrationConfig, calibrate
+    from trtopt.quant.quantize import QuantizeConfig, quantize, to_fp16
+
+    digits_train, digits_test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    models = {"digits_cnn": (load_model("zoo:digits_cnn"), {"input": digits_train.inputs["input"][:args.calibration_samples]},
+                             digits_test.inputs, digits_test.labels)}
+    if Path(args.fp32_cache).exists():  # the Fashion-MNIST CNN the accuracy part trained (not trained here)
+        x_train, y_train = fashion_mnist("train", args.train_samples)
+        x_test, y_test = fashion_mnist("test", args.test_samples)
+        fashion, _ = train_fp32(x_train, y_train, args.fp32_epochs, Path(args.fp32_cache))
+        models["fashion_mnist_mobilenet_tiny"] = (
+            LoadedModel(module=fashion, spec="bench:mobilenet_tiny", inputs=(InputSpec("input", (1, 28, 28)),)),
+            {"input": x_train[:args.calibration_samples]}, {"input": x_test}, y_test)
+    work = Path(tempfile.mkdtemp(prefix="bench_qat_placement_"))
+    rows = []
+    for name, (loaded, calib, test, labels) in models.items():
+        fp32 = export_onnx(loaded, work / f"{name}.onnx", feed=calib).path
+        ranges = calibrate(fp32, calib, CalibrationConfig(method="auto"))
+        reference = _logits(fp32, test)
+        base = {"model": name, "fp32_accuracy": float((reference.argmax(1) == labels).mean())}
+        for quantizer in ("trtopt", "modelopt"):
+            path = work / f"{name}.{quantizer}.onnx"
+            start = time.perf_counter()
+            quantize(fp32, ranges, path, QuantizeConfig(target="tensorrt", quantizer=quantizer))
+            seconds = time.perf_counter() - start
+            logits = _logits(path, test)
+            rows.append({**base, "variant": f"int8_tensorrt_{quantizer}", "accuracy": float((logits.argmax(1) == labels).mean()),
+                         "cosine_to_fp32": cosine_similarity(reference, logits), "quantize_seconds": round(seconds, 1),
+                         "qdq": qdq_summary(path), "size_bytes": path.stat().st_size})
+            print(json.dumps(rows[-1]), flush=True)
+            save(args, {"rows": rows})
+        for converter in ("onnxconverter", "autocast"):
+            path = work / f"{name}.fp16.{converter}.onnx"
+            start = time.perf_counter()
+            to_fp16(fp32, path, converter=converter)
+            seconds = time.perf_counter() - start
+            logits = _logits(path, test)  # loads in ONNX Runtime (to_fp16 refuses a model that does not)
+            ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+            rows.append({**base, "variant": f"fp16_{converter}", "accuracy": float((logits.argmax(1) == labels).mean()),
+                         "cosine_to_fp32": cosine_similarity(reference, logits), "convert_seconds": round(seconds, 1),
+                         "nodes": len(ops), "cast_nodes": ops.count("Cast"), "loads_in_onnxruntime": True,
+                         "size_bytes": path.stat().st_size})
+            print(json.dumps(rows[-1]), flush=True)
+            save(args, {"rows": rows})
+    return {"rows": rows}
+
+
+def _logits(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
+    from trtopt.measure.bench import onnx_candidate, run_all
+
+    with onnx_candidate(path, threads=THREADS) as candidate:
+        return next(iter(run_all(candidate, feed, 250).values()))
+
+
+def part_ddp(args: argparse.Namespace) -> dict[str, Any]:
+    runs = {}
+    for procs in (1, 2):
+        with tempfile.TemporaryDirectory() as tmp:
+            record = Path(tmp) / "record.json"
+            cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", "--master_port=29533",
+                   __file__, "--part", "ddp-worker", "--worker-out", str(record), "--train-samples", str(args.train_samples),
+                   "--fp32-cache", args.fp32_cache, "--ddp-steps", str(args.ddp_steps)]
+            env = {**os.environ, "OMP_NUM_THREADS": str(max(1, THREADS // procs))}
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, env=env, cwd=Path(__file__).resolve().parents[1])
+            wall = time.perf_counter() - start
+            data = json.loads(record.read_text())
+            runs[str(procs)] = {"processes": procs, "threads_per_process": max(1, THREADS // procs),
+                                "wall_seconds_incl_startup": round(wall, 1), **data}
+    one, two = runs["1"]["step_losses"], runs["2"]["step_losses"]
+    return {"runs": runs, "max_abs_loss_difference": float(np.max(np.abs(np.array(one) - np.array(two))))}
+
+
+def ddp_worker(args: argparse.Namespace) -> None:
+    from trtopt.compress.qat import qat
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    x, y = fashion_mnist("train", args.train_samples)
+    torch.manual_seed(0)
+    model = MobileNetTiny()
+    cache = Path(args.fp32_cache)
+    if cache.exists():
+        model.load_state_dict(torch.load(cache, weights_only=True))
+    training = DistillConfig(epochs=None, max_steps=args.ddp_steps, batch_size=128, lr=1e-4, alpha=1.0, device="cpu",
+                             scheduler="none")
+    start = time.perf_counter()
+    result = qat(model, (x, y), QATConfig(calibration_samples=256, training=training))
+    seconds = time.perf_counter() - start
+    if int(os.environ.get("RANK", "0")) == 0:
+        Path(args.worker_out).write_text(json.dumps({
+            "world_size": result.training.world_size, "steps": result.training.steps,
+            "training_seconds": round(result.training.seconds, 2),
+            "seconds_per_step": round(result.training.seconds / result.training.steps, 4),
+            "qat_call_seconds": round(seconds, 2), "step_losses": result.training.step_losses}))
+
+
+def save(args: argparse.Namespace, result: dict[str, Any]) -> Path:
+    record = {"benchmark": f"bench_qat.py --part {args.part}",
+              "settings": {k: v for k, v in vars(args).items() if k not in ("worker_out", "out")},
+              "cpu_isa": cpu_isa(), "environment": environment(), **result}
+    out = Path(args.out or RESULTS / f"qat_fashion_mnist_{args.part}.json")
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=("accuracy", "placement", "ddp", "ddp-worker"), default="accuracy")
+    parser.add_argument("--train-samples", type=int, default=6000)
+    parser.add_argument("--test-samples", type=int, default=2000)
+    parser.add_argument("--calibration-samples", type=int, default=512)
+    parser.add_argument("--fp32-epochs", type=int, default=3)
+    parser.add_argument("--qat-epochs", type=int, default=1)
+    parser.add_argument("--qat-lr", type=float, default=1e-4)
+    parser.add_argument("--ddp-steps", type=int, default=30)
+    parser.add_argument("--qat-calibration-method", default="auto",
+                        help="trtopt calibration of the tensors QAT did not range (ONNX Runtime layout)")
+    parser.add_argument("--fp32-cache", default=str(Path(tempfile.gettempdir()) / "bench_qat_fp32.pt"))
+    parser.add_argument("--worker-out")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    if args.part == "ddp-worker":
+        ddp_worker(args)
+        return
+    torch.set_num_threads(THREADS)
+    result = {"accuracy": part_accuracy, "placement": part_placement, "ddp": part_ddp}[args.part](args)
+    out = save(args, result)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""QAT / QAD with ModelOpt fake quantization: calibration, training, resume, both INT8 layouts, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("modelopt", reason="needs nvidia-modelopt: pip install 'trtopt[modelopt]' (CI installs it)")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from trtopt.compress.config import DistillConfig, QATConfig  # noqa: E402
+from trtopt.errors import TrtoptError  # noqa: E402
+from trtopt.models.spec import InputSpec, LoadedModel  # noqa: E402
+
+
+class DepthwiseNet(nn.Module):
+    """A tiny MobileNet-style classifier: stem conv, one depthwise-separable block with a residual add, head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.dw = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU())
+        self.pw = nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.pw(self.dw(x))
+        return self.head(x.mean((2, 3)))
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return DepthwiseNet()
+
+
+def _data(n: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((n, 1, 8, 8)).astype(np.float32), rng.integers(0, 4, n).astype(np.int64)
+
+
+def _train(steps: int, **kw) -> DistillConfig:
+    return DistillConfig(epochs=None, max_steps=steps, batch_size=16, lr=1e-3, scheduler="none", **kw)
+
+
+def test_qat_inserts_calibrated_quantizers_and_trains():
+    from trtopt.compress.qat import qat, quantizer_counts
+
+    x, y = _data()
+    result = qat(_net(), (x, y), QATConfig(calibration_samples=32, training=_train(4)))
+    # stem conv, dw conv, pw conv, head: per-channel weight quantizers and per-tensor input quantizers
+    assert result.quantizers == {"weight": 4, "input": 4} == quantizer_counts(result.model)
+    assert result.calibration_samples == 32 and result.training.steps == 4
+    assert all(np.isfinite(result.training.step_losses))
+    amax = result.model.stem[0].input_quantizer.amax
+    assert float(amax) == pytest.approx(float(np.abs(x[:32]).max()), rel=1e-5)  # max calibration on the first 32
+    assert result.to_dict()["mode"] == "qat"
+
+
+def test_qat_resume_is_bit_for_bit(tmp_path):
+    from trtopt.compress.qat import qat
+
+    x, y = _data()
+    straight = qat(_net(), (x, y), QATConfig(training=_train(6)))
+    qat(_net(), (x, y), QATConfig(training=_train(3, checkpoint_dir=str(tmp_path))))
+    resumed = qat(_net(), (x, y), QATConfig(training=_train(6, checkpoint_dir=str(tmp_path), resume_from=str(tmp_path))))
+    assert resumed.training.step_losses == straight.training.step_losses
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert any(k.endswith("_amax") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_qad_learns_from_the_fp32_model_without_labels():
+    from trtopt.compress.qat import qat
+
+    x, _ = _data()
+    fp32 = _net().eval()
+    result = qat(_net(), (x, None), QATConfig(mode="qad", training=_train(3, temperature=1.0)),
+                 eval_data=(x[:32], None))
+    assert result.mode == "qad" and result.training.best_metric is not None
+    # the eval metric is top-1 agreement with the FP32 model, which fake quantization barely changes here
+    with torch.no_grad():
+        agree = (result.model(torch.from_numpy(x[:32])).argmax(1) == fp32(torch.from_numpy(x[:32])).argmax(1)).float().mean()
+    assert float(agree) >= 0.8
+
+
+def test_errors_come_before_training():
+    from trtopt.compress.qat import qat
+
+    x, y = _data()
+    with pytest.raises(TrtoptError, match="no labels"):
+        qat(_net(), (x, None), QATConfig(mode="qat", training=_train(2)))
+    with pytest.raises(TrtoptError, match=r"one sample shaped \(1, 3, 8, 8\).*does not fit"):
+        qat(_net(), (np.zeros((8, 3, 8, 8), np.float32), y[:8]), QATConfig(training=_train(2)))
+    with pytest.raises(TrtoptError, match="empty"):
+        qat(_net(), (np.zeros((0, 1, 8, 8), np.float32), y[:0]), QATConfig(training=_train(2)))
+    with pytest.raises(TrtoptError, match="mode="):
+        QATConfig(mode="ptq")
+
+
+def test_missing_modelopt_names_the_extra(monkeypatch):
+    import trtopt._modelopt as mo
+
+    monkeypatch.setattr(mo.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(TrtoptError, match=r"nvidia-modelopt.*pip install 'trtopt\[modelopt\]'"):
+        mo.import_modelopt("modelopt.torch.quantization", "quantization-aware training")
+
+
+def test_export_writes_both_layouts_with_the_trained_ranges(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from trtopt.compress.qat import qat
+    from trtopt.quant.calibrate import CalibrationConfig
+    from trtopt.quant.qat_export import export_qat
+
+    x, y = _data()
+    result = qat(_net(), (x, y), QATConfig(training=_train(2)))
+    loaded = LoadedModel(module=result.model, spec="test:depthwise", inputs=(InputSpec("input", (1, 8, 8)),))
+    paths = {"tensorrt": tmp_path / "m.trt.onnx", "onnxruntime": tmp_path / "m.ort.onnx"}
+    arts = export_qat(loaded, paths, {"input": x[:32]}, CalibrationConfig(method="minmax"))
+    trt = onnx.load(str(paths["tensorrt"]))
+    ops = [n.op_type for n in trt.graph.node]
+    assert ops.count("QuantizeLinear") == 8 and ops.count("DequantizeLinear") == 8  # 4 weights + 4 activations
+    meta = {p.key: p.value for p in trt.metadata_props}
+    assert meta["trtopt.quantize.target"] == "tensorrt"
+    # the first activation Q/DQ carries the trained scale: amax / 127
+    q = next(n for n in trt.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
+    scale = next(onnx.numpy_helper.to_array(n.attribute[0].t) for n in trt.graph.node if n.output and n.output[0] == q.input[1])
+    assert float(scale) * 127 == pytest.approx(float(result.model.stem[0].input_quantizer.amax), rel=1e-5)
+    # the CPU layout runs, uses uint8 activations, and agrees with the fake-quantized PyTorch model
+    ort_model = onnx.load(str(paths["onnxruntime"]))
+    assert {p.key: p.value for p in ort_model.metadata_props}["trtopt.quantize.target"] == "onnxruntime"
+    assert "ranges from training" in " ".join(arts["onnxruntime"].notes)
+    out = ort.InferenceSession(str(paths["onnxruntime"]), providers=["CPUExecutionProvider"]).run(None, {"input": x[:32]})[0]
+    with torch.no_grad():
+        ref = result.model(torch.from_numpy(x[:32])).numpy()
+    assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.9
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_strip_qdq_keeps_names_and_returns_amax():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from trtopt.quant.qat_export import strip_qdq
+
+    scale = numpy_helper.from_array(np.array(0.5, np.float32), "s")
+    zero = numpy_helper.from_array(np.array(0, np.int8), "z")
+    w = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]), helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("QuantizeLinear", ["w", "s", "z"], ["wq"]), helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["wd"]),
+             helper.make_node("MatMul", ["xd", "wd"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [scale, zero, w])
+    model, learned = strip_qdq(helper.make_model(graph))
+    assert [(n.op_type, list(n.input)) for n in model.graph.node] == [("MatMul", ["x", "w"])]
+    assert learned == {"x": pytest.approx(63.5)}

@@ -1,0 +1,92 @@
+"""``quantize --target tensorrt --quantizer modelopt``: ModelOpt places Q/DQ, trtopt's ranges set the scales."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from trtopt.errors import TrtoptError
+from trtopt.quant.quantize import QuantizeConfig, quantize
+
+needs_modelopt = pytest.mark.skipif(__import__("importlib").util.find_spec("modelopt") is None,
+                                    reason="needs nvidia-modelopt: pip install 'trtopt[modelopt]' (CI installs it)")
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    from trtopt.datasets import load_dataset
+    from trtopt.export import export_onnx
+    from trtopt.models.load import load_model
+    from trtopt.quant.calibrate import CalibrationConfig, calibrate
+
+    folder = tmp_path_factory.mktemp("digits")
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    fp32 = export_onnx(load_model("zoo:digits_cnn"), folder / "fp32.onnx", feed=train.inputs).path
+    ranges = calibrate(fp32, {"input": train.inputs["input"][:256]}, CalibrationConfig(method="minmax"))
+    return folder, fp32, ranges, test
+
+
+def _accuracy(path, test) -> float:
+    from trtopt.measure.bench import onnx_candidate, run_all
+    from trtopt.metrics import topk_accuracy
+
+    with onnx_candidate(path, threads=1) as candidate:
+        return topk_accuracy(next(iter(run_all(candidate, test.inputs).values())), test.labels)
+
+
+@needs_modelopt
+def test_modelopt_places_qdq_with_trtopts_scales(digits):
+    import onnx
+    from onnx import numpy_helper
+
+    folder, fp32, ranges, test = digits
+    out = folder / "modelopt.onnx"
+    art = quantize(fp32, ranges, out, QuantizeConfig(target="tensorrt", quantizer="modelopt"))
+    model = onnx.load(str(out))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["trtopt.quantize.target"] == "tensorrt" and meta["trtopt.quantize.quantizer"] == "modelopt"
+    assert "ModelOpt's placement" in art.notes[0]
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    activations = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in ranges.tensors]
+    assert activations
+    for q in activations:  # every activation scale is trtopt's range: amax / 127 (float32)
+        assert float(inits[q.input[1]]) == pytest.approx(ranges.tensors[q.input[0]].amax / 127, rel=1e-6)
+    assert _accuracy(out, test) >= _accuracy(fp32, test) - 0.02
+
+
+def test_modelopt_is_for_the_tensorrt_target_and_per_channel(digits):
+    folder, fp32, ranges, _ = digits
+    with pytest.raises(TrtoptError, match="not for target onnxruntime"):
+        quantize(fp32, ranges, folder / "x.onnx", QuantizeConfig(target="onnxruntime", quantizer="modelopt"))
+    with pytest.raises(TrtoptError, match="per_channel"):
+        QuantizeConfig(target="tensorrt", quantizer="modelopt", per_channel=False)
+    assert not (folder / "x.onnx").exists()
+
+
+def test_a_model_modelopt_cannot_place_names_the_node_and_the_fallback(digits, monkeypatch):
+    import onnx
+
+    import trtopt.quant.modelopt_placement as placement
+
+    folder, fp32, ranges, _ = digits
+    node = onnx.load(str(fp32)).graph.node[0]
+
+    def refuse(*_args, **_kwargs):
+        raise RuntimeError(f"unsupported pattern at {node.name}")
+
+    monkeypatch.setattr(placement, "import_modelopt", lambda *_a: types.SimpleNamespace(quantize=refuse))
+    out = folder / "refused.onnx"
+    with pytest.raises(TrtoptError, match=rf"node {node.name} \({node.op_type}\).*--quantizer trtopt"):
+        quantize(fp32, ranges, out, QuantizeConfig(target="tensorrt", quantizer="modelopt"))
+    assert not out.exists() and not list(folder.glob("*.tmp*"))
+
+
+def test_without_modelopt_the_error_names_the_extra(digits, monkeypatch):
+    import trtopt._modelopt as mo
+
+    folder, fp32, ranges, _ = digits
+    monkeypatch.setattr(mo.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(TrtoptError, match=r"trtopt\[modelopt\]"):
+        quantize(fp32, ranges, folder / "y.onnx", QuantizeConfig(target="tensorrt", quantizer="modelopt"))
+    assert not (folder / "y.onnx").exists()

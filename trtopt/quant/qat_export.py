@@ -1,0 +1,174 @@
+"""A quantization-aware-trained model (`trtopt.compress.qat`) → the INT8 ONNX of each target.
+
+``tensorrt``     the fake-quantized model exported as is (TorchScript exporter: ModelOpt's quantizers export
+                 as QuantizeLinear/DequantizeLinear pairs only through it): per-channel int8 weights and
+                 per-tensor int8 activations with the *trained* scales (amax / 127), where ModelOpt placed
+                 them (inputs of Conv/Linear/pooling). Stamped ``trtopt.quantize.target=tensorrt`` so it is
+                 evaluated with exact Q/DQ semantics on the CPU (`trtopt.quant.quantize.evaluation_config`).
+``onnxruntime``  the CPU layout (U8S8) from the learned ranges: the Q/DQ export with its Q/DQ pairs removed
+                 (:func:`strip_qdq`: FP32 with the trained weights, the tensor names unchanged) and simplified
+                 (onnxslim folds BatchNorm into Conv), calibrated with trtopt (`trtopt.quant.calibrate`;
+                 covers the tensors ModelOpt does not quantize, such as residual adds); then every tensor a
+                 quantizer guarded gets the range training used, ``[max(min, -amax), min(max, amax)]`` (the
+                 trained clipping, with the observed sign kept so post-ReLU tensors use the whole uint8
+                 range), and trtopt's own quantize (`trtopt.quant.quantize.quantize`) places Q/DQ. Smoothing
+                 and bias correction are off: the weights were trained for these ranges.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from trtopt.artifacts import OnnxArtifact, Ranges, TensorRange, inspect_onnx
+from trtopt.errors import TrtoptError
+from trtopt.export import ExportConfig, export_onnx
+from trtopt.export import _simplify as simplify_graph
+from trtopt.files import ensure_writable, staging_dir
+from trtopt.measure.compare import Tolerances
+from trtopt.models.spec import LoadedModel
+from trtopt.progress import StepCallback
+from trtopt.quant.calibrate import CalibrationConfig, calibrate
+from trtopt.quant.quantize import TARGETS, QuantizeConfig, quantize
+
+#: The opset of the Q/DQ export: per-channel Q/DQ (axis) needs 13; 17 is what TensorRT 10.x and 11 parse.
+QDQ_OPSET = 17
+#: Fake quantization in PyTorch vs Q/DQ in ONNX Runtime: the same arithmetic up to float rounding at the
+#: quantization steps' midpoints, so outputs agree closely but not to FP32 export precision.
+QDQ_PARITY = Tolerances(atol=5e-2, rtol=5e-2, min_cosine=0.999)
+
+
+def export_qat(loaded: LoadedModel, paths: Mapping[str, str | os.PathLike], feed: Any,
+               calibration: CalibrationConfig = CalibrationConfig(), force: bool = False,
+               on_step: StepCallback | None = None) -> dict[str, OnnxArtifact]:
+    """Write the INT8 ONNX model of each target in ``paths`` (target → ``.onnx`` path) for a QAT model.
+
+    Args:
+        loaded: the model (``loaded.module`` fake-quantized by `trtopt.compress.qat.qat`) and its input specs.
+        paths: ``{"tensorrt": path, "onnxruntime": path}`` (either or both).
+        feed: calibration inputs (input name → array, samples on axis 0), e.g. training samples; they also
+            trace the export and check its parity with the fake-quantized PyTorch model.
+        calibration: trtopt's calibration of the FP32 graph (onnxruntime target only).
+        force: overwrite existing outputs.
+        on_step: progress callback.
+
+    Returns:
+        target → artifact (the onnxruntime one's notes say how many ranges came from training).
+
+    Raises:
+        TrtoptError: an unknown target, an existing output without ``force``, a failed export or parity check
+        (named), an export holding no activation Q/DQ (the model was not quantized by `qat`).
+    """
+    import onnx
+
+    unknown = sorted(set(paths) - set(TARGETS))
+    if unknown:
+        raise TrtoptError(f"unknown QAT export target {unknown[0]!r}", f"use {' and/or '.join(TARGETS)}")
+    targets = {t: ensure_writable(p, force) for t, p in paths.items()}
+    step = on_step or (lambda _msg: None)
+    loaded.module.eval()
+    notes: dict[str, tuple[str, ...]] = {}
+    with staging_dir(next(iter(targets.values()))) as stage:
+        step("exporting the Q/DQ model (TorchScript exporter)")
+        qdq = stage / "tensorrt.onnx"
+        export_onnx(loaded, qdq, _QDQ_EXPORT, feed=feed, on_step=step)
+        _stamp(qdq, {"trtopt.quantize.target": "tensorrt", "trtopt.calibration.method": "modelopt-qat"})
+        notes["tensorrt"] = ("quantization-aware trained (ModelOpt): Q/DQ where ModelOpt placed them, trained scales",)
+        staged = {"tensorrt": qdq}
+        if "onnxruntime" in targets:
+            fp32, learned = strip_qdq(onnx.load(str(qdq)))
+            if not learned:
+                raise TrtoptError(f"the export of {loaded.spec} holds no activation Q/DQ",
+                                  "quantize the model with trtopt.compress.qat.qat before exporting it")
+            fp32_path = stage / "fp32.onnx"
+            onnx.save_model(simplify_graph(fp32, []), str(fp32_path))
+            step("calibrating the FP32 graph (tensors training did not range)")
+            ranges = with_learned_ranges(calibrate(fp32_path, feed, calibration), learned)
+            staged["onnxruntime"] = stage / "onnxruntime.onnx"
+            quantize(fp32_path, ranges, staged["onnxruntime"],
+                     QuantizeConfig(target="onnxruntime", smoothing=False, bias_correction=False), on_step=step)
+            notes["onnxruntime"] = (f"quantization-aware trained (ModelOpt): {len(ranges.choice['qat_ranges'])} of "
+                                    f"{len(ranges.tensors)} activation ranges from training, the rest calibrated "
+                                    f"({calibration.method})",)
+        for target, path in targets.items():
+            os.replace(staged[target], path)
+    return {target: inspect_onnx(path, notes=notes[target]) for target, path in targets.items()}
+
+
+def strip_qdq(model: Any) -> tuple[Any, dict[str, float]]:
+    """Remove every QuantizeLinear → DequantizeLinear pair from ``model`` (an ONNX ModelProto, changed in place).
+
+    Consumers of a pair read its float input instead, so weights stay the float initializers and tensor names
+    stay the exporter's; the model's metadata is cleared. Returns ``(model, {activation tensor: amax})`` with amax = |scale| × 127 (symmetric
+    int8, zero point 0, as ModelOpt exports) for each pair whose input is an activation, not an initializer.
+    """
+    from onnx import helper, numpy_helper
+
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    producer = {out: node for node in model.graph.node for out in node.output}
+    graph_outputs = {o.name for o in model.graph.output}
+    rename: dict[str, str] = {}
+    drop: set[int] = set()
+    learned: dict[str, float] = {}
+    keep_as_identity = []
+    for node in model.graph.node:
+        q = producer.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        source = q.input[0]
+        if source not in consts and q.input[1] in consts:
+            learned[source] = float(abs(consts[q.input[1]]).max()) * 127.0
+        drop.update((id(q), id(node)))
+        if node.output[0] in graph_outputs:
+            keep_as_identity.append(helper.make_node("Identity", [source], [node.output[0]], name=node.name + "_identity"))
+        else:
+            rename[node.output[0]] = source
+    kept = [n for n in model.graph.node if id(n) not in drop]
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    del model.graph.node[:]
+    model.graph.node.extend(kept + keep_as_identity)
+    del model.metadata_props[:]  # no longer the quantized model its stamps describe
+    return model, learned
+
+
+def with_learned_ranges(ranges: Ranges, learned: Mapping[str, float]) -> Ranges:
+    """``ranges`` with each tensor in ``learned`` (tensor → trained amax) set to the range training used.
+
+    Returns new `Ranges`: ``[max(min, -amax), min(max, amax)]`` with the trained ``amax`` for each tensor;
+    ``choice["qat_ranges"]`` records tensor → amax for those found, ``method`` reads ``qat+<method>``.
+    A learned tensor the FP32 graph no longer has (simplification renamed it) keeps its calibrated range.
+    """
+    tensors = dict(ranges.tensors)
+    used: dict[str, float] = {}
+    for tensor, amax in learned.items():
+        r = tensors.get(tensor)
+        if r is None:
+            continue
+        high = max(min(r.max, amax), -amax)
+        low = min(max(r.min, -amax), high)
+        tensors[tensor] = TensorRange(amax=amax, min=low, max=high)
+        used[tensor] = amax
+    return replace(ranges, tensors=tensors, method=f"qat+{ranges.method}", choice={**ranges.choice, "qat_ranges": used})
+
+
+def _stamp(path: Path, props: Mapping[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save_model(model, str(path))
+
+
+# Q/DQ graphs are not simplified (constant folding would fold the weights' Q/DQ pairs into float weights).
+_QDQ_EXPORT = ExportConfig(opset=QDQ_OPSET, exporter="torchscript", simplify=False, parity=QDQ_PARITY)
