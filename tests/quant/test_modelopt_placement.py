@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import types
-
 import pytest
 
 from trtopt.errors import TrtoptError
@@ -72,10 +70,7 @@ def test_a_model_modelopt_cannot_place_names_the_node_and_the_fallback(digits, m
     folder, fp32, ranges, _ = digits
     node = onnx.load(str(fp32)).graph.node[0]
 
-    def refuse(*_args, **_kwargs):
-        raise RuntimeError(f"unsupported pattern at {node.name}")
-
-    monkeypatch.setattr(placement, "import_modelopt", lambda *_a: types.SimpleNamespace(quantize=refuse))
+    monkeypatch.setattr(placement, "_quantize_in_child", lambda *_a: f"RuntimeError: unsupported pattern at {node.name}")
     out = folder / "refused.onnx"
     with pytest.raises(TrtoptError, match=rf"node {node.name} \({node.op_type}\).*--quantizer trtopt"):
         quantize(fp32, ranges, out, QuantizeConfig(target="tensorrt", quantizer="modelopt"))
@@ -90,3 +85,15 @@ def test_without_modelopt_the_error_names_the_extra(digits, monkeypatch):
     with pytest.raises(TrtoptError, match=r"trtopt\[modelopt\]"):
         quantize(fp32, ranges, folder / "y.onnx", QuantizeConfig(target="tensorrt", quantizer="modelopt"))
     assert not (folder / "y.onnx").exists()
+
+
+def test_modelopt_leaves_onnx_runtime_quantization_untouched_in_this_process(digits):
+    """ModelOpt patches ONNX Runtime's quantization registries and calibrators for its whole process; it runs in a
+    child so that trtopt's own placement in the same process (optimize: tensorrt then onnxruntime) is unchanged."""
+    from onnxruntime.quantization.calibrate import CalibraterBase
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    folder, fp32, ranges, _ = digits
+    before = (dict(QDQRegistry), dict(QLinearOpsRegistry), CalibraterBase.__init__)
+    quantize(fp32, ranges, folder / "isolated.onnx", QuantizeConfig(target="tensorrt", quantizer="modelopt"))
+    assert (dict(QDQRegistry), dict(QLinearOpsRegistry), CalibraterBase.__init__) == before

@@ -350,19 +350,26 @@ def quantized_tensors(model: Any, config: QuantizeConfig) -> dict[str, str]:
     it is not excluded; the quantizer then asks for the range of each of its inputs that is not an
     initializer (activations, but also Constant outputs, initializers passed through Identity and float
     shape arithmetic), and of its outputs unless the layout quantizes inputs only (tensorrt; the
-    transformer default of onnxruntime). This is a superset of what ONNX Runtime's quantizer asks for
+    transformer default of onnxruntime; ModelOpt's placement, which may put Q/DQ on the inputs of any op). This
+    is a superset of what ONNX Runtime's quantizer asks for
     (it skips tensors it cannot type, and some ops quantize only some inputs), in graph order; tensors of
     non-float types are in it too (calibration keeps the float ones). Tensors outside it (an attention
     mask's -inf path, shape computations feeding nothing quantized) never need a range.
     """
-    op_types, _ = _op_types(model, config)
-    if op_types is None:
-        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+    if config.quantizer == "modelopt":
+        # ModelOpt's INT8 mode considers every op type of the graph (modelopt.onnx.quantization.int8) and takes
+        # each scale it places from trtopt's calibration cache, so every node input may need a range
+        op_types = list(config.op_types) if config.op_types else sorted({n.op_type for n in model.graph.node})
+        output_free = set(op_types)
+    else:
+        op_types, _ = _op_types(model, config)
+        if op_types is None:
+            from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-        op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))  # quantize_static's own default
-    output_free = set(TENSORRT_OP_TYPES if config.target == "tensorrt"
-                      else TRANSFORMER_OP_TYPES if op_types == list(TRANSFORMER_OP_TYPES) and not config.op_types
-                      else ())
+            op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))  # quantize_static's own default
+        output_free = set(TENSORRT_OP_TYPES if config.target == "tensorrt"
+                          else TRANSFORMER_OP_TYPES if op_types == list(TRANSFORMER_OP_TYPES) and not config.op_types
+                          else ())
     wanted = set(op_types) - set(config.exclude_op_types)
     excluded = set(config.exclude_nodes)
     initializers = {t.name for t in model.graph.initializer}
