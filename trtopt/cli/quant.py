@@ -4,11 +4,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
-from trtopt.cli._common import add_calibration, add_data, onnx_feed, progress_bar, step_printer, write_json_output
+from trtopt.cli._common import (
+    JSON_HELP,
+    add_calibration,
+    add_data,
+    onnx_feed,
+    progress_bar,
+    step_printer,
+    write_json_output,
+)
 from trtopt.errors import TrtoptError
 from trtopt.quant.calibrate import CalibrationConfig
 from trtopt.quant.quantize import TARGETS, QuantizeConfig
@@ -152,7 +159,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         found = trt_cache.inspect_cache(trt_cache.read_cache(args.file, check_scales=False), onnx_path=args.onnx,
                                         expected_trt_version=args.trt_version)
         if args.json:
-            print(json.dumps(found, indent=2))
+            write_json_output(args.json, found, args.force)
         else:
             amax = ("no usable amax" if found["amax_min"] is None
                     else f"amax {found['amax_min']:.4g}..{found['amax_max']:.4g}")
@@ -221,7 +228,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                    help="keep the fewest layers in FP32 so --metric vs FP32 drops by at most this (e.g. 0.01)")
     p.add_argument("--metric", choices=("agreement", "cosine"), default="agreement",
                    help="score for --max-accuracy-drop: top-1 agreement (classifiers) or mean cosine (embeddings)")
-    p.add_argument("--json", help="write the artifact record here")
+    p.add_argument("--json", metavar="FILE", help=JSON_HELP)
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     add_calibration(p)
     add_data(p)
@@ -235,6 +242,6 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--trt-version", default=None,
                    help=f"inspect: expected version; convert/from-ranges: target version (from-ranges default "
                         f"{DEFAULT_TRT_VERSION})")
-    p.add_argument("--json", action="store_true", help="inspect: print JSON")
+    p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="inspect: " + JSON_HELP + " (alone: standard output)")
     p.add_argument("--force", action="store_true", help="overwrite the output")
     p.set_defaults(func=cmd_cache)

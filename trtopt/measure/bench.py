@@ -156,7 +156,7 @@ def bench(candidates: Sequence[Candidate], feed: Feed, batch_sizes: Sequence[int
         batch_sizes: batch sizes to time.
         timing: warm-up, iterations or duration, bootstrap settings.
         on_progress: called as ``("timing batch N", rounds done, total rounds)`` while timing (total -1
-            with a duration).
+            with a duration; ``"timing batch N, run R/repeats"`` with repeats).
         also_versus: further reference candidates (e.g. "onnxruntime-fp32"): every other candidate also
             gets ``speedup_vs[<name>]``, from the same interleaved samples.
         repeats: independent timing runs per batch size (each with its own warm-up). Statistics pool
@@ -182,8 +182,8 @@ def bench(candidates: Sequence[Candidate], feed: Feed, batch_sizes: Sequence[int
         batch = take_batch(feed, batch_size)
         loads = [load_average_1min()]
         runs = [time_interleaved({c.name: c.runner for c in candidates}, batch, timing, on_progress=on_progress,
-                                 label=f"timing batch {batch_size}")
-                for _ in range(repeats)]
+                                 label=f"timing batch {batch_size}" + (f", run {i + 1}/{repeats}" if repeats > 1 else ""))
+                for i in range(repeats)]
         samples = {name: [v for run in runs for v in run[name]] for name in names}  # round order kept across runs
         loads.append(load_average_1min())
         result = compare_latency(samples, names[0], batch_size, timing)
