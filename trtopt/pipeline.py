@@ -794,6 +794,13 @@ def _measure_accuracy(run: _Run, variants: list[tuple[str, str]], int8: Mapping[
         fp32 = paths.get("onnxruntime-fp32-compressed", paths["onnxruntime-fp32"])  # what was quantized
         result["quant_error"] = {"weights": weight_errors(fp32, paths["onnxruntime-int8"]),
                                  "activations": activation_sqnr(fp32, paths["onnxruntime-int8"], feed)}
+        import onnx
+
+        from trtopt.quant.names import node_modules
+
+        modules = node_modules(onnx.load(fp32, load_external_data=False))  # plots name layers as PyTorch does
+        for record in result["quant_error"]["activations"]:
+            record["module"] = modules.get(record["node"])
         if r.sensitivity:
             result["sensitivity"] = _sensitivity(run, fp32, int8, labels, reference[first])
     if r.data == "skimage:photos" and reference[first].shape[-1] == 1000:

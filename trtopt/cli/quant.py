@@ -121,19 +121,18 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 def _split_excludes(onnx_path: str, values: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """--exclude values as (node names, op types): a node name wins, else an op type present in the model."""
+    """--exclude values as (layer names, op types): an op type present in the model is an op type; anything
+    else is a node, tensor or PyTorch module name (`trtopt.quant.names.resolve_layer_names` checks it)."""
     import onnx
 
     from trtopt.artifacts import inspect_onnx
+    from trtopt.quant.names import resolve_layer_names
 
-    nodes = onnx.load(inspect_onnx(onnx_path).path, load_external_data=False).graph.node
-    names = {n.name for n in nodes}
-    ops = {n.op_type for n in nodes}
-    unknown = [v for v in values if v not in names and v not in ops]
-    if unknown:
-        raise TrtoptError(f"--exclude {unknown[0]!r} is neither a node name nor an op type in {onnx_path}",
-                          f"op types there: {', '.join(sorted(ops))}")
-    return tuple(v for v in values if v in names), tuple(v for v in values if v not in names)
+    model = onnx.load(inspect_onnx(onnx_path).path, load_external_data=False)
+    ops = {n.op_type for n in model.graph.node}
+    names = tuple(v for v in values if v not in ops)
+    resolve_layer_names(model, names, onnx_path)  # an unknown name is refused here, before any work
+    return names, tuple(v for v in values if v in ops)
 
 def _mixed_precision(args: argparse.Namespace, ranges, config):
     """Keep the fewest layers in FP32 so that agreement (or cosine) with FP32 drops by at most --max-accuracy-drop."""
@@ -210,7 +209,9 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--target", choices=TARGETS, default=QuantizeConfig.target,
                    help="onnxruntime: U8S8 for CPUs; tensorrt: symmetric S8S8 Q/DQ on Conv/MatMul/Gemm inputs "
                         "(default %(default)s)")
-    p.add_argument("--exclude", action="append", metavar="NAME|OPTYPE", help="keep a node (or every node of an op type) in FP32")
+    p.add_argument("--exclude", action="append", metavar="NAME|OPTYPE",
+                   help="keep a layer in FP32: an ONNX node name, the activation tensor it produces, a PyTorch module path "
+                        "(e.g. _blocks.13._expand_conv: every node reading its parameters), or an op type (all its nodes)")
     p.add_argument("--op-types", default=None, metavar="A,B",
                    help="op types to quantize (default: the target's set; on onnxruntime a graph with LayerNorm or "
                         "attention gets MatMul,Gemm only, and says so)")
