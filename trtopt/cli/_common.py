@@ -162,13 +162,13 @@ def print_report(report: Any, args: argparse.Namespace) -> None:
         print(render_markdown(report))
     else:
         tty = sys.stdout.isatty()
-        columns = summary_columns(report)
+        columns = summary_columns(report, compact=True)
         for heading, rows in summary_tables(report):
             table = Table(title=f"{report['title']}: {heading}", title_justify="left", box=box.SIMPLE_HEAD,
-                          header_style="bold" if tty else "", pad_edge=False)
-            for i, (header, _) in enumerate(columns):
+                          header_style="bold" if tty else "", pad_edge=False, padding=(0, 1))
+            for i, (header, _) in enumerate(columns):  # only the variant name may wrap, at a dash
                 table.add_column(header, justify="left" if i < 2 else "right", no_wrap=i > 0,
-                                 overflow="fold" if i == 0 else "ellipsis")
+                                 overflow="fold" if i == 0 else "ellipsis", min_width=12 if i == 0 else None)
             for row in rows:
                 table.add_row(*(f(row) for _, f in columns),
                               style=("bold" if row["variant"] == report["baseline"] else "dim" if not row["timed"] else "")
@@ -180,9 +180,11 @@ def print_report(report: Any, args: argparse.Namespace) -> None:
                 out = Console(file=sys.stdout, width=max(width, 40), no_color=True, highlight=False,
                               force_terminal=False)
             out.print(table)
-    for line in quality_warnings(report):
-        print(f"warning: unstable timing: {line}; rerun on an idle machine or with more --iterations",
-              file=sys.stderr)
+    warnings = quality_warnings(report)
+    if warnings:
+        print("warning: unstable timing (rerun on an idle machine, or with more --iterations):", file=sys.stderr)
+        for line in warnings:
+            print(f"  {line}", file=sys.stderr)
 
 def speedup_search_outcome(search: Any) -> int:
     """Print one line on a `trtopt.speedup_search.SpeedupSearchResult`; the exit status.

@@ -26,34 +26,48 @@ def format_size(size_bytes: int | None) -> str:
             return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
     return f"{size_bytes} B"
 
+def _ratio(value: float) -> str:
+    """A ratio to 3-4 significant digits: 0.68, 6.82, 92.9, 624."""
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
 def _speedup(r: Mapping[str, Any]) -> str:
     if r["speedup_ratio"] is None:
         return "–"
-    ci = f" [{r['speedup_ci_low']:.2f}–{r['speedup_ci_high']:.2f}]" if r.get("speedup_ci_low") is not None else ""
-    return f"{r['speedup_ratio']:.2f}×{ci}"
+    ci = f" [{_ratio(r['speedup_ci_low'])}–{_ratio(r['speedup_ci_high'])}]" if r.get("speedup_ci_low") is not None else ""
+    return f"{_ratio(r['speedup_ratio'])}×{ci}"
 
 #: A table column: (header, formatter of one row).
 Column = tuple[str, Callable[[Mapping[str, Any]], str]]
 
-def summary_columns(report: Mapping[str, Any]) -> list[Column]:
+_SHORT_BACKENDS = {"onnxruntime": "ort", "tensorrt": "trt"}
+
+def summary_columns(report: Mapping[str, Any], compact: bool = False) -> list[Column]:
     """The headline table's columns: what a deployment decision needs, nothing else.
 
     variant, backend · precision, size, compression, p50, speedup [95 % CI], the headline metric
     (`trtopt.report.model.headline_metric`) and, for task accuracy, its change vs the baseline in points.
+    ``compact`` (a terminal): shorter headers and backend names ("ort int8"), the same numbers.
     """
     key, label, percent = headline_metric(report)
+
+    def runtime(r: Mapping[str, Any]) -> str:
+        return (f"{_SHORT_BACKENDS.get(r['backend'], r['backend'])} {r['precision']}" if compact
+                else f"{r['backend']} · {r['precision']}")
+
     columns: list[Column] = [
         ("variant", lambda r: r["variant"]),
-        ("backend · precision", lambda r: f"{r['backend']} · {r['precision']}"),
+        ("runtime" if compact else "backend · precision", runtime),
         ("size", lambda r: format_size(r["size_bytes"])),
-        ("compression", lambda r: _fmt(r["compression_ratio"], ".2f") + ("×" if r["compression_ratio"] else "")),
-        ("p50 (ms)", lambda r: _fmt(r["latency_ms_p50"], ".3f") if r["timed"] else "untimed"),
+        ("smaller" if compact else "compression",
+         lambda r: _fmt(r["compression_ratio"], ".2f") + ("×" if r["compression_ratio"] else "")),
+        ("p50 ms" if compact else "p50 (ms)", lambda r: _fmt(r["latency_ms_p50"], ".3f") if r["timed"] else "untimed"),
         ("speedup [95% CI]", _speedup),
     ]
     if key:
-        columns.append((label, lambda r: _percent(r.get(key)) if percent else _fmt(r.get(key), ".5f")))
+        columns.append((label.replace("accuracy (%)", "acc %") if compact else label,
+                        lambda r: _percent(r.get(key)) if percent else _fmt(r.get(key), ".5f")))
     if key == "accuracy":
-        columns.append(("Δ acc. (pts)", lambda r: _fmt(r["accuracy_delta_points"], "+.2f")))
+        columns.append(("Δ pts" if compact else "Δ acc. (pts)", lambda r: _fmt(r["accuracy_delta_points"], "+.2f")))
     return columns
 
 _TIMING_COLUMNS: tuple[Column, ...] = (
