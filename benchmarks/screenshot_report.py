@@ -2,10 +2,10 @@
 
     python benchmarks/screenshot_report.py runs/demo/efficientnet_lite0/report.html [--out DIR] [--height PX]
 
-Writes ``<stem>-1280.png`` and ``<stem>-1920.png`` (window height ``--height``, default 2400 px: the first
-screen and what follows) beside the report or into ``--out``, and prints whether the page scrolls
-horizontally at each width (the page's scrollWidth vs the window, measured with ``--dump-dom`` of a
-probe). Needs Debian's ``chromium`` (``apt-get install chromium``); not run by the test suite.
+Writes ``<folder>-<stem>-1280.png`` and ``-1920.png`` (window height ``--height``, default 2400 px: the
+first screen and what follows) beside the report or into ``--out``, and prints whether anything scrolls
+horizontally at each width (the page, or a table's scroll box: scrollWidth > clientWidth, measured by a
+probe script read back with ``--dump-dom``). Needs Debian's ``chromium`` (``apt-get install chromium``); not run by the test suite.
 """
 
 from __future__ import annotations
@@ -38,11 +38,16 @@ def screenshot(report: Path, out: Path, width: int, height: int) -> Path:
     return target
 
 
+_PROBE = """<script>
+const boxes = [document.documentElement, ...document.querySelectorAll('div')];
+document.title = 'W=' + boxes.filter(e => e.scrollWidth > e.clientWidth + 1).length;
+</script></body>"""
+
+
 def overflows(report: Path, width: int) -> bool:
-    """Whether the page is wider than a ``width``-px window (it would scroll horizontally)."""
+    """Whether anything scrolls horizontally in a ``width``-px window: the page, or a table's scroll box."""
     probe = report.parent / f".probe-{width}.html"
-    page = report.read_text(encoding="utf-8").replace(
-        "</body>", "<script>document.title = 'W=' + document.documentElement.scrollWidth;</script></body>")
+    page = report.read_text(encoding="utf-8").replace("</body>", _PROBE)
     probe.write_text(page, encoding="utf-8")
     try:
         dom = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={width},1000",
@@ -51,7 +56,7 @@ def overflows(report: Path, width: int) -> bool:
     finally:
         probe.unlink()
     start = dom.find("<title>W=")
-    return start >= 0 and int(dom[start + 9:dom.find("<", start + 9)]) > width
+    return start >= 0 and int(dom[start + 9:dom.find("<", start + 9)]) > 0
 
 
 def main() -> int:

@@ -17,8 +17,10 @@ table { border-collapse: collapse; font-size: 0.82rem; margin: 0.6rem 0; }
 th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; white-space: nowrap; }
 th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
 tr.baseline td { background: #fffbe6; } tr.untimed td { color: #666; font-style: italic; }
-.plots { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr)); gap: 0.8rem; }
-.plots figure { margin: 0; } .plots img { width: 100%; border: 1px solid #ddd; }
+.plots { display: grid; grid-template-columns: repeat(auto-fit, minmax(600px, 1fr)); gap: 0.8rem; }
+.plots figure.tradeoff { grid-column: 1 / -1; max-width: 1400px; }  /* the headline plot: a full row */
+.plots figure { margin: 0; min-width: 0; } .plots img { width: 100%; box-sizing: border-box; border: 1px solid #ddd; }
+td:last-child { white-space: normal; }  /* flags, plan notes: the one column allowed to wrap */
 figcaption { font-size: 0.85rem; color: #555; }
 p, li { max-width: 75rem; } .wide { overflow-x: auto; } code { background: #f4f4f4; padding: 0 0.2rem; }
 """
@@ -37,7 +39,7 @@ def render_html(report: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
     for name, path in plots.items():
         data = base64.b64encode(Path(path).read_bytes()).decode()
         caption = _CAPTIONS.get(name, name.replace("_", " ").capitalize())
-        figures.append(f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}">'
+        figures.append(f'<figure class="{esc(name)}"><img alt="{esc(caption)}" src="data:image/png;base64,{data}">'
                        f"<figcaption>{esc(caption)}</figcaption></figure>")
     markdown = render_markdown(report)
     # the plots go after the summary tables (and their warnings), before the details
