@@ -19,7 +19,8 @@ th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
 tr.baseline td { background: #fffbe6; } tr.untimed td { color: #666; font-style: italic; }
 .plots { display: grid; grid-template-columns: repeat(auto-fit, minmax(600px, 1fr)); gap: 0.8rem; }
 .plots figure.tradeoff { grid-column: 1 / -1; max-width: 1400px; }  /* the headline plot: a full row */
-.plots figure { margin: 0; min-width: 0; } .plots img { width: 100%; box-sizing: border-box; border: 1px solid #ddd; }
+.plots figure { margin: 0; min-width: 0; }
+.plots img { max-width: 100%; box-sizing: border-box; border: 1px solid #ddd; }  /* shrunk to fit, never enlarged */
 td:last-child { white-space: normal; }  /* flags, plan notes: the one column allowed to wrap */
 figcaption { font-size: 0.85rem; color: #555; }
 p, li { max-width: 75rem; } .wide { overflow-x: auto; } code { background: #f4f4f4; padding: 0 0.2rem; }

@@ -46,7 +46,8 @@ def summary_columns(report: Mapping[str, Any], compact: bool = False) -> list[Co
 
     variant, backend · precision, size, compression, p50, speedup [95 % CI], the headline metric
     (`trtopt.report.model.headline_metric`) and, for task accuracy, its change vs the baseline in points.
-    ``compact`` (a terminal): shorter headers and backend names ("ort int8"), the same numbers.
+    ``compact`` (a terminal): shorter headers and backend names ("ort int8"), the same numbers. Without any
+    timed row the latency columns are left out.
     """
     key, label, percent = headline_metric(report)
 
@@ -63,6 +64,8 @@ def summary_columns(report: Mapping[str, Any], compact: bool = False) -> list[Co
         ("p50 ms" if compact else "p50 (ms)", lambda r: _fmt(r["latency_ms_p50"], ".3f") if r["timed"] else "untimed"),
         ("speedup [95% CI]", _speedup),
     ]
+    if not any(r["timed"] for r in report["rows"]):  # a run without timing: no latency columns to fill
+        columns = columns[:4]
     if key:
         columns.append((label.replace("accuracy (%)", "acc %") if compact else label,
                         lambda r: _percent(r.get(key)) if percent else _fmt(r.get(key), ".5f")))
@@ -273,7 +276,7 @@ def _int8_markdown(report: Mapping[str, Any]) -> list[str]:
     if acc:
         first = acc["outputs"][0]
         lines.append(f"- TensorRT-target model, exact Q/DQ semantics on the CPU: top-1 agreement "
-                     f"{_fmt(first['top1_agreement'], '.3f')}, cosine {_fmt(first['cosine'], '.5f')} vs FP32.")
+                     f"{_percent(first['top1_agreement'])} %, cosine {_fmt(first['cosine'], '.5f')} vs FP32.")
     worst = sorted(int8["activation_sqnr"], key=lambda r: r["sqnr_db"])[:5]
     if worst:
         lines += ["", "Lowest activation SQNR (ONNX Runtime INT8 vs FP32, real inputs):", "",

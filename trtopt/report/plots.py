@@ -69,8 +69,10 @@ def _metric_axis(ax: Any, values: Sequence[float], percent: bool) -> None:
     """A y-range that shows differences that matter, not noise: at least 2 points wide for a percentage
     (one of 359 images is 0.28 points) and 0.01 for cosine-like scores, capped at the scale's top."""
     low, high = min(values), max(values)
+    cap = 100.0 if percent else 1.0
     span = max(high - low, 2.0 if percent else 0.01)
-    top = min(high + 0.15 * span, 100.0 if percent else 1.0) if high <= (100.0 if percent else 1.0) else high + 0.15 * span
+    # just above the top value (or the scale's top, so a marker at 100 % is drawn whole, with no tick past it)
+    top = min(high + 0.15 * span, cap + 0.05 * span) if high <= cap else high + 0.15 * span
     ax.set_ylim(min(low - 0.15 * span, top - 1.3 * span), top)
 
 
