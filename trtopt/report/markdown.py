@@ -221,7 +221,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         bundle = trt.get("bundle")
         if bundle:
             parts.append(f"- Bundle for {bundle['target']}: `{Path(bundle['path']).name}/` ({bundle['files']} files, "
-                         f"{bundle['size_bytes'] / 1e6:.1f} MB; `build_trt10.sh`, `build_trt11.sh`, `build_trtopt.sh`).")
+                         f"{format_size(bundle['size_bytes'])}; `build_trt10.sh`, `build_trt11.sh`, `build_trtopt.sh`).")
             parts += ["", "| model | TensorRT | precision | INT8 from | plan |", "|---|---|---|---|---|"]
             parts += [f"| {p['model']} | {p['trt_version']} | {p.get('precision') or '–'} | {p.get('int8_source') or '–'} | "
                       f"{p.get('plan') or 'none: ' + str(p.get('reason'))} |" for p in bundle["plans"]]
@@ -270,8 +270,12 @@ def _int8_markdown(report: Mapping[str, Any]) -> list[str]:
              *_range_choice_lines(int8.get("range_choice") or {})]
     cache = f"TensorRT {int8['trt_cache_version']} cache `{Path(int8['tensorrt_cache']).name}` for Jetson"
     qdq = int8.get("tensorrt_qdq")  # absent when int8_targets leaves tensorrt out
-    lines.append(f"- TensorRT Q/DQ model `{Path(qdq['path']).name}` ({qdq['size_bytes'] / 1e6:.2f} MB) and {cache}."
+    lines.append(f"- TensorRT Q/DQ model `{Path(qdq['path']).name}` ({format_size(qdq['size_bytes'])}) and {cache}."
                  if qdq else f"- {cache} (no TensorRT Q/DQ model: int8_targets leaves tensorrt out).")
+    for target in ("onnxruntime", "tensorrt_qdq"):  # what --exclude (recipe quantize.exclude_nodes) matched
+        kept = [n for n in (int8.get(target) or {}).get("notes", []) if n.startswith("--exclude ")]
+        if kept:
+            lines.append(f"- Kept in FP32 ({target.removesuffix('_qdq')} layout): " + "; ".join(f"`{n[10:]}`" for n in kept) + ".")
     acc = report["accuracy"].get("tensorrt-int8-qdq")
     if acc:
         first = acc["outputs"][0]
