@@ -81,9 +81,11 @@ def _available_memory() -> int | None:
         return None
 
 def console(args: argparse.Namespace):
+    """The stderr console for step lines and progress; soft_wrap: a line is never broken at the console
+    width (a CI log is not 80 columns wide), a terminal wraps it itself."""
     from rich.console import Console
 
-    return Console(stderr=True, quiet=args.quiet)
+    return Console(stderr=True, quiet=args.quiet, soft_wrap=True)
 
 def step_printer(args: argparse.Namespace):
     from rich.markup import escape
