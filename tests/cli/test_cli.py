@@ -52,7 +52,7 @@ def test_bench_torch_vs_onnx_writes_json(exported):
     assert all(r["speedup_ci_low"] <= r["speedup_ratio"] * 1.5 for r in onnx_rows)
     lines = result.stdout.splitlines()  # stdout is a pipe here: plain text, one line per row, never wrapped
     headers = [line for line in lines if line.split()[:1] == ["variant"]]
-    assert len(headers) == 2 and all("p50 (ms)" in h and "speedup [95% CI]" in h for h in headers)
+    assert len(headers) == 2 and all("p50 ms" in h and "speedup [95% CI]" in h for h in headers)
     assert sum(line.split()[:1] == ["tiny.onnx"] for line in lines) == 2  # one row per batch table
 
 
