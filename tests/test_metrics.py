@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from trtopt import metrics
 from trtopt.errors import TrtoptError
 from trtopt.metrics import (
     compression_ratio,
@@ -262,3 +263,44 @@ def test_rankers_score_an_output_without_any_angle_as_zero(monkeypatch):
     monkeypatch.setattr(sensitivity, "model_outputs", lambda path, feed, threads: collapsed)
     assert sensitivity.cosine_scorer({}, reference)("model.onnx") == 0.0
     assert distill.cosine_metric(torch.from_numpy(collapsed), torch.from_numpy(reference), None) == 0.0
+
+
+# --- task metrics by output kind ---------------------------------------------------------------------------
+
+def test_output_kind_by_name_then_shape():
+    rng = np.random.default_rng(0)
+    unit = rng.normal(size=(6, 8))
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    assert metrics.output_kind("output", rng.normal(size=(6, 10))) == "classification"
+    assert metrics.output_kind("output", unit) == "embedding"  # unit rows: a normalized embedding
+    assert metrics.output_kind("sentence_embedding", rng.normal(size=(6, 384))) == "embedding"
+    assert metrics.output_kind("boxes", rng.normal(size=(6, 4))) == "regression"
+    assert metrics.output_kind("landmarks", rng.normal(size=(6, 10))) == "regression"
+    assert metrics.output_kind("out", rng.normal(size=(2, 21, 8, 8))) == "dense"
+    assert metrics.output_kind("out", rng.normal(size=(6, 1))) == "regression"
+
+
+def test_neighbour_agreement_and_mean_iou_by_hand():
+    ref = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    assert metrics.neighbour_agreement(ref, ref) == 1.0
+    swapped = np.array([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9]])  # samples 1 and 2 trade places
+    assert metrics.neighbour_agreement(ref, swapped) == pytest.approx(0.0)
+    assert metrics.neighbour_agreement(ref[:2], ref[:2]) is None
+    assert metrics.mean_iou(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1])) == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_task_metrics_fit_the_output_kind():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(20, 10))
+    noisy = logits + rng.normal(scale=0.01, size=logits.shape)
+    cls = metrics.task_metrics("logits", logits, noisy)
+    assert cls["output_kind"] == "classification" and cls["top1_agreement"] > 0.9 and cls["top5_agreement"] == 1.0
+    boxes = metrics.task_metrics("boxes", rng.normal(size=(20, 4)), rng.normal(size=(20, 4)))
+    assert boxes == {"output_kind": "regression"}  # no argmax agreement on box coordinates
+    emb = metrics.task_metrics("embedding", logits, noisy)
+    assert emb["output_kind"] == "embedding" and emb["neighbour_agreement"] == 1.0 and "top1_agreement" not in emb
+    seg = rng.normal(size=(2, 3, 4, 4))
+    dense = metrics.task_metrics("out", seg, seg)
+    assert dense == {"output_kind": "dense", "pixel_agreement": 1.0, "mean_iou": 1.0}
+    flipped = metrics.task_metrics("out", seg, -seg)
+    assert flipped["pixel_agreement"] < 0.5 and flipped["mean_iou"] < 0.5

@@ -73,6 +73,15 @@ def test_unchanged_rerun_reuses_every_stage_and_reports_the_same_numbers(first_r
     assert again["rows"] == report["rows"]
 
 
+def test_a_partial_rerun_writes_beside_the_fuller_report_and_leaves_it(first_run):
+    out, _, paths = first_run
+    full = {name: paths[name].read_bytes() for name in ("json", "markdown", "html")}
+    partial, written = optimize(tiny_recipe(stages=("export",)), out)
+    assert written["html"] == out / "partial" / "report.html" and partial["partial_of"] == "../report.html"
+    assert "the full report of this run directory is `../report.html`" in written["markdown"].read_text()
+    assert {name: paths[name].read_bytes() for name in full} == full  # the fuller report is untouched
+
+
 def test_a_changed_stage_config_reruns_that_stage_and_what_depends_on_it(tmp_path):
     out = tmp_path / "run"
     optimize(tiny_recipe(), out)

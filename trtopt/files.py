@@ -96,13 +96,14 @@ def check_outputs(outputs: Iterable[PathLike | None], force: bool, *, inputs: It
     """Check every file a command will write, before it starts (see :func:`ensure_writable`).
 
     ``outputs`` are written (replaced with ``force``), ``appended`` are appended to; None entries are
-    flags not given. ``sizes`` gives the bytes an output needs where that is known. Also refuses one path
+    flags not given, and ``"-"`` (standard output) is skipped. ``sizes`` gives the bytes an output needs where that is known. Also refuses one path
     named for two outputs. Returns the checked paths.
     """
     inputs = [i for i in inputs if i is not None]
     sizes = sizes or {}
     checked: dict[str, Path] = {}
-    targets = [(p, False) for p in outputs if p is not None] + [(p, True) for p in appended if p is not None]
+    # "-" is standard output (the CLI's ``--json -``), not a file
+    targets = [(p, False) for p in outputs if p is not None and p != "-"] + [(p, True) for p in appended if p is not None]
     for path, append in targets:
         p = (ensure_appendable(path, inputs=inputs) if append
              else ensure_writable(path, force, inputs=inputs, size_bytes=sizes.get(path)))

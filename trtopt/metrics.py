@@ -16,6 +16,7 @@ and outputs, and pass the numbers in (torch tensors as ``tensor.detach().cpu().n
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -280,3 +281,117 @@ def topk_accuracy(logits: ArrayLike, labels: ArrayLike, k: int = 1) -> float:
                           "use k=1 or k=5 on a model with at least that many classes")
     top = np.argsort(-scores.astype(np.float64), axis=-1, kind="stable")[..., :k]
     return float(np.mean(np.any(top == targets[..., None], axis=-1)))
+
+
+#: Kinds of model output :func:`output_kind` tells apart, each judged by its own measures (:func:`task_metrics`).
+OUTPUT_KINDS = ("classification", "embedding", "dense", "regression")
+
+#: Keys :func:`task_metrics` may return (besides ``output_kind``), in report order.
+TASK_METRIC_KEYS = ("output_kind", "top5_agreement", "neighbour_agreement", "pixel_agreement", "mean_iou",
+                    "abs_error_p50", "abs_error_p99")
+
+_NAME_HINTS = (("embedding", ("embed", "sentence", "pooler", "pooled", "feature", "descriptor")),
+               ("regression", ("box", "bbox", "landmark", "coord", "regress", "depth", "offset", "keypoint")),
+               ("classification", ("logit", "prob", "class", "cls", "score")))
+
+
+def output_kind(name: str, reference: ArrayLike) -> str:
+    """Which kind of output ``reference`` (the FP32 model's output named ``name``) is, one of :data:`OUTPUT_KINDS`.
+
+    First by name (``*embed*``/``*pooler*`` → embedding; ``*box*``/``*landmark*``/``*depth*`` → regression;
+    ``*logit*``/``*prob*``/``*class*`` → classification), then by shape: ``(N, C, H, W)`` or larger →
+    dense (a per-pixel map: segmentation logits when C > 1); ``(N, T, D)`` → embedding (per token);
+    ``(N, D)`` whose rows have unit L2 norm → embedding; ``(N, C)`` with C >= 2 → classification;
+    anything else (``(N,)``, ``(N, 1)``) → regression. A recipe's ``metric`` overrides what the report
+    headlines; this only decides which measures are computed.
+    """
+    lowered = name.lower()
+    for kind, hints in _NAME_HINTS:
+        if any(h in lowered for h in hints):
+            return kind
+    array = np.asarray(reference)
+    if array.ndim >= 4:
+        return "dense"
+    if array.ndim == 3:
+        return "embedding"
+    if array.ndim == 2 and array.shape[1] >= 2:
+        norms = np.linalg.norm(array.astype(np.float64), axis=1)
+        if norms.size and np.allclose(norms, 1.0, atol=1e-3):
+            return "embedding"
+        return "classification"
+    return "regression"
+
+
+def neighbour_agreement(reference: ArrayLike, candidate: ArrayLike) -> float | None:
+    """Retrieval agreement of two embeddings of the same N samples, in [0, 1]; None for N < 3.
+
+    For each sample, its nearest other sample by cosine similarity among the N (a retrieval of the
+    nearest neighbour) is found in both embedding spaces; the result is the fraction of samples whose
+    neighbour is the same. 1.0: the compressed model retrieves exactly what the original does.
+    Example: four points where the candidate swaps which of two close points is nearest → 0.5.
+    """
+    ref, cand = (np.asarray(a, dtype=np.float64).reshape(len(np.asarray(a)), -1) for a in (reference, candidate))
+    if ref.shape[0] < 3:
+        return None
+
+    def nearest(x: np.ndarray) -> np.ndarray:
+        unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(np.float64).tiny)
+        sim = unit @ unit.T
+        np.fill_diagonal(sim, -np.inf)
+        return np.argmax(sim, axis=1)
+
+    return float(np.mean(nearest(ref) == nearest(cand)))
+
+
+def mean_iou(reference_labels: ArrayLike, candidate_labels: ArrayLike) -> float:
+    """Mean intersection-over-union of two label maps over the classes either uses (the mIoU of
+    semantic segmentation, with the reference's map as ground truth), in [0, 1].
+
+    IoU of class c = |ref == c ∧ cand == c| / |ref == c ∨ cand == c|; the mean is over every class present
+    in either map (Everingham et al., PASCAL VOC). Example: ``[0, 0, 1, 1]`` vs ``[0, 1, 1, 1]``:
+    class 0 1/2, class 1 2/3, mean 0.583.
+    """
+    ref, cand = np.asarray(reference_labels), np.asarray(candidate_labels)
+    ious = []
+    for c in np.union1d(np.unique(ref), np.unique(cand)):
+        r, k = ref == c, cand == c
+        ious.append(np.count_nonzero(r & k) / np.count_nonzero(r | k))
+    return float(np.mean(ious))
+
+
+def task_metrics(name: str, reference: ArrayLike, candidate: ArrayLike) -> dict[str, Any]:
+    """The measures that fit the kind of output (:func:`output_kind`), candidate vs reference (no labels).
+
+    - classification ``(N, C)``: ``top1_agreement`` (:func:`top1_agreement`), and ``top5_agreement`` when
+      C > 5: the fraction of samples whose reference top-1 class is among the candidate's 5 highest.
+    - embedding: ``neighbour_agreement`` (:func:`neighbour_agreement`); cosine is computed for every output.
+    - dense ``(N, C, H, W)`` with C > 1: ``pixel_agreement`` (the fraction of pixels whose argmax class
+      over axis 1 is the same) and ``mean_iou`` (:func:`mean_iou` of the two argmax maps); with C == 1 as
+      regression.
+    - regression: nothing more here; `trtopt.measure.compare.compare_output` carries the error quantiles
+      (``abs_error_p50`` / ``abs_error_p99``, in the output's units) of every output.
+
+    Returns ``{"output_kind": kind, ...}`` with the keys that apply (a subset of :data:`TASK_METRIC_KEYS`
+    plus ``top1_agreement``).
+
+    Raises:
+        TrtoptError: if the shapes differ.
+    """
+    ref, cand = paired_arrays(reference, candidate, "task metrics need outputs of one shape, got {0} and {1}",
+                              "compare the outputs of the same inputs")
+    kind = output_kind(name, ref)
+    out: dict[str, Any] = {"output_kind": kind}
+    if kind == "classification" and ref.ndim >= 2 and ref.shape[0] and ref.shape[-1] > 1:
+        out["top1_agreement"] = top1_agreement(ref, cand)
+        if ref.shape[-1] > 5:
+            top5 = np.argsort(-cand, axis=-1, kind="stable")[..., :5]
+            out["top5_agreement"] = float(np.mean(np.any(top5 == np.argmax(ref, axis=-1)[..., None], axis=-1)))
+    elif kind == "embedding":
+        out["neighbour_agreement"] = neighbour_agreement(ref, cand)
+    elif kind == "dense" and ref.shape[1] > 1:
+        ref_map, cand_map = np.argmax(ref, axis=1), np.argmax(cand, axis=1)
+        out["pixel_agreement"] = float(np.mean(ref_map == cand_map))
+        out["mean_iou"] = mean_iou(ref_map, cand_map)
+    elif kind == "dense":
+        out["output_kind"] = "regression"  # a one-channel map (depth, saliency): judged by its errors
+    return out

@@ -18,7 +18,9 @@ contents; each source hashed once per run). So overwriting the calibration ``.np
 calibrate and what depends on it, while stages that never read it are reused. When the ledger holds the
 same key and every recorded output file still has its recorded sha256, the stage is skipped and its
 outputs reused; otherwise it runs again, and so does everything downstream whose inputs changed. The
-report is always re-rendered (it is cheap and records which stages were reused).
+report is always re-rendered (it is cheap and records which stages were reused). A partial rerun
+(``stages`` a subset of those the existing ``report.json`` covers) writes its report into ``partial/``
+beside the fuller one, which it names, instead of replacing it.
 
 The ledger records every path inside the run directory relative to it, so a run resumes from any
 working directory, and a copied or moved run directory resumes reading (and verifying) its own files.
@@ -44,7 +46,7 @@ from trtopt._version import __version__
 from trtopt.config import Recipe, dump_recipe
 from trtopt.errors import TrtoptError
 from trtopt.files import sha256_file, write_json, write_text
-from trtopt.progress import ProgressCallback, StepCallback
+from trtopt.progress import ProgressCallback, StepCallback, running
 
 LEDGER = "stages.json"
 LEDGER_FORMAT = 2
@@ -350,9 +352,23 @@ def _optimize(recipe: Recipe, out: Path, force: bool, on_step: StepCallback | No
     report = _report(run, onnx, int8, timing, accuracy)
     report["tensorrt"] = {"build": engines["result"] if engines else None, "bundle": bundle["result"] if bundle else None}
     report["compression"] = _compression_summary(run)
-    paths = write_report(report, out, force=True, html=True)
-    paths["recipe"] = write_text(out / "recipe.yaml", dump_recipe(recipe), force=True)
+    # A partial rerun (fewer stages than the report already there) must not replace the fuller report:
+    # it is written alongside, into partial/, and names the full one.
+    where = out
+    if _reported_stages(out) - stages:
+        where = out / "partial"
+        report["partial_of"] = "../report.html"
+    paths = write_report(report, where, force=True, html=True)
+    paths["recipe"] = write_text(where / "recipe.yaml", dump_recipe(recipe), force=True)
     return report, paths
+
+
+def _reported_stages(out: Path) -> set[str]:
+    """The stages the run directory's existing ``report.json`` covers (empty without one, or unreadable)."""
+    try:
+        return set(json.loads((out / "report.json").read_text(encoding="utf-8")).get("stages") or {})
+    except (OSError, ValueError, AttributeError):  # no report yet, or one trtopt cannot read: nothing to keep
+        return set()
 
 
 def _report(run: _Run, onnx: Mapping[str, Any] | None, int8: Mapping[str, Any], timing: Mapping[str, Any] | None,
@@ -366,10 +382,7 @@ def _report(run: _Run, onnx: Mapping[str, Any] | None, int8: Mapping[str, Any], 
     acc = json.loads((run.out / "accuracy.json").read_text(encoding="utf-8")) if accuracy else {}
     timed = {c["name"] for c in bench_result["candidates"]}
     quantized = (int8.get("quantize") or {}).get("result", {})
-    untimed = [{"name": name, "backend": "onnxruntime", "precision": art["precision"], "size_bytes": art["size_bytes"],
-                "note": "a TensorRT layout: judged for accuracy on the CPU, timed only on TensorRT"}
-               for name, art in ((n, quantized[t]) for n, t in (("tensorrt-int8-qdq", "tensorrt"), ("fp16-casts", "fp16"))
-                                 if t in quantized) if name not in timed]
+    untimed = [u for u in _untimed_variants(run, onnx, quantized, acc) if u["name"] not in timed]
     extra: dict[str, Any] = {
         "data": {"source": r.data or "random", "calibration_source": r.calibration_data or r.data or "random"},
         "stages": {name: {"status": run.status.get(name, "not run"), "seconds": entry["seconds"]}
@@ -397,6 +410,35 @@ def _report(run: _Run, onnx: Mapping[str, Any] | None, int8: Mapping[str, Any], 
     return build_report(f"trtopt optimize: {r.model}", bench_result, acc.get("variants"), to_dict(r), extra)
 
 
+def _untimed_variants(run: _Run, onnx: Mapping[str, Any] | None, quantized: Mapping[str, Any],
+                      acc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every variant the report can show without timing (name, backend, precision, size, why untimed): the
+    TensorRT layouts always, and without a profile stage the original and every variant judged for accuracy,
+    so a run that only builds a bundle still gets a table of sizes and accuracies."""
+    trt_note = "a TensorRT layout: judged for accuracy on the CPU, timed only on TensorRT"
+    found = [{"name": name, "backend": "onnxruntime", "precision": quantized[t]["precision"],
+              "size_bytes": quantized[t]["size_bytes"], "note": trt_note}
+             for name, t in (("tensorrt-int8-qdq", "tensorrt"), ("fp16-casts", "fp16")) if t in quantized]
+    judged = set(acc.get("variants") or {})
+    if "profile" in run.recipe.stages or not judged:
+        return found
+    from trtopt.models.spec import parameter_bytes, parameter_count
+
+    note = "no profile stage in this run"
+    module = run.loaded.module
+    variants = [{"name": "pytorch-fp32", "backend": "torch", "precision": "fp32", "size_bytes": parameter_bytes(module),
+                 "parameters": parameter_count(module), "note": note}]
+    onnx_sizes = {"onnxruntime-fp32": (onnx or {}).get("result", {}),
+                  "onnxruntime-fp32-compressed": (onnx or {}).get("result", {}).get("compressed") or {},
+                  "onnxruntime-int8": quantized.get("onnxruntime") or {}}
+    variants += [{"name": n, "backend": "onnxruntime", "precision": art.get("precision", "fp32"),
+                  "size_bytes": art.get("size_bytes"), "note": note} for n, art in onnx_sizes.items() if n in judged]
+    if "pytorch-compressed" in judged:  # its size is in the PyTorch-side stage's file, not measured here
+        variants.insert(1, {"name": "pytorch-compressed", "backend": "torch", "precision": "fp32", "size_bytes": None,
+                            "note": note})
+    return variants + [v for v in found if v["name"] in judged or v["name"] not in {x["name"] for x in variants}]
+
+
 def _export(run: _Run, compressed: Mapping[str, Any] | None) -> dict[str, Any]:
     """The original model's FP32 ONNX, and the compressed model's when a PyTorch-side stage ran.
 
@@ -410,13 +452,15 @@ def _export(run: _Run, compressed: Mapping[str, Any] | None) -> dict[str, Any]:
                 "compressed": run.digest(compressed) if compressed else None}
 
     def go() -> tuple[list[Path], Any]:
-        art = export_onnx(run.loaded, run.out / "model.onnx", r.export, feed=run.feed(r.data), force=True,
-                          on_step=run.step)
+        with running(run.progress, "exporting model.onnx"):
+            art = export_onnx(run.loaded, run.out / "model.onnx", r.export, feed=run.feed(r.data), force=True,
+                              on_step=run.step)
         result = {**art.to_dict(), "compressed": None}
         files = [art.path, *art.data_files]
         if compressed:
-            small = export_onnx(run.compressed(compressed), run.out / "model.compressed.onnx", r.export,
-                                feed=run.feed(r.data), force=True, on_step=run.step)
+            with running(run.progress, "exporting model.compressed.onnx"):
+                small = export_onnx(run.compressed(compressed), run.out / "model.compressed.onnx", r.export,
+                                    feed=run.feed(r.data), force=True, on_step=run.step)
             result["compressed"] = small.to_dict()
             files += [small.path, *small.data_files]
         return files, result
@@ -812,6 +856,13 @@ def _measure_accuracy(run: _Run, variants: list[tuple[str, str]], int8: Mapping[
         fp32 = paths.get("onnxruntime-fp32-compressed", paths["onnxruntime-fp32"])  # what was quantized
         result["quant_error"] = {"weights": weight_errors(fp32, paths["onnxruntime-int8"]),
                                  "activations": activation_sqnr(fp32, paths["onnxruntime-int8"], feed)}
+        import onnx
+
+        from trtopt.quant.names import node_modules
+
+        modules = node_modules(onnx.load(fp32, load_external_data=False))  # plots name layers as PyTorch does
+        for record in result["quant_error"]["activations"]:
+            record["module"] = modules.get(record["node"])
         if r.sensitivity:
             result["sensitivity"] = _sensitivity(run, fp32, int8, labels, reference[first])
     if r.data == "skimage:photos" and reference[first].shape[-1] == 1000:

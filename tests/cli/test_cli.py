@@ -50,7 +50,23 @@ def test_bench_torch_vs_onnx_writes_json(exported):
     assert [r["batch_size"] for r in report["rows"]] == [1, 1, 2, 2]
     onnx_rows = [r for r in report["rows"] if r["backend"] == "onnxruntime"]
     assert all(r["speedup_ci_low"] <= r["speedup_ratio"] * 1.5 for r in onnx_rows)
-    assert "| variant |" in result.stdout
+    lines = result.stdout.splitlines()  # stdout is a pipe here: plain text, one line per row, never wrapped
+    headers = [line for line in lines if line.split()[:1] == ["variant"]]
+    assert len(headers) == 2 and all("p50 ms" in h and "speedup [95% CI]" in h for h in headers)
+    assert sum(line.split()[:1] == ["tiny.onnx"] for line in lines) == 2  # one row per batch table
+
+
+def test_json_dash_is_stdout_and_plan_only_json_writes(exported):
+    work, env = exported
+    result = run(["bench", "tiny.onnx", "--batch-sizes", "1", "--iterations", "3", "--warmup", "0", "--threads", "1",
+                  "--json", "-"], work, env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["rows"][0]["variant"] == "tiny.onnx"  # stdout: the JSON alone
+    assert "tiny.onnx" in result.stderr and not (work / "-").exists()  # the table went to stderr
+    plan = run(["build", "tiny.onnx", "--plan-only", "--trt-version", "10.3", "--shapes", "input:1x3x32x32,8x3x32x32,8x3x32x32",
+                "--json", "plan.json"], work, env)
+    assert plan.returncode == 0, plan.stderr
+    assert json.loads((work / "plan.json").read_text())["trt_version"].startswith("10.3")
 
 
 def test_compare_passes_for_faithful_export_and_fails_for_other_weights(exported, tmp_path):

@@ -66,7 +66,7 @@ def test_latency_stats_on_known_samples():
     assert stats["latency_ms_p99"] == pytest.approx(99.01)
     assert stats["latency_ms_std"] == pytest.approx(np.std(samples, ddof=1))
     assert stats["cov_percent"] == pytest.approx(np.std(samples, ddof=1) / 50.5 * 100)
-    assert stats["throughput_samples_per_s"] == pytest.approx(8 * 1000 / 50.5)
+    assert stats["throughput_samples_per_s"] == pytest.approx(8 * 1000 / 50.5)  # from the median, 50.5
 
 
 def test_latency_stats_throughput_formula_and_single_sample():
@@ -233,3 +233,21 @@ def test_compare_latency_structure():
 def test_compare_latency_unknown_baseline():
     with pytest.raises(TrtoptError, match="'torch'"):
         compare_latency({"fp32": [1.0]}, baseline="torch", batch_size=1, config=TimingConfig())
+
+
+def test_throughput_comes_from_the_median_on_a_heavy_tail():
+    stats = latency_stats([1.0] * 99 + [500.0], batch_size=4)  # one stalled call in 100
+    assert stats["throughput_samples_per_s"] == pytest.approx(4000.0)  # 4 samples / 1 ms median, not the mean
+
+
+def test_quality_flags_name_each_problem():
+    from trtopt.measure.profile import quality_flags
+
+    calm = latency_stats([1.0, 1.01, 0.99] * 40, batch_size=1)
+    assert quality_flags(calm, load_average=0.5, cpu_count=2) == []
+    stormy = latency_stats([0.66] * 95 + [219.0] * 5, batch_size=1)
+    flags = {f["flag"]: f["message"] for f in quality_flags(stormy, load_average=7.9, cpu_count=2)}
+    assert set(flags) == {"high_cov", "heavy_tail", "busy_machine"}
+    assert "load average 7.9 > 2 CPUs" in flags["busy_machine"] and "p99/p50" in flags["heavy_tail"]
+    few = quality_flags(latency_stats([1.0] * 5, batch_size=1))
+    assert [f["flag"] for f in few] == ["few_iterations"]

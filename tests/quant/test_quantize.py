@@ -205,3 +205,19 @@ def test_weight_bits_follow_the_cpu_isa(digits, monkeypatch, isa, bits):
     assert topk_accuracy(_run(out.path, test.inputs), test.labels) > 0.97
     explicit = QuantizeConfig(reduce_range=True)
     assert explicit.weights_reduce_range and not quantize_module._weight_bits_note(explicit)
+
+
+def test_exclude_by_module_or_tensor_name_keeps_the_same_layer_in_fp32(digits):
+    """`--exclude conv1` (the PyTorch module) and its output tensor's name exclude the node that `--exclude
+    node_Conv_…` would, and the artifact notes say how each name was read."""
+    tmp, art, ranges, _ = digits
+    model = onnx.load(str(art.path))
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    module = conv.input[1].rsplit(".", 1)[0]  # the exporter names the weight after the PyTorch parameter
+    for name, kind in ((module, "module"), (conv.output[0], "tensor")):
+        out = quantize(art.path, ranges, tmp / f"ex_{kind}.onnx", QuantizeConfig(exclude_nodes=(name,)), force=True)
+        q = onnx.load(str(out.path))
+        producers = {o: n for n in q.graph.node for o in n.output}
+        kept = next(n for n in q.graph.node if n.name == conv.name)
+        assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in kept.input)
+        assert f"--exclude {name}: {kind} → node(s) {conv.name}" in out.notes

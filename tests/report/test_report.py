@@ -101,17 +101,33 @@ def test_variant_rows_from_handmade_numbers():
     assert rows["unsized"]["compression_ratio"] is None and rows["unsized"]["speedup_ratio"] == pytest.approx(2.0)
 
 
+def _tables(md: str) -> dict[str, list[list[str]]]:
+    """Markdown tables by the "## " heading above them: header row, then data rows, as cells."""
+    tables, heading = {}, None
+    for line in md.splitlines():
+        if line.startswith("## "):
+            heading = line[3:]
+        elif line.startswith("|") and not line.startswith("|---"):
+            tables.setdefault(heading, []).append([c.strip() for c in line.strip("|").split("|")])
+    return tables
+
+
 def test_render_markdown(report):
     md = render_markdown(report)
     assert md.startswith("# tiny cnn: pytorch vs onnx\n")
-    lines = md.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.startswith("| variant |"))
-    assert "speedup" in lines[header] and "compression" in lines[header]
-    assert lines[header + 1].startswith("|---|")
-    table = lines[header + 2: header + 2 + len(report["rows"])]
-    assert [line.split("|")[1].strip() for line in table] == [r["variant"] for r in report["rows"]]
-    for row, line in zip(report["rows"], table):
-        assert f"{row['speedup_ratio']:.2f}" in line and f"{row['latency_ms_p50']:.3f}" in line
+    tables = _tables(md)
+    for b in BATCHES:  # one headline table per batch size, every variant in it, decision columns first
+        header, *body = tables[f"Summary, batch {b}"]
+        assert header[:6] == ["variant", "backend · precision", "size", "compression", "p50 (ms)", "speedup [95% CI]"]
+        rows = [r for r in report["rows"] if r["batch_size"] == b]
+        assert [line[0] for line in body] == [r["variant"] for r in rows]
+        for row, line in zip(rows, body, strict=True):
+            assert line[4] == f"{row['latency_ms_p50']:.3f}"
+            assert float(line[5].split("×")[0]) == pytest.approx(row["speedup_ratio"], rel=5e-3, abs=5e-3)
+        assert "top-1 agree (%)" in header  # no labels: the classifier is judged by agreement with FP32
+    header, *body = tables["Timing details"]
+    assert {"p99 (ms)", "CoV %", "samples/s (p50)", "calls"} <= set(header) and len(body) == len(report["rows"])
+    assert "Accuracy details" in tables
     assert "onnx-fp32" in md and "pytorch-fp32" in md
     assert f"torch {report['environment']['packages']['torch']}" in md
     assert "a note for the record" in md

@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from collections.abc import Sequence
-from typing import Any
+from contextvars import ContextVar
+from typing import Any, TextIO
 
 from trtopt._config import MAX_BATCH_SIZE
 from trtopt.config import Recipe
@@ -71,9 +73,11 @@ def _available_memory() -> int | None:
         return None
 
 def console(args: argparse.Namespace):
+    """The stderr console for step lines and progress; soft_wrap: a line is never broken at the console
+    width (a CI log is not 80 columns wide), a terminal wraps it itself."""
     from rich.console import Console
 
-    return Console(stderr=True, quiet=args.quiet)
+    return Console(stderr=True, quiet=args.quiet, soft_wrap=True)
 
 def step_printer(args: argparse.Namespace):
     from rich.markup import escape
@@ -83,7 +87,11 @@ def step_printer(args: argparse.Namespace):
     return lambda msg: out.print(f"[dim]·[/dim] {escape(msg)}")
 
 def progress_bar(args: argparse.Namespace):
-    """A rich progress bar fed by ``(label, done, total)`` callbacks; returns (context, callback)."""
+    """A rich progress bar fed by ``(label, done, total)`` callbacks; returns (context, callback).
+
+    Each label gets its own bar, which is retired once it reaches a known total (so a finished step is
+    not redrawn under every later one); a total of -1 shows activity and elapsed time (`trtopt.progress.running`).
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -94,6 +102,8 @@ def progress_bar(args: argparse.Namespace):
         if label not in tasks:
             tasks[label] = progress.add_task(label, total=total if total > 0 else None)
         progress.update(tasks[label], completed=done)
+        if 0 < total <= done:
+            progress.remove_task(tasks.pop(label))
 
     return progress, update
 
@@ -104,11 +114,71 @@ def onnx_outputs(path: str | None) -> list[str | None]:
     side = path + ".data"
     return [path, side] if os.path.exists(side) else [path]
 
+#: Where ``--json -`` writes: the process's standard output while `trtopt.cli.main` sends the command's
+#: human-readable lines to standard error (so ``trtopt bench ... --json - | jq`` reads JSON only).
+JSON_STDOUT: ContextVar[TextIO | None] = ContextVar("JSON_STDOUT", default=None)
+
+JSON_HELP = "write the results as JSON to FILE (- for standard output; the human-readable output then goes to stderr)"
+
+
 def write_json_output(path: str | None, data: Any, force: bool) -> None:
-    if path:
+    """The ``--json FILE`` convention of every command: FILE written atomically (refused if it exists,
+    unless ``force``); ``-`` prints the JSON on standard output; None (flag not given) does nothing."""
+    if path == "-":
+        import json
+
+        stream = JSON_STDOUT.get() or sys.stdout
+        stream.write(json.dumps(data, indent=2, default=str) + "\n")
+        stream.flush()
+    elif path:
         from trtopt.files import write_json
 
         write_json(path, data, force=force)
+
+
+def print_report(report: Any, args: argparse.Namespace) -> None:
+    """A report's results on standard output, for people.
+
+    With ``--markdown``: the full Markdown report. Otherwise a compact summary, one table per batch size
+    (`trtopt.report.markdown.summary_tables`: variant, backend, size, compression, p50, speedup [CI], the
+    headline metric), rendered by rich: on a terminal, aligned and sized to its width; elsewhere (a pipe,
+    a CI log) as plain text as wide as the table needs, never wrapped. Measurement quality warnings go to
+    standard error as ``warning:`` lines (`trtopt.report.model.quality_warnings`).
+    """
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from trtopt.report.markdown import render_markdown, summary_columns, summary_tables
+    from trtopt.report.model import quality_warnings
+
+    if getattr(args, "markdown", False):
+        print(render_markdown(report))
+    else:
+        tty = sys.stdout.isatty()
+        columns = summary_columns(report, compact=True)
+        for heading, rows in summary_tables(report):
+            table = Table(title=f"{report['title']}: {heading}", title_justify="left", box=box.SIMPLE_HEAD,
+                          header_style="bold" if tty else "", pad_edge=False, padding=(0, 1))
+            for i, (header, _) in enumerate(columns):  # only the variant name may wrap, at a dash
+                table.add_column(header, justify="left" if i < 2 else "right", no_wrap=i > 0,
+                                 overflow="fold" if i == 0 else "ellipsis", min_width=12 if i == 0 else None)
+            for row in rows:
+                table.add_row(*(f(row) for _, f in columns),
+                              style=("bold" if row["variant"] == report["baseline"] else "dim" if not row["timed"] else "")
+                              if tty else "")
+            if tty:
+                out = Console(file=sys.stdout)
+            else:  # as wide as the table needs: a log viewer scrolls, a wrapped table is unreadable
+                width = Console(file=sys.stdout, width=100_000).measure(table).maximum
+                out = Console(file=sys.stdout, width=max(width, 40), no_color=True, highlight=False,
+                              force_terminal=False)
+            out.print(table)
+    warnings = quality_warnings(report)
+    if warnings:
+        print("warning: unstable timing (rerun on an idle machine, or with more --iterations):", file=sys.stderr)
+        for line in warnings:
+            print(f"  {line}", file=sys.stderr)
 
 def speedup_search_outcome(search: Any) -> int:
     """Print one line on a `trtopt.speedup_search.SpeedupSearchResult`; the exit status.

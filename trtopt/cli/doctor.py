@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from trtopt._version import __version__
+from trtopt.cli._common import JSON_HELP, write_json_output
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -15,7 +15,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     found = diagnose()
     if args.json:
-        print(json.dumps(found, indent=2))
+        write_json_output(args.json, found, force=False)
         return 0
     env = found["environment"]
     print(f"trtopt {__version__} · Python {env['python']} · {env['cpu_model']} ({env['cpu_count_logical']} CPUs)")
@@ -43,5 +43,5 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Register this family's subcommands on ``sub`` (``common``: the flags every subcommand takes)."""
     p = sub.add_parser("doctor", parents=[common], help="what this machine can run and what to install")
-    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    p.add_argument("--json", nargs="?", const="-", metavar="FILE", help=JSON_HELP + " (alone: standard output)")
     p.set_defaults(func=cmd_doctor)

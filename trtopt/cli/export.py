@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from trtopt._config import field_default
 from trtopt.cli._common import (
@@ -12,10 +13,12 @@ from trtopt.cli._common import (
     feed_for,
     input_declarations,
     onnx_outputs,
+    progress_bar,
     step_printer,
     write_json_output,
 )
 from trtopt.export import EXPORTERS, EXTERNAL_DATA, ExportConfig
+from trtopt.progress import running
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -35,8 +38,10 @@ def cmd_export(args: argparse.Namespace) -> int:
                           simplify=not args.no_simplify, external_data=args.external_data, check_parity=not args.no_parity,
                           parity=Tolerances(atol=args.atol, rtol=args.rtol, min_cosine=args.min_cosine))
     feed = feed_for(args, loaded.inputs, loaded.preprocess, count=max(args.samples or 8, 8))
-    artifact = export_onnx(loaded, args.output, config, feed=feed, force=args.force, on_step=step_printer(args),
-                           verbose=getattr(args, "debug", False))
+    progress, update = progress_bar(args)
+    with progress, running(update, f"exporting {os.path.basename(args.output)}"):
+        artifact = export_onnx(loaded, args.output, config, feed=feed, force=args.force, on_step=step_printer(args),
+                               verbose=getattr(args, "debug", False))
     result = artifact.to_dict()
     write_json_output(args.json, result, args.force)
     parity = ", ".join(f"{k}: max abs {v['outputs'][0]['max_abs_error']:.2e}, cosine {v['outputs'][0]['cosine']:.6f}"

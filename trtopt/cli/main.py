@@ -24,7 +24,7 @@ from trtopt._version import __version__
 # One module per command family, each with ``add_commands(sub, common)``; they import their heavy
 # libraries inside the commands, so building the parser stays light.
 from trtopt.cli import compress, distill, doctor, edge, export, measure, pipeline, prune, qat, quant, trt
-from trtopt.cli._common import EXIT_USAGE
+from trtopt.cli._common import EXIT_USAGE, JSON_STDOUT
 from trtopt.errors import TrtoptError
 from trtopt.files import WRITE_ERRNOS, sweep_stale, write_error
 
@@ -76,6 +76,20 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _json_to_stdout(args: argparse.Namespace) -> Iterator[None]:
+    """With ``--json -``, standard output carries the JSON alone: the command's other lines go to stderr."""
+    if getattr(args, "json", None) != "-":
+        yield
+        return
+    token = JSON_STDOUT.set(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        JSON_STDOUT.reset(token)
+
+
 def _silence_stdout() -> None:
     """After a broken pipe, point stdout at /dev/null so the interpreter's final flush cannot fail again."""
     with contextlib.suppress(AttributeError, OSError, ValueError):  # stdout replaced by an object without a file
@@ -104,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.suppress(FileNotFoundError):  # no usable temp folder at all: nothing to sweep there
         sweep_stale(tempfile.gettempdir())  # temp folders of trtopt processes that were killed (SIGKILL) earlier
     try:
-        with _sigterm_as_interrupt(), trusting_code(args.trust_code):
+        with _sigterm_as_interrupt(), trusting_code(args.trust_code), _json_to_stdout(args):
             status = args.func(args)
             sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
             return status

@@ -9,6 +9,7 @@ from typing import Any
 
 from trtopt.cli._common import (
     EXIT_CHECK_FAILED,
+    JSON_HELP,
     add_data,
     add_timing,
     add_tolerances,
@@ -16,6 +17,7 @@ from trtopt.cli._common import (
     check_fits_memory,
     feed_for,
     input_declarations,
+    print_report,
     progress_bar,
     timing_config,
     write_json_output,
@@ -28,7 +30,6 @@ from trtopt.measure.compare import Tolerances
 def cmd_bench(args: argparse.Namespace) -> int:
     """``trtopt bench``: time models interleaved (and gate against a baseline); exit status (1 on a regression)."""
     from trtopt.measure.bench import bench, open_candidate, run_all
-    from trtopt.report.markdown import markdown_table, render_markdown
     from trtopt.report.model import build_report
 
     declared = input_declarations(args)
@@ -57,7 +58,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report = build_report("trtopt bench", result, recipe=settings)
     write_json_output(args.json, report, args.force)
     if gate is None:
-        print(render_markdown(report) if args.markdown else markdown_table(report["rows"]))
+        print_report(report, args)
         return 0
     outputs = {c.name: run_all(c, feed) for c in candidates if c.inputs}  # the control has no inputs
     return _gate_finish(args, gate, result, report["environment"], settings, outputs)
@@ -184,8 +185,8 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p = sub.add_parser("bench", parents=[common], help="time models side by side (interleaved); the first is the baseline")
     p.add_argument("models", nargs="+", help="model specs (PyTorch eager) and/or .onnx files (ONNX Runtime)")
     p.add_argument("--checkpoint", help="checkpoint for the PyTorch model specs")
-    p.add_argument("--json", help="write the report JSON here")
-    p.add_argument("--markdown", action="store_true", help="print the full Markdown report")
+    p.add_argument("--json", metavar="FILE", help=JSON_HELP)
+    p.add_argument("--markdown", action="store_true", help="print the full Markdown report instead of the summary tables")
     p.add_argument("--force", action="store_true", help="overwrite --json (and --save-baseline, --summary)")
     g = p.add_argument_group("regression gating")
     g.add_argument("--save-baseline", metavar="FILE", help="record this run (samples, environment, golden outputs) as a baseline")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from trtopt.cli._common import progress_bar, step_printer
+from trtopt.cli._common import print_report, progress_bar, step_printer
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -18,13 +18,16 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--force", action="store_true", help="re-run every stage of the run directory (a folder trtopt did not create is refused)")
     p.add_argument("--iterations", type=int, default=None, help="override timing.iterations")
     p.add_argument("--threads", type=int, default=None, help="override threads")
-    p.add_argument("--stages", default=None, metavar="A,B", help="override stages, e.g. export,calibrate,quantize")
+    p.add_argument("--stages", default=None, metavar="A,B", help="override stages, e.g. export,calibrate,quantize "
+                   "(a partial rerun writes its report into partial/, beside the fuller one)")
+    p.add_argument("--markdown", action="store_true", help="print the full Markdown report instead of the summary tables")
     p.set_defaults(func=cmd_optimize)
 
     p = sub.add_parser("demo", parents=[common], help="the main job: the full pipeline on a real pretrained model and real photos → report.html")
     p.add_argument("--out", default="runs/demo", help="folder for the demo's run directories (default runs/demo)")
     p.add_argument("--iterations", type=int, default=100, help="timed calls per variant and batch size")
     p.add_argument("--force", action="store_true", help="re-run every stage (without it, unchanged stages are reused)")
+    p.add_argument("--markdown", action="store_true", help="print the full Markdown reports instead of the summary tables")
     p.set_defaults(func=cmd_demo)
 
 
@@ -35,7 +38,6 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from trtopt._config import merge
     from trtopt.config import load_recipe
     from trtopt.pipeline import optimize
-    from trtopt.report.markdown import markdown_table
 
     recipe = load_recipe(args.recipe)
     recipe = merge(recipe, {"threads": args.threads, "timing": {"iterations": args.iterations},
@@ -45,8 +47,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     progress, update = progress_bar(args)
     with progress:
         report, paths = optimize(recipe, out, force=args.force, on_step=step_printer(args), on_progress=update)
-    if report["rows"]:
-        print(markdown_table(report["rows"]))
+    print_report(report, args)
     print(f"\nreport: {paths['html']} (also {paths['markdown'].name}, data {paths['json'].name}); run directory: {out}")
     return 0
 
@@ -56,7 +57,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from trtopt.demo import demo_recipes, run_demo
-    from trtopt.report.markdown import markdown_table
 
     written = []
     for name, recipe in demo_recipes(iterations=args.iterations).items():
@@ -64,7 +64,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         with progress:
             report, paths = run_demo(recipe, Path(args.out) / name, force=args.force, on_step=step_printer(args),
                                      on_progress=update)
-        print(f"\n## {report['title']}\n\n{markdown_table(report['rows'])}")
+        print_report(report, args)
         written.append(paths["html"])
     print("\nreports: " + ", ".join(map(str, written)) + " (each with report.md, report.json and its artifacts)")
     return 0

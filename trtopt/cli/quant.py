@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 from pathlib import Path
 
-from trtopt.cli._common import add_calibration, add_data, onnx_feed, progress_bar, step_printer, write_json_output
+from trtopt.cli._common import (
+    JSON_HELP,
+    add_calibration,
+    add_data,
+    onnx_feed,
+    progress_bar,
+    step_printer,
+    write_json_output,
+)
 from trtopt.errors import TrtoptError
 from trtopt.quant.calibrate import CalibrationConfig
 from trtopt.quant.quantize import FP16_CONVERTERS, QUANTIZERS, TARGETS, QuantizeConfig
@@ -133,19 +140,18 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 def _split_excludes(onnx_path: str, values: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """--exclude values as (node names, op types): a node name wins, else an op type present in the model."""
+    """--exclude values as (layer names, op types): an op type present in the model is an op type; anything
+    else is a node, tensor or PyTorch module name (`trtopt.quant.names.resolve_layer_names` checks it)."""
     import onnx
 
     from trtopt.artifacts import inspect_onnx
+    from trtopt.quant.names import resolve_layer_names
 
-    nodes = onnx.load(inspect_onnx(onnx_path).path, load_external_data=False).graph.node
-    names = {n.name for n in nodes}
-    ops = {n.op_type for n in nodes}
-    unknown = [v for v in values if v not in names and v not in ops]
-    if unknown:
-        raise TrtoptError(f"--exclude {unknown[0]!r} is neither a node name nor an op type in {onnx_path}",
-                          f"op types there: {', '.join(sorted(ops))}")
-    return tuple(v for v in values if v in names), tuple(v for v in values if v not in names)
+    model = onnx.load(inspect_onnx(onnx_path).path, load_external_data=False)
+    ops = {n.op_type for n in model.graph.node}
+    names = tuple(v for v in values if v not in ops)
+    resolve_layer_names(model, names, onnx_path)  # an unknown name is refused here, before any work
+    return names, tuple(v for v in values if v in ops)
 
 def _mixed_precision(args: argparse.Namespace, ranges, config):
     """Keep the fewest layers in FP32 so that agreement (or cosine) with FP32 drops by at most --max-accuracy-drop."""
@@ -171,7 +177,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         found = trt_cache.inspect_cache(trt_cache.read_cache(args.file, check_scales=False), onnx_path=args.onnx,
                                         expected_trt_version=args.trt_version)
         if args.json:
-            print(json.dumps(found, indent=2))
+            write_json_output(args.json, found, args.force)
         else:
             amax = ("no usable amax" if found["amax_min"] is None
                     else f"amax {found['amax_min']:.4g}..{found['amax_max']:.4g}")
@@ -228,7 +234,9 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--quantizer", choices=QUANTIZERS, default=QuantizeConfig.quantizer,
                    help="who places Q/DQ: trtopt, or modelopt (NVIDIA ModelOpt's placement with trtopt's ranges; "
                         "--target tensorrt; needs trtopt[modelopt]) (default %(default)s)")
-    p.add_argument("--exclude", action="append", metavar="NAME|OPTYPE", help="keep a node (or every node of an op type) in FP32")
+    p.add_argument("--exclude", action="append", metavar="NAME|OPTYPE",
+                   help="keep a layer in FP32: an ONNX node name, the activation tensor it produces, a PyTorch module path "
+                        "(e.g. _blocks.13._expand_conv: every node reading its parameters), or an op type (all its nodes)")
     p.add_argument("--op-types", default=None, metavar="A,B",
                    help="op types to quantize (default: the target's set; on onnxruntime a graph with LayerNorm or "
                         "attention gets MatMul,Gemm only, and says so)")
@@ -246,7 +254,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                    help="keep the fewest layers in FP32 so --metric vs FP32 drops by at most this (e.g. 0.01)")
     p.add_argument("--metric", choices=("agreement", "cosine"), default="agreement",
                    help="score for --max-accuracy-drop: top-1 agreement (classifiers) or mean cosine (embeddings)")
-    p.add_argument("--json", help="write the artifact record here")
+    p.add_argument("--json", metavar="FILE", help=JSON_HELP)
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     add_calibration(p)
     add_data(p)
@@ -260,6 +268,6 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--trt-version", default=None,
                    help=f"inspect: expected version; convert/from-ranges: target version (from-ranges default "
                         f"{DEFAULT_TRT_VERSION})")
-    p.add_argument("--json", action="store_true", help="inspect: print JSON")
+    p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="inspect: " + JSON_HELP + " (alone: standard output)")
     p.add_argument("--force", action="store_true", help="overwrite the output")
     p.set_defaults(func=cmd_cache)

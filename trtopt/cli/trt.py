@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trtopt.cli._common import add_data, feed_for, input_declarations
+from trtopt.cli._common import JSON_HELP, add_data, feed_for, input_declarations, write_json_output
 from trtopt.config import Recipe
 from trtopt.errors import TrtoptError
 from trtopt.trt.plan import HARDWARE_COMPATIBILITY, PRECISIONS, TARGETS, TYPINGS, BuildOptions
@@ -102,7 +102,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     plan_path = (output.removesuffix(".engine") if not args.output else output) + ".plan.json"
     layers_path = output + ".layers.json"
     # Every file this build writes, checked before it starts (the plan above is pure Python: no output yet).
-    outputs = [plan_path] if args.plan_only else [output, str(sidecar_path(output)), layers_path, args.json]
+    outputs = [plan_path, args.json] if args.plan_only else [output, str(sidecar_path(output)), layers_path, args.json]
     check_outputs(outputs, args.force, inputs=[args.onnx, args.plan, args.calib_cache, args.data],
                   appended=[None if args.plan_only else args.timing_cache])
     line = trtexec_command(trtexec_args(plan, engine=output, timing=TrtexecTiming(), layer_info=layers_path))
@@ -111,6 +111,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         data["trtexec"] = line
         data["trtexec_unverified_flags"] = unverified_flags(line.split(), plan.trt_major)
         write_json(plan_path, data, force=args.force)
+        write_json_output(args.json, data, args.force)
         print(json.dumps(plan_summary(plan)))
         print(f"wrote {plan_path}\ntrtexec equivalent:\n  {line}")
         for note in plan.notes:
@@ -127,8 +128,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     how = "reused from the engine cache" if built.cache_hit else f"built in {built.sidecar['build_time_s']:.1f} s"
     print(f"wrote {built.path} ({built.sidecar['engine_size_bytes'] / 1e6:.2f} MB, TensorRT {built.sidecar['trt_version']}, "
           f"{built.sidecar['gpu_name']}; {how}); layers by precision: {layers.get('by_precision', {})}")
-    if args.json:
-        write_json(args.json, built.to_dict(), force=args.force)
+    write_json_output(args.json, built.to_dict(), args.force)
     return 0
 
 
@@ -174,7 +174,7 @@ def cmd_trt_bench(args: argparse.Namespace) -> int:
                           "run it on a machine with an NVIDIA GPU and TensorRT (trtopt doctor shows what is missing)")
     require_gpu("trtopt trt-bench")
     from trtopt.data import take_batch
-    from trtopt.files import check_outputs, write_json
+    from trtopt.files import check_outputs
     from trtopt.trt.engine import read_sidecar
     from trtopt.trt.runner import TensorRTRunner
 
@@ -205,8 +205,7 @@ def cmd_trt_bench(args: argparse.Namespace) -> int:
         s = result["pytorch_fp32"]["speedup_vs_pytorch"]
         print(f"speedup vs PyTorch FP32 (GPU compute, CUDA events both sides): {s['speedup']:.2f}× "
               f"[{s['speedup_ci_low']:.2f}, {s['speedup_ci_high']:.2f}]")
-    if args.json:
-        write_json(args.json, result, force=args.force)
+    write_json_output(args.json, result, args.force)
     return 0
 
 
@@ -243,7 +242,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--plan-only", action="store_true", help="write ENGINE.plan.json and the trtexec line; no TensorRT")
     p.add_argument("--cache-dir", help="engine cache folder (reuse an engine built from the same ONNX, plan, TensorRT, GPU)")
     p.add_argument("--cuda-lib", choices=("auto", "cuda-python", "pycuda"), default="auto")
-    p.add_argument("--json", help="write the build record here")
+    p.add_argument("--json", metavar="FILE", help=JSON_HELP + " (the build record; with --plan-only, the plan)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     _add_plan_options(p)
     p.add_argument("--data", default=None, help="calibration data for build-time INT8 calibration (TensorRT 10.x)")
@@ -269,7 +268,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--cuda-graph", action="store_true", help="replay execute_async_v3 from a CUDA graph")
     p.add_argument("--no-transfers", action="store_true", help="leave H2D/D2H out of the timed loop")
     p.add_argument("--cuda-lib", choices=("auto", "cuda-python", "pycuda"), default="auto")
-    p.add_argument("--json", help="write the results here")
+    p.add_argument("--json", metavar="FILE", help=JSON_HELP)
     p.add_argument("--force", action="store_true", help="overwrite --json")
     add_data(p)
     p.set_defaults(func=cmd_trt_bench)

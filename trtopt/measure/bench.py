@@ -20,7 +20,14 @@ from trtopt.data import DEFAULT_INTEGER_HIGH, integer_input_limits, take_batch
 from trtopt.edge.artifact import edge_format
 from trtopt.errors import TrtoptError
 from trtopt.feeds import Feed
-from trtopt.measure.profile import TimingConfig, compare_latency, speedup_interval, time_interleaved
+from trtopt.measure.profile import (
+    TimingConfig,
+    compare_latency,
+    load_average_1min,
+    quality_flags,
+    speedup_interval,
+    time_interleaved,
+)
 from trtopt.models.inputs import InputDeclaration, declare_inputs
 from trtopt.models.load import load_model
 from trtopt.models.spec import InputSpec, LoadedModel, is_onnx_path, parameter_bytes, parameter_count
@@ -145,7 +152,7 @@ def bench(candidates: Sequence[Candidate], feed: Feed, batch_sizes: Sequence[int
         batch_sizes: batch sizes to time.
         timing: warm-up, iterations or duration, bootstrap settings.
         on_progress: called as ``("timing batch N", rounds done, total rounds)`` while timing (total -1
-            with a duration).
+            with a duration; ``"timing batch N, run R/repeats"`` with repeats).
         also_versus: further reference candidates (e.g. "onnxruntime-fp32"): every other candidate also
             gets ``speedup_vs[<name>]``, from the same interleaved samples.
         repeats: independent timing runs per batch size (each with its own warm-up). Statistics pool
@@ -155,7 +162,9 @@ def bench(candidates: Sequence[Candidate], feed: Feed, batch_sizes: Sequence[int
     Returns:
         ``{"baseline": name, "candidates": [describe()...], "per_batch": [compare_latency(...) per batch]}``;
         each per-batch entry also keeps the raw ``samples_ms`` per candidate (round order, runs one after
-        the other, ``repeat_lengths`` long), which regression baselines and latency plots need.
+        the other, ``repeat_lengths`` long), which regression baselines and latency plots need, the highest
+        1-minute ``load_average`` seen (before and after timing) with the ``cpu_count`` it is compared with,
+        and each candidate's ``quality_flags`` (`trtopt.measure.profile.quality_flags`).
     """
     if not candidates:
         raise TrtoptError("nothing to benchmark", "name at least one model or ONNX file")
@@ -167,11 +176,18 @@ def bench(candidates: Sequence[Candidate], feed: Feed, batch_sizes: Sequence[int
     per_batch = []
     for batch_size in batch_sizes:
         batch = take_batch(feed, batch_size)
+        loads = [load_average_1min()]
         runs = [time_interleaved({c.name: c.runner for c in candidates}, batch, timing, on_progress=on_progress,
-                                 label=f"timing batch {batch_size}")
-                for _ in range(repeats)]
+                                 label=f"timing batch {batch_size}" + (f", run {i + 1}/{repeats}" if repeats > 1 else ""))
+                for i in range(repeats)]
         samples = {name: [v for run in runs for v in run[name]] for name in names}  # round order kept across runs
+        loads.append(load_average_1min())
         result = compare_latency(samples, names[0], batch_size, timing)
+        known = [v for v in loads if v is not None]
+        result["load_average"] = max(known) if known else None
+        result["cpu_count"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        for stats in result["candidates"].values():
+            stats["quality_flags"] = quality_flags(stats, result["load_average"], result["cpu_count"])
         result["samples_ms"] = {name: [round(v, 6) for v in values] for name, values in samples.items()}
         result["repeat_lengths"] = [len(run[names[0]]) for run in runs]
         for ref in also_versus:

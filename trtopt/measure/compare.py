@@ -87,9 +87,9 @@ def compare_output(name: str, reference: ArrayLike, candidate: ArrayLike, tol: T
         no sample is left);
         ``mismatched_elements`` (elements failing the allclose rule, non-finite mismatches included);
         ``nan_count`` (NaN or infinite elements in the candidate);
-        ``top1_agreement`` (for 2-D outputs with more than one column and at least one row:
-        `trtopt.metrics.top1_agreement`, the fraction of rows whose argmax is the same in both;
-        otherwise None);
+        ``output_kind`` and the measures that fit it (`trtopt.metrics.task_metrics`): ``top1_agreement``
+        (classification outputs only, else None), ``top5_agreement``, ``neighbour_agreement`` (embeddings),
+        ``pixel_agreement`` and ``mean_iou`` (dense maps);
         ``passed`` (no mismatched element and cosine >= ``tol.min_cosine``, the latter skipped when
         cosine is None).
 
@@ -120,14 +120,13 @@ def compare_output(name: str, reference: ArrayLike, candidate: ArrayLike, tol: T
     else:
         result.update(dict.fromkeys(
             ["max_abs_error", "mean_abs_error", *(key for key, _ in _ERROR_PERCENTILES), "max_rel_error"]))
-    top1 = None
-    if reference_array.ndim == 2 and reference_array.shape[1] > 1 and reference_array.shape[0] > 0:
-        top1 = metrics.top1_agreement(reference_array, candidate_array)
+    task = metrics.task_metrics(name, reference_array, candidate_array) if reference_array.size else {}
     result.update({
         "cosine": cosine,
         "mismatched_elements": mismatched,
         "nan_count": int(candidate_array.size - np.count_nonzero(np.isfinite(candidate_array))),
-        "top1_agreement": top1,
+        "top1_agreement": task.pop("top1_agreement", None),
+        **task,
         "passed": mismatched == 0 and (cosine is None or cosine >= tol.min_cosine),
     })
     return result

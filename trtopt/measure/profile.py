@@ -97,8 +97,9 @@ def latency_stats(samples_ms: Sequence[float], batch_size: int) -> dict[str, Any
         ``iterations``, ``batch_size``, ``latency_ms_{min,mean,p50,p90,p95,p99,max,std}`` (p50 is the
         median; percentiles use linear interpolation; std is the sample standard deviation, 0 for one
         call), ``cov_percent`` (std / mean * 100, the run-to-run noise) and
-        ``throughput_samples_per_s`` (batch_size * 1000 / mean latency in ms). Both ratios are None when
-        the mean latency is 0 (a clock too coarse to see the call). The raw samples are not included;
+        ``throughput_samples_per_s`` (batch_size * 1000 / median latency in ms: from the median, like the
+        speedup, so the two agree on heavy-tailed runs). Both ratios are None when the mean (median) latency
+        is 0 (a clock too coarse to see the call). The raw samples are not included;
         keep them beside the statistics if needed.
 
     Raises:
@@ -129,9 +130,56 @@ def latency_stats(samples_ms: Sequence[float], batch_size: int) -> dict[str, Any
         "latency_ms_max": float(values.max()),
         "latency_ms_std": std,
         "cov_percent": std / mean * 100.0 if mean > 0 else None,
-        "throughput_samples_per_s": batch_size * 1000.0 / mean if mean > 0 else None,
     })
+    p50 = stats["latency_ms_p50"]
+    stats["throughput_samples_per_s"] = batch_size * 1000.0 / p50 if p50 > 0 else None
     return stats
+
+
+#: Thresholds of :func:`quality_flags`. CPU runtimes are noisier than a GPU's compute time (trtexec warns
+#: above 2.5 %, `trtopt.trt.timing.COV_WARNING_PERCENT`): on an idle 2-core machine ONNX Runtime runs at a
+#: few percent, so 10 % marks a disturbed run, not ordinary jitter.
+COV_FLAG_PERCENT = 10.0
+TAIL_FLAG_RATIO = 3.0  # p99 / p50
+MIN_ITERATIONS_FOR_P99 = 100  # below this, p99 interpolates between the few slowest calls
+
+
+def quality_flags(stats: Mapping[str, Any], load_average: float | None = None,
+                  cpu_count: int | None = None) -> list[dict[str, str]]:
+    """Reasons to distrust one candidate's timing, as ``[{"flag": code, "message": text}]`` (empty: none).
+
+    Args:
+        stats: a :func:`latency_stats` result (``cov_percent``, ``latency_ms_p50``/``p99``, ``iterations``).
+        load_average: the highest 1-minute load average seen while timing (``os.getloadavg``), or None.
+        cpu_count: CPUs this process may run on; the load average is compared with it.
+
+    Codes: ``high_cov`` (CoV above :data:`COV_FLAG_PERCENT`), ``heavy_tail`` (p99 / p50 above
+    :data:`TAIL_FLAG_RATIO`), ``busy_machine`` (load average above the CPU count: other work competed for the
+    cores), ``few_iterations`` (fewer than :data:`MIN_ITERATIONS_FOR_P99` calls: p99 is not resolved).
+    """
+    flags = []
+    cov, p50, p99 = stats.get("cov_percent"), stats.get("latency_ms_p50"), stats.get("latency_ms_p99")
+    if cov is not None and cov > COV_FLAG_PERCENT:
+        flags.append({"flag": "high_cov", "message": f"CoV {cov:.0f} % > {COV_FLAG_PERCENT:.0f} %"})
+    if p50 and p99 is not None and p99 / p50 > TAIL_FLAG_RATIO:
+        flags.append({"flag": "heavy_tail", "message": f"p99/p50 {p99 / p50:.1f} > {TAIL_FLAG_RATIO:.0f}"})
+    if load_average is not None and cpu_count and load_average > cpu_count:
+        flags.append({"flag": "busy_machine",
+                      "message": f"load average {load_average:.1f} > {cpu_count} CPUs during the run"})
+    if stats.get("iterations", 0) < MIN_ITERATIONS_FOR_P99:
+        flags.append({"flag": "few_iterations",
+                      "message": f"{stats.get('iterations')} calls < {MIN_ITERATIONS_FOR_P99} (p99 unresolved)"})
+    return flags
+
+
+def load_average_1min() -> float | None:
+    """The 1-minute load average (runnable + waiting processes), or None where the OS has none (Windows)."""
+    import os
+
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def _feeds_per_runner(names: Sequence[str],

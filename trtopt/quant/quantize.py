@@ -39,6 +39,7 @@ from trtopt.environment import cpu_isa
 from trtopt.errors import TrtoptError, first_line
 from trtopt.files import ensure_writable, staging_dir
 from trtopt.progress import StepCallback
+from trtopt.quant.names import resolve_layer_names
 
 TARGETS = ("onnxruntime", "tensorrt")
 # Who places Q/DQ: trtopt (ONNX Runtime's quantizer with trtopt's rules) or NVIDIA ModelOpt (tensorrt only).
@@ -72,7 +73,8 @@ class QuantizeConfig:
             `trtopt.environment.cpu_isa`), 8-bit elsewhere; False for tensorrt. The model records the
             ISA it was made for (metadata ``trtopt.quantize.cpu_int8``). On a VNNI machine 7-bit
             weights cost accuracy for no speed (ResNet-18 INT8 p50 the same either way).
-        exclude_nodes: node names kept in FP32 (mixed precision).
+        exclude_nodes: layers kept in FP32 (mixed precision), each an ONNX node name, the name of the
+            activation tensor a node produces, or a PyTorch module path (`trtopt.quant.names`).
         exclude_op_types: op types kept in FP32 (e.g. "Softmax", "Gemm").
         op_types: op types to quantize; None = the target's default set (onnxruntime: every op its CPU
             kernels fuse, or MatMul/Gemm for a transformer, see :func:`transformer_markers`; tensorrt:
@@ -157,11 +159,9 @@ def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.Pa
         raise TrtoptError(f"the ranges were calibrated on another model (sha256 {ranges.model_sha256[:12]}…, "
                           f"{source.path.name} is {source.sha256[:12]}…)", f"calibrate {source.path.name} itself")
     model = onnx.load(str(source.path), load_external_data=False)
-    excluded = set(config.exclude_nodes) | {n.name for n in model.graph.node if n.op_type in config.exclude_op_types}
-    unknown = sorted(set(config.exclude_nodes) - {n.name for n in model.graph.node})
-    if unknown:
-        raise TrtoptError(f"--exclude names node {unknown[0]!r}, which is not in {source.path.name}",
-                          "list node names with trtopt quantize --list-nodes or exclude by op type")
+    named = resolve_layer_names(model, config.exclude_nodes, source.path.name)  # node, tensor or module names
+    excluded = ({node for _, found in named.values() for node in found}
+                | {n.name for n in model.graph.node if n.op_type in config.exclude_op_types})
     _check_op_types(model, config.op_types, source.path.name)
     compute = [n for n in model.graph.node if n.op_type in COMPUTE_OP_TYPES and n.name not in excluded]
     if not compute:
@@ -207,6 +207,8 @@ def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.Pa
     notes = (f"target {config.target}: {_layout(config, op_types)}",
              f"{counts['QuantizeLinear']} QuantizeLinear, {counts['DequantizeLinear']} DequantizeLinear nodes",
              f"{len(excluded)} node(s) kept in FP32" + (f": {', '.join(sorted(excluded)[:8])}" if excluded else ""),
+             *(f"--exclude {name}: {kind} → node(s) {', '.join(found[:4])}" + (" …" if len(found) > 4 else "")
+               for name, (kind, found) in named.items() if kind != "node"),
              *(n for n in (op_note, weight_note, _weight_bits_note(config)) if n), *recovery_notes,
              *(("weights in the side file " + target.name + ".data (the model is over 2 GB)",) if large else ()))
     return inspect_onnx(target, notes=notes)

@@ -43,34 +43,53 @@ def build_report(title: str, bench_result: Mapping[str, Any], accuracy: Mapping[
     report["rows"] = variant_rows(report)
     return report
 
-_LATENCY_KEYS = ("latency_ms_p50", "latency_ms_p99", "cov_percent", "throughput_samples_per_s")
+_LATENCY_KEYS = ("latency_ms_p50", "latency_ms_p99", "cov_percent", "throughput_samples_per_s", "iterations")
 
 def variant_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row per (candidate, batch size) with the seed numbers, units in the keys.
 
-    Variants that were judged for accuracy but not timed (``report["untimed"]``: TensorRT layouts on a
-    machine without TensorRT) get one row each with empty latency columns. With labelled data, every row
-    carries the task accuracy and its drop from the baseline in points.
+    Variants that were not timed (``report["untimed"]``: TensorRT layouts on a machine without TensorRT,
+    or every variant of a run without a profile stage) get one row each with ``timed`` False, ``batch_size``
+    None and empty latency columns. With labelled data, every row carries the task accuracy and
+    ``accuracy_delta_points``: (variant − baseline) × 100, in percentage points, positive when the variant
+    is more accurate. ``speedup_vs`` holds speedups against other references on the same backend only (an
+    INT8 ONNX Runtime model vs FP32 ONNX Runtime), never across backends. ``quality_flags`` lists the codes
+    of `trtopt.measure.profile.quality_flags` raised for that timing.
     """
-    if not report["candidates"]:
+    variants = [*report["candidates"], *report.get("untimed", [])]
+    if not variants:
         return []
-    baseline = next(c for c in report["candidates"] if c["name"] == report["baseline"])
+    baseline = next((v for v in variants if v["name"] == report["baseline"]), {})
+    backends = {v["name"]: v["backend"] for v in variants}
     rows = []
     for per_batch in report["latency"]:
         base_p50 = per_batch["candidates"][report["baseline"]]["latency_ms_p50"]
         for cand in report["candidates"]:
             stats = per_batch["candidates"][cand["name"]]
             speed = stats.get("speedup_vs_baseline") or {}
-            rows.append({**_variant_row(report, baseline, cand), "batch_size": per_batch["batch_size"],
-                         **{k: stats[k] for k in _LATENCY_KEYS},
+            rows.append({**_variant_row(report, baseline, cand), "batch_size": per_batch["batch_size"], "timed": True,
+                         **{k: stats.get(k) for k in _LATENCY_KEYS},
                          "speedup_ratio": 1.0 if cand["name"] == report["baseline"]
                          else metrics.speedup_ratio(base_p50, stats["latency_ms_p50"]),
                          "speedup_ci_low": speed.get("speedup_ci_low"), "speedup_ci_high": speed.get("speedup_ci_high"),
-                         "speedup_vs": {ref: v["speedup"] for ref, v in (stats.get("speedup_vs") or {}).items()}})
+                         "speedup_vs": {ref: v["speedup"] for ref, v in (stats.get("speedup_vs") or {}).items()
+                                        if backends.get(ref) == cand["backend"]},
+                         "quality_flags": [f["flag"] for f in stats.get("quality_flags", [])]})
     for extra in report.get("untimed", []):
-        rows.append({**_variant_row(report, baseline, extra), "batch_size": None, **dict.fromkeys(_LATENCY_KEYS),
-                     "speedup_ratio": None, "speedup_ci_low": None, "speedup_ci_high": None, "speedup_vs": {}})
+        rows.append({**_variant_row(report, baseline, extra), "batch_size": None, "timed": False,
+                     **dict.fromkeys(_LATENCY_KEYS), "speedup_ratio": None, "speedup_ci_low": None,
+                     "speedup_ci_high": None, "speedup_vs": {}, "quality_flags": [], "note": extra.get("note")})
     return rows
+
+def quality_warnings(report: Mapping[str, Any]) -> list[str]:
+    """One line per timing with quality flags: "batch 8, onnxruntime-int8: CoV 247 % > 10 %; p99/p50 330 > 3"."""
+    lines = []
+    for per_batch in report["latency"]:
+        for name, stats in per_batch["candidates"].items():
+            flags = stats.get("quality_flags") or []
+            if flags:
+                lines.append(f"batch {per_batch['batch_size']}, {name}: " + "; ".join(f["message"] for f in flags))
+    return lines
 
 def _variant_row(report: Mapping[str, Any], baseline: Mapping[str, Any], variant: Mapping[str, Any]) -> dict[str, Any]:
     """The columns of a row that do not depend on the batch size: size, parameters, accuracy."""
@@ -87,8 +106,41 @@ def _variant_row(report: Mapping[str, Any], baseline: Mapping[str, Any], variant
         "parameters": params,
         "top1_agreement": first.get("top1_agreement"), "max_abs_error": first.get("max_abs_error"),
         "cosine": first.get("cosine"),
+        **{key: first.get(key) for key in metrics.TASK_METRIC_KEYS if key in first},
         "accuracy": accuracy,
-        "accuracy_drop_points": None if accuracy is None or base_acc is None else (base_acc - accuracy) * 100.0,
+        "accuracy_delta_points": None if accuracy is None or base_acc is None else (accuracy - base_acc) * 100.0,
         "pruning_rate_percent": metrics.pruning_rate_percent(base_params - params, base_params)
         if base_params and params is not None and params != base_params else None,
     }
+
+_HEADLINE_METRICS = {"accuracy": ("accuracy", "accuracy (%)", True),
+                     "agreement": ("top1_agreement", "top-1 agree (%)", True),
+                     "cosine": ("cosine", "cosine", False)}
+_BY_KIND = {"classification": _HEADLINE_METRICS["agreement"],
+            "embedding": ("neighbour_agreement", "neighbour agree (%)", True),
+            "dense": ("pixel_agreement", "pixel agree (%)", True),
+            "regression": ("abs_error_p99", "|err| p99", False)}
+
+def headline_metric(report: Mapping[str, Any]) -> tuple[str, str, bool]:
+    """(row key, label, shown as percent) of the measure a variant is judged by in the summary and plots.
+
+    The recipe's ``metric`` when it names one the rows have ("accuracy", "agreement", "cosine"); else task
+    accuracy with labelled data; else the measure of the first output's kind (`trtopt.metrics.output_kind`:
+    top-1 agreement for classifiers, neighbour agreement for embeddings, pixel agreement for dense maps,
+    p99 of |error| for regression), falling back to cosine; ("", "", False) when no row has any.
+    """
+    rows = report["rows"]
+
+    def present(key: str) -> bool:
+        return any(r.get(key) is not None for r in rows)
+
+    chosen = _HEADLINE_METRICS.get((report.get("recipe") or {}).get("metric", "auto"))
+    if chosen and present(chosen[0]):
+        return chosen
+    if present("accuracy"):
+        return _HEADLINE_METRICS["accuracy"]
+    kind = next((r["output_kind"] for r in rows if r.get("output_kind")), None)
+    for candidate in (_BY_KIND.get(kind), _HEADLINE_METRICS["agreement"], _HEADLINE_METRICS["cosine"]):
+        if candidate and present(candidate[0]):
+            return candidate
+    return "", "", False
