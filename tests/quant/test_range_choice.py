@@ -142,34 +142,3 @@ def test_refinement_tries_the_tensors_whose_methods_disagree_most_first():
             "percentile": {"a": 1.0, "b": 2.0, "c": 1.01}, "minmax": {"a": 2.0, "b": 8.0, "c": 1.0}}
     assert _refinement_trials(amax, "mse") == [("b", "minmax"), ("b", "entropy"), ("b", "percentile"),
                                                ("a", "minmax"), ("a", "entropy")]
-
-
-# --- the task metric: top-1 agreement first on classifier heads ------------------------------------------------
-
-
-def test_scorer_reports_top1_agreement_for_a_classifier_head_only():
-    from trtopt.quant.range_choice import _Scorer
-
-    ref = np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0], [1.0, 0.0, 2.0], [2.0, 3.0, 0.0]], np.float32)
-    flipped = ref.copy()
-    flipped[3] = [3.0, 2.0, 0.0]  # one of four answers changes
-
-    def run(feed):
-        return {"logits": flipped, "embedding": flipped[:, 0]}
-
-    score = _Scorer(run, {}, [{}], [{"logits": ref, "embedding": ref[:, 0]}], ["logits"]).score({})
-    assert score["top1_agreement"] == 0.75
-    assert _Scorer(run, {}, [{}], [{"embedding": ref[:, 0]}], ["embedding"]).score({})["top1_agreement"] is None
-
-
-def test_agreement_outranks_sqnr_and_ties_fall_back_to_the_sqnr_rule():
-    from trtopt.quant.range_choice import MIN_GAIN_DB, _better, _rank
-
-    base = {"sqnr_db": 20.0, "top1_agreement": 0.75}
-    assert _better({"sqnr_db": 15.0, "top1_agreement": 0.8125}, base)  # one more answer kept, SQNR lower
-    assert not _better({"sqnr_db": 30.0, "top1_agreement": 0.6875}, base)  # SQNR up, one answer lost
-    assert _better({"sqnr_db": 20.0 + MIN_GAIN_DB, "top1_agreement": 0.75}, base)
-    assert not _better({"sqnr_db": 20.0 + MIN_GAIN_DB / 2, "top1_agreement": 0.75}, base)
-    no_head = {"sqnr_db": 20.0, "top1_agreement": None}
-    assert _better({"sqnr_db": 21.0, "top1_agreement": None}, no_head)
-    assert max([base, {"sqnr_db": 12.0, "top1_agreement": 1.0}], key=_rank)["sqnr_db"] == 12.0

@@ -54,9 +54,7 @@ def describe_choice(ranges) -> list[str]:
     if not choice.get("scored"):
         return [f"ranges: method auto could not score the methods ({choice['reason']}); used {choice['model_method']}"] \
             if "reason" in choice else []
-    scores = ", ".join(f"{c['method']} {c['sqnr_db']:.1f}" + (f" ({c['top1_agreement']:.0%} top-1)"
-                                                              if c.get("top1_agreement") is not None else "")
-                       for c in choice["candidates"])
+    scores = ", ".join(f"{c['method']} {c['sqnr_db']:.1f}" for c in choice["candidates"])
     changes = len(choice["per_tensor"])
     return [f"ranges: auto chose {choice['model_method']} (output SQNR vs FP32 on {choice['scoring_samples']} "
             f"{'held-out' if choice['held_out'] else 'calibration'} samples, dB: {scores})"

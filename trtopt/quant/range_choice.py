@@ -15,9 +15,6 @@ Those are the tensors every target and op set quantizes (the onnxruntime layout 
 outputs of fusable ops, which take the method chosen for the model). Fidelity is the signal-to-
 quantization-noise ratio of the model's float outputs against FP32 on the held-out samples,
 SQNR = 10·log10(Σ y² / Σ (y − ŷ)²) in dB, averaged over outputs (mean cosine is reported beside it).
-Where an output is a classifier head ((samples, classes) logits), the task metric comes first: candidates
-are ranked by top-1 agreement with FP32 on the held-out samples, then by SQNR (issue 13: SQNR alone
-chose ranges for EfficientNet-Lite0 in the TensorRT layout that flipped more photos than percentile).
 
 The model-wide winner is then refined per tensor where the methods disagree most (greedy, at most
 :data:`REFINE_RUNS` runs), keeping a change only when it raises SQNR by at least :data:`MIN_GAIN_DB`;
@@ -234,28 +231,13 @@ class _Scorer:
             result = self.run({**feed, **scale_feed})
             for o in self.outputs:
                 got[o].append(result[o])
-        sqnr, cosine, agreement = [], [], []
+        sqnr, cosine = [], []
         for o in self.outputs:
             ref = np.concatenate([np.atleast_1d(r[o]) for r in self.reference])
             approx = np.concatenate([np.atleast_1d(g) for g in got[o]])
             sqnr.append(sqnr_db(ref, approx))
             cosine.append(_cosine(ref, approx))
-            if ref.ndim == 2 and ref.shape[1] >= 2:  # a classifier head: (samples, classes) logits
-                agreement.append(float(np.mean(ref.argmax(1) == approx.argmax(1))))
-        return {"sqnr_db": float(np.mean(sqnr)), "cosine": float(np.mean(cosine)),
-                "top1_agreement": float(np.mean(agreement)) if agreement else None}
-
-
-def _rank(score: Mapping[str, Any]) -> tuple[float, float]:
-    """Order of scores: top-1 agreement with FP32 first where the model has a classifier head (the task
-    metric), then output SQNR (which alone can prefer ranges that flip a few top-1 answers)."""
-    return (score.get("top1_agreement") or 0.0, score["sqnr_db"])
-
-
-def _better(trial: Mapping[str, Any], best: Mapping[str, Any]) -> bool:
-    """A change is kept when it raises top-1 agreement, or keeps it and raises SQNR by :data:`MIN_GAIN_DB`."""
-    gained, kept = (trial.get("top1_agreement") or 0.0), (best.get("top1_agreement") or 0.0)
-    return gained > kept or (gained == kept and trial["sqnr_db"] >= best["sqnr_db"] + MIN_GAIN_DB)
+        return {"sqnr_db": float(np.mean(sqnr)), "cosine": float(np.mean(cosine))}
 
 
 def choose_methods(model_path: Path, fit: Mapping[str, StreamingHistogram], float32: Sequence[str],
@@ -313,15 +295,14 @@ def _score_and_choose(model_path: Path, sim: Any, scales: Mapping[str, str], fit
     for m in CANDIDATES:  # a candidate with the same ranges as an earlier one shares its score
         same = next((o for o in scores if amax[o] == amax[m]), None)
         scores[m] = scores[same] if same is not None else scorer.score(amax[m])
-    best = max(CANDIDATES, key=lambda m: (*_rank(scores[m]), -CANDIDATES.index(m)))
+    best = max(CANDIDATES, key=lambda m: (scores[m]["sqnr_db"], -CANDIDATES.index(m)))
     methods = dict.fromkeys(fit, best)
     current, best_score, overrides = dict(amax[best]), scores[best], []
     for tensor, other in _refinement_trials(amax, best)[:REFINE_RUNS]:
         trial = scorer.score({**current, tensor: amax[other][tensor]})
-        if _better(trial, best_score):
+        if trial["sqnr_db"] >= best_score["sqnr_db"] + MIN_GAIN_DB:
             overrides.append({"tensor": tensor, "method": other, "sqnr_db_before": best_score["sqnr_db"],
-                              "sqnr_db_after": trial["sqnr_db"], "top1_agreement_before": best_score["top1_agreement"],
-                              "top1_agreement_after": trial["top1_agreement"]})
+                              "sqnr_db_after": trial["sqnr_db"]})
             current[tensor], methods[tensor], best_score = amax[other][tensor], other, trial
     steps, trials, best_score = _score_recovery(model_path, float32, fit, channels, current, best_score,
                                                 (feeds, reference, outputs), workdir, threads)
@@ -364,10 +345,9 @@ def _score_recovery(model_path: Path, float32: Sequence[str], fit: Mapping[str, 
         except SimulationError as e:
             trials.append({"step": step, "applicable": True, "changed": applied[step], "error": str(e), "kept": False})
             continue
-        keep = _better(score, best)
+        keep = score["sqnr_db"] >= best["sqnr_db"] + MIN_GAIN_DB
         trials.append({"step": step, "applicable": True, "changed": applied[step], "sqnr_db": score["sqnr_db"],
-                       "cosine": score["cosine"], "top1_agreement": score["top1_agreement"],
-                       "sqnr_db_before": best["sqnr_db"], "kept": keep})
+                       "cosine": score["cosine"], "sqnr_db_before": best["sqnr_db"], "kept": keep})
         if keep:
             kept[step], best = True, score
     return kept, trials, best
