@@ -23,7 +23,8 @@ it converges fully in milliseconds even on a 30522×384 embedding; k-means++ see
 most ``init_sample`` values per group).
 
 Which weights are clustered: the ``weight`` of every ``Linear``, ``Conv1d/2d/3d``, ``ConvTranspose*`` and
-``Embedding`` (other parameters - biases, norms - and all buffers stay FP32). A clustered model carries its
+``Embedding``, subclasses included, whose weight is what its forward uses (`trtopt.compress.layers`; a
+parametrized or hook-rebuilt weight is listed as skipped with the reason) (other parameters - biases, norms - and all buffers stay FP32). A clustered model carries its
 spec in the attribute ``trtopt_share`` (parameter name → {"bits", "granularity"}); the codebooks and
 indices are recovered from the weights themselves, so no other state is needed and a model fine-tuned
 with :func:`tie_weights` saves its updated codebooks.
@@ -37,7 +38,7 @@ import json
 import math
 import os
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from trtopt.compress.config import ShareConfig
+from trtopt.compress.layers import CLUSTERABLE, select_layers
 from trtopt.errors import TrtoptError
 from trtopt.files import atomic_output
 from trtopt.progress import StepCallback
@@ -53,10 +55,6 @@ from trtopt.progress import StepCallback
 FORMAT_NAME = "trtopt-shared"
 
 FORMAT_VERSION = 1
-
-#: Module types whose ``weight`` can be clustered.
-CLUSTERABLE_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
-                     "ConvTranspose3d", "Embedding")
 
 SPEC_ATTRIBUTE = "trtopt_share"
 
@@ -197,24 +195,6 @@ def _grouped(weight: Any, granularity: str) -> Any:
     """A weight viewed as (groups, values per group): one row per layer, or per output channel (axis 0)."""
     return weight.reshape(1, -1) if granularity == "layer" else weight.reshape(weight.shape[0], -1)
 
-def _select_modules(model: Any, config_layers: Sequence[str], exclude: Sequence[str]) -> list[tuple[str, Any]]:
-    """(name, module) of the modules to cluster; naming a missing module or a non-clusterable type is an error."""
-    modules = dict(model.named_modules())
-    for name in list(config_layers) + list(exclude):
-        if name not in modules:
-            raise TrtoptError(f"the model has no module named {name!r}",
-                              f"use names from model.named_modules(), e.g. {', '.join(list(modules)[1:4])}")
-    if config_layers:
-        for name in config_layers:
-            kind = type(modules[name]).__name__
-            if kind not in CLUSTERABLE_TYPES:
-                raise TrtoptError(f"layer {name!r} is a {kind}, which weight sharing does not support",
-                                  f"name layers of these types: {', '.join(CLUSTERABLE_TYPES)}")
-        chosen = [(n, modules[n]) for n in config_layers]
-    else:
-        chosen = [(n, m) for n, m in modules.items() if type(m).__name__ in CLUSTERABLE_TYPES]
-    return [(n, m) for n, m in chosen if n not in set(exclude)]
-
 def cluster_weights_(model: Any, config: ShareConfig = ShareConfig(),
                      on_step: StepCallback | None = None) -> tuple[Any, ShareResult]:
     """Replace each selected weight by its nearest of 2^b k-means centroids (per layer or per channel).
@@ -238,14 +218,16 @@ def cluster_weights_(model: Any, config: ShareConfig = ShareConfig(),
     k = 2 ** config.bits
     spec: dict[str, dict[str, Any]] = dict(getattr(model, SPEC_ATTRIBUTE, {}) or {})
     layers: list[LayerShare] = []
-    for mod_name, module in _select_modules(model, config.layers, config.exclude):
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.nn.Parameter):
-            continue
+    for mod_name, module, problem in select_layers(model, CLUSTERABLE, config.layers, config.exclude, "weight sharing"):
+        weight = module.weight
         name = f"{mod_name}.weight" if mod_name else "weight"
         kind = type(module).__name__
         numel = weight.numel()
         fp32 = numel * 4
+        if problem:
+            layers.append(LayerShare(name, kind, tuple(weight.shape), numel, None, 0, 0, None, fp32, fp32,
+                                     skipped=f"left FP32: {problem}"))
+            continue
         if numel < max(config.min_elements, k + 1):
             layers.append(LayerShare(name, kind, tuple(weight.shape), numel, None, 0, 0, None, fp32, fp32,
                                      skipped=f"{numel} elements: fewer than min_elements={config.min_elements} "
@@ -272,7 +254,7 @@ def cluster_weights_(model: Any, config: ShareConfig = ShareConfig(),
                                  fp32, _shared_bytes(numel, grouped.shape[0], config.bits)))
     if not any(la.skipped is None for la in layers):
         raise TrtoptError("no weight was clustered (no clusterable layer, or all below min_elements)",
-                          f"cluster a model with {', '.join(CLUSTERABLE_TYPES[:3])}... layers or lower min_elements")
+                          f"cluster a model with {', '.join(CLUSTERABLE[:3])}... layers (or subclasses) or lower min_elements")
     setattr(model, SPEC_ATTRIBUTE, spec)
     fp32_total, shared_total = _state_sizes(model, spec)
     return model, ShareResult(config, layers, fp32_total, shared_total, time.perf_counter() - start)
