@@ -186,6 +186,7 @@ def cmd_factorize(args: argparse.Namespace) -> int:
 
     example = feed_for(args, loaded.inputs, loaded.preprocess, count=max(args.samples or 8, 8))
     result: dict[str, Any] = {"model": args.model}
+    original, probe = _fidelity_reference(args, loaded)
     if target is not None:
         from trtopt.speedup_search import search_speedup
 
@@ -200,6 +201,10 @@ def cmd_factorize(args: argparse.Namespace) -> int:
         example_t = tuple(torch.from_numpy(example[spec.name][:1]) for spec in loaded.inputs)  # forward's positional order
         _, report = factorize_(loaded.module, config, example_inputs=example_t)
     report_dict = report.to_dict()
+    if probe is not None:
+        report_dict["fidelity"] = probe(loaded.module)
+    if args.distill_steps:
+        report_dict["distill"], report_dict["fidelity_distilled"] = _distill_after(args, loaded, original, probe)
     artifact = _export(args, loaded, args.output)
     result.update(report=report_dict, onnx=artifact.to_dict())
     write_json_output(args.json, result, args.force)
@@ -211,7 +216,45 @@ def cmd_factorize(args: argparse.Namespace) -> int:
             f"{la['scheme']} rank {la['rank']}, energy {la['energy_kept']:.3f}, "
             f"{la['params_before']:,} → {la['params_after']:,} parameters")
         print(f"  {la['name']}: {what}")
+    for label, key in (("fidelity", "fidelity"), ("after distillation", "fidelity_distilled")):
+        if report_dict.get(key):
+            fid = report_dict[key]
+            print(f"  {label} on {args.data} ({fid['samples']} samples): {_fidelity_text(fid)}")
     return 0 if target is None else speedup_search_outcome(search)
+
+
+def _fidelity_reference(args: argparse.Namespace, loaded) -> tuple[Any, Any]:
+    """(a copy of the original model when distillation follows, else None; a fidelity probe on --data or None)."""
+    import copy
+
+    from trtopt.compress.distill import fidelity_probe
+
+    if args.distill_steps and args.data in (None, "random") and args.train_data is None:
+        raise TrtoptError("--distill-steps needs real data, but no --data / --train-data was given",
+                          "give --train-data (distillation) and --data (held-out fidelity)")
+    original = copy.deepcopy(loaded.module) if args.distill_steps else None
+    probe = None
+    if args.data not in (None, "random"):
+        probe = fidelity_probe(loaded.module, _model_data(args, loaded, args.data, args.samples),
+                               "embedding" in loaded.output_names)
+    return original, probe
+
+
+def _distill_after(args: argparse.Namespace, loaded, original: Any, probe: Any) -> tuple[dict[str, Any], Any]:
+    """Distil the factorized ``loaded.module`` from ``original`` for --distill-steps steps; (record, fidelity after)."""
+    from trtopt.compress.config import DistillConfig
+    from trtopt.compress.distill import distill
+
+    embeddings = "embedding" in loaded.output_names
+    train = _model_data(args, loaded, args.train_data or args.data, args.train_samples)
+    config = DistillConfig(output_loss="cosine" if embeddings else "kl", epochs=None, max_steps=args.distill_steps,
+                           batch_size=args.distill_batch_size, lr=args.lr, restore_best=False)
+    run = distill(loaded.module.requires_grad_(True), original, train, config)
+    loaded.module = run.student
+    record = run.to_dict()
+    record["loss_first"], record["loss_last"] = run.step_losses[0], run.step_losses[-1]
+    record.pop("step_losses", None)
+    return record, (probe(run.student) if probe else None)
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
@@ -278,4 +321,11 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="round ranks up to a multiple (8/16 suit tensor cores; default %(default)s)")
     add_speedup_search(p, "lower the kept energy step by step (then bisect) until the exported ONNX is measured X× "
                           "faster than the original's on ONNX Runtime (interleaved); missed: keeps the closest, exit 1")
+    tune = p.add_argument_group("distillation after factorizing (from the original model; fidelity on --data)")
+    tune.add_argument("--distill-steps", type=int, default=0, help="optimizer steps of distillation (default 0: none)")
+    tune.add_argument("--train-data", help="distillation data (default: --data); keep --data held out for fidelity")
+    tune.add_argument("--train-samples", type=int, default=None, help="use at most this many training samples")
+    tune.add_argument("--labels", action="store_true", help="use the labels of dataset:NAME:SPLIT sources")
+    tune.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default %(default)s)")
+    tune.add_argument("--distill-batch-size", type=int, default=16, help="samples per step (default %(default)s)")
     p.set_defaults(func=cmd_factorize)
