@@ -17,14 +17,13 @@ Data:
 - all-MiniLM-L6-v2: ~1,300 sentences from Python standard-library docstrings train and choose bits; the
   model card's sentences are held out; metric: mean cosine to FP32 embeddings. Goal ≥ 7× at cosine ≥ 0.98.
 
-Writes ``benchmarks/results/share_pretrained.json`` after every model (partial runs keep what finished).
+Writes ``benchmarks/results/share_pretrained_<model>.json`` per model.
 Run under ``nice``; 2 threads.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -43,7 +42,7 @@ from trtopt.compress.share import save_shared, share_weights
 from trtopt.environment import environment
 from trtopt.files import write_json
 
-OUT = Path(__file__).resolve().parent / "results" / "share_pretrained.json"
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def photo_crops(photo_ids: list[int], count: int, seed: int) -> np.ndarray:
@@ -161,25 +160,24 @@ def main() -> None:
     parser.add_argument("--cnn-eval", type=int, default=90)
     parser.add_argument("--probe", type=int, default=24, help="samples the bit choice is measured on")
     parser.add_argument("--combined", action="store_true")
+    parser.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 5, 6, 8], help="candidate bits of mixed allocation")
     parser.add_argument("-v", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
-    results: dict[str, Any] = json.loads(OUT.read_text()) if OUT.exists() else {}
-    results.update({"benchmark": "weight sharing on pretrained models (issue 17)", "threads": THREADS,
-                    "environment": environment()})
+    bits = tuple(args.bits)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for name in args.models:
             if name == "lite0":
                 res = run_model("zoo:efficientnet_lite0", 6.0, args.cnn_steps, 1e-4,
-                                cnn_data(args.cnn_train, args.cnn_eval, args.probe), False, (2, 3, 4, 5, 6, 8), tmp,
-                                args.combined)
+                                cnn_data(args.cnn_train, args.cnn_eval, args.probe), False, bits, tmp, args.combined)
             else:
-                res = run_model("zoo:minilm_l6", 7.0, args.minilm_steps, 5e-4, minilm_data(max(args.probe, 48)), True,
-                                (2, 3, 4, 5, 6, 8), tmp, False)
-            results[name] = res
-            write_json(OUT, results, force=True)
-            print(f"wrote {OUT} ({name}, {res['seconds']:.0f} s)", flush=True)
+                res = run_model("zoo:minilm_l6", 7.0, args.minilm_steps, 5e-4, minilm_data(args.probe), True, bits, tmp,
+                                False)
+            out = RESULTS / f"share_pretrained_{name}.json"
+            write_json(out, {"benchmark": "weight sharing on pretrained models (issue 17)", "threads": THREADS,
+                             "command": " ".join(sys.argv), "environment": environment(), **res}, force=True)
+            print(f"wrote {out} ({res['seconds']:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -338,6 +338,7 @@ def test_a_ledger_of_the_wrong_shape_is_one_error_naming_the_stage(tmp_path, sta
     assert "--force" in str(e.value)
 
 
+@pytest.mark.slow
 def test_cluster_stage_measures_fidelity_and_fine_tunes_tied(tmp_path):
     recipe = replace(Recipe(model="zoo:digits_cnn", batch_sizes=(1,), threads=1), stages=("cluster",),
                      cluster=ShareConfig(bits=2, finetune_steps=6, finetune_batch_size=32, finetune_lr=1e-3),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from tests.helpers.cli import assert_one_line_error, run
@@ -79,6 +80,7 @@ def test_a_missed_speedup_target_keeps_the_closest_model_warns_and_exits_1(tmp_p
     assert not (tmp_path / "x.onnx").exists()
 
 
+@pytest.mark.slow
 def test_cluster_reports_fidelity_on_data_and_mixed_bits(tmp_path, cli_env):
     r = run(["cluster", "zoo:digits_cnn", "-o", "m.npz", "--data", "dataset:digits:test", "--labels",
              "--target-ratio", "5", "--json", "r.json"], tmp_path, cli_env)
@@ -98,3 +100,15 @@ def test_cluster_without_data_says_fidelity_was_not_measured_and_needs_data_to_f
     assert_one_line_error(run(["cluster", "tests.helpers.tiny_models:tiny_cnn", "-o", "x.npz", "--target-ratio", "0.5",
                                "--data", "random"], tmp_path, cli_env), "target_ratio")
     assert not (tmp_path / "x.npz").exists()
+
+
+@pytest.mark.slow
+def test_factorize_then_distill_in_one_command_recovers_held_out_fidelity(tmp_path, cli_env):
+    r = run(["factorize", "zoo:digits_cnn", "-o", "f.onnx", "--energy", "0.7", "--data", "dataset:digits:test",
+             "--train-data", "dataset:digits:train", "--labels", "--distill-steps", "15", "--lr", "1e-3",
+             "--distill-batch-size", "32", "--json", "f.json"], tmp_path, cli_env)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "f.json").read_text())["report"]
+    assert report["distill"]["steps"] == 15 and report["fidelity"]["samples"] == 359
+    assert report["fidelity_distilled"]["value"] > report["fidelity"]["value"] + 0.1
+    assert "after distillation on dataset:digits:test" in r.stdout

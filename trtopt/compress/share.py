@@ -354,6 +354,9 @@ def choose_bits(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[
     free = [(n, m) for n, m in usable if n not in protected]
     sensitivity = []
     noise: dict[str, dict[int, float]] = {}
+    # Sensitivity only ranks layers: 30 Lloyd iterations after k-means++ seeding are within a few percent of
+    # the converged error and ~10× cheaper on large tensors; the chosen bits are then clustered fully.
+    quick = replace(config, max_iterations=min(config.max_iterations, 30))
     for n, m in free:
         step(f"sensitivity of {n}")
         errors = {top: 0.0}
@@ -361,7 +364,7 @@ def choose_bits(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[
         try:
             for b in lower:
                 with torch.no_grad():
-                    shared, _ = _cluster_tensor(original, b, config)
+                    shared, _ = _cluster_tensor(original, b, quick)
                     m.weight.copy_(shared.to(m.weight.device, m.weight.dtype))
                 errors[b] = float(probe(model)["output_rel_error"])
                 evaluations += 1
