@@ -439,6 +439,8 @@ def _compression_summary(run: _Run) -> dict[str, Any]:
         if entry and name in run.recipe.stages:
             result = entry["result"]
             summary[name] = {k: result[k] for k in wanted if k in result}
+            if name == "cluster" and result.get("bit_choice"):  # mixed bits: the chosen bits per layer
+                summary[name]["layer_bits"] = result["bit_choice"]["layer_bits"]
             if name == "cluster":
                 summary[name]["storage"] = {k: result["storage"][k] for k in ("path", "file_bytes", "state_bytes_fp32",
                                                                              "compression_ratio")}
