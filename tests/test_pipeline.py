@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from trtopt._config import from_dict
+from trtopt.compress.config import ShareConfig
 from trtopt.config import Recipe
 from trtopt.errors import TrtoptError
 from trtopt.measure.profile import TimingConfig
@@ -344,3 +345,18 @@ def test_a_ledger_of_the_wrong_shape_is_one_error_naming_the_stage(tmp_path, sta
     with pytest.raises(TrtoptError, match=needle) as e:
         Ledger.open(tmp_path, force=False)
     assert "--force" in str(e.value)
+
+
+@pytest.mark.slow
+def test_cluster_stage_measures_fidelity_and_fine_tunes_tied(tmp_path):
+    recipe = replace(Recipe(model="zoo:digits_cnn", batch_sizes=(1,), threads=1), stages=("cluster",),
+                     cluster=ShareConfig(bits=2, finetune_steps=6, finetune_batch_size=32, finetune_lr=1e-3),
+                     data="dataset:digits:test", train_data="dataset:digits:train")
+    report, _ = optimize(recipe, tmp_path / "run")
+    summary = report["compression"]["cluster"]
+    assert summary["fidelity_metric"] == "top1_agreement" and 0.5 < summary["fidelity_value"] <= 1.0
+    assert summary["fidelity_samples"] == 359
+    ledger = json.loads((tmp_path / "run" / "stages.json").read_text())["stages"]["cluster"]["result"]
+    assert ledger["finetune"]["steps"] == 6 and ledger["fidelity"]["accuracy"] <= ledger["fidelity"]["reference_accuracy"]
+    assert list((tmp_path / "run" / "cluster_checkpoints").glob("*/last.pt"))
+    assert "fidelity value" in (tmp_path / "run" / "report.md").read_text()

@@ -479,13 +479,16 @@ def _compression_summary(run: _Run) -> dict[str, Any]:
             "factorize": ("parameters_before", "parameters_after", "factorized_layers", "skipped_layers"),
             "distill": ("epochs_completed", "steps", "best_metric", "stopped_early", "seconds"),
             "qat": ("mode", "quantizers", "calibration_samples"),
-            "cluster": ("clustered_layers", "clustered_parameters", "compression_ratio")}
+            "cluster": ("clustered_layers", "clustered_parameters", "compression_ratio", "fidelity_metric",
+                        "fidelity_value", "fidelity_samples")}
     summary = {}
     for name, wanted in keys.items():
         entry = run.ledger.stages.get(name)
         if entry and name in run.recipe.stages:
             result = entry["result"]
             summary[name] = {k: result[k] for k in wanted if k in result}
+            if name == "cluster" and result.get("bit_choice"):  # mixed bits: the chosen bits per layer
+                summary[name]["layer_bits"] = result["bit_choice"]["layer_bits"]
             if name == "cluster":
                 summary[name]["storage"] = {k: result["storage"][k] for k in ("path", "file_bytes", "state_bytes_fp32",
                                                                              "compression_ratio")}
@@ -499,6 +502,8 @@ def _torch_stage(run: _Run, name: str, previous: Mapping[str, Any] | None,
     from trtopt.models.module_file import save_module
 
     material = {**run.model_key(), name: to_dict(getattr(run.recipe, name)), "input": run.digest(previous) if previous else None}
+    if name == "cluster":  # fidelity and fine-tuning read the recipe's data
+        material.update(data=run.source_key(run.recipe.data), train_data=run.source_key(run.recipe.train_data))
 
     def go() -> tuple[list[Path], Any]:
         source = run.compressed(previous) if previous else run.loaded
@@ -530,16 +535,44 @@ def _apply_factorize(run: _Run, source: Any, config: Any) -> tuple[Any, dict[str
 
 
 def _apply_cluster(run: _Run, source: Any, config: Any) -> tuple[Any, dict[str, Any], list[Path]]:
-    """k-means weight sharing; also writes the compact file (codebooks + packed indices)."""
-    import copy
+    """k-means weight sharing (uniform or mixed bits, optionally tied fine-tuning from the stage's input model);
+    measures fidelity on the recipe's ``data`` and writes the compact file (codebooks + packed indices).
 
-    from trtopt.compress.share import cluster_weights_, save_shared
+    Fine-tuning checkpoints go to ``cluster_checkpoints/<digest of config and data>/``: an interrupted run
+    resumes from them; another configuration starts afresh in its own folder.
+    """
+    import hashlib
 
+    from trtopt.compress.distill import fidelity_probe
+    from trtopt.compress.share import save_shared, share_weights
+    from trtopt.data import labels_for
+
+    r = run.recipe
+    embeddings = "embedding" in source.output_names
+    names = [spec.name for spec in source.inputs]
+
+    def split(data_source: str) -> tuple[Any, Any]:
+        feed = run.feed(data_source)
+        inputs = feed[names[0]] if len(names) == 1 else {n: feed[n] for n in names}
+        return inputs, labels_for(data_source)
+
+    probe = fidelity_probe(source.module, split(r.data), embeddings) if r.data else None
+    train = split(r.train_data) if config.finetune_steps and r.train_data else None
+    key = hashlib.sha256(json.dumps([to_dict(config), run.source_key(r.train_data)], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:12]
     run.step(f"clustering weights ({config.bits} bits, per {config.granularity})")
-    module, report = cluster_weights_(copy.deepcopy(source.module), config, on_step=run.step)
-    info = save_shared(module, run.out / "model.shared.npz", force=True)
-    return (replace(source, module=module, description=f"{source.description}, {config.bits}-bit shared weights"),
-            {**report.to_dict(), "storage": info.to_dict()}, [Path(info.path)])
+    outcome = share_weights(source.module, config, probe, train, embeddings,
+                            str(run.out / "cluster_checkpoints" / key), resume=True, on_step=run.step,
+                            progress=(lambda p: run.progress("tied fine-tuning", p.step, p.total_steps)) if run.progress else None)
+    info = save_shared(outcome.model, run.out / "model.shared.npz", force=True)
+    used = sorted({la.bits for la in outcome.result.layers if la.skipped is None})
+    bits = f"{used[0]}-bit" if len(used) == 1 else f"mixed {used[0]}-{used[-1]}-bit"
+    summary = outcome.to_dict()
+    fid = outcome.final_fidelity
+    if fid:
+        summary.update(fidelity_metric=fid["metric"], fidelity_value=fid["value"], fidelity_samples=fid["samples"])
+    return (replace(source, module=outcome.model, description=f"{source.description}, {bits} shared weights"),
+            {**summary, "storage": info.to_dict()}, [Path(info.path)])
 
 
 def _distill(run: _Run, student_entry: Mapping[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from tests.helpers.cli import assert_one_line_error, run
@@ -77,3 +78,37 @@ def test_a_missed_speedup_target_keeps_the_closest_model_warns_and_exits_1(tmp_p
     assert_one_line_error(run(["factorize", "tests.helpers.tiny_models:tiny_cnn", "-o", "x.onnx", "--target-speedup", "0.5"],
                               tmp_path, cli_env), "target_speedup=0.5 must be a number > 1")
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.slow
+def test_cluster_reports_fidelity_on_data_and_mixed_bits(tmp_path, cli_env):
+    r = run(["cluster", "zoo:digits_cnn", "-o", "m.npz", "--data", "dataset:digits:test", "--labels",
+             "--target-ratio", "5", "--json", "r.json"], tmp_path, cli_env)
+    assert r.returncode == 0, r.stderr
+    assert "fidelity on dataset:digits:test (359 samples): top1 agreement" in r.stdout and "mixed bits: target met" in r.stdout
+    report = json.loads((tmp_path / "r.json").read_text())["report"]
+    assert report["compression_ratio"] >= 5.0 and report["bit_choice"]["target_met"]
+    assert report["fidelity"]["metric"] == "top1_agreement" and report["fidelity"]["samples"] == 359
+    assert report["bit_choice"]["layer_bits"]["conv1"] == 8  # first layer protected
+
+
+def test_cluster_without_data_says_fidelity_was_not_measured_and_needs_data_to_fine_tune(tmp_path, cli_env):
+    r = run(["cluster", "tests.helpers.tiny_models:tiny_cnn", "-o", "m.npz"], tmp_path, cli_env)
+    assert r.returncode == 0 and "fidelity: not measured" in r.stdout
+    assert_one_line_error(run(["cluster", "tests.helpers.tiny_models:tiny_cnn", "-o", "x.npz", "--finetune-steps", "5"],
+                              tmp_path, cli_env), "need real data")
+    assert_one_line_error(run(["cluster", "tests.helpers.tiny_models:tiny_cnn", "-o", "x.npz", "--target-ratio", "0.5",
+                               "--data", "random"], tmp_path, cli_env), "target_ratio")
+    assert not (tmp_path / "x.npz").exists()
+
+
+@pytest.mark.slow
+def test_factorize_then_distill_in_one_command_recovers_held_out_fidelity(tmp_path, cli_env):
+    r = run(["factorize", "zoo:digits_cnn", "-o", "f.onnx", "--energy", "0.7", "--data", "dataset:digits:test",
+             "--train-data", "dataset:digits:train", "--labels", "--distill-steps", "15", "--lr", "1e-3",
+             "--distill-batch-size", "32", "--json", "f.json"], tmp_path, cli_env)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "f.json").read_text())["report"]
+    assert report["distill"]["steps"] == 15 and report["fidelity"]["samples"] == 359
+    assert report["fidelity_distilled"]["value"] > report["fidelity"]["value"] + 0.1
+    assert "after distillation on dataset:digits:test" in r.stdout

@@ -268,3 +268,104 @@ def test_on_step_reports_each_weight_as_it_is_clustered():
     _, report = cluster_weights_(_cnn(), ShareConfig(bits=4), on_step=steps.append)
     clustered = [layer.name for layer in report.layers if layer.skipped is None]
     assert clustered and steps == [f"clustering {name}" for name in clustered]
+
+
+# -- fidelity, mixed bits, tied fine-tuning (share_weights) ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def digits():
+    """The trained digits CNN and its test split: a real model on real data (94 k parameters, fast)."""
+    from trtopt.datasets import load_dataset
+    from trtopt.models.load import load_model
+
+    test = load_dataset("digits", "test")
+    train = load_dataset("digits", "train")
+    return (load_model("zoo:digits_cnn").module, (test.inputs["input"][:160], test.labels[:160]),
+            (train.inputs["input"][:512], None))
+
+
+def test_fidelity_probe_is_perfect_for_the_original_and_drops_at_2_bits(digits):
+    from trtopt.compress.distill import fidelity_probe
+
+    model, test, _ = digits
+    probe = fidelity_probe(model, test, embeddings=False)
+    same = probe(model)
+    assert same["value"] == 1.0 and same["drop"] == pytest.approx(0.0) and same["output_rel_error"] == 0.0
+    assert same["accuracy"] == same["reference_accuracy"] > 0.95
+    import copy
+
+    low = probe(cluster_weights_(copy.deepcopy(model), ShareConfig(bits=2))[0])
+    assert low["value"] < 1.0 and low["output_rel_error"] > 0.05
+    assert low["drop"] == pytest.approx(low["reference_accuracy"] - low["accuracy"])
+
+
+@pytest.mark.slow
+def test_mixed_bits_meet_the_target_ratio_and_protect_first_and_last(digits):
+    from trtopt.compress.distill import fidelity_probe
+    from trtopt.compress.share import share_weights
+
+    model, test, _ = digits
+    out = share_weights(model, ShareConfig(target_ratio=6.0, candidate_bits=(2, 4, 6, 8)), fidelity_probe(model, test, embeddings=False))
+    choice = out.bits
+    assert choice.target_met and out.result.compression_ratio >= 6.0
+    assert choice.predicted_ratio == pytest.approx(out.result.compression_ratio)
+    assert choice.layer_bits["conv1"] == 8 and choice.layer_bits["fc"] == 8
+    assert set(choice.protected) == {"conv1", "fc"}
+    bits = {la.name: la.bits for la in out.result.layers if la.skipped is None}
+    assert bits == {f"{n}.weight": b for n, b in choice.layer_bits.items()}
+    for row in choice.sensitivity:  # measured: fewer bits, larger output error
+        errs = [row["output_rel_error"][b] for b in (2, 4, 6)]
+        assert errs[0] > errs[1] > errs[2] > 0
+
+
+@pytest.mark.slow
+def test_mixed_bits_keep_the_measured_drop_within_the_limit(digits):
+    from trtopt.compress.distill import fidelity_probe
+    from trtopt.compress.share import share_weights
+
+    model, test, _ = digits
+    probe = fidelity_probe(model, test, embeddings=False)
+    out = share_weights(model, ShareConfig(max_accuracy_drop=0.005, candidate_bits=(2, 3, 4, 8)), probe)
+    assert out.bits.target_met and out.fidelity["drop"] <= 0.005
+    assert out.fidelity == pytest.approx(probe(out.model))
+    assert out.result.compression_ratio > 4.0
+
+
+def test_an_unreachable_target_ratio_names_the_reachable_one(digits):
+    from trtopt.compress.distill import fidelity_probe
+    from trtopt.compress.share import share_weights
+
+    model, test, _ = digits
+    with pytest.raises(TrtoptError, match=r"40.0× smaller state is out of reach .* \(at most \d+\.\d+×\)"):
+        share_weights(model, ShareConfig(target_ratio=40.0, candidate_bits=(4, 8)), fidelity_probe(model, test, False))
+    with pytest.raises(TrtoptError, match="no data was given"):
+        share_weights(model, ShareConfig(target_ratio=4.0))
+
+
+@pytest.mark.slow
+def test_tied_finetuning_recovers_fidelity_keeps_ties_and_resumes_exactly(digits, tmp_path):
+    from trtopt.compress.distill import fidelity_probe
+    from trtopt.compress.share import share_weights
+
+    model, test, train = digits
+    probe = fidelity_probe(model, test, embeddings=False)
+    config = ShareConfig(bits=2, finetune_steps=40, finetune_lr=1e-3, finetune_batch_size=32)
+    out = share_weights(model, config, probe, train)
+    assert out.fidelity_finetuned["value"] > out.fidelity["value"] + 0.01
+    assert out.finetune["steps"] == 40 and out.finetune["loss_last"] < out.finetune["loss_first"]
+    for name, m in (("conv2", out.model.conv2), ("fc", out.model.fc)):
+        assert _distinct(m.weight, "layer") <= 4, name
+    # interrupted after a few steps, then resumed: the same weights as a straight run
+    short = ShareConfig(bits=2, finetune_steps=8, finetune_lr=1e-3, finetune_batch_size=32)
+    straight = share_weights(model, short, None, train, checkpoint_dir=str(tmp_path / "a"))
+
+    def stop(p):
+        if p.step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        share_weights(model, short, None, train, checkpoint_dir=str(tmp_path / "b"), progress=stop)
+    resumed = share_weights(model, short, None, train, checkpoint_dir=str(tmp_path / "b"), resume=True)
+    assert resumed.finetune["steps"] == 8
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k

@@ -47,18 +47,62 @@ def _export(args: argparse.Namespace, loaded, path: str) -> Any:
     return export_onnx(loaded, path, ExportConfig(), feed=feed, force=args.force, on_step=step_printer(args))
 
 
+def _model_data(args: argparse.Namespace, loaded, source: str | None, count: int | None) -> tuple[Any, Any]:
+    """(inputs in ``forward`` order or by keyword, labels or None) of a data source, for the torch-side stages."""
+    from trtopt.data import labels_for
+
+    feed = feed_for(argparse.Namespace(**{**vars(args), "data": source}), loaded.inputs, loaded.preprocess, count=count)
+    names = [spec.name for spec in loaded.inputs]
+    inputs = feed[names[0]] if len(names) == 1 else {n: feed[n] for n in names}
+    labels = labels_for(source) if args.labels else None
+    if labels is not None:
+        labels = labels[:len(feed[names[0]])]
+    return inputs, labels
+
+
+def _rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
 def cmd_cluster(args: argparse.Namespace) -> int:
-    """``trtopt cluster``: k-means weight sharing → the compact codebook file (and its fidelity on --data); exit status."""
-    from trtopt.compress.share import cluster_weights_, save_shared
+    """``trtopt cluster``: k-means weight sharing (uniform or mixed bits, optionally tied fine-tuning) → the
+    compact codebook file, with its output fidelity on --data; exit status."""
+    from trtopt.compress.distill import fidelity_probe
+    from trtopt.compress.share import save_shared, share_weights
 
     config = ShareConfig(bits=args.bits, granularity=args.granularity, layers=tuple(args.layer or ()),
                          exclude=tuple(args.exclude or ()), min_elements=args.min_elements, int8_grid=args.int8_grid,
-                         seed=args.seed)
-    _check_outputs(args, (args.output, args.json, args.checkpoint_out), args.onnx)
+                         seed=args.seed, target_ratio=args.target_ratio, max_accuracy_drop=args.max_accuracy_drop,
+                         protect_first_last=not args.no_protect, protect_depthwise=not args.no_protect,
+                         finetune_steps=args.finetune_steps, finetune_lr=args.lr,
+                         finetune_batch_size=args.batch_size)
+    needs_data = config.target_ratio is not None or config.max_accuracy_drop is not None or config.finetune_steps
+    if needs_data and args.data in (None, "random") and args.train_data is None:
+        raise TrtoptError("mixed bits and fine-tuning need real data, but no --data was given",
+                          "give --data (evaluation) and --train-data (fine-tuning), e.g. --data skimage:photos --train-data skimage:crops:256")
+    if args.labels and not all(str(s).startswith("dataset:") for s in (args.data, args.train_data or args.data)):
+        raise TrtoptError("--labels needs labelled sources (dataset:NAME:SPLIT)", "use e.g. --data dataset:digits:test, or drop --labels")
+    main = _rank() == 0
+    if main:
+        _check_outputs(args, (args.output, args.json, args.checkpoint_out), args.onnx)
+    if args.resume and args.checkpoint_dir is None:
+        raise TrtoptError("--resume needs --checkpoint-dir", "give the folder of the interrupted run's checkpoints")
     loaded = _load(args)
-    module, report = cluster_weights_(loaded.module, config)
+    embeddings = "embedding" in loaded.output_names
+    probe = None
+    if args.data not in (None, "random"):
+        probe = fidelity_probe(loaded.module, _model_data(args, loaded, args.data, args.samples), embeddings)
+    train = _model_data(args, loaded, args.train_data or args.data, args.train_samples) if config.finetune_steps else None
+    outcome = share_weights(loaded.module, config, probe, train, embeddings, args.checkpoint_dir, bool(args.resume),
+                           on_step=step_printer(args))
+    if not main:
+        return 0
+    module = outcome.model
     info = save_shared(module, args.output, force=args.force)
-    result: dict[str, Any] = {"model": args.model, "report": report.to_dict(), "file": info.to_dict()}
+    result: dict[str, Any] = {"model": args.model, "data": args.data, "train_data": args.train_data or args.data,
+                              "report": outcome.to_dict(), "file": info.to_dict()}
     if args.checkpoint_out:
         import io
 
@@ -72,14 +116,40 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             tmp.write_bytes(buf.getvalue())
         result["checkpoint"] = args.checkpoint_out
     if args.onnx:
+        loaded.module = module
         result["onnx"] = _export(args, loaded, args.onnx).to_dict()
     write_json_output(args.json, result, args.force)
+    report = outcome.result
     clustered = [la for la in report.layers if la.skipped is None]
-    print(f"wrote {info.path}: {len(clustered)} weights shared at {config.bits} bits ({config.granularity}); "
+    used = sorted({la.bits for la in clustered})
+    bits = f"{used[0]} bits" if len(used) == 1 else f"mixed {min(used)}-{max(used)} bits"
+    print(f"wrote {info.path}: {len(clustered)} weights shared at {bits} ({config.granularity}); "
           f"{info.file_bytes / 1e6:.3f} MB vs {info.state_bytes_fp32 / 1e6:.3f} MB FP32 state "
           f"({info.compression_ratio:.2f}× smaller)")
+    for label, fid in (("fidelity", outcome.fidelity), ("after tied fine-tuning", outcome.fidelity_finetuned)):
+        if fid:
+            print(f"  {label} on {args.data} ({fid['samples']} samples): {_fidelity_text(fid)}")
+    if probe is None:
+        print("  fidelity: not measured (give --data with real inputs to measure agreement / cosine / accuracy)")
+    if outcome.bits is not None:
+        bc = outcome.bits
+        print(f"  mixed bits: {'target met' if bc.target_met else 'TARGET MISSED'} after {bc.evaluations} evaluations; "
+              f"protected: {', '.join(f'{n} ({why})' for n, why in list(bc.protected.items())[:4])}"
+              f"{' …' if len(bc.protected) > 4 else ''}")
+        counts = {b: sum(1 for v in bc.layer_bits.values() if v == b) for b in sorted(set(bc.layer_bits.values()))}
+        print("  layers per bit-width: " + ", ".join(f"{b} bits × {n}" for b, n in counts.items()))
+    for la in report.layers:
+        if la.skipped and not la.skipped[:1].isdigit():
+            print(f"  skipped {la.name}: {la.skipped}")
     print(f"  note: {report.note}")
-    return 0
+    return 0 if outcome.bits is None or outcome.bits.target_met else 1
+
+
+def _fidelity_text(fid: dict[str, Any]) -> str:
+    text = f"{fid['metric'].replace('_', ' ')} {fid['value']:.4f}"
+    if "accuracy" in fid:
+        text += f", accuracy {fid['accuracy']:.4f} (original {fid['reference_accuracy']:.4f})"
+    return text + f", output error {fid['output_rel_error']:.4f}"
 
 
 def _parse_ranks(values: list[str] | None) -> dict[str, int]:
@@ -113,6 +183,7 @@ def cmd_factorize(args: argparse.Namespace) -> int:
 
     example = feed_for(args, loaded.inputs, loaded.preprocess, count=max(args.samples or 8, 8))
     result: dict[str, Any] = {"model": args.model}
+    original, probe = _fidelity_reference(args, loaded)
     if target is not None:
         from trtopt.speedup_search import search_speedup
 
@@ -127,6 +198,10 @@ def cmd_factorize(args: argparse.Namespace) -> int:
         example_t = tuple(torch.from_numpy(example[spec.name][:1]) for spec in loaded.inputs)  # forward's positional order
         _, report = factorize_(loaded.module, config, example_inputs=example_t)
     report_dict = report.to_dict()
+    if probe is not None:
+        report_dict["fidelity"] = probe(loaded.module)
+    if args.distill_steps:
+        report_dict["distill"], report_dict["fidelity_distilled"] = _distill_after(args, loaded, original, probe)
     artifact = _export(args, loaded, args.output)
     result.update(report=report_dict, onnx=artifact.to_dict())
     write_json_output(args.json, result, args.force)
@@ -138,7 +213,45 @@ def cmd_factorize(args: argparse.Namespace) -> int:
             f"{la['scheme']} rank {la['rank']}, energy {la['energy_kept']:.3f}, "
             f"{la['params_before']:,} → {la['params_after']:,} parameters")
         print(f"  {la['name']}: {what}")
+    for label, key in (("fidelity", "fidelity"), ("after distillation", "fidelity_distilled")):
+        if report_dict.get(key):
+            fid = report_dict[key]
+            print(f"  {label} on {args.data} ({fid['samples']} samples): {_fidelity_text(fid)}")
     return 0 if target is None else speedup_search_outcome(search)
+
+
+def _fidelity_reference(args: argparse.Namespace, loaded) -> tuple[Any, Any]:
+    """(a copy of the original model when distillation follows, else None; a fidelity probe on --data or None)."""
+    import copy
+
+    from trtopt.compress.distill import fidelity_probe
+
+    if args.distill_steps and args.data in (None, "random") and args.train_data is None:
+        raise TrtoptError("--distill-steps needs real data, but no --data / --train-data was given",
+                          "give --train-data (distillation) and --data (held-out fidelity)")
+    original = copy.deepcopy(loaded.module) if args.distill_steps else None
+    probe = None
+    if args.data not in (None, "random"):
+        probe = fidelity_probe(loaded.module, _model_data(args, loaded, args.data, args.samples),
+                               "embedding" in loaded.output_names)
+    return original, probe
+
+
+def _distill_after(args: argparse.Namespace, loaded, original: Any, probe: Any) -> tuple[dict[str, Any], Any]:
+    """Distil the factorized ``loaded.module`` from ``original`` for --distill-steps steps; (record, fidelity after)."""
+    from trtopt.compress.config import DistillConfig
+    from trtopt.compress.distill import distill
+
+    embeddings = "embedding" in loaded.output_names
+    train = _model_data(args, loaded, args.train_data or args.data, args.train_samples)
+    config = DistillConfig(output_loss="cosine" if embeddings else "kl", epochs=None, max_steps=args.distill_steps,
+                           batch_size=args.distill_batch_size, lr=args.lr, restore_best=False)
+    run = distill(loaded.module.requires_grad_(True), original, train, config)
+    loaded.module = run.student
+    record = run.to_dict()
+    record["loss_first"], record["loss_last"] = run.step_losses[0], run.step_losses[-1]
+    record.pop("step_losses", None)
+    return record, (probe(run.student) if probe else None)
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
@@ -167,6 +280,25 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="weights with fewer elements stay FP32 (default %(default)s)")
     p.add_argument("--checkpoint-out", help="also write the decoded weights as a state dict (for --checkpoint of later stages)")
     p.add_argument("--onnx", help="also export the clustered model to this ONNX file")
+    mixed = p.add_argument_group("mixed bit-widths (per-layer bits from measured sensitivity on --data)")
+    mixed.add_argument("--target-ratio", type=float, default=None, metavar="X",
+                       help="choose per-layer bits so the stored state is X× smaller than FP32")
+    mixed.add_argument("--max-accuracy-drop", type=float, default=None, metavar="D",
+                       help="choose per-layer bits so the task metric drops at most D (fraction; measured on --data)")
+    mixed.add_argument("--no-protect", action="store_true",
+                       help=f"do not keep the first/last and depthwise layers at {ShareConfig.protected_bits} bits")
+    tune = p.add_argument_group("tied fine-tuning (distillation from the original; DDP under torchrun)")
+    tune.add_argument("--finetune-steps", type=int, default=ShareConfig.finetune_steps,
+                      help="optimizer steps with the weights kept tied (default %(default)s: none)")
+    tune.add_argument("--train-data", help="fine-tuning data (default: --data); keep --data held out for fidelity")
+    tune.add_argument("--train-samples", type=int, default=None, help="use at most this many training samples")
+    tune.add_argument("--labels", action="store_true", help="use the labels of dataset:NAME:SPLIT sources "
+                      "(accuracy in the fidelity; α·CE + (1 − α)·KD in fine-tuning)")
+    tune.add_argument("--lr", type=float, default=ShareConfig.finetune_lr, help="peak learning rate (default %(default)s)")
+    tune.add_argument("--batch-size", type=int, default=ShareConfig.finetune_batch_size,
+                      help="samples per step, global under DDP (default %(default)s)")
+    tune.add_argument("--checkpoint-dir", help="write fine-tuning checkpoints (last.pt) here")
+    tune.add_argument("--resume", action="store_true", help="continue the fine-tuning from --checkpoint-dir/last.pt")
     p.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("factorize", parents=[common],
@@ -186,4 +318,11 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="round ranks up to a multiple (8/16 suit tensor cores; default %(default)s)")
     add_speedup_search(p, "lower the kept energy step by step (then bisect) until the exported ONNX is measured X× "
                           "faster than the original's on ONNX Runtime (interleaved); missed: keeps the closest, exit 1")
+    tune = p.add_argument_group("distillation after factorizing (from the original model; fidelity on --data)")
+    tune.add_argument("--distill-steps", type=int, default=0, help="optimizer steps of distillation (default 0: none)")
+    tune.add_argument("--train-data", help="distillation data (default: --data); keep --data held out for fidelity")
+    tune.add_argument("--train-samples", type=int, default=None, help="use at most this many training samples")
+    tune.add_argument("--labels", action="store_true", help="use the labels of dataset:NAME:SPLIT sources")
+    tune.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default %(default)s)")
+    tune.add_argument("--distill-batch-size", type=int, default=16, help="samples per step (default %(default)s)")
     p.set_defaults(func=cmd_factorize)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from trtopt._config import check_choice, check_int, check_names, check_number, field_error
+from trtopt._config import check_choice, check_int, check_ints, check_names, check_number, field_error
 
 # -- prune ------------------------------------------------------------
 
@@ -242,6 +242,21 @@ class ShareConfig:
         max_iterations: Lloyd iterations at most (each is O(k log n) on sorted values).
         init_sample: k-means++ seeding looks at at most this many values per group (random subset).
         seed: seed of the k-means++ sampling (results are deterministic for a seed).
+        layer_bits: module name → bits for that layer's weight (overrides ``bits``; mixed bit-widths).
+        target_ratio: mixed bits chosen from measured per-layer sensitivity so the stored state is at
+            least this many times smaller than FP32 (needs data; `trtopt.compress.share.choose_bits`).
+        max_accuracy_drop: mixed bits chosen so the task metric (top-1 accuracy with labels, else
+            1 − top-1 agreement, or 1 − cosine for embeddings) drops at most this much, measured.
+            With ``target_ratio`` too: the smallest file meeting both, or the drop limit wins.
+        candidate_bits: bit-widths mixed allocation may choose from (ascending).
+        protect_first_last: keep the first and last Conv/Linear layer (in forward order) at
+            ``protected_bits`` under mixed allocation (input stem and classifier are the most sensitive).
+        protect_depthwise: keep depthwise convolutions (groups == in_channels > 1) at ``protected_bits``.
+        protected_bits: bits of protected layers.
+        finetune_steps: tied fine-tuning steps after clustering (0: none); distillation from the original
+            model (with labels: α·CE + (1 − α)·KD), weights kept tied (`tie_weights`).
+        finetune_lr: peak learning rate of the tied fine-tuning (AdamW, cosine schedule).
+        finetune_batch_size: samples per fine-tuning step.
     """
 
     bits: int = 4
@@ -253,9 +268,31 @@ class ShareConfig:
     max_iterations: int = 300
     init_sample: int = 16384
     seed: int = 0
+    layer_bits: dict[str, int] = field(default_factory=dict)
+    target_ratio: float | None = None
+    max_accuracy_drop: float | None = None
+    candidate_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
+    protect_first_last: bool = True
+    protect_depthwise: bool = True
+    protected_bits: int = 8
+    finetune_steps: int = 0
+    finetune_lr: float = 1e-4
+    finetune_batch_size: int = 16
 
     def __post_init__(self) -> None:
         check_int("bits", self.bits, 1, 8, fix="choose b in 1..8 (2^b shared values; 4 bits = 16 is typical)")
+        for name, b in self.layer_bits.items():
+            check_int(f"layer_bits.{name}", b, 1, 8, fix="give bits in 1..8 per layer")
+        check_ints("candidate_bits", self.candidate_bits, 1, 8, nonempty=True, fix="e.g. (2, 3, 4, 5, 6, 8)")
+        object.__setattr__(self, "candidate_bits", tuple(sorted(set(self.candidate_bits))))
+        check_int("protected_bits", self.protected_bits, 1, 8, fix="e.g. 8")
+        check_number("target_ratio", self.target_ratio, 1, low_open=True, optional=True,
+                     fix="give the storage ratio vs FP32 to reach, e.g. 6")
+        check_number("max_accuracy_drop", self.max_accuracy_drop, 0, 1, optional=True,
+                     fix="give the allowed drop as a fraction, e.g. 0.02")
+        check_int("finetune_steps", self.finetune_steps, minimum=0, fix="e.g. 200 (0: no fine-tuning)")
+        check_number("finetune_lr", self.finetune_lr, 0, low_open=True, fix="e.g. 1e-4")
+        check_int("finetune_batch_size", self.finetune_batch_size, fix="e.g. 16")
         check_choice("granularity", self.granularity, GRANULARITIES,
                      fix="use 'layer' (smallest file) or 'channel' (lower error)")
         check_int("min_elements", self.min_elements, minimum=0, fix="e.g. 64")

@@ -82,7 +82,7 @@ from torch import nn
 
 from trtopt import metrics
 from trtopt.compress.config import DistillConfig
-from trtopt.compress.data_source import DataSource
+from trtopt.compress.data_source import DataSource, predict
 from trtopt.compress.trainer import (
     DistillProgress,
     Metric,
@@ -115,6 +115,56 @@ def cosine_metric(student_out: torch.Tensor, teacher_out: torch.Tensor | None, l
     """Cosine similarity of the student's outputs to the teacher's (`trtopt.metrics.cosine_similarity`: per
     sample over its flattened output, then the mean); 0.0 when no sample has a defined angle."""
     return metrics.cosine_similarity(_host(teacher_out), _host(student_out)) or 0.0
+
+def fidelity_probe(reference: nn.Module, data: Any, embeddings: bool,
+                   batch_size: int = 32) -> Callable[[nn.Module], dict[str, Any]]:
+    """A measure of how closely a compressed model reproduces ``reference`` on ``data``: ``probe(model) -> dict``.
+
+    The reference's outputs are computed once (CPU); each call runs ``model`` on the same samples and
+    returns the task metric by output kind:
+
+    - logits: ``{"metric": "top1_agreement", "value": fraction in [0, 1] of samples whose top-1 class
+      equals the reference's, "drop": 1 - value}``; with labelled data also ``accuracy``,
+      ``reference_accuracy`` and ``"drop": reference_accuracy - accuracy`` (top-1, in [0, 1]);
+    - embeddings: ``{"metric": "cosine", "value": mean per-sample cosine similarity, "drop": 1 - value}``.
+
+    Every result also has ``samples`` and ``output_rel_error`` = ||y - y_ref||_F / ||y_ref||_F over all
+    outputs (a continuous measure for ranking layers; zero for an identical model).
+
+    Args:
+        reference: the original model (not modified; put in eval mode).
+        data: ``(inputs, labels-or-None)`` or a Dataset, as `distill` takes it.
+        embeddings: the outputs are embeddings (cosine) rather than logits (agreement / accuracy).
+        batch_size: samples per forward pass.
+
+    Raises:
+        TrtoptError: unusable data (see `trtopt.compress.data_source.DataSource`); labels with embeddings.
+    """
+    source = DataSource(data, "evaluation data")
+    if embeddings and source.labelled:
+        raise TrtoptError("labels were given for a model whose output is an embedding", "drop the labels")
+    cpu = torch.device("cpu")
+    ref = predict(reference, source, batch_size, cpu).float()
+    labels = source.labels
+    ref_accuracy = None if labels is None else accuracy_metric(ref, None, labels)
+
+    def probe(model: nn.Module) -> dict[str, Any]:
+        out = predict(model, source, batch_size, cpu).float()
+        rel = float(torch.linalg.norm(out - ref) / torch.linalg.norm(ref).clamp(min=1e-30))
+        if embeddings:
+            value = cosine_metric(out, ref, None)
+            return {"metric": "cosine", "value": value, "drop": 1.0 - value, "samples": len(source),
+                    "output_rel_error": rel}
+        value = agreement_metric(out, ref, None)
+        result = {"metric": "top1_agreement", "value": value, "drop": 1.0 - value, "samples": len(source),
+                  "output_rel_error": rel}
+        if ref_accuracy is not None:
+            accuracy = accuracy_metric(out, None, labels)
+            result.update(accuracy=accuracy, reference_accuracy=ref_accuracy, drop=ref_accuracy - accuracy)
+        return result
+
+    return probe
+
 
 @dataclass
 class DistillResult:

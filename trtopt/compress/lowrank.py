@@ -42,7 +42,6 @@ from trtopt.compress.config import LowRankConfig
 from trtopt.errors import TrtoptError
 from trtopt.progress import StepCallback
 
-SUPPORTED_TYPES = ("Linear", "Conv2d")
 
 @dataclass(frozen=True)
 class LayerRank:
@@ -299,9 +298,8 @@ def _conv_tucker_plan(name: str, m: Any, shapes: Mapping[str, Any], energy: floa
     plan.ranks = ranks  # type: ignore[attr-defined]
     return plan
 
-def _plans_for(name: str, m: Any, config: LowRankConfig, shapes: Mapping[str, Any]) -> list[_Plan] | str:
-    """Candidate decompositions of one module, or the reason it is left alone."""
-    kind = type(m).__name__
+def _plans_for(name: str, m: Any, kind: str, config: LowRankConfig, shapes: Mapping[str, Any]) -> list[_Plan] | str:
+    """Candidate decompositions of one module (of base type ``kind``), or the reason it is left alone."""
     if kind == "Linear":
         return [_linear_plan(name, m, shapes)]
     if m.groups != 1:
@@ -353,23 +351,31 @@ def _record_shapes(model: Any, names: Sequence[str], example_inputs: Any) -> dic
             h.remove()
     return found
 
-def _select(model: Any, config: LowRankConfig) -> list[tuple[str, Any]]:
-    modules = dict(model.named_modules())
-    for name in list(config.layers) + list(config.exclude) + list(config.ranks):
-        if name not in modules:
+def _select(model: Any, config: LowRankConfig, in_hw: Mapping[str, Any]) -> list[tuple[str, Any, str, Any, str | None]]:
+    """(name, module, base type, padding module or None, reason skipped or None) of every candidate layer.
+
+    Candidates are instances (subclasses too) of Linear/Conv2d; a layer is skipped, with the reason,
+    when its weight is not what its forward uses or its forward is neither the base class's nor a
+    padding wrapper around it (`trtopt.compress.layers.forward_form`).
+    """
+    from trtopt.compress.layers import FACTORIZABLE, base_type, forward_form, select_layers
+
+    names = list(config.layers) or (list(config.ranks) if config.method == "ranks" else [])
+    for name in config.ranks:
+        if name not in dict(model.named_modules()):
             raise TrtoptError(f"the model has no module named {name!r}",
-                              f"use names from model.named_modules(), e.g. {', '.join(list(modules)[1:4])}")
-    named = list(config.layers) or (list(config.ranks) if config.method == "ranks" else [])
-    for name in named:
-        kind = type(modules[name]).__name__
-        if kind not in SUPPORTED_TYPES:
-            raise TrtoptError(f"layer {name!r} is a {kind}, which low-rank factorization does not support",
-                              f"name layers of these types: {', '.join(SUPPORTED_TYPES)}")
-    if named:
-        chosen = [(n, modules[n]) for n in named]
-    else:
-        chosen = [(n, m) for n, m in modules.items() if type(m).__name__ in SUPPORTED_TYPES]
-    return [(n, m) for n, m in chosen if n not in set(config.exclude)]
+                              f"use names from model.named_modules(), e.g. {', '.join(list(dict(model.named_modules()))[1:4])}")
+    out = []
+    for name, m, problem in select_layers(model, FACTORIZABLE, names, config.exclude, "low-rank factorization"):
+        kind = base_type(m, FACTORIZABLE)
+        pad = None
+        if problem is None:
+            form, pad, why = forward_form(m, kind, (in_hw.get(name) or {}).get("in_hw"))
+            problem = f"left as it is: {why}" if form == "custom" else None
+        else:
+            problem = f"left as it is: {problem}"
+        out.append((name, m, kind, pad, problem))
+    return out
 
 def _round_rank(r: int, multiple: int, max_rank: int) -> int:
     return min(max_rank, int(math.ceil(r / multiple) * multiple))
@@ -433,20 +439,27 @@ def factorize_(model: Any, config: LowRankConfig = LowRankConfig(), example_inpu
         TrtoptError: a named layer is missing or of an unsupported type (the message names its type); an
         explicit rank is above what the layer allows (min(in, out) for Linear); an infeasible budget.
     """
+    from trtopt.compress.layers import FACTORIZABLE, select_layers
     from trtopt.models.spec import parameter_count
 
     start = time.perf_counter()
-    chosen = _select(model, config)
-    shapes = _record_shapes(model, [n for n, _ in chosen], example_inputs) if example_inputs is not None else {}
+    candidates_all = [n for n, _, _ in select_layers(model, FACTORIZABLE, list(config.layers), config.exclude,
+                                                      "low-rank factorization")]
+    shapes = _record_shapes(model, candidates_all, example_inputs) if example_inputs is not None else {}
+    chosen = _select(model, config, shapes)
+    pads = {name: pad for name, _, _, pad, _ in chosen}
     before = parameter_count(model)
     rows: list[LayerRank] = []
     candidates: list[tuple[_Plan, int]] = []
     plans_by_layer: list[list[_Plan]] = []
-    for name, m in chosen:
+    for name, m, kind, _pad, problem in chosen:
         if on_step:
             on_step(f"factorizing {name}")
-        plans = _plans_for(name, m, config, shapes)
         dense = sum(p.numel() for p in m.parameters())
+        if problem:
+            rows.append(_skipped(name, m, dense, problem))
+            continue
+        plans = _plans_for(name, m, kind, config, shapes)
         if isinstance(plans, str):
             rows.append(_skipped(name, m, dense, plans))
             continue
@@ -498,12 +511,18 @@ def factorize_(model: Any, config: LowRankConfig = LowRankConfig(), example_inpu
             rows.append(_skipped(plan.name, m, dense, reason, dense_macs))
             continue
         replacement = plan.build(r)
+        if pads.get(plan.name) is not None:  # a padding wrapper: its padding, then the plain factorized layers
+            import copy
+
+            import torch
+
+            replacement = torch.nn.Sequential(copy.deepcopy(pads[plan.name]), *replacement)
         err = _rel_error(plan, r)
         rank_value: Any = list(plan.ranks(r))[::-1] if plan.scheme == "tucker2" else r  # type: ignore[attr-defined]
         rows.append(LayerRank(plan.name, type(m).__name__, tuple(m.weight.shape), plan.scheme, rank_value,
                               plan.max_rank, plan.energy_at(r), err, dense, after, dense_macs, after_macs))
         _set_module(model, modules, plan.name, replacement)
-    order = {n: i for i, (n, _) in enumerate(chosen)}
+    order = {n: i for i, (n, *_) in enumerate(chosen)}
     rows.sort(key=lambda la: order[la.name])
     return model, LowRankResult(config, rows, before, parameter_count(model), time.perf_counter() - start)
 
@@ -528,7 +547,7 @@ def _rel_error(plan: _Plan, r: int) -> float:
 
 def _matrix_desc(m: Any, scheme: str) -> str:
     shape = tuple(m.weight.shape)
-    if type(m).__name__ == "Linear":
+    if m.weight.dim() == 2:
         return f"weight {shape[0]}×{shape[1]}"
     return f"kernel {'×'.join(map(str, shape))} as the {scheme} matrix"
 

@@ -44,7 +44,8 @@ import torch
 from torch import nn
 
 from trtopt.compress.config import PruneConfig
-from trtopt.compress.sparsity import mask_2to4, weight_layers
+from trtopt.compress.layers import weight_layers
+from trtopt.compress.sparsity import mask_2to4
 from trtopt.errors import TrtoptError, first_line
 
 

@@ -23,7 +23,8 @@ it converges fully in milliseconds even on a 30522×384 embedding; k-means++ see
 most ``init_sample`` values per group).
 
 Which weights are clustered: the ``weight`` of every ``Linear``, ``Conv1d/2d/3d``, ``ConvTranspose*`` and
-``Embedding`` (other parameters - biases, norms - and all buffers stay FP32). A clustered model carries its
+``Embedding``, subclasses included, whose weight is what its forward uses (`trtopt.compress.layers`; a
+parametrized or hook-rebuilt weight is listed as skipped with the reason) (other parameters - biases, norms - and all buffers stay FP32). A clustered model carries its
 spec in the attribute ``trtopt_share`` (parameter name → {"bits", "granularity"}); the codebooks and
 indices are recovered from the weights themselves, so no other state is needed and a model fine-tuned
 with :func:`tie_weights` saves its updated codebooks.
@@ -37,7 +38,7 @@ import json
 import math
 import os
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from trtopt.compress.config import ShareConfig
+from trtopt.compress.layers import CLUSTERABLE, select_layers
 from trtopt.errors import TrtoptError
 from trtopt.files import atomic_output
 from trtopt.progress import StepCallback
@@ -53,10 +55,6 @@ from trtopt.progress import StepCallback
 FORMAT_NAME = "trtopt-shared"
 
 FORMAT_VERSION = 1
-
-#: Module types whose ``weight`` can be clustered.
-CLUSTERABLE_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
-                     "ConvTranspose3d", "Embedding")
 
 SPEC_ATTRIBUTE = "trtopt_share"
 
@@ -197,24 +195,6 @@ def _grouped(weight: Any, granularity: str) -> Any:
     """A weight viewed as (groups, values per group): one row per layer, or per output channel (axis 0)."""
     return weight.reshape(1, -1) if granularity == "layer" else weight.reshape(weight.shape[0], -1)
 
-def _select_modules(model: Any, config_layers: Sequence[str], exclude: Sequence[str]) -> list[tuple[str, Any]]:
-    """(name, module) of the modules to cluster; naming a missing module or a non-clusterable type is an error."""
-    modules = dict(model.named_modules())
-    for name in list(config_layers) + list(exclude):
-        if name not in modules:
-            raise TrtoptError(f"the model has no module named {name!r}",
-                              f"use names from model.named_modules(), e.g. {', '.join(list(modules)[1:4])}")
-    if config_layers:
-        for name in config_layers:
-            kind = type(modules[name]).__name__
-            if kind not in CLUSTERABLE_TYPES:
-                raise TrtoptError(f"layer {name!r} is a {kind}, which weight sharing does not support",
-                                  f"name layers of these types: {', '.join(CLUSTERABLE_TYPES)}")
-        chosen = [(n, modules[n]) for n in config_layers]
-    else:
-        chosen = [(n, m) for n, m in modules.items() if type(m).__name__ in CLUSTERABLE_TYPES]
-    return [(n, m) for n, m in chosen if n not in set(exclude)]
-
 def cluster_weights_(model: Any, config: ShareConfig = ShareConfig(),
                      on_step: StepCallback | None = None) -> tuple[Any, ShareResult]:
     """Replace each selected weight by its nearest of 2^b k-means centroids (per layer or per channel).
@@ -235,17 +215,20 @@ def cluster_weights_(model: Any, config: ShareConfig = ShareConfig(),
     import torch
 
     start = time.perf_counter()
-    k = 2 ** config.bits
     spec: dict[str, dict[str, Any]] = dict(getattr(model, SPEC_ATTRIBUTE, {}) or {})
     layers: list[LayerShare] = []
-    for mod_name, module in _select_modules(model, config.layers, config.exclude):
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.nn.Parameter):
-            continue
+    for mod_name, module, problem in select_layers(model, CLUSTERABLE, config.layers, config.exclude, "weight sharing"):
+        weight = module.weight
         name = f"{mod_name}.weight" if mod_name else "weight"
         kind = type(module).__name__
         numel = weight.numel()
         fp32 = numel * 4
+        bits = config.layer_bits.get(mod_name, config.bits)
+        k = 2 ** bits
+        if problem:
+            layers.append(LayerShare(name, kind, tuple(weight.shape), numel, None, 0, 0, None, fp32, fp32,
+                                     skipped=f"left FP32: {problem}"))
+            continue
         if numel < max(config.min_elements, k + 1):
             layers.append(LayerShare(name, kind, tuple(weight.shape), numel, None, 0, 0, None, fp32, fp32,
                                      skipped=f"{numel} elements: fewer than min_elements={config.min_elements} "
@@ -254,28 +237,322 @@ def cluster_weights_(model: Any, config: ShareConfig = ShareConfig(),
         if on_step:
             on_step(f"clustering {name}")
         with torch.no_grad():
-            original = weight.detach().to(torch.float64)
-            grouped = _grouped(original.cpu(), config.granularity)
-            centroids, _, _ = kmeans_1d(grouped, k, config.max_iterations, config.init_sample, config.seed)
-            if config.int8_grid:
-                centroids = torch.sort(snap_to_int8_grid(centroids), dim=1).values
-            # Round the codebook to the weight's dtype first, then assign: the stored values are exactly these.
-            centroids = centroids.to(weight.dtype).to(torch.float64)
-            mids = ((centroids[:, 1:] + centroids[:, :-1]) / 2).contiguous()
-            labels = torch.searchsorted(mids, grouped.contiguous())
-            shared = torch.gather(centroids, 1, labels).reshape(weight.shape)
+            shared, err = _cluster_tensor(weight, bits, config)
             weight.copy_(shared.to(weight.device, weight.dtype))
-            err = float(torch.linalg.norm(shared - original.cpu()) / torch.linalg.norm(original).clamp(min=1e-30))
             distinct = _distinct_per_group(weight.detach().cpu(), config.granularity)
-        spec[name] = {"bits": config.bits, "granularity": config.granularity}
-        layers.append(LayerShare(name, kind, tuple(weight.shape), numel, config.bits, grouped.shape[0], distinct, err,
-                                 fp32, _shared_bytes(numel, grouped.shape[0], config.bits)))
+        groups = _grouped(weight, config.granularity).shape[0]
+        spec[name] = {"bits": bits, "granularity": config.granularity}
+        layers.append(LayerShare(name, kind, tuple(weight.shape), numel, bits, groups, distinct, err,
+                                 fp32, _shared_bytes(numel, groups, bits)))
     if not any(la.skipped is None for la in layers):
         raise TrtoptError("no weight was clustered (no clusterable layer, or all below min_elements)",
-                          f"cluster a model with {', '.join(CLUSTERABLE_TYPES[:3])}... layers or lower min_elements")
+                          f"cluster a model with {', '.join(CLUSTERABLE[:3])}... layers (or subclasses) or lower min_elements")
     setattr(model, SPEC_ATTRIBUTE, spec)
     fp32_total, shared_total = _state_sizes(model, spec)
     return model, ShareResult(config, layers, fp32_total, shared_total, time.perf_counter() - start)
+
+def _cluster_tensor(weight: Any, bits: int, config: ShareConfig) -> tuple[Any, float]:
+    """(the weight with each value replaced by its group's nearest of 2^bits k-means centroids, as float64 on
+    the CPU, in the weight's shape; relative error ||W - W_shared||_F / ||W||_F)."""
+    import torch
+
+    original = weight.detach().cpu().to(torch.float64)
+    grouped = _grouped(original, config.granularity)
+    centroids, _, _ = kmeans_1d(grouped, 2 ** bits, config.max_iterations, config.init_sample, config.seed)
+    if config.int8_grid:
+        centroids = torch.sort(snap_to_int8_grid(centroids), dim=1).values
+    # Round the codebook to the weight's dtype first, then assign: the stored values are exactly these.
+    centroids = centroids.to(weight.dtype).to(torch.float64)
+    mids = ((centroids[:, 1:] + centroids[:, :-1]) / 2).contiguous()
+    labels = torch.searchsorted(mids, grouped.contiguous())
+    shared = torch.gather(centroids, 1, labels).reshape(weight.shape)
+    err = float(torch.linalg.norm(shared - original) / torch.linalg.norm(original).clamp(min=1e-30))
+    return shared, err
+
+@dataclass
+class BitChoice:
+    """Per-layer bits chosen by :func:`choose_bits` from measured sensitivity (JSON-ready via :meth:`to_dict`).
+
+    Attributes:
+        layer_bits: module name → bits for every clustered layer (protected ones included).
+        protected: module name → why it is kept at ``protected_bits`` (first/last layer, depthwise).
+        sensitivity: per unprotected layer, ``{"name", "parameters", "output_rel_error": {bits: value}}``:
+            the relative output error with only that layer clustered at those bits.
+        predicted_ratio: FP32 state bytes / shared state bytes of the choice (exact: sizes are computed).
+        measured: the probe's result for the whole model clustered with ``layer_bits``.
+        evaluations: probe calls spent (sensitivity + search).
+        target_met: whether the requested ratio / drop limit was met.
+    """
+
+    layer_bits: dict[str, int]
+    protected: dict[str, str]
+    sensitivity: list[dict[str, Any]]
+    predicted_ratio: float
+    measured: dict[str, Any]
+    evaluations: int
+    target_met: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def choose_bits(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[str, Any]],
+                on_step: StepCallback | None = None) -> BitChoice:
+    """Mixed bit-widths for weight sharing: per-layer bits from measured sensitivity, to meet
+    ``config.target_ratio`` (storage) and/or ``config.max_accuracy_drop`` (task metric).
+
+    Method: (1) one probe with forward hooks finds the Conv/Linear layers' execution order, so the first
+    and last are protected (``protect_first_last``), as are depthwise convolutions (``protect_depthwise``);
+    (2) each other layer is clustered alone at each of ``candidate_bits`` below the largest and its relative
+    output error e(l, b) measured (``probe(model)["output_rel_error"]``; the model is restored after each);
+    (3) starting from every layer at the largest candidate, bits are lowered greedily one step at a time
+    where the added output error power Δe² per byte saved is smallest (errors of different layers add
+    roughly as independent noise - the assumption of HAWQ-style allocation); (4) on that path the first
+    state reaching ``target_ratio`` is taken, and with ``max_accuracy_drop`` the furthest state whose
+    *measured* drop (whole model clustered) is within the limit, found by bisection.
+
+    Args:
+        model: the original ``nn.Module``; left unchanged.
+        config: `ShareConfig` with ``target_ratio`` and/or ``max_accuracy_drop`` set.
+        probe: ``probe(model) -> {"drop", "output_rel_error", ...}``, e.g.
+            `trtopt.compress.distill.fidelity_probe` on held-out data.
+        on_step: progress messages.
+
+    Raises:
+        TrtoptError: neither target given; ``target_ratio`` unreachable with ``candidate_bits`` (the message
+            gives the largest ratio reachable).
+    """
+    import copy
+    import heapq
+    from dataclasses import replace
+
+    import torch
+
+    if config.target_ratio is None and config.max_accuracy_drop is None:
+        raise TrtoptError("mixed bit-widths need a target", "set target_ratio or max_accuracy_drop")
+    step = on_step or (lambda _m: None)
+    usable = [(n, m) for n, m, problem in select_layers(model, CLUSTERABLE, config.layers, config.exclude, "weight sharing")
+              if problem is None and m.weight.numel() >= max(config.min_elements, 2 ** max(config.candidate_bits) + 1)]
+    order: list[str] = []
+    handles = [m.register_forward_hook(lambda _m, _i, _o, n=n: order.append(n) if n not in order else None)
+               for n, m in usable if not _is_embedding(m)]
+    try:
+        evaluations = 1
+        probe(model)
+    finally:
+        for h in handles:
+            h.remove()
+    protected: dict[str, str] = {}
+    if config.protect_first_last and order:
+        protected[order[0]] = "first Conv/Linear layer"
+        protected[order[-1]] = "last Conv/Linear layer"
+    if config.protect_depthwise:
+        protected.update({n: "depthwise convolution" for n, m in usable
+                          if getattr(m, "groups", 1) > 1 and m.groups == getattr(m, "in_channels", 0)})
+    top = max(config.candidate_bits)
+    lower = [b for b in config.candidate_bits if b < top]
+    free = [(n, m) for n, m in usable if n not in protected]
+    sensitivity = []
+    noise: dict[str, dict[int, float]] = {}
+    # Sensitivity only ranks layers: 30 Lloyd iterations after k-means++ seeding are within a few percent of
+    # the converged error and ~10× cheaper on large tensors; the chosen bits are then clustered fully.
+    quick = replace(config, max_iterations=min(config.max_iterations, 30))
+    for n, m in free:
+        step(f"sensitivity of {n}")
+        errors = {top: 0.0}
+        original = m.weight.detach().clone()
+        try:
+            for b in lower:
+                with torch.no_grad():
+                    shared, _ = _cluster_tensor(original, b, quick)
+                    m.weight.copy_(shared.to(m.weight.device, m.weight.dtype))
+                errors[b] = float(probe(model)["output_rel_error"])
+                evaluations += 1
+        finally:
+            with torch.no_grad():
+                m.weight.copy_(original)
+        noise[n] = {b: e * e for b, e in errors.items()}
+        sensitivity.append({"name": n, "parameters": m.weight.numel(), "output_rel_error": errors})
+    params = {n: m.weight.numel() for n, m in usable}
+    groups = {n: _grouped(m.weight, config.granularity).shape[0] for n, m in usable}
+    fp32_total = sum(t.numel() * (4 if t.is_floating_point() else t.element_size()) for t in model.state_dict().values())
+    fixed = fp32_total - sum(4 * p for p in params.values())  # state that stays FP32
+
+    def state_bytes(bits: Mapping[str, int]) -> int:
+        return fixed + sum(_shared_bytes(params[n], groups[n], bits[n]) for n in params)
+
+    bits = {n: (config.protected_bits if n in protected else top) for n in params}
+    path = [dict(bits)]
+    heap: list[tuple[float, str, int]] = []
+
+    def push(n: str) -> None:
+        below = [b for b in lower if b < bits[n]]
+        if below:
+            nb = below[-1]
+            saved = _shared_bytes(params[n], groups[n], bits[n]) - _shared_bytes(params[n], groups[n], nb)
+            if saved > 0:
+                heapq.heappush(heap, (max(noise[n][nb] - noise[n][bits[n]], 0.0) / saved, n, nb))
+
+    for n, _ in free:
+        push(n)
+    while heap:
+        _, n, nb = heapq.heappop(heap)
+        bits[n] = nb
+        path.append(dict(bits))
+        push(n)
+    ratios = [fp32_total / state_bytes(b) for b in path]
+    index = len(path) - 1
+    if config.target_ratio is not None:
+        reach = [i for i, r in enumerate(ratios) if r >= config.target_ratio]
+        if not reach and config.max_accuracy_drop is None:
+            raise TrtoptError(f"a {config.target_ratio}× smaller state is out of reach with candidate bits "
+                              f"{list(config.candidate_bits)} and the protected layers (at most {ratios[-1]:.2f}×)",
+                              "lower target_ratio, add lower candidate_bits, or turn off protect_first_last/protect_depthwise")
+        index = reach[0] if reach else index
+
+    def measure(i: int) -> dict[str, Any]:
+        nonlocal evaluations
+        trial = copy.deepcopy(model)
+        cluster_weights_(trial, replace(config, layer_bits=path[i], target_ratio=None, max_accuracy_drop=None))
+        evaluations += 1
+        step(f"measuring {ratios[i]:.2f}× ({i}/{len(path) - 1} steps along the allocation path)")
+        return dict(probe(trial))
+
+    measured = None
+    if config.max_accuracy_drop is not None:
+        lo, hi = 0, len(path) - 1
+        results = {0: measure(0)}
+        if results[0]["drop"] > config.max_accuracy_drop:
+            hi = 0
+        while lo < hi:  # the largest index whose measured drop is within the limit (drop ~ monotone along the path)
+            mid = (lo + hi + 1) // 2
+            results[mid] = measure(mid)
+            if results[mid]["drop"] <= config.max_accuracy_drop:
+                lo = mid
+            else:
+                hi = mid - 1
+        index = lo
+        measured = results.get(lo) or measure(lo)
+    measured = measured or measure(index)
+    met = ((config.target_ratio is None or ratios[index] >= config.target_ratio) and
+           (config.max_accuracy_drop is None or measured["drop"] <= config.max_accuracy_drop))
+    return BitChoice(path[index], protected, sensitivity, ratios[index], measured, evaluations, met)
+
+
+def _is_embedding(module: Any) -> bool:
+    import torch
+
+    return isinstance(module, torch.nn.Embedding)
+
+
+@dataclass
+class ShareOutcome:
+    """What :func:`share_weights` did: the clustered model and, JSON-ready via :meth:`to_dict`, every number.
+
+    Attributes:
+        model: the clustered (and fine-tuned) model, tied codebooks recorded in ``trtopt_share``.
+        result: the `ShareResult` of the clustering (sizes, per-layer bits and errors).
+        bits: the mixed-bit choice (None for uniform bits).
+        fidelity: probe result right after clustering (None without a probe).
+        finetune: the tied fine-tuning's `DistillResult.to_dict()` without per-step losses (None without).
+        fidelity_finetuned: probe result after fine-tuning (None without fine-tuning or probe).
+    """
+
+    model: Any
+    result: ShareResult
+    bits: BitChoice | None = None
+    fidelity: dict[str, Any] | None = None
+    finetune: dict[str, Any] | None = None
+    fidelity_finetuned: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.result.to_dict(), "bit_choice": self.bits.to_dict() if self.bits else None,
+                "fidelity": self.fidelity, "finetune": self.finetune, "fidelity_finetuned": self.fidelity_finetuned}
+
+    @property
+    def final_fidelity(self) -> dict[str, Any] | None:
+        """The fidelity of the model as returned (after fine-tuning when there was any)."""
+        return self.fidelity_finetuned or self.fidelity
+
+
+def tied_distill_config(config: ShareConfig, embeddings: bool, checkpoint_dir: str | None = None,
+                        resume: bool = False, seed: int = 0) -> Any:
+    """The `DistillConfig` of tied fine-tuning: ``config.finetune_steps`` AdamW steps at ``finetune_lr``
+    (cosine schedule), loss KD (with labels α·CE + (1 − α)·KD) or cosine for embeddings; checkpoints in
+    ``checkpoint_dir`` and, with ``resume``, continuing from its ``last.pt`` when one exists."""
+    from trtopt.compress.config import DistillConfig
+
+    resume_from = checkpoint_dir if resume and checkpoint_dir and (Path(checkpoint_dir) / "last.pt").exists() else None
+    return DistillConfig(output_loss="cosine" if embeddings else "kl", epochs=None, max_steps=config.finetune_steps,
+                         batch_size=config.finetune_batch_size, lr=config.finetune_lr, checkpoint_dir=checkpoint_dir,
+                         checkpoint_every=max(1, config.finetune_steps // 4), resume_from=resume_from, seed=seed,
+                         restore_best=False)
+
+
+def share_weights(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[str, Any]] | None = None,
+                  train_data: Any = None, embeddings: bool = False, checkpoint_dir: str | None = None,
+                  resume: bool = False, progress: Callable[[Any], None] | None = None,
+                  on_step: StepCallback | None = None) -> ShareOutcome:
+    """The weight-sharing stage end to end: (mixed) bits → clustering → fidelity → tied fine-tuning → fidelity.
+
+    Args:
+        model: the original ``nn.Module``; not modified (a copy is clustered) - it is the teacher of the
+            fine-tuning.
+        config: `ShareConfig`. ``target_ratio`` / ``max_accuracy_drop`` pick per-layer bits with
+            :func:`choose_bits` (needs ``probe``); ``finetune_steps`` > 0 fine-tunes with weights tied
+            (needs ``train_data``).
+        probe: ``probe(model) -> dict`` measuring fidelity to the original (e.g.
+            `trtopt.compress.distill.fidelity_probe` on held-out data); None: no fidelity figures.
+        train_data: ``(inputs, labels-or-None)`` for fine-tuning (and nothing else).
+        embeddings: the model outputs embeddings (cosine loss) rather than logits (KD loss).
+        checkpoint_dir / resume: fine-tuning checkpoints, and continuing from them (see `distill`).
+        progress: the fine-tuning's per-step callback (`DistillProgress`).
+        on_step: progress messages.
+
+    Raises:
+        TrtoptError: mixed bits without a probe, fine-tuning without data, and the errors of the steps.
+    """
+    import copy
+    from dataclasses import replace
+
+    import torch
+
+    mixed = config.target_ratio is not None or config.max_accuracy_drop is not None
+    if mixed and probe is None:
+        raise TrtoptError("mixed bit-widths (target_ratio / max_accuracy_drop) are chosen from measured fidelity, "
+                          "but no data was given", "give evaluation data (trtopt cluster --data ...)")
+    if config.finetune_steps and train_data is None:
+        raise TrtoptError(f"finetune_steps={config.finetune_steps} but no training data was given",
+                          "give training data (trtopt cluster --train-data or --data), or finetune_steps=0")
+    choice = choose_bits(model, config, probe, on_step) if mixed else None
+    if choice is not None:
+        config = replace(config, layer_bits=choice.layer_bits)
+    clustered, result = cluster_weights_(copy.deepcopy(model), config, on_step)
+    outcome = ShareOutcome(clustered, result, choice, dict(probe(clustered)) if probe else None)
+    if config.finetune_steps:
+        if on_step:
+            on_step(f"tied fine-tuning for {config.finetune_steps} steps (distillation from the original)")
+        clustered.requires_grad_(True)  # the copy of a model that once served as a teacher comes frozen
+        # Normalization statistics stay the original's: fine-tuning on a few samples should recover the
+        # original function, not re-estimate BatchNorm from small batches (a pre-hook keeps them in eval mode).
+        freeze = [m.register_forward_pre_hook(lambda mod, _a: setattr(mod, "training", False))
+                  for m in clustered.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        try:
+            run = finetune_shared(clustered, model, train_data,
+                                  tied_distill_config(config, embeddings, checkpoint_dir, resume), progress=progress)
+        finally:
+            for h in freeze:
+                h.remove()
+        outcome.model = run.student
+        summary = run.to_dict()
+        summary["loss_first"], summary["loss_last"] = run.step_losses[0], run.step_losses[-1]
+        summary.pop("step_losses", None)
+        outcome.finetune = summary
+        outcome.fidelity_finetuned = dict(probe(outcome.model)) if probe else None
+        fp32, shared = _state_sizes(outcome.model, outcome.model.trtopt_share)
+        outcome.result = replace(outcome.result, state_bytes_fp32=fp32, state_bytes_shared=shared)
+    return outcome
+
 
 def _shared_bytes(numel: int, groups: int, bits: int) -> int:
     """Bytes of one clustered weight: groups × 2^b FP32 codebook values + packed b-bit indices."""

@@ -11,14 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from trtopt.compress.layers import weight_layers
 from trtopt.errors import TrtoptError
-
-_WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-
-
-def weight_layers(module: nn.Module) -> dict[str, nn.Module]:
-    """Conv1d/2d/3d and Linear layers by module name: the layers pruning and sparsity masks act on."""
-    return {n: m for n, m in module.named_modules() if isinstance(m, _WEIGHT_LAYERS)}
 
 
 def mask_2to4(weight: torch.Tensor) -> torch.Tensor:

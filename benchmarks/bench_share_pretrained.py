@@ -1,0 +1,184 @@
+"""Weight sharing on pretrained models, measured on held-out real data (issue 17).
+
+For each model: storage ratio of the shared state vs FP32 parameters (the ``save_shared`` file size too)
+and fidelity to the FP32 model on *held-out* data, for
+
+1. uniform 4 bits (one codebook per layer);
+2. mixed bits without fine-tuning (`trtopt.compress.share.choose_bits`: per-layer bits from sensitivity
+   measured on the training split, first/last and depthwise layers at 8 bits, ``--target-ratio``);
+3. the same mixed bits + tied fine-tuning (distillation from FP32 on the training split, weights tied);
+4. (CNN, ``--combined``) prune (unstructured 50 %) + share on the INT8 grid: one row with the combined
+   storage ratio (zeros cost nothing after deflate) and fidelity.
+
+Data:
+- EfficientNet-Lite0 (ImageNet weights): the 19 scikit-image photos split by photo: random 224 px crops
+  (with flips) of photos 0-9 train and choose bits, crops of photos 10-18 are held out; metric: top-1
+  agreement with FP32. Goal ≥ 6× at agreement ≥ 0.95.
+- all-MiniLM-L6-v2: ~1,300 sentences from Python standard-library docstrings train and choose bits; the
+  model card's sentences are held out; metric: mean cosine to FP32 embeddings. Goal ≥ 7× at cosine ≥ 0.98.
+
+Writes ``benchmarks/results/share_pretrained_<model>.json`` per model.
+Run under ``nice``; 2 threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compress_common import THREADS, docstring_sentences
+
+from trtopt.compress.config import ShareConfig
+from trtopt.compress.distill import fidelity_probe
+from trtopt.compress.share import save_shared, share_weights
+from trtopt.environment import environment
+from trtopt.files import write_json
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def photo_crops(photo_ids: list[int], count: int, seed: int) -> np.ndarray:
+    """``count`` random 224 px crops (half flipped) of the given scikit-image photos, ImageNet-normalized."""
+    from trtopt.data import skimage_photos
+    from trtopt.models.spec import ImagePreprocess
+
+    photos = skimage_photos(ImagePreprocess(size=256, resize=256))[photo_ids]
+    rng = np.random.default_rng(seed)
+    out = np.empty((count, 3, 224, 224), np.float32)
+    for k in range(count):
+        img = photos[k % len(photos)]
+        top, left = rng.integers(0, 256 - 224 + 1, size=2)
+        crop = img[:, top:top + 224, left:left + 224]
+        out[k] = crop[:, :, ::-1] if rng.random() < 0.5 else crop
+    return out
+
+
+def cnn_data(train_count: int, eval_count: int, probe_count: int) -> dict[str, Any]:
+    train = photo_crops(list(range(10)), train_count, seed=1)
+    return {"train": (train, None), "choose": (train[:probe_count], None),
+            "held_out": (photo_crops(list(range(10, 19)), eval_count, seed=2), None),
+            "description": f"train: {train_count} crops of skimage photos 0-9 (bits chosen on {probe_count} of them); "
+                           f"held out: {eval_count} crops of photos 10-18"}
+
+
+def minilm_data(probe_count: int) -> dict[str, Any]:
+    from trtopt.models.zoo import minilm_card_sentences, tokenize_for_minilm
+
+    text = docstring_sentences()
+    card = minilm_card_sentences()
+
+    def feed(sentences: list[str], seq_len: int) -> dict[str, Any]:
+        return {k: torch.from_numpy(v) for k, v in tokenize_for_minilm(sentences, seq_len=seq_len).items()}
+
+    train = feed(text, 32)
+    return {"train": (train, None), "choose": ({k: v[:probe_count] for k, v in train.items()}, None),
+            "held_out": (feed(card, 64), None),
+            "description": f"train: {len(text)} stdlib docstring sentences (32 tokens; bits chosen on {probe_count}); "
+                           f"held out: {len(card)} model-card sentences (64 tokens)"}
+
+
+def row(outcome: Any, held_out: Any, tmp: Path, name: str) -> dict[str, Any]:
+    info = save_shared(outcome.model, tmp / f"{name}.npz", force=True)
+    r = outcome.result
+    bits = sorted({la.bits for la in r.layers if la.skipped is None})
+    out = {"variant": name, "state_ratio_vs_fp32": r.compression_ratio, "file_ratio_vs_fp32": info.compression_ratio,
+           "file_bytes": info.file_bytes, "state_bytes_fp32": r.state_bytes_fp32, "bits_used": bits,
+           "fidelity_held_out": held_out(outcome.model)}
+    if outcome.bits is not None:
+        out["layer_bits"] = outcome.bits.layer_bits
+        out["protected"] = outcome.bits.protected
+        out["fidelity_on_choice_data"] = outcome.bits.measured
+        out["evaluations"] = outcome.bits.evaluations
+    if outcome.finetune is not None:
+        out["finetune"] = {k: outcome.finetune[k] for k in ("steps", "seconds", "loss_first", "loss_last", "config")}
+    print(name, {k: out[k] for k in ("state_ratio_vs_fp32", "file_ratio_vs_fp32")}, out["fidelity_held_out"], flush=True)
+    return out
+
+
+def run_model(spec: str, target: float, steps: int, lr: float, data: dict[str, Any], embeddings: bool,
+              candidate_bits: tuple[int, ...], tmp: Path, combined: bool) -> dict[str, Any]:
+    from trtopt.models.load import load_model
+
+    model = load_model(spec).module
+    held_out = fidelity_probe(model, data["held_out"], embeddings)
+    choose = fidelity_probe(model, data["choose"], embeddings)
+    step = (lambda m: print("  ·", m, flush=True)) if "-v" in sys.argv else None
+    start = time.perf_counter()
+    rows = [row(share_weights(model, ShareConfig(bits=4)), held_out, tmp, "uniform_4bit_layer")]
+    mixed_cfg = ShareConfig(target_ratio=target, candidate_bits=candidate_bits)
+    mixed = share_weights(model, mixed_cfg, choose, on_step=step)
+    rows.append(row(mixed, held_out, tmp, f"mixed_{target}x"))
+    tuned_cfg = ShareConfig(layer_bits=mixed.bits.layer_bits, finetune_steps=steps, finetune_lr=lr,
+                            finetune_batch_size=16)
+    tuned = share_weights(model, tuned_cfg, None, data["train"], embeddings)
+    tuned.bits = mixed.bits
+    rows.append(row(tuned, held_out, tmp, f"mixed_{target}x_tied_finetune_{steps}"))
+    result = {"model": spec, "data": data["description"], "goal_ratio": target, "candidate_bits": list(candidate_bits),
+              "rows": rows, "seconds": time.perf_counter() - start}
+    if combined:
+        result["combined"] = combined_row(model, held_out, data, tmp)
+    return result
+
+
+def combined_row(model: Any, held_out: Any, data: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    """Prune (unstructured 50 %, magnitude) + share at 4 bits with codebooks on the INT8 grid + INT8: one row.
+
+    Zero stays an exact codebook value only if k-means keeps it; the zeros of the pruned weights form the
+    largest cluster, so they do. Storage: the ``save_shared`` file (deflate also shrinks the index runs of
+    zeros); the INT8 grid makes a later symmetric INT8 quantization of these weights exact.
+    """
+    from trtopt.compress.config import PruneConfig
+    from trtopt.compress.prune import prune
+
+    example = torch.from_numpy(np.ascontiguousarray(data["held_out"][0][:1]))
+    pruned = prune(model, example, PruneConfig(method="unstructured", ratio=0.5)).module
+    outcome = share_weights(pruned, ShareConfig(bits=4, int8_grid=True))
+    info = save_shared(outcome.model, tmp / "combined.npz", force=True)
+    fp32 = sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
+    zeros = sum(int((m.weight == 0).sum()) for m in outcome.model.modules() if hasattr(m, "weight")
+                and isinstance(m.weight, torch.Tensor) and m.weight.dim() > 1)
+    return {"recipe": "prune unstructured 50% → share 4 bits per layer on the INT8 grid (→ INT8 exact)",
+            "file_bytes": info.file_bytes, "file_ratio_vs_fp32": fp32 / info.file_bytes,
+            "zero_weights_after": zeros, "fidelity_held_out_pruned_only": held_out(pruned),
+            "fidelity_held_out": held_out(outcome.model)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", nargs="+", default=["lite0", "minilm"], choices=("lite0", "minilm"))
+    parser.add_argument("--cnn-steps", type=int, default=60)
+    parser.add_argument("--minilm-steps", type=int, default=160)
+    parser.add_argument("--cnn-train", type=int, default=160)
+    parser.add_argument("--cnn-eval", type=int, default=90)
+    parser.add_argument("--probe", type=int, default=24, help="samples the bit choice is measured on")
+    parser.add_argument("--combined", action="store_true")
+    parser.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 5, 6, 8], help="candidate bits of mixed allocation")
+    parser.add_argument("-v", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+    bits = tuple(args.bits)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        for name in args.models:
+            if name == "lite0":
+                res = run_model("zoo:efficientnet_lite0", 6.0, args.cnn_steps, 1e-4,
+                                cnn_data(args.cnn_train, args.cnn_eval, args.probe), False, bits, tmp, args.combined)
+            else:
+                res = run_model("zoo:minilm_l6", 7.0, args.minilm_steps, 5e-4, minilm_data(args.probe), True, bits, tmp,
+                                False)
+            out = RESULTS / f"share_pretrained_{name}.json"
+            write_json(out, {"benchmark": "weight sharing on pretrained models (issue 17)", "threads": THREADS,
+                             "command": " ".join(sys.argv), "environment": environment(), **res}, force=True)
+            print(f"wrote {out} ({res['seconds']:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
