@@ -175,6 +175,59 @@ def test_structured_transformer_removes_heads_and_ffn_width_keeps_hidden(tmp_pat
     assert all(p["passed"] for p in art.parity.values())
 
 
+# ---- the pruned model proves itself (mask equivalence) ------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["tiny_resnet", "tiny_bert", "grouped_no_shuffle"])
+def test_structured_prune_equals_masked_original_and_reports_residual(name):
+    loaded = load_model(f"tests.helpers.tiny_prune_models:{name}")
+    config = PruneConfig("structured", 0.5, round_to=1 if name == "grouped_no_shuffle" else 8,
+                         protect_first_last=name != "grouped_no_shuffle", ignored_layers=("head",) if name == "grouped_no_shuffle" else ())
+    _, result = prune_loaded(loaded, config)
+    check = result.to_dict()["equivalence"]
+    assert check["layers_compared"] >= 4 and check["max_layer_residual"] < 1e-5 and check["output_residual"] < 1e-5
+    assert set(check["layer_residuals"]) <= {r["name"] for r in result.layers}
+    assert result.parameters_after < result.parameters_before
+
+
+def test_channel_shuffle_is_refused_naming_where_it_happens():
+    model = load_model("tests.helpers.tiny_prune_models:grouped_shuffle").module
+    x = torch.randn(2, 3, 16, 16)
+    for ratio in (0.3, 0.5):
+        with pytest.raises(TrtoptError, match=r"channel shuffle right after 'gconv1.2'.*fix: prune this model with --method unstructured"):
+            prune(model, x, PruneConfig("structured", ratio, round_to=1, protect_first_last=False, ignored_layers=("head",)))
+    # the suggested fix works
+    assert prune(model, x, PruneConfig("unstructured", 0.5)).pruning_rate_percent > 40
+
+
+def test_wrong_rewiring_that_slips_past_the_graph_names_the_first_diverging_layer(monkeypatch):
+    import trtopt.compress.prune_check as prune_check
+
+    # without the shuffle guard, Torch-Pruning maps the shuffle as if channels kept their order: the check catches it
+    monkeypatch.setattr(prune_check, "find_channel_shuffle", lambda model, args: None)
+    model = load_model("tests.helpers.tiny_prune_models:grouped_shuffle").module
+    with pytest.raises(TrtoptError, match=r"not the original with the removed channels masked: layer 'gconv2.0' differs by "
+                                          r"[0-9.]+e(-0[0-2]|\+0[0-9])"):
+        prune(model, torch.randn(2, 3, 16, 16),
+              PruneConfig("structured", 0.5, round_to=1, protect_first_last=False, ignored_layers=("head",)))
+
+
+def test_ratio_that_constraints_prevent_is_reported_with_the_reason():
+    model = load_model("tests.helpers.tiny_prune_models:grouped_no_shuffle").module
+    x = torch.randn(2, 3, 16, 16)
+    result = prune(model, x, PruneConfig("structured", 0.7, round_to=8, protect_first_last=False, ignored_layers=("head",)))
+    assert result.channel_ratio == 0.0
+    note = {n["layer"]: n for n in result.ratio_notes}["stem.0"]
+    assert note["ratio_got"] == 0.0 and note["ratio_asked"] == 0.7
+    assert "grouped conv 'gconv1.0' (groups=6)" in note["reason"] and "round_to=8" in note["reason"]
+    # groups=6, no rounding: 0.3 asked becomes 18 of 48 channels (multiples of 6), and says so
+    result = prune(model, x, PruneConfig("structured", 0.3, round_to=1, protect_first_last=False, ignored_layers=("head",)))
+    assert result.channel_ratio == pytest.approx(18 / 48)
+    assert "groups=6" in {n["layer"]: n for n in result.ratio_notes}["stem.0"]["reason"]
+    # a ratio that fits the constraints leaves no note
+    assert prune(model, x, PruneConfig("structured", 0.5, round_to=1, protect_first_last=False,
+                                       ignored_layers=("head",))).ratio_notes == []
+
+
 def test_ratio_zero_changes_nothing():
     result = prune(small_digits(), DIGITS_INPUT, PruneConfig("structured", 0.0))
     assert result.parameters_after == result.parameters_before and result.pruning_rate_percent == 0.0

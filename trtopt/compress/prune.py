@@ -68,6 +68,10 @@ class PruneResult:
             ``sparsity`` (fraction of the weight that is zero after pruning), ``pruned`` (changed).
         skipped: layers left out, with the reason (2:4: input dimension not a multiple of 4, ignored).
         heads: transformers: attention heads per attention module before and after.
+        equivalence: structured: the proof that the pruned model is the original with the removed channels
+            masked (`trtopt.compress.prune_check.EquivalenceCheck`: residuals per layer and of the outputs).
+        ratio_notes: structured: why layers lost fewer channels than ``config.ratio`` asked (groups,
+            round-to, coupling to a protected layer), one entry per such layer.
     """
 
     module: Any
@@ -83,6 +87,8 @@ class PruneResult:
     layers: list[dict[str, Any]]
     skipped: list[dict[str, str]] = field(default_factory=list)
     heads: dict[str, dict[str, int]] = field(default_factory=dict)
+    equivalence: Any = None
+    ratio_notes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def macs_reduction(self) -> float:
@@ -97,7 +103,9 @@ class PruneResult:
                 "pruning_rate_percent": self.pruning_rate_percent, "channel_ratio": self.channel_ratio,
                 "macs_before": self.macs_before, "macs_after": self.macs_after,
                 "macs_after_nonzero": self.macs_after_nonzero, "macs_reduction": self.macs_reduction,
-                "layers": self.layers, "skipped": self.skipped, "heads": self.heads}
+                "layers": self.layers, "skipped": self.skipped, "heads": self.heads,
+                "equivalence": self.equivalence.to_dict() if self.equivalence is not None else None,
+                "ratio_notes": self.ratio_notes}
 
 def _as_args(example_inputs: Any) -> tuple[Any, ...]:
     """Example inputs as the positional arguments of ``forward``."""
@@ -231,14 +239,14 @@ def prune(model: nn.Module, example_inputs: Any, config: PruneConfig = PruneConf
         with torch.no_grad():
             reference = pruned(*args)
     skipped: list[dict[str, str]] = []
-    heads: dict[str, dict[str, int]] = {}
-    allowed: set[str] = set(layers)
+    removal = _Removal(set(layers))
     if config.method == "unstructured":
         _unstructured_(pruned, config)
     elif config.method == "2:4":
         skipped = _two_four_(pruned, config)
     else:
-        allowed, heads = _structured_(pruned, args, config, labels)
+        original = copy.deepcopy(pruned)
+        removal = _structured_(pruned, args, config, labels)
     pruned.eval()
     with _naming_failures(pruned, "the pruned model", "add that layer to the ignored layers (--ignore NAME); "
                           "models that hard-code channel counts in reshapes can't be pruned structurally there"):
@@ -246,8 +254,14 @@ def prune(model: nn.Module, example_inputs: Any, config: PruneConfig = PruneConf
         with torch.no_grad():
             output = pruned(*args)
     _check_same_output_shape(reference, output)
-    return _report(pruned, config, before_shapes, before_params, params_before, zeros_before,
-                   macs_before, macs_after, allowed, skipped, heads)
+    result = _report(pruned, config, before_shapes, before_params, params_before, zeros_before,
+                     macs_before, macs_after, removal.allowed, skipped, removal.heads)
+    if config.method == "structured":
+        from trtopt.compress.prune_check import check_equivalence
+
+        result.equivalence = check_equivalence(original, pruned, args, removal.removed_in, removal.removed_out, _flat)
+        result.ratio_notes = removal.ratio_notes
+    return result
 
 def _check_same_output_shape(reference: Any, output: Any) -> None:
     ref, out = _flat(reference), _flat(output)
@@ -345,15 +359,28 @@ def _importance(config: PruneConfig) -> Any:
         return tp.importance.BNScaleImportance()
     return tp.importance.TaylorImportance()
 
-def _structured_(model: nn.Module, args: tuple[Any, ...], config: PruneConfig,
-                 labels: torch.Tensor | None) -> tuple[set[str], dict[str, dict[str, int]]]:
-    """Remove channels in place with Torch-Pruning; returns (layers allowed to shrink, heads before/after)."""
+@dataclass
+class _Removal:
+    """What structured pruning removed: layers allowed to shrink, heads before/after, removed channel indices
+    per Conv/Linear layer name (input and output side), and notes on layers that lost another ratio."""
+
+    allowed: set[str]
+    heads: dict[str, dict[str, int]] = field(default_factory=dict)
+    removed_in: dict[str, list[int]] = field(default_factory=dict)
+    removed_out: dict[str, list[int]] = field(default_factory=dict)
+    ratio_notes: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _structured_(model: nn.Module, args: tuple[Any, ...], config: PruneConfig, labels: torch.Tensor | None) -> _Removal:
+    """Remove channels in place with Torch-Pruning; returns what was removed (see `_Removal`)."""
     try:
         import torch_pruning as tp
     except ImportError as e:
         from trtopt.errors import missing_dependency
 
         raise missing_dependency("torch-pruning", None, "structured pruning") from e
+    from trtopt.compress.prune_check import find_channel_shuffle
+
     layers = weight_layers(model)
     by_name = dict(model.named_modules())
     ignored = set(config.ignored_layers)
@@ -381,7 +408,15 @@ def _structured_(model: nn.Module, args: tuple[Any, ...], config: PruneConfig,
     allowed = set(layers) - ignored
     heads_before = {n: a.num_attention_heads for n, a in attention.items()}
     if config.ratio == 0:
-        return allowed, {n: {"before": h, "after": h} for n, h in heads_before.items()}
+        return _Removal(allowed, {n: {"before": h, "after": h} for n, h in heads_before.items()})
+    shuffle = find_channel_shuffle(model, args)
+    if shuffle:
+        # Torch-Pruning maps channels through view → transpose → reshape as if they kept their order (or fails
+        # building its graph), which rewires them: refuse rather than ship a different model.
+        raise TrtoptError(f"structured pruning can't follow the channel shuffle {shuffle} (view to (N, groups, C/groups, "
+                          "…) then transpose): the dependency graph would rewire the shuffled channels",
+                          "prune this model with --method unstructured or --method 2:4 (shapes stay), or "
+                          "structured-prune a model without channel shuffles")
     kwargs: dict[str, Any] = {
         "importance": _importance(config), "pruning_ratio": float(config.ratio), "global_pruning": config.global_pruning,
         "max_pruning_ratio": config.max_layer_ratio if config.global_pruning else 1.0,
@@ -395,10 +430,21 @@ def _structured_(model: nn.Module, args: tuple[Any, ...], config: PruneConfig,
         pruner = tp.pruner.MetaPruner(model, args, **kwargs)
     if config.importance == "taylor":
         _taylor_gradients_(model, args, labels)
+    names = {m: n for n, m in model.named_modules()}
+    removal = _Removal(allowed)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pruner.step()
+            for group in pruner.step(interactive=True):
+                for dep, idxs in group:
+                    name = names.get(dep.target.module)
+                    if name not in layers:
+                        continue
+                    side = (removal.removed_out if pruner.DG.is_out_channel_pruning_fn(dep.handler)
+                            else removal.removed_in if pruner.DG.is_in_channel_pruning_fn(dep.handler) else None)
+                    if side is not None:
+                        side[name] = sorted(set(side.get(name, [])) | {int(i) for i in idxs})
+                group.prune()
     except Exception as e:
         raise TrtoptError(f"structured pruning failed while removing channels: {type(e).__name__}: {str(e)[:200]}",
                           "add the layer named in the message to the ignored layers (--ignore NAME)") from e
@@ -406,7 +452,43 @@ def _structured_(model: nn.Module, args: tuple[Any, ...], config: PruneConfig,
     for name, att in attention.items():
         att.num_attention_heads = pruner.num_heads[att.query]
         att.all_head_size = att.query.out_features
-    return allowed, {n: {"before": h, "after": attention[n].num_attention_heads} for n, h in heads_before.items()}
+    removal.heads = {n: {"before": h, "after": attention[n].num_attention_heads} for n, h in heads_before.items()}
+    if not config.global_pruning:
+        removal.ratio_notes = _ratio_notes(pruner.DG, layers, names, ignored, qkv, removal.removed_out, config)
+    return removal
+
+
+def _ratio_notes(graph: Any, layers: dict[str, nn.Module], names: dict[nn.Module, str], ignored: set[str],
+                 qkv: set[str], removed_out: dict[str, list[int]], config: PruneConfig) -> list[dict[str, Any]]:
+    """One note per prunable layer whose removed fraction of output channels differs from ``config.ratio`` by more
+    than 0.02, naming the constraints that tie its channels (protected/ignored layers, grouped convs, round-to,
+    whole attention heads). ``graph`` is Torch-Pruning's dependency graph of the pruned model."""
+    notes = []
+    for name, layer in layers.items():
+        if name in ignored or isinstance(layer, nn.Conv2d | nn.Conv1d | nn.Conv3d) and layer.groups == layer.in_channels > 1:
+            continue  # depthwise convs follow their producer
+        after = int(layer.weight.shape[0])
+        before = after + len(removed_out.get(name, ()))
+        got = 1.0 - after / before
+        if abs(got - config.ratio) <= 0.02:
+            continue
+        pruner = graph.get_pruner_of_module(layer)
+        group = graph.get_pruning_group(layer, pruner.prune_out_channels, list(range(after)))
+        tied = [names[d.target.module] for d, _ in group
+                if graph.is_out_channel_pruning_fn(d.handler) and names.get(d.target.module) in layers]
+        reasons = [f"its channels are tied to the ignored/protected layer(s) {', '.join(repr(t) for t in tied if t in ignored)}"
+                   ] if any(t in ignored for t in tied) else []
+        coupled = [names[d.target.module] for d, _ in group if names.get(d.target.module) in layers]
+        grouped = sorted({(t, layers[t].groups) for t in coupled + [name]
+                          if getattr(layers[t], "groups", 1) > 1 and layers[t].groups != layers[t].in_channels})
+        reasons += [f"grouped conv {t!r} (groups={g}) loses the same number of channels in every group" for t, g in grouped]
+        if config.round_to > 1:
+            reasons.append(f"channel counts are rounded to multiples of round_to={config.round_to}")
+        if name in qkv:
+            reasons.append("attention projections lose whole heads only")
+        notes.append({"layer": name, "channels_before": before, "channels_after": after, "ratio_asked": config.ratio,
+                      "ratio_got": got, "reason": "; ".join(reasons) or "Torch-Pruning's rounding of the channel count"})
+    return notes
 
 def _taylor_gradients_(model: nn.Module, args: tuple[Any, ...], labels: torch.Tensor | None) -> None:
     """Fill .grad for Taylor importance: cross entropy against labels (or own predictions), else ‖output‖²."""
