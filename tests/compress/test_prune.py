@@ -228,6 +228,49 @@ def test_ratio_that_constraints_prevent_is_reported_with_the_reason():
                                        ignored_layers=("head",))).ratio_notes == []
 
 
+def test_timm_vit_attention_loses_whole_heads_and_keeps_num_heads_consistent(tmp_path):
+    import timm
+
+    from trtopt.export import export_onnx
+    from trtopt.models.spec import InputSpec, LoadedModel
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    result = prune(vit, x, PruneConfig("structured", 0.5, round_to=1))
+    assert result.heads == {f"blocks.{i}.attn": {"before": 3, "after": 1} for i in range(2)}
+    for block in result.module.blocks:
+        attn = block.attn
+        assert attn.num_heads == 1 and attn.attn_dim == attn.head_dim == 64
+        assert attn.qkv.out_features == 3 * 64 and attn.proj.in_features == 64 and attn.proj.out_features == 192
+        assert block.mlp.fc1.out_features == 384 and block.mlp.fc2.out_features == 192  # FFN pruned, width kept
+    assert result.module(x).shape == (2, 10) and result.equivalence.max_layer_residual < 1e-5
+    loaded = LoadedModel(result.module, "timm vit tiny", (InputSpec("input", (3, 32, 32), "float32", -1.0, 1.0),))
+    art = export_onnx(loaded, tmp_path / "vit.onnx")
+    assert all(p["passed"] for p in art.parity.values())
+
+
+def test_multihead_attention_is_kept_whole_with_the_reason_and_its_ffn_pruned():
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp = nn.Linear(16, 32)
+            self.enc = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+            self.head = nn.Linear(32, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.enc(self.inp(x)).mean(1))
+
+    torch.manual_seed(0)
+    result = prune(Encoder().eval(), torch.randn(2, 6, 16), PruneConfig("structured", 0.5, round_to=1))
+    attn = result.module.enc.self_attn
+    assert (attn.embed_dim, attn.num_heads, attn.in_proj_weight.shape) == (32, 4, (96, 32))
+    assert result.module.enc.linear1.out_features == 32 and result.module.enc.linear2.out_features == 32
+    assert [s["name"] for s in result.skipped] == ["enc.self_attn"]
+    assert "embed_dim is the model width" in result.skipped[0]["reason"]
+    assert result.equivalence.output_residual < 1e-5
+
+
 def test_ratio_zero_changes_nothing():
     result = prune(small_digits(), DIGITS_INPUT, PruneConfig("structured", 0.0))
     assert result.parameters_after == result.parameters_before and result.pruning_rate_percent == 0.0
