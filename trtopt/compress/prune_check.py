@@ -24,6 +24,7 @@ Imports torch: import this module lazily.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,7 @@ class EquivalenceCheck:
         layers_compared: Conv/Linear layers whose outputs were compared (on their kept channels).
         tolerance: the relative max error allowed.
         layer_residuals: relative max error per compared layer, by name, in execution order.
+        seconds: wall time the check took (its two forward passes), what being always on costs.
     """
 
     output_residual: float
@@ -58,11 +60,12 @@ class EquivalenceCheck:
     layers_compared: int
     tolerance: float
     layer_residuals: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (per-layer residuals included)."""
         return {"output_residual": self.output_residual, "max_layer_residual": self.max_layer_residual,
-                "layers_compared": self.layers_compared, "tolerance": self.tolerance,
+                "layers_compared": self.layers_compared, "tolerance": self.tolerance, "seconds": self.seconds,
                 "layer_residuals": self.layer_residuals}
 
 
@@ -134,6 +137,7 @@ def check_equivalence(original: nn.Module, pruned: nn.Module, args: tuple[Any, .
         TrtoptError: naming the first layer (in execution order) whose kept output channels differ from the
             masked original's by more than ``tolerance``, or the outputs if no layer does.
     """
+    started = time.perf_counter()
     layers = weight_layers(original)
     pre = {n: _zero_channels_hook(_channel_dim(layers[n]), idxs) for n, idxs in removed_in.items() if idxs and n in layers}
     masked_out, order, masked_result = _first_outputs(original, args, pre)
@@ -166,7 +170,8 @@ def check_equivalence(original: nn.Module, pruned: nn.Module, args: tuple[Any, .
                           f"by {output_residual:.2e} (relative max error; allowed {tolerance:.0e}) although every "
                           "Conv/Linear layer matches, so an op after them reads removed channels",
                           "add the last pruned layers to the ignored layers (--ignore NAME)")
-    return EquivalenceCheck(output_residual, max(residuals.values(), default=0.0), len(residuals), tolerance, residuals)
+    return EquivalenceCheck(output_residual, max(residuals.values(), default=0.0), len(residuals), tolerance, residuals,
+                            time.perf_counter() - started)
 
 
 def _ignore_fix(name: str, removed_in: dict[str, list[int]]) -> str:
