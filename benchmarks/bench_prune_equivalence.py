@@ -13,12 +13,16 @@ shipped in its package); images are 64×64 (ViT-Tiny at its 224×224), batch 2.
 
 Writes ``benchmarks/results/prune_equivalence.json``. Run under nice on the shared build machines::
 
-    nice -n 10 .venv/bin/python benchmarks/bench_prune_equivalence.py [--models resnet50 ...] [--ratios 0.3 0.5 0.7]
+    PYTHONPATH=. nice -n 10 .venv/bin/python benchmarks/bench_prune_equivalence.py [--models resnet50 ...] [--ratios 0.3 0.5 0.7]
+
+Rows of models not run are kept from the existing file (``--fresh`` drops them); the file is rewritten after
+every row.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -72,29 +76,39 @@ def run(name: str, ratio: float) -> dict[str, Any]:
     return row
 
 
+def _write(rows: list[dict[str, Any]], threads: int) -> Path:
+    checked = [r for r in rows if "refused" not in r]
+    return write_json(RESULTS / "prune_equivalence.json", {
+        "benchmark": "structured pruning mask-equivalence residuals", "threads": threads,
+        "max_output_residual": max((r["output_residual"] for r in checked), default=None),
+        "max_layer_residual": max((r["max_layer_residual"] for r in checked), default=None),
+        "rows": rows, "environment": environment()}, force=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.5, 0.7])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fresh", action="store_true", help="drop the rows of models not run this time")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows = []
+    path = RESULTS / "prune_equivalence.json"
+    # rows of other models/ratios are kept (one model at a time fits a busy shared machine); the file is
+    # rewritten after every row, so an interrupted run keeps what it measured
+    rows = [] if args.fresh or not path.exists() else json.loads(path.read_text())["rows"]
     for name in args.models:
         for ratio in args.ratios:
             row = run(name, ratio)
-            rows.append(row)
+            rows = [r for r in rows if (r["model"], r["ratio_asked"]) != (name, ratio)] + [row]
+            rows.sort(key=lambda r: (list(MODELS).index(r["model"]), r["ratio_asked"]))
+            _write(rows, args.threads)
             outcome = (f"refused: {row['refused'][:120]}" if "refused" in row else
                        f"outputs {row['output_residual']:.1e}, worst layer {row['max_layer_residual']:.1e} "
-                       f"({row['layers_compared']} layers), channel ratio {row['channel_ratio']:.3f}")
+                       f"({row['layers_compared']} layers), channel ratio {row['channel_ratio']:.3f}, "
+                       f"check {row['check_seconds']:.1f} s")
             print(f"{name} @ {ratio}: {outcome} [{row['prune_seconds']:.1f} s]", flush=True)
-    checked = [r for r in rows if "refused" not in r]
-    write_json(RESULTS / "prune_equivalence.json", {
-        "benchmark": "structured pruning mask-equivalence residuals", "threads": args.threads,
-        "max_output_residual": max((r["output_residual"] for r in checked), default=None),
-        "max_layer_residual": max((r["max_layer_residual"] for r in checked), default=None),
-        "rows": rows, "environment": environment()}, force=True)
-    print(f"wrote {RESULTS / 'prune_equivalence.json'}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
