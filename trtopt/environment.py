@@ -102,6 +102,28 @@ def gpus() -> list[dict[str, str]]:
     return [dict(zip(keys, (v.strip() for v in line.split(",")))) for line in out.strip().splitlines() if line]
 
 
+#: Linux sysfs files holding CPU power settings that change timing (frequency governor, energy/performance
+#: preference, turbo off), by the name recorded.
+CPU_POWER_FILES = {
+    "scaling_governor": "/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor",
+    "energy_performance_preference": "/sys/devices/system/cpu/cpu0/cpufreq/energy_performance_preference",
+    "intel_pstate_no_turbo": "/sys/devices/system/cpu/intel_pstate/no_turbo",
+    "cpufreq_boost": "/sys/devices/system/cpu/cpufreq/boost",
+}
+
+
+def cpu_power(files: dict[str, str] = CPU_POWER_FILES) -> dict[str, str] | None:
+    """The CPU power settings readable here (see `CPU_POWER_FILES`), or None where none is (a VM, not Linux)."""
+    found = {}
+    for name, path in files.items():
+        try:
+            with open(path, encoding="utf-8") as f:
+                found[name] = f.read().strip()
+        except OSError:
+            continue
+    return found or None
+
+
 def environment() -> dict[str, Any]:
     """Everything that can change a measurement, as JSON-able data."""
     versions = {name: package_version(name) for name in PACKAGES}
@@ -119,6 +141,7 @@ def environment() -> dict[str, Any]:
         "cpu_affinity_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_threads": torch_threads,
         "thread_env": {k: os.environ.get(k) for k in THREAD_VARIABLES if os.environ.get(k) is not None},
+        "cpu_power": cpu_power(),
         "packages": {k: v for k, v in versions.items() if v is not None},
         "gpus": gpus(),
     }

@@ -128,7 +128,6 @@ SWITCHES = [
     ("edge-export", "--per-tensor", EdgeConfig, "per_channel", False),
     ("prune", "--global", PruneConfig, "global_pruning", True),
     ("prune", "--no-protect", PruneConfig, "protect_first_last", False),
-    ("distill", "--keep-zeros", DistillConfig, "keep_zeros", True),
     ("cluster", "--int8-grid", ShareConfig, "int8_grid", True),
     *[(command, flag, BuildOptions, name, True) for command in ("build", "bundle") for flag, name in (
         ("--mixed-fp16", "mixed_fp16"), ("--sparse", "sparse"), ("--version-compatible", "version_compatible"),
@@ -233,3 +232,9 @@ def test_a_switch_flag_changes_its_field_from_the_config_default(command, flag, 
     action, _ = _action(command, flag)
     assert action.default is False and isinstance(action, argparse._StoreTrueAction)
     assert field_default(cls, name) is not given
+
+
+@pytest.mark.parametrize("flag, name", [("--keep-zeros", "keep_zeros"), ("--find-unused-parameters", "find_unused_parameters")])
+def test_distill_auto_switches_default_to_the_config_auto_and_set_true(flag, name):
+    action, _ = _action("distill", flag)
+    assert action.default is field_default(DistillConfig, name) is None and action.const is True

@@ -278,6 +278,23 @@ def test_keep_zeros_keeps_pruned_weights_at_zero():
     assert torch.all(w[zeros] == 0) and torch.all(w[~zeros] != 0)
 
 
+def test_a_2to4_sparse_student_keeps_its_pattern_without_being_asked():
+    from trtopt.compress.sparsity import holds_2to4, mask_2to4
+
+    teacher, x, y = _task()
+    student = _student()
+    with torch.no_grad():
+        student.fc1.weight.mul_(mask_2to4(student.fc1.weight))  # 2:4, as prune --method 2:4 leaves it
+        student.fc2.weight[0, 0] = 0.0  # a stray zero, not a 2:4 pattern
+    assert holds_2to4(student.fc1.weight) and not holds_2to4(student.fc2.weight)
+    config = DistillConfig(epochs=2, batch_size=16, lr=1e-2)
+    assert config.keep_zeros is None
+    result = distill(student, teacher, (x, y), config)
+    assert holds_2to4(result.student.fc1.weight) and result.student.fc2.weight[0, 0] != 0
+    dropped = distill(student, teacher, (x, y), DistillConfig(epochs=2, batch_size=16, lr=1e-2, keep_zeros=False))
+    assert not holds_2to4(dropped.student.fc1.weight)  # explicitly off: the pattern trains away
+
+
 def test_plain_fine_tuning_without_teacher():
     _, x, y = _task()
     result = distill(_student(), None, (x, y), DistillConfig(epochs=4, batch_size=16, lr=1e-2, alpha=1.0),

@@ -43,3 +43,15 @@ def test_two_process_ddp_matches_one_process(tmp_path):
         np.testing.assert_allclose(two["weights"][name], w, rtol=1e-4, atol=1e-6)
     assert two["group_destroyed"]
     assert sorted(p.name for p in (tmp_path / "ckpt2").iterdir()) == ["best.pt", "last.pt"]  # rank 0 only, atomic
+
+
+def test_ddp_with_parameters_the_loss_does_not_reach_matches_one_process(tmp_path):
+    """A student with an auxiliary head unused by distillation: DDP is told (found by the probe pass), so the
+    run finishes and follows the one-process loss curve (it failed in DDP's reducer before)."""
+    _run([sys.executable, str(WORKER), "one.json", "ckpt1", "aux"], tmp_path)
+    _run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+          "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(WORKER), "two.json", "ckpt2", "aux"], tmp_path)
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert two["world_size"] == 2 and "aux.weight" in two["weights"]
+    np.testing.assert_allclose(two["step_losses"], one["step_losses"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(two["weights"]["aux.weight"], one["weights"]["aux.weight"])  # untouched by training

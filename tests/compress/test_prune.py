@@ -175,6 +175,102 @@ def test_structured_transformer_removes_heads_and_ffn_width_keeps_hidden(tmp_pat
     assert all(p["passed"] for p in art.parity.values())
 
 
+# ---- the pruned model proves itself (mask equivalence) ------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["tiny_resnet", "tiny_bert", "grouped_no_shuffle"])
+def test_structured_prune_equals_masked_original_and_reports_residual(name):
+    loaded = load_model(f"tests.helpers.tiny_prune_models:{name}")
+    config = PruneConfig("structured", 0.5, round_to=1 if name == "grouped_no_shuffle" else 8,
+                         protect_first_last=name != "grouped_no_shuffle", ignored_layers=("head",) if name == "grouped_no_shuffle" else ())
+    _, result = prune_loaded(loaded, config)
+    check = result.to_dict()["equivalence"]
+    assert check["layers_compared"] >= 4 and check["max_layer_residual"] < 1e-5 and check["output_residual"] < 1e-5
+    assert set(check["layer_residuals"]) <= {r["name"] for r in result.layers}
+    assert result.parameters_after < result.parameters_before
+
+
+def test_channel_shuffle_is_refused_naming_where_it_happens():
+    model = load_model("tests.helpers.tiny_prune_models:grouped_shuffle").module
+    x = torch.randn(2, 3, 16, 16)
+    for ratio in (0.3, 0.5):
+        with pytest.raises(TrtoptError, match=r"channel shuffle right after 'gconv1.2'.*fix: prune this model with --method unstructured"):
+            prune(model, x, PruneConfig("structured", ratio, round_to=1, protect_first_last=False, ignored_layers=("head",)))
+    # the suggested fix works
+    assert prune(model, x, PruneConfig("unstructured", 0.5)).pruning_rate_percent > 40
+
+
+def test_wrong_rewiring_that_slips_past_the_graph_names_the_first_diverging_layer(monkeypatch):
+    import trtopt.compress.prune_check as prune_check
+
+    # without the shuffle guard, Torch-Pruning maps the shuffle as if channels kept their order: the check catches it
+    monkeypatch.setattr(prune_check, "find_channel_shuffle", lambda model, args: None)
+    model = load_model("tests.helpers.tiny_prune_models:grouped_shuffle").module
+    with pytest.raises(TrtoptError, match=r"not the original with the removed channels masked: layer 'gconv2.0' differs by "
+                                          r"[0-9.]+e(-0[0-2]|\+0[0-9])"):
+        prune(model, torch.randn(2, 3, 16, 16),
+              PruneConfig("structured", 0.5, round_to=1, protect_first_last=False, ignored_layers=("head",)))
+
+
+def test_ratio_that_constraints_prevent_is_reported_with_the_reason():
+    model = load_model("tests.helpers.tiny_prune_models:grouped_no_shuffle").module
+    x = torch.randn(2, 3, 16, 16)
+    result = prune(model, x, PruneConfig("structured", 0.7, round_to=8, protect_first_last=False, ignored_layers=("head",)))
+    assert result.channel_ratio == 0.0
+    note = {n["layer"]: n for n in result.ratio_notes}["stem.0"]
+    assert note["ratio_got"] == 0.0 and note["ratio_asked"] == 0.7
+    assert "grouped conv 'gconv1.0' (groups=6)" in note["reason"] and "round_to=8" in note["reason"]
+    # groups=6, no rounding: 0.3 asked becomes 18 of 48 channels (multiples of 6), and says so
+    result = prune(model, x, PruneConfig("structured", 0.3, round_to=1, protect_first_last=False, ignored_layers=("head",)))
+    assert result.channel_ratio == pytest.approx(18 / 48)
+    assert "groups=6" in {n["layer"]: n for n in result.ratio_notes}["stem.0"]["reason"]
+    # a ratio that fits the constraints leaves no note
+    assert prune(model, x, PruneConfig("structured", 0.5, round_to=1, protect_first_last=False,
+                                       ignored_layers=("head",))).ratio_notes == []
+
+
+def test_timm_vit_attention_loses_whole_heads_and_keeps_num_heads_consistent(tmp_path):
+    import timm
+
+    from trtopt.export import export_onnx
+    from trtopt.models.spec import InputSpec, LoadedModel
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    result = prune(vit, x, PruneConfig("structured", 0.5, round_to=1))
+    assert result.heads == {f"blocks.{i}.attn": {"before": 3, "after": 1} for i in range(2)}
+    for block in result.module.blocks:
+        attn = block.attn
+        assert attn.num_heads == 1 and attn.attn_dim == attn.head_dim == 64
+        assert attn.qkv.out_features == 3 * 64 and attn.proj.in_features == 64 and attn.proj.out_features == 192
+        assert block.mlp.fc1.out_features == 384 and block.mlp.fc2.out_features == 192  # FFN pruned, width kept
+    assert result.module(x).shape == (2, 10) and result.equivalence.max_layer_residual < 1e-5
+    loaded = LoadedModel(result.module, "timm vit tiny", (InputSpec("input", (3, 32, 32), "float32", -1.0, 1.0),))
+    art = export_onnx(loaded, tmp_path / "vit.onnx")
+    assert all(p["passed"] for p in art.parity.values())
+
+
+def test_multihead_attention_is_kept_whole_with_the_reason_and_its_ffn_pruned():
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp = nn.Linear(16, 32)
+            self.enc = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+            self.head = nn.Linear(32, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.enc(self.inp(x)).mean(1))
+
+    torch.manual_seed(0)
+    result = prune(Encoder().eval(), torch.randn(2, 6, 16), PruneConfig("structured", 0.5, round_to=1))
+    attn = result.module.enc.self_attn
+    assert (attn.embed_dim, attn.num_heads, attn.in_proj_weight.shape) == (32, 4, (96, 32))
+    assert result.module.enc.linear1.out_features == 32 and result.module.enc.linear2.out_features == 32
+    assert [s["name"] for s in result.skipped] == ["enc.self_attn"]
+    assert "embed_dim is the model width" in result.skipped[0]["reason"]
+    assert result.equivalence.output_residual < 1e-5
+
+
 def test_ratio_zero_changes_nothing():
     result = prune(small_digits(), DIGITS_INPUT, PruneConfig("structured", 0.0))
     assert result.parameters_after == result.parameters_before and result.pruning_rate_percent == 0.0

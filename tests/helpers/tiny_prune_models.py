@@ -3,6 +3,8 @@
 ``tiny_resnet``: residual adds (identity and projection), a channel concatenation and a depthwise conv.
 ``tiny_bert``: a 2-layer BERT (4 heads, FFN 64) inside trtopt's sentence encoder (token ids + mask in).
 ``hardcoded_reshape``: flattens with a hard-coded feature count, which no channel pruning can follow.
+``grouped_shuffle`` / ``grouped_no_shuffle``: stem 3→48, grouped conv 48→48 (groups=6), a ShuffleNet channel
+shuffle (or none), a second grouped conv and a head (issue 19's silent-rewiring case).
 """
 
 from __future__ import annotations
@@ -58,6 +60,37 @@ class HardcodedReshape(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.conv3(torch.relu(self.conv2(torch.relu(self.conv1(x))))))
         return self.fc(x.reshape(-1, 16 * 64))
+
+
+class GroupedShuffle(nn.Module):
+    """(N, 3, 16, 16) → (N, 10): stem, grouped conv (groups=6), optional channel shuffle, grouped conv, head."""
+
+    trtopt_inputs = (InputSpec("input", (3, 16, 16), "float32", -1.0, 1.0),)
+
+    def __init__(self, shuffle: bool = True, groups: int = 6) -> None:
+        super().__init__()
+        self.shuffle, self.groups = shuffle, groups
+        self.stem = _cbr(3, 48)
+        self.gconv1 = _cbr(48, 48, groups=groups)
+        self.gconv2 = _cbr(48, 48, groups=groups)
+        self.head = nn.Linear(48, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.gconv1(self.stem(x))
+        if self.shuffle:
+            n, c, h, w = x.shape
+            x = x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.head(self.gconv2(x).mean(dim=(2, 3)))
+
+
+def grouped_shuffle() -> nn.Module:
+    torch.manual_seed(0)
+    return GroupedShuffle(shuffle=True).eval()
+
+
+def grouped_no_shuffle() -> nn.Module:
+    torch.manual_seed(0)
+    return GroupedShuffle(shuffle=False).eval()
 
 
 def tiny_resnet() -> nn.Module:

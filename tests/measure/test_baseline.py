@@ -282,3 +282,40 @@ def test_a_baseline_from_another_instruction_set_is_refused_like_another_cpu():
         compare_with_baseline(_document(avx2), _document(vnni), GateConfig())
     assert "cpu_isa.flags: ['avx', 'avx2', 'fma'] → ['avx', 'avx2', 'avx512_vnni', 'avx512f', 'fma']" in str(err.value)
     assert compare_with_baseline(_document(vnni), _document(vnni), GateConfig())["passed"]
+
+
+def test_a_baseline_timed_with_another_thread_count_is_refused_naming_the_field():
+    env = {"cpu_model": "CPU A"}
+    old, new = _document(env), _document(env)
+    old["settings"], new["settings"] = {"threads": 2}, {"threads": 1}
+    with pytest.raises(TrtoptError, match=r"timed with other settings \(settings.threads: 2 → 1\); "
+                                          r"fix: run with the baseline's settings \(--threads 2\)"):
+        compare_with_baseline(old, new, GateConfig())
+    assert compare_with_baseline(old, new, GateConfig(allow_environment_mismatch=True))["environment_differences"] == [
+        "settings.threads: 2 → 1"]
+    new["settings"] = {"threads": None}
+    with pytest.raises(TrtoptError, match="settings.threads: 2 → None"):
+        compare_with_baseline(old, new, GateConfig())
+    new["settings"] = {"threads": 2}
+    assert compare_with_baseline(old, new, GateConfig())["environment_differences"] == []
+
+
+def test_cpu_power_settings_are_read_where_readable_and_compared(tmp_path):
+    from trtopt.environment import cpu_power
+
+    (tmp_path / "gov").write_text("performance\n")
+    assert cpu_power({"scaling_governor": str(tmp_path / "gov"), "cpufreq_boost": str(tmp_path / "absent")}) == {
+        "scaling_governor": "performance"}
+    assert cpu_power({"scaling_governor": str(tmp_path / "absent")}) is None
+    with pytest.raises(TrtoptError, match="cpu_power: .*'performance'.* → .*'powersave'"):
+        check_environment({"cpu_power": {"scaling_governor": "performance"}},
+                          {"cpu_power": {"scaling_governor": "powersave"}}, allow_mismatch=False)
+
+
+def test_cli_refuses_a_baseline_timed_with_other_threads_before_timing(tmp_path):
+    chain_model(tmp_path / "model.onnx", layers=2)
+    two = [a if a != "1" or BENCH[i - 1] != "--threads" else "2" for i, a in enumerate(BENCH)]
+    assert run_cli([*two, "--save-baseline", "base.json"], tmp_path).returncode == 0
+    r = run_cli([*BENCH, "--baseline", "base.json"], tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stdout + r.stderr
+    assert "settings.threads: 2 → 1" in r.stderr and "--threads 2" in r.stderr and "REGRESSION" not in r.stdout

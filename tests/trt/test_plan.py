@@ -243,7 +243,7 @@ def test_trtexec_calibration_dla_and_portability_flags(models, cache_103):
     args = trtexec_args(plan(models["fp32"], "10.3", calib_cache=str(cache_103)), engine="e")
     assert "--int8" in args and f"--calib={cache_103}" in args and "--fp16" not in args
     args = trtexec_args(plan(models["int8"], "10.3", target="jetson-orin", dla_core=1), engine="e")
-    assert "--useDLACore=1" in args and "--allowGPUFallback" in args and "--stronglyTyped" in args
+    assert "--useDLACore=1" in args and "--allowGPUFallback" in args and "--int8" in args and "--stronglyTyped" not in args
     args = trtexec_args(plan(models["int8"], "11.1", version_compatible=True, exclude_lean_runtime=True,
                              hardware_compatibility="ampere+"), engine="e")
     assert {"--versionCompatible", "--excludeLeanRuntime", "--hardwareCompatibilityLevel=ampere+"} <= set(args)

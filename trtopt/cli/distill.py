@@ -58,7 +58,11 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="evaluate every N steps (default: every epoch)")
     p.add_argument("--patience", type=int, default=DistillConfig.patience,
                    help="stop after N evaluations without improvement")
-    p.add_argument("--keep-zeros", action="store_true", help="keep zero weights at zero (unstructured / 2:4 sparse students)")
+    p.add_argument("--keep-zeros", action="store_const", const=True, default=DistillConfig.keep_zeros,
+                   help="keep every zero weight at zero (unstructured / 2:4 sparse students; default: the zeros of "
+                        "layers holding the 2:4 pattern are kept)")
+    p.add_argument("--find-unused-parameters", action="store_const", const=True, default=DistillConfig.find_unused_parameters,
+                   help="DDP: student parameters the loss doesn't reach exist (default: found by a probe pass)")
     p.add_argument("--checkpoint-dir", help="write last.pt / best.pt here")
     p.add_argument("--resume", metavar="DIR", help="continue from DIR/last.pt (and keep checkpointing there)")
     p.add_argument("--seed", type=int, default=DistillConfig.seed,
@@ -97,7 +101,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
                            optimizer=args.optimizer, scheduler=args.scheduler, warmup_steps=args.warmup_steps,
                            feature_pairs=features, feature_weight=args.feature_weight, eval_every=args.eval_every,
                            patience=args.patience, checkpoint_dir=args.checkpoint_dir or args.resume,
-                           resume_from=args.resume, seed=args.seed, keep_zeros=args.keep_zeros)
+                           resume_from=args.resume, seed=args.seed, keep_zeros=args.keep_zeros,
+                           find_unused_parameters=args.find_unused_parameters)
     if args.resume:
         from trtopt.compress.trainer import load_checkpoint
 

@@ -86,7 +86,8 @@ def _gate_setup(args: argparse.Namespace) -> dict[str, Any] | None:
 
     config = GateConfig(tolerance=args.tolerance, allow_environment_mismatch=args.allow_env_mismatch)
     baseline = load_baseline(args.baseline)
-    check_environment(baseline["environment"], environment(), config.allow_environment_mismatch)
+    check_environment(baseline["environment"], environment(), config.allow_environment_mismatch,
+                      baseline.get("settings"), {"threads": args.threads})
     if baseline.get("golden"):  # missing, edited or unreadable golden outputs fail here, not after the timing
         load_golden(args.baseline, baseline["golden"])
     return {"mode": "compare", "baseline": baseline, "config": config, "golden_tolerances": _golden_tolerances(args)}

@@ -53,6 +53,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}: parameters {result.parameters_before:,} → {result.parameters_after:,} "
           f"(pruning rate {result.pruning_rate_percent:.1f} % of parameters), MACs/sample {result.macs_before / 1e6:.1f} M → "
           f"{result.macs_after / 1e6:.1f} M, channel ratio {result.channel_ratio:.3f}")
+    if result.equivalence is not None:
+        print(f"checked: equals the original with the removed channels masked (relative max error: outputs "
+              f"{result.equivalence.output_residual:.1e}, worst of {result.equivalence.layers_compared} layers "
+              f"{result.equivalence.max_layer_residual:.1e})")
+    for note in result.ratio_notes[:3]:
+        print(f"note: {note['layer']!r} lost {note['ratio_got']:.3f} of its channels, not {note['ratio_asked']}: {note['reason']}")
+    if len(result.ratio_notes) > 3:
+        print(f"note: {len(result.ratio_notes) - 3} more layers with another ratio (ratio_notes in --json)")
     return 0 if target is None else speedup_search_outcome(search)
 
 

@@ -158,11 +158,15 @@ class DistillConfig:
         resume_from: a checkpoint file, or a directory holding ``last.pt``, to continue from.
         seed: seeds the batch order, dropout, and the feature projections' initialization.
         grad_clip_norm: clip the global gradient L2 norm to this (None: no clipping).
-        keep_zeros: keep the student's zero weights (Conv/Linear) at zero: pruning masks (unstructured,
-            2:4) stay fixed while the other weights train.
+        keep_zeros: keep the student's zero weights (Conv/Linear) at zero, so pruning masks (unstructured,
+            2:4) stay fixed while the other weights train: True = every zero, False = none, None (auto) = the
+            zeros of every layer holding NVIDIA's 2:4 pattern (a 2:4-sparse student stays 2:4-sparse).
         eval_batch_size: samples per forward pass when evaluating.
         device: "auto" (CUDA when available, else CPU; under DDP cuda:LOCAL_RANK), "cpu" or "cuda".
         ddp: "auto" (DDP when WORLD_SIZE > 1) or "off".
+        find_unused_parameters: DDP: expect parameters that get no gradient from the loss (an auxiliary head
+            the distillation loss never reaches), DDP's ``find_unused_parameters``. None (auto): found by one
+            probe backward pass on the first samples before training; True/False: as given.
     """
 
     alpha: float = 0.5
@@ -189,10 +193,11 @@ class DistillConfig:
     resume_from: str | None = None
     seed: int = 0
     grad_clip_norm: float | None = None
-    keep_zeros: bool = False
+    keep_zeros: bool | None = None
     eval_batch_size: int = 256
     device: str = "auto"
     ddp: str = "auto"
+    find_unused_parameters: bool | None = None
 
     def __post_init__(self) -> None:
         _check_alpha_temperature(self.alpha, self.temperature)

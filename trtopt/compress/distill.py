@@ -61,7 +61,9 @@ that ran straight through. The fields that change the training math (α, T, loss
 optimizer, learning rate and schedule, seed, ...) must match the checkpoint's; ``epochs`` /
 ``max_steps`` may grow to train longer (with the cosine schedule that also stretches what is left of it).
 A student with zeroed weights (unstructured or 2:4 pruning) can keep its zeros fixed during training
-with ``keep_zeros=True``.
+with ``keep_zeros=True``; a 2:4-sparse student keeps its 2:4 pattern by default (``keep_zeros=None``).
+Under DDP, student parameters the loss doesn't reach (an auxiliary head) are found by a probe backward
+pass and DDP is told (``find_unused_parameters``), instead of failing in DDP's reducer.
 
 Errors are `TrtoptError` with one line naming the problem: mismatched teacher/student output shapes
 (both named), α outside [0, 1], T ≤ 0, labels with embedding outputs, an unreadable checkpoint, empty

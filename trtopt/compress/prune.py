@@ -12,8 +12,11 @@ model is never modified; the result holds a pruned copy and a report of what cha
   dependency graph. The model really gets smaller, so the exported ONNX is smaller and faster.
   Channel counts are rounded to multiples of ``round_to`` (8: tensor-core friendly); the first layer and
   the final classifier keep their output channels by default (the model's interface stays the same).
-  In transformers (Hugging Face BERT-style attention: ``query``/``key``/``value`` + ``num_attention_heads``),
-  whole attention heads and FFN width are removed; the residual stream (hidden size) is kept.
+  In transformers (Hugging Face BERT-style attention: ``query``/``key``/``value`` + ``num_attention_heads``;
+  timm ``Attention`` as in ViT: fused ``qkv`` + ``num_heads``), whole attention heads and FFN width are
+  removed and the head-count attributes follow; the residual stream (hidden size) is kept.
+  ``nn.MultiheadAttention`` is kept whole (its head width is tied to the model width); the layers around
+  it are pruned.
 - ``2:4``: in every group of 4 consecutive weights along the input dimension keep the 2 largest
   magnitudes (NVIDIA's 2:4 pattern that TensorRT's ``SPARSE_WEIGHTS`` accelerates on Ampere and later);
   for a conv, groups run along the input channels at each kernel position, as NVIDIA's ASP does.
@@ -69,6 +72,10 @@ class PruneResult:
             ``sparsity`` (fraction of the weight that is zero after pruning), ``pruned`` (changed).
         skipped: layers left out, with the reason (2:4: input dimension not a multiple of 4, ignored).
         heads: transformers: attention heads per attention module before and after.
+        equivalence: structured: the proof that the pruned model is the original with the removed channels
+            masked (`trtopt.compress.prune_check.EquivalenceCheck`: residuals per layer and of the outputs).
+        ratio_notes: structured: why layers lost fewer channels than ``config.ratio`` asked (groups,
+            round-to, coupling to a protected layer), one entry per such layer.
     """
 
     module: Any
@@ -84,6 +91,8 @@ class PruneResult:
     layers: list[dict[str, Any]]
     skipped: list[dict[str, str]] = field(default_factory=list)
     heads: dict[str, dict[str, int]] = field(default_factory=dict)
+    equivalence: Any = None
+    ratio_notes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def macs_reduction(self) -> float:
@@ -98,7 +107,9 @@ class PruneResult:
                 "pruning_rate_percent": self.pruning_rate_percent, "channel_ratio": self.channel_ratio,
                 "macs_before": self.macs_before, "macs_after": self.macs_after,
                 "macs_after_nonzero": self.macs_after_nonzero, "macs_reduction": self.macs_reduction,
-                "layers": self.layers, "skipped": self.skipped, "heads": self.heads}
+                "layers": self.layers, "skipped": self.skipped, "heads": self.heads,
+                "equivalence": self.equivalence.to_dict() if self.equivalence is not None else None,
+                "ratio_notes": self.ratio_notes}
 
 def _as_args(example_inputs: Any) -> tuple[Any, ...]:
     """Example inputs as the positional arguments of ``forward``."""
@@ -232,14 +243,14 @@ def prune(model: nn.Module, example_inputs: Any, config: PruneConfig = PruneConf
         with torch.no_grad():
             reference = pruned(*args)
     skipped: list[dict[str, str]] = []
-    heads: dict[str, dict[str, int]] = {}
-    allowed: set[str] = set(layers)
+    removal = _Removal(set(layers))
     if config.method == "unstructured":
         _unstructured_(pruned, config)
     elif config.method == "2:4":
         skipped = _two_four_(pruned, config)
     else:
-        allowed, heads = _structured_(pruned, args, config, labels)
+        original = copy.deepcopy(pruned)
+        removal = _structured_(pruned, args, config, labels)
     pruned.eval()
     with _naming_failures(pruned, "the pruned model", "add that layer to the ignored layers (--ignore NAME); "
                           "models that hard-code channel counts in reshapes can't be pruned structurally there"):
@@ -247,8 +258,14 @@ def prune(model: nn.Module, example_inputs: Any, config: PruneConfig = PruneConf
         with torch.no_grad():
             output = pruned(*args)
     _check_same_output_shape(reference, output)
-    return _report(pruned, config, before_shapes, before_params, params_before, zeros_before,
-                   macs_before, macs_after, allowed, skipped, heads)
+    result = _report(pruned, config, before_shapes, before_params, params_before, zeros_before,
+                     macs_before, macs_after, removal.allowed, skipped + removal.skipped, removal.heads)
+    if config.method == "structured":
+        from trtopt.compress.prune_check import check_equivalence
+
+        result.equivalence = check_equivalence(original, pruned, args, removal.removed_in, removal.removed_out, _flat)
+        result.ratio_notes = removal.ratio_notes
+    return result
 
 def _check_same_output_shape(reference: Any, output: Any) -> None:
     ref, out = _flat(reference), _flat(output)
@@ -329,11 +346,42 @@ def _two_four_(model: nn.Module, config: PruneConfig) -> list[dict[str, str]]:
         tprune.remove(layer, "weight")
     return skipped
 
-def _hf_attention_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Hugging Face BERT-style self-attention modules (query/key/value Linear + num_attention_heads)."""
-    return {n: m for n, m in model.named_modules()
-            if all(isinstance(getattr(m, a, None), nn.Linear) for a in ("query", "key", "value"))
-            and isinstance(getattr(m, "num_attention_heads", None), int)}
+@dataclass(frozen=True)
+class _Attention:
+    """An attention module whose heads structured pruning removes: its q/k/v projections (one fused ``qkv``
+    Linear or three), the attribute holding its head count, and how to refresh the derived attributes."""
+
+    module: nn.Module
+    projections: tuple[str, ...]
+    heads_attr: str
+
+    @property
+    def heads(self) -> int:
+        return int(getattr(self.module, self.heads_attr))
+
+    def set_heads_(self, heads: int) -> None:
+        """Write the new head count and the widths derived from it (HF ``all_head_size``, timm ``attn_dim``)."""
+        setattr(self.module, self.heads_attr, heads)
+        if hasattr(self.module, "all_head_size"):  # Hugging Face BERT-style: the query width
+            self.module.all_head_size = getattr(self.module, self.projections[0]).out_features
+        if hasattr(self.module, "attn_dim"):  # timm Attention (head_dim is kept)
+            self.module.attn_dim = heads * self.module.head_dim
+
+
+def _attention_modules(model: nn.Module) -> dict[str, _Attention]:
+    """Attention modules whose heads can be pruned: Hugging Face BERT-style self-attention (``query``/``key``/
+    ``value`` Linear + ``num_attention_heads``) and timm's ``Attention`` (fused ``qkv`` Linear + ``num_heads`` +
+    ``head_dim``, as in ViT)."""
+    found = {}
+    for name, m in model.named_modules():
+        if all(isinstance(getattr(m, a, None), nn.Linear) for a in ("query", "key", "value")) \
+                and isinstance(getattr(m, "num_attention_heads", None), int):
+            found[name] = _Attention(m, ("query", "key", "value"), "num_attention_heads")
+        elif isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "num_heads", None), int) \
+                and isinstance(getattr(m, "head_dim", None), int) and m.qkv.out_features == 3 * m.num_heads * m.head_dim:
+            found[name] = _Attention(m, ("qkv",), "num_heads")
+    return found
+
 
 def _importance(config: PruneConfig) -> Any:
     import torch_pruning as tp
@@ -346,29 +394,48 @@ def _importance(config: PruneConfig) -> Any:
         return tp.importance.BNScaleImportance()
     return tp.importance.TaylorImportance()
 
-def _structured_(model: nn.Module, args: tuple[Any, ...], config: PruneConfig,
-                 labels: torch.Tensor | None) -> tuple[set[str], dict[str, dict[str, int]]]:
-    """Remove channels in place with Torch-Pruning; returns (layers allowed to shrink, heads before/after)."""
+@dataclass
+class _Removal:
+    """What structured pruning removed: layers allowed to shrink, heads before/after, removed channel indices
+    per Conv/Linear layer name (input and output side), notes on layers that lost another ratio, and modules
+    kept whole with the reason."""
+
+    allowed: set[str]
+    heads: dict[str, dict[str, int]] = field(default_factory=dict)
+    removed_in: dict[str, list[int]] = field(default_factory=dict)
+    removed_out: dict[str, list[int]] = field(default_factory=dict)
+    ratio_notes: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def _structured_(model: nn.Module, args: tuple[Any, ...], config: PruneConfig, labels: torch.Tensor | None) -> _Removal:
+    """Remove channels in place with Torch-Pruning; returns what was removed (see `_Removal`)."""
     try:
         import torch_pruning as tp
     except ImportError as e:
         from trtopt.errors import missing_dependency
 
         raise missing_dependency("torch-pruning", None, "structured pruning") from e
+    from trtopt.compress.prune_check import find_channel_shuffle
+
     layers = weight_layers(model)
     by_name = dict(model.named_modules())
     ignored = set(config.ignored_layers)
-    attention = _hf_attention_modules(model)
+    attention = _attention_modules(model)
     num_heads: dict[nn.Module, int] = {}
     qkv: set[str] = set()
     for name, att in attention.items():
-        for proj in ("query", "key", "value"):
-            num_heads[getattr(att, proj)] = att.num_attention_heads
-            qkv.add(f"{name}.{proj}")
+        for proj in att.projections:
+            num_heads[getattr(att.module, proj)] = att.heads
+            qkv.add(f"{name}.{proj}" if name else proj)
     if attention:
         # Keep the residual stream: every Linear writing hidden-size features (attention output, FFN output).
-        hidden = {att.query.in_features for att in attention.values()}
+        hidden = {getattr(att.module, att.projections[0]).in_features for att in attention.values()}
         ignored |= {n for n, m in layers.items() if isinstance(m, nn.Linear) and m.out_features in hidden and n not in qkv}
+    # nn.MultiheadAttention's heads are embed_dim / num_heads wide with embed_dim also its input and output
+    # width (the residual stream): a head can't go without narrowing the model, so these modules are kept.
+    mha = {n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
+    ignored |= mha | {n for n in layers if any(n.startswith(f"{m}.") for m in mha)}
     if config.protect_first_last:
         with _naming_failures(model, "running the model to find its first and last layers", "pass example inputs the model accepts"):
             order = _execution_order(model, args)
@@ -380,9 +447,19 @@ def _structured_(model: nn.Module, args: tuple[Any, ...], config: PruneConfig,
         raise TrtoptError("importance 'bn' ranks channels by BatchNorm scale, but the model has no BatchNorm layer",
                           "use importance l1, l2 or taylor")
     allowed = set(layers) - ignored
-    heads_before = {n: a.num_attention_heads for n, a in attention.items()}
+    heads_before = {n: a.heads for n, a in attention.items()}
+    kept_mha = [{"name": n, "reason": "nn.MultiheadAttention: its head width is embed_dim / num_heads and embed_dim is "
+                 "the model width, so heads are kept (the layers around it are pruned)"} for n in sorted(mha)]
     if config.ratio == 0:
-        return allowed, {n: {"before": h, "after": h} for n, h in heads_before.items()}
+        return _Removal(allowed, {n: {"before": h, "after": h} for n, h in heads_before.items()}, skipped=kept_mha)
+    shuffle = find_channel_shuffle(model, args)
+    if shuffle:
+        # Torch-Pruning maps channels through view → transpose → reshape as if they kept their order (or fails
+        # building its graph), which rewires them: refuse rather than ship a different model.
+        raise TrtoptError(f"structured pruning can't follow the channel shuffle {shuffle} (view to (N, groups, C/groups, "
+                          "…) then transpose): the dependency graph would rewire the shuffled channels",
+                          "prune this model with --method unstructured or --method 2:4 (shapes stay), or "
+                          "structured-prune a model without channel shuffles")
     kwargs: dict[str, Any] = {
         "importance": _importance(config), "pruning_ratio": float(config.ratio), "global_pruning": config.global_pruning,
         "max_pruning_ratio": config.max_layer_ratio if config.global_pruning else 1.0,
@@ -396,18 +473,66 @@ def _structured_(model: nn.Module, args: tuple[Any, ...], config: PruneConfig,
         pruner = tp.pruner.MetaPruner(model, args, **kwargs)
     if config.importance == "taylor":
         _taylor_gradients_(model, args, labels)
+    names = {m: n for n, m in model.named_modules()}
+    removal = _Removal(allowed)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pruner.step()
+            for group in pruner.step(interactive=True):
+                for dep, idxs in group:
+                    name = names.get(dep.target.module)
+                    if name not in layers:
+                        continue
+                    side = (removal.removed_out if pruner.DG.is_out_channel_pruning_fn(dep.handler)
+                            else removal.removed_in if pruner.DG.is_in_channel_pruning_fn(dep.handler) else None)
+                    if side is not None:
+                        side[name] = sorted(set(side.get(name, [])) | {int(i) for i in idxs})
+                group.prune()
     except Exception as e:
         raise TrtoptError(f"structured pruning failed while removing channels: {type(e).__name__}: {str(e)[:200]}",
                           "add the layer named in the message to the ignored layers (--ignore NAME)") from e
     model.zero_grad(set_to_none=True)
-    for name, att in attention.items():
-        att.num_attention_heads = pruner.num_heads[att.query]
-        att.all_head_size = att.query.out_features
-    return allowed, {n: {"before": h, "after": attention[n].num_attention_heads} for n, h in heads_before.items()}
+    for att in attention.values():
+        att.set_heads_(pruner.num_heads[getattr(att.module, att.projections[0])])
+    removal.heads = {n: {"before": h, "after": attention[n].heads} for n, h in heads_before.items()}
+    removal.skipped = kept_mha
+    if not config.global_pruning:
+        removal.ratio_notes = _ratio_notes(pruner.DG, layers, names, ignored, qkv, removal.removed_out, config)
+    return removal
+
+
+def _ratio_notes(graph: Any, layers: dict[str, nn.Module], names: dict[nn.Module, str], ignored: set[str],
+                 qkv: set[str], removed_out: dict[str, list[int]], config: PruneConfig) -> list[dict[str, Any]]:
+    """One note per prunable layer whose removed fraction of output channels differs from ``config.ratio`` by more
+    than 0.02, naming the constraints that tie its channels (protected/ignored layers, grouped convs, round-to,
+    whole attention heads). ``graph`` is Torch-Pruning's dependency graph of the pruned model."""
+    notes = []
+    for name, layer in layers.items():
+        if name in ignored or layer not in graph.module2node \
+                or isinstance(layer, nn.Conv2d | nn.Conv1d | nn.Conv3d) and layer.groups == layer.in_channels > 1:
+            continue  # depthwise convs follow their producer
+        after = int(layer.weight.shape[0])
+        before = after + len(removed_out.get(name, ()))
+        got = 1.0 - after / before
+        if abs(got - config.ratio) <= 0.02:
+            continue
+        pruner = graph.get_pruner_of_module(layer)
+        group = graph.get_pruning_group(layer, pruner.prune_out_channels, list(range(after)))
+        tied = [names[d.target.module] for d, _ in group
+                if graph.is_out_channel_pruning_fn(d.handler) and names.get(d.target.module) in layers]
+        reasons = [f"its channels are tied to the ignored/protected layer(s) {', '.join(repr(t) for t in tied if t in ignored)}"
+                   ] if any(t in ignored for t in tied) else []
+        coupled = [names[d.target.module] for d, _ in group if names.get(d.target.module) in layers]
+        grouped = sorted({(t, layers[t].groups) for t in coupled + [name]
+                          if getattr(layers[t], "groups", 1) > 1 and layers[t].groups != layers[t].in_channels})
+        reasons += [f"grouped conv {t!r} (groups={g}) loses the same number of channels in every group" for t, g in grouped]
+        if config.round_to > 1:
+            reasons.append(f"channel counts are rounded to multiples of round_to={config.round_to}")
+        if name in qkv:
+            reasons.append("attention projections lose whole heads only")
+        notes.append({"layer": name, "channels_before": before, "channels_after": after, "ratio_asked": config.ratio,
+                      "ratio_got": got, "reason": "; ".join(reasons) or "Torch-Pruning's rounding of the channel count"})
+    return notes
 
 def _taylor_gradients_(model: nn.Module, args: tuple[Any, ...], labels: torch.Tensor | None) -> None:
     """Fill .grad for Taylor importance: cross entropy against labels (or own predictions), else ‖output‖²."""

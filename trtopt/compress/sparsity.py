@@ -30,6 +30,13 @@ def mask_2to4(weight: torch.Tensor) -> torch.Tensor:
     keep.scatter_(1, torch.topk(groups, 2, dim=1, sorted=False).indices, True)
     return keep.reshape(w.shape).movedim(-1, 1).contiguous()
 
+def holds_2to4(weight: torch.Tensor) -> bool:
+    """True when a Linear/Conv weight has zeros in NVIDIA's 2:4 pattern: at most 2 nonzeros in every group of 4
+    along the input dimension (dim 1; for a conv, at each kernel position), dim 1 a multiple of 4."""
+    if weight.dim() < 2 or weight.shape[1] % 4 or not bool((weight == 0).any()):
+        return False
+    return bool(weight.detach().movedim(1, -1).reshape(-1, 4).ne(0).sum(1).le(2).all())
+
 def sparsity_masks(module: nn.Module) -> dict[str, torch.Tensor]:
     """Boolean masks (weight != 0) of every Conv/Linear weight that has zeros, by layer name.
 

@@ -49,6 +49,7 @@ from torch import nn
 from trtopt.compress.config import DistillConfig
 from trtopt.compress.data_source import DataSource, call_model, map_tensors, predict, primary_output
 from trtopt.compress.losses import embedding_loss, feature_mse, kd_loss
+from trtopt.compress.sparsity import holds_2to4, weight_layers
 from trtopt.errors import TrtoptError, first_line
 
 CHECKPOINT_FORMAT = "trtopt-distill-checkpoint/1"
@@ -251,12 +252,18 @@ class Trainer:
         self.projections = nn.ModuleList()
         self.wrapper = _StudentWithFeatures(student, [s for s, _ in config.feature_pairs], self.projections)
         self._build_projections()
-        self.masks = _zero_masks(student) if config.keep_zeros else []
+        self.masks = _zero_masks(student, only_2to4=config.keep_zeros is None) if config.keep_zeros is not False else []
         self.model: nn.Module = self.wrapper
+        self.unused_parameters: list[str] = []
         if dist_info.active:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.model = DistributedDataParallel(self.wrapper, device_ids=[device.index] if device.type == "cuda" else None)
+            find_unused = config.find_unused_parameters
+            if find_unused is None:
+                self.unused_parameters = self._parameters_without_gradient()
+                find_unused = bool(self.unused_parameters)
+            self.model = DistributedDataParallel(self.wrapper, device_ids=[device.index] if device.type == "cuda" else None,
+                                                 find_unused_parameters=find_unused)
         self.params = [p for p in self.wrapper.parameters() if p.requires_grad]
         self.optimizer = _optimizer(config, self.params)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(config, self.total_steps))
@@ -296,6 +303,28 @@ class Trainer:
                         self.projections.append(_Projection(_channels(s_feat), _channels(t_feat), s_feat.dim() == 4))
         self.projections.to(self.device)
         student.train(was_training)
+
+    def _parameters_without_gradient(self) -> list[str]:
+        """Names of the trainable student parameters the training loss does not reach, from one probe forward
+        and backward pass on the first samples (train mode; RNG state and buffers such as BatchNorm statistics
+        are restored, no ``.grad`` is written). DDP needs ``find_unused_parameters`` when there are any."""
+        names = {p: n for n, p in self.wrapper.named_parameters() if p.requires_grad}
+        inputs, labels = self.source.batch(torch.arange(min(2, len(self.source))))
+        inputs = map_tensors(inputs, lambda t: t.to(self.device))
+        labels = None if labels is None else labels.to(self.device)
+        buffers = {n: b.detach().clone() for n, b in self.wrapper.named_buffers()}
+        was_training = self.wrapper.training
+        self.wrapper.train()
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                loss = _step_loss(self.wrapper, self.teacher, self.teacher_feats, inputs, labels, self.config)
+                grads = torch.autograd.grad(loss, list(names), allow_unused=True)
+        finally:
+            with torch.no_grad():
+                for n, b in self.wrapper.named_buffers():
+                    b.copy_(buffers[n])
+            self.wrapper.train(was_training)
+        return [names[p] for p, g in zip(names, grads, strict=True) if g is None]
 
     def restore(self, checkpoint: Mapping[str, Any]) -> None:
         """Continue from ``checkpoint`` (`load_checkpoint`'s dict): weights, optimizer, schedule, RNG, state.
@@ -576,14 +605,14 @@ def _optimizer(config: DistillConfig, params: list[nn.Parameter]) -> torch.optim
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
-def _zero_masks(student: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(weight, mask of its nonzeros) for every Linear/Conv weight holding zeros (``keep_zeros``)."""
+def _zero_masks(student: nn.Module, only_2to4: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(weight, mask of its nonzeros) for every Linear/Conv weight holding zeros (``keep_zeros``), or only for
+    those holding the 2:4 pattern (``only_2to4``: ``keep_zeros`` None)."""
     masks = []
-    for module in student.modules():
-        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            weight = module.weight
-            if (weight == 0).any():
-                masks.append((weight, weight.ne(0).to(weight.dtype)))
+    for module in weight_layers(student).values():
+        weight = module.weight
+        if (weight == 0).any() and (not only_2to4 or holds_2to4(weight)):
+            masks.append((weight, weight.ne(0).to(weight.dtype)))
     return masks
 
 def _rng_state(device: torch.device) -> dict[str, Any]:

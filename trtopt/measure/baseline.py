@@ -49,7 +49,10 @@ BASELINE_FORMAT = 2
 #: ``cpu_isa.flags``: a virtual machine often hides the CPU model ("Intel(R) Xeon(R) Processor") while its
 #: host's instruction sets (AVX2 only vs AVX-512 VNNI / AMX) change INT8 speed several times over.
 ENVIRONMENT_KEYS = ("cpu_model", "cpu_isa.flags", "cpu_count_logical", "cpu_affinity_count", "machine", "gpus",
-                    "packages.torch", "packages.onnxruntime", "packages.tensorrt", "thread_env")
+                    "packages.torch", "packages.onnxruntime", "packages.tensorrt", "thread_env", "cpu_power")
+#: Run settings that change timing (dotted paths into the baseline's ``settings``): the intra-op thread
+#: count the runs used (``--threads``); batch sizes are part of every entry's key instead.
+SETTINGS_KEYS = ("threads",)
 
 
 @dataclass(frozen=True)
@@ -217,20 +220,29 @@ def load_baseline(path: str | os.PathLike) -> dict[str, Any]:
     return document
 
 
-def environment_differences(baseline_env: Mapping[str, Any], current_env: Mapping[str, Any]) -> list[str]:
-    """``"field: baseline → current"`` for every comparability field that differs."""
-    diffs = []
-    for key in ENVIRONMENT_KEYS:
-        old, new = _dig(baseline_env, key), _dig(current_env, key)
-        if old != new:
-            diffs.append(f"{key}: {old!r} → {new!r}")
-    return diffs
+def environment_differences(baseline_env: Mapping[str, Any], current_env: Mapping[str, Any],
+                            baseline_settings: Mapping[str, Any] | None = None,
+                            current_settings: Mapping[str, Any] | None = None) -> list[str]:
+    """``"field: baseline → current"`` for every comparability field that differs: the environment's
+    (`ENVIRONMENT_KEYS`) and, when both run settings are given, the settings' (`SETTINGS_KEYS`, as ``settings.KEY``)."""
+    pairs = [(key, _dig(baseline_env, key), _dig(current_env, key)) for key in ENVIRONMENT_KEYS]
+    if baseline_settings is not None and current_settings is not None:
+        pairs += [(f"settings.{key}", _dig(baseline_settings, key), _dig(current_settings, key)) for key in SETTINGS_KEYS]
+    return [f"{key}: {old!r} → {new!r}" for key, old, new in pairs if old != new]
 
 
-def check_environment(baseline_env: Mapping[str, Any], current_env: Mapping[str, Any], allow_mismatch: bool) -> list[str]:
-    """Refuse (TrtoptError) when the environments differ, unless ``allow_mismatch``; returns the differences."""
-    diffs = environment_differences(baseline_env, current_env)
+def check_environment(baseline_env: Mapping[str, Any], current_env: Mapping[str, Any], allow_mismatch: bool,
+                      baseline_settings: Mapping[str, Any] | None = None,
+                      current_settings: Mapping[str, Any] | None = None) -> list[str]:
+    """Refuse (TrtoptError) when the environments or timing settings differ, unless ``allow_mismatch``; returns
+    the differences (see `environment_differences`)."""
+    diffs = environment_differences(baseline_env, current_env, baseline_settings, current_settings)
     if diffs and not allow_mismatch:
+        settings = [d for d in diffs if d.startswith("settings.")]
+        if settings:
+            fix = ("run with the baseline's settings (" + ", ".join(f"--{d.split(':')[0][9:]} {_dig(baseline_settings or {}, d.split(':')[0][9:])}"
+                                                                   for d in settings) + "), re-record the baseline, or pass --allow-env-mismatch")
+            raise TrtoptError("the baseline was timed with other settings (" + "; ".join(diffs) + ")", fix)
         raise TrtoptError("the baseline was recorded in another environment (" + "; ".join(diffs) + ")",
                           "run on the baseline's machine type, re-record the baseline, or pass --allow-env-mismatch")
     return diffs
@@ -247,7 +259,8 @@ def compare_with_baseline(baseline: Mapping[str, Any], current: Mapping[str, Any
     baseline entry this run lacks (the same model under another name, another batch size: its latency
     was never judged), and when no entry was judged at all; the control workload is not an entry.
     """
-    diffs = check_environment(baseline["environment"], current["environment"], config.allow_environment_mismatch)
+    diffs = check_environment(baseline["environment"], current["environment"], config.allow_environment_mismatch,
+                              baseline.get("settings"), current.get("settings"))
     old = {(e["candidate"], e["batch_size"]): e for e in baseline["entries"]}
     new = {(e["candidate"], e["batch_size"]): e for e in current["entries"]}
     rng = np.random.default_rng(0)

@@ -58,6 +58,12 @@ CALIBRATOR_ALGORITHM = "EntropyCalibration2"  # the header a cache for that cali
 
 TIMING_MODES = ("gpu-compute", "end-to-end")
 
+#: TensorRT versions (of VERSIONS) that build for DLA, and the targets they do it on. NVIDIA: "TensorRT 10.7
+#: was the last 10.x release that supported DLA", "DLA was unavailable in TensorRT 11.0 through 11.3"
+#: (Working with DLA, TensorRT 11.4 docs); 10.3 ships in JetPack 6, which runs on Orin only (Xavier's last
+#: JetPack, 5.1, ships TensorRT 8.5).
+DLA_SUPPORT = {"10.3.0": ("jetson-orin",)}
+
 
 def resolve_version(version: str) -> str:
     """Full "MAJOR.MINOR.PATCH" for a version trtopt plans for: "10.3", "10.16", "11.1", "11.0" or their full
@@ -212,14 +218,16 @@ class BuildOptions:
             TensorRT version and EntropyCalibration2).
         calibrate: implicit INT8 by running an IInt8EntropyCalibrator2 over data at build time (10.x).
         mixed_fp16: on a weakly typed 10.x INT8 build, also set BuilderFlag.FP16 so layers TensorRT keeps
-            out of INT8 may run in FP16 (trtexec's ``--int8 --fp16``).
+            out of INT8 may run in FP16 (trtexec's ``--int8 --fp16``); refused where a build would ignore it
+            (11.x, strongly typed, not INT8).
         shapes: optimization profile per input (required for inputs with dynamic dimensions).
         workspace_bytes: MemoryPoolType.WORKSPACE limit; None = TensorRT's default (the device's memory).
         timing_cache: file the build loads (if present) and saves its timing cache to.
         opt_level: builder_optimization_level 0..5 (None = TensorRT's default 3).
         sparse: BuilderFlag.SPARSE_WEIGHTS (2:4 structured-sparse weights may use sparse kernels).
         target: "server" (any discrete/data-center GPU), "jetson-orin" or "jetson-xavier" (have DLA).
-        dla_core: run on this DLA core (Jetson targets only), with GPU fallback unless gpu_fallback=False.
+        dla_core: run on this DLA core, with GPU fallback unless gpu_fallback=False. Only where the version has
+            DLA (`DLA_SUPPORT`: TensorRT 10.3 on jetson-orin); built weakly typed in FP16 or INT8 as trtexec does.
         version_compatible: BuilderFlag.VERSION_COMPATIBLE (runs on later TensorRT of the same major+).
         exclude_lean_runtime: BuilderFlag.EXCLUDE_LEAN_RUNTIME (needs version_compatible).
         hardware_compatibility: "none" or "ampere+" (one engine for Ampere and later data-center GPUs).
@@ -385,6 +393,11 @@ def make_plan(onnx: Any, options: BuildOptions, trt_version: str) -> BuildPlan:
     precision = options.precision
     if precision == "auto":
         precision = "int8" if (options.calib_cache or options.calibrate) else art.precision
+    dla_notes: tuple[str, ...] = ()
+    if options.dla_core is not None:
+        options, precision, dla_notes = _dla_options(options, precision, version, where)
+    if options.mixed_fp16:
+        _check_mixed_fp16(options, art.precision, precision, version)
     route = _VERSION_RULES[major(version)](art.precision, precision, options, where, version)
     profiles = validate_profiles(list(art.inputs), options.shapes, where)
     # TensorRT calibrates at the OPT shape of the profile: the batch comes from there.
@@ -406,9 +419,46 @@ def make_plan(onnx: Any, options: BuildOptions, trt_version: str) -> BuildPlan:
         workspace_bytes=options.workspace_bytes, timing_cache=options.timing_cache,
         builder_optimization_level=options.opt_level, target=options.target,
         device_type="GPU" if options.dla_core is None else "DLA", dla_core=options.dla_core,
-        hardware_compatibility_level=HARDWARE_COMPATIBILITY[options.hardware_compatibility], notes=route.notes,
+        hardware_compatibility_level=HARDWARE_COMPATIBILITY[options.hardware_compatibility], notes=route.notes + dla_notes,
         dynamic_axes={i.name: {str(a): d for a, d in enumerate(i.shape) if isinstance(d, str)} for i in art.inputs
                       if any(isinstance(d, str) for d in i.shape)})
+
+
+def _dla_options(options: BuildOptions, precision: str, version: str, where: str) -> tuple[BuildOptions, str, tuple[str, ...]]:
+    """A DLA build as trtexec makes it: refused where the version/target has no DLA (`DLA_SUPPORT`); weakly typed
+    (DLA builds became strongly typed only in TensorRT 11.4.1); FP16 turned on when INT8 is off, as trtexec and
+    NVIDIA's samples do ("FP32 mode is not permitted" on DLA). Returns (options, precision, notes)."""
+    targets = DLA_SUPPORT.get(version, ())
+    if options.target not in targets:
+        supported = ", ".join(f"TensorRT {v} on {'/'.join(t)}" for v, t in DLA_SUPPORT.items())
+        raise TrtoptError(f"TensorRT {version} on {options.target} has no DLA support (NVIDIA documents DLA up to "
+                          "TensorRT 10.7 and none in 11.0-11.3; JetPack 6, with TensorRT 10.3, runs on Orin only)",
+                          f"build DLA engines with {supported} (--trt-version 10.3 --target jetson-orin), or drop --dla-core")
+    if options.typing == "strong":
+        raise TrtoptError(f"a strongly typed network can't be built for DLA with TensorRT {version} (DLA takes its "
+                          "precision from builder flags before TensorRT 11.4.1)", "drop --typing strong (DLA builds are weak)")
+    if precision == "fp32":
+        if options.precision == "fp32":
+            raise TrtoptError("DLA runs FP16 and INT8 only, so --precision fp32 can't run on it",
+                              "use --precision fp16 or int8 (or auto), or drop --dla-core for an FP32 GPU engine")
+        return replace(options, typing="weak"), "fp16", (
+            f"DLA runs FP16/INT8 only: {where} builds in FP16 (BuilderFlag.FP16), as trtexec --useDLACore does without --int8",)
+    return replace(options, typing="weak"), precision, ()
+
+
+def _check_mixed_fp16(options: BuildOptions, onnx_precision: str, precision: str, version: str) -> None:
+    """``mixed_fp16`` sets BuilderFlag.FP16 beside INT8: refuse it where the build would ignore it."""
+    if major(version) >= 11:
+        raise TrtoptError(f"--mixed-fp16 has no effect on TensorRT {version}: 11.x has no FP16 builder flag, layers "
+                          "run in the precision the ONNX gives them",
+                          "drop --mixed-fp16 (the Q/DQ ONNX builds as INT8 where it has Q/DQ nodes, FP32 elsewhere)")
+    if precision != "int8":
+        raise TrtoptError(f"--mixed-fp16 lets layers kept out of INT8 run in FP16, but this build is {precision}",
+                          "drop --mixed-fp16, or build INT8 (--precision int8 with --calib-cache, or a Q/DQ ONNX)")
+    if onnx_precision == "int8" and options.typing != "weak":
+        raise TrtoptError(f"--mixed-fp16 needs a weakly typed network, and TensorRT {version} builds a Q/DQ ONNX "
+                          "strongly typed (precision from the graph, FP16 flag not allowed)",
+                          "add --typing weak (INT8 + FP16 builder flags, as trtexec --int8 --fp16)")
 
 @dataclass(frozen=True)
 class _PrecisionRoute:
@@ -448,13 +498,8 @@ def _plan_trt10(onnx_precision: str, precision: str, options: BuildOptions, wher
     """TensorRT 10.x: a graph that carries its precision builds strongly typed unless weak typing is asked;
     otherwise precision comes from builder flags, and INT8 from a calibration cache or a calibrator."""
     if onnx_precision in ("int8", "fp16") and precision == onnx_precision:
-        route = _trt10_from_graph(precision, options, where)
-    else:
-        route = _trt10_from_flags(onnx_precision, precision, options, where, version)
-    if options.dla_core is not None and route.typing == "strong":
-        route = replace(route, notes=route.notes + (
-            "DLA runs FP16/INT8 only: layers the strongly typed graph keeps in FP32 fall back to the GPU",))
-    return route
+        return _trt10_from_graph(precision, options, where)
+    return _trt10_from_flags(onnx_precision, precision, options, where, version)
 
 def _trt10_from_graph(precision: str, options: BuildOptions, where: str) -> _PrecisionRoute:
     """10.x, a Q/DQ (INT8) or FP16-cast ONNX built in its own precision."""
