@@ -250,6 +250,18 @@ def test_timm_vit_attention_loses_whole_heads_and_keeps_num_heads_consistent(tmp
     assert all(p["passed"] for p in art.parity.values())
 
 
+def test_a_high_ratio_keeps_one_head_of_each_attention():
+    """Before: at 0.7 Torch-Pruning removed ceil(0.7 × 3) = 3 of 3 heads and the prune failed."""
+    import timm
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=1, num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    result = prune(vit, x, PruneConfig("structured", 0.7, round_to=1))
+    assert result.heads == {"blocks.0.attn": {"before": 3, "after": 1}}
+    assert result.module(x).shape == (2, 10) and result.equivalence.max_layer_residual < 1e-5
+
+
 def test_multihead_attention_is_kept_whole_with_the_reason_and_its_ffn_pruned():
     class Encoder(nn.Module):
         def __init__(self) -> None:

@@ -466,7 +466,11 @@ def _structured_(model: nn.Module, args: tuple[Any, ...], config: PruneConfig, l
         "ignored_layers": [by_name[n] for n in sorted(ignored)],
         "round_to": config.round_to if config.round_to > 1 else None, "forward_fn": lambda m, x: m(*x)}
     if num_heads:
-        kwargs.update(num_heads=num_heads, prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=float(config.ratio))
+        kwargs.update(num_heads=num_heads, prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=float(config.ratio),
+                      # Torch-Pruning removes ceil(ratio × heads) heads: at a high ratio that is every head of a small
+                      # attention (0.7 of 3), which leaves a zero-width projection; keep at least one head
+                      head_pruning_ratio_dict={a.module: min(float(config.ratio), max(0.0, (a.heads - 1) / a.heads - 1e-9))
+                                               for a in attention.values()})
     with warnings.catch_warnings(), _naming_failures(
             model, "building the dependency graph", "add that layer to the ignored layers (--ignore NAME) or prune another way"):
         warnings.simplefilter("ignore")
