@@ -36,7 +36,11 @@ STEPS = ("export", "calibrate", "calibration-cache", "quantize-onnxruntime", "qu
 CALIB_BRANCH = {
     ("timm-cnn-random-init", "calibration-cache"): "random-init timm zeroes the last BatchNorm gamma of each block, "
                                                    "so some tensors are exactly 0 and the TensorRT cache refuses them",
+    ("timm-non-224", "calibration-cache"): "random-init mobilevit: 3 tensors exactly 0 in one run (getitem_9, "
+                                           "getitem_27, getitem_36), a separate CLI run passed: not strict",
 }
+#: of those, the cells whose failure did not reproduce every time (strict=False until the calib branch lands)
+FLAKY = {("timm-non-224", "calibration-cache")}
 
 _chains: dict[str, dict[str, str]] = {}
 
@@ -105,7 +109,8 @@ def _cells():
         for step in STEPS:
             marks = [pytest.mark.slow]
             if (name, step) in CALIB_BRANCH:
-                marks.append(pytest.mark.xfail(strict=True, reason=f"calib branch: {CALIB_BRANCH[name, step]}"))
+                marks.append(pytest.mark.xfail(strict=(name, step) not in FLAKY,
+                                               reason=f"calib branch: {CALIB_BRANCH[name, step]}"))
             yield pytest.param(name, step, id=f"{name}-{step}", marks=marks)
 
 
