@@ -118,7 +118,8 @@ def test_demo_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "calibration.cache").read_text().startswith("TRT-100300-")
     text = paths["markdown"].read_text()
     assert "| onnxruntime-int8 |" in text and "## INT8" in text
-    assert "<img alt=\"tradeoff\" src=\"data:image/png;base64," in paths["html"].read_text()
+    assert '<figure class="tradeoff"><img alt="Accuracy vs latency and size" src="data:image/png;base64,' \
+        in paths["html"].read_text()
     again, _ = run_demo(default_recipe(iterations=5), tmp_path / "demo")  # resumed: nothing re-measured
     assert {s["status"] for s in again["stages"].values()} == {"reused"}
     assert again["rows"] == report["rows"]

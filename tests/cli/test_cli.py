@@ -63,7 +63,8 @@ def test_json_dash_is_stdout_and_plan_only_json_writes(exported):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["rows"][0]["variant"] == "tiny.onnx"  # stdout: the JSON alone
     assert "tiny.onnx" in result.stderr and not (work / "-").exists()  # the table went to stderr
-    plan = run(["build", "tiny.onnx", "--plan-only", "--trt-version", "10.3", "--shapes", "input:1x3x32x32,8x3x32x32,8x3x32x32",
+    plan = run(["build", "tiny.onnx", "--plan-only", "--trt-version", "10.3", "--minShapes", "input:1x3x32x32", "--optShapes", "input:8x3x32x32",
+                "--maxShapes", "input:8x3x32x32",
                 "--json", "plan.json"], work, env)
     assert plan.returncode == 0, plan.stderr
     assert json.loads((work / "plan.json").read_text())["trt_version"].startswith("10.3")

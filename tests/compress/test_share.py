@@ -325,8 +325,8 @@ def test_mixed_bits_keep_the_measured_drop_within_the_limit(digits):
 
     model, test, _ = digits
     probe = fidelity_probe(model, test, embeddings=False)
-    out = share_weights(model, ShareConfig(max_accuracy_drop=0.005, candidate_bits=(2, 3, 4, 8)), probe)
-    assert out.bits.target_met and out.fidelity["drop"] <= 0.005
+    out = share_weights(model, ShareConfig(max_accuracy_drop=0.01, candidate_bits=(2, 3, 4, 8)), probe)
+    assert out.bits.target_met and out.fidelity["drop"] <= 0.01
     assert out.fidelity == pytest.approx(probe(out.model))
     assert out.result.compression_ratio > 4.0
 

@@ -85,11 +85,9 @@ def _quantize_in_child(kwargs: dict[str, Any], sample: dict[str, Any], stage: Pa
 
     import numpy as np
 
-    import trtopt
-
     np.savez(stage / "modelopt_sample.npz", **sample)
     (stage / "modelopt_args.json").write_text(json.dumps(kwargs))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(trtopt.__file__).parents[1]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[2]),
                                                                       os.environ.get("PYTHONPATH")]))}
     code = f"from trtopt.quant.modelopt_placement import _child_main; _child_main({str(stage)!r})"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
