@@ -34,6 +34,7 @@ from trtopt.compress.prune import example_inputs_for, prune
 from trtopt.environment import environment
 from trtopt.errors import TrtoptError
 from trtopt.files import write_json
+from trtopt.models.inputs import parse_declarations
 from trtopt.models.load import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -57,7 +58,7 @@ MODELS: dict[str, tuple[str, tuple[int, ...] | None, dict[str, Any]]] = {
 
 def run(name: str, ratio: float) -> dict[str, Any]:
     spec, shape, overrides = MODELS[name]
-    loaded = load_model(spec, input_shape=shape)
+    loaded = load_model(spec, inputs=parse_declarations([f"input:2x{'x'.join(map(str, shape))}"]))
     args = example_inputs_for(loaded, batch_size=2)
     row: dict[str, Any] = {"model": name, "spec": spec, "input_shape": list(loaded.inputs[0].shape), "ratio_asked": ratio}
     started = time.perf_counter()
