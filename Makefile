@@ -1,6 +1,7 @@
 # Two entry points, both from a fresh clone: `make demo` (the main job) and `make test` (the whole suite).
 # The venv pins torch/torchvision to the builds this machine type has on disk (see ../shared/ENVIRONMENT.md);
-# the project and all its extras are installed in one pip command so pip never swaps the torch build.
+# the project and all its extras are installed in one pip command so pip never swaps the torch build, within the
+# known-good versions of constraints.txt (pip's resolver otherwise backtracks to an unbuildable ninja sdist).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -10,10 +11,10 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: install demo test test-fast lint bench bench-gate clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[models,dev,edge,modelopt]' $(TORCH_PINS)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[models,dev,edge,modelopt]' $(TORCH_PINS)
 	touch $(STAMP)
 
 install: $(STAMP)
