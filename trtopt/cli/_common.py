@@ -291,3 +291,8 @@ def add_tolerances(p: argparse.ArgumentParser, atol: float, rtol: float, cosine:
     p.add_argument("--atol", type=float, default=atol, help="absolute tolerance (default %(default)s)")
     p.add_argument("--rtol", type=float, default=rtol, help="relative tolerance (default %(default)s)")
     p.add_argument("--min-cosine", type=float, default=cosine, help="minimum cosine similarity, per sample then averaged (default %(default)s)")
+
+
+def ddp_rank() -> int:
+    """This process's rank under torchrun (``RANK``; 0 in a single process): rank 0 alone prints and writes."""
+    return int(os.environ.get("RANK", "0"))

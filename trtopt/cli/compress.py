@@ -15,6 +15,7 @@ from typing import Any
 from trtopt.cli._common import (
     add_data,
     add_speedup_search,
+    ddp_rank,
     feed_for,
     input_declarations,
     onnx_outputs,
@@ -60,12 +61,6 @@ def _model_data(args: argparse.Namespace, loaded, source: str | None, count: int
     return inputs, labels
 
 
-def _rank() -> int:
-    import os
-
-    return int(os.environ.get("RANK", "0"))
-
-
 def cmd_cluster(args: argparse.Namespace) -> int:
     """``trtopt cluster``: k-means weight sharing (uniform or mixed bits, optionally tied fine-tuning) → the
     compact codebook file, with its output fidelity on --data; exit status."""
@@ -84,7 +79,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
                           "give --data (evaluation) and --train-data (fine-tuning), e.g. --data skimage:photos --train-data skimage:crops:256")
     if args.labels and not all(str(s).startswith("dataset:") for s in (args.data, args.train_data or args.data)):
         raise TrtoptError("--labels needs labelled sources (dataset:NAME:SPLIT)", "use e.g. --data dataset:digits:test, or drop --labels")
-    main = _rank() == 0
+    main = ddp_rank() == 0
     if main:
         _check_outputs(args, (args.output, args.json, args.checkpoint_out), args.onnx)
     if args.resume and args.checkpoint_dir is None:

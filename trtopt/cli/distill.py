@@ -10,7 +10,7 @@ import argparse
 import os
 from typing import Any
 
-from trtopt.cli._common import console, write_json_output
+from trtopt.cli._common import console, ddp_rank, write_json_output
 from trtopt.compress.config import OPTIMIZERS, OUTPUT_LOSSES, SCHEDULERS, DistillConfig
 from trtopt.errors import TrtoptError
 
@@ -73,10 +73,6 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_distill)
 
 
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
 def cmd_distill(args: argparse.Namespace) -> int:
     """``trtopt distill``: train the student against the teacher, save it (and resume); exit status."""
     from dataclasses import replace
@@ -85,7 +81,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from trtopt.files import check_outputs
     from trtopt.models.load import load_model
 
-    main = _rank() == 0
+    main = ddp_rank() == 0
     if main:
         check_outputs([args.output, args.json], args.force,
                       inputs=[args.student, args.teacher, args.student_checkpoint, args.teacher_checkpoint, args.data,
