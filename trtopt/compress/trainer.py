@@ -51,6 +51,7 @@ from trtopt.compress.data_source import DataSource, call_model, map_tensors, pre
 from trtopt.compress.losses import embedding_loss, feature_mse, kd_loss
 from trtopt.compress.sparsity import holds_2to4, weight_layers
 from trtopt.errors import TrtoptError, first_line
+from trtopt.models.torch_file import read_plain
 
 CHECKPOINT_FORMAT = "trtopt-distill-checkpoint/1"
 
@@ -145,11 +146,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         p = p / "last.pt"
     if not p.is_file():
         raise TrtoptError(f"checkpoint {p} does not exist", "give a checkpoint file or a directory holding last.pt")
-    try:
-        state = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise TrtoptError(f"checkpoint {p} cannot be read ({first_line(e, limit=120, with_type=True)})",
-                          "it is corrupted or truncated: resume from another checkpoint or start afresh") from e
+    state = read_plain(p, "checkpoint", "it is corrupted or truncated: resume from another checkpoint or start afresh")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise TrtoptError(f"{p} is not a trtopt distillation checkpoint", "give a last.pt or best.pt written by trtopt distill")
     return state

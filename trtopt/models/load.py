@@ -44,6 +44,7 @@ from trtopt.models.spec import (
     image_inputs,
     is_onnx_path,
 )
+from trtopt.models.torch_file import read_plain, try_read_plain
 
 REGISTRY_SOURCES = ("torchvision", "timm", "zoo")
 
@@ -218,7 +219,7 @@ def _require_module(obj: Any, spec: str) -> None:
 def _load_file(spec: str, trust: bool) -> LoadedModel:
     import torch
 
-    from trtopt.models.module_file import read_record, restore
+    from trtopt.models.module_file import as_record, restore
 
     path = Path(spec)
     if not path.exists():
@@ -242,7 +243,8 @@ def _load_file(spec: str, trust: bool) -> LoadedModel:
             raise TrtoptError(f"{path} is not a loadable TorchScript model ({type(e).__name__})",
                               "re-save it with torch.jit.save") from e
         return LoadedModel(module, spec, image_inputs(), description=f"TorchScript {path.name}")
-    record = read_record(path)
+    data = try_read_plain(path)
+    record = as_record(data)
     if record is not None:
         architecture = record["architecture"]
         if not isinstance(architecture, str) or ":" not in architecture:
@@ -251,7 +253,7 @@ def _load_file(spec: str, trust: bool) -> LoadedModel:
         if architecture.split(":", 1)[0] not in REGISTRY_SOURCES or Path(architecture).exists():
             _require_trust(trust, path, f"rebuilds its architecture by calling {architecture}, code the file names")
         return restore(record, _load_architecture(architecture, False, trust), path)
-    imports = [] if _is_plain_data(path) else _pickled_globals(path)  # a state dict names torch's own rebuilders
+    imports = [] if data is not None else _pickled_globals(path)  # a state dict names torch's own rebuilders
     if imports:
         _require_trust(trust, path, f"is a pickle of Python objects ({', '.join(imports[:3])}), and unpickling it "
                                     "runs code the file names")
@@ -271,19 +273,6 @@ def _require_trust(trust: bool, path: Path, why: str) -> None:
     if not trust:
         raise TrtoptError(f"{path} {why}; refused", f"only if you trust {path.name}, pass --trust-code (recipe: "
                           "trust_code: true); trtopt's own model files from a torchvision/timm/zoo model need no trust")
-
-def _is_plain_data(path: Path) -> bool:
-    """True when ``torch.load(weights_only=True)`` reads ``path`` (tensors and containers: a state dict, a checkpoint)."""
-    import pickle
-    import zipfile
-
-    import torch
-
-    try:
-        torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile):
-        return False
-    return True
 
 def _is_torchscript(path: Path) -> bool:
     """True for a TorchScript archive (a zip with compiled ``code/``), told apart without loading it."""
@@ -330,16 +319,10 @@ def load_checkpoint_(module: Any, checkpoint: str | os.PathLike) -> None:
     Reads with ``weights_only=True``: a checkpoint can't run code. Mismatched keys or shapes raise
     TrtoptError naming the first offending parameter.
     """
-    import torch
-
     path = Path(checkpoint)
     if not path.is_file():
         raise TrtoptError(f"checkpoint {path} does not exist", "check the path")
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise TrtoptError(f"checkpoint {path} cannot be read as a PyTorch state dict ({type(e).__name__})",
-                          "save it with torch.save(model.state_dict(), path)") from e
+    state = read_plain(path, "checkpoint", "save it with torch.save(model.state_dict(), path)")
     if isinstance(state, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if isinstance(state.get(key), dict):

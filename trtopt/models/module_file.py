@@ -35,6 +35,7 @@ from typing import Any
 
 from trtopt.errors import TrtoptError
 from trtopt.models.spec import ImagePreprocess, InputSpec, LoadedModel
+from trtopt.models.torch_file import try_read_plain
 
 MODULE_FILE_MARKER = "trtopt_module_file"
 MODULE_FILE_FORMAT = 2
@@ -78,20 +79,11 @@ def save_module(loaded: LoadedModel, path: str | os.PathLike, force: bool = Fals
     return Path(path)
 
 
-def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
-    """A trtopt model file's contents, read with ``weights_only=True`` (no code runs); None for any other file."""
-    import pickle
-    import zipfile
-
-    import torch
-
-    try:
-        record = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile):
-        return None  # a pickle of objects, TorchScript, or not a torch file
-    if not isinstance(record, dict) or record.get(MODULE_FILE_MARKER) != MODULE_FILE_FORMAT:
+def as_record(data: Any) -> dict[str, Any] | None:
+    """``data`` (what `try_read_plain` read) if it is a trtopt model file's record, else None."""
+    if not isinstance(data, dict) or data.get(MODULE_FILE_MARKER) != MODULE_FILE_FORMAT:
         return None
-    return record
+    return data
 
 
 def load_module_file(path: str | os.PathLike, base: LoadedModel) -> LoadedModel:
@@ -102,7 +94,7 @@ def load_module_file(path: str | os.PathLike, base: LoadedModel) -> LoadedModel:
     Raises:
         TrtoptError: ``path`` is not a trtopt model file, was derived from another architecture, or is malformed.
     """
-    record = read_record(path)
+    record = as_record(try_read_plain(path))
     if record is None:
         raise TrtoptError(f"{path} is not a trtopt model file", "re-create it (e.g. trtopt optimize --force)")
     if record["architecture"] != architecture_spec(base):
@@ -112,7 +104,7 @@ def load_module_file(path: str | os.PathLike, base: LoadedModel) -> LoadedModel:
 
 
 def restore(record: Mapping[str, Any], base: LoadedModel, path: str | os.PathLike) -> LoadedModel:
-    """The model a `read_record` record describes, built over a copy of ``base`` (its architecture).
+    """The model an `as_record` record describes, built over a copy of ``base`` (its architecture).
 
     Raises:
         TrtoptError: a layer of a class outside the architecture and ``torch.nn``, or a malformed record.
