@@ -198,3 +198,23 @@ def test_debug_shows_traceback(tmp_path, cli_env):
     r = subprocess.run([sys.executable, "-m", "trtopt", "--debug", "bench", "missing.onnx"], cwd=tmp_path, env=cli_env,
                        capture_output=True, text=True)
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_compare_warns_when_the_reference_itself_gives_nan(tmp_path):
+    """Identical NaN on both sides match (the candidate is faithful), but the user is told the reference is broken."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from tests.helpers.env import cli_environment
+
+    graph = helper.make_graph([helper.make_node("Log", ["x"], ["y"])], "log",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "log.onnx")
+    data = np.linspace(-1.0, 1.0, 16, dtype=np.float32).reshape(4, 4)  # half negative: Log gives NaN there
+    np.save(tmp_path / "x.npy", data)
+    result = run(["compare", "log.onnx", "log.onnx", "--data", "x.npy", "--json", "c.json"], tmp_path, cli_environment())
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "c.json").read_text())["outputs"][0]
+    assert record["reference_nan_count"] == 8 and record["passed"] is True
+    assert "reference gives 8 NaN/inf in output 'y'" in result.stderr

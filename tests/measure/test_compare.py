@@ -111,6 +111,7 @@ def test_nan_where_reference_is_nan_matches():
     result = compare_output("y", reference, reference.copy(), Tolerances())
     assert result["passed"] is True
     assert result["nan_count"] == 1
+    assert result["reference_nan_count"] == 1
 
 
 def test_all_zero_outputs_have_cosine_one():

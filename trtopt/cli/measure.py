@@ -173,6 +173,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         agree = "" if out["top1_agreement"] is None else f", top-1 agreement {out['top1_agreement']:.3f}"
         print(f"{'PASS' if out['passed'] else 'FAIL'} {out['output']}: max abs {out['max_abs_error']:.3e}, "
               f"max rel {out['max_rel_error']:.3e}, p99 abs {out['abs_error_p99']:.3e}, cosine {out['cosine']}{agree}")
+    for out in result["outputs"]:
+        if out["reference_nan_count"]:
+            print(f"trtopt: warning: the reference gives {out['reference_nan_count']} NaN/inf in output "
+                  f"'{out['output']}' on these inputs, compared as equal where the candidate matches; check the "
+                  "reference model and the inputs (--data)", file=sys.stderr)
     if not result["passed"]:
         from trtopt.measure.compare import failed_outputs_message
 

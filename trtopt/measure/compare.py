@@ -125,6 +125,9 @@ def compare_output(name: str, reference: ArrayLike, candidate: ArrayLike, tol: T
         "cosine": cosine,
         "mismatched_elements": mismatched,
         "nan_count": int(candidate_array.size - np.count_nonzero(np.isfinite(candidate_array))),
+        # NaN/inf where the reference has the same count as equal (np.isclose equal_nan): the candidate is
+        # faithful, but the reference itself is broken on these inputs, which callers must say.
+        "reference_nan_count": int(reference_array.size - np.count_nonzero(np.isfinite(reference_array))),
         "top1_agreement": task.pop("top1_agreement", None),
         **task,
         "passed": mismatched == 0 and (cosine is None or cosine >= tol.min_cosine),
