@@ -32,7 +32,9 @@ from trtopt.measure.profile import TimingConfig
 from trtopt.models.inputs import InputDeclaration, declarations_from_dict
 from trtopt.quant.calibrate import CalibrationConfig
 from trtopt.quant.quantize import FP16_CONVERTERS, QuantizeConfig
+from trtopt.quant.quantize import TARGETS as INT8_TARGETS
 from trtopt.trt.calibration_cache import DEFAULT_TRT_VERSION
+from trtopt.trt.plan import TARGETS as BUNDLE_TARGETS
 
 RECIPE_VERSION = 1
 
@@ -49,10 +51,6 @@ STAGE_NEEDS = {"calibrate": ("export",), "quantize": ("calibrate",), "build": ("
 #: PyTorch-side stages: each has a recipe section of its own (its config), required when the stage runs.
 TORCH_STAGES = ("prune", "factorize", "distill", "qat", "cluster")
 DEFAULT_STAGES = ("export", "calibrate", "quantize", "build", "bundle", "profile", "compare")
-
-BUNDLE_TARGETS = ("jetson-orin", "jetson-xavier", "server")
-
-INT8_TARGETS = ("onnxruntime", "tensorrt")
 
 METRICS = ("auto", "accuracy", "agreement", "cosine")
 
