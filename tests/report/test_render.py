@@ -135,3 +135,13 @@ def test_html_page_embeds_plots_of_sane_size(tmp_path, timed):
     assert html.count('class="baseline"') == (5 if timed else 2)  # its row in each summary and details table
     assert all(v in html for v in [*TIMED, *UNTIMED])
     assert html.index("Summary") < html.index("<figure ") < html.index("Accuracy details")
+
+
+def test_sensitivity_names_each_layer_by_module_and_node():
+    report = _demo_like()
+    report["sensitivity"] = {"fp32_score": 0.99, "int8_score": 0.95, "layers": [
+        {"node": "node_Conv_12", "module": "_blocks.3._depthwise_conv", "score_without": 0.97, "recovered": 0.02},
+        {"node": "node_Gemm_40", "module": None, "score_without": 0.951, "recovered": 0.001}]}
+    text = render_markdown(report)
+    assert "| _blocks.3._depthwise_conv (node_Conv_12) | 0.9700 | +0.0200 |" in text
+    assert "| node_Gemm_40 | 0.9510 | +0.0010 |" in text  # no module known: the node alone

@@ -82,11 +82,18 @@ def layer_sensitivity(onnx_path: str | os.PathLike, ranges: Ranges, config: Quan
                       on_step: StepCallback | None = None) -> dict[str, Any]:
     """Score FP32, full INT8, and INT8 with each layer left out; rank layers by the score they recover.
 
-    Returns ``{"fp32_score", "int8_score", "layers": [{"node", "score_without", "recovered"}...]}``
-    sorted by ``recovered`` (descending). Costs one quantization and one evaluation per layer.
+    Returns ``{"fp32_score", "int8_score", "layers": [{"node", "module", "score_without", "recovered"}...]}``
+    sorted by ``recovered`` (descending); ``module`` is the PyTorch module the node belongs to
+    (`trtopt.quant.names.node_modules`), None where the export does not tell. Costs one quantization and one
+    evaluation per layer.
     """
+    import onnx
+
+    from trtopt.quant.names import node_modules
+
     step = on_step or (lambda _msg: None)
     layers = quantizable_layers(onnx_path, config)
+    modules = node_modules(onnx.load(str(onnx_path), load_external_data=False))
     with temp_dir("sens") as tmp:
         fp32_score = score(Path(onnx_path))
         int8_score = _score_excluding(onnx_path, ranges, config, (), score, Path(tmp))
@@ -94,7 +101,7 @@ def layer_sensitivity(onnx_path: str | os.PathLike, ranges: Ranges, config: Quan
         for i, layer in enumerate(layers):
             step(f"sensitivity {i + 1}/{len(layers)}: {layer}")
             s = _score_excluding(onnx_path, ranges, config, (layer,), score, Path(tmp))
-            rows.append({"node": layer, "score_without": s, "recovered": s - int8_score})
+            rows.append({"node": layer, "module": modules.get(layer), "score_without": s, "recovered": s - int8_score})
     rows.sort(key=lambda r: (-r["recovered"], r["node"]))
     return {"fp32_score": fp32_score, "int8_score": int8_score, "layers": rows}
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trtopt.report.model import headline_metric, quality_warnings
+from trtopt.report.model import headline_metric, layer_label, quality_warnings
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -208,7 +208,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         parts += ["", "## Per-layer INT8 sensitivity", "",
                   f"Score FP32 {sens['fp32_score']:.4f}, all layers INT8 {sens['int8_score']:.4f}. Layers that recover "
                   "the most when kept in FP32:", "", "| layer | score without it | recovered |", "|---|---|---|"]
-        parts += [f"| {row['node']} | {row['score_without']:.4f} | {row['recovered']:+.4f} |" for row in sens["layers"][:5]]
+        parts += [f"| {layer_label(row)} | {row['score_without']:.4f} | {row['recovered']:+.4f} |" for row in sens["layers"][:5]]
     if report.get("compression"):
         parts += ["", *_compression_markdown(report["compression"])]
     trt = report.get("tensorrt") or {}

@@ -121,6 +121,12 @@ _BY_KIND = {"classification": _HEADLINE_METRICS["agreement"],
             "dense": ("pixel_agreement", "pixel agree (%)", True),
             "regression": ("abs_error_p99", "|err| p99", False)}
 
+def layer_label(row: Mapping[str, Any]) -> str:
+    """A per-layer row's label: ``module (node)``, the PyTorch module first (what a user recognizes) and the
+    ONNX node (what ``--exclude`` takes); the node alone where the export does not tell the module."""
+    return f"{row['module']} ({row['node']})" if row.get("module") else row["node"]
+
+
 def headline_metric(report: Mapping[str, Any]) -> tuple[str, str, bool]:
     """(row key, label, shown as percent) of the measure a variant is judged by in the summary and plots.
 

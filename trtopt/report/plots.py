@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from trtopt.files import atomic_output
+from trtopt.report.model import layer_label
 
 
 def _pyplot():
@@ -259,7 +260,7 @@ def _sensitivity(report: Mapping[str, Any]) -> Any:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 0.25 * len(layers) + 1.5))
     ax.barh(range(len(layers)), [row["recovered"] for row in layers], color="seagreen")
-    ax.set_yticks(range(len(layers)), [row["node"][-40:] for row in layers], fontsize=7)
+    ax.set_yticks(range(len(layers)), [layer_label(row)[-60:] for row in layers], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("score recovered when kept in FP32")
     ax.set_title(f"Per-layer INT8 sensitivity (FP32 {sens['fp32_score']:.4f}, INT8 {sens['int8_score']:.4f})")
