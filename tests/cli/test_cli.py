@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers.cli import assert_one_line_error, run
+from tests.helpers.cli import Outcome, assert_one_line_error, run
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +198,21 @@ def test_debug_shows_traceback(tmp_path, cli_env):
     r = subprocess.run([sys.executable, "-m", "trtopt", "--debug", "bench", "missing.onnx"], cwd=tmp_path, env=cli_env,
                        capture_output=True, text=True)
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["quantize", "m.onnx", "-o", "q.onnx", "--target", "tensorrtt"], "quantize: argument --target: invalid choice"),
+    (["quantize", "m.onnx"], "quantize: the following arguments are required: -o/--output"),
+    (["bench", "m.onnx", "--iterations", "abc"], "bench: argument --iterations: invalid int value"),
+    (["cache", "blah", "x"], "cache: argument action: invalid choice"),
+    (["no-such-command"], "argument COMMAND: invalid choice"),
+])
+def test_usage_errors_are_one_line(argv, needle, capsys):
+    """argparse's own errors (bad choice, missing or malformed argument) follow the one-line contract too,
+    instead of printing the whole usage block before the line that matters."""
+    from trtopt.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert_one_line_error(Outcome(exit_info.value.code, "", err), needle, "--help")
