@@ -144,9 +144,9 @@ def inspect_onnx(path: str | os.PathLike, **extra: Any) -> OnnxArtifact:
     """
     import onnx
 
-    p = Path(path)
-    if not p.is_file():
-        raise TrtoptError(f"ONNX file {p} does not exist", "check the path or export the model first (trtopt export)")
+    from trtopt.files import require_file
+
+    p = require_file(path, "ONNX file", "check the path or export the model first (trtopt export)")
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError, onnx raises its own; both mean "not ONNX"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from trtopt._config import (
@@ -27,6 +26,7 @@ from trtopt.backends.ort import OrtConfig
 from trtopt.compress.config import DistillConfig, LowRankConfig, PruneConfig, QATConfig, ShareConfig
 from trtopt.errors import TrtoptError, first_line
 from trtopt.export import ExportConfig
+from trtopt.files import require_file
 from trtopt.measure.compare import Tolerances
 from trtopt.measure.profile import TimingConfig
 from trtopt.models.inputs import InputDeclaration, declarations_from_dict
@@ -195,9 +195,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     """Read a YAML recipe file into a validated :class:`Recipe`."""
     import yaml
 
-    p = Path(path)
-    if not p.is_file():
-        raise TrtoptError(f"recipe {p} does not exist", "give the path of a YAML recipe")
+    p = require_file(path, "recipe", "give the path of a YAML recipe")
     raw = p.read_bytes()
     try:
         text = raw.decode("utf-8")

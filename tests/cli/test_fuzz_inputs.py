@@ -242,3 +242,26 @@ def test_a_malformed_input_is_one_line_and_changes_nothing(case, tiny, tmp_path,
     before = snapshot(tmp_path)
     assert_one_line_error(run_here(case.args, capsys))
     assert snapshot(tmp_path) == before
+
+
+# A folder or a pipe (FIFO) named where a command reads a file: refused by name, never reported as missing, never
+# read (a pipe with no writer would block the command forever).
+NOT_FILES = [["calibrate", "IN", "-o", "out.json"], ["calibrate", "tiny.onnx", "-o", "out.json", "--data", "IN"],
+             ["quantize", "tiny.onnx", "--ranges", "IN", "-o", "out.onnx"], ["cache", "inspect", "IN"],
+             ["optimize", "IN", "--out", "out"], ["export", "IN", "-o", "out.onnx"],
+             ["compare", TINY, "tiny.onnx", "--checkpoint", "IN"]]
+
+
+@pytest.mark.parametrize("kind, needle", [("folder", "is a directory, not a file"), ("pipe", "is a special file")])
+@pytest.mark.parametrize("args", NOT_FILES, ids=["-".join(a[:2] + a[-1:]) for a in NOT_FILES])
+def test_a_folder_or_pipe_as_input_file_is_named(kind, needle, args, tiny, tmp_path, monkeypatch, capsys):
+    import os
+
+    shutil.copy(tiny["onnx"], tmp_path / "tiny.onnx")
+    (tmp_path / "IN").mkdir() if kind == "folder" else os.mkfifo(tmp_path / "IN")
+    monkeypatch.chdir(tmp_path)
+    data = args[args.index("--data") + 1] if "--data" in args else None
+    if data == "IN" and kind == "folder":  # a folder is a valid --data source: an image folder
+        needle = "holds no images"
+    assert_one_line_error(run_here(args, capsys), needle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["IN", "tiny.onnx"]

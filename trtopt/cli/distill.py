@@ -7,12 +7,12 @@ distill ...`` (DDP); then only rank 0 writes files and prints.
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 from trtopt.cli._common import console, ddp_rank, write_json_output
 from trtopt.compress.config import OPTIMIZERS, OUTPUT_LOSSES, SCHEDULERS, DistillConfig
 from trtopt.errors import TrtoptError
+from trtopt.files import require_file
 
 DATASETS = ("digits",)
 
@@ -156,8 +156,7 @@ def _data(args: argparse.Namespace, inputs) -> tuple[tuple[Any, Any], tuple[Any,
 def _npz(path: str, inputs) -> tuple[Any, Any]:
     from trtopt.data import load_npz
 
-    if not os.path.exists(path):
-        raise TrtoptError(f"data file {path} does not exist", "check the path")
+    require_file(path, "data file", "check the path")
     data = load_npz(path)
     labels = data.pop("labels", None)
     return _model_inputs(data, inputs, path), labels
