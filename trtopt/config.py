@@ -17,6 +17,7 @@ from trtopt._config import (
     check_choice,
     check_int,
     check_ints,
+    check_names,
     check_shape,
     field_error,
     from_dict,
@@ -159,6 +160,11 @@ class Recipe:
             check_shape(f"input_shapes.{name}", shape)
         self.input_declarations()  # refuses an unreadable inputs section, naming the key
         check_int("threads", self.threads, optional=True, fix="omit it to use the default")
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise field_error("model", self.model, "is empty or not a string", "name the model: a spec such as torchvision:resnet18, "
+                              "zoo:NAME or package.module:factory, or a model file")
+        check_names("stages", self.stages, nonempty=True,
+                    fix="list the stages to run, e.g. [export, calibrate, quantize], or leave stages out for the default")
         for stage in self.stages:
             check_choice("stages", stage, STAGES)
         for stage in self.stages:
@@ -206,6 +212,8 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     try:
         data = yaml.safe_load(text)
         lines = _key_lines(yaml.compose(text))
+    except TrtoptError as e:  # a key written twice
+        raise TrtoptError(f"recipe {p} {e.problem}", e.fix, key=e.key) from None
     except yaml.YAMLError as e:
         raise TrtoptError(f"recipe {p} is not valid YAML ({first_line(e)})", "fix the YAML syntax") from e
     except RecursionError:
@@ -229,6 +237,9 @@ def _key_lines(node: Any, prefix: str = "") -> dict[str, int]:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             path = prefix + str(key_node.value)
+            if path in lines:  # YAML loaders keep the last silently: one of the two settings would be ignored
+                raise TrtoptError(f"line {key_node.start_mark.line + 1}: key {path!r} is written twice (also line "
+                                  f"{lines[path]})", "keep one of the two", key=path)
             lines[path] = key_node.start_mark.line + 1
             lines.update(_key_lines(value_node, path + "."))
     return lines
