@@ -206,6 +206,14 @@ def test_debug_shows_traceback(tmp_path, cli_env):
     (["bench", "m.onnx", "--iterations", "abc"], "bench: argument --iterations: invalid int value"),
     (["cache", "blah", "x"], "cache: argument action: invalid choice"),
     (["no-such-command"], "argument COMMAND: invalid choice"),
+    # counts: a negative --samples reached numpy as a traceback, --threads 0/-1 and --repeats 0 were taken
+    (["bench", "m.onnx", "--samples", "-1"], "bench: argument --samples: -1 is less than 1"),
+    (["calibrate", "m.onnx", "--samples", "0"], "calibrate: argument --samples: 0 is less than 1"),
+    (["compare", "a.onnx", "b.onnx", "--threads", "0"], "compare: argument --threads: 0 is less than 1"),
+    (["bench", "m.onnx", "--threads", "-1"], "bench: argument --threads: -1 is less than 1"),
+    (["bench", "m.onnx", "--repeats", "0", "--save-baseline", "b.json"], "bench: argument --repeats: 0 is less than 1"),
+    (["factorize", "m", "-o", "f.onnx", "--distill-steps", "-1"], "factorize: argument --distill-steps: -1 is less than 0"),
+    (["cluster", "m", "-o", "c.npz", "--train-samples", "0"], "cluster: argument --train-samples: 0 is less than 1"),
 ])
 def test_usage_errors_are_one_line(argv, needle, capsys):
     """argparse's own errors (bad choice, missing or malformed argument) follow the one-line contract too,
