@@ -271,6 +271,15 @@ class Ranges:
                    data.get("model_sha256", ""), dict(data.get("settings", {})), dict(data.get("choice", {})),
                    dict(data.get("channels", {})))
 
+    def check_model(self, model: OnnxArtifact, fix: str | None = None) -> None:
+        """Raise TrtoptError when these ranges were calibrated on another model than ``model`` (their
+        ``model_sha256`` differs from its sha256; ranges without one are not checked): their tensor names and
+        values would describe another graph. ``fix`` replaces the default advice (calibrate ``model`` itself)."""
+        if self.model_sha256 and self.model_sha256 != model.sha256:
+            raise TrtoptError(f"the ranges were calibrated on another model than {model.path.name} (sha256 "
+                              f"{self.model_sha256[:12]}…, {model.path.name} is {model.sha256[:12]}…)",
+                              fix or f"calibrate {model.path.name} itself (trtopt calibrate)")
+
     def save(self, path: str | os.PathLike, force: bool = False) -> Path:
         """Write the ranges as JSON atomically; refuses ranges :func:`check_ranges` rejects."""
         from trtopt.files import write_json

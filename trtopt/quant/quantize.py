@@ -165,9 +165,7 @@ def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.Pa
     target = ensure_writable(out_path, force)
     source = inspect_onnx(onnx_path)
     require_float_model(source, "be quantized again")
-    if ranges.model_sha256 and ranges.model_sha256 != source.sha256:
-        raise TrtoptError(f"the ranges were calibrated on another model (sha256 {ranges.model_sha256[:12]}…, "
-                          f"{source.path.name} is {source.sha256[:12]}…)", f"calibrate {source.path.name} itself")
+    ranges.check_model(source)
     model = onnx.load(str(source.path), load_external_data=False)
     named = resolve_layer_names(model, config.exclude_nodes, source.path.name)  # node, tensor or module names
     excluded = ({node for _, found in named.values() for node in found}
