@@ -122,6 +122,11 @@ RANGES = [("empty", b""), ("garbage", GARBAGE), ("truncated", _truncated("ranges
           ("string-amax", _edited_json("ranges.json", lambda d: [t.update(amax="1") for t in d["tensors"].values()])),
           ("tensors-list", _edited_json("ranges.json", lambda d: d.update(tensors=[]))),
           ("samples", _edited_json("ranges.json", lambda d: d.update(samples=-1))),
+          # finite in JSON but not in float32: the scale was written as inf (or 0) into a model that loaded fine
+          ("beyond-float32", _edited_json("ranges.json", lambda d: [t.update(amax=1e300, min=-1e300, max=1e300)
+                                                                      for t in d["tensors"].values()])),
+          ("below-float32", _edited_json("ranges.json", lambda d: [t.update(amax=1e-300, min=-1e-300, max=1e-300)
+                                                                     for t in d["tensors"].values()])),
           ("not-utf8", b"\xff\xfe{}"), ("nested", b"[" * 100000)]
 CACHES = [("empty", b""), ("garbage", GARBAGE), ("header-only", b"TRT-100300-EntropyCalibration2\n"),
           ("bad-header", b"TRT-9XXX-Nope\ninput: 3c010204\n"), ("bad-hex", b"TRT-100300-EntropyCalibration2\ninput: zzzz\n"),
