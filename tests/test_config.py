@@ -249,6 +249,21 @@ def test_load_recipe_missing_file(tmp_path):
     assert str(path) in str(e.value)
 
 
+@pytest.mark.parametrize("text, needle", [
+    ("model: a\nmodel: b\n", "line 2: key 'model' is written twice (also line 1)"),
+    ("model: m\ncalibration:\n  method: mse\n  method: minmax\n", "line 4: key 'calibration.method' is written twice"),
+    ("model: m\nstages: []\n", "line 2: stages=() must be a non-empty list"),
+    ("model: ''\n", "line 1: model='' is empty"),
+])
+def test_load_recipe_refuses_what_yaml_would_let_through(tmp_path, text, needle):
+    """A key written twice (YAML keeps the last silently), no stages to run, an empty model name."""
+    path = tmp_path / "r.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(TrtoptError, match="fix:") as e:
+        load_recipe(path)
+    assert needle in str(e.value)
+
+
 def test_load_recipe_invalid_yaml(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("model: [unclosed\nbatch_sizes: 1\n", encoding="utf-8")

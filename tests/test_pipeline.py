@@ -116,6 +116,15 @@ def test_a_folder_that_is_not_a_run_directory_is_refused(tmp_path):
         assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
+def test_a_run_that_fails_before_any_stage_leaves_no_folder(tmp_path):
+    """A new run directory (and the parents it needed) is removed when the run fails before a stage finished:
+    it would hold only the lock and an empty ledger, a half-made run."""
+    out = tmp_path / "runs" / "new"
+    with pytest.raises(TrtoptError, match="data source /etc/passwd has an unknown type"):
+        optimize(replace(tiny_recipe(), data="/etc/passwd"), out)
+    assert list(tmp_path.iterdir()) == []
+
+
 RESUME_STAGES = ("export", "calibrate", "quantize", "profile", "compare")
 
 

@@ -144,9 +144,9 @@ def inspect_onnx(path: str | os.PathLike, **extra: Any) -> OnnxArtifact:
     """
     import onnx
 
-    p = Path(path)
-    if not p.is_file():
-        raise TrtoptError(f"ONNX file {p} does not exist", "check the path or export the model first (trtopt export)")
+    from trtopt.files import require_file
+
+    p = require_file(path, "ONNX file", "check the path or export the model first (trtopt export)")
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError, onnx raises its own; both mean "not ONNX"
@@ -271,6 +271,15 @@ class Ranges:
                    data.get("model_sha256", ""), dict(data.get("settings", {})), dict(data.get("choice", {})),
                    dict(data.get("channels", {})))
 
+    def check_model(self, model: OnnxArtifact, fix: str | None = None) -> None:
+        """Raise TrtoptError when these ranges were calibrated on another model than ``model`` (their
+        ``model_sha256`` differs from its sha256; ranges without one are not checked): their tensor names and
+        values would describe another graph. ``fix`` replaces the default advice (calibrate ``model`` itself)."""
+        if self.model_sha256 and self.model_sha256 != model.sha256:
+            raise TrtoptError(f"the ranges were calibrated on another model than {model.path.name} (sha256 "
+                              f"{self.model_sha256[:12]}…, {model.path.name} is {model.sha256[:12]}…)",
+                              fix or f"calibrate {model.path.name} itself (trtopt calibrate)")
+
     def save(self, path: str | os.PathLike, force: bool = False) -> Path:
         """Write the ranges as JSON atomically; refuses ranges :func:`check_ranges` rejects."""
         from trtopt.files import write_json
@@ -313,10 +322,17 @@ def _tensor_range(name: str, entry: Any, where: str) -> TensorRange:
     return TensorRange(*values)
 
 
+#: float32's largest value and smallest normal value: INT8 scales (amax / 127, (max - min) / 255) are float32 in
+#: ONNX and in TensorRT calibration caches, so a range outside these bounds has an infinite or zero scale.
+_FLOAT32_MAX = 3.4028234663852886e38
+_FLOAT32_TINY = 1.1754943508222875e-38
+
+
 def check_ranges(tensors: dict[str, TensorRange], where: str = "ranges") -> None:
     """Raise TrtoptError naming the first tensor whose range no quantizer can use.
 
-    A range must be finite with ``-amax <= min <= max <= amax``, so ``amax`` is positive except for
+    A range must be finite with ``-amax <= min <= max <= amax``, and ``amax`` within float32's range (from 255 times
+    its smallest normal value up to its largest: the scale is a float32), so ``amax`` is positive except for
     ``amax == min == max == 0``, the range calibration gives a tensor that was zero on every sample
     (quantizers treat it as a constant). NaN ranges fail inside ONNX Runtime's quantizer; zero, negative or infinite
     ones give an INT8 model that outputs NaN or garbage without any error, so none is read or written.
@@ -329,6 +345,8 @@ def check_ranges(tensors: dict[str, TensorRange], where: str = "ranges") -> None
             problem = "amax is negative"
         elif not -r.amax <= r.min <= r.max <= r.amax:  # with amax 0, only min == max == 0 passes
             problem = "min and max must satisfy -amax <= min <= max <= amax"
+        elif r.amax > _FLOAT32_MAX or 0 < r.amax < 255 * _FLOAT32_TINY:
+            problem = "amax is outside float32's range, so its INT8 scale would be infinite or zero"
         else:
             continue
         raise TrtoptError(f"{where}: tensor {name!r} has amax {r.amax:.6g}, min {r.min:.6g}, max {r.max:.6g}: "

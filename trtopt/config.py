@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from trtopt._config import (
@@ -18,6 +17,7 @@ from trtopt._config import (
     check_choice,
     check_int,
     check_ints,
+    check_names,
     check_shape,
     field_error,
     from_dict,
@@ -27,6 +27,7 @@ from trtopt.backends.ort import OrtConfig
 from trtopt.compress.config import DistillConfig, LowRankConfig, PruneConfig, QATConfig, ShareConfig
 from trtopt.errors import TrtoptError, first_line
 from trtopt.export import ExportConfig
+from trtopt.files import require_file
 from trtopt.measure.compare import Tolerances
 from trtopt.measure.profile import TimingConfig
 from trtopt.models.inputs import InputDeclaration, declarations_from_dict
@@ -157,6 +158,11 @@ class Recipe:
             check_shape(f"input_shapes.{name}", shape)
         self.input_declarations()  # refuses an unreadable inputs section, naming the key
         check_int("threads", self.threads, optional=True, fix="omit it to use the default")
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise field_error("model", self.model, "is empty or not a string", "name the model: a spec such as torchvision:resnet18, "
+                              "zoo:NAME or package.module:factory, or a model file")
+        check_names("stages", self.stages, nonempty=True,
+                    fix="list the stages to run, e.g. [export, calibrate, quantize], or leave stages out for the default")
         for stage in self.stages:
             check_choice("stages", stage, STAGES)
         for stage in self.stages:
@@ -193,9 +199,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     """Read a YAML recipe file into a validated :class:`Recipe`."""
     import yaml
 
-    p = Path(path)
-    if not p.is_file():
-        raise TrtoptError(f"recipe {p} does not exist", "give the path of a YAML recipe")
+    p = require_file(path, "recipe", "give the path of a YAML recipe")
     raw = p.read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -206,6 +210,8 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     try:
         data = yaml.safe_load(text)
         lines = _key_lines(yaml.compose(text))
+    except TrtoptError as e:  # a key written twice
+        raise TrtoptError(f"recipe {p} {e.problem}", e.fix, key=e.key) from None
     except yaml.YAMLError as e:
         raise TrtoptError(f"recipe {p} is not valid YAML ({first_line(e)})", "fix the YAML syntax") from e
     except RecursionError:
@@ -229,6 +235,9 @@ def _key_lines(node: Any, prefix: str = "") -> dict[str, int]:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             path = prefix + str(key_node.value)
+            if path in lines:  # YAML loaders keep the last silently: one of the two settings would be ignored
+                raise TrtoptError(f"line {key_node.start_mark.line + 1}: key {path!r} is written twice (also line "
+                                  f"{lines[path]})", "keep one of the two", key=path)
             lines[path] = key_node.start_mark.line + 1
             lines.update(_key_lines(value_node, path + "."))
     return lines

@@ -30,6 +30,7 @@ import numpy as np
 
 from trtopt.errors import TrtoptError, first_line, missing_dependency
 from trtopt.feeds import CheckedFeed, Feed, as_feed, check_feed
+from trtopt.files import require_file
 from trtopt.models.spec import ImagePreprocess, InputSpec
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
@@ -190,10 +191,9 @@ def _load_path(source: str, inputs: Sequence[InputSpec], preprocess: ImagePrepro
         crops = iter_photo_crops(int(count), size=hw, pre=preprocess)
         return {inputs[0].name: np.concatenate([b["input"] for b in crops])}
     path = Path(source)
-    if not path.exists():
-        raise TrtoptError(f"data source {path} does not exist", "give a .npy/.npz file, an image folder, or skimage:photos")
     if path.is_dir():
         return {inputs[0].name: load_image_folder(path, preprocess, hw)}
+    require_file(path, "data source", "give a .npy/.npz file, an image folder, or skimage:photos")
     if path.suffix == ".npy":
         return {inputs[0].name: load_npy(path)}
     if path.suffix == ".npz":
@@ -283,7 +283,7 @@ def load_image_folder(path: str | os.PathLike, pre: ImagePreprocess, hw: tuple[i
     Raises TrtoptError naming the file for an image that cannot be decoded or has more than
     :data:`MAX_IMAGE_PIXELS` pixels (checked from its header, before decoding).
     """
-    files = sorted(p for p in Path(path).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in Path(path).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())  # no pipes
     if not files:
         raise TrtoptError(f"image folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})", "point at a folder of images")
     return np.stack([_read_image(f, pre, hw) for f in files])

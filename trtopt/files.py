@@ -429,6 +429,29 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def require_file(path: PathLike, what: str, fix: str) -> Path:
+    """``path`` as a Path after checking that it is a regular file trtopt can read: every input file goes
+    through here, so a folder or a pipe named where a file belongs is not reported as missing, and a pipe
+    (FIFO) or device is refused instead of blocking the read forever.
+
+    Args:
+        what: what the file is, for the message ("ONNX file", "ranges file").
+        fix: what to do when it does not exist.
+
+    Raises TrtoptError naming ``what`` and the path when it does not exist (a dangling link included), is a
+    directory, or is a special file (device, pipe, socket).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise TrtoptError(f"{what} {p} does not exist", fix)
+    if p.is_dir():
+        raise TrtoptError(f"{what} {p} is a directory, not a file", f"give the path of the {what} itself")
+    if not p.is_file():
+        raise TrtoptError(f"{what} {p} is a special file (device, pipe or socket), not a regular file",
+                          f"give the path of a regular file (copy the {what} into one)")
+    return p
+
+
 def read_json(path: PathLike, what: str, fix: str) -> Any:
     """The JSON value in ``path``, for every JSON file trtopt reads (ranges, baselines, plans, sidecars).
 
@@ -436,9 +459,7 @@ def read_json(path: PathLike, what: str, fix: str) -> Any:
     (with the line and column) or is nested too deeply for Python's parser; ``fix`` says what to do. The
     caller checks the value's shape.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise TrtoptError(f"{what} {p} does not exist", fix)
+    p = require_file(path, what, fix)
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:

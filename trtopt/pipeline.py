@@ -36,7 +36,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -319,8 +319,30 @@ def optimize(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike | No
         recipe = load_recipe(recipe)
     out = Path(out_dir) if out_dir is not None else Path("runs") / recipe.model.rsplit(":", 1)[-1].rsplit("/", 1)[-1]
     Ledger.check_folder(out, force)  # before the lock file makes the folder non-empty
-    with run_lock(out):
-        return _optimize(recipe, out, force, on_step, on_progress)
+    created = [d for d in (out, *out.parents) if not d.exists()]  # the folders run_lock will make
+    try:
+        with run_lock(out):
+            return _optimize(recipe, out, force, on_step, on_progress)
+    except BaseException:
+        if created:
+            _remove_unused_run_dir(out, created[-1])
+        raise
+
+
+def _remove_unused_run_dir(out: Path, top: Path) -> None:
+    """Remove the run directory this run created (and its new parents up to ``top``) when it failed before any
+    stage finished: it then holds only the lock file and an empty ledger, nothing to resume from, and would be
+    left behind as a half-made run."""
+    ledger = out / LEDGER
+    with suppress(OSError, ValueError, AttributeError):  # anything unexpected: leave the folder as it is
+        if ({p.name for p in out.iterdir()} <= {LOCK, LEDGER}
+                and (not ledger.is_file() or not json.loads(ledger.read_text(encoding="utf-8")).get("stages"))):
+            ledger.unlink(missing_ok=True)
+            (out / LOCK).unlink(missing_ok=True)
+            for folder in (out, *out.parents):
+                folder.rmdir()  # only ever an empty folder this run made
+                if folder == top:
+                    break
 
 
 def _optimize(recipe: Recipe, out: Path, force: bool, on_step: StepCallback | None,

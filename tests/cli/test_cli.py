@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers.cli import assert_one_line_error, run
+from tests.helpers.cli import Outcome, assert_one_line_error, run
 
 
 @pytest.fixture(scope="module")
@@ -218,3 +218,29 @@ def test_compare_warns_when_the_reference_itself_gives_nan(tmp_path):
     record = json.loads((tmp_path / "c.json").read_text())["outputs"][0]
     assert record["reference_nan_count"] == 8 and record["passed"] is True
     assert "reference gives 8 NaN/inf in output 'y'" in result.stderr
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["quantize", "m.onnx", "-o", "q.onnx", "--target", "tensorrtt"], "quantize: argument --target: invalid choice"),
+    (["quantize", "m.onnx"], "quantize: the following arguments are required: -o/--output"),
+    (["bench", "m.onnx", "--iterations", "abc"], "bench: argument --iterations: invalid int value"),
+    (["cache", "blah", "x"], "cache: argument action: invalid choice"),
+    (["no-such-command"], "argument COMMAND: invalid choice"),
+    # counts: a negative --samples reached numpy as a traceback, --threads 0/-1 and --repeats 0 were taken
+    (["bench", "m.onnx", "--samples", "-1"], "bench: argument --samples: -1 is less than 1"),
+    (["calibrate", "m.onnx", "--samples", "0"], "calibrate: argument --samples: 0 is less than 1"),
+    (["compare", "a.onnx", "b.onnx", "--threads", "0"], "compare: argument --threads: 0 is less than 1"),
+    (["bench", "m.onnx", "--threads", "-1"], "bench: argument --threads: -1 is less than 1"),
+    (["bench", "m.onnx", "--repeats", "0", "--save-baseline", "b.json"], "bench: argument --repeats: 0 is less than 1"),
+    (["factorize", "m", "-o", "f.onnx", "--distill-steps", "-1"], "factorize: argument --distill-steps: -1 is less than 0"),
+    (["cluster", "m", "-o", "c.npz", "--train-samples", "0"], "cluster: argument --train-samples: 0 is less than 1"),
+])
+def test_usage_errors_are_one_line(argv, needle, capsys):
+    """argparse's own errors (bad choice, missing or malformed argument) follow the one-line contract too,
+    instead of printing the whole usage block before the line that matters."""
+    from trtopt.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert_one_line_error(Outcome(exit_info.value.code, "", err), needle, "--help")

@@ -122,6 +122,11 @@ RANGES = [("empty", b""), ("garbage", GARBAGE), ("truncated", _truncated("ranges
           ("string-amax", _edited_json("ranges.json", lambda d: [t.update(amax="1") for t in d["tensors"].values()])),
           ("tensors-list", _edited_json("ranges.json", lambda d: d.update(tensors=[]))),
           ("samples", _edited_json("ranges.json", lambda d: d.update(samples=-1))),
+          # finite in JSON but not in float32: the scale was written as inf (or 0) into a model that loaded fine
+          ("beyond-float32", _edited_json("ranges.json", lambda d: [t.update(amax=1e300, min=-1e300, max=1e300)
+                                                                      for t in d["tensors"].values()])),
+          ("below-float32", _edited_json("ranges.json", lambda d: [t.update(amax=1e-300, min=-1e-300, max=1e-300)
+                                                                     for t in d["tensors"].values()])),
           ("not-utf8", b"\xff\xfe{}"), ("nested", b"[" * 100000)]
 CACHES = [("empty", b""), ("garbage", GARBAGE), ("header-only", b"TRT-100300-EntropyCalibration2\n"),
           ("bad-header", b"TRT-9XXX-Nope\ninput: 3c010204\n"), ("bad-hex", b"TRT-100300-EntropyCalibration2\ninput: zzzz\n"),
@@ -242,3 +247,26 @@ def test_a_malformed_input_is_one_line_and_changes_nothing(case, tiny, tmp_path,
     before = snapshot(tmp_path)
     assert_one_line_error(run_here(case.args, capsys))
     assert snapshot(tmp_path) == before
+
+
+# A folder or a pipe (FIFO) named where a command reads a file: refused by name, never reported as missing, never
+# read (a pipe with no writer would block the command forever).
+NOT_FILES = [["calibrate", "IN", "-o", "out.json"], ["calibrate", "tiny.onnx", "-o", "out.json", "--data", "IN"],
+             ["quantize", "tiny.onnx", "--ranges", "IN", "-o", "out.onnx"], ["cache", "inspect", "IN"],
+             ["optimize", "IN", "--out", "out"], ["export", "IN", "-o", "out.onnx"],
+             ["compare", TINY, "tiny.onnx", "--checkpoint", "IN"]]
+
+
+@pytest.mark.parametrize("kind, needle", [("folder", "is a directory, not a file"), ("pipe", "is a special file")])
+@pytest.mark.parametrize("args", NOT_FILES, ids=["-".join(a[:2] + a[-1:]) for a in NOT_FILES])
+def test_a_folder_or_pipe_as_input_file_is_named(kind, needle, args, tiny, tmp_path, monkeypatch, capsys):
+    import os
+
+    shutil.copy(tiny["onnx"], tmp_path / "tiny.onnx")
+    (tmp_path / "IN").mkdir() if kind == "folder" else os.mkfifo(tmp_path / "IN")
+    monkeypatch.chdir(tmp_path)
+    data = args[args.index("--data") + 1] if "--data" in args else None
+    if data == "IN" and kind == "folder":  # a folder is a valid --data source: an image folder
+        needle = "holds no images"
+    assert_one_line_error(run_here(args, capsys), needle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["IN", "tiny.onnx"]

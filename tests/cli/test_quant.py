@@ -137,3 +137,52 @@ def test_calibrate_defaults_to_auto_and_says_what_it_chose(fp32):
     assert f"ranges: auto chose {choice['model_method']} (output SQNR vs FP32 on 3 held-out samples" in r.stdout
     for c in choice["candidates"]:
         assert f"{c['method']} {c['sqnr_db']:.1f}" in r.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_int8(tmp_path_factory):
+    """The tiny CNN's FP32 ONNX, ranges and INT8 (onnxruntime layout) ONNX, made through the API."""
+    from tests.helpers.tiny_artifacts import make_tiny_artifacts
+    from trtopt.artifacts import Ranges
+    from trtopt.quant.quantize import QuantizeConfig, quantize
+
+    made = make_tiny_artifacts(tmp_path_factory.mktemp("int8"))
+    made["int8"] = quantize(made["onnx"], Ranges.load(made["ranges"]), made["onnx"].with_name("int8.onnx"),
+                            QuantizeConfig()).path
+    return made
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["calibrate", "int8.onnx", "-o", "out.json"], "int8.onnx is already INT8"),
+    (["quantize", "int8.onnx", "--ranges", "ranges.json", "-o", "out.onnx"], "int8.onnx is already INT8"),
+    (["quantize", "tiny.onnx", "--ranges", "ranges.json", "--max-accuracy-drop", "nan", "-o", "out.onnx"],
+     "max_accuracy_drop=nan"),
+    (["quantize", "tiny.onnx", "--ranges", "ranges.json", "--max-accuracy-drop", "2", "-o", "out.onnx"],
+     "max_accuracy_drop=2.0"),
+    (["quantize", "tiny.onnx", "--precision", "fp16", "--ranges", "ranges.json", "-o", "out.onnx"],
+     "--ranges applies to INT8"),
+    (["quantize", "tiny.onnx", "--precision", "fp16", "--data", "random", "-o", "out.onnx"], "--data applies to INT8"),
+])
+def test_quantize_refuses_what_it_would_get_wrong(args, needle, tiny_int8, tmp_path, monkeypatch, capsys):
+    """An INT8 model calibrated or quantized again, a drop bar that is NaN or a percentage, and INT8-only flags
+    with --precision fp16 (silently ignored before) are one-line errors that write nothing."""
+    import shutil
+
+    from tests.helpers.cli import run_here
+
+    for path in tiny_int8.values():
+        shutil.copy(path, tmp_path / path.name)
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(run_here(args, capsys), needle)
+    assert not (tmp_path / "out.onnx").exists() and not (tmp_path / "out.json").exists()
+
+
+def test_fp16_writes_its_json_record(tiny_int8, tmp_path, monkeypatch, capsys):
+    """--json with --precision fp16 writes the record (it was checked, then never written)."""
+    from tests.helpers.cli import run_here
+
+    monkeypatch.chdir(tmp_path)
+    result = run_here(["quantize", str(tiny_int8["onnx"]), "--precision", "fp16", "-o", "half.onnx", "--json", "half.json"],
+                      capsys)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "half.json").read_text())["precision"] == "fp16"

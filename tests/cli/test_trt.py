@@ -111,6 +111,19 @@ def test_bundle_for_jetson(capsys, models, ranges, tmp_path):
     assert code == 2 and "exists and is not empty" in err
 
 
+def test_bundle_refuses_ranges_of_another_fp32_model(capsys, models, tmp_path):
+    """The 10.x cache is made from the ranges for each FP32 model: ranges calibrated on another model would give
+    a cache of that model's tensor names (written without a word before)."""
+    from trtopt.artifacts import Ranges, TensorRange
+
+    other = tmp_path / "other.ranges.json"
+    Ranges({"input": TensorRange(2.5, -2.5, 2.4)}, "entropy", 16, model_sha256="0" * 64).save(other)
+    code, _, err = run(capsys, "bundle", models["fp32"], "-o", tmp_path / "bundle", "--ranges", other, *SHAPES)
+    assert code == 2 and err.count("\n") == 1
+    assert "were calibrated on another model than fp32.onnx" in err and "fix: calibrate fp32.onnx itself" in err
+    assert not (tmp_path / "bundle").exists()
+
+
 def test_bundle_plan_builds_from_the_bundle_folder(capsys, models, ranges, tmp_path, monkeypatch):
     out = tmp_path / "b"
     assert run(capsys, "bundle", models["fp32"], "-o", out, "--ranges", ranges, *SHAPES,

@@ -25,6 +25,22 @@ EXIT_USAGE = 2
 
 EXIT_CHECK_FAILED = 1
 
+def count(minimum: int = 1):
+    """An argparse ``type`` for a count flag (``--samples``, ``--threads``, ``--repeats``): an integer of at least
+    ``minimum``, refused while parsing (one line, exit 2) instead of reaching numpy as a negative dimension or a
+    runtime as a thread count it reads as "all cores"."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is less than {minimum}: give {minimum} or more")
+        return value
+
+    parse.__name__ = "count"  # argparse names the type in some messages
+    return parse
+
 def input_declarations(args: argparse.Namespace):
     """The input declarations of the flags ``--input-shape/--input-dtype/--input-range/--dynamic`` (see
     `trtopt.models.inputs.parse_declarations`)."""
@@ -229,12 +245,12 @@ def add_timing(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=TimingConfig.duration_s, metavar="S",
                    help="time for S seconds per candidate instead")
     p.add_argument("--warmup", type=int, default=TimingConfig.warmup_iterations, help="untimed calls first (default %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch and ONNX Runtime alike")
+    p.add_argument("--threads", type=count(), default=None, help="CPU threads for PyTorch and ONNX Runtime alike")
 
 def add_data(p: argparse.ArgumentParser, dynamic: bool = False) -> None:
     """--data/--samples/--seed and the input declaration flags (``dynamic``: with ``--dynamic``, for export)."""
     p.add_argument("--data", default=None, help="inputs: .npy/.npz, an image folder, skimage:photos (default: random)")
-    p.add_argument("--samples", type=int, default=None, help="number of samples (random data: default 8)")
+    p.add_argument("--samples", type=count(), default=None, help="number of samples (random data: default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed for random inputs")
     add_input_declarations(p, dynamic)
 
@@ -272,7 +288,7 @@ def add_speedup_search(p: argparse.ArgumentParser, target_help: str) -> None:
                    help="timed calls per candidate and step (--target-speedup, default %(default)s)")
     p.add_argument("--warmup", type=int, default=C.warmup_iterations,
                    help="untimed calls first (--target-speedup, default %(default)s)")
-    p.add_argument("--threads", type=int, default=C.threads,
+    p.add_argument("--threads", type=count(), default=C.threads,
                    help="ONNX Runtime threads (--target-speedup, default %(default)s)")
 
 

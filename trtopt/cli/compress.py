@@ -15,6 +15,7 @@ from typing import Any
 from trtopt.cli._common import (
     add_data,
     add_speedup_search,
+    count,
     ddp_rank,
     feed_for,
     input_declarations,
@@ -286,7 +287,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     tune.add_argument("--finetune-steps", type=int, default=ShareConfig.finetune_steps,
                       help="optimizer steps with the weights kept tied (default %(default)s: none)")
     tune.add_argument("--train-data", help="fine-tuning data (default: --data); keep --data held out for fidelity")
-    tune.add_argument("--train-samples", type=int, default=None, help="use at most this many training samples")
+    tune.add_argument("--train-samples", type=count(), default=None, help="use at most this many training samples")
     tune.add_argument("--labels", action="store_true", help="use the labels of dataset:NAME:SPLIT sources "
                       "(accuracy in the fidelity; α·CE + (1 − α)·KD in fine-tuning)")
     tune.add_argument("--lr", type=float, default=ShareConfig.finetune_lr, help="peak learning rate (default %(default)s)")
@@ -314,10 +315,10 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     add_speedup_search(p, "lower the kept energy step by step (then bisect) until the exported ONNX is measured X× "
                           "faster than the original's on ONNX Runtime (interleaved); missed: keeps the closest, exit 1")
     tune = p.add_argument_group("distillation after factorizing (from the original model; fidelity on --data)")
-    tune.add_argument("--distill-steps", type=int, default=0, help="optimizer steps of distillation (default 0: none)")
+    tune.add_argument("--distill-steps", type=count(0), default=0, help="optimizer steps of distillation (default 0: none)")
     tune.add_argument("--train-data", help="distillation data (default: --data); keep --data held out for fidelity")
-    tune.add_argument("--train-samples", type=int, default=None, help="use at most this many training samples")
+    tune.add_argument("--train-samples", type=count(), default=None, help="use at most this many training samples")
     tune.add_argument("--labels", action="store_true", help="use the labels of dataset:NAME:SPLIT sources")
     tune.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default %(default)s)")
-    tune.add_argument("--distill-batch-size", type=int, default=16, help="samples per step (default %(default)s)")
+    tune.add_argument("--distill-batch-size", type=count(), default=16, help="samples per step (default %(default)s)")
     p.set_defaults(func=cmd_factorize)

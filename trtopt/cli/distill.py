@@ -7,12 +7,12 @@ distill ...`` (DDP); then only rank 0 writes files and prints.
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
-from trtopt.cli._common import console, ddp_rank, write_json_output
+from trtopt.cli._common import console, count, ddp_rank, write_json_output
 from trtopt.compress.config import OPTIMIZERS, OUTPUT_LOSSES, SCHEDULERS, DistillConfig
 from trtopt.errors import TrtoptError
+from trtopt.files import require_file
 
 DATASETS = ("digits",)
 
@@ -67,7 +67,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="DIR", help="continue from DIR/last.pt (and keep checkpointing there)")
     p.add_argument("--seed", type=int, default=DistillConfig.seed,
                    help="seeds batch order, dropout and feature projections (default %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=count(), default=None, help="torch CPU threads")
     p.add_argument("--json", help="write the training record (loss curve, evaluations) here")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.set_defaults(func=cmd_distill)
@@ -156,8 +156,7 @@ def _data(args: argparse.Namespace, inputs) -> tuple[tuple[Any, Any], tuple[Any,
 def _npz(path: str, inputs) -> tuple[Any, Any]:
     from trtopt.data import load_npz
 
-    if not os.path.exists(path):
-        raise TrtoptError(f"data file {path} does not exist", "check the path")
+    require_file(path, "data file", "check the path")
     data = load_npz(path)
     labels = data.pop("labels", None)
     return _model_inputs(data, inputs, path), labels

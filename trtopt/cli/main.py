@@ -32,16 +32,27 @@ TRUST_CODE_HELP = ("load model files that run code they name: pickled modules, .
                    "files built on a package.module:factory (only for files you trust; see README, Trust and safety)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors (unknown flag, bad choice, missing argument) are one line, like
+    every other user error: ``trtopt: error: trtopt quantize: argument --target: ...; fix: ...``, exit 2.
+    argparse's default prints the whole usage block first, which buries the line that matters."""
+
+    def error(self, message: str):  # noqa: D102 (argparse's hook; never returns)
+        command = self.prog.removeprefix("trtopt").strip()
+        self.exit(EXIT_USAGE, f"trtopt: error: {command + ': ' if command else ''}{message}; fix: see "
+                              f"'{self.prog} --help' for the {'flags and their values' if command else 'commands'}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``trtopt`` argument parser: global flags and every command family's subcommands."""
-    parser = argparse.ArgumentParser(prog="trtopt", description="Make PyTorch models small and fast for NVIDIA "
+    parser = _Parser(prog="trtopt", description="Make PyTorch models small and fast for NVIDIA "
                                      "inference, and prove it with numbers.")
     parser.add_argument("--version", action="version", version=f"trtopt {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     parser.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
     # The same flags after the subcommand too (``trtopt export ... -q``); SUPPRESS keeps the global value.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress display")
     common.add_argument("--trust-code", action="store_true", default=argparse.SUPPRESS, help=TRUST_CODE_HELP)

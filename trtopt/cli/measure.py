@@ -15,6 +15,7 @@ from trtopt.cli._common import (
     add_tolerances,
     check_batch_sizes,
     check_fits_memory,
+    count,
     feed_for,
     input_declarations,
     print_report,
@@ -198,7 +199,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     g.add_argument("--save-baseline", metavar="FILE", help="record this run (samples, environment, golden outputs) as a baseline")
     g.add_argument("--baseline", metavar="FILE", help="compare with a baseline; exit 1 on a significant regression "
                    "beyond --tolerance or outputs that differ from the golden ones")
-    g.add_argument("--repeats", type=int, default=None, metavar="N",
+    g.add_argument("--repeats", type=count(), default=None, metavar="N",
                    help="independent timing runs per batch size (default 5 with --save-baseline/--baseline, else 1)")
     g.add_argument("--tolerance", type=float, default=GateConfig.tolerance,
                    help="allowed slowdown before a regression, as a fraction: 0.1 = 10%% slower (default %(default)s)")
@@ -217,7 +218,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("reference", help="model spec or .onnx file")
     p.add_argument("candidate", help="model spec or .onnx file")
     p.add_argument("--checkpoint", help="checkpoint for a PyTorch reference")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=count(), default=None)
     p.add_argument("--json", help="write the comparison JSON here")
     p.add_argument("--force", action="store_true", help="overwrite --json")
     add_data(p)

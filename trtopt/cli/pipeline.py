@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from trtopt.cli._common import print_report, progress_bar, step_printer
+from trtopt.cli._common import count, print_report, progress_bar, step_printer
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -17,7 +17,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--out", default=None, help="run directory (default runs/<recipe name>)")
     p.add_argument("--force", action="store_true", help="re-run every stage of the run directory (a folder trtopt did not create is refused)")
     p.add_argument("--iterations", type=int, default=None, help="override timing.iterations")
-    p.add_argument("--threads", type=int, default=None, help="override threads")
+    p.add_argument("--threads", type=count(), default=None, help="override threads")
     p.add_argument("--stages", default=None, metavar="A,B", help="override stages, e.g. export,calibrate,quantize "
                    "(a partial rerun writes its report into partial/, beside the fuller one)")
     p.add_argument("--markdown", action="store_true", help="print the full Markdown report instead of the summary tables")

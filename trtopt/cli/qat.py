@@ -12,7 +12,7 @@ import argparse
 import os
 from typing import Any
 
-from trtopt.cli._common import write_json_output
+from trtopt.cli._common import count, write_json_output
 from trtopt.compress.config import QAT_MODES, QATConfig
 from trtopt.errors import TrtoptError
 
@@ -49,7 +49,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-dir", help="write last.pt / best.pt here")
     p.add_argument("--resume", metavar="DIR", help="continue from DIR/last.pt (and keep checkpointing there)")
     p.add_argument("--seed", type=int, default=_TRAINING.seed, help="seeds the batch order (default %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=count(), default=None, help="torch CPU threads")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.set_defaults(func=cmd_qat)
 

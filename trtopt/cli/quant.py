@@ -113,12 +113,22 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.precision == "fp16":
         from trtopt.quant.quantize import to_fp16
 
+        int8_only = [flag for flag, value in (("--ranges", args.ranges), ("--data", args.data),
+                                              ("--max-accuracy-drop", args.max_accuracy_drop)) if value is not None]
+        if int8_only:  # FP16 by casts reads no ranges and calibrates nothing: the flag would be silently ignored
+            raise TrtoptError(f"{int8_only[0]} applies to INT8, not to --precision fp16 (FP16 needs no calibration)",
+                              f"drop {int8_only[0]}, or quantize to INT8 (--precision int8)")
         artifact = to_fp16(args.model, args.output, exclude_op_types=tuple(args.exclude or ()), force=args.force,
                            converter=args.fp16_converter)
         print(f"wrote {artifact.path} ({artifact.size_bytes / 1e6:.2f} MB); {artifact.notes[0]}")
+        write_json_output(args.json, artifact.to_dict(), args.force)
         return 0
     if args.ranges and args.data:
         raise TrtoptError("both --ranges and --data given", "use --ranges FILE (calibrated) or --data SRC (calibrate now)")
+    if args.max_accuracy_drop is not None:  # before calibrating: a bad bar must not cost a calibration
+        from trtopt.quant.sensitivity import check_max_drop
+
+        check_max_drop(args.max_accuracy_drop)
     names, op_types = _split_excludes(args.model, args.exclude or [])
     config = QuantizeConfig(target=args.target, per_channel=args.per_channel, reduce_range=args.reduce_range,
                             op_types=tuple(args.op_types.split(",")) if args.op_types else None, exclude_nodes=names,

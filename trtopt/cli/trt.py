@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trtopt.cli._common import JSON_HELP, add_data, feed_for, input_declarations, write_json_output
+from trtopt.cli._common import JSON_HELP, add_data, count, feed_for, input_declarations, write_json_output
 from trtopt.config import Recipe
 from trtopt.errors import TrtoptError
 from trtopt.trt.plan import HARDWARE_COMPATIBILITY, PRECISIONS, TARGETS, TYPINGS, BuildOptions
@@ -246,7 +246,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     _add_plan_options(p)
     p.add_argument("--data", default=None, help="calibration data for build-time INT8 calibration (TensorRT 10.x)")
-    p.add_argument("--samples", type=int, default=256, help="calibration samples (default 256)")
+    p.add_argument("--samples", type=count(), default=256, help="calibration samples (default 256)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("bundle", parents=[common], help="a folder to build engines on a Jetson/GPU: ONNX, cache, "
@@ -262,9 +262,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                        "optionally against PyTorch FP32 on the GPU")
     p.add_argument("engine", help="engine built by trtopt build (with its .json sidecar)")
     p.add_argument("--baseline", help="PyTorch model spec timed on the GPU with CUDA events (e.g. zoo:efficientnet_lite0)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--iterations", type=int, default=200)
-    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--batch-size", type=count(), default=1)
+    p.add_argument("--iterations", type=count(), default=200)
+    p.add_argument("--warmup", type=count(0), default=20)
     p.add_argument("--cuda-graph", action="store_true", help="replay execute_async_v3 from a CUDA graph")
     p.add_argument("--no-transfers", action="store_true", help="leave H2D/D2H out of the timed loop")
     p.add_argument("--cuda-lib", choices=("auto", "cuda-python", "pycuda"), default="auto")

@@ -804,9 +804,9 @@ def read_shared(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.n
     Raises:
         TrtoptError: missing, truncated or corrupted file; another format or version.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise TrtoptError(f"shared-weights file {p} does not exist", "check the path")
+    from trtopt.files import require_file
+
+    p = require_file(path, "shared-weights file", "check the path")
     bad = (f"{p} is not a readable trtopt shared-weights file (truncated or corrupted)",
            "write it again with save_shared / trtopt cluster")
     try:

@@ -71,14 +71,13 @@ def inspect_edge(path: str | os.PathLike) -> EdgeArtifact:
 
     Raises TrtoptError for an unknown suffix, a missing file or sidecar, or a file changed since.
     """
-    from trtopt.files import read_json, sha256_file
+    from trtopt.files import read_json, require_file, sha256_file
 
     p = Path(path)
     fmt = edge_format(p)
     if fmt is None:
         raise TrtoptError(f"{p.name} is not an edge model", "give a .pte (ExecuTorch) or .tflite (LiteRT) file")
-    if not p.is_file():
-        raise TrtoptError(f"edge model {p} does not exist", "create it with trtopt edge-export")
+    require_file(p, "edge model", "create it with trtopt edge-export")
     side = sidecar_path(p)
     if not side.is_file():
         raise TrtoptError(f"{p.name} has no sidecar {side.name} (input names and shapes)",

@@ -219,12 +219,14 @@ def _require_module(obj: Any, spec: str) -> None:
 def _load_file(spec: str, trust: bool) -> LoadedModel:
     import torch
 
+    from trtopt.files import require_file
     from trtopt.models.module_file import as_record, restore
 
     path = Path(spec)
     if not path.exists():
         hint = "a path that exists" if ("/" in spec or "." in spec) else "torchvision:NAME, timm:NAME, zoo:NAME or package.module:factory"
         raise TrtoptError(f"unknown model spec or missing file {spec!r}", f"give {hint}")
+    require_file(path, "model file", "check the path")  # a folder or a pipe is refused, not read (or waited on)
     if path.suffix == ".pt2":
         _require_trust(trust, path, "is an ExportedProgram, and torch.export.load unpickles parts of it with "
                                     "weights_only=False, which runs code the file names")
@@ -319,9 +321,9 @@ def load_checkpoint_(module: Any, checkpoint: str | os.PathLike) -> None:
     Reads with ``weights_only=True``: a checkpoint can't run code. Mismatched keys or shapes raise
     TrtoptError naming the first offending parameter.
     """
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise TrtoptError(f"checkpoint {path} does not exist", "check the path")
+    from trtopt.files import require_file
+
+    path = require_file(checkpoint, "checkpoint", "check the path")
     state = read_plain(path, "checkpoint", "save it with torch.save(model.state_dict(), path)")
     if isinstance(state, dict):
         for key in ("state_dict", "model_state_dict", "model"):

@@ -43,7 +43,7 @@ from trtopt.quant.histogram import (
     StreamingHistogram,
     choose_amax,
 )
-from trtopt.quant.quantize import TARGETS, QuantizeConfig, quantized_tensors
+from trtopt.quant.quantize import TARGETS, QuantizeConfig, quantized_tensors, require_float_model
 from trtopt.quant.range_choice import HeldOut, choose_methods
 from trtopt.quant.recovery import recoverable_inputs
 
@@ -357,6 +357,7 @@ def calibrate(onnx_path: str | os.PathLike | OnnxArtifact, data: Any, config: Ca
     from trtopt.backends.ort import OrtConfig, OrtRunner
 
     artifact = onnx_path if isinstance(onnx_path, OnnxArtifact) else inspect_onnx(onnx_path)
+    require_float_model(artifact, "be calibrated (its activations are already quantized)")
     path = Path(artifact.path)
     model = _typed_model(path)
     if tensors is None:

@@ -125,6 +125,15 @@ class QuantizeConfig:
                 "smoothing": self.smoothing, "bias_correction": self.bias_correction, "quantizer": self.quantizer}
 
 
+def require_float_model(artifact: OnnxArtifact, purpose: str) -> None:
+    """Raise TrtoptError when ``artifact`` already holds Q/DQ nodes: calibrating or quantizing it again would
+    observe or stack a second quantization on the first (ONNX Runtime then fails on the result with a message
+    about duplicate metadata, naming nothing the user can act on). ``purpose`` is what was asked ("quantize")."""
+    if artifact.precision == "int8":
+        raise TrtoptError(f"{artifact.path.name} is already INT8 (it holds QuantizeLinear/DequantizeLinear nodes), "
+                          f"so it cannot {purpose}", "give the FP32 ONNX model it was quantized from")
+
+
 def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.PathLike,
              config: QuantizeConfig = QuantizeConfig(), force: bool = False,
              on_step: StepCallback | None = None) -> OnnxArtifact:
@@ -155,9 +164,8 @@ def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.Pa
                           "use --quantizer modelopt with --target tensorrt, or quantizer trtopt for onnxruntime")
     target = ensure_writable(out_path, force)
     source = inspect_onnx(onnx_path)
-    if ranges.model_sha256 and ranges.model_sha256 != source.sha256:
-        raise TrtoptError(f"the ranges were calibrated on another model (sha256 {ranges.model_sha256[:12]}…, "
-                          f"{source.path.name} is {source.sha256[:12]}…)", f"calibrate {source.path.name} itself")
+    require_float_model(source, "be quantized again")
+    ranges.check_model(source)
     model = onnx.load(str(source.path), load_external_data=False)
     named = resolve_layer_names(model, config.exclude_nodes, source.path.name)  # node, tensor or module names
     excluded = ({node for _, found in named.values() for node in found}

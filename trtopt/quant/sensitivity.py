@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from trtopt import metrics
+from trtopt._config import check_number
 from trtopt.artifacts import Ranges
 from trtopt.errors import TrtoptError
 from trtopt.feeds import Feed
@@ -113,6 +114,12 @@ def _score_excluding(onnx_path: str | os.PathLike, ranges: Ranges, config: Quant
     return score(out)
 
 
+def check_max_drop(max_drop: float) -> None:
+    """Raise TrtoptError unless ``max_drop`` (a fraction of the score: 0.003 = 0.3 points) is a finite number in
+    [0, 1]; NaN compares false with every bar, and a drop above 1 (the whole score) is a percentage by mistake."""
+    check_number("max_accuracy_drop", max_drop, 0, 1, fix="give a fraction from 0 to 1, e.g. 0.003 for 0.3 points")
+
+
 def choose_mixed_precision(onnx_path: str | os.PathLike, ranges: Ranges, config: QuantizeConfig, score: Scorer,
                            max_drop: float, on_step: StepCallback | None = None) -> dict[str, Any]:
     """The fewest layers (greedy, most sensitive first) kept in FP32 so that fp32 − int8 ≤ ``max_drop``.
@@ -121,8 +128,7 @@ def choose_mixed_precision(onnx_path: str | os.PathLike, ranges: Ranges, config:
     sensitivity ranking, the chosen ``exclude_nodes``, the score after each step, and whether the bar was
     met (when no subset meets it, every layer ends up excluded and ``met`` is False).
     """
-    if max_drop < 0:
-        raise TrtoptError(f"max accuracy drop {max_drop} is negative", "give a drop >= 0, e.g. 0.003 for 0.3 points")
+    check_max_drop(max_drop)
     sens = layer_sensitivity(onnx_path, ranges, config, score, on_step)
     chosen: list[str] = []
     current = sens["int8_score"]

@@ -48,7 +48,8 @@ def make_bundle(onnx_paths: Sequence[str | os.PathLike], out_dir: str | os.PathL
             is ever replaced: never the current folder, a folder holding an input, or any other folder.
 
     Raises:
-        TrtoptError: unknown target; no models; two models with one file name; an unreadable input; an
+        TrtoptError: unknown target; no models; two models with one file name; an unreadable input; ranges
+        calibrated on another model than an FP32 one they would make the cache for; an
         output folder that exists with contents (without ``force``, or that is no bundle), holds an input
         or lies on a filesystem without room for the models.
     """
@@ -68,6 +69,13 @@ def make_bundle(onnx_paths: Sequence[str | os.PathLike], out_dir: str | os.PathL
     names = [a.path.name.removesuffix(".onnx") for a in arts]
     if len(set(names)) != len(names):
         raise TrtoptError("two bundled models have the same file name", "rename one of them")
+    ranges_obj = Ranges.load(ranges) if ranges else None
+    if ranges_obj is not None and not calib_cache:
+        # the 10.x cache is made from the ranges for every FP32 model: its tensor names must be that model's
+        for art in arts:
+            if art.precision == "fp32":
+                ranges_obj.check_model(art, f"calibrate {art.path.name} itself (trtopt calibrate) and bundle it with "
+                                            "those ranges (one bundle per FP32 model and its ranges)")
     # The bundle copies every model (and its side files) and the ranges; plans, scripts and caches are small.
     size = sum(a.size_bytes for a in arts) + (os.path.getsize(ranges) if ranges and os.path.isfile(ranges) else 0)
     out = ensure_replaceable_dir(out_dir, force, is_bundle, "bundle folder", inputs=[*onnx_paths, ranges, calib_cache],
@@ -76,7 +84,6 @@ def make_bundle(onnx_paths: Sequence[str | os.PathLike], out_dir: str | os.PathL
     with staging_dir(out) as stage:
         for sub in ("models", "plans", "calib", "ranges"):
             (stage / sub).mkdir()
-        ranges_obj = Ranges.load(ranges) if ranges else None
         if ranges:
             shutil.copyfile(ranges, stage / "ranges" / Path(ranges).name)
         scripts: dict[str, list[str]] = {"10": [], "11": [], "trtopt": []}

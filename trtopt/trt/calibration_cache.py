@@ -323,9 +323,9 @@ def read_cache(path: str | os.PathLike, check_scales: bool = True) -> Calibratio
     With ``check_scales`` (the default), a scale that is not finite and positive is an error too
     (:func:`require_valid_scales`); :func:`inspect_cache` reads without it, to report such scales.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise TrtoptError(f"calibration cache {p} does not exist", "check the path or calibrate first")
+    from trtopt.files import require_file
+
+    p = require_file(path, "calibration cache", "check the path or calibrate first")
     cache = parse_cache(p.read_bytes(), where=str(p))
     if check_scales:
         require_valid_scales(cache, str(p))

@@ -99,11 +99,9 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 
 def check_engine_file(engine: str | os.PathLike, sidecar: Mapping[str, Any]) -> None:
     """The engine file is the one the sidecar describes (size and sha256), not a stale or partial copy."""
-    from trtopt.files import sha256_file
+    from trtopt.files import require_file, sha256_file
 
-    p = Path(engine)
-    if not p.is_file():
-        raise TrtoptError(f"engine {p} does not exist", "build it with trtopt build")
+    p = require_file(engine, "engine", "build it with trtopt build")
     if p.stat().st_size != sidecar.get("engine_size_bytes") or sha256_file(p) != sidecar.get("engine_sha256"):
         raise TrtoptError(f"engine {p} does not match its sidecar (size or sha256 differ): it was replaced or truncated",
                           "rebuild it with trtopt build --force")
