@@ -7,12 +7,16 @@ Parts (``--part``, default ``accuracy``):
               labels and QAD without labels (ModelOpt fake quantization fine-tuned by trtopt's trainer), each
               QAT model exported to both layouts and evaluated in ONNX Runtime (the tensorrt layout with exact
               Q/DQ semantics, graph optimizations off, as `trtopt.quant.quantize.evaluation_config` does).
+``screen``    architectures trained the same way (BatchNorm or not, ReLU/SiLU/GELU, widths 8/16, separable
+              convolutions without BatchNorm between depthwise and pointwise, EfficientNet-B0-style MBConv with
+              squeeze-excitation), each through trtopt's best PTQ: looking for one where INT8 PTQ loses ≥ 1 point.
 ``placement`` the tensorrt target placed by trtopt vs by ModelOpt (same ranges: calibration method auto), and
               FP16 by onnxconverter-common vs ModelOpt AutoCast, on the Fashion-MNIST CNN (``--fp32-cache``) and
               trtopt's digits CNN: Q/DQ counts, the op types they feed and follow, nodes, test accuracy on the CPU
               (exact Q/DQ semantics), load in ONNX Runtime, cosine to FP32.
-``ddp``       training cost of QAT: seconds per step with 1 and with 2 processes (torchrun, gloo), same global
-              batch, and the two loss curves.
+``ddp``       training cost of QAT: seconds per step with 1 process × 2 threads, 2 processes (torchrun, gloo)
+              × 1 thread and 1 process × 1 thread, same global batch (128), the layouts interleaved and
+              repeated (``--ddp-rounds``; medians), and the loss curves compared.
 
 Data: Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``): a subset of the 60k training
 images trains (``--train-samples``), the first ``--test-samples`` of the 10k test images evaluate. Writes
@@ -29,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,24 +57,89 @@ def fashion_mnist(split: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
     return ((images - MEAN) / STD)[:, None].astype(np.float32), labels
 
 
-def _ds(cin: int, cout: int, stride: int) -> nn.Sequential:
-    """Depthwise-separable block: depthwise 3×3 + BN + ReLU, pointwise 1×1 + BN + ReLU (MobileNet v1)."""
-    return nn.Sequential(nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(),
-                         nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+def _ds(cin: int, cout: int, stride: int, bn: bool = True, act: type[nn.Module] = nn.ReLU,
+        dw_norm: bool = True, dw_act: bool = True) -> nn.Sequential:
+    """Depthwise-separable block: depthwise 3×3 + BN + act, pointwise 1×1 + BN + act (MobileNet v1).
+
+    ``bn`` False: biases instead of BatchNorm. ``dw_norm`` False: no BatchNorm after the depthwise conv (its
+    bias instead; Xception-style), and ``dw_act`` False also no activation between depthwise and pointwise."""
+    if not dw_norm:
+        return nn.Sequential(nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=True), *([act()] if dw_act else []),
+                             nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), act())
+    norm = (lambda c: [nn.BatchNorm2d(c)]) if bn else (lambda c: [])
+    return nn.Sequential(nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=not bn), *norm(cin), act(),
+                         nn.Conv2d(cin, cout, 1, bias=not bn), *norm(cout), act())
 
 
 class MobileNetTiny(nn.Module):
-    """MobileNet-v1-style classifier for 1×28×28 images: stem 3×3 conv (stride 2), four depthwise-separable blocks, GAP, FC."""
+    """MobileNet-v1-style classifier for 1×28×28 images: stem 3×3 conv (stride 2), four (or six)
+    depthwise-separable blocks, GAP, FC. Keyword arguments as `_ds`; the defaults are the benchmark's model."""
+
+    def __init__(self, width: int = 16, classes: int = 10, bn: bool = True, act: type[nn.Module] = nn.ReLU,
+                 blocks: int = 4, dw_norm: bool = True, dw_act: bool = True) -> None:
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(nn.Conv2d(1, w, 3, 2, 1, bias=not bn), *([nn.BatchNorm2d(w)] if bn else []), act())
+        shapes = ((w, 2 * w, 2), (2 * w, 2 * w, 1), (2 * w, 4 * w, 2), (4 * w, 4 * w, 1), (4 * w, 4 * w, 1),
+                  (4 * w, 4 * w, 1))[:blocks]
+        self.blocks = nn.Sequential(*(_ds(a, b, st, bn, act, dw_norm, dw_act) for a, b, st in shapes))
+        self.head = nn.Linear(shapes[-1][1], classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+class _SqueezeExcite(nn.Module):
+    def __init__(self, channels: int, reduced: int) -> None:
+        super().__init__()
+        self.reduce, self.expand = nn.Conv2d(channels, reduced, 1), nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.expand(nn.functional.silu(self.reduce(x.mean((2, 3), keepdim=True)))))
+
+
+class _MBConv(nn.Module):
+    """EfficientNet-B0's block: 1×1 expansion, depthwise 3×3, squeeze-excitation, 1×1 projection (BN, SiLU),
+    residual add when the shape allows."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int = 4) -> None:
+        super().__init__()
+        h = cin * expand
+        self.body = nn.Sequential(nn.Conv2d(cin, h, 1, bias=False), nn.BatchNorm2d(h), nn.SiLU(),
+                                  nn.Conv2d(h, h, 3, stride, 1, groups=h, bias=False), nn.BatchNorm2d(h), nn.SiLU(),
+                                  _SqueezeExcite(h, max(4, cin // 4)), nn.Conv2d(h, cout, 1, bias=False),
+                                  nn.BatchNorm2d(cout))
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+class MBConvTiny(nn.Module):
+    """EfficientNet-B0-style classifier for 1×28×28 images (SiLU and squeeze-excitation: what EfficientNet-Lite
+    removed for quantization): stem, five MBConv blocks, GAP, FC."""
 
     def __init__(self, width: int = 16, classes: int = 10) -> None:
         super().__init__()
         w = width
-        self.stem = nn.Sequential(nn.Conv2d(1, w, 3, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
-        self.blocks = nn.Sequential(_ds(w, 2 * w, 2), _ds(2 * w, 2 * w, 1), _ds(2 * w, 4 * w, 2), _ds(4 * w, 4 * w, 1))
+        self.stem = nn.Sequential(nn.Conv2d(1, w, 3, 2, 1, bias=False), nn.BatchNorm2d(w), nn.SiLU())
+        self.blocks = nn.Sequential(_MBConv(w, w, 1, 1), _MBConv(w, 2 * w, 2), _MBConv(2 * w, 2 * w, 1),
+                                    _MBConv(2 * w, 4 * w, 2), _MBConv(4 * w, 4 * w, 1))
         self.head = nn.Linear(4 * w, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+#: ``--part screen``: architectures tried for one where trtopt's best INT8 PTQ loses ≥ 1 point.
+SCREEN = {"bn_relu": lambda: MobileNetTiny(), "bn_relu_w8": lambda: MobileNetTiny(width=8),
+          "nobn_relu_w8": lambda: MobileNetTiny(width=8, bn=False), "bn_silu": lambda: MobileNetTiny(act=nn.SiLU),
+          "nobn_silu": lambda: MobileNetTiny(bn=False, act=nn.SiLU), "nobn_relu_6blocks": lambda: MobileNetTiny(bn=False, blocks=6),
+          "bn_gelu": lambda: MobileNetTiny(act=nn.GELU), "separable_linear": lambda: MobileNetTiny(dw_norm=False, dw_act=False),
+          "separable_relu": lambda: MobileNetTiny(dw_norm=False),
+          "separable_linear_w8": lambda: MobileNetTiny(width=8, dw_norm=False, dw_act=False),
+          "mbconv_se_silu": lambda: MBConvTiny()}
 
 
 def torch_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
@@ -112,11 +182,12 @@ def qdq_summary(path: Path) -> dict[str, Any]:
             "q_after_op_types": dict(sorted(after.items()))}
 
 
-def train_fp32(x: np.ndarray, y: np.ndarray, epochs: int, cache: Path) -> tuple[nn.Module, dict[str, Any]]:
+def train_fp32(x: np.ndarray, y: np.ndarray, epochs: int, cache: Path,
+               factory: Callable[[], nn.Module] = MobileNetTiny) -> tuple[nn.Module, dict[str, Any]]:
     from trtopt.compress.distill import distill
 
     torch.manual_seed(0)
-    model = MobileNetTiny()
+    model = factory()
     if cache.exists():
         model.load_state_dict(torch.load(cache, weights_only=True))
         return model.eval(), {"cached": str(cache)}
@@ -187,6 +258,42 @@ def part_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def part_screen(args: argparse.Namespace) -> dict[str, Any]:
+    """Each `SCREEN` architecture trained like the accuracy part's FP32 model, then trtopt's best PTQ (method
+    auto, both layouts) on the test images: FP32 and INT8 accuracy, and the INT8 model's top-1 agreement."""
+    from trtopt.export import export_onnx
+    from trtopt.models.spec import InputSpec, LoadedModel
+    from trtopt.quant.calibrate import CalibrationConfig, calibrate
+    from trtopt.quant.quantize import QuantizeConfig, quantize
+
+    x_train, y_train = fashion_mnist("train", args.train_samples)
+    x_test, y_test = fashion_mnist("test", args.test_samples)
+    calib = {"input": x_train[:args.calibration_samples]}
+    work = Path(tempfile.mkdtemp(prefix="bench_qat_screen_"))
+    rows = []
+    for name in args.variants or SCREEN:
+        cache = Path(tempfile.gettempdir()) / f"bench_qat_screen_{name}_{args.train_samples}x{args.fp32_epochs}.pt"
+        model, training = train_fp32(x_train, y_train, args.fp32_epochs, cache, SCREEN[name])
+        fp32 = export_onnx(LoadedModel(module=copy.deepcopy(model), spec=f"bench:{name}",
+                                       inputs=(InputSpec("input", (1, 28, 28)),)), work / f"{name}.onnx", feed=calib).path
+        reference = _logits(fp32, {"input": x_test})
+        row = {"variant": name, "fp32_training": training, "parameters": sum(p.numel() for p in model.parameters()),
+               "fp32_accuracy": float((reference.argmax(1) == y_test).mean())}
+        ranges = calibrate(fp32, calib, CalibrationConfig(method="auto"))
+        row["calibration_choice"] = {k: v for k, v in ranges.choice.items() if isinstance(v, (str, int, float))}
+        for target in ("onnxruntime", "tensorrt"):
+            path = work / f"{name}.{target}.onnx"
+            quantize(fp32, ranges, path, QuantizeConfig(target=target))
+            logits = _logits(path, {"input": x_test})
+            row[f"ptq_{target}_accuracy"] = float((logits.argmax(1) == y_test).mean())
+            row[f"ptq_{target}_points_vs_fp32"] = round(100 * (row[f"ptq_{target}_accuracy"] - row["fp32_accuracy"]), 2)
+            row[f"ptq_{target}_top1_agreement"] = float((logits.argmax(1) == reference.argmax(1)).mean())
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        save(args, {"rows": rows})
+    return {"rows": rows}
+
+
 def part_placement(args: argparse.Namespace) -> dict[str, Any]:
     import onnx
 
@@ -249,23 +356,42 @@ def _logits(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
         return next(iter(run_all(candidate, feed, 250).values()))
 
 
+#: (processes, torch threads per process) compared by ``--part ddp``: 1×2 and 2×1 use the machine's two cores
+#: (the comparison asked for), 1×1 is the single-core reference.
+DDP_LAYOUTS = ((1, 2), (2, 1), (1, 1))
+
+
 def part_ddp(args: argparse.Namespace) -> dict[str, Any]:
-    runs = {}
-    for procs in (1, 2):
-        with tempfile.TemporaryDirectory() as tmp:
-            record = Path(tmp) / "record.json"
-            cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", "--master_port=29533",
-                   __file__, "--part", "ddp-worker", "--worker-out", str(record), "--train-samples", str(args.train_samples),
-                   "--fp32-cache", args.fp32_cache, "--ddp-steps", str(args.ddp_steps)]
-            env = {**os.environ, "OMP_NUM_THREADS": str(max(1, THREADS // procs))}
-            start = time.perf_counter()
-            subprocess.run(cmd, check=True, env=env, cwd=Path(__file__).resolve().parents[1])
-            wall = time.perf_counter() - start
-            data = json.loads(record.read_text())
-            runs[str(procs)] = {"processes": procs, "threads_per_process": max(1, THREADS // procs),
-                                "wall_seconds_incl_startup": round(wall, 1), **data}
-    one, two = runs["1"]["step_losses"], runs["2"]["step_losses"]
-    return {"runs": runs, "max_abs_loss_difference": float(np.max(np.abs(np.array(one) - np.array(two))))}
+    """QAT seconds per step by process layout, same global batch (128) and data; the layouts are run
+    interleaved, ``--ddp-rounds`` times each, so a change in the shared machine's load hits all of them alike;
+    the median of the rounds is the figure, the spread is kept."""
+    runs: dict[str, list[dict[str, Any]]] = {f"{p}x{t}": [] for p, t in DDP_LAYOUTS}
+    for round_ in range(args.ddp_rounds):
+        for procs, threads in DDP_LAYOUTS:
+            with tempfile.TemporaryDirectory() as tmp:
+                record = Path(tmp) / "record.json"
+                cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", "--master_port=29533",
+                       __file__, "--part", "ddp-worker", "--worker-out", str(record), "--train-samples",
+                       str(args.train_samples), "--fp32-cache", args.fp32_cache, "--ddp-steps", str(args.ddp_steps)]
+                env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+                load = os.getloadavg()[0]
+                start = time.perf_counter()
+                subprocess.run(cmd, check=True, env=env, cwd=Path(__file__).resolve().parents[1])
+                wall = time.perf_counter() - start
+                data = json.loads(record.read_text())
+            runs[f"{procs}x{threads}"].append({"round": round_, "processes": procs, "threads_per_process": threads,
+                                               "load_average_1min_before": round(load, 2),
+                                               "wall_seconds_incl_startup": round(wall, 1), **data})
+            print(json.dumps({k: v for k, v in runs[f"{procs}x{threads}"][-1].items() if k != "step_losses"}), flush=True)
+    summary = {}
+    reference = np.array(runs["1x2"][0]["step_losses"])
+    for layout, rounds in runs.items():
+        per_step = [r["seconds_per_step"] for r in rounds]
+        summary[layout] = {"median_seconds_per_step": float(np.median(per_step)), "min_seconds_per_step": min(per_step),
+                           "max_seconds_per_step": max(per_step),
+                           "max_abs_loss_difference_vs_1x2": max(float(np.max(np.abs(np.array(r["step_losses"]) - reference)))
+                                                                 for r in rounds)}
+    return {"global_batch": 128, "layouts": summary, "runs": runs}
 
 
 def ddp_worker(args: argparse.Namespace) -> None:
@@ -302,25 +428,33 @@ def save(args: argparse.Namespace, result: dict[str, Any]) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("accuracy", "placement", "ddp", "ddp-worker"), default="accuracy")
-    parser.add_argument("--train-samples", type=int, default=6000)
-    parser.add_argument("--test-samples", type=int, default=2000)
+    parser.add_argument("--part", choices=("accuracy", "screen", "placement", "ddp", "ddp-worker"), default="accuracy")
+    parser.add_argument("--variants", nargs="+", choices=tuple(SCREEN), help="--part screen: these only (default all)")
+    parser.add_argument("--train-samples", type=int, default=20000)
+    parser.add_argument("--test-samples", type=int, default=10000)
     parser.add_argument("--calibration-samples", type=int, default=512)
-    parser.add_argument("--fp32-epochs", type=int, default=3)
+    parser.add_argument("--fp32-epochs", type=int, default=5)
     parser.add_argument("--qat-epochs", type=int, default=1)
     parser.add_argument("--qat-lr", type=float, default=1e-4)
-    parser.add_argument("--ddp-steps", type=int, default=30)
+    parser.add_argument("--ddp-steps", type=int, default=60)
+    parser.add_argument("--ddp-rounds", type=int, default=3, help="interleaved repeats of each process layout")
     parser.add_argument("--qat-calibration-method", default="auto",
                         help="trtopt calibration of the tensors QAT did not range (ONNX Runtime layout)")
-    parser.add_argument("--fp32-cache", default=str(Path(tempfile.gettempdir()) / "bench_qat_fp32.pt"))
+    parser.add_argument("--fp32-cache", help="trained FP32 weights, reused when present (default: one file per "
+                        "--train-samples × --fp32-epochs in the temp folder)")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch threads for training (default 1: on a loaded 2-core machine two threads "
+                             "oversubscribe it and a step took 20× longer, measured)")
     parser.add_argument("--worker-out")
     parser.add_argument("--out")
     args = parser.parse_args()
     if args.part == "ddp-worker":
         ddp_worker(args)
         return
-    torch.set_num_threads(THREADS)
-    result = {"accuracy": part_accuracy, "placement": part_placement, "ddp": part_ddp}[args.part](args)
+    if args.fp32_cache is None:
+        args.fp32_cache = str(Path(tempfile.gettempdir()) / f"bench_qat_fp32_{args.train_samples}x{args.fp32_epochs}.pt")
+    torch.set_num_threads(args.torch_threads)
+    result = {"accuracy": part_accuracy, "screen": part_screen, "placement": part_placement, "ddp": part_ddp}[args.part](args)
     out = save(args, result)
     print(f"wrote {out}")
 

@@ -156,7 +156,7 @@ def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
     if unknown:
         raise TrtoptError(f"unknown key {where + str(unknown[0])!r} in {cls.__name__}",
                           f"valid keys: {', '.join(sorted(names))}", key=where + str(unknown[0]))
-    kwargs = {k: _coerce(hints[k], v, f"{where}{k}.") for k, v in data.items()}
+    kwargs = {k: _coerce(hints[k], _over_default(cls, k, v), f"{where}{k}.") for k, v in data.items()}
     try:
         return cls(**kwargs)
     except TypeError as e:
@@ -170,6 +170,21 @@ def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
         # the config's validators name its fields relatively ("opset=5 ..."); say where the field is
         problem = where + e.problem if e.problem.startswith(f"{e.key}=") else e.problem
         raise TrtoptError(problem, e.fix, key=where + e.key) from e
+
+def _over_default(cls: type, name: str, value: Any) -> Any:
+    """A mapping given for a field whose default is a config: the mapping merged over that default, so a
+    nested section changes only the keys it names (``qat: {training: {epochs: 2}}`` keeps QAT's own
+    learning rate and schedule rather than `DistillConfig`'s)."""
+    if not isinstance(value, dict):
+        return value
+    try:
+        default = field_default(cls, name)
+    except ValueError:  # a field without a default
+        return value
+    if not dataclasses.is_dataclass(default):
+        return value
+    # not _merge_dicts: in data, None is a value ("epochs: null" with max_steps), not "flag not given"
+    return {**to_dict(default), **value}
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
     """Convert YAML/JSON data to the annotated type: nested configs, tuples, dicts of tuples."""

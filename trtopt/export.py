@@ -284,7 +284,7 @@ def _finalize(staged: Path, config: ExportConfig, notes: list[str], loaded: Load
     rename_outputs_(model, loaded.output_names)
     _name_axes_(model, loaded, config)
     if config.simplify:
-        model = _simplify(model, notes)
+        model = simplify_graph(model, notes)
     kept = {i.name for i in model.graph.input}
     for s in loaded.inputs:
         if s.name not in kept:
@@ -372,8 +372,10 @@ def _rename_value(graph: Any, old: str, new: str) -> None:
             init.name = new
 
 
-def _simplify(model: Any, notes: list[str]) -> Any:
-    """onnxslim the model; if onnxslim fails, keep the exporter's graph and say so in the notes.
+def simplify_graph(model: Any, notes: list[str]) -> Any:
+    """onnxslim the ONNX ``model`` (a ModelProto); if onnxslim fails, keep the exporter's graph and say so.
+
+    Returns the simplified ModelProto (or ``model`` itself on failure); one line is appended to ``notes``.
 
     onnxslim walks the graph recursively, so deep graphs (transformers) need more than Python's default
     recursion limit; it is raised for the call and restored afterwards.

@@ -363,7 +363,7 @@ def _optimize(recipe: Recipe, out: Path, force: bool, on_step: StepCallback | No
     if "quantize" in stages:
         int8["quantize"] = _quantize(run, onnx, int8["calibration"])
     deploy = _deployables(onnx, int8.get("quantize")) if onnx else []
-    qat_trt = _qat_variants(run).get("qat-int8-tensorrt-qdq")
+    qat_trt = next((p for n, p in _qat_variants(run).items() if n.endswith("-int8-tensorrt-qdq")), None)
     deploy = ([("int8-qdq-qat", qat_trt)] if qat_trt else []) + deploy
     engines = _build(run, deploy) if "build" in stages else None
     bundle = _bundle(run, deploy, int8.get("calibration")) if "bundle" in stages else None
@@ -671,11 +671,12 @@ def _qat(run: _Run, previous: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _qat_variants(run: _Run) -> dict[str, str]:
-    """Variant name → path of the qat stage's INT8 models (none when the stage did not run)."""
+    """Variant name → path of the qat stage's INT8 models (none when the stage did not run), named by the
+    mode: ``qat-int8-onnxruntime`` / ``qat-int8-tensorrt-qdq``, or ``qad-…`` for distillation without labels."""
     entry = run.ledger.stages.get("qat") if "qat" in run.recipe.stages else None
     outputs = run.ledger.resolved(entry)["result"]["outputs"] if entry else {}
-    names = {"onnxruntime": "qat-int8-onnxruntime", "tensorrt": "qat-int8-tensorrt-qdq"}
-    return {names[t]: art["path"] for t, art in outputs.items()}
+    names = {"onnxruntime": "int8-onnxruntime", "tensorrt": "int8-tensorrt-qdq"}
+    return {f"{run.recipe.qat.mode}-{names[t]}": art["path"] for t, art in outputs.items()}
 
 
 def _calibrate(run: _Run, onnx: Mapping[str, Any]) -> dict[str, Any]:
@@ -837,7 +838,8 @@ def _profile(run: _Run, onnx: Mapping[str, Any], quantized: Mapping[str, Any] | 
     # Timed: what runs fast on this backend. The TensorRT-target Q/DQ and FP16-cast models are layouts for
     # TensorRT; on the CPU they run as reference semantics, so they are judged for accuracy only.
     timed = [(n, p) for n, p in _variants(run, onnx, quantized)
-             if n in ("onnxruntime-fp32", "onnxruntime-fp32-compressed", "onnxruntime-int8", "qat-int8-onnxruntime")]
+             if n in ("onnxruntime-fp32", "onnxruntime-fp32-compressed", "onnxruntime-int8", "qat-int8-onnxruntime",
+                       "qad-int8-onnxruntime")]
     material = {**run.model_key(), "variants": {n: run.file_digest(p) for n, p in timed}, "timing": to_dict(r.timing),
                 "batch_sizes": list(r.batch_sizes), "threads": r.threads, "ort": to_dict(ort), "data": run.source_key(r.data),
                 "compressed": run.digest(compressed) if compressed else None}

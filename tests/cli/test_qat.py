@@ -28,6 +28,32 @@ def test_recipe_qat_section_rules():
     assert recipe.qat.mode == "qad" and recipe.qat.training.max_steps == 3
 
 
+def test_recipe_nested_training_merges_over_the_qat_defaults():
+    from dataclasses import replace
+
+    from trtopt.compress.config import DistillConfig, QATConfig
+
+    # a nested block changes only what it names: QAT's own lr (1e-4) and schedule stay, not DistillConfig's
+    recipe = Recipe(model="zoo:digits_cnn", stages=("qat", "export"), train_data="dataset:digits:train",
+                    qat={"training": {"epochs": 2}})
+    assert recipe.qat.training == replace(QATConfig().training, epochs=2)
+    assert recipe.qat.training.lr == 1e-4 != DistillConfig().lr
+    # an explicit null is a value: epochs null with max_steps runs by steps
+    recipe = Recipe(model="zoo:digits_cnn", stages=("qat", "export"), train_data="dataset:digits:train",
+                    qat={"training": {"epochs": None, "max_steps": 7, "lr": 3e-4}})
+    assert (recipe.qat.training.epochs, recipe.qat.training.max_steps, recipe.qat.training.lr) == (None, 7, 3e-4)
+
+
+def test_training_progress_bar_is_labelled_by_command():
+    import argparse
+
+    from trtopt.cli._training import training_progress
+
+    for label in ("qat", "qad", "distill"):
+        progress, _ = training_progress(argparse.Namespace(quiet=True), True, label)
+        assert progress.columns[0].text_format == label
+
+
 @needs_modelopt
 def test_cli_qat_writes_both_layouts(tmp_path, capsys):
     out = tmp_path / "qat"

@@ -9,12 +9,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from trtopt.cli._common import console, count, ddp_rank, write_json_output
+from trtopt.cli._common import count, ddp_rank, write_json_output
+from trtopt.cli._training import check_split_labels, training_data, training_progress
 from trtopt.compress.config import OPTIMIZERS, OUTPUT_LOSSES, SCHEDULERS, DistillConfig
 from trtopt.errors import TrtoptError
-from trtopt.files import require_file
-
-DATASETS = ("digits",)
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -108,15 +106,14 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if args.loss == "auto" and "embedding" in teacher.output_names:
         config = replace(config, output_loss="cosine")
     # The student takes the teacher's inputs (a file or factory student may not declare its own).
-    train, evaluation = _data(args, teacher.inputs)
+    train, evaluation = training_data(args.data, args.eval_data, teacher.inputs)
+    if args.labels and train[1] is None:
+        raise TrtoptError(f"--labels given but {args.data} has no 'labels' array", "add labels to the .npz or drop --labels")
     if args.labels:
-        classes = _class_count(student.module, train[0])
-        for split, where in ((train, args.data), (evaluation, args.eval_data or args.data)):
-            if split is not None and split[1] is not None:
-                _check_labels(split[1], split[0], classes, where)
+        check_split_labels(student.module, train, evaluation, args.data, args.eval_data)
     else:
         train = (train[0], None)
-    progress, update = _progress_bar(args, main)
+    progress, update = training_progress(args, main, "distill")
     with progress:
         result = distill(student.module, teacher.module, train, config, eval_data=evaluation, progress=update)
     if not main:
@@ -133,72 +130,6 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data(args: argparse.Namespace, inputs) -> tuple[tuple[Any, Any], tuple[Any, Any] | None]:
-    """(train (inputs, labels), eval (inputs, labels) or None) for the student's inputs."""
-    if args.data in DATASETS:
-        from trtopt.datasets import load_dataset
-
-        train_split, test_split = load_dataset(args.data, "train"), load_dataset(args.data, "test")
-        train = (_model_inputs(train_split.inputs, inputs, args.data), train_split.labels)
-        evaluation = (_model_inputs(test_split.inputs, inputs, args.data), test_split.labels)
-        if args.eval_data:
-            evaluation = _npz(args.eval_data, inputs)
-        return train, evaluation
-    if not args.data.endswith(".npz"):
-        raise TrtoptError(f"--data {args.data!r} is neither a dataset name nor an .npz file",
-                          f"use {', '.join(DATASETS)} or an .npz with one array per input name")
-    train = _npz(args.data, inputs)
-    if args.labels and train[1] is None:
-        raise TrtoptError(f"--labels given but {args.data} has no 'labels' array", "add labels to the .npz or drop --labels")
-    return train, (_npz(args.eval_data, inputs) if args.eval_data else None)
-
-
-def _npz(path: str, inputs) -> tuple[Any, Any]:
-    from trtopt.data import load_npz
-
-    require_file(path, "data file", "check the path")
-    data = load_npz(path)
-    labels = data.pop("labels", None)
-    return _model_inputs(data, inputs, path), labels
-
-
-def _model_inputs(feed: dict[str, Any], inputs, where: str) -> Any:
-    """A checked feed as the model's positional inputs: one array, or a tuple in ``forward`` order."""
-    from trtopt.feeds import check_feed
-
-    if len(inputs) == 1 and len(feed) == 1:
-        feed = {inputs[0].name: next(iter(feed.values()))}
-    checked = check_feed(feed, inputs, source=where)
-    arrays = tuple(checked[s.name] for s in inputs)
-    return arrays[0] if len(arrays) == 1 else arrays
-
-
-def _class_count(module: Any, inputs: Any) -> int:
-    """Width of the student's output (its number of classes), from one forward pass on the first sample."""
-    import torch
-
-    arrays = inputs if isinstance(inputs, tuple) else (inputs,)
-    with torch.no_grad():
-        out = module(*(torch.from_numpy(a[:1].copy()) for a in arrays))
-    out = out[0] if isinstance(out, (tuple, list)) else out
-    return int(out.shape[-1])
-
-
-def _check_labels(labels: Any, inputs: Any, classes: int, where: str) -> None:
-    """Labels must be one integer class index in [0, classes) per sample; else one line naming the problem."""
-    import numpy as np
-
-    labels = np.asarray(labels)
-    samples = len(inputs[0] if isinstance(inputs, tuple) else inputs)
-    fix = f"save 'labels' as an int64 array of shape ({samples},) holding class indices 0..{classes - 1}"
-    if labels.dtype.kind not in "iu":
-        raise TrtoptError(f"labels in {where} are {labels.dtype}, not integer class indices", fix)
-    if labels.shape != (samples,):
-        raise TrtoptError(f"labels in {where} have shape {labels.shape}, not one per sample ({samples},)", fix)
-    bad = labels[(labels < 0) | (labels >= classes)]
-    if bad.size:
-        raise TrtoptError(f"labels in {where} hold {bad.size} value(s) outside 0..{classes - 1} (the student has "
-                          f"{classes} outputs), e.g. {int(bad[0])}", fix)
 
 
 def _save_student(module: Any, student: Any, teacher: Any, path: str, force: bool, metadata: dict[str, Any]) -> None:
@@ -212,19 +143,3 @@ def _save_student(module: Any, student: Any, teacher: Any, path: str, force: boo
     loaded = replace(student, module=module.eval(), inputs=teacher.inputs, output_names=teacher.output_names,
                      preprocess=teacher.preprocess, description=f"distilled from {teacher.spec}")
     save_module(loaded, path, force=force, metadata=metadata)
-
-
-def _progress_bar(args: argparse.Namespace, main: bool):
-    """A rich progress bar showing step, loss and the latest eval metric; (context, callback)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-
-    progress = Progress(TextColumn("distill"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-                        TimeElapsedColumn(), console=console(args), transient=True, disable=args.quiet or not main)
-    task = progress.add_task("distill", total=None, status="")
-
-    def update(p) -> None:
-        status = f"loss {p.loss:.4f}" + ("" if p.metric is None else f" · eval {p.metric:.4f}")
-        progress.update(task, completed=p.step, total=p.total_steps, status=status)
-
-    return progress, update

@@ -3,7 +3,7 @@
 A thin layer over `trtopt.compress.qat.qat` (ModelOpt fake quantization, trtopt's trainer) and
 `trtopt.quant.qat_export.export_qat` (TensorRT Q/DQ and ONNX Runtime layouts). Runs the same under
 ``torchrun --nproc_per_node=N -m trtopt qat ...`` (DDP); then only rank 0 exports and writes files.
-Data flags, label checks and the progress bar are `trtopt distill`'s.
+Data, label checks and the progress bar are shared with `trtopt distill` (`trtopt.cli._training`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 import os
 from typing import Any
 
-from trtopt.cli._common import count, write_json_output
+from trtopt.cli._common import count, ddp_rank, write_json_output
 from trtopt.compress.config import QAT_MODES, QATConfig
 from trtopt.errors import TrtoptError
 
@@ -61,13 +61,13 @@ def cmd_qat(args: argparse.Namespace) -> int:
     import numpy as np
 
     from trtopt._modelopt import import_modelopt
-    from trtopt.cli.distill import _check_labels, _class_count, _data, _progress_bar
+    from trtopt.cli._training import check_split_labels, training_data, training_progress
     from trtopt.compress.qat import qat
     from trtopt.files import check_outputs
     from trtopt.models.load import load_model
     from trtopt.quant.qat_export import export_qat
 
-    main = int(os.environ.get("RANK", "0")) == 0
+    main = ddp_rank() == 0
     out = os.path.join(args.output, "")
     paths = {t: os.path.join(out, f"model.{t}.onnx") for t in args.targets}
     record_path = os.path.join(out, "qat.json")
@@ -88,20 +88,16 @@ def cmd_qat(args: argparse.Namespace) -> int:
 
         load_checkpoint(args.resume)  # an unreadable checkpoint fails before the model and data load
     loaded = load_model(args.model, checkpoint=args.checkpoint)
-    args.labels = False  # the label check below names the mode, not distill's --labels flag
-    train, evaluation = _data(args, loaded.inputs)
+    train, evaluation = training_data(args.data, args.eval_data, loaded.inputs)
     if args.mode == "qat" and train[1] is None:
         raise TrtoptError(f"--mode qat trains on labels but {args.data} has no 'labels' array",
                           "add labels to the .npz, or use --mode qad (distillation from the FP32 model, no labels)")
     if args.mode == "qat":
-        classes = _class_count(loaded.module, train[0])
-        for split, where in ((train, args.data), (evaluation, args.eval_data or args.data)):
-            if split is not None and split[1] is not None:
-                _check_labels(split[1], split[0], classes, where)
+        check_split_labels(loaded.module, train, evaluation, args.data, args.eval_data)
     else:
         train = (train[0], None)
         evaluation = None if evaluation is None else (evaluation[0], None)
-    progress, update = _progress_bar(args, main)
+    progress, update = training_progress(args, main, "qat" if args.mode == "qat" else "qad")
     with progress:
         result = qat(loaded.module, train, config, eval_data=evaluation, progress=update)
     if not main:

@@ -25,8 +25,7 @@ from typing import Any
 
 from trtopt.artifacts import OnnxArtifact, Ranges, TensorRange, inspect_onnx
 from trtopt.errors import TrtoptError
-from trtopt.export import ExportConfig, export_onnx
-from trtopt.export import _simplify as simplify_graph
+from trtopt.export import ExportConfig, export_onnx, simplify_graph
 from trtopt.files import ensure_writable, staging_dir
 from trtopt.measure.compare import Tolerances
 from trtopt.models.spec import LoadedModel
