@@ -273,7 +273,8 @@ def speed(fp32: Path, variants: dict[str, Any], feed: dict[str, np.ndarray], ite
         cands.append(onnx_candidate(inspect_onnx(ort_path), "ort_quantize_static_int8", ort))
     cands += [onnx_candidate(inspect_onnx(path), name, ort) for name, path in (extra or {}).items()]
     timed = bench(cands, feed, batch_sizes, TimingConfig(warmup_iterations=5, iterations=iterations),
-                  also_versus=("ort_quantize_static_int8",) if ort_path is not None else (), repeats=REPEATS)
+                  also_versus=(("ort_quantize_static_int8",) if ort_path is not None else ()) + tuple(extra or ()),
+                  repeats=REPEATS)
     for c in cands:
         c.runner.close()
     rows = []
@@ -415,7 +416,8 @@ def minilm_row(tmp: Path, iterations: int) -> dict[str, Any]:
 
     return _row("minilm", f"Spearman rho of embedding cosine vs human ratings, Lee corpus ({len(human)} pairs of "
                           f"{len(docs)} news documents, first 64 tokens)", fp32, variants,
-                evaluate(fp32, variants, feed, score, extra)[0], speed(fp32, variants, feed, iterations, extra=extra),
+                evaluate(fp32, variants, feed, score, extra)[0],
+                speed(fp32, variants, feed, iterations, extra={**extra, **_control(variants)}),
                 calibration=f"{len(calib['input_ids'])} model-card sentences",
                 ort_quantize_static_matmul_gemm={k: v for k, v in same_ops.items() if k != "path"})
 

@@ -7,7 +7,8 @@ One set of calibrated ranges (`trtopt.quant.calibrate`) serves every target; onl
                  (Conv, MatMul, Gemm, Add, Relu, pooling, Concat, ...). On AVX-512 VNNI CPUs this is the
                  layout that is faster than FP32; S8S8 is not (ENVIRONMENT.md). Transformers (a graph
                  with LayerNorm or attention) get Q/DQ on MatMul/Gemm only: norms, softmax and residual
-                 adds stay float (:func:`transformer_markers`). Weights are 8-bit on CPUs whose INT8
+                 adds stay float (:func:`transformer_markers`), fused for ONNX Runtime first
+                 (:func:`fuse_float_ops`: BiasGelu, SkipLayerNormalization). Weights are 8-bit on CPUs whose INT8
                  kernels accumulate in int32 (VNNI, AMX), 7-bit on AVX2-only CPUs (see
                  :attr:`QuantizeConfig.reduce_range`).
 ``tensorrt``     TensorRT's explicit-quantization rules: symmetric int8 (zero point 0) everywhere,
