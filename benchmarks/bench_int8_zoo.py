@@ -19,6 +19,12 @@ onnxruntime-target models as ONNX Runtime runs them. Speed: FP32 ONNX Runtime vs
 quantize_static INT8, timed interleaved (2 threads) at batch 1 and 8: speedups are medians of per-round
 ratios with bootstrap intervals. This machine is shared (2 cores, other jobs running): the intervals say
 how far to trust each figure.
+Ties: on the labelled rows (fashion_mnist, digits) trtopt's onnxruntime-target model is compared with every
+other column on the same test images by McNemar's exact test (``paired_tests``; a tie is p >= 0.05);
+fashion_mnist also records each single range method's accuracy against method auto (``single_methods``)
+and whether ONNX Runtime runs trtopt's and quantize_static's models as the same graph
+(``runtime_graph_vs_ort``). minilm also runs quantize_static restricted to trtopt's transformer op set
+(MatMul/Gemm inputs only: ``ort_quantize_static_matmul_gemm``), the equal-accuracy comparison.
 Also: ResNet-18 (torchvision, random weights: speed only) INT8 vs FP32 at batch 1 and 8, 8- and 7-bit
 weights, with the CPU's ISA; and what method auto costs over one method (EfficientNet-Lite0, 256 and 1024
 samples: wall time and peak RSS, each run in a fresh process).
@@ -70,6 +76,7 @@ LITE_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientne
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 CACHE = Path.home() / ".cache" / "trtopt" / "bench_int8_zoo"
 MODELOPT_MAX_SAMPLES = 32
+REPEATS = 1  # independent timing runs per batch size (--repeats)
 
 
 # --- running models ---------------------------------------------------------------------------------------
@@ -130,21 +137,24 @@ class _Reader:
         return next(self.batches, None)
 
 
-def ort_quantize_static(fp32: Path, calib: dict[str, np.ndarray], out: Path) -> dict[str, Any]:
-    """ONNX Runtime's own CPU recipe: QDQ, uint8 activations, int8 per-channel weights, MinMax calibration."""
+def ort_quantize_static(fp32: Path, calib: dict[str, np.ndarray], out: Path,
+                        op_types: list[str] | None = None) -> dict[str, Any]:
+    """ONNX Runtime's own CPU recipe: QDQ, uint8 activations, int8 per-channel weights, MinMax calibration
+    (``op_types``: its ``op_types_to_quantize``; None = every op it quantizes)."""
     try:
-        return _ort_quantize_static_once(fp32, calib, out)
+        return _ort_quantize_static_once(fp32, calib, out, op_types)
     except ValueError as e:  # ORT's "Quantization parameters are not specified for param ..."
         return {"path": None, "seconds": None, "note": f"ONNX Runtime quantize_static failed: {str(e)[:200]}"}
 
 
-def _ort_quantize_static_once(fp32: Path, calib: dict[str, np.ndarray], out: Path) -> dict[str, Any]:
+def _ort_quantize_static_once(fp32: Path, calib: dict[str, np.ndarray], out: Path,
+                              op_types: list[str] | None) -> dict[str, Any]:
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     start = time.perf_counter()
-    prepared = out.with_name("ort_prepared.onnx")
+    prepared = out.with_name(out.stem + "_prepared.onnx")
     names = {i.name for i in onnx.load(str(fp32), load_external_data=False).graph.input}
     logging.getLogger().setLevel(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -154,7 +164,7 @@ def _ort_quantize_static_once(fp32: Path, calib: dict[str, np.ndarray], out: Pat
             quant_pre_process(str(fp32), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
         # MinMax adds ReduceMin/ReduceMax outputs: it keeps two numbers per tensor and batch, not the activations
         quantize_static(str(prepared), str(out), _Reader(calib, names), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=op_types)
     return {"path": out, "seconds": time.perf_counter() - start}
 
 
@@ -211,30 +221,60 @@ def all_variants(fp32: Path, calib: dict[str, np.ndarray], tmp: Path) -> dict[st
             "modelopt": modelopt_quantize(fp32, calib, tmp / "modelopt_int8.onnx")}
 
 
-def evaluate(fp32: Path, variants: dict[str, Any], feed: dict[str, np.ndarray], score) -> dict[str, Any]:
-    """``score(outputs, reference)`` for FP32 and every INT8 variant (None where a variant is missing)."""
+def evaluate(fp32: Path, variants: dict[str, Any], feed: dict[str, np.ndarray], score,
+             extra: dict[str, Path] | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``score(outputs, reference)`` for FP32 and every INT8 variant (None where a variant is missing), and
+    the outputs themselves (for paired tests). ``extra``: more onnxruntime-layout models to score, by name."""
     ref = outputs(fp32, feed)
     paths = {"trtopt_onnxruntime": (variants["trtopt"]["paths"]["onnxruntime"], False),
              "trtopt_tensorrt": (variants["trtopt"]["paths"]["tensorrt"], True),
              "ort_quantize_static": (variants["ort"]["path"], False),
-             "modelopt": (variants["modelopt"]["path"], True)}
-    result = {"fp32": score(ref, ref)}
+             "modelopt": (variants["modelopt"]["path"], True),
+             **{name: (path, False) for name, path in (extra or {}).items()}}
+    result, outs = {"fp32": score(ref, ref)}, {"fp32": ref}
     for name, (path, exact) in paths.items():
-        result[name] = score(outputs(path, feed, exact), ref) if path is not None else None
-    return result
+        if path is not None:
+            outs[name] = outputs(path, feed, exact)
+        result[name] = score(outs[name], ref) if path is not None else None
+    return result, outs
+
+
+def mcnemar(correct: dict[str, np.ndarray], ours: str = "trtopt_onnxruntime", level: float = 0.05) -> dict[str, Any]:
+    """Paired test of ``ours`` against every other variant on the same labelled samples: McNemar's exact test.
+
+    Only the discordant samples count: ``ours_only`` (ours right, the other wrong) and ``other_only``.
+    Under "same accuracy" each discordant sample is a fair coin, so p = two-sided binomial test of
+    ``ours_only`` in ``ours_only + other_only`` trials (McNemar 1947; exact form, scipy.stats.binomtest).
+    ``tie`` is p ≥ ``level``: the accuracy difference is within what these samples can resolve.
+    """
+    from scipy.stats import binomtest
+
+    tests = {}
+    for name, other in correct.items():
+        if name == ours:
+            continue
+        b, c = int(np.sum(correct[ours] & ~other)), int(np.sum(~correct[ours] & other))
+        p = float(binomtest(b, b + c).pvalue) if b + c else 1.0
+        tests[name] = {"ours_only": b, "other_only": c, "accuracy_difference": (b - c) / len(other),
+                       "mcnemar_exact_p": p, "tie": p >= level, "better": p < level and b > c}
+    return {"method": f"McNemar exact (two-sided binomial on the discordant samples), {ours} vs each; "
+                      f"tie = p >= {level}", "versus": tests}
 
 
 def speed(fp32: Path, variants: dict[str, Any], feed: dict[str, np.ndarray], iterations: int,
-          batch_sizes=(1, 8)) -> list[dict[str, Any]]:
-    """FP32 vs trtopt INT8 (onnxruntime target) vs quantize_static INT8, interleaved, with intervals."""
+          batch_sizes=(1, 8), extra: dict[str, Path] | None = None) -> list[dict[str, Any]]:
+    """FP32 vs trtopt INT8 (onnxruntime target) vs quantize_static INT8 (and ``extra`` models), interleaved,
+    with intervals."""
     ort = OrtConfig(intra_op_threads=THREADS)
     ort_path = variants["ort"]["path"]
     cands = [onnx_candidate(inspect_onnx(fp32), "fp32", ort),
              onnx_candidate(inspect_onnx(variants["trtopt"]["paths"]["onnxruntime"]), "trtopt_int8", ort)]
     if ort_path is not None:
         cands.append(onnx_candidate(inspect_onnx(ort_path), "ort_quantize_static_int8", ort))
+    cands += [onnx_candidate(inspect_onnx(path), name, ort) for name, path in (extra or {}).items()]
     timed = bench(cands, feed, batch_sizes, TimingConfig(warmup_iterations=5, iterations=iterations),
-                  also_versus=("ort_quantize_static_int8",) if ort_path is not None else ())
+                  also_versus=(("ort_quantize_static_int8",) if ort_path is not None else ()) + tuple(extra or ()),
+                  repeats=REPEATS)
     for c in cands:
         c.runner.close()
     rows = []
@@ -245,8 +285,42 @@ def speed(fp32: Path, variants: dict[str, Any], feed: dict[str, np.ndarray], ite
                      "p50_ms": {k: round(v["latency_ms_p50"], 3) for k, v in c.items()},
                      "trtopt_vs_fp32": c["trtopt_int8"]["speedup_vs_baseline"],
                      "ort_vs_fp32": ort_int8["speedup_vs_baseline"] if ort_int8 else None,
-                     "trtopt_vs_ort": c["trtopt_int8"]["speedup_vs"]["ort_quantize_static_int8"] if ort_int8 else None})
+                     "trtopt_vs_ort": c["trtopt_int8"]["speedup_vs"]["ort_quantize_static_int8"] if ort_int8 else None,
+                     **{f"{name}_vs_fp32": c[name]["speedup_vs_baseline"] for name in (extra or {})},
+                     **{f"trtopt_vs_{name}": c["trtopt_int8"]["speedup_vs"].get(name) for name in (extra or {})},
+                     **{f"{name}_vs_ort": c[name].get("speedup_vs", {}).get("ort_quantize_static_int8") for name in (extra or {})}})
     return rows
+
+
+def _control(variants: dict[str, Any]) -> dict[str, Path]:
+    """quantize_static's model timed a second time in its own session: what two runs of one graph differ by
+    on this machine (``ort_quantize_static_int8_again_vs_ort``), the scale for judging trtopt_vs_ort."""
+    return {"ort_quantize_static_int8_again": variants["ort"]["path"]} if variants["ort"]["path"] is not None else {}
+
+
+def same_runtime_graph(first: Path, second: Path) -> dict[str, Any]:
+    """Whether ONNX Runtime runs the two models as the same graph: node by node after its optimizations
+    (op type, domain, attributes, initializer shapes/dtypes, per-channel axes), scale/zero-point values
+    aside. Returns the verdict, the node counts and the first differing node pair."""
+    import onnx
+    import onnxruntime
+    from onnx import numpy_helper
+
+    def runtime_nodes(path: Path) -> list[str]:
+        optimized = path.with_suffix(".runtime.onnx")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.log_severity_level = THREADS, 3
+        options.optimized_model_filepath = str(optimized)
+        onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        model = onnx.load(str(optimized))
+        shapes = {t.name: f"{numpy_helper.to_array(t).dtype}{list(t.dims)}" for t in model.graph.initializer}
+        return [f"{n.domain}:{n.op_type} {sorted((a.name, str(onnx.helper.get_attribute_value(a))) for a in n.attribute)} "
+                f"{[shapes.get(i, 'activation') for i in n.input]}" for n in model.graph.node]
+
+    a, b = runtime_nodes(first), runtime_nodes(second)
+    differ = next(((x, y) for x, y in zip(a, b) if x != y), None)
+    return {"identical": a == b, "nodes": [len(a), len(b)], "first_difference": differ,
+            "compared": "ONNX Runtime's optimized graphs (level all): op, domain, attributes, initializer dtypes/shapes"}
 
 
 def _row(name: str, metric: str, fp32: Path, variants: dict[str, Any], accuracy: dict[str, Any],
@@ -296,7 +370,7 @@ def image_row(name: str, tmp: Path, iterations: int) -> dict[str, Any]:
         return {"top1_agreement": float(np.mean(out.argmax(1) == ref.argmax(1))), "cosine": cosine(ref, out)}
 
     return _row(name, f"top-1 agreement with FP32 on {len(evaluation['input'])} real images (19 photos + 128 "
-                      "other crops of them; no labels)", fp32, variants, evaluate(fp32, variants, evaluation, score),
+                      "other crops of them; no labels)", fp32, variants, evaluate(fp32, variants, evaluation, score)[0],
                 speed(fp32, variants, photos, iterations), calibration="128 random crops of the photos (seed 0)")
 
 
@@ -320,6 +394,9 @@ def minilm_row(tmp: Path, iterations: int) -> dict[str, Any]:
     feed = {k: np.asarray(v) for k, v in tokenize_for_minilm(docs).items()}
     fp32 = export_onnx(loaded, tmp / "minilm.onnx", ExportConfig(), feed=feed, force=True).path
     variants = all_variants(fp32, calib, tmp)
+    # the equal-accuracy comparison: quantize_static on trtopt's op set for transformers (GEMM inputs only)
+    same_ops = ort_quantize_static(fp32, calib, tmp / "ort_int8_matmul_gemm.onnx", ["MatMul", "Gemm"])
+    extra = {"ort_quantize_static_matmul_gemm": same_ops["path"]} if same_ops["path"] is not None else {}
     human = ratings[np.triu_indices(len(docs), k=1)]
 
     def rho(emb: np.ndarray, docs_idx: np.ndarray) -> float:
@@ -339,8 +416,10 @@ def minilm_row(tmp: Path, iterations: int) -> dict[str, Any]:
 
     return _row("minilm", f"Spearman rho of embedding cosine vs human ratings, Lee corpus ({len(human)} pairs of "
                           f"{len(docs)} news documents, first 64 tokens)", fp32, variants,
-                evaluate(fp32, variants, feed, score), speed(fp32, variants, feed, iterations),
-                calibration=f"{len(calib['input_ids'])} model-card sentences")
+                evaluate(fp32, variants, feed, score, extra)[0],
+                speed(fp32, variants, feed, iterations, extra={**extra, **_control(variants)}),
+                calibration=f"{len(calib['input_ids'])} model-card sentences",
+                ort_quantize_static_matmul_gemm={k: v for k, v in same_ops.items() if k != "path"})
 
 
 def _idx(path: Path) -> np.ndarray:
@@ -401,9 +480,26 @@ def fashion_row(tmp: Path, iterations: int, epochs: int = 2) -> dict[str, Any]:
     def score(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
         return {"accuracy": float(np.mean(out.argmax(1) == test_y)), "top1_agreement": float(np.mean(out.argmax(1) == ref.argmax(1)))}
 
-    return _row("fashion_mnist", f"test accuracy ({len(test_y)} labelled images)", fp32, variants,
-                evaluate(fp32, variants, {"input": test_x}, score), speed(fp32, variants, {"input": test_x[:64]}, iterations),
-                calibration="512 training images", training_seconds=train_s, trained_model_cached=str(cached))
+    accuracy, outs = evaluate(fp32, variants, {"input": test_x}, score)
+    return _row("fashion_mnist", f"test accuracy ({len(test_y)} labelled images)", fp32, variants, accuracy,
+                speed(fp32, variants, {"input": test_x[:64]}, iterations, extra=_control(variants)),
+                calibration="512 training images",
+                paired_tests=mcnemar({k: v.argmax(1) == test_y for k, v in outs.items()}),
+                single_methods=single_methods(fp32, calib, {"input": test_x}, test_y, outs["trtopt_onnxruntime"], tmp),
+                runtime_graph_vs_ort=same_runtime_graph(variants["trtopt"]["paths"]["onnxruntime"], variants["ort"]["path"]),
+                training_seconds=train_s, trained_model_cached=str(cached))
+
+
+def single_methods(fp32: Path, calib: dict[str, np.ndarray], feed: dict[str, np.ndarray], labels: np.ndarray,
+                   default: np.ndarray, tmp: Path) -> dict[str, Any]:
+    """Accuracy of the onnxruntime-target model with each single range method (no recovery step, the
+    default for a named method) against the default (method auto), paired on the same labelled samples."""
+    correct = {"trtopt_onnxruntime": default.argmax(1) == labels}
+    for method in ("mse", "entropy", "percentile", "minmax"):
+        ranges = calibrate(fp32, calib, CalibrationConfig(method=method))
+        path = quantize(fp32, ranges, tmp / f"trtopt_{method}.onnx", QuantizeConfig(), force=True).path
+        correct[method] = outputs(path, feed).argmax(1) == labels
+    return {"accuracy": {k: float(v.mean()) for k, v in correct.items()}, "paired_tests": mcnemar(correct)}
 
 
 def digits_row(tmp: Path, iterations: int) -> dict[str, Any]:
@@ -419,9 +515,11 @@ def digits_row(tmp: Path, iterations: int) -> dict[str, Any]:
         return {"accuracy": float(np.mean(out.argmax(1) == test.labels)),
                 "top1_agreement": float(np.mean(out.argmax(1) == ref.argmax(1)))}
 
-    return _row("digits", f"test accuracy ({len(test.labels)} labelled images)", fp32, variants,
-                evaluate(fp32, variants, test.inputs, score), speed(fp32, variants, test.inputs, iterations),
-                calibration="256 training images")
+    accuracy, outs = evaluate(fp32, variants, test.inputs, score)
+    return _row("digits", f"test accuracy ({len(test.labels)} labelled images)", fp32, variants, accuracy,
+                speed(fp32, variants, test.inputs, iterations, extra=_control(variants)), calibration="256 training images",
+                paired_tests=mcnemar({k: v.argmax(1) == test.labels for k, v in outs.items()}),
+                runtime_graph_vs_ort=same_runtime_graph(variants["trtopt"]["paths"]["onnxruntime"], variants["ort"]["path"]))
 
 
 def resnet18_speed(tmp: Path, iterations: int) -> dict[str, Any]:
@@ -554,8 +652,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="rows to run (default: all)")
     parser.add_argument("--iterations", type=int, default=40, help="timed calls per candidate and batch size")
+    parser.add_argument("--repeats", type=int, default=1, help="independent timing runs per batch size, pooled")
     parser.add_argument("--fresh", action="store_true", help="start a new JSON instead of merging into the existing one")
     args = parser.parse_args()
+    global REPEATS
+    REPEATS = args.repeats
     results: dict[str, Any] = {"rows": {}}
     if OUT.is_file() and not args.fresh:
         results = json.loads(OUT.read_text())
