@@ -11,7 +11,7 @@ and fidelity to the FP32 model on *held-out* data, for
    storage ratio (zeros cost nothing after deflate) and fidelity.
 
 Data:
-- EfficientNet-Lite0 (ImageNet weights): the 19 scikit-image photos split by photo: random 224 px crops
+- EfficientNet-Lite0/1/2 (ImageNet weights): the 19 scikit-image photos split by photo: random 224/240/260 px crops
   (with flips) of photos 0-9 train and choose bits, crops of photos 10-18 are held out; metric: top-1
   agreement with FP32. Goal ≥ 6× at agreement ≥ 0.95.
 - all-MiniLM-L6-v2: ~1,300 sentences from Python standard-library docstrings train and choose bits; the
@@ -36,36 +36,39 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compress_common import THREADS, docstring_sentences
 
-from trtopt.compress.config import ShareConfig
+from trtopt.compress.config import ShareConfig, tied_finetune
 from trtopt.compress.distill import fidelity_probe
 from trtopt.compress.share import save_shared, share_weights
 from trtopt.environment import environment
 from trtopt.files import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CNNS = {"lite0": 224, "lite1": 240, "lite2": 260}  # EfficientNet-Lite variant → input size (px)
 
 
-def photo_crops(photo_ids: list[int], count: int, seed: int) -> np.ndarray:
-    """``count`` random 224 px crops (half flipped) of the given scikit-image photos, ImageNet-normalized."""
+def photo_crops(photo_ids: list[int], count: int, seed: int, size: int = 224) -> np.ndarray:
+    """``count`` random ``size`` px crops (half flipped) of the given scikit-image photos resized to ``size`` + 32
+    px (the models' evaluation resize), ImageNet-normalized; float32 (count, 3, size, size)."""
     from trtopt.data import skimage_photos
     from trtopt.models.spec import ImagePreprocess
 
-    photos = skimage_photos(ImagePreprocess(size=256, resize=256))[photo_ids]
+    full = size + 32
+    photos = skimage_photos(ImagePreprocess(size=full, resize=full))[photo_ids]
     rng = np.random.default_rng(seed)
-    out = np.empty((count, 3, 224, 224), np.float32)
+    out = np.empty((count, 3, size, size), np.float32)
     for k in range(count):
         img = photos[k % len(photos)]
-        top, left = rng.integers(0, 256 - 224 + 1, size=2)
-        crop = img[:, top:top + 224, left:left + 224]
+        top, left = rng.integers(0, full - size + 1, size=2)
+        crop = img[:, top:top + size, left:left + size]
         out[k] = crop[:, :, ::-1] if rng.random() < 0.5 else crop
     return out
 
 
-def cnn_data(train_count: int, eval_count: int, probe_count: int) -> dict[str, Any]:
-    train = photo_crops(list(range(10)), train_count, seed=1)
+def cnn_data(train_count: int, eval_count: int, probe_count: int, size: int) -> dict[str, Any]:
+    train = photo_crops(list(range(10)), train_count, seed=1, size=size)
     return {"train": (train, None), "choose": (train[:probe_count], None),
-            "held_out": (photo_crops(list(range(10, 19)), eval_count, seed=2), None),
-            "description": f"train: {train_count} crops of skimage photos 0-9 (bits chosen on {probe_count} of them); "
+            "held_out": (photo_crops(list(range(10, 19)), eval_count, seed=2, size=size), None),
+            "description": f"train: {train_count} {size} px crops of skimage photos 0-9 (bits chosen on {probe_count} of them); "
                            f"held out: {eval_count} crops of photos 10-18"}
 
 
@@ -103,7 +106,7 @@ def row(outcome: Any, held_out: Any, tmp: Path, name: str) -> dict[str, Any]:
     return out
 
 
-def run_model(spec: str, target: float, steps: int, lr: float, data: dict[str, Any], embeddings: bool,
+def run_model(spec: str, target: float, steps: int, lr: float, batch: int, data: dict[str, Any], embeddings: bool,
               candidate_bits: tuple[int, ...], tmp: Path, combined: bool) -> dict[str, Any]:
     from trtopt.models.load import load_model
 
@@ -116,8 +119,7 @@ def run_model(spec: str, target: float, steps: int, lr: float, data: dict[str, A
     mixed_cfg = ShareConfig(target_ratio=target, candidate_bits=candidate_bits)
     mixed = share_weights(model, mixed_cfg, choose, on_step=step)
     rows.append(row(mixed, held_out, tmp, f"mixed_{target}x"))
-    tuned_cfg = ShareConfig(layer_bits=mixed.bits.layer_bits, finetune_steps=steps, finetune_lr=lr,
-                            finetune_batch_size=16)
+    tuned_cfg = ShareConfig(layer_bits=mixed.bits.layer_bits, finetune=tied_finetune(steps, lr, batch))
     tuned = share_weights(model, tuned_cfg, None, data["train"], embeddings)
     tuned.bits = mixed.bits
     rows.append(row(tuned, held_out, tmp, f"mixed_{target}x_tied_finetune_{steps}"))
@@ -153,9 +155,11 @@ def combined_row(model: Any, held_out: Any, data: dict[str, Any], tmp: Path) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--models", nargs="+", default=["lite0", "minilm"], choices=("lite0", "minilm"))
+    parser.add_argument("--models", nargs="+", default=["lite0", "minilm"], choices=(*CNNS, "minilm"))
     parser.add_argument("--cnn-steps", type=int, default=60)
     parser.add_argument("--minilm-steps", type=int, default=160)
+    parser.add_argument("--cnn-batch", type=int, default=16, help="samples per tied fine-tuning step (CNNs)")
+    parser.add_argument("--minilm-batch", type=int, default=16, help="samples per tied fine-tuning step (MiniLM)")
     parser.add_argument("--cnn-train", type=int, default=160)
     parser.add_argument("--cnn-eval", type=int, default=90)
     parser.add_argument("--probe", type=int, default=24, help="samples the bit choice is measured on")
@@ -168,11 +172,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for name in args.models:
-            if name == "lite0":
-                res = run_model("zoo:efficientnet_lite0", 6.0, args.cnn_steps, 1e-4,
-                                cnn_data(args.cnn_train, args.cnn_eval, args.probe), False, bits, tmp, args.combined)
+            if name in CNNS:
+                res = run_model(f"zoo:efficientnet_{name}", 6.0, args.cnn_steps, 1e-4, args.cnn_batch,
+                                cnn_data(args.cnn_train, args.cnn_eval, args.probe, CNNS[name]), False, bits, tmp,
+                                args.combined)
             else:
-                res = run_model("zoo:minilm_l6", 7.0, args.minilm_steps, 5e-4, minilm_data(args.probe), True, bits, tmp,
+                res = run_model("zoo:minilm_l6", 7.0, args.minilm_steps, 5e-4, args.minilm_batch, minilm_data(args.probe), True, bits, tmp,
                                 False)
             out = RESULTS / f"share_pretrained_{name}.json"
             write_json(out, {"benchmark": "weight sharing on pretrained models (issue 17)", "threads": THREADS,

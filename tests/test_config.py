@@ -289,6 +289,17 @@ def test_load_recipe_reports_unknown_key_with_path(tmp_path):
     assert "intra_op_threads" in str(e.value)
 
 
+def test_recipe_cluster_finetune_is_a_distill_config(tmp_path):
+    from trtopt.compress.config import DistillConfig
+
+    path = tmp_path / "r.yaml"
+    path.write_text("model: m\ncluster:\n  bits: 3\n  finetune:\n    epochs: null\n    max_steps: 60\n    lr: 1.0e-4\n",
+                    encoding="utf-8")
+    tune = load_recipe(path).cluster.finetune
+    assert isinstance(tune, DistillConfig)
+    assert (tune.epochs, tune.max_steps, tune.lr, tune.batch_size) == (None, 60, 1e-4, DistillConfig.batch_size)
+
+
 @pytest.mark.parametrize("body, line, key, fragment", [
     # a torch-side section: the line of the offending field, not of its section
     ("model: m\nstages: [prune, export]\nprune:\n  method: structured\n  ratio: 1.5\n", 5, "prune.ratio",
@@ -300,6 +311,8 @@ def test_load_recipe_reports_unknown_key_with_path(tmp_path):
      "prune.importance='taylor' ranks channels"),
     ("model: m\nexport:\n  exporter: dynamo\n  simplify: false\n  opset: 17\n", 5, "export.opset", "export.opset=17 is below 18"),
     # two levels deep
+    ("model: m\ncluster:\n  finetune:\n    max_steps: 60\n    lr: -0.1\n", 5, "cluster.finetune.lr",
+     "cluster.finetune.lr=-0.1 must be a number > 0"),
     ("model: m\nexport:\n  parity:\n    rtol: 0.1\n    atol: -1\n", 5, "export.parity.atol", "export.parity.atol=-1"),
     # a top-level field
     ("model: m\nbatch_sizes: [1, 0]\n", 2, "batch_sizes", "batch_sizes=(1, 0) must be a non-empty list of integers in 1..65536"),

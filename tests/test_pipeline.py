@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from trtopt._config import from_dict
-from trtopt.compress.config import ShareConfig
+from trtopt.compress.config import ShareConfig, tied_finetune
 from trtopt.config import Recipe
 from trtopt.errors import TrtoptError
 from trtopt.measure.profile import TimingConfig
@@ -359,7 +359,7 @@ def test_a_ledger_of_the_wrong_shape_is_one_error_naming_the_stage(tmp_path, sta
 @pytest.mark.slow
 def test_cluster_stage_measures_fidelity_and_fine_tunes_tied(tmp_path):
     recipe = replace(Recipe(model="zoo:digits_cnn", batch_sizes=(1,), threads=1), stages=("cluster",),
-                     cluster=ShareConfig(bits=2, finetune_steps=6, finetune_batch_size=32, finetune_lr=1e-3),
+                     cluster=ShareConfig(bits=2, finetune=tied_finetune(6, lr=1e-3, batch_size=32)),
                      data="dataset:digits:test", train_data="dataset:digits:train")
     report, _ = optimize(recipe, tmp_path / "run")
     summary = report["compression"]["cluster"]

@@ -579,7 +579,7 @@ def _apply_cluster(run: _Run, source: Any, config: Any) -> tuple[Any, dict[str, 
         return inputs, labels_for(data_source)
 
     probe = fidelity_probe(source.module, split(r.data), embeddings) if r.data else None
-    train = split(r.train_data) if config.finetune_steps and r.train_data else None
+    train = split(r.train_data) if config.finetune and r.train_data else None
     key = hashlib.sha256(json.dumps([to_dict(config), run.source_key(r.train_data)], sort_keys=True,
                                     default=str).encode()).hexdigest()[:12]
     run.step(f"clustering weights ({config.bits} bits, per {config.granularity})")

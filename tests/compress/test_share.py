@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from trtopt.compress.config import ShareConfig
+from trtopt.compress.config import ShareConfig, tied_finetune
 from trtopt.compress.share import (
     cluster_weights_,
     kmeans_1d,
@@ -349,14 +349,14 @@ def test_tied_finetuning_recovers_fidelity_keeps_ties_and_resumes_exactly(digits
 
     model, test, train = digits
     probe = fidelity_probe(model, test, embeddings=False)
-    config = ShareConfig(bits=2, finetune_steps=40, finetune_lr=1e-3, finetune_batch_size=32)
+    config = ShareConfig(bits=2, finetune=tied_finetune(40, lr=1e-3, batch_size=32))
     out = share_weights(model, config, probe, train)
     assert out.fidelity_finetuned["value"] > out.fidelity["value"] + 0.01
     assert out.finetune["steps"] == 40 and out.finetune["loss_last"] < out.finetune["loss_first"]
     for name, m in (("conv2", out.model.conv2), ("fc", out.model.fc)):
         assert _distinct(m.weight, "layer") <= 4, name
     # interrupted after a few steps, then resumed: the same weights as a straight run
-    short = ShareConfig(bits=2, finetune_steps=8, finetune_lr=1e-3, finetune_batch_size=32)
+    short = ShareConfig(bits=2, finetune=tied_finetune(8, lr=1e-3, batch_size=32))
     straight = share_weights(model, short, None, train, checkpoint_dir=str(tmp_path / "a"))
 
     def stop(p):

@@ -329,17 +329,23 @@ def test_missing_checkpoint(tmp_path):
 # --- zoo -------------------------------------------------------------------------------------------
 
 
-def test_zoo_efficientnet_lite0_classifies_coffee_as_espresso():
+# parameters and input size of EfficientNet-Lite0/1/2 (the reference's 4.7 M / 5.4 M / 6.1 M; 224 / 240 / 260 px)
+EFFICIENTNET_LITES = [(0, EFFICIENTNET_LITE0_PARAMS, 224), (1, 5_416_680, 240), (2, 6_092_072, 260)]
+
+
+@pytest.mark.parametrize(("variant", "params", "size"), EFFICIENTNET_LITES)
+def test_zoo_efficientnet_lite_classifies_coffee_as_espresso(variant, params, size):
     pytest.importorskip("efficientnet_lite_pytorch")
     skimage_data = pytest.importorskip("skimage.data")
     from PIL import Image
 
     from trtopt.data import preprocess_image, skimage_photos
 
-    m = load_model("zoo:efficientnet_lite0")
+    m = load_model(f"zoo:efficientnet_lite{variant}")
     assert not m.module.training
-    assert parameter_count(m.module) == EFFICIENTNET_LITE0_PARAMS
-    assert m.inputs[0].shape == (3, 224, 224)
+    assert parameter_count(m.module) == params
+    assert m.inputs[0].shape == (3, size, size)
+    assert m.preprocess.size == size
     x = preprocess_image(Image.fromarray(skimage_data.coffee()), m.preprocess)
     with torch.no_grad():
         probs = torch.softmax(m.module(torch.from_numpy(x)[None]), dim=1)[0]

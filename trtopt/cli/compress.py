@@ -25,7 +25,15 @@ from trtopt.cli._common import (
     step_printer,
     write_json_output,
 )
-from trtopt.compress.config import CONV_SCHEMES, GRANULARITIES, LowRankConfig, ShareConfig
+from trtopt.compress.config import (
+    CONV_SCHEMES,
+    GRANULARITIES,
+    TIED_FINETUNE_BATCH_SIZE,
+    TIED_FINETUNE_LR,
+    LowRankConfig,
+    ShareConfig,
+    tied_finetune,
+)
 from trtopt.errors import TrtoptError
 
 
@@ -72,9 +80,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
                          exclude=tuple(args.exclude or ()), min_elements=args.min_elements, int8_grid=args.int8_grid,
                          seed=args.seed, target_ratio=args.target_ratio, max_accuracy_drop=args.max_accuracy_drop,
                          protect_first_last=not args.no_protect, protect_depthwise=not args.no_protect,
-                         finetune_steps=args.finetune_steps, finetune_lr=args.lr,
-                         finetune_batch_size=args.batch_size)
-    needs_data = config.target_ratio is not None or config.max_accuracy_drop is not None or config.finetune_steps
+                         finetune=tied_finetune(args.finetune_steps, args.lr, args.batch_size))
+    needs_data = config.target_ratio is not None or config.max_accuracy_drop is not None or config.finetune is not None
     if needs_data and args.data in (None, "random") and args.train_data is None:
         raise TrtoptError("mixed bits and fine-tuning need real data, but no --data was given",
                           "give --data (evaluation) and --train-data (fine-tuning), e.g. --data skimage:photos --train-data skimage:crops:256")
@@ -90,7 +97,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     probe = None
     if args.data not in (None, "random"):
         probe = fidelity_probe(loaded.module, _model_data(args, loaded, args.data, args.samples), embeddings)
-    train = _model_data(args, loaded, args.train_data or args.data, args.train_samples) if config.finetune_steps else None
+    train = _model_data(args, loaded, args.train_data or args.data, args.train_samples) if config.finetune else None
     outcome = share_weights(loaded.module, config, probe, train, embeddings, args.checkpoint_dir, bool(args.resume),
                            on_step=step_printer(args))
     if not main:
@@ -284,14 +291,14 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     mixed.add_argument("--no-protect", action="store_true",
                        help=f"do not keep the first/last and depthwise layers at {ShareConfig.protected_bits} bits")
     tune = p.add_argument_group("tied fine-tuning (distillation from the original; DDP under torchrun)")
-    tune.add_argument("--finetune-steps", type=int, default=ShareConfig.finetune_steps,
+    tune.add_argument("--finetune-steps", type=int, default=0,
                       help="optimizer steps with the weights kept tied (default %(default)s: none)")
     tune.add_argument("--train-data", help="fine-tuning data (default: --data); keep --data held out for fidelity")
     tune.add_argument("--train-samples", type=count(), default=None, help="use at most this many training samples")
     tune.add_argument("--labels", action="store_true", help="use the labels of dataset:NAME:SPLIT sources "
                       "(accuracy in the fidelity; α·CE + (1 − α)·KD in fine-tuning)")
-    tune.add_argument("--lr", type=float, default=ShareConfig.finetune_lr, help="peak learning rate (default %(default)s)")
-    tune.add_argument("--batch-size", type=int, default=ShareConfig.finetune_batch_size,
+    tune.add_argument("--lr", type=float, default=TIED_FINETUNE_LR, help="peak learning rate (default %(default)s)")
+    tune.add_argument("--batch-size", type=int, default=TIED_FINETUNE_BATCH_SIZE,
                       help="samples per step, global under DDP (default %(default)s)")
     tune.add_argument("--checkpoint-dir", help="write fine-tuning checkpoints (last.pt) here")
     tune.add_argument("--resume", action="store_true", help="continue the fine-tuning from --checkpoint-dir/last.pt")

@@ -258,10 +258,11 @@ class ShareConfig:
             ``protected_bits`` under mixed allocation (input stem and classifier are the most sensitive).
         protect_depthwise: keep depthwise convolutions (groups == in_channels > 1) at ``protected_bits``.
         protected_bits: bits of protected layers.
-        finetune_steps: tied fine-tuning steps after clustering (0: none); distillation from the original
-            model (with labels: α·CE + (1 − α)·KD), weights kept tied (`tie_weights`).
-        finetune_lr: peak learning rate of the tied fine-tuning (AdamW, cosine schedule).
-        finetune_batch_size: samples per fine-tuning step.
+        finetune: the tied fine-tuning run after clustering, a `DistillConfig` (None: no fine-tuning):
+            distillation from the original model (with labels: α·CE + (1 − α)·KD; embeddings: cosine, whatever
+            ``output_loss`` says), weights kept tied (`trtopt.compress.share.tie_weights`); its steps/epochs,
+            lr, batch size, optimizer, schedule and seed apply, its checkpoint fields are set by the caller.
+            `tied_finetune` builds the usual one (``max_steps`` steps, AdamW, cosine, lr 1e-4, batch 16).
     """
 
     bits: int = 4
@@ -280,9 +281,7 @@ class ShareConfig:
     protect_first_last: bool = True
     protect_depthwise: bool = True
     protected_bits: int = 8
-    finetune_steps: int = 0
-    finetune_lr: float = 1e-4
-    finetune_batch_size: int = 16
+    finetune: DistillConfig | None = None
 
     def __post_init__(self) -> None:
         check_int("bits", self.bits, 1, 8, fix="choose b in 1..8 (2^b shared values; 4 bits = 16 is typical)")
@@ -295,14 +294,22 @@ class ShareConfig:
                      fix="give the storage ratio vs FP32 to reach, e.g. 6")
         check_number("max_accuracy_drop", self.max_accuracy_drop, 0, 1, optional=True,
                      fix="give the allowed drop as a fraction, e.g. 0.02")
-        check_int("finetune_steps", self.finetune_steps, minimum=0, fix="e.g. 200 (0: no fine-tuning)")
-        check_number("finetune_lr", self.finetune_lr, 0, low_open=True, fix="e.g. 1e-4")
-        check_int("finetune_batch_size", self.finetune_batch_size, fix="e.g. 16")
         check_choice("granularity", self.granularity, GRANULARITIES,
                      fix="use 'layer' (smallest file) or 'channel' (lower error)")
         check_int("min_elements", self.min_elements, minimum=0, fix="e.g. 64")
         check_int("max_iterations", self.max_iterations, fix="e.g. 300")
         check_int("init_sample", self.init_sample, fix="e.g. 16384")
+
+
+TIED_FINETUNE_LR = 1e-4  # small: the codebooks start close to the original weights
+TIED_FINETUNE_BATCH_SIZE = 16
+
+
+def tied_finetune(steps: int, lr: float = TIED_FINETUNE_LR, batch_size: int = TIED_FINETUNE_BATCH_SIZE) -> DistillConfig | None:
+    """The `ShareConfig.finetune` of ``steps`` tied fine-tuning steps (None for 0 steps): AdamW at peak ``lr``,
+    cosine schedule, ``batch_size`` samples per step, the last weights kept (no evaluation to pick a best)."""
+    check_int("finetune_steps", steps, minimum=0, fix="e.g. 200 (0: no fine-tuning)")
+    return DistillConfig(epochs=None, max_steps=steps, lr=lr, batch_size=batch_size, restore_best=False) if steps else None
 
 
 # -- QAT / QAD (quantization-aware training) ---------------------------

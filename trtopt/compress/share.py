@@ -476,17 +476,18 @@ class ShareOutcome:
 
 
 def tied_distill_config(config: ShareConfig, embeddings: bool, checkpoint_dir: str | None = None,
-                        resume: bool = False, seed: int = 0) -> Any:
-    """The `DistillConfig` of tied fine-tuning: ``config.finetune_steps`` AdamW steps at ``finetune_lr``
-    (cosine schedule), loss KD (with labels α·CE + (1 − α)·KD) or cosine for embeddings; checkpoints in
-    ``checkpoint_dir`` and, with ``resume``, continuing from its ``last.pt`` when one exists."""
-    from trtopt.compress.config import DistillConfig
+                        resume: bool = False) -> Any:
+    """The `DistillConfig` of the tied fine-tuning: ``config.finetune`` with the loss by output kind (logits:
+    KD; embeddings: its cosine or mse loss, cosine by default), checkpoints in ``checkpoint_dir`` (four per
+    run counted in steps, else at epoch ends) and, with ``resume``, continuing from its ``last.pt`` when one
+    exists."""
+    from dataclasses import replace
 
+    tune = config.finetune
     resume_from = checkpoint_dir if resume and checkpoint_dir and (Path(checkpoint_dir) / "last.pt").exists() else None
-    return DistillConfig(output_loss="cosine" if embeddings else "kl", epochs=None, max_steps=config.finetune_steps,
-                         batch_size=config.finetune_batch_size, lr=config.finetune_lr, checkpoint_dir=checkpoint_dir,
-                         checkpoint_every=max(1, config.finetune_steps // 4), resume_from=resume_from, seed=seed,
-                         restore_best=False)
+    loss = ("cosine" if tune.output_loss == "kl" else tune.output_loss) if embeddings else "kl"
+    return replace(tune, output_loss=loss, checkpoint_dir=checkpoint_dir, resume_from=resume_from,
+                   checkpoint_every=max(1, tune.max_steps // 4) if tune.max_steps else None)
 
 
 def share_weights(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[str, Any]] | None = None,
@@ -499,8 +500,8 @@ def share_weights(model: Any, config: ShareConfig, probe: Callable[[Any], Mappin
         model: the original ``nn.Module``; not modified (a copy is clustered) - it is the teacher of the
             fine-tuning.
         config: `ShareConfig`. ``target_ratio`` / ``max_accuracy_drop`` pick per-layer bits with
-            :func:`choose_bits` (needs ``probe``); ``finetune_steps`` > 0 fine-tunes with weights tied
-            (needs ``train_data``).
+            :func:`choose_bits` (needs ``probe``); ``finetune`` (a `DistillConfig`) fine-tunes with weights
+            tied (needs ``train_data``).
         probe: ``probe(model) -> dict`` measuring fidelity to the original (e.g.
             `trtopt.compress.distill.fidelity_probe` on held-out data); None: no fidelity figures.
         train_data: ``(inputs, labels-or-None)`` for fine-tuning (and nothing else).
@@ -521,17 +522,19 @@ def share_weights(model: Any, config: ShareConfig, probe: Callable[[Any], Mappin
     if mixed and probe is None:
         raise TrtoptError("mixed bit-widths (target_ratio / max_accuracy_drop) are chosen from measured fidelity, "
                           "but no data was given", "give evaluation data (trtopt cluster --data ...)")
-    if config.finetune_steps and train_data is None:
-        raise TrtoptError(f"finetune_steps={config.finetune_steps} but no training data was given",
-                          "give training data (trtopt cluster --train-data or --data), or finetune_steps=0")
+    if config.finetune is not None and train_data is None:
+        raise TrtoptError("tied fine-tuning (finetune) was asked for but no training data was given",
+                          "give training data (trtopt cluster --train-data or --data), or no finetune")
     choice = choose_bits(model, config, probe, on_step) if mixed else None
     if choice is not None:
         config = replace(config, layer_bits=choice.layer_bits)
     clustered, result = cluster_weights_(copy.deepcopy(model), config, on_step)
     outcome = ShareOutcome(clustered, result, choice, dict(probe(clustered)) if probe else None)
-    if config.finetune_steps:
+    if config.finetune is not None:
         if on_step:
-            on_step(f"tied fine-tuning for {config.finetune_steps} steps (distillation from the original)")
+            tune = config.finetune
+            length = f"{tune.max_steps} steps" if tune.max_steps else f"{tune.epochs} epoch(s)"
+            on_step(f"tied fine-tuning for {length} (distillation from the original)")
         clustered.requires_grad_(True)  # the copy of a model that once served as a teacher comes frozen
         # Normalization statistics stay the original's: fine-tuning on a few samples should recover the
         # original function, not re-estimate BatchNorm from small batches (a pre-hook keeps them in eval mode).

