@@ -24,7 +24,10 @@ other column on the same test images by McNemar's exact test (``paired_tests``; 
 fashion_mnist also records each single range method's accuracy against method auto (``single_methods``)
 and whether ONNX Runtime runs trtopt's and quantize_static's models as the same graph
 (``runtime_graph_vs_ort``). minilm also runs quantize_static restricted to trtopt's transformer op set
-(MatMul/Gemm inputs only: ``ort_quantize_static_matmul_gemm``), the equal-accuracy comparison.
+(MatMul/Gemm inputs only: ``ort_quantize_static_matmul_gemm``), the equal-accuracy comparison. On
+minilm, fashion_mnist and digits, quantize_static's model is also timed in a second session
+(``ort_quantize_static_int8_again``): how far two sessions of one model differ here, the scale against
+which trtopt_vs_ort is read. ``--repeats N`` pools N independent timing runs per batch size.
 Also: ResNet-18 (torchvision, random weights: speed only) INT8 vs FP32 at batch 1 and 8, 8- and 7-bit
 weights, with the CPU's ISA; and what method auto costs over one method (EfficientNet-Lite0, 256 and 1024
 samples: wall time and peak RSS, each run in a fresh process).

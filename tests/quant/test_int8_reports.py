@@ -129,6 +129,21 @@ def test_transformer_gets_matmul_gemm_only_on_onnxruntime_and_says_so(encoder, t
     assert np.mean(ref.argmax(1) == got.argmax(1)) >= 0.95
 
 
+def test_a_failing_transformer_fusion_leaves_the_graph_unfused_and_says_so(encoder, tmp_path, monkeypatch):
+    from onnxruntime.transformers import optimizer
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("pattern the optimizer chokes on")
+
+    monkeypatch.setattr(optimizer, "optimize_model", broken)
+    art, feed, ranges = encoder
+    out = quantize(art.path, ranges, tmp_path / "enc.onnx", QuantizeConfig(), force=True)
+    assert any("transformer fusions failed (pattern the optimizer chokes on); float ops left unfused" in n
+               for n in out.notes)
+    assert "BiasGelu" not in {n.op_type for n in onnx.load(str(out.path)).graph.node}
+    assert _cosine(_run(art.path, feed), _run(out.path, feed)) >= 0.999  # the same INT8 model, unfused
+
+
 def test_explicit_op_types_win_over_the_transformer_default(encoder, tmp_path):
     art, feed, ranges = encoder
     config = QuantizeConfig(op_types=("MatMul", "Gemm", "Add"))
