@@ -224,3 +224,17 @@ def test_usage_errors_are_one_line(argv, needle, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert_one_line_error(Outcome(exit_info.value.code, "", err), needle, "--help")
+
+
+def test_compare_prints_outputs_with_no_finite_element(tmp_path, monkeypatch, capsys):
+    """Inputs that overflow the model (3e38) leave no finite output pair to measure: the summary line says n/a
+    (formatting None as a number was a traceback)."""
+    from tests.helpers.cli import run_here
+    from tests.helpers.tiny_artifacts import make_tiny_artifacts
+
+    made = make_tiny_artifacts(tmp_path)
+    np.save(tmp_path / "overflow.npy", np.full((4, 3, 32, 32), 3e38, np.float32))
+    monkeypatch.chdir(tmp_path)
+    result = run_here(["compare", made["onnx"], made["onnx"], "--data", "overflow.npy"], capsys)
+    assert result.returncode in (0, 1) and "Traceback" not in result.stderr
+    assert "max abs n/a, max rel n/a, p99 abs n/a" in result.stdout
