@@ -260,7 +260,7 @@ def test_a_file_without_numpy_header_is_not_advised_to_be_unpickled(tmp_path):
     """numpy reads a file with no .npy header as a pickle and advises allow_pickle; trtopt names the file instead."""
     path = tmp_path / "notes.npy"
     path.write_text("hello", encoding="utf-8")
-    with pytest.raises(TrtoptError, match="notes.npy is not a numpy file") as e:
+    with pytest.raises(TrtoptError, match="notes.npy is not a readable numpy file \\(no .npy header") as e:
         load_feed(path, CNN_INPUTS)
     assert "allow_pickle" not in str(e.value) and "pickle" not in str(e.value)
 
