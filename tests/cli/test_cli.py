@@ -238,3 +238,14 @@ def test_compare_prints_outputs_with_no_finite_element(tmp_path, monkeypatch, ca
     result = run_here(["compare", made["onnx"], made["onnx"], "--data", "overflow.npy"], capsys)
     assert result.returncode in (0, 1) and "Traceback" not in result.stderr
     assert "max abs n/a, max rel n/a, p99 abs n/a" in result.stdout
+
+
+@pytest.mark.parametrize("stages, needle", [("", "stages='' is not one of"), ("export, bogus", "stages='bogus' is not one of")])
+def test_optimize_stages_flag_is_read_strictly(stages, needle, tmp_path, monkeypatch, capsys):
+    """--stages '' was silently no override; names after ', ' are read without the space."""
+    from tests.helpers.cli import run_here
+
+    (tmp_path / "r.yaml").write_text("model: tests.helpers.tiny_models:tiny_cnn\nstages: [export]\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(run_here(["optimize", "r.yaml", "--out", "run", "--stages", stages], capsys), needle)
+    assert not (tmp_path / "run").exists()
