@@ -256,6 +256,15 @@ def test_pickled_npy_is_refused(tmp_path):
         load_feed(path, CNN_INPUTS)
 
 
+def test_a_file_without_numpy_header_is_not_advised_to_be_unpickled(tmp_path):
+    """numpy reads a file with no .npy header as a pickle and advises allow_pickle; trtopt names the file instead."""
+    path = tmp_path / "notes.npy"
+    path.write_text("hello", encoding="utf-8")
+    with pytest.raises(TrtoptError, match="notes.npy is not a readable numpy file \\(no .npy header") as e:
+        load_feed(path, CNN_INPUTS)
+    assert "allow_pickle" not in str(e.value) and "pickle" not in str(e.value)
+
+
 def test_wrong_per_sample_shape_names_input_and_both_shapes(tmp_path):
     path = tmp_path / "x.npy"
     np.save(path, rng_array((2, 3, 64, 64)))

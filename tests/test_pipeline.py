@@ -116,6 +116,17 @@ def test_a_folder_that_is_not_a_run_directory_is_refused(tmp_path):
         assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
+@pytest.mark.parametrize("out, needle", [("notes.txt", "run directory {} is a file, not a folder"),
+                                         ("notes.txt/run", "lies below {}, which is a file")])
+def test_a_run_directory_that_is_or_lies_below_a_file_is_refused(tmp_path, out, needle):
+    """--out naming a file (or a path below one) was an OSError traceback from mkdir."""
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(TrtoptError, match="fix:") as e:
+        optimize(tiny_recipe(), tmp_path / out)
+    assert needle.format(tmp_path / ("notes.txt" if "below" in needle else out)) in str(e.value)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_a_run_that_fails_before_any_stage_leaves_no_folder(tmp_path):
     """A new run directory (and the parents it needed) is removed when the run fails before a stage finished:
     it would hold only the lock and an empty ledger, a half-made run."""

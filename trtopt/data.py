@@ -238,6 +238,9 @@ def _np_read(path: Path, read: Callable[[Path], Any]) -> Any:
         if "Object arrays cannot be loaded" in str(e):  # numpy's words for an object array under allow_pickle=False
             raise TrtoptError(f"{path} holds an object array (pickled Python objects), which trtopt does not load",
                               "save plain numeric arrays (numpy.save/savez of int or float arrays)") from e
+        if "allow_pickle" in str(e):  # numpy takes a file with no numpy header for a pickle and advises unpickling it
+            raise TrtoptError(f"{path} is not a readable numpy file (no .npy header, not an .npz archive)",
+                              "re-save it with numpy.save/savez") from e
         raise TrtoptError(f"{path} is not a readable numpy file ({first_line(e, 160, with_type=True)})",
                           "re-save it with numpy.save/savez") from e
 

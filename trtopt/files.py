@@ -156,6 +156,20 @@ def ensure_replaceable_dir(path: PathLike, force: bool, is_ours: Callable[[Path]
     return p
 
 
+def ensure_creatable_dir(path: PathLike, what: str) -> Path:
+    """Check, before any work, that a folder output (a run directory) can be made at ``path`` or already is one.
+
+    Raises TrtoptError naming ``what`` and the path when it is a file (or another non-folder), lies below a file,
+    has a name the filesystem cannot hold, or lies in a folder that is not writable.
+    """
+    p = Path(path)
+    _check_name(p)
+    if p.exists() and not p.is_dir():
+        raise TrtoptError(f"{what} {p} is a file, not a folder", f"give a folder path for the {what}")
+    _check_parent(p)
+    return p
+
+
 def _check_target(p: Path, inputs: Iterable[PathLike | None], what: str) -> Path:
     """The checks every output file gets, whether replaced or appended to."""
     _check_name(p)  # first: stat() of a name that is too long fails with ENAMETOOLONG

@@ -45,7 +45,7 @@ from trtopt._config import to_dict
 from trtopt._version import __version__
 from trtopt.config import Recipe, dump_recipe
 from trtopt.errors import TrtoptError
-from trtopt.files import sha256_file, write_json, write_text
+from trtopt.files import ensure_creatable_dir, sha256_file, write_json, write_text
 from trtopt.progress import ProgressCallback, StepCallback, running
 
 LEDGER = "stages.json"
@@ -92,6 +92,7 @@ class Ledger:
         ``force`` re-runs the stages of a run directory; it never turns a folder trtopt did not write (the
         current directory, a folder of inputs) into one.
         """
+        ensure_creatable_dir(out, "run directory")
         if out.is_dir() and not (out / LEDGER).is_file() and any(p.name != LOCK for p in out.iterdir()):
             raise TrtoptError(f"{out} holds files but is not a trtopt run directory (no {LEDGER}); trtopt does not "
                               "write a run into a folder it did not create, even with --force",

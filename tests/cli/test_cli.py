@@ -244,3 +244,28 @@ def test_usage_errors_are_one_line(argv, needle, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert_one_line_error(Outcome(exit_info.value.code, "", err), needle, "--help")
+
+
+def test_compare_prints_outputs_with_no_finite_element(tmp_path, monkeypatch, capsys):
+    """Inputs that overflow the model (3e38) leave no finite output pair to measure: the summary line says n/a
+    (formatting None as a number was a traceback)."""
+    from tests.helpers.cli import run_here
+    from tests.helpers.tiny_artifacts import make_tiny_artifacts
+
+    made = make_tiny_artifacts(tmp_path)
+    np.save(tmp_path / "overflow.npy", np.full((4, 3, 32, 32), 3e38, np.float32))
+    monkeypatch.chdir(tmp_path)
+    result = run_here(["compare", made["onnx"], made["onnx"], "--data", "overflow.npy"], capsys)
+    assert result.returncode in (0, 1) and "Traceback" not in result.stderr
+    assert "max abs n/a, max rel n/a, p99 abs n/a" in result.stdout
+
+
+@pytest.mark.parametrize("stages, needle", [("", "stages='' is not one of"), ("export, bogus", "stages='bogus' is not one of")])
+def test_optimize_stages_flag_is_read_strictly(stages, needle, tmp_path, monkeypatch, capsys):
+    """--stages '' was silently no override; names after ', ' are read without the space."""
+    from tests.helpers.cli import run_here
+
+    (tmp_path / "r.yaml").write_text("model: tests.helpers.tiny_models:tiny_cnn\nstages: [export]\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(run_here(["optimize", "r.yaml", "--out", "run", "--stages", stages], capsys), needle)
+    assert not (tmp_path / "run").exists()

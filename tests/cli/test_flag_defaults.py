@@ -238,3 +238,36 @@ def test_a_switch_flag_changes_its_field_from_the_config_default(command, flag, 
 def test_distill_auto_switches_default_to_the_config_auto_and_set_true(flag, name):
     action, _ = _action("distill", flag)
     assert action.default is field_default(DistillConfig, name) is None and action.const is True
+
+
+#: Flags of other tools that trtopt's messages and docstrings quote: trtexec (its lines are rendered in
+#: trtopt/trt/), torchrun, nvidia-smi and Polygraphy.
+FOREIGN_FLAGS = {"--nproc", "--query-gpu", "--format", "--val-range", "--calib", "--fp16", "--int8", "--saveEngine",
+                 "--stronglyTyped", "--useCudaGraph", "--noCudaGraph", "--includeDataTransfers", "--noDataTransfers",
+                 "--useDLACore", "--allowGPUFallback", "--avgRuns", "--builderOptimizationLevel", "--excludeLeanRuntime",
+                 "--exportLayerInfo", "--hardwareCompatibilityLevel", "--memPoolSize", "--profilingVerbosity",
+                 "--sparsity", "--timingCacheFile", "--useSpinWait", "--versionCompatible", "--warmUp"}
+
+
+def test_every_flag_a_message_names_exists():
+    """A fix that names a flag trtopt does not have does not work (``--exclude-op-type`` and
+    ``trtopt quantize --list-nodes`` were named by two errors)."""
+    from pathlib import Path
+
+    import trtopt
+
+    def flags(parser: argparse.ArgumentParser) -> set[str]:  # a parser's own flags and its subcommands', nested
+        found = set(parser._option_string_actions)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    found |= flags(sub)
+        return found
+
+    ours = flags(build_parser())
+    unknown = {}
+    for path in Path(trtopt.__file__).parent.rglob("*.py"):
+        for flag in re.findall(r"(?<![\w-])--[a-zA-Z][a-zA-Z0-9-]+", path.read_text(encoding="utf-8")):
+            if flag not in ours and flag not in FOREIGN_FLAGS:
+                unknown.setdefault(flag, path.name)
+    assert not unknown, f"flags named in trtopt's text that no command has: {unknown}"

@@ -162,6 +162,9 @@ def tiny_int8(tmp_path_factory):
     (["quantize", "tiny.onnx", "--precision", "fp16", "--ranges", "ranges.json", "-o", "out.onnx"],
      "--ranges applies to INT8"),
     (["quantize", "tiny.onnx", "--precision", "fp16", "--data", "random", "-o", "out.onnx"], "--data applies to INT8"),
+    # the fix names the model's own layers (it named a --list-nodes flag that does not exist)
+    (["quantize", "tiny.onnx", "--ranges", "ranges.json", "--exclude", "nosuch", "-o", "out.onnx"],
+     "fix: give a node name (tiny.onnx has e.g. node_Conv"),
 ])
 def test_quantize_refuses_what_it_would_get_wrong(args, needle, tiny_int8, tmp_path, monkeypatch, capsys):
     """An INT8 model calibrated or quantized again, a drop bar that is NaN or a percentage, and INT8-only flags

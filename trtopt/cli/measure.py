@@ -158,7 +158,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """``trtopt compare``: run both models on the same inputs and compare every output; exit status (1 on a mismatch)."""
     from trtopt.files import check_outputs
     from trtopt.measure.bench import open_candidate, run_all
-    from trtopt.measure.compare import compare_outputs
+    from trtopt.measure.compare import compare_outputs, measured
 
     check_outputs([args.json], args.force, inputs=[args.reference, args.candidate, args.checkpoint, args.data])
     declared = input_declarations(args)
@@ -172,8 +172,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     write_json_output(args.json, result, args.force)
     for out in result["outputs"]:
         agree = "" if out["top1_agreement"] is None else f", top-1 agreement {out['top1_agreement']:.3f}"
-        print(f"{'PASS' if out['passed'] else 'FAIL'} {out['output']}: max abs {out['max_abs_error']:.3e}, "
-              f"max rel {out['max_rel_error']:.3e}, p99 abs {out['abs_error_p99']:.3e}, cosine {out['cosine']}{agree}")
+        print(f"{'PASS' if out['passed'] else 'FAIL'} {out['output']}: max abs {measured(out['max_abs_error'], 3, 'e')}, "
+              f"max rel {measured(out['max_rel_error'], 3, 'e')}, p99 abs {measured(out['abs_error_p99'], 3, 'e')}, "
+              f"cosine {measured(out['cosine'], 6)}{agree}"
+              + (f", {out['nan_count']} NaN/inf in the candidate" if out["nan_count"] else ""))
     for out in result["outputs"]:
         if out["reference_nan_count"]:
             print(f"trtopt: warning: the reference gives {out['reference_nan_count']} NaN/inf in output "

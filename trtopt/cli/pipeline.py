@@ -41,7 +41,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe)
     recipe = merge(recipe, {"threads": args.threads, "timing": {"iterations": args.iterations},
-                            "stages": args.stages.split(",") if args.stages else None,
+                            "stages": [s.strip() for s in args.stages.split(",")] if args.stages is not None else None,
                             "trust_code": True if args.trust_code else None})
     out = args.out or str(Path("runs") / Path(args.recipe).stem)
     progress, update = progress_bar(args)

@@ -198,9 +198,9 @@ def failed_outputs_message(result: Mapping[str, Any]) -> str:
             continue
         tol = result.get("per_output_tolerances", {}).get(entry["output"], result["tolerances"])
         total = math.prod(entry["shape"])
-        text = (f"output '{entry['output']}': max_abs_error {_number(entry['max_abs_error'])} "
-                f"(atol {tol['atol']:g}), max_rel_error {_number(entry['max_rel_error'])} "
-                f"(rtol {tol['rtol']:g}), cosine {_number(entry['cosine'], 6)} (min {tol['min_cosine']:g}), "
+        text = (f"output '{entry['output']}': max_abs_error {measured(entry['max_abs_error'])} "
+                f"(atol {tol['atol']:g}), max_rel_error {measured(entry['max_rel_error'])} "
+                f"(rtol {tol['rtol']:g}), cosine {measured(entry['cosine'], 6)} (min {tol['min_cosine']:g}), "
                 f"{entry['mismatched_elements']}/{total} elements mismatched")
         if entry["nan_count"]:
             text += f", {entry['nan_count']} NaN/inf in the candidate"
@@ -208,9 +208,10 @@ def failed_outputs_message(result: Mapping[str, Any]) -> str:
     return "; ".join(parts) if parts else "all outputs are within tolerances"
 
 
-def _number(value: float | None, digits: int = 3) -> str:
-    """A compact rendering of a measured value for messages ('n/a' when there was nothing to measure)."""
-    return "n/a" if value is None else f"{value:.{digits}g}"
+def measured(value: float | None, digits: int = 3, kind: str = "g") -> str:
+    """A measured value rendered for messages with ``digits`` in format ``kind`` ("g", "e"), or 'n/a' when there
+    was nothing to measure (an error statistic of an output that is NaN or inf everywhere is None)."""
+    return "n/a" if value is None else f"{value:.{digits}{kind}}"
 
 
 def concat_batches(batches: Sequence[Mapping[str, ArrayLike]]) -> dict[str, np.ndarray]:

@@ -45,6 +45,10 @@ def node_modules(model: Any) -> dict[str, str]:
     return modules
 
 
+#: Ops that make a model worth quantizing at all (they hold the MACs); an --exclude error offers their nodes.
+COMPUTE_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
 def resolve_layer_names(model: Any, names: Iterable[str], model_name: str = "the model") -> dict[str, tuple[str, list[str]]]:
     """Each of ``names`` → (what it named: "node", "tensor" or "module", the node names it stands for).
 
@@ -53,7 +57,7 @@ def resolve_layer_names(model: Any, names: Iterable[str], model_name: str = "the
     parameters. Node names win over tensor names, tensor names over modules.
 
     Raises:
-        TrtoptError: a name that is none of the three, with the fix of listing the model's layers.
+        TrtoptError: a name that is none of the three; the fix names some of the model's layers.
     """
     nodes = {n.name for n in model.graph.node}
     producer = {out: n.name for n in model.graph.node for out in n.output}
@@ -67,8 +71,13 @@ def resolve_layer_names(model: Any, names: Iterable[str], model_name: str = "the
         else:
             matched = [node for node, module in own.items() if module == name or module.startswith(name + ".")]
             if not matched:
+                # the fix names real layers: trtopt has no command that lists them
+                compute = [n.name for n in model.graph.node if n.op_type in COMPUTE_OP_TYPES] or sorted(nodes)
+                modules = sorted(set(own.values()))
+                examples = ", ".join(compute[:4]) + (f" (of {len(compute)})" if len(compute) > 4 else "")
+                module_hint = f"a module path such as {modules[0]}" if modules else "a PyTorch module path"
                 raise TrtoptError(f"--exclude names {name!r}, which is no node, tensor or PyTorch module of {model_name}",
-                                  "give a node name (trtopt quantize --list-nodes), an activation tensor name, or a "
-                                  "module path such as layer1.0.conv1; or exclude by op type")
+                                  f"give a node name ({model_name} has e.g. {examples}), an activation tensor name, or "
+                                  f"{module_hint}; or exclude by op type")
             resolved[name] = ("module", matched)
     return resolved

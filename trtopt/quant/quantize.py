@@ -40,7 +40,7 @@ from trtopt.environment import cpu_isa
 from trtopt.errors import TrtoptError, first_line
 from trtopt.files import ensure_writable, staging_dir
 from trtopt.progress import StepCallback
-from trtopt.quant.names import resolve_layer_names
+from trtopt.quant.names import COMPUTE_OP_TYPES, resolve_layer_names
 
 TARGETS = ("onnxruntime", "tensorrt")
 # Who places Q/DQ: trtopt (ONNX Runtime's quantizer with trtopt's rules) or NVIDIA ModelOpt (tensorrt only).
@@ -49,8 +49,6 @@ QUANTIZERS = ("trtopt", "modelopt")
 FP16_CONVERTERS = ("onnxconverter", "autocast")
 # Ops whose inputs carry Q/DQ in TensorRT's rules (weights and activations).
 TENSORRT_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-# Ops that make a model worth quantizing at all (they hold the MACs).
-COMPUTE_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 PER_CHANNEL_OPSET = 13  # the first opset whose QuantizeLinear/DequantizeLinear take an axis
 # The onnxruntime target's default for transformers: the GEMMs hold the MACs; LayerNorm, Softmax and the
 # residual Adds lose the most from per-tensor uint8 (an outlier channel sets their range).
@@ -213,7 +211,7 @@ def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.Pa
         except onnx.checker.ValidationError as e:  # ONNX Runtime's tool can emit graphs the checker rejects
             first = " ".join(str(e).split())[:240]
             raise TrtoptError(f"quantizing {source.path.name} for target {config.target} gives an invalid model: {first}",
-                              "keep the op named there in FP32 (--exclude-op-type OP) or quantize a simpler graph") from e
+                              "keep the op named there in FP32 (--exclude OPTYPE, e.g. --exclude Resize) or quantize a simpler graph") from e
         side = staged.with_name(staged.name + ".data")
         if side.exists():  # the weights' side file first: the model never refers to a missing one
             os.replace(side, target.with_name(target.name + ".data"))
