@@ -59,6 +59,19 @@ def test_qat_inserts_calibrated_quantizers_and_trains():
     assert result.to_dict()["mode"] == "qat"
 
 
+@pytest.mark.parametrize("freeze", [True, False])
+def test_qat_keeps_batchnorm_statistics_unless_told(freeze):
+    from trtopt.compress.qat import qat
+
+    x, y = _data()
+    before = _net().stem[1].running_mean.clone()
+    result = qat(_net(), (x, y), QATConfig(calibration_samples=32, training=_train(3), freeze_batchnorm=freeze))
+    bn = result.model.stem[1]
+    assert torch.equal(bn.running_mean, before) is freeze  # statistics frozen with the calibrated ranges
+    assert not torch.equal(bn.weight, torch.ones_like(bn.weight))  # BatchNorm's affine weights train either way
+    assert not bn._forward_pre_hooks and bn.training is False  # the freezing hooks are gone; eval mode as returned
+
+
 def test_qat_resume_is_bit_for_bit(tmp_path):
     from trtopt.compress.qat import qat
 
