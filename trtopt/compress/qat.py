@@ -107,7 +107,8 @@ def qat(model: nn.Module, train_data: Any, config: QATConfig | None = None, eval
         raise TrtoptError(f"ModelOpt found no Conv/Linear layer to quantize in {type(model).__name__}",
                           "QAT pays off for models whose MACs sit in Conv/Linear layers; keep this model in FP32/FP16")
     training = config.training
-    with frozen_batchnorm(model) if config.freeze_batchnorm else contextlib.nullcontext():
+    frozen = config.freeze_batchnorm or config.eval_mode
+    with frozen_batchnorm(model, everything=config.eval_mode) if frozen else contextlib.nullcontext():
         if config.mode == "qat":
             result = distill(model, None, train_data, replace(training, alpha=1.0), eval_data=eval_data, metric=metric,
                              progress=progress)

@@ -133,13 +133,15 @@ class TrainerState:
         return cls(**{f.name: copy.deepcopy(checkpoint[f.name]) for f in fields(cls)})
 
 @contextlib.contextmanager
-def frozen_batchnorm(model: nn.Module) -> Iterator[nn.Module]:
+def frozen_batchnorm(model: nn.Module, everything: bool = False) -> Iterator[nn.Module]:
     """Within the block, every BatchNorm layer of ``model`` runs in eval mode (its running statistics used,
     never updated), also while the model trains: fine-tuning on a few samples or small batches should keep
     the original's normalization (and, for fake-quantized models, the ranges calibrated with it) rather than
-    re-estimate it. The layers' weights and biases still train. Yields ``model``."""
+    re-estimate it. The layers' weights and biases still train. ``everything``: every module runs in eval
+    mode (dropout and stochastic depth off too), so a pretrained model's training forward equals its
+    inference forward. Yields ``model``."""
     hooks = [m.register_forward_pre_hook(lambda mod, _a: setattr(mod, "training", False))
-             for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+             for m in model.modules() if everything or isinstance(m, nn.modules.batchnorm._BatchNorm)]
     try:
         yield model
     finally:
