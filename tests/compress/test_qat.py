@@ -59,6 +59,34 @@ def test_qat_inserts_calibrated_quantizers_and_trains():
     assert result.to_dict()["mode"] == "qat"
 
 
+@pytest.mark.parametrize("freeze", [True, False])
+def test_qat_keeps_batchnorm_statistics_unless_told(freeze):
+    from trtopt.compress.qat import qat
+
+    x, y = _data()
+    before = _net().stem[1].running_mean.clone()
+    result = qat(_net(), (x, y), QATConfig(calibration_samples=32, training=_train(3), freeze_batchnorm=freeze))
+    bn = result.model.stem[1]
+    assert torch.equal(bn.running_mean, before) is freeze  # statistics frozen with the calibrated ranges
+    assert not torch.equal(bn.weight, torch.ones_like(bn.weight))  # BatchNorm's affine weights train either way
+    assert not bn._forward_pre_hooks and bn.training is False  # the freezing hooks are gone; eval mode as returned
+
+
+def test_frozen_batchnorm_everything_turns_dropout_off_while_training():
+    from trtopt.compress.trainer import frozen_batchnorm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.9), nn.BatchNorm1d(4)).train()
+    x = torch.randn(8, 4)
+    expected = model.eval()(x)
+    model.train()
+    with frozen_batchnorm(model, everything=True):
+        assert torch.equal(model(x), expected)  # the training forward is the inference forward
+    model.train()
+    with frozen_batchnorm(model):
+        assert not torch.equal(model(x), expected)  # BatchNorm only: dropout still drops
+
+
 def test_qat_resume_is_bit_for_bit(tmp_path):
     from trtopt.compress.qat import qat
 

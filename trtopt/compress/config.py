@@ -329,11 +329,21 @@ class QATConfig:
         training: the fine-tuning run, a `DistillConfig` (epochs/steps, lr, batch size, checkpoints, resume,
             DDP). QAT wants a small learning rate: the default is 1e-4 for one epoch with cosine decay; in
             mode "qat" ``alpha`` is forced to 1 (plain cross-entropy).
+        freeze_batchnorm: BatchNorm layers keep the statistics they had at calibration (eval mode) while the
+            weights train (`trtopt.compress.trainer.frozen_batchnorm`): the quantizers' ranges were calibrated
+            with them, and small fine-tuning batches would re-estimate them badly. False: BatchNorm updates
+            its running statistics as in ordinary training.
+        eval_mode: the whole model runs in eval mode while it trains (dropout and stochastic depth off as well,
+            BatchNorm frozen whatever ``freeze_batchnorm`` says): for QAD of a pretrained model, whose
+            inference outputs the fake-quantized copy should reproduce (EfficientNet-Lite0's drop-connect made
+            the trained copy drift away from the FP32 model; measured in benchmarks/bench_qat_pretrained.py).
     """
 
     mode: str = "qat"
     calibration_samples: int = 512
     training: DistillConfig = field(default_factory=lambda: DistillConfig(lr=1e-4, epochs=1, scheduler="cosine"))
+    freeze_batchnorm: bool = True
+    eval_mode: bool = False
 
     def __post_init__(self) -> None:
         check_choice("mode", self.mode, QAT_MODES, fix="use qat (labels, task loss) or qad (distil from FP32, no labels)")

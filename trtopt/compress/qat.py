@@ -11,7 +11,8 @@ fake-quantized model with the distillation trainer (`trtopt.compress.distill.dis
 - mode ``"qad"``: quantization-aware distillation, the loss of `trtopt.compress.losses` against a frozen
   copy of the FP32 model taken *before* fake quantization is inserted; labels are dropped (not needed).
 
-The ranges stay fixed while the weights learn to live with them (ModelOpt's default INT8 recipe); they are
+The ranges stay fixed while the weights learn to live with them (ModelOpt's default INT8 recipe), and so do
+BatchNorm statistics by default (``freeze_batchnorm``: the ranges were calibrated with them); the ranges are
 buffers (``*_quantizer._amax``), so they travel in checkpoints and state dicts. The trained model still
 computes in float with fake quantization; `trtopt.quant.qat_export` turns it into the TensorRT Q/DQ ONNX and
 the ONNX Runtime CPU layout.
@@ -27,6 +28,7 @@ FP32 model first, and its shape is named), a model where ModelOpt finds nothing 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -39,7 +41,7 @@ from trtopt._modelopt import import_modelopt, quiet
 from trtopt.compress.config import QATConfig
 from trtopt.compress.data_source import DataSource, call_model, map_tensors
 from trtopt.compress.distill import DistillResult, distill
-from trtopt.compress.trainer import DistillProgress, Metric
+from trtopt.compress.trainer import DistillProgress, Metric, frozen_batchnorm
 from trtopt.errors import TrtoptError, first_line
 
 _PURPOSE = "quantization-aware training"
@@ -105,13 +107,15 @@ def qat(model: nn.Module, train_data: Any, config: QATConfig | None = None, eval
         raise TrtoptError(f"ModelOpt found no Conv/Linear layer to quantize in {type(model).__name__}",
                           "QAT pays off for models whose MACs sit in Conv/Linear layers; keep this model in FP32/FP16")
     training = config.training
-    if config.mode == "qat":
-        result = distill(model, None, train_data, replace(training, alpha=1.0), eval_data=eval_data, metric=metric,
-                         progress=progress)
-    else:
-        # array data: labels dropped (pure distillation); a Dataset's labels, if any, weigh in with alpha
-        data = (source.inputs, None) if source.dataset is None else train_data
-        result = distill(model, teacher, data, training, eval_data=eval_data, metric=metric, progress=progress)
+    frozen = config.freeze_batchnorm or config.eval_mode
+    with frozen_batchnorm(model, everything=config.eval_mode) if frozen else contextlib.nullcontext():
+        if config.mode == "qat":
+            result = distill(model, None, train_data, replace(training, alpha=1.0), eval_data=eval_data, metric=metric,
+                             progress=progress)
+        else:
+            # array data: labels dropped (pure distillation); a Dataset's labels, if any, weigh in with alpha
+            data = (source.inputs, None) if source.dataset is None else train_data
+            result = distill(model, teacher, data, training, eval_data=eval_data, metric=metric, progress=progress)
     return QATResult(model=result.student, training=result, quantizers=counts,
                      calibration_samples=int(_first_dim(calibration)), mode=config.mode)
 

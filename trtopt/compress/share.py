@@ -516,7 +516,7 @@ def share_weights(model: Any, config: ShareConfig, probe: Callable[[Any], Mappin
     import copy
     from dataclasses import replace
 
-    import torch
+    from trtopt.compress.trainer import frozen_batchnorm
 
     mixed = config.target_ratio is not None or config.max_accuracy_drop is not None
     if mixed and probe is None:
@@ -537,15 +537,10 @@ def share_weights(model: Any, config: ShareConfig, probe: Callable[[Any], Mappin
             on_step(f"tied fine-tuning for {length} (distillation from the original)")
         clustered.requires_grad_(True)  # the copy of a model that once served as a teacher comes frozen
         # Normalization statistics stay the original's: fine-tuning on a few samples should recover the
-        # original function, not re-estimate BatchNorm from small batches (a pre-hook keeps them in eval mode).
-        freeze = [m.register_forward_pre_hook(lambda mod, _a: setattr(mod, "training", False))
-                  for m in clustered.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-        try:
+        # original function, not re-estimate BatchNorm from small batches.
+        with frozen_batchnorm(clustered):
             run = finetune_shared(clustered, model, train_data,
                                   tied_distill_config(config, embeddings, checkpoint_dir, resume), progress=progress)
-        finally:
-            for h in freeze:
-                h.remove()
         outcome.model = run.student
         summary = run.to_dict()
         summary["loss_first"], summary["loss_last"] = run.step_losses[0], run.step_losses[-1]

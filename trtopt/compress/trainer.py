@@ -34,11 +34,12 @@ Imports torch: import this module lazily.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,23 @@ class TrainerState:
         if missing:
             raise TrtoptError(f"the checkpoint lacks {', '.join(missing)}", "resume from a checkpoint written by trtopt distill")
         return cls(**{f.name: copy.deepcopy(checkpoint[f.name]) for f in fields(cls)})
+
+@contextlib.contextmanager
+def frozen_batchnorm(model: nn.Module, everything: bool = False) -> Iterator[nn.Module]:
+    """Within the block, every BatchNorm layer of ``model`` runs in eval mode (its running statistics used,
+    never updated), also while the model trains: fine-tuning on a few samples or small batches should keep
+    the original's normalization (and, for fake-quantized models, the ranges calibrated with it) rather than
+    re-estimate it. The layers' weights and biases still train. ``everything``: every module runs in eval
+    mode (dropout and stochastic depth off too), so a pretrained model's training forward equals its
+    inference forward. Yields ``model``."""
+    hooks = [m.register_forward_pre_hook(lambda mod, _a: setattr(mod, "training", False))
+             for m in model.modules() if everything or isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    try:
+        yield model
+    finally:
+        for hook in hooks:
+            hook.remove()
+
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint written by `distill` (a file, or a directory holding ``last.pt``).
