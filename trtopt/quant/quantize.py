@@ -538,7 +538,7 @@ def _embeddings_note(model: Any, config: QuantizeConfig, tables: dict[str, str])
     if not tables:
         return None
     sizes = {t.name: _tensor_bytes(t) for t in model.graph.initializer if t.name in set(tables.values())}
-    total = f"{len(sizes)} embedding table(s), {sum(sizes.values()) / 1e6:.1f} MB float"
+    total = f"{len(sizes)} embedding table(s), {sum(sizes.values()) / 1e6:.3g} MB float"
     if config.target == "tensorrt":
         return f"{total} kept float (the tensorrt layout quantizes Conv/MatMul/Gemm inputs only)"
     if config.quantizes_embeddings:
