@@ -114,6 +114,27 @@ class ShiftedEmbedding(SmallEmbedding):
         return self.head(self.embed(ids + 1).mean(dim=1))
 
 
+class EmbeddingEncoder(nn.Module):
+    """Embedding(4000, 32) over 16 token ids → a pre-LN encoder block → mean → Linear(32, 8): a sentence
+    encoder whose word table (512 KB float) outweighs the rest (~40 KB), as all-MiniLM-L6-v2's does."""
+
+    trtopt_inputs = (InputSpec("ids", (16,), "int64", 0, 4000),)
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(4000, 32)
+        self.block = _PreLNBlock(32, 4)
+        self.head = nn.Linear(32, 8)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.embed(ids)).mean(dim=1))
+
+
+def embedding_encoder() -> nn.Module:
+    return EmbeddingEncoder()
+
+
 def offset_mlp() -> nn.Module:
     return OffsetMLP()
 

@@ -133,6 +133,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     config = QuantizeConfig(target=args.target, per_channel=args.per_channel, reduce_range=args.reduce_range,
                             op_types=tuple(args.op_types.split(",")) if args.op_types else None, exclude_nodes=names,
                             exclude_op_types=op_types, smoothing=args.smoothing, bias_correction=args.bias_correction,
+                            embeddings=args.embeddings,
                             quantizer=args.quantizer)
     # calibrating now: exactly the tensors this layout (with its op types and exclusions) quantizes
     ranges = Ranges.load(args.ranges) if args.ranges else _calibrate(args, args.model, layouts=(config,))
@@ -258,6 +259,10 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                         "measured during calibration: on only where it raised output fidelity)")
     p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=QuantizeConfig.bias_correction,
                    help="correct Conv/Gemm biases for the INT8 weight error (default: as method auto measured)")
+    p.add_argument("--embeddings", action=argparse.BooleanOptionalAction, default=QuantizeConfig.embeddings,
+                   help="8-bit embedding tables (Gather lookups; weight-only, per-tensor scale) for --target onnxruntime "
+                        "(default: on; all-MiniLM-L6-v2 3.9x smaller than FP32 instead of 1.55x at the same accuracy); "
+                        "the tensorrt layout keeps them float")
     p.add_argument("--max-accuracy-drop", type=float, default=None, metavar="FRACTION",
                    help="keep the fewest layers in FP32 so --metric vs FP32 drops by at most this (e.g. 0.01)")
     p.add_argument("--metric", choices=("agreement", "cosine"), default="agreement",
