@@ -45,8 +45,9 @@ def _load(args: argparse.Namespace):
 
 def _check_outputs(args: argparse.Namespace, files: tuple[str | None, ...], onnx: str | None) -> None:
     """Check every output (and an ONNX model's ``.data`` side file) before any work starts."""
-    from trtopt.files import check_outputs
+    from trtopt.files import check_outputs, check_suffix
 
+    check_suffix(onnx, (".onnx",), "an ONNX model", "-o" if onnx == getattr(args, "output", None) else "--onnx")
     check_outputs([*files, *onnx_outputs(onnx)], args.force, inputs=[args.model, args.checkpoint, args.data])
 
 

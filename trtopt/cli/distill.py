@@ -76,9 +76,11 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from trtopt.compress.distill import distill
-    from trtopt.files import check_outputs
+    from trtopt.files import check_outputs, check_suffix
     from trtopt.models.load import load_model
+    from trtopt.models.module_file import MODULE_FILE_SUFFIXES
 
+    check_suffix(args.output, MODULE_FILE_SUFFIXES, "a trtopt model file")
     main = ddp_rank() == 0
     if main:
         check_outputs([args.output, args.json], args.force,
