@@ -37,6 +37,7 @@ def refused(args, capsys, folder: Path, *needles):
     (["quantize", "in.onnx", "-o", "q.int8"], "name it q.onnx"),
     (["factorize", TINY, "-o", "f.pt"], "name it f.onnx"),
     (["cluster", TINY, "-o", "m.npz", "--onnx", "m.pt"], "name it m.onnx"),
+    (["cluster", TINY, "-o", "c.pt"], "name it c.npz"),  # was written, exit 0: an .npz that loaders read as torch
     (["prune", TINY, "-o", "p.onnx"], "name it p.pt"),
     (["distill", TINY, TINY, "-o", "s.onnx", "--data", "digits"], "name it s.pt"),
 ], ids=["export", "quantize", "factorize", "cluster-onnx", "prune", "distill"])

@@ -91,6 +91,10 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         raise TrtoptError("--labels needs labelled sources (dataset:NAME:SPLIT)", "use e.g. --data dataset:digits:test, or drop --labels")
     main = ddp_rank() == 0
     if main:
+        from trtopt.files import check_suffix
+
+        check_suffix(args.output, (".npz",), "a shared-weights archive (codebooks + indices, numpy .npz)")
+        check_suffix(args.checkpoint_out, (".pt", ".pth"), "a state dict", "--checkpoint-out")
         _check_outputs(args, (args.output, args.json, args.checkpoint_out), args.onnx)
     if args.resume and args.checkpoint_dir is None:
         raise TrtoptError("--resume needs --checkpoint-dir", "give the folder of the interrupted run's checkpoints")
