@@ -242,6 +242,22 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
+def check_suffix(path: PathLike | None, suffixes: tuple[str, ...], what: str, flag: str = "-o") -> None:
+    """Refuse an output ``path`` whose name does not end in one of ``suffixes`` (case-insensitive), the kind of
+    file the command writes: readers choose how to open a file by its suffix (``.onnx`` is read as ONNX, ``.pt2``
+    as an ExportedProgram), so ``prune -o x.onnx`` wrote a file no trtopt command could load. None passes.
+
+    Raises:
+        TrtoptError: "FLAG PATH: WHAT is written there, not a SUFFIX file", the fix naming PATH with the first suffix.
+    """
+    if path is None or str(path).lower().endswith(tuple(s.lower() for s in suffixes)):
+        return
+    p = Path(path)
+    fixed = p.with_name(p.stem + suffixes[0]) if p.suffix else p.with_name(p.name + suffixes[0])
+    raise TrtoptError(f"{flag} {path}: the file written is {what}, whose name ends in {' or '.join(suffixes)}",
+                      f"name it {fixed}")
+
+
 def write_error(e: OSError, target: PathLike) -> TrtoptError:
     """The one-line error for a write that failed for lack of space or a read-only filesystem."""
     where = f" ({e.filename})" if e.filename and str(e.filename) != str(target) else ""

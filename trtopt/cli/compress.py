@@ -30,6 +30,7 @@ from trtopt.compress.config import (
     GRANULARITIES,
     TIED_FINETUNE_BATCH_SIZE,
     TIED_FINETUNE_LR,
+    DistillConfig,
     LowRankConfig,
     ShareConfig,
     tied_finetune,
@@ -45,8 +46,9 @@ def _load(args: argparse.Namespace):
 
 def _check_outputs(args: argparse.Namespace, files: tuple[str | None, ...], onnx: str | None) -> None:
     """Check every output (and an ONNX model's ``.data`` side file) before any work starts."""
-    from trtopt.files import check_outputs
+    from trtopt.files import check_outputs, check_suffix
 
+    check_suffix(onnx, (".onnx",), "an ONNX model", "-o" if onnx == getattr(args, "output", None) else "--onnx")
     check_outputs([*files, *onnx_outputs(onnx)], args.force, inputs=[args.model, args.checkpoint, args.data])
 
 
@@ -89,9 +91,17 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         raise TrtoptError("--labels needs labelled sources (dataset:NAME:SPLIT)", "use e.g. --data dataset:digits:test, or drop --labels")
     main = ddp_rank() == 0
     if main:
+        from trtopt.files import check_suffix
+
+        check_suffix(args.output, (".npz",), "a shared-weights archive (codebooks + indices, numpy .npz)")
+        check_suffix(args.checkpoint_out, (".pt", ".pth"), "a state dict", "--checkpoint-out")
         _check_outputs(args, (args.output, args.json, args.checkpoint_out), args.onnx)
     if args.resume and args.checkpoint_dir is None:
         raise TrtoptError("--resume needs --checkpoint-dir", "give the folder of the interrupted run's checkpoints")
+    if main and args.checkpoint_dir and config.finetune is not None:
+        from trtopt.compress.trainer import check_checkpoint_dir
+
+        check_checkpoint_dir(args.checkpoint_dir)
     loaded = _load(args)
     embeddings = "embedding" in loaded.output_names
     probe = None
@@ -180,6 +190,9 @@ def cmd_factorize(args: argparse.Namespace) -> int:
                            exclude=tuple(args.exclude or ()), min_reduction=args.min_reduction,
                            rank_multiple=args.rank_multiple)
     target = speedup_search_config(args)
+    # the distillation's config before any work: --lr / --distill-batch-size are checked even with --distill-steps 0
+    tune = DistillConfig(epochs=None, max_steps=args.distill_steps or 1, batch_size=args.distill_batch_size, lr=args.lr,
+                         restore_best=False)
     _check_outputs(args, (args.json,), args.output)
     loaded = _load(args)
     import torch
@@ -204,7 +217,7 @@ def cmd_factorize(args: argparse.Namespace) -> int:
     if probe is not None:
         report_dict["fidelity"] = probe(loaded.module)
     if args.distill_steps:
-        report_dict["distill"], report_dict["fidelity_distilled"] = _distill_after(args, loaded, original, probe)
+        report_dict["distill"], report_dict["fidelity_distilled"] = _distill_after(args, loaded, original, probe, tune)
     artifact = _export(args, loaded, args.output)
     result.update(report=report_dict, onnx=artifact.to_dict())
     write_json_output(args.json, result, args.force)
@@ -240,15 +253,17 @@ def _fidelity_reference(args: argparse.Namespace, loaded) -> tuple[Any, Any]:
     return original, probe
 
 
-def _distill_after(args: argparse.Namespace, loaded, original: Any, probe: Any) -> tuple[dict[str, Any], Any]:
-    """Distil the factorized ``loaded.module`` from ``original`` for --distill-steps steps; (record, fidelity after)."""
-    from trtopt.compress.config import DistillConfig
+def _distill_after(args: argparse.Namespace, loaded, original: Any, probe: Any,
+                   tune: DistillConfig) -> tuple[dict[str, Any], Any]:
+    """Distil the factorized ``loaded.module`` from ``original`` with ``tune`` (--distill-steps steps); (record,
+    fidelity after)."""
+    from dataclasses import replace
+
     from trtopt.compress.distill import distill
 
     embeddings = "embedding" in loaded.output_names
     train = _model_data(args, loaded, args.train_data or args.data, args.train_samples)
-    config = DistillConfig(output_loss="cosine" if embeddings else "kl", epochs=None, max_steps=args.distill_steps,
-                           batch_size=args.distill_batch_size, lr=args.lr, restore_best=False)
+    config = replace(tune, output_loss="cosine" if embeddings else "kl")
     run = distill(loaded.module.requires_grad_(True), original, train, config)
     loaded.module = run.student
     record = run.to_dict()

@@ -76,9 +76,11 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from trtopt.compress.distill import distill
-    from trtopt.files import check_outputs
+    from trtopt.files import check_outputs, check_suffix
     from trtopt.models.load import load_model
+    from trtopt.models.module_file import MODULE_FILE_SUFFIXES
 
+    check_suffix(args.output, MODULE_FILE_SUFFIXES, "a trtopt model file")
     main = ddp_rank() == 0
     if main:
         check_outputs([args.output, args.json], args.force,
@@ -97,10 +99,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
                            patience=args.patience, checkpoint_dir=args.checkpoint_dir or args.resume,
                            resume_from=args.resume, seed=args.seed, keep_zeros=args.keep_zeros,
                            find_unused_parameters=args.find_unused_parameters)
-    if args.resume:
-        from trtopt.compress.trainer import load_checkpoint
+    from trtopt.compress.trainer import check_checkpoint_dir, load_checkpoint
 
+    if args.resume:
         load_checkpoint(args.resume)  # fail on an unreadable checkpoint before loading models and data
+    if main and config.checkpoint_dir:
+        check_checkpoint_dir(config.checkpoint_dir)
     student = load_model(args.student, checkpoint=args.student_checkpoint)
     teacher = load_model(args.teacher, checkpoint=args.teacher_checkpoint)
     if args.loss == "auto" and "embedding" in teacher.output_names:

@@ -24,11 +24,12 @@ from trtopt.progress import running
 def cmd_export(args: argparse.Namespace) -> int:
     """``trtopt export``: PyTorch → ONNX, parity-checked before the file is kept; exit status."""
     from trtopt.export import export_onnx
-    from trtopt.files import check_outputs
+    from trtopt.files import check_outputs, check_suffix
     from trtopt.measure.compare import Tolerances
     from trtopt.models.inputs import example_batch
     from trtopt.models.load import load_model
 
+    check_suffix(args.output, (".onnx",), "an ONNX model")
     check_outputs([*onnx_outputs(args.output), args.json], args.force, inputs=[args.model, args.checkpoint, args.data])
     declared = input_declarations(args)
     loaded = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, inputs=declared)

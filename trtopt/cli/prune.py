@@ -22,11 +22,12 @@ from trtopt.compress.config import IMPORTANCES, PRUNE_METHODS, PruneConfig
 def cmd_prune(args: argparse.Namespace) -> int:
     """``trtopt prune``: prune (or search a measured speedup) and save the module; exit status."""
     from trtopt.compress.prune import prune_loaded
-    from trtopt.files import check_outputs
+    from trtopt.files import check_outputs, check_suffix
     from trtopt.models.load import load_model
-    from trtopt.models.module_file import save_module
+    from trtopt.models.module_file import MODULE_FILE_SUFFIXES, save_module
     from trtopt.speedup_search import search_speedup
 
+    check_suffix(args.output, MODULE_FILE_SUFFIXES, "a trtopt model file")
     config = PruneConfig(method=args.method, ratio=args.ratio, global_pruning=args.global_pruning,
                          importance=args.importance, round_to=args.round_to, ignored_layers=tuple(args.ignore or ()),
                          protect_first_last=not args.no_protect)

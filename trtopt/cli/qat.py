@@ -83,10 +83,12 @@ def cmd_qat(args: argparse.Namespace) -> int:
                        lr=args.lr, batch_size=args.batch_size, temperature=args.temperature,
                        checkpoint_dir=args.checkpoint_dir or args.resume, resume_from=args.resume, seed=args.seed)
     config = QATConfig(mode=args.mode, calibration_samples=args.calibration_samples, training=training)
-    if args.resume:
-        from trtopt.compress.trainer import load_checkpoint
+    from trtopt.compress.trainer import check_checkpoint_dir, load_checkpoint
 
+    if args.resume:
         load_checkpoint(args.resume)  # an unreadable checkpoint fails before the model and data load
+    if main and training.checkpoint_dir:
+        check_checkpoint_dir(training.checkpoint_dir)
     loaded = load_model(args.model, checkpoint=args.checkpoint)
     train, evaluation = training_data(args.data, args.eval_data, loaded.inputs)
     if args.mode == "qat" and train[1] is None:

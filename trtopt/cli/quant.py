@@ -103,11 +103,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_quantize(args: argparse.Namespace) -> int:
     """``trtopt quantize``: ranges → INT8 Q/DQ ONNX for a target, or FP16 by casts; exit status."""
     from trtopt.artifacts import Ranges, inspect_onnx
-    from trtopt.files import check_outputs
+    from trtopt.files import check_outputs, check_suffix
     from trtopt.quant.quantize import quantize
 
     # Staging holds the shape-inferred copy and the quantized model: at most about twice the source.
     size = 2 * os.path.getsize(args.model) if os.path.isfile(args.model) else None
+    check_suffix(args.output, (".onnx",), "an ONNX model")
     check_outputs([args.output, args.json], args.force, inputs=[args.model, args.ranges, args.data],
                   sizes={args.output: size})
     if args.precision == "fp16":

@@ -309,7 +309,9 @@ def tied_finetune(steps: int, lr: float = TIED_FINETUNE_LR, batch_size: int = TI
     """The `ShareConfig.finetune` of ``steps`` tied fine-tuning steps (None for 0 steps): AdamW at peak ``lr``,
     cosine schedule, ``batch_size`` samples per step, the last weights kept (no evaluation to pick a best)."""
     check_int("finetune_steps", steps, minimum=0, fix="e.g. 200 (0: no fine-tuning)")
-    return DistillConfig(epochs=None, max_steps=steps, lr=lr, batch_size=batch_size, restore_best=False) if steps else None
+    # built for 0 steps too: an lr or batch size that could never run is an error even while unused
+    config = DistillConfig(epochs=None, max_steps=steps or 1, lr=lr, batch_size=batch_size, restore_best=False)
+    return config if steps else None
 
 
 # -- QAT / QAD (quantization-aware training) ---------------------------

@@ -169,6 +169,27 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise TrtoptError(f"{p} is not a trtopt distillation checkpoint", "give a last.pt or best.pt written by trtopt distill")
     return state
 
+def check_checkpoint_dir(path: str | os.PathLike) -> None:
+    """Refuse, before any work, a checkpoint folder the checkpoints ``last.pt`` / ``best.pt`` cannot be written
+    into (a file, a path below one) or whose ``last.pt`` / ``best.pt`` trtopt did not write: they would be replaced
+    (a missing folder is fine: it is created).
+
+    Raises:
+        TrtoptError: naming the path and the file that would be replaced.
+    """
+    from trtopt.files import check_outputs
+
+    names = ("last.pt", "best.pt")
+    check_outputs([Path(path) / n for n in names], True)
+    for name in names:
+        target = Path(path) / name
+        if target.exists():
+            try:
+                load_checkpoint(target)
+            except TrtoptError:
+                raise TrtoptError(f"checkpoint folder {path} holds a {name} that is not a trtopt checkpoint (it would be "
+                                  "replaced)", "choose another --checkpoint-dir, or move that file away") from None
+
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
     """Write ``checkpoint`` to ``path`` atomically (serialized in memory first, then one rename)."""
     from trtopt.files import atomic_output
@@ -284,6 +305,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(config, self.total_steps))
         self.state = TrainerState()
         self.checkpoint_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
+        if self.checkpoint_dir is not None and self.dist.is_main:
+            check_checkpoint_dir(self.checkpoint_dir)
         self.checkpoints: dict[str, str] = {}
         self.stopped_early = False
 

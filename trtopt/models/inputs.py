@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from trtopt._config import MAX_SAMPLE_ELEMENTS
+from trtopt._config import MAX_BATCH_SIZE, MAX_SAMPLE_ELEMENTS
 from trtopt.errors import TrtoptError
 from trtopt.models.spec import InputSpec
 
@@ -279,6 +279,11 @@ def _apply(spec: InputSpec, decl: InputDeclaration) -> InputSpec:
             raise TrtoptError(f"shape {'x'.join(map(str, decl.shape))} of input {spec.name!r} lacks the batch axis "
                               f"(the model's input has rank {len(spec.dims)}, batch included)",
                               f"include it, trtexec style: --input-shape {spec.name}:1x{'x'.join(map(str, decl.shape))}")
+        if spec.batch is not None and decl.shape[0] > MAX_BATCH_SIZE:
+            raise TrtoptError(f"shape {'x'.join(map(str, decl.shape))} of input {spec.name!r} has batch {decl.shape[0]:,}, "
+                              f"beyond the largest batch trtopt runs ({MAX_BATCH_SIZE:,})",
+                              f"give a batch (axis 0) from 1 to {MAX_BATCH_SIZE}, e.g. --input-shape "
+                              f"{spec.name}:1x{'x'.join(map(str, decl.shape[1:]))}")
         shape = decl.shape[1:] if spec.batch is not None else decl.shape
     dtype = decl.dtype or spec.dtype
     low, high = spec.low, spec.high

@@ -38,6 +38,8 @@ from trtopt.models.spec import ImagePreprocess, InputSpec, LoadedModel
 from trtopt.models.torch_file import try_read_plain
 
 MODULE_FILE_MARKER = "trtopt_module_file"
+#: Names a module file may end in: `load_model` reads ``.onnx`` as ONNX and ``.pt2`` as an ExportedProgram.
+MODULE_FILE_SUFFIXES = (".pt", ".pth")
 MODULE_FILE_FORMAT = 2
 
 
