@@ -107,7 +107,7 @@ def row(outcome: Any, held_out: Any, tmp: Path, name: str) -> dict[str, Any]:
 
 
 def run_model(spec: str, target: float, steps: int, lr: float, batch: int, data: dict[str, Any], embeddings: bool,
-              candidate_bits: tuple[int, ...], tmp: Path, combined: bool) -> dict[str, Any]:
+              candidate_bits: tuple[int, ...], tmp: Path, combined: bool, uniform_only: bool = False) -> dict[str, Any]:
     from trtopt.models.load import load_model
 
     model = load_model(spec).module
@@ -116,6 +116,8 @@ def run_model(spec: str, target: float, steps: int, lr: float, batch: int, data:
     step = (lambda m: print("  ·", m, flush=True)) if "-v" in sys.argv else None
     start = time.perf_counter()
     rows = [row(share_weights(model, ShareConfig(bits=4)), held_out, tmp, "uniform_4bit_layer")]
+    if uniform_only:
+        return {"model": spec, "data": data["description"], "rows": rows, "seconds": time.perf_counter() - start}
     mixed_cfg = ShareConfig(target_ratio=target, candidate_bits=candidate_bits)
     mixed = share_weights(model, mixed_cfg, choose, on_step=step)
     rows.append(row(mixed, held_out, tmp, f"mixed_{target}x"))
@@ -164,6 +166,7 @@ def main() -> None:
     parser.add_argument("--cnn-eval", type=int, default=90)
     parser.add_argument("--probe", type=int, default=24, help="samples the bit choice is measured on")
     parser.add_argument("--combined", action="store_true")
+    parser.add_argument("--uniform-only", action="store_true", help="only the uniform 4-bit row (minutes, not an hour)")
     parser.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 5, 6, 8], help="candidate bits of mixed allocation")
     parser.add_argument("-v", action="store_true")
     args = parser.parse_args()
@@ -175,7 +178,7 @@ def main() -> None:
             if name in CNNS:
                 res = run_model(f"zoo:efficientnet_{name}", 6.0, args.cnn_steps, 1e-4, args.cnn_batch,
                                 cnn_data(args.cnn_train, args.cnn_eval, args.probe, CNNS[name]), False, bits, tmp,
-                                args.combined)
+                                args.combined, args.uniform_only)
             else:
                 res = run_model("zoo:minilm_l6", 7.0, args.minilm_steps, 5e-4, args.minilm_batch, minilm_data(args.probe), True, bits, tmp,
                                 False)
