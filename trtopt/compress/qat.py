@@ -152,9 +152,31 @@ def insert_fake_quant(model: nn.Module, calibration: Any, mtq: Any = None) -> nn
                 call_model(m, chunk)
 
     model.eval()
+    _register_layer_subclasses(model)
     with quiet():  # ModelOpt prints "Inserted N quantizers"
         mtq.quantize(model, copy.deepcopy(mtq.INT8_DEFAULT_CFG), forward_loop)
     return model
+
+
+#: The layers ModelOpt quantizes (weights and inputs) under ``INT8_DEFAULT_CFG``.
+_GEMM_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def _register_layer_subclasses(model: nn.Module) -> None:
+    """Register with ModelOpt every subclass of a Conv/Linear layer in ``model`` that overrides ``forward``.
+
+    ModelOpt matches a subclass to its base's quantized class only when ``forward`` is inherited, so
+    e.g. ``Conv2dStaticSamePadding`` (EfficientNet-Lite: pads, then ``F.conv2d``) stayed unquantized and
+    Lite0's "fake quantized" model quantized only its classifier (1 of 50 layers). Registering the
+    subclass with its base's quantized class quantizes the ``forward`` input and the weight, as for the
+    base (zero padding is exact in INT8). The registration is process-wide, as ModelOpt's own.
+    """
+    from modelopt.torch.quantization.nn import QuantModuleRegistry
+
+    for cls in {type(m) for m in model.modules()}:
+        base = next((b for b in _GEMM_LAYERS if issubclass(cls, b)), None)
+        if base is not None and cls not in QuantModuleRegistry:
+            QuantModuleRegistry.register({cls: f"{cls.__module__}.{cls.__qualname__}"})(QuantModuleRegistry._registry[base])
 
 
 def quantizer_counts(model: nn.Module) -> dict[str, int]:
