@@ -41,6 +41,7 @@ from trtopt._modelopt import import_modelopt, quiet
 from trtopt.compress.config import QATConfig
 from trtopt.compress.data_source import DataSource, call_model, map_tensors
 from trtopt.compress.distill import DistillResult, distill
+from trtopt.compress.layers import QUANTIZABLE, base_type
 from trtopt.compress.trainer import DistillProgress, Metric, frozen_batchnorm
 from trtopt.errors import TrtoptError, first_line
 
@@ -158,10 +159,6 @@ def insert_fake_quant(model: nn.Module, calibration: Any, mtq: Any = None) -> nn
     return model
 
 
-#: The layers ModelOpt quantizes (weights and inputs) under ``INT8_DEFAULT_CFG``.
-_GEMM_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-
-
 def _register_layer_subclasses(model: nn.Module) -> None:
     """Register with ModelOpt every subclass of a Conv/Linear layer in ``model`` that overrides ``forward``.
 
@@ -173,10 +170,11 @@ def _register_layer_subclasses(model: nn.Module) -> None:
     """
     from modelopt.torch.quantization.nn import QuantModuleRegistry
 
-    for cls in {type(m) for m in model.modules()}:
-        base = next((b for b in _GEMM_LAYERS if issubclass(cls, b)), None)
+    for cls, module in {type(m): m for m in model.modules()}.items():
+        base = base_type(module, QUANTIZABLE)
         if base is not None and cls not in QuantModuleRegistry:
-            QuantModuleRegistry.register({cls: f"{cls.__module__}.{cls.__qualname__}"})(QuantModuleRegistry._registry[base])
+            quantized = QuantModuleRegistry._registry[getattr(nn, base)]
+            QuantModuleRegistry.register({cls: f"{cls.__module__}.{cls.__qualname__}"})(quantized)
 
 
 def quantizer_counts(model: nn.Module) -> dict[str, int]:
