@@ -57,7 +57,7 @@ def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from trtopt.quant.quantize import QuantizeConfig, quantize
 
     spec, embeddings = MODELS[name]
-    data = cnn_data(args.train_crops, args.held_out, 8) if name == "lite0" else minilm_data(8)
+    data = cnn_data(args.train_crops, args.held_out, 8, 224) if name == "lite0" else minilm_data(8)
     loaded = load_model(spec)
     fp32 = loaded.module.eval()
     held_inputs, train_inputs = data["held_out"][0], data["train"][0]

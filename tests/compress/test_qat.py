@@ -45,6 +45,33 @@ def _train(steps: int, **kw) -> DistillConfig:
     return DistillConfig(epochs=None, max_steps=steps, batch_size=16, lr=1e-3, scheduler="none", **kw)
 
 
+class SamePadConv2d(nn.Conv2d):
+    """A Conv2d subclass with its own ``forward`` (pad, then conv), as EfficientNet-Lite's Conv2dStaticSamePadding."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.conv2d(nn.functional.pad(x, (1, 1, 1, 1)), self.weight, self.bias, groups=self.groups)
+
+
+def test_fake_quant_covers_conv_subclasses_with_own_forward():
+    from trtopt.compress.qat import insert_fake_quant, quantizer_counts
+
+    net = _net()
+    net.dw[0] = SamePadConv2d(8, 8, 3, groups=8)
+    x = torch.from_numpy(_data(16)[0])
+    with torch.no_grad():
+        fp32 = net(x)
+        fake = insert_fake_quant(net, x)
+    # ModelOpt alone skips a subclass that overrides forward: 3 weight quantizers, the depthwise conv in FP32
+    assert quantizer_counts(fake) == {"weight": 4, "input": 4}
+    assert fake.dw[0].weight_quantizer.amax.numel() == 8  # per output channel of the depthwise conv
+    assert float(fake.dw[0].input_quantizer.amax) > 0  # calibrated
+    with torch.no_grad():
+        quantized = fake(x)
+        fake.dw[0].weight_quantizer.disable()
+        without_dw = fake(x)
+    assert not torch.equal(quantized, without_dw) and not torch.equal(quantized, fp32)
+
+
 def test_qat_inserts_calibrated_quantizers_and_trains():
     from trtopt.compress.qat import qat, quantizer_counts
 

@@ -31,6 +31,8 @@ PRUNABLE = ("Conv1d", "Conv2d", "Conv3d", "Linear")
 CLUSTERABLE = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
                "Embedding")
 FACTORIZABLE = ("Linear", "Conv2d")
+#: The layers ModelOpt fake-quantizes (weights and inputs) under ``INT8_DEFAULT_CFG`` (`trtopt.compress.qat`).
+QUANTIZABLE = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
 
 
 def _classes(kinds: Iterable[str]) -> tuple[type, ...]:

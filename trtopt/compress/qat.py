@@ -41,6 +41,7 @@ from trtopt._modelopt import import_modelopt, quiet
 from trtopt.compress.config import QATConfig
 from trtopt.compress.data_source import DataSource, call_model, map_tensors
 from trtopt.compress.distill import DistillResult, distill
+from trtopt.compress.layers import QUANTIZABLE, base_type
 from trtopt.compress.trainer import DistillProgress, Metric, frozen_batchnorm
 from trtopt.errors import TrtoptError, first_line
 
@@ -152,9 +153,28 @@ def insert_fake_quant(model: nn.Module, calibration: Any, mtq: Any = None) -> nn
                 call_model(m, chunk)
 
     model.eval()
+    _register_layer_subclasses(model)
     with quiet():  # ModelOpt prints "Inserted N quantizers"
         mtq.quantize(model, copy.deepcopy(mtq.INT8_DEFAULT_CFG), forward_loop)
     return model
+
+
+def _register_layer_subclasses(model: nn.Module) -> None:
+    """Register with ModelOpt every subclass of a Conv/Linear layer in ``model`` that overrides ``forward``.
+
+    ModelOpt matches a subclass to its base's quantized class only when ``forward`` is inherited, so
+    e.g. ``Conv2dStaticSamePadding`` (EfficientNet-Lite: pads, then ``F.conv2d``) stayed unquantized and
+    Lite0's "fake quantized" model quantized only its classifier (1 of 50 layers). Registering the
+    subclass with its base's quantized class quantizes the ``forward`` input and the weight, as for the
+    base (zero padding is exact in INT8). The registration is process-wide, as ModelOpt's own.
+    """
+    from modelopt.torch.quantization.nn import QuantModuleRegistry
+
+    for cls, module in {type(m): m for m in model.modules()}.items():
+        base = base_type(module, QUANTIZABLE)
+        if base is not None and cls not in QuantModuleRegistry:
+            quantized = QuantModuleRegistry._registry[getattr(nn, base)]
+            QuantModuleRegistry.register({cls: f"{cls.__module__}.{cls.__qualname__}"})(quantized)
 
 
 def quantizer_counts(model: nn.Module) -> dict[str, int]:
