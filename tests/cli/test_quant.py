@@ -123,8 +123,10 @@ def test_unknown_exclude_and_existing_output(fp32):
     assert run(["calibrate", "fp32.onnx", "--data", "calib.npy", "-o", "r4.json"], work, env).returncode == 0
     r = run(["quantize", "fp32.onnx", "--ranges", "r4.json", "--exclude", "Nonexistent", "-o", "x.onnx"], work, env)
     assert_one_line_error(r, "Nonexistent")
+    r = run(["quantize", "fp32.onnx", "--ranges", "r4.json", "-o", "fp32.onnx", "--force"], work, env)
+    assert_one_line_error(r, "fp32.onnx", "is also an input")  # an input is never overwritten, --force or not
     r = run(["quantize", "fp32.onnx", "--ranges", "r4.json", "-o", "r4.json"], work, env)
-    assert_one_line_error(r, "r4.json", "is also an input")  # an input is never overwritten, --force or not
+    assert_one_line_error(r, "-o r4.json", "ends in .onnx")  # named for another kind of file: refused first
 
 
 def test_calibrate_defaults_to_auto_and_says_what_it_chose(fp32):
