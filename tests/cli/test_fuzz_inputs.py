@@ -8,7 +8,6 @@ no output or temporary left behind, and every input byte-identical afterwards.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import shutil
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers.cli import assert_one_line_error, run_here
+from tests.helpers.cli import assert_one_line_error, run_here, snapshot
 
 TINY = "tests.helpers.tiny_models:tiny_cnn"
 GARBAGE = np.random.default_rng(15).integers(0, 256, 4096, dtype=np.uint8).tobytes()
@@ -225,12 +224,6 @@ def tiny(tmp_path_factory):
     return make_tiny_artifacts(tmp_path_factory.mktemp("tiny"))
 
 
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file and folder below ``folder`` (hidden ones too) → sha256 of its bytes ("dir" for a folder)."""
-    return {str(p.relative_to(folder)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*"))}
-
-
 def test_the_fuzz_covers_every_kind_of_input():
     kinds = {case.id.split("-")[0] for case in CASES}
     assert kinds == {"onnx", "npy", "npz", "image", "recipe", "ranges", "cache", "baseline", "plan", "checkpoint",
@@ -244,9 +237,9 @@ def test_a_malformed_input_is_one_line_and_changes_nothing(case, tiny, tmp_path,
         shutil.copy(path, tmp_path / path.name)
     case.write(tmp_path)
     monkeypatch.chdir(tmp_path)
-    before = snapshot(tmp_path)
+    before = snapshot(tmp_path, folders=True)
     assert_one_line_error(run_here(case.args, capsys))
-    assert snapshot(tmp_path) == before
+    assert snapshot(tmp_path, folders=True) == before
 
 
 # A folder or a pipe (FIFO) named where a command reads a file: refused by name, never reported as missing, never

@@ -3,12 +3,11 @@ the cheap checks of the training commands: each refused in one line before any w
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.cli import assert_one_line_error, run_here
+from tests.helpers.cli import refused, run_here
 
 TINY = "tests.helpers.tiny_models:tiny_cnn"
 
@@ -17,19 +16,6 @@ TINY = "tests.helpers.tiny_models:tiny_cnn"
 def work(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def refused(args, capsys, folder: Path, *needles):
-    before = snapshot(folder)
-    result = run_here(args, capsys)
-    assert_one_line_error(result, *needles)
-    assert snapshot(folder) == before
-    return result
 
 
 @pytest.mark.parametrize("args,fix", [

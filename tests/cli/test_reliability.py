@@ -8,7 +8,6 @@ exactly as it was (no output, no temporary, inputs byte-identical).
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers.cli import assert_one_line_error, run_here
+from tests.helpers.cli import assert_one_line_error, refused, run_here
 
 TINY = "tests.helpers.tiny_models:tiny_cnn"
 
@@ -40,21 +39,6 @@ def work(tmp_path, monkeypatch, tiny):
         shutil.copy(path, tmp_path / path.name)
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file below ``folder`` (hidden ones too) → sha256 of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def refused(args, capsys, folder: Path, *needles):
-    """Run ``args``; assert the one-line error naming ``needles`` and that ``folder`` did not change at all."""
-    before = snapshot(folder)
-    result = run_here(args, capsys)
-    assert_one_line_error(result, *needles)
-    assert snapshot(folder) == before
-    return result
 
 
 # --------------------------------------------------------------------------- 1. outputs checked before any work

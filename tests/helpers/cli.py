@@ -3,8 +3,10 @@ input must meet."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
+from pathlib import Path
 from typing import NamedTuple
 
 
@@ -39,3 +41,19 @@ def assert_one_line_error(result, *needles):
     assert "Traceback" not in result.stderr
     for needle in needles:
         assert needle in lines[0]
+
+
+def snapshot(folder: Path, folders: bool = False) -> dict[str, str]:
+    """Every file below ``folder`` (hidden ones too) → sha256 of its bytes; with ``folders``, every folder too ("dir")."""
+    return {str(p.relative_to(folder)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if folders or p.is_file()}
+
+
+def refused(args, capsys, folder: Path, *needles):
+    """Run ``args`` in this process; assert the one-line error naming ``needles`` and that ``folder`` did not
+    change at all."""
+    before = snapshot(folder)
+    result = run_here(args, capsys)
+    assert_one_line_error(result, *needles)
+    assert snapshot(folder) == before
+    return result
