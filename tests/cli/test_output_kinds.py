@@ -26,7 +26,8 @@ def work(tmp_path, monkeypatch):
     (["cluster", TINY, "-o", "c.pt"], "name it c.npz"),  # was written, exit 0: an .npz that loaders read as torch
     (["prune", TINY, "-o", "p.onnx"], "name it p.pt"),
     (["distill", TINY, TINY, "-o", "s.onnx", "--data", "digits"], "name it s.pt"),
-], ids=["export", "quantize", "factorize", "cluster-onnx", "cluster-o", "prune", "distill"])
+    (["calibrate", "in.onnx", "-o", "r.onnx"], "name it r.json"),  # was written: ranges JSON under an ONNX name
+], ids=["export", "quantize", "factorize", "cluster-onnx", "cluster-o", "prune", "distill", "calibrate"])
 def test_an_output_named_for_another_kind_of_file_is_refused(work, capsys, args, fix):
     # prune -o x.onnx wrote a module file that every reader then opened as ONNX
     refused(args, capsys, work, args[args.index("-o") + 1] if "--onnx" not in args else "--onnx", fix)

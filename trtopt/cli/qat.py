@@ -15,8 +15,8 @@ from typing import Any
 from trtopt.cli._common import count, ddp_rank, write_json_output
 from trtopt.compress.config import QAT_MODES, QATConfig
 from trtopt.errors import TrtoptError
+from trtopt.quant.quantize import TARGETS
 
-TARGETS = ("tensorrt", "onnxruntime")
 _TRAINING = QATConfig().training
 
 

@@ -63,8 +63,9 @@ def describe_choice(ranges) -> list[str]:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """``trtopt calibrate``: streaming ranges (+ data manifest, optional TensorRT cache); exit status."""
     from trtopt import workspace
-    from trtopt.files import atomic_output, check_outputs, sha256_file, write_json
+    from trtopt.files import atomic_output, check_outputs, check_suffix, sha256_file, write_json
 
+    check_suffix(args.output, (".json",), "a ranges JSON")
     output = args.output or str(workspace.calibration_ranges_path(args.model))
     cache = args.cache
     if cache == "":  # --cache without a path: calibration/<model>.trt<version>.cache
