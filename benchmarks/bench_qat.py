@@ -6,7 +6,9 @@ Parts (``--part``, default ``accuracy``):
               test images: FP32, PTQ INT8 (trtopt's best: calibration method auto, both layouts), QAT with
               labels and QAD without labels (ModelOpt fake quantization fine-tuned by trtopt's trainer), each
               QAT model exported to both layouts and evaluated in ONNX Runtime (the tensorrt layout with exact
-              Q/DQ semantics, graph optimizations off, as `trtopt.quant.quantize.evaluation_config` does).
+              Q/DQ semantics, graph optimizations off, as `trtopt.quant.quantize.evaluation_config` does);
+              McNemar's exact test of each against FP32 (``paired_tests``). ``--model NAME``: a ``screen``
+              architecture (its cached weights) instead of the MobileNet-style CNN.
 ``screen``    architectures trained the same way (BatchNorm or not, ReLU/SiLU/GELU, widths 4/8/16, separable
               convolutions without BatchNorm between depthwise and pointwise, EfficientNet-B0-style MBConv with
               squeeze-excitation, MobileNetV3-style hardswish/hardsigmoid-SE blocks, linear bottlenecks with
@@ -202,12 +204,11 @@ def torch_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     return float((pred.numpy() == y).mean())
 
 
-def onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
-    """Top-1 accuracy in ONNX Runtime (a tensorrt-layout model with exact Q/DQ semantics: `onnx_candidate`
-    applies `trtopt.quant.quantize.evaluation_config`)."""
-    from trtopt.metrics import topk_accuracy
-
-    return topk_accuracy(_logits(path, {"input": x}), y)
+def onnx_correct(path: Path, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per test image, whether the top-1 prediction in ONNX Runtime is right: (N,) bool (its mean is the
+    accuracy; a tensorrt-layout model runs with exact Q/DQ semantics: `onnx_candidate` applies
+    `trtopt.quant.quantize.evaluation_config`)."""
+    return _logits(path, {"input": x}).argmax(1) == y
 
 
 def qdq_summary(path: Path) -> dict[str, Any]:
@@ -266,30 +267,34 @@ def part_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     from trtopt.quant.qat_export import export_qat
     from trtopt.quant.quantize import QuantizeConfig, quantize
 
-    x_train, y_train = fashion_mnist("train", args.train_samples)
-    x_test, y_test = fashion_mnist("test", args.test_samples)
-    fp32, fp32_training = train_fp32(x_train, y_train, args.fp32_epochs, Path(args.fp32_cache))
-    inputs = (InputSpec("input", (1, 28, 28)),)
+    entry, name = (SCREEN[args.model], args.model) if args.model else (Screen(MobileNetTiny), "mobilenet_tiny")
+    x_train, y_train = fashion_mnist("train", args.train_samples, entry.size)
+    x_test, y_test = fashion_mnist("test", args.test_samples, entry.size)
+    fp32, fp32_training = train_fp32(x_train, y_train, entry.epochs or args.fp32_epochs, Path(args.fp32_cache),
+                                     entry.factory)
+    inputs = (InputSpec("input", (1, entry.size, entry.size)),)
     calib = {"input": x_train[:args.calibration_samples]}
-    out: dict[str, Any] = {"fp32_training": fp32_training, "rows": []}
+    out: dict[str, Any] = {"model": name, "fp32_training": fp32_training, "rows": []}
     work = Path(tempfile.mkdtemp(prefix="bench_qat_"))
+    correct: dict[str, np.ndarray] = {}
 
-    def row(name: str, **fields: Any) -> None:
-        out["rows"].append({"variant": name, **fields})
+    def row(variant: str, path: Path, **fields: Any) -> None:
+        correct[variant] = onnx_correct(path, x_test, y_test)
+        out["rows"].append({"variant": variant, "accuracy": float(correct[variant].mean()), **fields})
+        out["paired_tests"] = mcnemar(correct, ours="fp32")
         print(json.dumps(out["rows"][-1]), flush=True)
         save(args, out)  # partial results survive an interrupted run
 
     fp32_onnx = work / "fp32.onnx"
-    export_onnx(LoadedModel(module=copy.deepcopy(fp32), spec="bench:mobilenet_tiny", inputs=inputs), fp32_onnx,
-                feed=calib)
-    row("fp32", accuracy=onnx_accuracy(fp32_onnx, x_test, y_test), torch_accuracy=torch_accuracy(fp32, x_test, y_test))
+    export_onnx(LoadedModel(module=copy.deepcopy(fp32), spec=f"bench:{name}", inputs=inputs), fp32_onnx, feed=calib)
+    row("fp32", fp32_onnx, torch_accuracy=torch_accuracy(fp32, x_test, y_test))
     start = time.perf_counter()
     ranges = calibrate(fp32_onnx, calib, CalibrationConfig(method="auto"))
     calib_s = time.perf_counter() - start
     for target in ("onnxruntime", "tensorrt"):
         path = work / f"ptq.{target}.onnx"
         quantize(fp32_onnx, ranges, path, QuantizeConfig(target=target))
-        row(f"ptq_int8_{target}", accuracy=onnx_accuracy(path, x_test, y_test), method=ranges.method,
+        row(f"ptq_int8_{target}", path, method=ranges.method,
             calibration_seconds=round(calib_s, 1), qdq=qdq_summary(path))
     for mode in ("qat", "qad"):
         model = copy.deepcopy(fp32)
@@ -300,12 +305,11 @@ def part_accuracy(args: argparse.Namespace) -> dict[str, Any]:
         result = qat(model, (x_train, labels), QATConfig(mode=mode, calibration_samples=args.calibration_samples,
                                                          training=training))
         seconds = time.perf_counter() - start
-        loaded = LoadedModel(module=result.model, spec=f"bench:mobilenet_tiny_{mode}", inputs=inputs)
+        loaded = LoadedModel(module=result.model, spec=f"bench:{name}_{mode}", inputs=inputs)
         paths = {t: work / f"{mode}.{t}.onnx" for t in ("tensorrt", "onnxruntime")}
         export_qat(loaded, paths, calib, CalibrationConfig(method=args.qat_calibration_method))
         for target, path in paths.items():
-            row(f"{mode}_int8_{target}", accuracy=onnx_accuracy(path, x_test, y_test),
-                fake_quant_torch_accuracy=torch_accuracy(result.model, x_test, y_test), labels=mode == "qat",
+            row(f"{mode}_int8_{target}", path, fake_quant_torch_accuracy=torch_accuracy(result.model, x_test, y_test), labels=mode == "qat",
                 steps=result.training.steps, train_seconds=round(seconds, 1),
                 seconds_per_step=round(seconds / max(1, result.training.steps), 4),
                 first_loss=result.training.step_losses[0], last_epoch_loss=result.training.epoch_losses[-1],
@@ -314,6 +318,13 @@ def part_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     for r in out["rows"]:
         r["points_vs_fp32"] = round(100 * (r["accuracy"] - base), 2)
     return out
+
+
+def screen_cache(name: str, args: argparse.Namespace) -> Path:
+    """Where the FP32 weights of `SCREEN` entry ``name`` are cached (the temp folder, per training set size and
+    epochs); ``--part accuracy --model NAME`` reuses the screen's weights from here."""
+    epochs = SCREEN[name].epochs or args.fp32_epochs
+    return Path(tempfile.gettempdir()) / f"bench_qat_screen_{name}_{args.train_samples}x{epochs}.pt"
 
 
 def part_screen(args: argparse.Namespace) -> dict[str, Any]:
@@ -338,8 +349,7 @@ def part_screen(args: argparse.Namespace) -> dict[str, Any]:
                                 *fashion_mnist("test", args.test_samples, entry.size))
         x_train, y_train, x_test, y_test = data[entry.size]
         calib = {"input": x_train[:args.calibration_samples]}
-        cache = Path(tempfile.gettempdir()) / f"bench_qat_screen_{name}_{args.train_samples}x{epochs}.pt"
-        model, training = train_fp32(x_train, y_train, epochs, cache, entry.factory)
+        model, training = train_fp32(x_train, y_train, epochs, screen_cache(name, args), entry.factory)
         fp32 = export_onnx(LoadedModel(module=copy.deepcopy(model), spec=f"bench:{name}",
                                        inputs=(InputSpec("input", (1, entry.size, entry.size)),)),
                            work / f"{name}.onnx", feed=calib).path
@@ -494,7 +504,8 @@ def save(args: argparse.Namespace, result: dict[str, Any]) -> Path:
     record = {"benchmark": f"bench_qat.py --part {args.part}",
               "settings": {k: v for k, v in vars(args).items() if k not in ("worker_out", "out")},
               "cpu_isa": cpu_isa(), "environment": environment(), **result}
-    out = Path(args.out or RESULTS / f"qat_fashion_mnist_{args.part}.json")
+    model = f"_{args.model}" if args.model and args.part == "accuracy" else ""
+    out = Path(args.out or RESULTS / f"qat_fashion_mnist_{args.part}{model}.json")
     out.write_text(json.dumps(record, indent=2) + "\n")
     return out
 
@@ -503,6 +514,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("accuracy", "screen", "placement", "ddp", "ddp-worker"), default="accuracy")
     parser.add_argument("--variants", nargs="+", choices=tuple(SCREEN), help="--part screen: these only (default all)")
+    parser.add_argument("--model", choices=tuple(SCREEN), help="--part accuracy: this screen architecture (its "
+                        "epochs, input size and cached weights) instead of the benchmark's MobileNet-style CNN; "
+                        "writes qat_fashion_mnist_accuracy_MODEL.json")
     parser.add_argument("--train-samples", type=int, default=20000)
     parser.add_argument("--test-samples", type=int, default=10000)
     parser.add_argument("--calibration-samples", type=int, default=512)
@@ -524,7 +538,9 @@ def main() -> None:
     if args.part == "ddp-worker":
         ddp_worker(args)
         return
-    if args.fp32_cache is None:
+    if args.fp32_cache is None and args.model and args.part == "accuracy":
+        args.fp32_cache = str(screen_cache(args.model, args))
+    elif args.fp32_cache is None:
         args.fp32_cache = str(Path(tempfile.gettempdir()) / f"bench_qat_fp32_{args.train_samples}x{args.fp32_epochs}.pt")
     torch.set_num_threads(args.torch_threads)
     result = {"accuracy": part_accuracy, "screen": part_screen, "placement": part_placement, "ddp": part_ddp}[args.part](args)
