@@ -6,10 +6,15 @@ Parts (``--part``, default ``accuracy``):
               test images: FP32, PTQ INT8 (trtopt's best: calibration method auto, both layouts), QAT with
               labels and QAD without labels (ModelOpt fake quantization fine-tuned by trtopt's trainer), each
               QAT model exported to both layouts and evaluated in ONNX Runtime (the tensorrt layout with exact
-              Q/DQ semantics, graph optimizations off, as `trtopt.quant.quantize.evaluation_config` does).
-``screen``    architectures trained the same way (BatchNorm or not, ReLU/SiLU/GELU, widths 8/16, separable
+              Q/DQ semantics, graph optimizations off, as `trtopt.quant.quantize.evaluation_config` does);
+              McNemar's exact test of each against FP32 (``paired_tests``). ``--model NAME``: a ``screen``
+              architecture (its cached weights) instead of the MobileNet-style CNN.
+``screen``    architectures trained the same way (BatchNorm or not, ReLU/SiLU/GELU, widths 4/8/16, separable
               convolutions without BatchNorm between depthwise and pointwise, EfficientNet-B0-style MBConv with
-              squeeze-excitation), each through trtopt's best PTQ: looking for one where INT8 PTQ loses ≥ 1 point.
+              squeeze-excitation, MobileNetV3-style hardswish/hardsigmoid-SE blocks, linear bottlenecks with
+              residual adds and no BatchNorm, 20 epochs, 56-px inputs with a fourth stage; `SCREEN`), each
+              through trtopt's best PTQ: looking for one where INT8 PTQ loses ≥ 1 point (raw difference and
+              McNemar's paired test against FP32).
 ``placement`` the tensorrt target placed by trtopt vs by ModelOpt (same ranges: calibration method auto), and
               FP16 by onnxconverter-common vs ModelOpt AutoCast, on the Fashion-MNIST CNN (``--fp32-cache``) and
               trtopt's digits CNN: Q/DQ counts, the op types they feed and follow, nodes, test accuracy on the CPU
@@ -35,11 +40,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from bench_int8_zoo import FASHION, _idx  # the Fashion-MNIST files and their idx reader
+from bench_int8_zoo import FASHION, _idx, mcnemar  # the Fashion-MNIST files, their idx reader, the paired test
 from torch import nn
 
 from trtopt.compress.config import DistillConfig, QATConfig
@@ -50,11 +55,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 THREADS = 2
 
 
-def fashion_mnist(split: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
+def fashion_mnist(split: str, limit: int, size: int = 28) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``limit`` images of a split, normalized: (N, 1, size, size) float32 and (N,) int64 labels;
+    ``size`` other than 28 resizes bilinearly (torch ``interpolate``, ``align_corners=False``)."""
     prefix = "train" if split == "train" else "t10k"
     images = _idx(FASHION / f"{prefix}-images-idx3-ubyte.gz")[:limit].astype(np.float32) / 255.0
     labels = _idx(FASHION / f"{prefix}-labels-idx1-ubyte.gz")[:limit].astype(np.int64)
-    return ((images - MEAN) / STD)[:, None].astype(np.float32), labels
+    x = ((images - MEAN) / STD)[:, None].astype(np.float32)
+    if size != 28:
+        x = nn.functional.interpolate(torch.from_numpy(x), size=(size, size), mode="bilinear").numpy()
+    return x, labels
 
 
 def _ds(cin: int, cout: int, stride: int, bn: bool = True, act: type[nn.Module] = nn.ReLU,
@@ -72,8 +82,9 @@ def _ds(cin: int, cout: int, stride: int, bn: bool = True, act: type[nn.Module] 
 
 
 class MobileNetTiny(nn.Module):
-    """MobileNet-v1-style classifier for 1×28×28 images: stem 3×3 conv (stride 2), four (or six)
-    depthwise-separable blocks, GAP, FC. Keyword arguments as `_ds`; the defaults are the benchmark's model."""
+    """MobileNet-v1-style classifier for 1×28×28 (or larger) images: stem 3×3 conv (stride 2), four to eight
+    depthwise-separable blocks (blocks 7-8 add a stage: stride 2, 8× width), GAP, FC. Keyword arguments as
+    `_ds`; the defaults are the benchmark's model."""
 
     def __init__(self, width: int = 16, classes: int = 10, bn: bool = True, act: type[nn.Module] = nn.ReLU,
                  blocks: int = 4, dw_norm: bool = True, dw_act: bool = True) -> None:
@@ -81,7 +92,7 @@ class MobileNetTiny(nn.Module):
         w = width
         self.stem = nn.Sequential(nn.Conv2d(1, w, 3, 2, 1, bias=not bn), *([nn.BatchNorm2d(w)] if bn else []), act())
         shapes = ((w, 2 * w, 2), (2 * w, 2 * w, 1), (2 * w, 4 * w, 2), (4 * w, 4 * w, 1), (4 * w, 4 * w, 1),
-                  (4 * w, 4 * w, 1))[:blocks]
+                  (4 * w, 4 * w, 1), (4 * w, 8 * w, 2), (8 * w, 8 * w, 1))[:blocks]
         self.blocks = nn.Sequential(*(_ds(a, b, st, bn, act, dw_norm, dw_act) for a, b, st in shapes))
         self.head = nn.Linear(shapes[-1][1], classes)
 
@@ -90,25 +101,37 @@ class MobileNetTiny(nn.Module):
 
 
 class _SqueezeExcite(nn.Module):
-    def __init__(self, channels: int, reduced: int) -> None:
+    """x · gate(expand(act(reduce(GAP(x))))): EfficientNet's SiLU/sigmoid, MobileNetV3's ReLU/hardsigmoid."""
+
+    def __init__(self, channels: int, reduced: int, act: type[nn.Module] = nn.SiLU,
+                 gate: type[nn.Module] = nn.Sigmoid) -> None:
         super().__init__()
         self.reduce, self.expand = nn.Conv2d(channels, reduced, 1), nn.Conv2d(reduced, channels, 1)
+        self.act, self.gate = act(), gate()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(self.expand(nn.functional.silu(self.reduce(x.mean((2, 3), keepdim=True)))))
+        return x * self.gate(self.expand(self.act(self.reduce(x.mean((2, 3), keepdim=True)))))
+
+
+#: MobileNetV3's nonlinearities (Howard et al. 2019): hardswish in the body, ReLU and hardsigmoid in the SE.
+MOBILENET_V3 = {"act": nn.Hardswish, "se_act": nn.ReLU, "gate": nn.Hardsigmoid}
 
 
 class _MBConv(nn.Module):
-    """EfficientNet-B0's block: 1×1 expansion, depthwise 3×3, squeeze-excitation, 1×1 projection (BN, SiLU),
-    residual add when the shape allows."""
+    """Inverted residual: 1×1 expansion, depthwise 3×3, squeeze-excitation, linear 1×1 projection, residual
+    add when the shape allows. Defaults: EfficientNet-B0's block (BN, SiLU, SE SiLU/sigmoid); ``se`` False
+    and ``bn`` False (biases instead): MobileNetV2's linear bottleneck without BatchNorm."""
 
-    def __init__(self, cin: int, cout: int, stride: int, expand: int = 4) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, expand: int = 4, act: type[nn.Module] = nn.SiLU,
+                 se_act: type[nn.Module] = nn.SiLU, gate: type[nn.Module] = nn.Sigmoid, se: bool = True,
+                 bn: bool = True) -> None:
         super().__init__()
         h = cin * expand
-        self.body = nn.Sequential(nn.Conv2d(cin, h, 1, bias=False), nn.BatchNorm2d(h), nn.SiLU(),
-                                  nn.Conv2d(h, h, 3, stride, 1, groups=h, bias=False), nn.BatchNorm2d(h), nn.SiLU(),
-                                  _SqueezeExcite(h, max(4, cin // 4)), nn.Conv2d(h, cout, 1, bias=False),
-                                  nn.BatchNorm2d(cout))
+        norm = (lambda c: [nn.BatchNorm2d(c)]) if bn else (lambda c: [])
+        excite = [_SqueezeExcite(h, max(4, cin // 4), se_act, gate)] if se else []
+        self.body = nn.Sequential(nn.Conv2d(cin, h, 1, bias=not bn), *norm(h), act(),
+                                  nn.Conv2d(h, h, 3, stride, 1, groups=h, bias=not bn), *norm(h), act(),
+                                  *excite, nn.Conv2d(h, cout, 1, bias=not bn), *norm(cout))
         self.residual = stride == 1 and cin == cout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,28 +141,60 @@ class _MBConv(nn.Module):
 
 class MBConvTiny(nn.Module):
     """EfficientNet-B0-style classifier for 1×28×28 images (SiLU and squeeze-excitation: what EfficientNet-Lite
-    removed for quantization): stem, five MBConv blocks, GAP, FC."""
+    removed for quantization): stem, five MBConv blocks, GAP, FC. Keyword arguments as `_MBConv` (``act`` also
+    the stem's): ``**MOBILENET_V3`` gives MobileNetV3's nonlinearities."""
 
-    def __init__(self, width: int = 16, classes: int = 10) -> None:
+    def __init__(self, width: int = 16, classes: int = 10, **block: Any) -> None:
         super().__init__()
         w = width
-        self.stem = nn.Sequential(nn.Conv2d(1, w, 3, 2, 1, bias=False), nn.BatchNorm2d(w), nn.SiLU())
-        self.blocks = nn.Sequential(_MBConv(w, w, 1, 1), _MBConv(w, 2 * w, 2), _MBConv(2 * w, 2 * w, 1),
-                                    _MBConv(2 * w, 4 * w, 2), _MBConv(4 * w, 4 * w, 1))
+        bn = block.get("bn", True)
+        self.stem = nn.Sequential(nn.Conv2d(1, w, 3, 2, 1, bias=not bn), *([nn.BatchNorm2d(w)] if bn else []),
+                                  block.get("act", nn.SiLU)())
+        self.blocks = nn.Sequential(_MBConv(w, w, 1, 1, **block), _MBConv(w, 2 * w, 2, **block),
+                                    _MBConv(2 * w, 2 * w, 1, **block), _MBConv(2 * w, 4 * w, 2, **block),
+                                    _MBConv(4 * w, 4 * w, 1, **block))
         self.head = nn.Linear(4 * w, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x)).mean((2, 3)))
 
 
-#: ``--part screen``: architectures tried for one where trtopt's best INT8 PTQ loses ≥ 1 point.
-SCREEN = {"bn_relu": lambda: MobileNetTiny(), "bn_relu_w8": lambda: MobileNetTiny(width=8),
-          "nobn_relu_w8": lambda: MobileNetTiny(width=8, bn=False), "bn_silu": lambda: MobileNetTiny(act=nn.SiLU),
-          "nobn_silu": lambda: MobileNetTiny(bn=False, act=nn.SiLU), "nobn_relu_6blocks": lambda: MobileNetTiny(bn=False, blocks=6),
-          "bn_gelu": lambda: MobileNetTiny(act=nn.GELU), "separable_linear": lambda: MobileNetTiny(dw_norm=False, dw_act=False),
-          "separable_relu": lambda: MobileNetTiny(dw_norm=False),
-          "separable_linear_w8": lambda: MobileNetTiny(width=8, dw_norm=False, dw_act=False),
-          "mbconv_se_silu": lambda: MBConvTiny()}
+class Screen(NamedTuple):
+    """One ``--part screen`` architecture: its constructor, FP32 training epochs (None: ``--fp32-epochs``) and
+    input side in pixels (Fashion-MNIST resized to it when not 28)."""
+
+    factory: Callable[[], nn.Module]
+    epochs: int | None = None
+    size: int = 28
+
+
+#: ``--part screen``: architectures tried for one where trtopt's best INT8 PTQ loses ≥ 1 point. Training has no
+#: weight decay (DistillConfig's default 0).
+SCREEN = {"bn_relu": Screen(MobileNetTiny), "bn_relu_w8": Screen(lambda: MobileNetTiny(width=8)),
+          "nobn_relu_w8": Screen(lambda: MobileNetTiny(width=8, bn=False)),
+          "bn_silu": Screen(lambda: MobileNetTiny(act=nn.SiLU)),
+          "nobn_silu": Screen(lambda: MobileNetTiny(bn=False, act=nn.SiLU)),
+          "nobn_relu_6blocks": Screen(lambda: MobileNetTiny(bn=False, blocks=6)),
+          "bn_gelu": Screen(lambda: MobileNetTiny(act=nn.GELU)),
+          "separable_linear": Screen(lambda: MobileNetTiny(dw_norm=False, dw_act=False)),
+          "separable_relu": Screen(lambda: MobileNetTiny(dw_norm=False)),
+          "separable_linear_w8": Screen(lambda: MobileNetTiny(width=8, dw_norm=False, dw_act=False)),
+          "mbconv_se_silu": Screen(MBConvTiny),
+          "mobilenetv3_hswish_se_w8": Screen(lambda: MBConvTiny(width=8, **MOBILENET_V3)),
+          "linear_bottleneck_nobn_w8": Screen(lambda: MBConvTiny(width=8, se=False, bn=False, act=nn.ReLU)),
+          "bn_relu_w4": Screen(lambda: MobileNetTiny(width=4)),
+          "nobn_relu_w4": Screen(lambda: MobileNetTiny(width=4, bn=False)),
+          "separable_linear_w4": Screen(lambda: MobileNetTiny(width=4, dw_norm=False, dw_act=False)),
+          "bn_relu_20ep": Screen(MobileNetTiny, epochs=20),
+          "nobn_relu_w8_20ep": Screen(lambda: MobileNetTiny(width=8, bn=False), epochs=20),
+          "separable_linear_20ep": Screen(lambda: MobileNetTiny(dw_norm=False, dw_act=False), epochs=20),
+          "bn_relu_56px_8blocks": Screen(lambda: MobileNetTiny(blocks=8), size=56),
+          # without BN, 8 blocks did not train at 56 px (constant prediction, loss ln 10, at lr 3e-3 and 1e-3)
+          "nobn_relu_56px_6blocks": Screen(lambda: MobileNetTiny(bn=False, blocks=6), size=56),
+          "nobn_relu_w4_20ep": Screen(lambda: MobileNetTiny(width=4, bn=False), epochs=20),
+          "linear_bottleneck_nobn_w8_20ep": Screen(lambda: MBConvTiny(width=8, se=False, bn=False, act=nn.ReLU),
+                                                   epochs=20),
+          "mobilenetv3_hswish_se_w8_20ep": Screen(lambda: MBConvTiny(width=8, **MOBILENET_V3), epochs=20)}
 
 
 def torch_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
@@ -149,12 +204,11 @@ def torch_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     return float((pred.numpy() == y).mean())
 
 
-def onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
-    """Top-1 accuracy in ONNX Runtime (a tensorrt-layout model with exact Q/DQ semantics: `onnx_candidate`
-    applies `trtopt.quant.quantize.evaluation_config`)."""
-    from trtopt.metrics import topk_accuracy
-
-    return topk_accuracy(_logits(path, {"input": x}), y)
+def onnx_correct(path: Path, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per test image, whether the top-1 prediction in ONNX Runtime is right: (N,) bool (its mean is the
+    accuracy; a tensorrt-layout model runs with exact Q/DQ semantics: `onnx_candidate` applies
+    `trtopt.quant.quantize.evaluation_config`)."""
+    return _logits(path, {"input": x}).argmax(1) == y
 
 
 def qdq_summary(path: Path) -> dict[str, Any]:
@@ -184,20 +238,25 @@ def qdq_summary(path: Path) -> dict[str, Any]:
 
 def train_fp32(x: np.ndarray, y: np.ndarray, epochs: int, cache: Path,
                factory: Callable[[], nn.Module] = MobileNetTiny) -> tuple[nn.Module, dict[str, Any]]:
+    """Seeded FP32 training (AdamW lr 3e-3, no weight decay, cosine, batch 64), or the weights in ``cache``.
+    The training record is kept beside the weights (``.json``) and returned with ``cached`` when reused."""
     from trtopt.compress.distill import distill
 
     torch.manual_seed(0)
     model = factory()
+    record = cache.with_suffix(".json")
     if cache.exists():
         model.load_state_dict(torch.load(cache, weights_only=True))
-        return model.eval(), {"cached": str(cache)}
+        return model.eval(), {"cached": str(cache), **(json.loads(record.read_text()) if record.exists() else {})}
     start = time.perf_counter()
     result = distill(model, None, (x, y), DistillConfig(alpha=1.0, epochs=epochs, batch_size=64, lr=3e-3,
                                                       warmup_steps=20, device="cpu"))
     cache.parent.mkdir(parents=True, exist_ok=True)
     torch.save(result.student.state_dict(), cache)
-    return result.student.eval(), {"epochs": epochs, "seconds": round(time.perf_counter() - start, 1),
-                                   "final_epoch_loss": result.epoch_losses[-1]}
+    training = {"epochs": epochs, "seconds": round(time.perf_counter() - start, 1),
+                "final_epoch_loss": result.epoch_losses[-1]}
+    record.write_text(json.dumps(training))
+    return result.student.eval(), training
 
 
 def part_accuracy(args: argparse.Namespace) -> dict[str, Any]:
@@ -208,30 +267,34 @@ def part_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     from trtopt.quant.qat_export import export_qat
     from trtopt.quant.quantize import QuantizeConfig, quantize
 
-    x_train, y_train = fashion_mnist("train", args.train_samples)
-    x_test, y_test = fashion_mnist("test", args.test_samples)
-    fp32, fp32_training = train_fp32(x_train, y_train, args.fp32_epochs, Path(args.fp32_cache))
-    inputs = (InputSpec("input", (1, 28, 28)),)
+    entry, name = (SCREEN[args.model], args.model) if args.model else (Screen(MobileNetTiny), "mobilenet_tiny")
+    x_train, y_train = fashion_mnist("train", args.train_samples, entry.size)
+    x_test, y_test = fashion_mnist("test", args.test_samples, entry.size)
+    fp32, fp32_training = train_fp32(x_train, y_train, entry.epochs or args.fp32_epochs, Path(args.fp32_cache),
+                                     entry.factory)
+    inputs = (InputSpec("input", (1, entry.size, entry.size)),)
     calib = {"input": x_train[:args.calibration_samples]}
-    out: dict[str, Any] = {"fp32_training": fp32_training, "rows": []}
+    out: dict[str, Any] = {"model": name, "fp32_training": fp32_training, "rows": []}
     work = Path(tempfile.mkdtemp(prefix="bench_qat_"))
+    correct: dict[str, np.ndarray] = {}
 
-    def row(name: str, **fields: Any) -> None:
-        out["rows"].append({"variant": name, **fields})
+    def row(variant: str, path: Path, **fields: Any) -> None:
+        correct[variant] = onnx_correct(path, x_test, y_test)
+        out["rows"].append({"variant": variant, "accuracy": float(correct[variant].mean()), **fields})
+        out["paired_tests"] = mcnemar(correct, ours="fp32")
         print(json.dumps(out["rows"][-1]), flush=True)
         save(args, out)  # partial results survive an interrupted run
 
     fp32_onnx = work / "fp32.onnx"
-    export_onnx(LoadedModel(module=copy.deepcopy(fp32), spec="bench:mobilenet_tiny", inputs=inputs), fp32_onnx,
-                feed=calib)
-    row("fp32", accuracy=onnx_accuracy(fp32_onnx, x_test, y_test), torch_accuracy=torch_accuracy(fp32, x_test, y_test))
+    export_onnx(LoadedModel(module=copy.deepcopy(fp32), spec=f"bench:{name}", inputs=inputs), fp32_onnx, feed=calib)
+    row("fp32", fp32_onnx, torch_accuracy=torch_accuracy(fp32, x_test, y_test))
     start = time.perf_counter()
     ranges = calibrate(fp32_onnx, calib, CalibrationConfig(method="auto"))
     calib_s = time.perf_counter() - start
     for target in ("onnxruntime", "tensorrt"):
         path = work / f"ptq.{target}.onnx"
         quantize(fp32_onnx, ranges, path, QuantizeConfig(target=target))
-        row(f"ptq_int8_{target}", accuracy=onnx_accuracy(path, x_test, y_test), method=ranges.method,
+        row(f"ptq_int8_{target}", path, method=ranges.method,
             calibration_seconds=round(calib_s, 1), qdq=qdq_summary(path))
     for mode in ("qat", "qad"):
         model = copy.deepcopy(fp32)
@@ -242,12 +305,11 @@ def part_accuracy(args: argparse.Namespace) -> dict[str, Any]:
         result = qat(model, (x_train, labels), QATConfig(mode=mode, calibration_samples=args.calibration_samples,
                                                          training=training))
         seconds = time.perf_counter() - start
-        loaded = LoadedModel(module=result.model, spec=f"bench:mobilenet_tiny_{mode}", inputs=inputs)
+        loaded = LoadedModel(module=result.model, spec=f"bench:{name}_{mode}", inputs=inputs)
         paths = {t: work / f"{mode}.{t}.onnx" for t in ("tensorrt", "onnxruntime")}
         export_qat(loaded, paths, calib, CalibrationConfig(method=args.qat_calibration_method))
         for target, path in paths.items():
-            row(f"{mode}_int8_{target}", accuracy=onnx_accuracy(path, x_test, y_test),
-                fake_quant_torch_accuracy=torch_accuracy(result.model, x_test, y_test), labels=mode == "qat",
+            row(f"{mode}_int8_{target}", path, fake_quant_torch_accuracy=torch_accuracy(result.model, x_test, y_test), labels=mode == "qat",
                 steps=result.training.steps, train_seconds=round(seconds, 1),
                 seconds_per_step=round(seconds / max(1, result.training.steps), 4),
                 first_loss=result.training.step_losses[0], last_epoch_loss=result.training.epoch_losses[-1],
@@ -258,36 +320,57 @@ def part_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def screen_cache(name: str, args: argparse.Namespace) -> Path:
+    """Where the FP32 weights of `SCREEN` entry ``name`` are cached (the temp folder, per training set size and
+    epochs); ``--part accuracy --model NAME`` reuses the screen's weights from here."""
+    epochs = SCREEN[name].epochs or args.fp32_epochs
+    return Path(tempfile.gettempdir()) / f"bench_qat_screen_{name}_{args.train_samples}x{epochs}.pt"
+
+
 def part_screen(args: argparse.Namespace) -> dict[str, Any]:
-    """Each `SCREEN` architecture trained like the accuracy part's FP32 model, then trtopt's best PTQ (method
-    auto, both layouts) on the test images: FP32 and INT8 accuracy, and the INT8 model's top-1 agreement."""
+    """Each `SCREEN` architecture trained like the accuracy part's FP32 model (its own epochs and input size),
+    then trtopt's best PTQ (method auto, both layouts) on the test images: FP32 and INT8 accuracy, the INT8
+    model's top-1 agreement, and McNemar's exact test of each INT8 model against FP32 on the same images
+    (``paired_tests``; `bench_int8_zoo.mcnemar`). ``ptq_loses_1_point``: a loss ≥ 1 point that the test
+    resolves (p < 0.05) in either layout."""
     from trtopt.export import export_onnx
     from trtopt.models.spec import InputSpec, LoadedModel
     from trtopt.quant.calibrate import CalibrationConfig, calibrate
     from trtopt.quant.quantize import QuantizeConfig, quantize
 
-    x_train, y_train = fashion_mnist("train", args.train_samples)
-    x_test, y_test = fashion_mnist("test", args.test_samples)
-    calib = {"input": x_train[:args.calibration_samples]}
     work = Path(tempfile.mkdtemp(prefix="bench_qat_screen_"))
+    data: dict[int, tuple[np.ndarray, ...]] = {}
     rows = []
     for name in args.variants or SCREEN:
-        cache = Path(tempfile.gettempdir()) / f"bench_qat_screen_{name}_{args.train_samples}x{args.fp32_epochs}.pt"
-        model, training = train_fp32(x_train, y_train, args.fp32_epochs, cache, SCREEN[name])
+        entry = SCREEN[name]
+        epochs = entry.epochs or args.fp32_epochs
+        if entry.size not in data:
+            data[entry.size] = (*fashion_mnist("train", args.train_samples, entry.size),
+                                *fashion_mnist("test", args.test_samples, entry.size))
+        x_train, y_train, x_test, y_test = data[entry.size]
+        calib = {"input": x_train[:args.calibration_samples]}
+        model, training = train_fp32(x_train, y_train, epochs, screen_cache(name, args), entry.factory)
         fp32 = export_onnx(LoadedModel(module=copy.deepcopy(model), spec=f"bench:{name}",
-                                       inputs=(InputSpec("input", (1, 28, 28)),)), work / f"{name}.onnx", feed=calib).path
+                                       inputs=(InputSpec("input", (1, entry.size, entry.size)),)),
+                           work / f"{name}.onnx", feed=calib).path
         reference = _logits(fp32, {"input": x_test})
-        row = {"variant": name, "fp32_training": training, "parameters": sum(p.numel() for p in model.parameters()),
-               "fp32_accuracy": float((reference.argmax(1) == y_test).mean())}
+        correct = {"fp32": reference.argmax(1) == y_test}
+        row = {"variant": name, "epochs": epochs, "input_size": entry.size, "fp32_training": training,
+               "parameters": sum(p.numel() for p in model.parameters()), "fp32_accuracy": float(correct["fp32"].mean())}
         ranges = calibrate(fp32, calib, CalibrationConfig(method="auto"))
         row["calibration_choice"] = {k: v for k, v in ranges.choice.items() if isinstance(v, (str, int, float))}
         for target in ("onnxruntime", "tensorrt"):
             path = work / f"{name}.{target}.onnx"
             quantize(fp32, ranges, path, QuantizeConfig(target=target))
             logits = _logits(path, {"input": x_test})
-            row[f"ptq_{target}_accuracy"] = float((logits.argmax(1) == y_test).mean())
+            correct[f"ptq_{target}"] = logits.argmax(1) == y_test
+            row[f"ptq_{target}_accuracy"] = float(correct[f"ptq_{target}"].mean())
             row[f"ptq_{target}_points_vs_fp32"] = round(100 * (row[f"ptq_{target}_accuracy"] - row["fp32_accuracy"]), 2)
             row[f"ptq_{target}_top1_agreement"] = float((logits.argmax(1) == reference.argmax(1)).mean())
+        row["paired_tests"] = mcnemar(correct, ours="fp32")
+        row["ptq_loses_1_point"] = any(row[f"ptq_{t}_points_vs_fp32"] <= -1.0
+                                       and not row["paired_tests"]["versus"][f"ptq_{t}"]["tie"]
+                                       for t in ("onnxruntime", "tensorrt"))
         rows.append(row)
         print(json.dumps(row), flush=True)
         save(args, {"rows": rows})
@@ -421,7 +504,8 @@ def save(args: argparse.Namespace, result: dict[str, Any]) -> Path:
     record = {"benchmark": f"bench_qat.py --part {args.part}",
               "settings": {k: v for k, v in vars(args).items() if k not in ("worker_out", "out")},
               "cpu_isa": cpu_isa(), "environment": environment(), **result}
-    out = Path(args.out or RESULTS / f"qat_fashion_mnist_{args.part}.json")
+    model = f"_{args.model}" if args.model and args.part == "accuracy" else ""
+    out = Path(args.out or RESULTS / f"qat_fashion_mnist_{args.part}{model}.json")
     out.write_text(json.dumps(record, indent=2) + "\n")
     return out
 
@@ -430,6 +514,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("accuracy", "screen", "placement", "ddp", "ddp-worker"), default="accuracy")
     parser.add_argument("--variants", nargs="+", choices=tuple(SCREEN), help="--part screen: these only (default all)")
+    parser.add_argument("--model", choices=tuple(SCREEN), help="--part accuracy: this screen architecture (its "
+                        "epochs, input size and cached weights) instead of the benchmark's MobileNet-style CNN; "
+                        "writes qat_fashion_mnist_accuracy_MODEL.json")
     parser.add_argument("--train-samples", type=int, default=20000)
     parser.add_argument("--test-samples", type=int, default=10000)
     parser.add_argument("--calibration-samples", type=int, default=512)
@@ -451,7 +538,9 @@ def main() -> None:
     if args.part == "ddp-worker":
         ddp_worker(args)
         return
-    if args.fp32_cache is None:
+    if args.fp32_cache is None and args.model and args.part == "accuracy":
+        args.fp32_cache = str(screen_cache(args.model, args))
+    elif args.fp32_cache is None:
         args.fp32_cache = str(Path(tempfile.gettempdir()) / f"bench_qat_fp32_{args.train_samples}x{args.fp32_epochs}.pt")
     torch.set_num_threads(args.torch_threads)
     result = {"accuracy": part_accuracy, "screen": part_screen, "placement": part_placement, "ddp": part_ddp}[args.part](args)

@@ -73,6 +73,26 @@ def test_a_per_image_loop_says_the_batch_got_baked_in_and_static_batch_fixes_it(
     assert _signature(tmp_path / "loop.onnx")[0] == {"input": [2, 3, 16, 16]}
 
 
+def test_samples_that_fail_at_the_example_batch_too_are_a_parity_error_not_a_baked_batch(tmp_path):
+    import numpy as np
+    import torch
+
+    from trtopt.models.spec import InputSpec, LoadedModel
+
+    class BranchOnValues(torch.nn.Module):  # tracing keeps the branch the example batch took
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2 if float(x.abs().max()) < 10 else x * 3
+
+    feed = {"input": np.ones((8, 4), np.float32)}
+    feed["input"][2:] = 50.0  # in the batch-8 check, not in the example batch (samples 0-1)
+    loaded = LoadedModel(module=BranchOnValues(), spec="test:branch", inputs=(InputSpec("input", (4,)),))
+    with pytest.raises(TrtoptError) as err:
+        export_onnx(loaded, tmp_path / "b.onnx", ExportConfig(exporter="torchscript", opset=17), feed=feed)
+    assert "differs from PyTorch at batch 8" in str(err.value)
+    assert "batch size" not in str(err.value) and "--static-batch" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_unused_forward_argument_is_named_in_a_warning(tmp_path, capsys):
     result = run_here(["export", f"{FACTORIES}:unused_argument", "-o", tmp_path / "u.onnx",
                        "--input-shape", "x:2x8,scale:2x8"], capsys)

@@ -196,6 +196,31 @@ def test_export_writes_both_layouts_with_the_trained_ranges(tmp_path):
     assert not list(tmp_path.glob("*.tmp*"))
 
 
+class _Scaled(nn.Module):
+    def __init__(self, k: float) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) * self.k
+
+
+def test_qdq_parity_scales_atol_with_the_outputs():
+    from trtopt.quant.qat_export import QDQ_PARITY, qdq_parity
+
+    x = np.full((16, 1, 2, 2), 0.5, np.float32)
+    x[3] = -2.0
+    x[12] = 100.0  # beyond the first 8 samples: does not set the scale
+
+    def loaded(k: float) -> LoadedModel:
+        return LoadedModel(module=_Scaled(k), spec="test:scaled", inputs=(InputSpec("input", (1, 2, 2)),))
+
+    big = qdq_parity(loaded(10.0), {"input": x})
+    assert big.atol == pytest.approx(QDQ_PARITY.atol * 20.0)  # max |output| = 2 * 10
+    assert (big.rtol, big.min_cosine) == (QDQ_PARITY.rtol, QDQ_PARITY.min_cosine)
+    assert qdq_parity(loaded(0.1), {"input": x}) == QDQ_PARITY  # outputs below 1 keep the absolute tolerance
+
+
 def test_strip_qdq_keeps_names_and_returns_amax():
     from onnx import TensorProto, helper, numpy_helper
 
