@@ -58,11 +58,6 @@ def layers(kind: str, c: int, o: int, k: int, stride: int, r: int | None) -> nn.
     return nn.Sequential(nn.Conv2d(c, r, k, stride, pad, bias=False), nn.Conv2d(r, o, 1))
 
 
-def macs_per_activation(kind: str, c: int, o: int, k: int, stride: int) -> float:
-    """The dense layer's MACs per activation element read or written (input + output, per output position)."""
-    return c * o * max(k, 1) ** 2 / (c * max(stride, 1) ** 2 + o)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="+", default=None, help="time only layers whose label contains one of these "
@@ -101,7 +96,6 @@ def main() -> None:
                     name: {"latency_ms_p50": v["latency_ms_p50"],
                            "speedup": (v.get("speedup_vs_baseline") or {}).get("speedup")}
                     for name, v in per_batch["candidates"].items()} | {"load_average": per_batch["load_average"]}
-            row["macs_per_activation_element"] = macs_per_activation(kind, c, o, k, stride)
             rows.append(row)
             print(label, {b: {n: round(v["speedup"], 2) for n, v in row[b].items() if isinstance(v, dict) and v["speedup"]}
                           for b in ("batch_1", "batch_8")}, flush=True)
