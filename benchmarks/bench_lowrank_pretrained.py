@@ -17,8 +17,9 @@ Models and data (the helpers of ``bench_share_pretrained.py``):
   to FP32 embeddings of the model card's sentences (64 tokens, held out), timed on those.
 
 Settings: ``energy:E`` (keep E of each layer's squared singular values) or ``params:F`` (a parameter budget,
-F of the selected layers' parameters). Writes ``benchmarks/results/lowrank_pretrained.json`` (rows keyed by
-model and setting; a rerun replaces its rows and keeps the others). Run under ``nice``; 2 threads.
+F of the selected layers' parameters), optionally with ``/min_rank=N``. Writes ``benchmarks/results/lowrank_pretrained.json`` (rows keyed by
+model and setting; a rerun replaces its rows and keeps the others). Run from the repository root with
+``PYTHONPATH=.`` (this checkout's trtopt) under ``nice``; 2 threads.
 """
 
 from __future__ import annotations
@@ -58,13 +59,16 @@ DEFAULT_SETTINGS = {"minilm": ["energy:0.95", "energy:0.9", "params:0.5"],
 
 
 def low_rank_config(setting: str) -> LowRankConfig:
-    """``energy:E`` → the energy rule at E; ``params:F`` → a parameter budget of F."""
-    kind, _, value = setting.partition(":")
+    """``energy:E`` → the energy rule at E; ``params:F`` → a parameter budget of F; a suffix ``/min_rank=N``
+    sets that field (``/min_rank=1``: the selection before the thin-split floor)."""
+    rule, *extra = setting.split("/")
+    fields = {key: int(value) for key, _, value in (e.partition("=") for e in extra)}
+    kind, _, value = rule.partition(":")
     if kind == "energy":
-        return LowRankConfig(energy=float(value))
+        return LowRankConfig(energy=float(value), **fields)
     if kind == "params":
-        return LowRankConfig(method="params", param_budget=float(value))
-    raise SystemExit(f"unknown setting {setting!r}: write energy:E or params:F")
+        return LowRankConfig(method="params", param_budget=float(value), **fields)
+    raise SystemExit(f"unknown setting {setting!r}: write energy:E or params:F (+ /min_rank=N)")
 
 
 def timed(fp32: Path, factorized: Path, feed: dict[str, np.ndarray], batch_sizes: tuple[int, ...],
