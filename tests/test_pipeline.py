@@ -259,7 +259,7 @@ def test_stage_dependencies_are_checked_in_the_recipe():
 
 
 def test_factorize_and_cluster_stages_write_a_compressed_model_and_the_codebook_file(tmp_path):
-    recipe = tiny_recipe(stages=("factorize", "cluster", "export", "compare"), factorize={"method": "energy", "energy": 0.5},
+    recipe = tiny_recipe(stages=("factorize", "cluster", "export", "compare"), factorize={"method": "energy", "energy": 0.5, "min_rank": 1},
                          cluster={"bits": 4})
     report, _ = optimize(recipe, tmp_path / "run")
     out = tmp_path / "run"

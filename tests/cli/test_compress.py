@@ -31,7 +31,7 @@ def test_cluster_writes_file_checkpoint_and_report(tmp_path, cli_env):
 
 def test_factorize_writes_onnx_and_report(tmp_path, cli_env):
     r = run(["factorize", "tests.helpers.tiny_models:tiny_cnn", "-o", "f.onnx", "--energy", "0.6", "--json", "f.json",
-             "--min-reduction", "0"], tmp_path, cli_env)
+             "--min-reduction", "0", "--min-rank", "1"], tmp_path, cli_env)
     assert r.returncode == 0, r.stderr
     result = json.loads((tmp_path / "f.json").read_text())
     assert result["report"]["parameters_after"] < result["report"]["parameters_before"]
@@ -54,7 +54,7 @@ def test_bad_inputs_give_one_line_and_write_nothing(tmp_path, cli_env):
 def test_factorize_to_a_measured_speedup_target(tmp_path, cli_env):
     # a window this wide takes the first step (kept energy 0.9), whatever the timing noise
     r = run(["factorize", "tests.helpers.tiny_models:tiny_cnn", "-o", "s.onnx", "--target-speedup", "1.01", "--tolerance", "0.99",
-             "--iterations", "3", "--warmup", "1", "--json", "s.json", "--min-reduction", "0"], tmp_path, cli_env)
+             "--iterations", "3", "--warmup", "1", "--json", "s.json", "--min-reduction", "0", "--min-rank", "1"], tmp_path, cli_env)
     assert r.returncode == 0, r.stderr
     result = json.loads((tmp_path / "s.json").read_text())
     search = result["speedup_search"]
@@ -66,7 +66,7 @@ def test_factorize_to_a_measured_speedup_target(tmp_path, cli_env):
 
 def test_a_missed_speedup_target_keeps_the_closest_model_warns_and_exits_1(tmp_path, cli_env):
     r = run(["factorize", "tests.helpers.tiny_models:tiny_cnn", "-o", "s.onnx", "--target-speedup", "1000",
-             "--iterations", "3", "--warmup", "1", "--json", "s.json", "--min-reduction", "0"], tmp_path, cli_env)
+             "--iterations", "3", "--warmup", "1", "--json", "s.json", "--min-reduction", "0", "--min-rank", "1"], tmp_path, cli_env)
     assert r.returncode == 1, r.stderr
     warnings = [line for line in r.stdout.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "target 1000.0× ± 10% not reached" in warnings[0]
@@ -106,7 +106,7 @@ def test_cluster_without_data_says_fidelity_was_not_measured_and_needs_data_to_f
 def test_factorize_then_distill_in_one_command_recovers_held_out_fidelity(tmp_path, cli_env):
     r = run(["factorize", "zoo:digits_cnn", "-o", "f.onnx", "--energy", "0.7", "--data", "dataset:digits:test",
              "--train-data", "dataset:digits:train", "--labels", "--distill-steps", "15", "--lr", "1e-3",
-             "--distill-batch-size", "32", "--json", "f.json"], tmp_path, cli_env)
+             "--distill-batch-size", "32", "--json", "f.json", "--min-rank", "1"], tmp_path, cli_env)
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "f.json").read_text())["report"]
     assert report["distill"]["steps"] == 15 and report["fidelity"]["samples"] == 359

@@ -89,6 +89,7 @@ PAIRS = [
     ("cluster", "--min-elements", ShareConfig, "min_elements"),
     ("factorize", "--conv", LowRankConfig, "conv"),
     ("factorize", "--min-reduction", LowRankConfig, "min_reduction"),
+    ("factorize", "--min-rank", LowRankConfig, "min_rank"),
     ("factorize", "--rank-multiple", LowRankConfig, "rank_multiple"),
     *[("factorize", flag, SpeedupSearchConfig, name) for flag, name in (
         ("--tolerance", "tolerance"), ("--batch-size", "batch_size"), ("--iterations", "iterations"),

@@ -110,7 +110,7 @@ def test_lowrank_keeps_the_padding_of_a_same_padding_subclass_and_skips_a_custom
     net = Net().eval()
     x = torch.randn(2, 3, 16, 16)
     ref = net(x)
-    model, report = factorize_(net, LowRankConfig(energy=1.0, min_reduction=None, conv="channel"),
+    model, report = factorize_(net, LowRankConfig(energy=1.0, min_reduction=None, min_rank=1, conv="channel"),
                                example_inputs=x[:1])
     rows = {la.name: la for la in report.layers}
     assert rows["stem"].skipped is None and rows["wrapped.conv"].skipped is None

@@ -3,6 +3,8 @@ rank rules (energy, parameter budget, explicit), skipped layers, ONNX export, an
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -32,7 +34,7 @@ def test_linear_error_equals_discarded_energy(out_f, in_f, data, seed):
     layer = nn.Linear(in_f, out_f).double()
     w = layer.weight.detach().clone()
     r = data.draw(st.integers(1, min(in_f, out_f)))
-    model, report = factorize_(_Wrap(layer), LowRankConfig(method="ranks", ranks={"layer": r}, min_reduction=None))
+    model, report = factorize_(_Wrap(layer), LowRankConfig(method="ranks", ranks={"layer": r}, min_reduction=None, min_rank=1))
     first, second = model.layer
     assert first.weight.shape == (r, in_f) and second.weight.shape == (out_f, r)
     assert torch.equal(second.bias, layer.bias)
@@ -62,7 +64,7 @@ def test_factorized_conv_keeps_output_shape_for_any_input(case, seed):
     w = (case["kw"] - 1) * case["dilation"][1] + 1 + case["w"]
     x = torch.randn(case["batch"], case["c"], h, w)
     expected = conv(x).shape
-    model, report = factorize_(_Wrap(conv), LowRankConfig(energy=case["energy"], conv=case["scheme"], min_reduction=None))
+    model, report = factorize_(_Wrap(conv), LowRankConfig(energy=case["energy"], conv=case["scheme"], min_reduction=None, min_rank=1))
     assert model(x).shape == expected
     if report.layers[0].skipped is None:
         assert isinstance(model.layer, nn.Sequential)
@@ -74,7 +76,7 @@ def test_factorized_conv_keeps_output_shape_for_any_input(case, seed):
 def test_factorized_linear_keeps_output_shape_for_any_leading_dims(in_f, out_f, lead, energy):
     layer = nn.Linear(in_f, out_f)
     x = torch.randn(*lead, in_f)
-    model, _ = factorize_(_Wrap(layer), LowRankConfig(energy=energy, min_reduction=None))
+    model, _ = factorize_(_Wrap(layer), LowRankConfig(energy=energy, min_reduction=None, min_rank=1))
     assert model(x).shape == (*lead, out_f)
 
 
@@ -84,7 +86,7 @@ def test_full_rank_rebuild_reproduces_the_conv(scheme):
     conv = nn.Conv2d(5, 7, (3, 2), stride=(2, 1), padding=(1, 1), dilation=(1, 2)).double()
     x = torch.randn(2, 5, 11, 9, dtype=torch.float64)
     expected = conv(x)
-    model, report = factorize_(_Wrap(conv), LowRankConfig(energy=1.0, conv=scheme, min_reduction=None))
+    model, report = factorize_(_Wrap(conv), LowRankConfig(energy=1.0, conv=scheme, min_reduction=None, min_rank=1))
     assert report.layers[0].scheme == scheme
     assert torch.allclose(model(x), expected, atol=1e-10)
 
@@ -93,7 +95,7 @@ def test_channel_error_equals_discarded_energy_of_the_reshaped_kernel():
     torch.manual_seed(1)
     conv = nn.Conv2d(4, 6, 3, padding=1, bias=False).double()
     w = conv.weight.detach().clone()
-    model, _ = factorize_(_Wrap(conv), LowRankConfig(method="ranks", ranks={"layer": 3}, conv="channel", min_reduction=None))
+    model, _ = factorize_(_Wrap(conv), LowRankConfig(method="ranks", ranks={"layer": 3}, conv="channel", min_reduction=None, min_rank=1))
     first, second = model.layer
     rebuilt = (second.weight.detach().reshape(6, 3) @ first.weight.detach().reshape(3, -1)).reshape(w.shape)
     s = torch.linalg.svdvals(w.reshape(6, -1))
@@ -106,7 +108,7 @@ def _cnn() -> DigitsCNN:
 
 
 def test_energy_rule_picks_the_smallest_rank_reaching_the_threshold():
-    _, report = factorize_(_cnn(), LowRankConfig(energy=0.8, conv="channel", min_reduction=None))
+    _, report = factorize_(_cnn(), LowRankConfig(energy=0.8, conv="channel", min_reduction=None, min_rank=1))
     model = _cnn()
     for row in report.layers:
         w = dict(model.named_modules())[row.name].weight.detach().double()
@@ -190,7 +192,7 @@ def test_bad_configs_name_the_field(kwargs, needle):
 
 def test_infeasible_budget_is_refused():
     with pytest.raises(TrtoptError, match="budget"):
-        factorize_(_cnn(), LowRankConfig(method="params", param_budget=0.001, min_reduction=None))
+        factorize_(_cnn(), LowRankConfig(method="params", param_budget=0.001, min_reduction=None, min_rank=1))
 
 
 def test_accuracy_degrades_gracefully_with_energy():
@@ -199,7 +201,7 @@ def test_accuracy_degrades_gracefully_with_energy():
     ref = _cnn()(x)
     errors = []
     for energy in (0.5, 0.8, 0.95):
-        model, _ = factorize_(_cnn(), LowRankConfig(energy=energy, min_reduction=None))
+        model, _ = factorize_(_cnn(), LowRankConfig(energy=energy, min_reduction=None, min_rank=1))
         errors.append(float((model(x) - ref).abs().mean()))
     assert errors[0] > errors[1] > errors[2]
     assert np.isfinite(errors).all()
@@ -211,7 +213,7 @@ def test_speedup_search_lowers_the_kept_energy_step_by_step():
 
     loaded = LoadedModel(_cnn(), "digits", (InputSpec("input", (1, 8, 8), "float32", -1.0, 2.0),))
     # a window this wide takes the first step, whatever the timing noise: the plumbing is what is tested
-    search = search_speedup(loaded, LowRankConfig(min_reduction=None), SpeedupSearchConfig(
+    search = search_speedup(loaded, LowRankConfig(min_reduction=None, min_rank=1), SpeedupSearchConfig(
         target_speedup=1.01, tolerance=0.99, iterations=3, warmup_iterations=1))
     assert search.reached and search.knob == "energy" and [s.strength for s in search.steps] == [0.1]
     step = search.chosen_step
@@ -228,7 +230,7 @@ def test_speedup_search_missing_the_target_keeps_the_closest_energy():
     from trtopt.speedup_search import SpeedupSearchConfig, search_speedup
 
     loaded = LoadedModel(_cnn(), "digits", (InputSpec("input", (1, 8, 8), "float32", -1.0, 2.0),))
-    search = search_speedup(loaded, LowRankConfig(min_reduction=None), SpeedupSearchConfig(
+    search = search_speedup(loaded, LowRankConfig(min_reduction=None, min_rank=1), SpeedupSearchConfig(
         target_speedup=1000.0, iterations=3, warmup_iterations=1, strength_step=0.4, max_strength=0.8))
     assert not search.reached and [s.compression["energy"] for s in search.steps] == [0.6, 0.2]
     assert search.chosen_step is search.fastest_step
@@ -241,3 +243,28 @@ def test_on_step_reports_each_layer_as_it_is_factorized():
                           LowRankConfig(method="energy", energy=0.5), on_step=steps.append)
     assert steps == ["factorizing 0", "factorizing 2"]
     assert [row.name for row in report.layers] == ["0", "2"]
+
+
+def test_splits_thinner_than_min_rank_are_raised_or_skipped_with_the_reason():
+    """Splits through < 16 channels ran slower than the dense layer in ONNX Runtime (lowrank_layers.json):
+    a smaller rank is raised to ``min_rank``, and the layer is skipped, saying so, when that no longer pays."""
+    torch.manual_seed(0)
+    thin = nn.Conv2d(16, 96, 1)  # the shape of EfficientNet-Lite0's blocks.1 expand conv
+    model, report = factorize_(_Wrap(thin), LowRankConfig(energy=0.5))
+    assert model.layer is thin
+    assert "rank 16 needs 1888 parameters vs 1632 dense" in report.layers[0].skipped
+    assert "below min_rank 16 are raised to it" in report.layers[0].skipped
+    assert factorize_(_Wrap(nn.Conv2d(16, 96, 1)), LowRankConfig(energy=0.5, min_rank=1))[1].layers[0].skipped is None
+
+    low = nn.Linear(64, 64)
+    with torch.no_grad():
+        low.weight.copy_(torch.randn(64, 4) @ torch.randn(4, 64))  # rank 4: energy 0.9 needs at most rank 4
+    raised = factorize_(_Wrap(copy.deepcopy(low)), LowRankConfig(energy=0.9))[1].layers[0]
+    assert raised.rank == 16 and raised.energy_kept == pytest.approx(1.0) and raised.params_after == 16 * 128 + 64
+    assert factorize_(_Wrap(copy.deepcopy(low)), LowRankConfig(energy=0.9, min_rank=1))[1].layers[0].rank <= 4
+    budget = factorize_(_Wrap(copy.deepcopy(low)), LowRankConfig(method="params", param_budget=0.6))[1].layers[0]
+    assert 16 <= budget.rank and budget.params_after <= 0.6 * 4160
+    with pytest.raises(TrtoptError, match="lower min_rank"):  # rank 16 alone is over a 0.5 budget
+        factorize_(_Wrap(copy.deepcopy(low)), LowRankConfig(method="params", param_budget=0.5))
+    with pytest.raises(TrtoptError, match="min_rank"):
+        LowRankConfig(min_rank=0)

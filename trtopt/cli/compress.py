@@ -188,7 +188,7 @@ def cmd_factorize(args: argparse.Namespace) -> int:
     config = LowRankConfig(method=method, energy=args.energy if args.energy is not None else LowRankConfig.energy,
                            param_budget=args.param_budget, ranks=ranks, conv=args.conv, layers=tuple(args.layer or ()),
                            exclude=tuple(args.exclude or ()), min_reduction=args.min_reduction,
-                           rank_multiple=args.rank_multiple)
+                           rank_multiple=args.rank_multiple, min_rank=args.min_rank)
     target = speedup_search_config(args)
     # the distillation's config before any work: --lr / --distill-batch-size are checked even with --distill-steps 0
     tune = DistillConfig(epochs=None, max_steps=args.distill_steps or 1, batch_size=args.distill_batch_size, lr=args.lr,
@@ -334,6 +334,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="skip layers losing less than this fraction of parameters/MACs (default %(default)s)")
     p.add_argument("--rank-multiple", type=int, default=LowRankConfig.rank_multiple,
                    help="round ranks up to a multiple (8/16 suit tensor cores; default %(default)s)")
+    p.add_argument("--min-rank", type=int, default=LowRankConfig.min_rank,
+                   help="raise smaller ranks to this (thinner splits ran slower than dense layers on ONNX Runtime CPU; "
+                        "1: no floor; default %(default)s)")
     add_speedup_search(p, "lower the kept energy step by step (then bisect) until the exported ONNX is measured X× "
                           "faster than the original's on ONNX Runtime (interleaved); missed: keeps the closest, exit 1")
     tune = p.add_argument_group("distillation after factorizing (from the original model; fidelity on --data)")

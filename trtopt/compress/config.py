@@ -84,6 +84,13 @@ class LowRankConfig:
         min_reduction: skip a layer unless it loses at least this fraction of its parameters (and MACs);
             None factorizes every selected layer even when that costs more (for experiments and tests).
         rank_multiple: round ranks up to a multiple of this (8 or 16 suit tensor cores); 1 = exact.
+        min_rank: the thinnest split made (methods "energy" and "params"; explicit ``ranks`` are kept as
+            given): a smaller chosen rank is raised to it, and a layer where that rank no longer meets
+            ``min_reduction`` is skipped with the reason. Splits through fewer than 16 channels ran slower than
+            the dense layer in ONNX Runtime on the CPU at every MAC saving measured (0.55-0.89× for
+            EfficientNet-Lite0's stem and early 1×1 convs at 40-85 % of the dense MACs; 16-wide FP32 vectors
+            of AVX-512 left part idle), while splits of 17+ channels won
+            (benchmarks/results/lowrank_layers.json). 1 = no floor.
     """
 
     method: str = "energy"
@@ -95,6 +102,7 @@ class LowRankConfig:
     exclude: tuple[str, ...] = ()
     min_reduction: float | None = 0.1
     rank_multiple: int = 1
+    min_rank: int = 16
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, RANK_METHODS)
@@ -110,6 +118,7 @@ class LowRankConfig:
             check_int(f"ranks.{name}", r, fix="give ranks >= 1")
         check_number("min_reduction", self.min_reduction, 0, 1, high_open=True, optional=True, fix="e.g. 0.1")
         check_int("rank_multiple", self.rank_multiple, fix="e.g. 1 or 8")
+        check_int("min_rank", self.min_rank, fix="e.g. 16 (1: no floor)")
 
 
 # -- distill ----------------------------------------------------------

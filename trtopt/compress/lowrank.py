@@ -19,8 +19,10 @@ Rank per layer, from one of three rules (all measured in the layer's own singula
 ranks are grown greedily where they keep the most energy per parameter until the budget is spent), or
 ``ranks`` (explicit per layer). A *measured latency target* is met by `trtopt.speedup_search.search_speedup`:
 it lowers the kept energy step by step (then bisects), exports each candidate and times it in ONNX Runtime
-interleaved with the original's ONNX. A layer whose chosen rank would not reduce its parameters (and, when
-example inputs are given, its MACs) is left as it is and listed with the reason.
+interleaved with the original's ONNX. No split is thinner than ``min_rank`` channels (16 by default:
+thinner ones ran slower than the dense layer in ONNX Runtime on the CPU, benchmarks/bench_lowrank_layers.py).
+A layer whose chosen rank would not reduce its parameters (and, when example inputs are given, its MACs)
+is left as it is and listed with the reason.
 
 The result is a plain ``nn.Module`` (``nn.Sequential`` of standard layers in place of each factorized
 one) that exports to ONNX with `trtopt.export.export_onnx` like the original. Unlike weight sharing,
@@ -381,17 +383,19 @@ def _round_rank(r: int, multiple: int, max_rank: int) -> int:
     return min(max_rank, int(math.ceil(r / multiple) * multiple))
 
 def _budget_ranks(plans: Sequence[_Plan], caps: Mapping[str, int], budget_params: float,
-                  multiple: int) -> dict[str, int]:
-    """Greedy ranks under a total parameter budget: start at the smallest rank, then repeatedly add the
-    rank step keeping the most (layer-normalized) energy per added parameter while it fits, never past
-    a layer's cap (the largest rank that still reduces its cost)."""
+                  multiple: int, floor: Mapping[str, int]) -> dict[str, int]:
+    """Greedy ranks under a total parameter budget: start at the smallest rank (``multiple``, at least the
+    layer's ``floor``), then repeatedly add the rank step keeping the most (layer-normalized) energy per added
+    parameter while it fits, never past a layer's cap (the largest rank that still reduces its cost)."""
     import heapq
 
-    ranks = {p.name: min(multiple, caps[p.name]) for p in plans}
+    ranks = {p.name: min(_round_rank(max(multiple, floor[p.name]), multiple, p.max_rank), caps[p.name]) for p in plans}
     spent = sum(p.params(ranks[p.name]) for p in plans)
     if spent > budget_params:
-        raise TrtoptError(f"a parameter budget of {int(budget_params)} is below the {spent} parameters of rank "
-                          f"{multiple} for every layer", "raise param_budget, or exclude small layers")
+        smallest = sorted(set(ranks.values()))
+        raise TrtoptError(f"a parameter budget of {int(budget_params)} is below the {spent} parameters of the smallest "
+                          f"ranks allowed ({', '.join(map(str, smallest))}: rank_multiple {multiple}, min_rank) for every "
+                          f"layer", "raise param_budget, exclude small layers, or lower min_rank")
 
     def step(p: _Plan) -> tuple[float, int, int] | None:
         r = ranks[p.name]
@@ -452,6 +456,7 @@ def factorize_(model: Any, config: LowRankConfig = LowRankConfig(), example_inpu
     rows: list[LayerRank] = []
     candidates: list[tuple[_Plan, int]] = []
     plans_by_layer: list[list[_Plan]] = []
+    raised: set[str] = set()  # layers whose rank was raised to config.min_rank
     for name, m, kind, _pad, problem in chosen:
         if on_step:
             on_step(f"factorizing {name}")
@@ -475,10 +480,13 @@ def factorize_(model: Any, config: LowRankConfig = LowRankConfig(), example_inpu
         best = [min(ps, key=lambda p: p.params(p.rank_for_energy(config.energy))) for ps in plans_by_layer]
         dense_total = sum(sum(t.numel() for t in p.module.parameters()) for p in best)
         caps = {p.name: _useful_rank(p, shapes, config.min_reduction) for p in best}
-        for p in [p for p in best if caps[p.name] < 1]:  # even rank 1 would not pay: listed as skipped below
-            candidates.append((p, 1))
-        best = [p for p in best if caps[p.name] >= 1]
-        ranks = _budget_ranks(best, caps, config.param_budget * dense_total, config.rank_multiple) if best else {}
+        floor = {p.name: min(config.min_rank, p.max_rank) for p in best}
+        for p in [p for p in best if caps[p.name] < floor[p.name]]:  # even the floor would not pay: skipped below
+            candidates.append((p, floor[p.name]))
+            raised.add(p.name)
+        best = [p for p in best if caps[p.name] >= floor[p.name]]
+        ranks = (_budget_ranks(best, caps, config.param_budget * dense_total, config.rank_multiple, floor)
+                 if best else {})
         candidates += [(p, ranks[p.name]) for p in best]
     else:
         for plans in plans_by_layer:
@@ -490,6 +498,9 @@ def factorize_(model: Any, config: LowRankConfig = LowRankConfig(), example_inpu
                     r = min(config.ranks[p.name], p.max_rank)
                 else:
                     r = p.rank_for_energy(config.energy)
+                    if r < config.min_rank:
+                        raised.add(p.name)
+                        r = config.min_rank
                 pick.append((p, _round_rank(r, config.rank_multiple, p.max_rank)))
             if pick:
                 candidates.append(min(pick, key=lambda pr: pr[0].params(pr[1])))
@@ -507,6 +518,9 @@ def factorize_(model: Any, config: LowRankConfig = LowRankConfig(), example_inpu
         elif keep is not None and after_macs is not None and dense_macs is not None and after_macs > dense_macs * keep:
             reason = (f"rank {r} needs {after_macs} MACs vs {dense_macs} dense: less than the "
                       f"{config.min_reduction:.0%} reduction required (min_reduction)")
+        if reason and plan.name in raised:
+            reason += (f"; ranks below min_rank {config.min_rank} are raised to it, because thinner splits ran "
+                       f"slower than the dense layer on ONNX Runtime CPU")
         if reason:
             rows.append(_skipped(plan.name, m, dense, reason, dense_macs))
             continue
