@@ -112,3 +112,30 @@ def test_factorize_then_distill_in_one_command_recovers_held_out_fidelity(tmp_pa
     assert report["distill"]["steps"] == 15 and report["fidelity"]["samples"] == 359
     assert report["fidelity_distilled"]["value"] > report["fidelity"]["value"] + 0.1
     assert "after distillation on dataset:digits:test" in r.stdout
+
+
+def test_factorize_distillation_keeps_the_original_batchnorm_statistics(tmp_path, capsys, monkeypatch):
+    # the benchmark and cluster froze them; factorize --distill-steps re-estimated them from 4-sample batches
+    import numpy as np
+
+    import trtopt.compress.distill as distill_module
+    from tests.helpers.cli import run_here
+
+    monkeypatch.chdir(tmp_path)
+    np.savez(tmp_path / "train.npz", input=np.random.default_rng(0).uniform(-1, 1, (8, 3, 32, 32)).astype(np.float32))
+    seen = {}
+    real = distill_module.distill
+
+    def recording(student, teacher, data, config, **kw):
+        bns = [m for m in student.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        before = [bn.running_mean.clone() for bn in bns]
+        run = real(student, teacher, data, config, **kw)
+        seen["unchanged"] = [torch.equal(bn.running_mean, b) for bn, b in zip(bns, before)]
+        return run
+
+    monkeypatch.setattr(distill_module, "distill", recording)
+    r = run_here(["factorize", "tests.helpers.tiny_models:tiny_cnn", "-o", "f.onnx", "--energy", "0.9",
+                  "--min-rank", "1", "--data", "train.npz", "--distill-steps", "3", "--distill-batch-size", "4",
+                  "--lr", "1e-2"], capsys)
+    assert r.returncode == 0, r.stderr
+    assert seen["unchanged"] and all(seen["unchanged"])

@@ -260,11 +260,15 @@ def _distill_after(args: argparse.Namespace, loaded, original: Any, probe: Any,
     from dataclasses import replace
 
     from trtopt.compress.distill import distill
+    from trtopt.compress.trainer import frozen_batchnorm
 
     embeddings = "embedding" in loaded.output_names
     train = _model_data(args, loaded, args.train_data or args.data, args.train_samples)
     config = replace(tune, output_loss="cosine" if embeddings else "kl")
-    run = distill(loaded.module.requires_grad_(True), original, train, config)
+    # BatchNorm keeps the original's statistics, as in cluster's tied fine-tuning: a few steps on small
+    # batches should recover the original function, not re-estimate normalization from them.
+    with frozen_batchnorm(loaded.module.requires_grad_(True)):
+        run = distill(loaded.module, original, train, config)
     loaded.module = run.student
     record = run.to_dict()
     record["loss_first"], record["loss_last"] = run.step_losses[0], run.step_losses[-1]
