@@ -369,3 +369,22 @@ def test_tied_finetuning_recovers_fidelity_keeps_ties_and_resumes_exactly(digits
     assert resumed.finetune["steps"] == 8
     for k, v in straight.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+def test_mixed_bits_protect_and_count_layers_too_small_for_the_largest_codebook():
+    """A first/last layer with fewer than 2^8+1 weights (TinyCNN: features.0 216, head 160) was left out of the
+    bit choice: clustered at the uniform 4 bits although "protected", the last layer misnamed, and the
+    predicted ratio (which counted them FP32) not the file's."""
+    from tests.helpers.tiny_models import tiny_cnn
+    from trtopt.compress.distill import fidelity_probe
+    from trtopt.compress.share import share_weights
+
+    torch.manual_seed(0)
+    model = tiny_cnn().eval()
+    data = (np.random.default_rng(0).uniform(-1, 1, (8, 3, 32, 32)).astype(np.float32), None)
+    out = share_weights(model, ShareConfig(max_accuracy_drop=0.01, candidate_bits=(2, 4, 8)),
+                        fidelity_probe(model, data, embeddings=False))
+    assert set(out.bits.protected) == {"features.0", "head"}
+    bits = {la.name: la.bits for la in out.result.layers}
+    assert bits["features.0.weight"] is None and bits["head.weight"] is None  # too small for 8 bits: kept FP32
+    assert out.bits.predicted_ratio == pytest.approx(out.result.compression_ratio)

@@ -10,6 +10,7 @@ so its deployable output is the exported ONNX model.
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from typing import Any
 
 from trtopt.cli._common import (
@@ -149,8 +150,10 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         print(f"  mixed bits: {'target met' if bc.target_met else 'TARGET MISSED'} after {bc.evaluations} evaluations; "
               f"protected: {', '.join(f'{n} ({why})' for n, why in list(bc.protected.items())[:4])}"
               f"{' …' if len(bc.protected) > 4 else ''}")
-        counts = {b: sum(1 for v in bc.layer_bits.values() if v == b) for b in sorted(set(bc.layer_bits.values()))}
-        print("  layers per bit-width: " + ", ".join(f"{b} bits × {n}" for b, n in counts.items()))
+        counts = Counter(la.bits for la in report.layers if la.bits is not None)
+        kept = sum(1 for la in report.layers if la.bits is None)
+        print("  layers per bit-width: " + ", ".join(f"{b} bits × {counts[b]}" for b in sorted(counts))
+              + (f", FP32 × {kept}" if kept else ""))
     for la in report.layers:
         if la.skipped and not la.skipped[:1].isdigit():
             print(f"  skipped {la.name}: {la.skipped}")

@@ -331,11 +331,17 @@ def choose_bits(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[
     if config.target_ratio is None and config.max_accuracy_drop is None:
         raise TrtoptError("mixed bit-widths need a target", "set target_ratio or max_accuracy_drop")
     step = on_step or (lambda _m: None)
-    usable = [(n, m) for n, m, problem in select_layers(model, CLUSTERABLE, config.layers, config.exclude, "weight sharing")
-              if problem is None and m.weight.numel() >= max(config.min_elements, 2 ** max(config.candidate_bits) + 1)]
+    top = max(config.candidate_bits)
+    clusterable = [(n, m) for n, m, problem in select_layers(model, CLUSTERABLE, config.layers, config.exclude,
+                                                             "weight sharing")
+                   if problem is None and m.weight.numel() >= config.min_elements]
+    # Layers too small for a codebook at the largest candidate stay FP32 (bits = top: cluster_weights_ skips
+    # them), as state_bytes counts them; they still count for "first" and "last".
+    usable = [(n, m) for n, m in clusterable if m.weight.numel() >= 2 ** top + 1]
+    small = [n for n, m in clusterable if m.weight.numel() < 2 ** top + 1]
     order: list[str] = []
     handles = [m.register_forward_hook(lambda _m, _i, _o, n=n: order.append(n) if n not in order else None)
-               for n, m in usable if not _is_embedding(m)]
+               for n, m in clusterable if not _is_embedding(m)]
     try:
         evaluations = 1
         probe(model)
@@ -349,7 +355,6 @@ def choose_bits(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[
     if config.protect_depthwise:
         protected.update({n: "depthwise convolution" for n, m in usable
                           if getattr(m, "groups", 1) > 1 and m.groups == getattr(m, "in_channels", 0)})
-    top = max(config.candidate_bits)
     lower = [b for b in config.candidate_bits if b < top]
     free = [(n, m) for n, m in usable if n not in protected]
     sensitivity = []
@@ -381,7 +386,7 @@ def choose_bits(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[
     def state_bytes(bits: Mapping[str, int]) -> int:
         return fixed + sum(_shared_bytes(params[n], groups[n], bits[n]) for n in params)
 
-    bits = {n: (config.protected_bits if n in protected else top) for n in params}
+    bits = {n: top for n in small} | {n: (config.protected_bits if n in protected else top) for n in params}
     path = [dict(bits)]
     heap: list[tuple[float, str, int]] = []
 
