@@ -432,3 +432,12 @@ def test_cli_distill_bad_inputs(tmp_path):
     _one_line_error(_cli(["distill", "trtopt.models.nets:DigitsCNN", "zoo:digits_cnn", "--data", "d.npz", "--labels", "-o", "s.pt"],
                          tmp_path), "labels")
     assert not (tmp_path / "s.pt").exists()
+
+
+def test_resuming_a_checkpoint_past_this_runs_length_is_refused(tmp_path):
+    """A 2-epoch checkpoint resumed with epochs=1 returned the 2-epoch student as if 1 epoch had been asked."""
+    teacher, x, y = _task()
+    base = {"batch_size": 16, "checkpoint_dir": str(tmp_path)}
+    distill(_student(), teacher, (x, y), DistillConfig(epochs=2, **base))
+    _error(lambda: distill(_student(), teacher, (x, y), DistillConfig(epochs=1, resume_from=str(tmp_path), **base)),
+           "past this run's", "start afresh")

@@ -368,7 +368,8 @@ class Trainer:
         """Continue from ``checkpoint`` (`load_checkpoint`'s dict): weights, optimizer, schedule, RNG, state.
 
         Raises:
-            TrtoptError: the checkpoint's weights do not fit this student (another architecture).
+            TrtoptError: the checkpoint's weights do not fit this student (another architecture); the checkpoint
+                is past this run's ``total_steps``.
         """
         try:
             self.student.load_state_dict(checkpoint["student"])
@@ -378,7 +379,12 @@ class Trainer:
         except (RuntimeError, KeyError, ValueError) as e:
             raise TrtoptError(f"checkpoint {self.config.resume_from} does not fit this student ({first_line(e, limit=160)})",
                               "resume with the same student architecture the checkpoint was written for") from None
-        self.state = TrainerState.from_checkpoint(checkpoint)
+        state = TrainerState.from_checkpoint(checkpoint)
+        if state.step > self.total_steps:  # nothing would train: the longer run's student would be returned as this one
+            raise TrtoptError(f"checkpoint {self.config.resume_from} is at step {state.step}, past this run's "
+                              f"{self.total_steps} steps",
+                              f"give at least {state.step} steps (max_steps/epochs), or start afresh without resume_from")
+        self.state = state
         _set_rng_state(checkpoint["rng"], self.device)
 
     def fit(self, eval_source: DataSource | None, metric: Metric | None,
