@@ -325,3 +325,15 @@ def test_sweep_removes_only_trtopt_temporaries_of_dead_processes_on_this_host(tm
         file.write_bytes(b"x")
     assert sorted(files.sweep_stale(tmp_path)) == sorted([stale_stage, stale_temp, stale_file])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (live_stage, foreign, lookalike, user_file))
+
+
+@pytest.mark.parametrize("trailing", ["/", ""])
+def test_check_suffix_on_a_folder_suggests_a_file_inside_it(tmp_path, trailing):
+    """`calibrate -o out/` was told "name it out.json": a file beside the folder the user meant to write into."""
+    from trtopt.files import check_suffix
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    with pytest.raises(TrtoptError) as info:
+        check_suffix(str(folder) + trailing, (".json",), "a ranges JSON")
+    assert f"name a file inside it, e.g. {folder / 'output.json'}" in str(info.value)

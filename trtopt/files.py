@@ -248,14 +248,17 @@ def check_suffix(path: PathLike | None, suffixes: tuple[str, ...], what: str, fl
     as an ExportedProgram), so ``prune -o x.onnx`` wrote a file no trtopt command could load. None passes.
 
     Raises:
-        TrtoptError: "FLAG PATH: WHAT is written there, not a SUFFIX file", the fix naming PATH with the first suffix.
+        TrtoptError: "FLAG PATH: WHAT is written there, not a SUFFIX file", the fix naming PATH with the first suffix
+            (a folder: a file inside it).
     """
     if path is None or str(path).lower().endswith(tuple(s.lower() for s in suffixes)):
         return
     p = Path(path)
-    fixed = p.with_name(p.stem + suffixes[0]) if p.suffix else p.with_name(p.name + suffixes[0])
-    raise TrtoptError(f"{flag} {path}: the file written is {what}, whose name ends in {' or '.join(suffixes)}",
-                      f"name it {fixed}")
+    if str(path).endswith(os.sep) or p.is_dir():  # a folder: the user meant a file in it, not one beside it
+        fix = f"name a file inside it, e.g. {p / ('output' + suffixes[0])}"
+    else:
+        fix = f"name it {p.with_name(p.stem + suffixes[0]) if p.suffix else p.with_name(p.name + suffixes[0])}"
+    raise TrtoptError(f"{flag} {path}: the file written is {what}, whose name ends in {' or '.join(suffixes)}", fix)
 
 
 def write_error(e: OSError, target: PathLike) -> TrtoptError:
