@@ -237,7 +237,7 @@ def test_strip_qdq_keeps_names_and_returns_amax():
 
     scale = numpy_helper.from_array(np.array(0.5, np.float32), "s")
     zero = numpy_helper.from_array(np.array(0, np.int8), "z")
-    w = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
+    w = numpy_helper.from_array(np.array([[1.2, -0.3], [0.74, 100.0]], np.float32), "w")
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]), helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
              helper.make_node("QuantizeLinear", ["w", "s", "z"], ["wq"]), helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["wd"]),
              helper.make_node("MatMul", ["xd", "wd"], ["y"])]
@@ -246,3 +246,5 @@ def test_strip_qdq_keeps_names_and_returns_amax():
     model, learned = strip_qdq(helper.make_model(graph))
     assert [(n.op_type, list(n.input)) for n in model.graph.node] == [("MatMul", ["x", "w"])]
     assert learned == {"x": pytest.approx(63.5)}
+    # the weight is what its Q/DQ pair computed: the int8 grid of scale 0.5, clipped at code 127
+    assert numpy_helper.to_array(model.graph.initializer[2]).tolist() == [[1.0, -0.5], [0.5, 63.5]]
