@@ -7,8 +7,12 @@ Parts (``--part``, default ``accuracy``):
               labels and QAD without labels (ModelOpt fake quantization fine-tuned by trtopt's trainer), each
               QAT model exported to both layouts and evaluated in ONNX Runtime (the tensorrt layout with exact
               Q/DQ semantics, graph optimizations off, as `trtopt.quant.quantize.evaluation_config` does);
-              McNemar's exact test of each against FP32 (``paired_tests``). ``--model NAME``: a ``screen``
-              architecture (its cached weights) instead of the MobileNet-style CNN.
+              McNemar's exact test of each against FP32 (``paired_tests``). Beside `export_qat`'s onnxruntime
+              layout (uint8 on the trained grid), candidates made from the same export (`ort_layout_candidates`:
+              uint8 on the learned [min, max], S8S8 with the trained scales, the tensorrt Q/DQ model on ONNX
+              Runtime's fused kernels) are rows too, and the QAT model's are timed against the PTQ U8S8 model
+              with a same-model control (``ort_speed``, batch 1 and 8, ``--speed-iterations``/``--speed-repeats``).
+              ``--model NAME``: a ``screen`` architecture (its cached weights) instead of the MobileNet-style CNN.
 ``screen``    architectures trained the same way (BatchNorm or not, ReLU/SiLU/GELU, widths 4/8/16, separable
               convolutions without BatchNorm between depthwise and pointwise, EfficientNet-B0-style MBConv with
               squeeze-excitation, MobileNetV3-style hardswish/hardsigmoid-SE blocks, linear bottlenecks with
