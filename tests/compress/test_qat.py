@@ -169,7 +169,7 @@ def test_export_writes_both_layouts_with_the_trained_ranges(tmp_path):
 
     from trtopt.compress.qat import qat
     from trtopt.quant.calibrate import CalibrationConfig
-    from trtopt.quant.qat_export import export_qat
+    from trtopt.quant.qat_export import export_qat, strip_qdq
 
     x, y = _data()
     result = qat(_net(), (x, y), QATConfig(training=_train(2)))
@@ -185,8 +185,17 @@ def test_export_writes_both_layouts_with_the_trained_ranges(tmp_path):
     q = next(n for n in trt.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
     scale = next(onnx.numpy_helper.to_array(n.attribute[0].t) for n in trt.graph.node if n.output and n.output[0] == q.input[1])
     assert float(scale) * 127 == pytest.approx(float(result.model.stem[0].input_quantizer.amax), rel=1e-5)
-    # the CPU layout runs, uses uint8 activations, and agrees with the fake-quantized PyTorch model
+    # the CPU layout runs, uses uint8 activations on the trained grid (scale amax / 127, zero point 0 after a
+    # ReLU, 128 for a signed tensor), and agrees with the fake-quantized PyTorch model
     ort_model = onnx.load(str(paths["onnxruntime"]))
+    _, learned = strip_qdq(onnx.load(str(paths["tensorrt"])))
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in ort_model.graph.initializer}
+    grid = {n.input[0]: (float(consts[n.input[1]]), int(consts[n.input[2]]), consts[n.input[2]].dtype)
+            for n in ort_model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in learned}
+    assert len(grid) >= 3 and "input" in grid
+    for tensor, (scale, _, dtype) in grid.items():
+        assert scale == pytest.approx(learned[tensor] / 127, rel=1e-6) and dtype == np.uint8, tensor
+    assert grid["input"][1] == 128 and {z for _, z, _ in grid.values()} == {0, 128}  # signed input; ReLU outputs
     assert {p.key: p.value for p in ort_model.metadata_props}["trtopt.quantize.target"] == "onnxruntime"
     assert "ranges from training" in " ".join(arts["onnxruntime"].notes)
     out = ort.InferenceSession(str(paths["onnxruntime"]), providers=["CPUExecutionProvider"]).run(None, {"input": x[:32]})[0]
@@ -228,7 +237,7 @@ def test_strip_qdq_keeps_names_and_returns_amax():
 
     scale = numpy_helper.from_array(np.array(0.5, np.float32), "s")
     zero = numpy_helper.from_array(np.array(0, np.int8), "z")
-    w = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
+    w = numpy_helper.from_array(np.array([[1.2, -0.3], [0.74, 100.0]], np.float32), "w")
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]), helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
              helper.make_node("QuantizeLinear", ["w", "s", "z"], ["wq"]), helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["wd"]),
              helper.make_node("MatMul", ["xd", "wd"], ["y"])]
@@ -237,3 +246,5 @@ def test_strip_qdq_keeps_names_and_returns_amax():
     model, learned = strip_qdq(helper.make_model(graph))
     assert [(n.op_type, list(n.input)) for n in model.graph.node] == [("MatMul", ["x", "w"])]
     assert learned == {"x": pytest.approx(63.5)}
+    # the weight is what its Q/DQ pair computed: the int8 grid of scale 0.5, clipped at code 127
+    assert numpy_helper.to_array(model.graph.initializer[2]).tolist() == [[1.0, -0.5], [0.5, 63.5]]
