@@ -115,7 +115,7 @@ def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def save(name: str, args: argparse.Namespace, result: dict[str, Any]) -> Path:
-    out = RESULTS / f"qat_pretrained_{name}.json"
+    out = RESULTS / f"qat_pretrained_{name}{'_' + args.tag if args.tag else ''}.json"
     write_json(out, {"benchmark": "bench_qat_pretrained.py", "settings": vars(args), "cpu_isa": cpu_isa(),
                      "environment": environment(), **result}, force=True)
     return out
@@ -134,6 +134,7 @@ def main() -> None:
     parser.add_argument("--no-eval-mode", dest="eval_mode", action="store_false",
                         help="train with dropout / stochastic depth on (QATConfig.eval_mode false)")
     parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--tag", default="", help="suffix of the result file: qat_pretrained_<model>_<tag>.json")
     args = parser.parse_args()
     torch.set_num_threads(args.torch_threads)
     for name in args.models:
