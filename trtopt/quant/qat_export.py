@@ -97,6 +97,62 @@ def export_qat(loaded: LoadedModel, paths: Mapping[str, str | os.PathLike], feed
     return {target: inspect_onnx(path, notes=notes[target]) for target, path in targets.items()}
 
 
+def calibrated_amax(loaded: LoadedModel, feed: Any, calibration: CalibrationConfig = CalibrationConfig(),
+                    on_step: StepCallback | None = None) -> dict[str, float]:
+    """trtopt's calibrated range of each tensor a fake-quantized model's activation quantizers guard.
+
+    So that QAT/QAD starts from trtopt's PTQ ranges (method auto: MSE/percentile/entropy per model) instead
+    of ModelOpt's max calibration. ``loaded.module`` (fake-quantized by `trtopt.compress.qat.insert_fake_quant`)
+    is exported with Q/DQ (TorchScript exporter, in a temporary folder); each activation QuantizeLinear is
+    named after its quantizer's module path (``/conv1/input_quantizer/QuantizeLinear``); the Q/DQ pairs are
+    stripped (:func:`strip_qdq`), the FP32 graph calibrated with ``calibration`` on ``feed`` (input name →
+    float32 array, samples on axis 0), and each quantizer gets the symmetric amax (max of |min|, |max|) of its
+    tensor. trtopt's recovery steps (bias correction, smoothing) change weights and do not carry over.
+
+    Returns:
+        quantizer module path (e.g. ``"conv1.input_quantizer"``) → amax, for every activation quantizer whose
+        tensor the FP32 graph still names (apply with `trtopt.compress.qat.set_amax_`).
+
+    Raises:
+        TrtoptError: the export holds no activation Q/DQ (the model is not fake-quantized), or a failed export.
+    """
+    import tempfile
+
+    import onnx
+
+    step = on_step or (lambda _msg: None)
+    loaded.module.eval()
+    with tempfile.TemporaryDirectory(prefix="trtopt_qat_ranges_") as tmp:
+        qdq = Path(tmp) / "qdq.onnx"
+        step("exporting the Q/DQ model (TorchScript exporter) to find each quantizer's tensor")
+        export_onnx(loaded, qdq, replace(_QDQ_EXPORT, check_parity=False), feed=feed, on_step=step)  # names only
+        model = onnx.load(str(qdq))
+        names = {name for name, _ in loaded.module.named_modules() if name.endswith("_quantizer")}
+        quantizer_of = {node.input[0]: _module_path(node.name, names)
+                        for node in model.graph.node if node.op_type == "QuantizeLinear"}
+        fp32, learned = strip_qdq(model)
+        if not learned:
+            raise TrtoptError(f"the export of {loaded.spec} holds no activation Q/DQ",
+                              "insert fake quantization first (trtopt.compress.qat.insert_fake_quant)")
+        fp32_path = Path(tmp) / "fp32.onnx"
+        onnx.save_model(fp32, str(fp32_path))  # not simplified: onnxslim would rename tensors the quantizers read
+        step(f"calibrating the FP32 graph ({calibration.method})")
+        ranges = calibrate(fp32_path, feed, calibration, tensors=sorted(learned))
+    return {quantizer_of[tensor]: max(abs(ranges.tensors[tensor].min), abs(ranges.tensors[tensor].max))
+            for tensor in learned if tensor in ranges.tensors and quantizer_of[tensor]}
+
+
+def _module_path(node_name: str, quantizers: set[str]) -> str | None:
+    """The quantizer module path a TorchScript-exported QuantizeLinear belongs to, from its scoped node name.
+
+    The exporter names it after the module scopes, each scope a name relative to *some* ancestor (e.g.
+    ``/stem/stem.0/input_quantizer/QuantizeLinear`` for ``stem.0.input_quantizer``); the longest trailing run
+    of scopes that names a quantizer in ``quantizers`` is it (None when none does).
+    """
+    scopes = node_name.strip("/").split("/")[:-1]
+    return next((".".join(scopes[k:]) for k in range(len(scopes)) if ".".join(scopes[k:]) in quantizers), None)
+
+
 def strip_qdq(model: Any) -> tuple[Any, dict[str, float]]:
     """Remove every QuantizeLinear → DequantizeLinear pair from ``model`` (an ONNX ModelProto, changed in place).
 
