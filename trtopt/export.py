@@ -436,8 +436,8 @@ def check_parity(loaded: LoadedModel, onnx_path: str | os.PathLike, feed: Feed,
         checks.append((f"{symbol}_{length}", f"batch {batch_sizes[0]} with {symbol} {length}", batch))
     results: dict[str, Any] = {}
     # a Q/DQ export (a fake-quantized model, `trtopt.quant.qat_export`) is compared with the exact float semantics
-    # of Q/DQ (graph optimizations off), what fake quantization and TensorRT compute: ONNX Runtime's fused S8S8
-    # CPU kernels round differently (all-MiniLM-L6-v2 after QAD: cosine 0.994 fused vs the fake-quantized model)
+    # of Q/DQ (graph optimizations off), what fake quantization and TensorRT compute, not with ONNX Runtime's
+    # fused S8S8 CPU kernels, which round differently (`trtopt.quant.quantize.evaluation_config`)
     exact = inspect_onnx(onnx_path).precision == "int8"
     ort = OrtConfig(graph_optimization_level="disable") if exact else OrtConfig()
     with TorchRunner(symbolic) as torch_runner, OrtRunner(Path(onnx_path), ort) as ort_runner:

@@ -42,7 +42,7 @@ QDQ_PARITY = Tolerances(atol=5e-2, rtol=5e-2, min_cosine=0.999)
 
 def export_qat(loaded: LoadedModel, paths: Mapping[str, str | os.PathLike], feed: Any,
                calibration: CalibrationConfig = CalibrationConfig(), force: bool = False,
-               on_step: StepCallback | None = None) -> dict[str, OnnxArtifact]:
+               on_step: StepCallback | None = None, check_parity: bool = True) -> dict[str, OnnxArtifact]:
     """Write the INT8 ONNX model of each target in ``paths`` (target → ``.onnx`` path) for a QAT model.
 
     Args:
@@ -53,6 +53,8 @@ def export_qat(loaded: LoadedModel, paths: Mapping[str, str | os.PathLike], feed
         calibration: trtopt's calibration of the FP32 graph (onnxruntime target only).
         force: overwrite existing outputs.
         on_step: progress callback.
+        check_parity: compare the Q/DQ export with the fake-quantized PyTorch model (`QDQ_PARITY`); False
+            writes it unchecked, e.g. to measure how far it differs on held-out data.
 
     Returns:
         target → artifact (the onnxruntime one's notes say how many ranges came from training).
@@ -73,7 +75,7 @@ def export_qat(loaded: LoadedModel, paths: Mapping[str, str | os.PathLike], feed
     with staging_dir(next(iter(targets.values()))) as stage:
         step("exporting the Q/DQ model (TorchScript exporter)")
         qdq = stage / "tensorrt.onnx"
-        export_onnx(loaded, qdq, _QDQ_EXPORT, feed=feed, on_step=step)
+        export_onnx(loaded, qdq, replace(_QDQ_EXPORT, check_parity=check_parity), feed=feed, on_step=step)
         _stamp(qdq, {"trtopt.quantize.target": "tensorrt", "trtopt.calibration.method": "modelopt-qat"})
         notes["tensorrt"] = ("quantization-aware trained (ModelOpt): Q/DQ where ModelOpt placed them, trained scales",)
         staged = {"tensorrt": qdq}
