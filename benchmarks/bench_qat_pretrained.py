@@ -177,13 +177,14 @@ def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
         batch_size=args.batch_size, seconds=round(seconds, 1), seconds_per_step=round(out.training.seconds / max(1, out.training.steps), 3),
         first_loss=losses[0], last_loss=losses[-1], runtime="pytorch")
     if args.export:  # the Q/DQ ONNX of the trained model: the same agreement/cosine as in PyTorch?
-        targets = ("tensorrt",) if args.keep_stem_fp32 else ("tensorrt", "onnxruntime")
+        targets = ("tensorrt", "onnxruntime")
         try:
-            made = export_qat(with_module(out.model), {t: work / f"qad.{t}.onnx" for t in targets}, onnx_calib, force=True)
+            made = export_qat(with_module(out.model), {t: work / f"qad.{t}.onnx" for t in targets}, onnx_calib, force=True,
+                              keep_first_layer_fp32=args.keep_stem_fp32)
         except Exception as e:  # e.g. the export's parity check with the fake-quantized model fails: recorded,
             row(f"qad_{args.steps}_steps_onnx", error=f"{type(e).__name__}: {str(e)[:400]}")  # then measured unchecked
             made = export_qat(with_module(out.model), {t: work / f"qad.{t}.onnx" for t in targets}, onnx_calib, force=True,
-                              check_parity=False)
+                              check_parity=False, keep_first_layer_fp32=args.keep_stem_fp32)
         for target, artifact in made.items():
             row(f"qad_{args.steps}_steps_onnx_{target}", fidelity=onnx_fidelity(artifact.path, as_feed(held_inputs),
                 reference, embeddings), runtime="onnxruntime" + (" (exact Q/DQ)" if target == "tensorrt" else ""))

@@ -42,7 +42,8 @@ QDQ_PARITY = Tolerances(atol=5e-2, rtol=5e-2, min_cosine=0.999)
 
 def export_qat(loaded: LoadedModel, paths: Mapping[str, str | os.PathLike], feed: Any,
                calibration: CalibrationConfig = CalibrationConfig(), force: bool = False,
-               on_step: StepCallback | None = None, check_parity: bool = True) -> dict[str, OnnxArtifact]:
+               on_step: StepCallback | None = None, check_parity: bool = True,
+               keep_first_layer_fp32: bool = False) -> dict[str, OnnxArtifact]:
     """Write the INT8 ONNX model of each target in ``paths`` (target → ``.onnx`` path) for a QAT model.
 
     Args:
@@ -55,6 +56,8 @@ def export_qat(loaded: LoadedModel, paths: Mapping[str, str | os.PathLike], feed
         on_step: progress callback.
         check_parity: compare the Q/DQ export with the fake-quantized PyTorch model (`QDQ_PARITY`); False
             writes it unchecked, e.g. to measure how far it differs on held-out data.
+        keep_first_layer_fp32: the onnxruntime layout keeps its first layer float
+            (`QuantizeConfig.keep_first_layer_fp32`), for a model trained with that layer's quantizers disabled.
 
     Returns:
         target → artifact (the onnxruntime one's notes say how many ranges came from training).
@@ -90,7 +93,8 @@ def export_qat(loaded: LoadedModel, paths: Mapping[str, str | os.PathLike], feed
             ranges = with_learned_ranges(calibrate(fp32_path, feed, calibration), learned)
             staged["onnxruntime"] = stage / "onnxruntime.onnx"
             quantize(fp32_path, ranges, staged["onnxruntime"],
-                     QuantizeConfig(target="onnxruntime", smoothing=False, bias_correction=False), on_step=step)
+                     QuantizeConfig(target="onnxruntime", smoothing=False, bias_correction=False,
+                                    keep_first_layer_fp32=keep_first_layer_fp32), on_step=step)
             notes["onnxruntime"] = (f"quantization-aware trained (ModelOpt): {len(ranges.choice['qat_ranges'])} of "
                                     f"{len(ranges.tensors)} activation ranges from training, the rest calibrated "
                                     f"({calibration.method})",)
