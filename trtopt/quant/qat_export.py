@@ -36,8 +36,11 @@ from trtopt.quant.quantize import TARGETS, QuantizeConfig, quantize
 #: The opset of the Q/DQ export: per-channel Q/DQ (axis) needs 13; 17 is what TensorRT 10.x and 11 parse.
 QDQ_OPSET = 17
 #: Fake quantization in PyTorch vs Q/DQ in ONNX Runtime: the same arithmetic up to float rounding at the
-#: quantization steps' midpoints, so outputs agree closely but not to FP32 export precision.
-QDQ_PARITY = Tolerances(atol=5e-2, rtol=5e-2, min_cosine=0.999)
+#: quantization steps' midpoints, so outputs agree closely but not to FP32 export precision. Deep models drift
+#: further (issue 16, QAD with trtopt's ranges): EfficientNet-Lite0 logits up to 0.21 apart (cosine 0.9989),
+#: all-MiniLM-L6-v2 cosine 0.993 on one sentence, while held-out agreement / mean cosine of export and PyTorch
+#: stay within 3 of 128 crops / 1e-4; an export bug (a wrong scale, a missing Q/DQ) is far outside these.
+QDQ_PARITY = Tolerances(atol=0.25, rtol=0.1, min_cosine=0.99)
 
 
 def export_qat(loaded: LoadedModel, paths: Mapping[str, str | os.PathLike], feed: Any,
