@@ -248,3 +248,43 @@ def test_strip_qdq_keeps_names_and_returns_amax():
     assert learned == {"x": pytest.approx(63.5)}
     # the weight is what its Q/DQ pair computed: the int8 grid of scale 0.5, clipped at code 127
     assert numpy_helper.to_array(model.graph.initializer[2]).tolist() == [[1.0, -0.5], [0.5, 63.5]]
+
+
+class NormNet(nn.Module):
+    """Linear → residual add → LayerNorm → Linear: a transformer block's shape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.norm, self.fc2 = nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.norm(x + self.fc1(x)))
+
+
+def test_fake_quant_keeps_normalization_layers_float():
+    from trtopt.compress.qat import insert_fake_quant, quantizer_counts
+
+    torch.manual_seed(0)
+    fake = insert_fake_quant(NormNet(), torch.randn(32, 8))
+    assert not fake.norm.input_quantizer.is_enabled  # ModelOpt's default quantizes it; TensorRT's rules do not
+    assert fake.fc1.input_quantizer.is_enabled and fake.fc2.input_quantizer.is_enabled
+    assert quantizer_counts(fake) == {"weight": 2, "input": 2}
+
+
+def test_qat_can_start_from_trtopt_ranges():
+    from trtopt.compress.qat import insert_fake_quant, qat, set_amax_
+    from trtopt.quant.calibrate import CalibrationConfig
+    from trtopt.quant.qat_export import calibrated_amax
+
+    x, y = _data(32)
+    fake = insert_fake_quant(_net(), torch.from_numpy(x))
+    loaded = LoadedModel(module=fake, spec="test:depthwise", inputs=(InputSpec("input", (1, 8, 8)),))
+    amax = calibrated_amax(loaded, {"input": x}, CalibrationConfig(method="minmax"))
+    # the four Conv/Linear input quantizers, named by module path; the image's range is its max |x|
+    assert set(amax) == {"stem.0.input_quantizer", "dw.0.input_quantizer", "pw.input_quantizer", "head.input_quantizer"}
+    assert amax["stem.0.input_quantizer"] == pytest.approx(float(np.abs(x).max()), rel=1e-5)
+    halved = {name: value / 2 for name, value in amax.items()}
+    result = qat(_net(), (x, y), QATConfig(training=_train(1)), set_ranges=lambda m: set_amax_(m, halved))
+    assert float(result.model.head.input_quantizer.amax) == pytest.approx(halved["head.input_quantizer"], rel=1e-6)
+    with pytest.raises(TrtoptError, match="no quantizer 'nope.input_quantizer'"):
+        set_amax_(fake, {"nope.input_quantizer": 1.0})
