@@ -7,8 +7,12 @@ Parts (``--part``, default ``accuracy``):
               labels and QAD without labels (ModelOpt fake quantization fine-tuned by trtopt's trainer), each
               QAT model exported to both layouts and evaluated in ONNX Runtime (the tensorrt layout with exact
               Q/DQ semantics, graph optimizations off, as `trtopt.quant.quantize.evaluation_config` does);
-              McNemar's exact test of each against FP32 (``paired_tests``). ``--model NAME``: a ``screen``
-              architecture (its cached weights) instead of the MobileNet-style CNN.
+              McNemar's exact test of each against FP32 (``paired_tests``). Beside `export_qat`'s onnxruntime
+              layout (uint8 on the trained grid), candidates made from the same export (`ort_layout_candidates`:
+              uint8 on the learned [min, max], S8S8 with the trained scales, the tensorrt Q/DQ model on ONNX
+              Runtime's fused kernels) are rows too, and the QAT model's are timed against the PTQ U8S8 model
+              with a same-model control (``ort_speed``, batch 1 and 8, ``--speed-iterations``/``--speed-repeats``).
+              ``--model NAME``: a ``screen`` architecture (its cached weights) instead of the MobileNet-style CNN.
 ``screen``    architectures trained the same way (BatchNorm or not, ReLU/SiLU/GELU, widths 4/8/16, separable
               convolutions without BatchNorm between depthwise and pointwise, EfficientNet-B0-style MBConv with
               squeeze-excitation, MobileNetV3-style hardswish/hardsigmoid-SE blocks, linear bottlenecks with
@@ -33,12 +37,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -204,11 +210,11 @@ def torch_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     return float((pred.numpy() == y).mean())
 
 
-def onnx_correct(path: Path, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def onnx_correct(path: Path, x: np.ndarray, y: np.ndarray, ort: Any = None) -> np.ndarray:
     """Per test image, whether the top-1 prediction in ONNX Runtime is right: (N,) bool (its mean is the
-    accuracy; a tensorrt-layout model runs with exact Q/DQ semantics: `onnx_candidate` applies
-    `trtopt.quant.quantize.evaluation_config`)."""
-    return _logits(path, {"input": x}).argmax(1) == y
+    accuracy; without ``ort`` (an `OrtConfig`) a tensorrt-layout model runs with exact Q/DQ semantics:
+    `onnx_candidate` applies `trtopt.quant.quantize.evaluation_config`)."""
+    return _logits(path, {"input": x}, ort).argmax(1) == y
 
 
 def qdq_summary(path: Path) -> dict[str, Any]:
@@ -277,9 +283,10 @@ def part_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"model": name, "fp32_training": fp32_training, "rows": []}
     work = Path(tempfile.mkdtemp(prefix="bench_qat_"))
     correct: dict[str, np.ndarray] = {}
+    layouts: dict[str, dict[str, tuple[Path, Any, str]]] = {}
 
-    def row(variant: str, path: Path, **fields: Any) -> None:
-        correct[variant] = onnx_correct(path, x_test, y_test)
+    def row(variant: str, path: Path, ort: Any = None, **fields: Any) -> None:
+        correct[variant] = onnx_correct(path, x_test, y_test, ort)
         out["rows"].append({"variant": variant, "accuracy": float(correct[variant].mean()), **fields})
         out["paired_tests"] = mcnemar(correct, ours="fp32")
         print(json.dumps(out["rows"][-1]), flush=True)
@@ -314,10 +321,101 @@ def part_accuracy(args: argparse.Namespace) -> dict[str, Any]:
                 seconds_per_step=round(seconds / max(1, result.training.steps), 4),
                 first_loss=result.training.step_losses[0], last_epoch_loss=result.training.epoch_losses[-1],
                 qdq=qdq_summary(path))
+        layouts[mode] = ort_layout_candidates(paths, calib, work, args)
+        for variant, (path, ort, how) in layouts[mode].items():
+            row(f"{mode}_int8_{variant}", path, ort, candidate=how, qdq=qdq_summary(path))
     base = out["rows"][0]["accuracy"]
     for r in out["rows"]:
         r["points_vs_fp32"] = round(100 * (r["accuracy"] - base), 2)
+    out["ort_speed"] = ort_layout_speed(work / "ptq.onnxruntime.onnx", work / "qat.onnxruntime.onnx", layouts["qat"],
+                                        x_test, args)
+    save(args, out)
     return out
+
+
+def ort_layout_candidates(paths: dict[str, Path], calib: dict[str, np.ndarray], work: Path,
+                          args: argparse.Namespace) -> dict[str, tuple[Path, Any, str]]:
+    """The onnxruntime-layout candidates of one QAT export besides `export_qat`'s (the trained grid): variant →
+    (model, `OrtConfig` or None, what it is). ``onnxruntime_learned_minmax``: uint8 on the learned ranges
+    ``[max(min, -amax), min(max, amax)]`` (`export_qat`'s layout before the trained grid; scale about amax/255
+    after a ReLU); ``tensorrt_ort_fused``: the tensorrt-layout Q/DQ model (symmetric int8, the trained scales)
+    run by ONNX Runtime with all graph optimizations (its fused S8S8 kernels)."""
+    import onnx
+
+    from trtopt.artifacts import TensorRange
+    from trtopt.backends.ort import OrtConfig
+    from trtopt.export import simplify_graph
+    from trtopt.quant.calibrate import CalibrationConfig, calibrate
+    from trtopt.quant.qat_export import strip_qdq
+    from trtopt.quant.quantize import QuantizeConfig, quantize
+
+    stem = paths["tensorrt"].name.split(".")[0]
+    fp32, learned = strip_qdq(onnx.load(str(paths["tensorrt"])))
+    fp32_path = work / f"{stem}.stripped.onnx"
+    onnx.save_model(simplify_graph(fp32, []), str(fp32_path))
+    ranges = calibrate(fp32_path, calib, CalibrationConfig(method=args.qat_calibration_method))
+    tensors = dict(ranges.tensors)
+    for tensor, amax in learned.items():
+        if tensor in tensors:
+            r = tensors[tensor]
+            high = max(min(r.max, amax), -amax)
+            tensors[tensor] = TensorRange(amax=amax, min=min(max(r.min, -amax), high), max=high)
+    minmax = work / f"{stem}.onnxruntime_learned_minmax.onnx"
+    quantize(fp32_path, replace(ranges, tensors=tensors), minmax,
+             QuantizeConfig(target="onnxruntime", smoothing=False, bias_correction=False))
+    s8s8 = work / f"{stem}.onnxruntime_s8s8.onnx"
+    _s8s8_trained(fp32_path, {t: r.amax for t, r in ranges.tensors.items()} | learned, s8s8, work)
+    return {"onnxruntime_learned_minmax": (minmax, None, "uint8 on the learned [min, max] (scale ~amax/255 after ReLU)"),
+            "onnxruntime_s8s8": (s8s8, None, "symmetric int8 activations (trained amax/127, calibrated amax elsewhere) "
+                                             "on the onnxruntime op set: ONNX Runtime's quantize_static, S8S8"),
+            "tensorrt_ort_fused": (paths["tensorrt"], OrtConfig(intra_op_threads=THREADS, graph_optimization_level="all"),
+                                   "the tensorrt Q/DQ model on ONNX Runtime's fused S8S8 kernels")}
+
+
+def _s8s8_trained(fp32: Path, amax: dict[str, float], out: Path, work: Path) -> None:
+    """``fp32`` quantized by ONNX Runtime's ``quantize_static`` (QDQ, every op type it quantizes, per-channel
+    int8 weights) with symmetric int8 activations whose scale is ``amax[tensor] / 127``: S8S8 on the CPU op set."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+
+    cache = work / f"{out.stem}.ranges.json"
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, {t: (np.array(-a, np.float32), np.array(a, np.float32))
+                                                             for t, a in amax.items()}), cache)
+    logging.getLogger().setLevel(logging.ERROR)  # its "consider pre-processing" advice, through the root logger
+    quantize_static(str(fp32), str(out), calibration_data_reader=None, quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibration_cache_path=str(cache),
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+
+
+def ort_layout_speed(ptq: Path, trained_grid: Path, others: dict[str, tuple[Path, Any, str]], x: np.ndarray,
+                     args: argparse.Namespace) -> dict[str, Any]:
+    """ONNX Runtime CPU latency of the QAT model's onnxruntime-layout candidates vs the PTQ U8S8 model, timed
+    interleaved at batch 1 and 8 (``trtopt.measure.bench.bench``: medians, bootstrap speedup intervals), with a
+    second session of the PTQ model as the same-model control (its speedup should be 1)."""
+    from trtopt.measure.bench import bench, onnx_candidate
+    from trtopt.measure.profile import TimingConfig
+
+    specs = [("ptq_u8s8", ptq, None), ("ptq_u8s8_control", ptq, None), ("qat_trained_grid_u8s8", trained_grid, None)]
+    specs += [(f"qat_{variant}", path, ort) for variant, (path, ort, _) in others.items()]
+    candidates = [onnx_candidate(path, name=name, threads=THREADS, ort=ort) for name, path, ort in specs]
+    try:
+        timed = bench(candidates, {"input": x}, (1, 8), TimingConfig(warmup_iterations=20, iterations=args.speed_iterations),
+                      repeats=args.speed_repeats)
+    finally:
+        for c in candidates:
+            c.runner.close()
+    summary = {}
+    for per in timed["per_batch"]:
+        summary[f"batch_{per['batch_size']}"] = {
+            name: {"latency_ms_p50": round(stats["latency_ms_p50"], 4),
+                   "speedup_vs_ptq_u8s8": {k: round(v, 3) for k, v in stats.get("speedup_vs_baseline", {}).items()
+                                           if k in ("speedup", "speedup_ci_low", "speedup_ci_high")},
+                   "quality_flags": [f["flag"] for f in stats.get("quality_flags", [])]}
+            for name, stats in per["candidates"].items()}
+        summary[f"batch_{per['batch_size']}"]["load_average"] = per["load_average"]
+    return {"threads": THREADS, "iterations": args.speed_iterations, "repeats": args.speed_repeats,
+            "summary": summary, "bench": {k: v for k, v in timed.items() if k != "per_batch"},
+            "per_batch": [{k: v for k, v in per.items() if k != "samples_ms"} for per in timed["per_batch"]]}
 
 
 def screen_cache(name: str, args: argparse.Namespace) -> Path:
@@ -432,10 +530,10 @@ def part_placement(args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": rows}
 
 
-def _logits(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
+def _logits(path: Path, feed: dict[str, np.ndarray], ort: Any = None) -> np.ndarray:
     from trtopt.measure.bench import onnx_candidate, run_all
 
-    with onnx_candidate(path, threads=THREADS) as candidate:
+    with onnx_candidate(path, threads=THREADS, ort=ort) as candidate:
         return next(iter(run_all(candidate, feed, 250).values()))
 
 
@@ -524,6 +622,9 @@ def main() -> None:
     parser.add_argument("--qat-epochs", type=int, default=1)
     parser.add_argument("--qat-lr", type=float, default=1e-4)
     parser.add_argument("--ddp-steps", type=int, default=60)
+    parser.add_argument("--speed-iterations", type=int, default=200,
+                        help="--part accuracy: timed calls per candidate and run (ONNX Runtime layout speed)")
+    parser.add_argument("--speed-repeats", type=int, default=3, help="--part accuracy: independent timing runs")
     parser.add_argument("--ddp-rounds", type=int, default=3, help="interleaved repeats of each process layout")
     parser.add_argument("--qat-calibration-method", default="auto",
                         help="trtopt calibration of the tensors QAT did not range (ONNX Runtime layout)")

@@ -401,6 +401,9 @@ def check_parity(loaded: LoadedModel, onnx_path: str | os.PathLike, feed: Feed,
                  config: ExportConfig = ExportConfig()) -> dict[str, Any]:
     """Run PyTorch and ONNX Runtime (CPU, FP32) on the same real inputs and compare every output.
 
+    A model holding Q/DQ nodes (the export of a fake-quantized model) runs with ONNX Runtime's graph
+    optimizations off: the exact Q/DQ arithmetic fake quantization computes, not its fused INT8 kernels.
+
     Checked at each of ``config.parity_batch_sizes`` (only the example batch without a dynamic batch), and
     for each symbol of the inputs' ``dynamic_axes`` also at half the feed's length along those axes (so
     two lengths of every dynamic axis are checked): an axis specialized during export fails here rather
@@ -432,7 +435,12 @@ def check_parity(loaded: LoadedModel, onnx_path: str | os.PathLike, feed: Feed,
                     batch[s.name] = np.ascontiguousarray(np.take(batch[s.name], np.arange(length), axis=axis))
         checks.append((f"{symbol}_{length}", f"batch {batch_sizes[0]} with {symbol} {length}", batch))
     results: dict[str, Any] = {}
-    with TorchRunner(symbolic) as torch_runner, OrtRunner(Path(onnx_path), OrtConfig()) as ort_runner:
+    # a Q/DQ export (a fake-quantized model, `trtopt.quant.qat_export`) is compared with the exact float semantics
+    # of Q/DQ (graph optimizations off), what fake quantization and TensorRT compute, not with ONNX Runtime's
+    # fused S8S8 CPU kernels, which round differently (`trtopt.quant.quantize.evaluation_config`)
+    exact = inspect_onnx(onnx_path).precision == "int8"
+    ort = OrtConfig(graph_optimization_level="disable") if exact else OrtConfig()
+    with TorchRunner(symbolic) as torch_runner, OrtRunner(Path(onnx_path), ort) as ort_runner:
         def run(batch: Feed, where: str) -> dict[str, Any]:
             reference = torch_runner.infer(batch)
             _require_finite(reference, f"{loaded.spec} (PyTorch)", where)

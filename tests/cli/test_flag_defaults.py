@@ -71,6 +71,7 @@ PAIRS = [
     ("quantize", "--target", QuantizeConfig, "target"),
     ("quantize", "--per-channel", QuantizeConfig, "per_channel"),
     ("quantize", "--reduce-range", QuantizeConfig, "reduce_range"),
+    ("quantize", "--keep-first-layer-fp32", QuantizeConfig, "keep_first_layer_fp32"),
     *[("build", *flag) for flag in PLAN_FLAGS],
     *[("bundle", *flag) for flag in PLAN_FLAGS],
     *[("prune", flag, PruneConfig, name) for flag, name in (

@@ -169,7 +169,7 @@ def test_export_writes_both_layouts_with_the_trained_ranges(tmp_path):
 
     from trtopt.compress.qat import qat
     from trtopt.quant.calibrate import CalibrationConfig
-    from trtopt.quant.qat_export import export_qat
+    from trtopt.quant.qat_export import export_qat, strip_qdq
 
     x, y = _data()
     result = qat(_net(), (x, y), QATConfig(training=_train(2)))
@@ -185,8 +185,17 @@ def test_export_writes_both_layouts_with_the_trained_ranges(tmp_path):
     q = next(n for n in trt.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
     scale = next(onnx.numpy_helper.to_array(n.attribute[0].t) for n in trt.graph.node if n.output and n.output[0] == q.input[1])
     assert float(scale) * 127 == pytest.approx(float(result.model.stem[0].input_quantizer.amax), rel=1e-5)
-    # the CPU layout runs, uses uint8 activations, and agrees with the fake-quantized PyTorch model
+    # the CPU layout runs, uses uint8 activations on the trained grid (scale amax / 127, zero point 0 after a
+    # ReLU, 128 for a signed tensor), and agrees with the fake-quantized PyTorch model
     ort_model = onnx.load(str(paths["onnxruntime"]))
+    _, learned = strip_qdq(onnx.load(str(paths["tensorrt"])))
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in ort_model.graph.initializer}
+    grid = {n.input[0]: (float(consts[n.input[1]]), int(consts[n.input[2]]), consts[n.input[2]].dtype)
+            for n in ort_model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in learned}
+    assert len(grid) >= 3 and "input" in grid
+    for tensor, (scale, _, dtype) in grid.items():
+        assert scale == pytest.approx(learned[tensor] / 127, rel=1e-6) and dtype == np.uint8, tensor
+    assert grid["input"][1] == 128 and {z for _, z, _ in grid.values()} == {0, 128}  # signed input; ReLU outputs
     assert {p.key: p.value for p in ort_model.metadata_props}["trtopt.quantize.target"] == "onnxruntime"
     assert "ranges from training" in " ".join(arts["onnxruntime"].notes)
     out = ort.InferenceSession(str(paths["onnxruntime"]), providers=["CPUExecutionProvider"]).run(None, {"input": x[:32]})[0]
@@ -228,7 +237,7 @@ def test_strip_qdq_keeps_names_and_returns_amax():
 
     scale = numpy_helper.from_array(np.array(0.5, np.float32), "s")
     zero = numpy_helper.from_array(np.array(0, np.int8), "z")
-    w = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
+    w = numpy_helper.from_array(np.array([[1.2, -0.3], [0.74, 100.0]], np.float32), "w")
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]), helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
              helper.make_node("QuantizeLinear", ["w", "s", "z"], ["wq"]), helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["wd"]),
              helper.make_node("MatMul", ["xd", "wd"], ["y"])]
@@ -237,3 +246,45 @@ def test_strip_qdq_keeps_names_and_returns_amax():
     model, learned = strip_qdq(helper.make_model(graph))
     assert [(n.op_type, list(n.input)) for n in model.graph.node] == [("MatMul", ["x", "w"])]
     assert learned == {"x": pytest.approx(63.5)}
+    # the weight is what its Q/DQ pair computed: the int8 grid of scale 0.5, clipped at code 127
+    assert numpy_helper.to_array(model.graph.initializer[2]).tolist() == [[1.0, -0.5], [0.5, 63.5]]
+
+
+class NormNet(nn.Module):
+    """Linear → residual add → LayerNorm → Linear: a transformer block's shape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.norm, self.fc2 = nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.norm(x + self.fc1(x)))
+
+
+def test_fake_quant_keeps_normalization_layers_float():
+    from trtopt.compress.qat import insert_fake_quant, quantizer_counts
+
+    torch.manual_seed(0)
+    fake = insert_fake_quant(NormNet(), torch.randn(32, 8))
+    assert not fake.norm.input_quantizer.is_enabled  # ModelOpt's default quantizes it; TensorRT's rules do not
+    assert fake.fc1.input_quantizer.is_enabled and fake.fc2.input_quantizer.is_enabled
+    assert quantizer_counts(fake) == {"weight": 2, "input": 2}
+
+
+def test_qat_can_start_from_trtopt_ranges():
+    from trtopt.compress.qat import insert_fake_quant, qat, set_amax_
+    from trtopt.quant.calibrate import CalibrationConfig
+    from trtopt.quant.qat_export import calibrated_amax
+
+    x, y = _data(32)
+    fake = insert_fake_quant(_net(), torch.from_numpy(x))
+    loaded = LoadedModel(module=fake, spec="test:depthwise", inputs=(InputSpec("input", (1, 8, 8)),))
+    amax = calibrated_amax(loaded, {"input": x}, CalibrationConfig(method="minmax"))
+    # the four Conv/Linear input quantizers, named by module path; the image's range is its max |x|
+    assert set(amax) == {"stem.0.input_quantizer", "dw.0.input_quantizer", "pw.input_quantizer", "head.input_quantizer"}
+    assert amax["stem.0.input_quantizer"] == pytest.approx(float(np.abs(x).max()), rel=1e-5)
+    halved = {name: value / 2 for name, value in amax.items()}
+    result = qat(_net(), (x, y), QATConfig(training=_train(1)), set_ranges=lambda m: set_amax_(m, halved))
+    assert float(result.model.head.input_quantizer.amax) == pytest.approx(halved["head.input_quantizer"], rel=1e-6)
+    with pytest.raises(TrtoptError, match="no quantizer 'nope.input_quantizer'"):
+        set_amax_(fake, {"nope.input_quantizer": 1.0})

@@ -221,3 +221,45 @@ def test_exclude_by_module_or_tensor_name_keeps_the_same_layer_in_fp32(digits):
         kept = next(n for n in q.graph.node if n.name == conv.name)
         assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in kept.input)
         assert f"--exclude {name}: {kind} → node(s) {conv.name}" in out.notes
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", "tensorrt"])
+def test_keep_first_layer_fp32_leaves_the_input_unquantized(digits, target):
+    tmp, art, ranges, test = digits
+    model = onnx.load(str(art.path))
+    image = model.graph.input[0].name
+    stem = next(n for n in model.graph.node if n.op_type == "Conv")
+    outputs = {}
+    for keep in (False, True):
+        out = quantize(art.path, ranges, tmp / f"first_{target}_{keep}.onnx",
+                       QuantizeConfig(target=target, keep_first_layer_fp32=keep), force=True)
+        q = onnx.load(str(out.path))
+        quantized_inputs = {n.input[0] for n in q.graph.node if n.op_type == "QuantizeLinear"}
+        producers = {o: n for n in q.graph.node for o in n.output}
+        conv = next(n for n in q.graph.node if n.name == stem.name)
+        dq_fed = [i for i in conv.input if i in producers and producers[i].op_type == "DequantizeLinear"]
+        assert (image in quantized_inputs) is not keep
+        assert bool(dq_fed) is not keep  # with the option neither the input nor the weight goes through DQ
+        assert any(n.op_type == "Conv" and any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear"
+                                               for i in n.input) for n in q.graph.node)  # the other convs stay INT8
+        assert any("first layer kept in FP32" in note and stem.name in note for note in out.notes) is keep
+        outputs[keep] = _run(out.path, test.inputs)
+    fp32 = _run(art.path, test.inputs)
+    assert top1_agreement(outputs[True], fp32) >= 0.98
+
+
+def test_keep_first_layer_fp32_needs_a_float_input(tmp_path):
+    from onnx import TensorProto, helper
+
+    table = numpy_helper.from_array(np.ones((10, 4), np.float32), "table")
+    weight = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["e"], name="gather"),
+                               helper.make_node("MatMul", ["e", "w"], ["y"], name="matmul")], "ids_only",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4])], [table, weight])
+    path = tmp_path / "ids.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    ranges = Ranges(method="minmax", samples=1, tensors={"e": TensorRange(1.0, 0.0, 1.0), "y": TensorRange(4.0, 0.0, 4.0)})
+    with pytest.raises(TrtoptError, match="keep_first_layer_fp32: no Conv.*float input.*drop --keep-first-layer-fp32"):
+        quantize(path, ranges, tmp_path / "q.onnx", QuantizeConfig(keep_first_layer_fp32=True))
+    assert not (tmp_path / "q.onnx").exists()

@@ -135,7 +135,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     config = QuantizeConfig(target=args.target, per_channel=args.per_channel, reduce_range=args.reduce_range,
                             op_types=tuple(args.op_types.split(",")) if args.op_types else None, exclude_nodes=names,
                             exclude_op_types=op_types, smoothing=args.smoothing, bias_correction=args.bias_correction,
-                            embeddings=args.embeddings,
+                            embeddings=args.embeddings, keep_first_layer_fp32=args.keep_first_layer_fp32,
                             quantizer=args.quantizer)
     # calibrating now: exactly the tensors this layout (with its op types and exclusions) quantizes
     ranges = Ranges.load(args.ranges) if args.ranges else _calibrate(args, args.model, layouts=(config,))
@@ -265,6 +265,10 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                    help="8-bit embedding tables (Gather lookups; weight-only, per-tensor scale) for --target onnxruntime "
                         "(default: on; all-MiniLM-L6-v2 3.9x smaller than FP32 instead of 1.55x at the same accuracy); "
                         "the tensorrt layout keeps them float")
+    p.add_argument("--keep-first-layer-fp32", action=argparse.BooleanOptionalAction,
+                   default=QuantizeConfig.keep_first_layer_fp32,
+                   help="keep the first layer (the Conv/MatMul/Gemm reading a float input, e.g. an image CNN's stem) "
+                        "in float, its input unquantized, in both layouts (default %(default)s)")
     p.add_argument("--max-accuracy-drop", type=float, default=None, metavar="FRACTION",
                    help="keep the fewest layers in FP32 so --metric vs FP32 drops by at most this (e.g. 0.01)")
     p.add_argument("--metric", choices=("agreement", "cosine"), default="agreement",

@@ -89,6 +89,11 @@ class QuantizeConfig:
             dequantized. None = on for the onnxruntime target (all-MiniLM-L6-v2: 3.9x smaller than FP32
             instead of 1.55x, same accuracy and speed; README "INT8"). The tensorrt layout keeps tables
             float (Q/DQ only on the inputs of Conv/MatMul/Gemm) whatever this says. See :func:`embedding_tables`.
+        keep_first_layer_fp32: keep the first layer(s) in float: every Conv/ConvTranspose/MatMul/Gemm that
+            reads a float graph input (directly or through non-GEMM ops such as Pad), and the ops on the way
+            (:func:`first_layer_nodes`), so the input (the normalized image of an image CNN) gets no Q/DQ and
+            its first convolution runs in float in both layouts. EfficientNet-Lite0 INT8 lost the most at
+            its stem's input (issue 16; README "QAT, QAD and ModelOpt").
         quantizer: who places Q/DQ: "trtopt" (the rules above, through ONNX Runtime's quantizer) or "modelopt"
             (the tensorrt target; a recipe's onnxruntime target keeps trtopt's: ModelOpt's placement with trtopt's ranges, `trtopt.quant.modelopt_placement`;
             needs the ``modelopt`` extra; weights always per-channel).
@@ -103,6 +108,7 @@ class QuantizeConfig:
     smoothing: bool | None = None
     bias_correction: bool | None = None
     embeddings: bool | None = None
+    keep_first_layer_fp32: bool = False
     quantizer: str = "trtopt"
 
     def __post_init__(self) -> None:
@@ -127,7 +133,8 @@ class QuantizeConfig:
     def placement(self) -> dict[str, Any]:
         """The fields that decide which tensors get Q/DQ (what calibration must cover; see :func:`quantized_tensors`)."""
         return {"target": self.target, "op_types": None if self.op_types is None else list(self.op_types),
-                "exclude_nodes": list(self.exclude_nodes), "exclude_op_types": list(self.exclude_op_types)}
+                "exclude_nodes": list(self.exclude_nodes), "exclude_op_types": list(self.exclude_op_types),
+                "keep_first_layer_fp32": self.keep_first_layer_fp32}
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "per_channel": self.per_channel, "reduce_range": self.weights_reduce_range,
@@ -135,7 +142,8 @@ class QuantizeConfig:
                 "exclude_op_types": list(self.exclude_op_types),
                 "op_types": None if self.op_types is None else list(self.op_types),
                 "smoothing": self.smoothing, "bias_correction": self.bias_correction,
-                "embeddings": self.quantizes_embeddings, "quantizer": self.quantizer}
+                "embeddings": self.quantizes_embeddings, "keep_first_layer_fp32": self.keep_first_layer_fp32,
+                "quantizer": self.quantizer}
 
 
 def require_float_model(artifact: OnnxArtifact, purpose: str) -> None:
@@ -181,8 +189,9 @@ def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.Pa
     ranges.check_model(source)
     model = onnx.load(str(source.path), load_external_data=False)
     named = resolve_layer_names(model, config.exclude_nodes, source.path.name)  # node, tensor or module names
+    first = first_layer_nodes(model, source.path.name) if config.keep_first_layer_fp32 else []
     excluded = ({node for _, found in named.values() for node in found}
-                | {n.name for n in model.graph.node if n.op_type in config.exclude_op_types})
+                | {n.name for n in model.graph.node if n.op_type in config.exclude_op_types} | set(first))
     _check_op_types(model, config.op_types, source.path.name)
     compute = [n for n in model.graph.node if n.op_type in COMPUTE_OP_TYPES and n.name not in excluded]
     if not compute:
@@ -236,6 +245,7 @@ def quantize(onnx_path: str | os.PathLike, ranges: Ranges, out_path: str | os.Pa
     notes = (f"target {config.target}: {_layout(config, op_types)}",
              f"{counts['QuantizeLinear']} QuantizeLinear, {counts['DequantizeLinear']} DequantizeLinear nodes",
              f"{len(excluded)} node(s) kept in FP32" + (f": {', '.join(sorted(excluded)[:8])}" if excluded else ""),
+             *((f"first layer kept in FP32 (its input unquantized): {', '.join(first[:8])}",) if first else ()),
              *(f"--exclude {name}: {kind} → node(s) {', '.join(found[:4])}" + (" …" if len(found) > 4 else "")
                for name, (kind, found) in named.items() if kind != "node"),
              *(n for n in (op_note, weight_note, _weight_bits_note(config), _embeddings_note(model, config, tables)) if n),
@@ -360,6 +370,49 @@ def transformer_markers(model: Any) -> dict[str, int]:
     return found
 
 
+def first_layer_nodes(model: Any, model_name: str = "the model") -> list[str]:
+    """The nodes `QuantizeConfig.keep_first_layer_fp32` keeps in float, in graph order.
+
+    Walking from each float graph input (not an initializer) through the nodes that consume it, the walk
+    stops at every GEMM-like node (`trtopt.quant.names.COMPUTE_OP_TYPES`: Conv, ConvTranspose, MatMul,
+    Gemm): those first layers and every node passed on the way there (Pad, Cast, Transpose, ...) are
+    returned, so neither the input nor anything computed from it before the first layer gets Q/DQ. An image
+    CNN gives its stem convolution (and e.g. the Pad of a "same"-padded one); token ids (int64 inputs)
+    start no walk.
+
+    Raises:
+        TrtoptError: no GEMM-like node reads a float graph input (e.g. a transformer fed token ids).
+    """
+    import onnx
+
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+    initializers = {t.name for t in model.graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    frontier = [i.name for i in model.graph.input
+                if i.name not in initializers and i.type.tensor_type.elem_type in floats]
+    seen: set[int] = set()
+    found: set[int] = set()
+    layers = 0
+    while frontier:
+        for node in consumers.get(frontier.pop(), []):
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            found.add(id(node))
+            if node.op_type in COMPUTE_OP_TYPES:
+                layers += 1
+            else:
+                frontier.extend(node.output)
+    if not layers:
+        raise TrtoptError(f"keep_first_layer_fp32: no Conv/ConvTranspose/MatMul/Gemm of {model_name} reads a float "
+                          "input (only image-like float inputs have a first layer to keep)",
+                          "drop --keep-first-layer-fp32 (recipe quantize.keep_first_layer_fp32) for this model")
+    return [n.name for n in model.graph.node if id(n) in found]
+
+
 def _op_types(model: Any, config: QuantizeConfig) -> tuple[list[str] | None, str | None]:
     """The op types handed to ONNX Runtime's quantizer (None = all it supports) and a note on the choice."""
     if config.op_types:
@@ -462,7 +515,7 @@ def quantized_tensors(model: Any, config: QuantizeConfig) -> dict[str, str]:
                           else TRANSFORMER_OP_TYPES if op_types == list(TRANSFORMER_OP_TYPES) and not config.op_types
                           else ())
     wanted = set(op_types) - set(config.exclude_op_types)
-    excluded = set(config.exclude_nodes)
+    excluded = set(config.exclude_nodes) | set(first_layer_nodes(model) if config.keep_first_layer_fp32 else ())
     initializers = {t.name for t in model.graph.initializer}
     found: dict[str, str] = {}
     for node in model.graph.node:
