@@ -191,3 +191,20 @@ def test_fp16_writes_its_json_record(tiny_int8, tmp_path, monkeypatch, capsys):
                       capsys)
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "half.json").read_text())["precision"] == "fp16"
+
+
+def test_keep_first_layer_fp32_is_checked_before_calibrating(tiny_int8, tmp_path, monkeypatch, capsys):
+    """A third-party ONNX with unnamed nodes: the first-layer check ran inside calibration on random data, and its
+    fix was replaced by "pass real inputs with --data" (which fails too)."""
+    import onnx
+
+    from tests.helpers.cli import run_here
+
+    model = onnx.load(str(tiny_int8["onnx"]))
+    for node in model.graph.node:
+        node.name = ""
+    onnx.save(model, str(tmp_path / "unnamed.onnx"))
+    monkeypatch.chdir(tmp_path)
+    r = run_here(["quantize", "unnamed.onnx", "--keep-first-layer-fp32", "-o", "out.onnx"], capsys)
+    assert_one_line_error(r, "no node name (Conv)", "drop --keep-first-layer-fp32")
+    assert not (tmp_path / "out.onnx").exists()

@@ -263,3 +263,23 @@ def test_keep_first_layer_fp32_needs_a_float_input(tmp_path):
     with pytest.raises(TrtoptError, match="keep_first_layer_fp32: no Conv.*float input.*drop --keep-first-layer-fp32"):
         quantize(path, ranges, tmp_path / "q.onnx", QuantizeConfig(keep_first_layer_fp32=True))
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_keep_first_layer_fp32_on_unnamed_nodes_is_refused_naming_the_fix():
+    """Third-party ONNX files may leave node names empty: the first layer's "" excluded every unnamed node, and
+    quantize failed with "no float tensors to calibrate ... pass real inputs with --data" (a fix that fails)."""
+    from onnx import TensorProto, helper
+
+    from trtopt.quant.quantize import first_layer_nodes
+
+    w = [numpy_helper.from_array(np.ones((4, 4), np.float32), n) for n in ("w1", "w2")]
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["y"])],
+                              "unnamed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], w)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(TrtoptError, match=r"no node name \(MatMul\)") as info:
+        first_layer_nodes(model, "m.onnx")
+    assert "name every node" in info.value.fix
+    model.graph.node[0].name = "first"
+    model.graph.node[1].name = ""  # only the first layer needs a name
+    assert first_layer_nodes(model, "m.onnx") == ["first"]

@@ -131,7 +131,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         from trtopt.quant.sensitivity import check_max_drop
 
         check_max_drop(args.max_accuracy_drop)
-    names, op_types = _split_excludes(args.model, args.exclude or [])
+    names, op_types = _split_excludes(args.model, args.exclude or [], args.keep_first_layer_fp32)
     config = QuantizeConfig(target=args.target, per_channel=args.per_channel, reduce_range=args.reduce_range,
                             op_types=tuple(args.op_types.split(",")) if args.op_types else None, exclude_nodes=names,
                             exclude_op_types=op_types, smoothing=args.smoothing, bias_correction=args.bias_correction,
@@ -150,9 +150,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     write_json_output(args.json, artifact.to_dict(), args.force)
     return 0
 
-def _split_excludes(onnx_path: str, values: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _split_excludes(onnx_path: str, values: list[str], keep_first: bool = False) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """--exclude values as (layer names, op types): an op type present in the model is an op type; anything
-    else is a node, tensor or PyTorch module name (`trtopt.quant.names.resolve_layer_names` checks it)."""
+    else is a node, tensor or PyTorch module name (`trtopt.quant.names.resolve_layer_names` checks it).
+    ``keep_first``: --keep-first-layer-fp32 is checked on the model too (before calibrating: a model without a
+    float first layer, or with unnamed first-layer nodes, was refused after it, the fix replaced by random data's)."""
     import onnx
 
     from trtopt.artifacts import inspect_onnx
@@ -162,6 +164,10 @@ def _split_excludes(onnx_path: str, values: list[str]) -> tuple[tuple[str, ...],
     ops = {n.op_type for n in model.graph.node}
     names = tuple(v for v in values if v not in ops)
     resolve_layer_names(model, names, onnx_path)  # an unknown name is refused here, before any work
+    if keep_first:
+        from trtopt.quant.quantize import first_layer_nodes
+
+        first_layer_nodes(model, Path(onnx_path).name)
     return names, tuple(v for v in values if v in ops)
 
 def _mixed_precision(args: argparse.Namespace, ranges, config):

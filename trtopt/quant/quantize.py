@@ -381,7 +381,8 @@ def first_layer_nodes(model: Any, model_name: str = "the model") -> list[str]:
     start no walk.
 
     Raises:
-        TrtoptError: no GEMM-like node reads a float graph input (e.g. a transformer fed token ids).
+        TrtoptError: no GEMM-like node reads a float graph input (e.g. a transformer fed token ids); a returned
+            node has no name (it could not be excluded alone).
     """
     import onnx
 
@@ -410,6 +411,12 @@ def first_layer_nodes(model: Any, model_name: str = "the model") -> list[str]:
         raise TrtoptError(f"keep_first_layer_fp32: no Conv/ConvTranspose/MatMul/Gemm of {model_name} reads a float "
                           "input (only image-like float inputs have a first layer to keep)",
                           "drop --keep-first-layer-fp32 (recipe quantize.keep_first_layer_fp32) for this model")
+    unnamed = [n.op_type for n in model.graph.node if id(n) in found and not n.name]
+    if unnamed:  # an excluded "" would exclude every unnamed node of the graph
+        raise TrtoptError(f"keep_first_layer_fp32: the first layer's node(s) of {model_name} have no node name "
+                          f"({', '.join(unnamed)}), so they cannot be kept float alone",
+                          "name every node (onnx: node.name = node.name or f'{node.op_type}_{i}' over "
+                          "model.graph.node), or drop --keep-first-layer-fp32")
     return [n.name for n in model.graph.node if id(n) in found]
 
 
