@@ -97,3 +97,29 @@ def test_modelopt_leaves_onnx_runtime_quantization_untouched_in_this_process(dig
     before = (dict(QDQRegistry), dict(QLinearOpsRegistry), CalibraterBase.__init__)
     quantize(fp32, ranges, folder / "isolated.onnx", QuantizeConfig(target="tensorrt", quantizer="modelopt"))
     assert (dict(QDQRegistry), dict(QLinearOpsRegistry), CalibraterBase.__init__) == before
+
+
+@needs_modelopt
+def test_an_excluded_node_keeps_only_itself_float(digits):
+    """ModelOpt reads nodes_to_exclude as regular expressions matched at the start: excluding node_conv2d (the
+    stem, e.g. by --keep-first-layer-fp32) also kept node_conv2d_1, ... float: "placed no Q/DQ node"."""
+    import onnx
+
+    from trtopt.quant.calibrate import CalibrationConfig, calibrate
+
+    folder, fp32, _, test = digits
+    model = onnx.load(str(fp32))
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    for i, node in enumerate(convs):  # conv, conv_1, conv_2: a name that prefixes the others
+        node.name = "conv" + (f"_{i}" if i else "")
+    convs = [n.name for n in convs]
+    fp32 = folder / "prefix_names.onnx"
+    onnx.save(model, str(fp32))
+    ranges = calibrate(fp32, {"input": test.inputs["input"][:64]}, CalibrationConfig(method="minmax"))
+    out = folder / "modelopt_first_fp32.onnx"
+    quantize(fp32, ranges, out, QuantizeConfig(target="tensorrt", quantizer="modelopt", keep_first_layer_fp32=True))
+    model = onnx.load(str(out))
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    fed = {n.name for n in model.graph.node if n.op_type == "Conv"
+           and any(producers.get(i) == "DequantizeLinear" for i in n.input)}
+    assert convs[0] not in fed and set(convs[1:]) <= fed

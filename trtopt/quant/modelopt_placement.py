@@ -14,6 +14,7 @@ Non-quantized ops stay float32 (``high_precision_dtype="fp32"``, as trtopt's pla
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,10 @@ def place_qdq(prepared: Path, staged: Path, ranges: Ranges, op_types: list[str] 
         dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
         sample[value.name] = (rng.standard_normal(dims) if dtype.kind == "f" else np.zeros(dims)).astype(dtype)
     kwargs = dict(onnx_path=str(prepared), quantize_mode="int8", calibration_cache_path=str(cache),
-                  calibration_eps=["cpu"], op_types_to_quantize=op_types, nodes_to_exclude=excluded or None,
+                  calibration_eps=["cpu"], op_types_to_quantize=op_types,
+                  # ModelOpt matches these as regular expressions from the start of a node name (re.match): "conv"
+                  # also excluded conv_1, conv_2, ...; escaped and anchored, each names its node alone
+                  nodes_to_exclude=[re.escape(n) + "$" for n in excluded] or None,
                   op_types_to_exclude=list(exclude_op_types) or None, output_path=str(staged),
                   use_external_data_format=large, high_precision_dtype="fp32", log_level="ERROR")
     error = _quantize_in_child(kwargs, sample, prepared.parent)
