@@ -283,3 +283,24 @@ def test_keep_first_layer_fp32_on_unnamed_nodes_is_refused_naming_the_fix():
     model.graph.node[0].name = "first"
     model.graph.node[1].name = ""  # only the first layer needs a name
     assert first_layer_nodes(model, "m.onnx") == ["first"]
+
+
+def test_keep_first_layer_fp32_does_not_follow_the_inputs_shape():
+    """``x.view(x.size(0), -1)`` reads Shape(input): the walk went Shape → Gather → Concat → Reshape into the
+    classifier, and kept it FP32 as a "first layer" (with every node on the way)."""
+    from onnx import TensorProto, helper
+
+    from trtopt.quant.quantize import first_layer_nodes
+
+    init = [numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w1"),
+            numpy_helper.from_array(np.ones((10, 256), np.float32), "wf"),
+            numpy_helper.from_array(np.array([0], np.int64), "zero"), numpy_helper.from_array(np.array([-1], np.int64), "m1")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Gather", ["s", "zero"], ["n"], name="gather", axis=0),
+             helper.make_node("Concat", ["n", "m1"], ["shp"], name="concat", axis=0),
+             helper.make_node("Reshape", ["c", "shp"], ["flat"], name="reshape"),
+             helper.make_node("Gemm", ["flat", "wf"], ["y"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "view", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], init)
+    assert first_layer_nodes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])) == ["conv1"]

@@ -376,7 +376,8 @@ def first_layer_nodes(model: Any, model_name: str = "the model") -> list[str]:
     Walking from each float graph input (not an initializer) through the nodes that consume it, the walk
     stops at every GEMM-like node (`trtopt.quant.names.COMPUTE_OP_TYPES`: Conv, ConvTranspose, MatMul,
     Gemm): those first layers and every node passed on the way there (Pad, Cast, Transpose, ...) are
-    returned, so neither the input nor anything computed from it before the first layer gets Q/DQ. An image
+    returned, so neither the input nor anything computed from it before the first layer gets Q/DQ. Shape and
+    Size are not followed (they read the input's dimensions, not its values). An image
     CNN gives its stem convolution (and e.g. the Pad of a "same"-padded one); token ids (int64 inputs)
     start no walk.
 
@@ -399,8 +400,8 @@ def first_layer_nodes(model: Any, model_name: str = "the model") -> list[str]:
     layers = 0
     while frontier:
         for node in consumers.get(frontier.pop(), []):
-            if id(node) in seen:
-                continue
+            if id(node) in seen or node.op_type in ("Shape", "Size"):  # metadata, not the input's values: a
+                continue  # Reshape to x.size(0) rows would lead the walk into the classifier
             seen.add(id(node))
             found.add(id(node))
             if node.op_type in COMPUTE_OP_TYPES:
