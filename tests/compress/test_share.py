@@ -388,3 +388,15 @@ def test_mixed_bits_protect_and_count_layers_too_small_for_the_largest_codebook(
     bits = {la.name: la.bits for la in out.result.layers}
     assert bits["features.0.weight"] is None and bits["head.weight"] is None  # too small for 8 bits: kept FP32
     assert out.bits.predicted_ratio == pytest.approx(out.result.compression_ratio)
+
+
+def test_mixed_bits_on_layers_all_too_small_for_the_largest_codebook_names_uniform_bits():
+    """A 24-weight Linear: mixed bits kept it FP32 and failed with "no weight was clustered ... lower
+    min_elements" (a fix that does not work); uniform bits cluster it."""
+    from trtopt.compress.share import share_weights
+
+    model = nn.Sequential(nn.Linear(6, 4))
+    with pytest.raises(TrtoptError, match=r"fewer than 257 weights") as info:
+        share_weights(model, ShareConfig(max_accuracy_drop=0.01, min_elements=2), lambda m: {"drop": 0.0})
+    assert "uniform bits" in info.value.fix
+    assert cluster_weights_(model, ShareConfig(bits=4, min_elements=2))[1].layers[0].bits == 4

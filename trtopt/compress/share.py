@@ -320,7 +320,7 @@ def choose_bits(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[
 
     Raises:
         TrtoptError: neither target given; ``target_ratio`` unreachable with ``candidate_bits`` (the message
-            gives the largest ratio reachable).
+            gives the largest ratio reachable); every layer too small for the largest candidate's codebook.
     """
     import copy
     import heapq
@@ -339,6 +339,10 @@ def choose_bits(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[
     # them), as state_bytes counts them; they still count for "first" and "last".
     usable = [(n, m) for n, m in clusterable if m.weight.numel() >= 2 ** top + 1]
     small = [n for n, m in clusterable if m.weight.numel() < 2 ** top + 1]
+    if small and not usable:
+        raise TrtoptError(f"mixed bit-widths: every layer has fewer than {2 ** top + 1} weights (2^{top} + 1, the "
+                          f"largest candidate's codebook), so all would stay FP32",
+                          "use uniform bits (bits=4 without target_ratio / max_accuracy_drop)")
     order: list[str] = []
     handles = [m.register_forward_hook(lambda _m, _i, _o, n=n: order.append(n) if n not in order else None)
                for n, m in clusterable if not _is_embedding(m)]
