@@ -331,6 +331,62 @@ def test_mixed_bits_keep_the_measured_drop_within_the_limit(digits):
     assert out.result.compression_ratio > 4.0
 
 
+class _ChannelScale(nn.Module):
+    """Multiplies each feature by a fixed factor (what a BatchNorm after a convolution does)."""
+
+    def __init__(self, factors: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("factors", factors)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factors
+
+
+def _scaled_rows_model() -> nn.Module:
+    """Linear "0" (256 → 32) whose output channels' scales span 1000×, undone by the per-feature scale after
+    it (as BatchNorm does), so every channel matters: a per-layer codebook spends its values on the largest
+    rows, per-channel codebooks are cheap (256 values per channel). Linear "3" (8 → 256): 8 values per
+    channel, where a per-channel codebook would cost more than the weight saves."""
+    torch.manual_seed(0)
+    scales = torch.logspace(-3, 0, 32)
+    model = nn.Sequential(nn.Linear(256, 32), _ChannelScale(1 / scales), nn.ReLU(), nn.Linear(32, 256, bias=False))
+    with torch.no_grad():
+        model[0].weight.mul_(scales.unsqueeze(1))
+        model[0].bias.mul_(scales)
+    return model.eval()
+
+
+def test_auto_granularity_chooses_per_channel_where_it_pays_and_counts_codebooks_exactly(tmp_path):
+    from trtopt.compress.distill import fidelity_probe
+    from trtopt.compress.share import share_weights
+
+    model = _scaled_rows_model()
+    probe = fidelity_probe(model, (torch.randn(64, 256), None), embeddings=True)
+    common = dict(target_ratio=7.0, candidate_bits=(2, 3, 4, 8), protect_first_last=False)
+    auto = share_weights(model, ShareConfig(granularity="auto", **common), probe)
+    per_layer = share_weights(model, ShareConfig(granularity="layer", **common), probe)
+    assert auto.bits.layer_granularity == {"0": "channel", "3": "layer"}
+    assert set(per_layer.bits.layer_granularity.values()) == {"layer"}
+    assert auto.bits.target_met and auto.result.compression_ratio >= 7.0
+    assert auto.bits.predicted_ratio == pytest.approx(auto.result.compression_ratio)  # codebook bytes included
+    assert auto.fidelity["output_rel_error"] < per_layer.fidelity["output_rel_error"] / 2
+    row = next(r for r in auto.bits.sensitivity if r["name"] == "0")
+    assert row["output_rel_error_per_channel"][2] < row["output_rel_error"][2]
+    assert auto.model.trtopt_share["0.weight"]["granularity"] == "channel"
+    assert _distinct(auto.model[0].weight, "channel") <= 2 ** auto.bits.layer_bits["0"]
+    save_shared(auto.model, tmp_path / "m.npz")
+    loaded = load_shared(tmp_path / "m.npz", _scaled_rows_model())
+    for a, b in zip(auto.model.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_auto_granularity_needs_a_target():
+    with pytest.raises(TrtoptError, match="granularity='auto' is chosen per layer by mixed allocation.*target_ratio"):
+        ShareConfig(granularity="auto")
+    with pytest.raises(TrtoptError, match="layer_granularity.fc='row' is not one of layer, channel"):
+        ShareConfig(layer_granularity={"fc": "row"})
+
+
 def test_an_unreachable_target_ratio_names_the_reachable_one(digits):
     from trtopt.compress.distill import fidelity_probe
     from trtopt.compress.share import share_weights

@@ -224,6 +224,7 @@ def cluster_weights_(model: Any, config: ShareConfig = ShareConfig(),
         numel = weight.numel()
         fp32 = numel * 4
         bits = config.layer_bits.get(mod_name, config.bits)
+        granularity = layer_granularity(config, mod_name)
         k = 2 ** bits
         if problem:
             layers.append(LayerShare(name, kind, tuple(weight.shape), numel, None, 0, 0, None, fp32, fp32,
@@ -237,11 +238,11 @@ def cluster_weights_(model: Any, config: ShareConfig = ShareConfig(),
         if on_step:
             on_step(f"clustering {name}")
         with torch.no_grad():
-            shared, err = _cluster_tensor(weight, bits, config)
+            shared, err = _cluster_tensor(weight, bits, config, granularity)
             weight.copy_(shared.to(weight.device, weight.dtype))
-            distinct = _distinct_per_group(weight.detach().cpu(), config.granularity)
-        groups = _grouped(weight, config.granularity).shape[0]
-        spec[name] = {"bits": bits, "granularity": config.granularity}
+            distinct = _distinct_per_group(weight.detach().cpu(), granularity)
+        groups = _grouped(weight, granularity).shape[0]
+        spec[name] = {"bits": bits, "granularity": granularity}
         layers.append(LayerShare(name, kind, tuple(weight.shape), numel, bits, groups, distinct, err,
                                  fp32, _shared_bytes(numel, groups, bits)))
     if not any(la.skipped is None for la in layers):
@@ -251,13 +252,20 @@ def cluster_weights_(model: Any, config: ShareConfig = ShareConfig(),
     fp32_total, shared_total = _state_sizes(model, spec)
     return model, ShareResult(config, layers, fp32_total, shared_total, time.perf_counter() - start)
 
-def _cluster_tensor(weight: Any, bits: int, config: ShareConfig) -> tuple[Any, float]:
-    """(the weight with each value replaced by its group's nearest of 2^bits k-means centroids, as float64 on
-    the CPU, in the weight's shape; relative error ||W - W_shared||_F / ||W||_F)."""
+def layer_granularity(config: ShareConfig, module_name: str) -> str:
+    """The codebook granularity ("layer" or "channel") of one module's weight under ``config``: its entry in
+    ``layer_granularity``, else ``granularity`` ("auto" without a per-layer choice: "layer")."""
+    chosen = config.layer_granularity.get(module_name, config.granularity)
+    return "layer" if chosen == "auto" else chosen
+
+
+def _cluster_tensor(weight: Any, bits: int, config: ShareConfig, granularity: str) -> tuple[Any, float]:
+    """(the weight with each value of a group (``granularity``) replaced by the group's nearest of 2^bits k-means
+    centroids, as float64 on the CPU, in the weight's shape; relative error ||W - W_shared||_F / ||W||_F)."""
     import torch
 
     original = weight.detach().cpu().to(torch.float64)
-    grouped = _grouped(original, config.granularity)
+    grouped = _grouped(original, granularity)
     centroids, _, _ = kmeans_1d(grouped, 2 ** bits, config.max_iterations, config.init_sample, config.seed)
     if config.int8_grid:
         centroids = torch.sort(snap_to_int8_grid(centroids), dim=1).values
@@ -271,13 +279,18 @@ def _cluster_tensor(weight: Any, bits: int, config: ShareConfig) -> tuple[Any, f
 
 @dataclass
 class BitChoice:
-    """Per-layer bits chosen by :func:`choose_bits` from measured sensitivity (JSON-ready via :meth:`to_dict`).
+    """Per-layer bits (and codebook granularity) chosen by :func:`choose_bits` from measured sensitivity
+    (JSON-ready via :meth:`to_dict`).
 
     Attributes:
         layer_bits: module name → bits for every clustered layer (protected ones included).
+        layer_granularity: module name → "layer" or "channel" for every clustered layer (all the config's
+            granularity unless it is "auto").
         protected: module name → why it is kept at ``protected_bits`` (first/last layer, depthwise).
         sensitivity: per unprotected layer, ``{"name", "parameters", "output_rel_error": {bits: value}}``:
-            the relative output error with only that layer clustered at those bits.
+            the relative output error with only that layer clustered at those bits (granularity "auto":
+            per-layer codebooks there, per-channel ones in ``"output_rel_error_per_channel"``; an option
+            that would store more bytes than the largest bits per layer is not measured).
         predicted_ratio: FP32 state bytes / shared state bytes of the choice (exact: sizes are computed).
         measured: the probe's result for the whole model clustered with ``layer_bits``.
         evaluations: probe calls spent (sensitivity + search).
@@ -285,6 +298,7 @@ class BitChoice:
     """
 
     layer_bits: dict[str, int]
+    layer_granularity: dict[str, str]
     protected: dict[str, str]
     sensitivity: list[dict[str, Any]]
     predicted_ratio: float
@@ -298,18 +312,23 @@ class BitChoice:
 
 def choose_bits(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[str, Any]],
                 on_step: StepCallback | None = None) -> BitChoice:
-    """Mixed bit-widths for weight sharing: per-layer bits from measured sensitivity, to meet
-    ``config.target_ratio`` (storage) and/or ``config.max_accuracy_drop`` (task metric).
+    """Mixed bit-widths for weight sharing: per-layer bits (and, with granularity "auto", per-layer or
+    per-channel codebooks) from measured sensitivity, to meet ``config.target_ratio`` (storage) and/or
+    ``config.max_accuracy_drop`` (task metric).
 
     Method: (1) one probe with forward hooks finds the Conv/Linear layers' execution order, so the first
     and last are protected (``protect_first_last``), as are depthwise convolutions (``protect_depthwise``);
-    (2) each other layer is clustered alone at each of ``candidate_bits`` below the largest and its relative
-    output error e(l, b) measured (``probe(model)["output_rel_error"]``; the model is restored after each);
-    (3) starting from every layer at the largest candidate, bits are lowered greedily one step at a time
-    where the added output error power Δe² per byte saved is smallest (errors of different layers add
-    roughly as independent noise - the assumption of HAWQ-style allocation); (4) on that path the first
-    state reaching ``target_ratio`` is taken, and with ``max_accuracy_drop`` the furthest state whose
-    *measured* drop (whole model clustered) is within the limit, found by bisection.
+    (2) each other layer starts at the largest candidate bits (per layer, or at the config's granularity),
+    taken as lossless, and its options - each smaller candidate bit-width at each granularity allowed, whose
+    exact size (indices + FP32 codebooks) is below the start - are clustered alone and the relative output
+    error e(l, option) measured (``probe(model)["output_rel_error"]``; the model is restored after each);
+    (3) per layer, the options' (bytes saved, e²) points are reduced to their lower convex hull from the
+    start, and the layers move along their hulls greedily, always taking the step with the smallest added
+    output error power Δe² per byte saved (errors of different layers add roughly as independent noise -
+    the assumption of HAWQ-style allocation; on convex hulls this greedy order is the Lagrangian-optimal
+    path of the multiple-choice knapsack); (4) on that path the first state reaching ``target_ratio`` is
+    taken, and with ``max_accuracy_drop`` the furthest state whose *measured* drop (whole model clustered)
+    is within the limit, found by bisection.
 
     Args:
         model: the original ``nn.Module``; left unchanged.
@@ -327,6 +346,8 @@ def choose_bits(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[
     from dataclasses import replace
 
     import torch
+
+    from trtopt.compress.config import GRANULARITIES
 
     if config.target_ratio is None and config.max_accuracy_drop is None:
         raise TrtoptError("mixed bit-widths need a target", "set target_ratio or max_accuracy_drop")
@@ -350,57 +371,70 @@ def choose_bits(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[
         protected.update({n: "depthwise convolution" for n, m in usable
                           if getattr(m, "groups", 1) > 1 and m.groups == getattr(m, "in_channels", 0)})
     top = max(config.candidate_bits)
-    lower = [b for b in config.candidate_bits if b < top]
+    granularities = GRANULARITIES if config.granularity == "auto" else (config.granularity,)
+    params = {n: m.weight.numel() for n, m in usable}
+    channels = {n: m.weight.shape[0] for n, m in usable}
+
+    def size(n: str, option: tuple[int, str]) -> int:
+        bits, granularity = option
+        return _shared_bytes(params[n], 1 if granularity == "layer" else channels[n], bits)
+
+    start = {n: ((config.protected_bits if n in protected else top), layer_granularity(config, n)) for n in params}
     free = [(n, m) for n, m in usable if n not in protected]
     sensitivity = []
-    noise: dict[str, dict[int, float]] = {}
+    hulls: dict[str, list[tuple[int, float, tuple[int, str]]]] = {}  # name → [(bytes saved, e², option)] convex
     # Sensitivity only ranks layers: 30 Lloyd iterations after k-means++ seeding are within a few percent of
     # the converged error and ~10× cheaper on large tensors; the chosen bits are then clustered fully.
     quick = replace(config, max_iterations=min(config.max_iterations, 30))
     for n, m in free:
         step(f"sensitivity of {n}")
-        errors = {top: 0.0}
+        options = [(b, g) for g in granularities for b in config.candidate_bits
+                   if (b, g) != start[n] and size(n, (b, g)) < size(n, start[n])]
+        errors: dict[tuple[int, str], float] = {start[n]: 0.0}
         original = m.weight.detach().clone()
         try:
-            for b in lower:
+            for b, g in options:
                 with torch.no_grad():
-                    shared, _ = _cluster_tensor(original, b, quick)
+                    shared, _ = _cluster_tensor(original, b, quick, g)
                     m.weight.copy_(shared.to(m.weight.device, m.weight.dtype))
-                errors[b] = float(probe(model)["output_rel_error"])
+                errors[(b, g)] = float(probe(model)["output_rel_error"])
                 evaluations += 1
         finally:
             with torch.no_grad():
                 m.weight.copy_(original)
-        noise[n] = {b: e * e for b, e in errors.items()}
-        sensitivity.append({"name": n, "parameters": m.weight.numel(), "output_rel_error": errors})
-    params = {n: m.weight.numel() for n, m in usable}
-    groups = {n: _grouped(m.weight, config.granularity).shape[0] for n, m in usable}
+        points = sorted((size(n, start[n]) - size(n, o), e * e, o) for o, e in errors.items())
+        hulls[n] = _lower_hull(points)
+        entry = {"name": n, "parameters": params[n],
+                 "output_rel_error": {b: e for (b, g), e in errors.items() if g == start[n][1]}}
+        if len(granularities) > 1:
+            entry["output_rel_error_per_channel"] = {b: e for (b, g), e in errors.items() if g == "channel"}
+        sensitivity.append(entry)
     fp32_total = sum(t.numel() * (4 if t.is_floating_point() else t.element_size()) for t in model.state_dict().values())
     fixed = fp32_total - sum(4 * p for p in params.values())  # state that stays FP32
 
-    def state_bytes(bits: Mapping[str, int]) -> int:
-        return fixed + sum(_shared_bytes(params[n], groups[n], bits[n]) for n in params)
+    def state_bytes(choice: Mapping[str, tuple[int, str]]) -> int:
+        return fixed + sum(size(n, choice[n]) for n in params)
 
-    bits = {n: (config.protected_bits if n in protected else top) for n in params}
-    path = [dict(bits)]
-    heap: list[tuple[float, str, int]] = []
+    current = dict(start)
+    position = {n: 0 for n in hulls}
+    path = [dict(current)]
+    heap: list[tuple[float, str]] = []
 
     def push(n: str) -> None:
-        below = [b for b in lower if b < bits[n]]
-        if below:
-            nb = below[-1]
-            saved = _shared_bytes(params[n], groups[n], bits[n]) - _shared_bytes(params[n], groups[n], nb)
-            if saved > 0:
-                heapq.heappush(heap, (max(noise[n][nb] - noise[n][bits[n]], 0.0) / saved, n, nb))
+        hull, i = hulls[n], position[n]
+        if i + 1 < len(hull):
+            (saved0, noise0, _), (saved1, noise1, _) = hull[i], hull[i + 1]
+            heapq.heappush(heap, ((noise1 - noise0) / (saved1 - saved0), n))
 
-    for n, _ in free:
+    for n in hulls:
         push(n)
     while heap:
-        _, n, nb = heapq.heappop(heap)
-        bits[n] = nb
-        path.append(dict(bits))
+        _, n = heapq.heappop(heap)
+        position[n] += 1
+        current[n] = hulls[n][position[n]][2]
+        path.append(dict(current))
         push(n)
-    ratios = [fp32_total / state_bytes(b) for b in path]
+    ratios = [fp32_total / state_bytes(c) for c in path]
     index = len(path) - 1
     if config.target_ratio is not None:
         reach = [i for i, r in enumerate(ratios) if r >= config.target_ratio]
@@ -410,10 +444,15 @@ def choose_bits(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[
                               "lower target_ratio, add lower candidate_bits, or turn off protect_first_last/protect_depthwise")
         index = reach[0] if reach else index
 
+    def split(i: int) -> tuple[dict[str, int], dict[str, str]]:
+        return {n: o[0] for n, o in path[i].items()}, {n: o[1] for n, o in path[i].items()}
+
     def measure(i: int) -> dict[str, Any]:
         nonlocal evaluations
         trial = copy.deepcopy(model)
-        cluster_weights_(trial, replace(config, layer_bits=path[i], target_ratio=None, max_accuracy_drop=None))
+        bits, grans = split(i)
+        cluster_weights_(trial, replace(config, layer_bits=bits, layer_granularity=grans, target_ratio=None,
+                                        max_accuracy_drop=None))
         evaluations += 1
         step(f"measuring {ratios[i]:.2f}× ({i}/{len(path) - 1} steps along the allocation path)")
         return dict(probe(trial))
@@ -436,7 +475,23 @@ def choose_bits(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[
     measured = measured or measure(index)
     met = ((config.target_ratio is None or ratios[index] >= config.target_ratio) and
            (config.max_accuracy_drop is None or measured["drop"] <= config.max_accuracy_drop))
-    return BitChoice(path[index], protected, sensitivity, ratios[index], measured, evaluations, met)
+    bits, grans = split(index)
+    return BitChoice(layer_bits=bits, layer_granularity=grans, protected=protected, sensitivity=sensitivity,
+                     predicted_ratio=ratios[index], measured=measured, evaluations=evaluations, target_met=met)
+
+
+def _lower_hull(points: list[tuple[int, float, Any]]) -> list[tuple[int, float, Any]]:
+    """The lower convex hull of (x, y, payload) points sorted by x, from the first point on (x ascending,
+    slopes ascending): the options worth taking in a greedy trade of y for x. Ties in x keep the lowest y."""
+    hull: list[tuple[int, float, Any]] = []
+    for p in points:
+        if hull and p[0] == hull[-1][0]:  # sorted: the earlier point has the lower y
+            continue
+        while len(hull) >= 2 and ((hull[-1][1] - hull[-2][1]) * (p[0] - hull[-2][0])
+                                  >= (p[1] - hull[-2][1]) * (hull[-1][0] - hull[-2][0])):
+            hull.pop()
+        hull.append(p)
+    return hull
 
 
 def _is_embedding(module: Any) -> bool:
@@ -527,7 +582,7 @@ def share_weights(model: Any, config: ShareConfig, probe: Callable[[Any], Mappin
                           "give training data (trtopt cluster --train-data or --data), or no finetune")
     choice = choose_bits(model, config, probe, on_step) if mixed else None
     if choice is not None:
-        config = replace(config, layer_bits=choice.layer_bits)
+        config = replace(config, layer_bits=choice.layer_bits, layer_granularity=choice.layer_granularity)
     clustered, result = cluster_weights_(copy.deepcopy(model), config, on_step)
     outcome = ShareOutcome(clustered, result, choice, dict(probe(clustered)) if probe else None)
     if config.finetune is not None:
