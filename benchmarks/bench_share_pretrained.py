@@ -119,6 +119,7 @@ def row(outcome: Any, held_out: Any, tmp: Path, name: str) -> dict[str, Any]:
     if outcome.bits is not None:
         out["layer_bits"] = outcome.bits.layer_bits
         out["layer_granularity"] = outcome.bits.layer_granularity
+        out["unshared"] = outcome.bits.unshared
         out["protected"] = outcome.bits.protected
         out["fidelity_on_choice_data"] = outcome.bits.measured
         out["evaluations"] = outcome.bits.evaluations
@@ -162,7 +163,7 @@ def run_model(spec: str, target: float, steps: int, lr: float, batch: int, data:
         add(row(mixed, held_out, tmp, f"mixed_{granularity}_{target}x"))
         if "finetune" in variants:
             tuned_cfg = ShareConfig(layer_bits=mixed.bits.layer_bits, granularity=granularity,
-                                    layer_granularity=mixed.bits.layer_granularity,
+                                    layer_granularity=mixed.bits.layer_granularity, exclude=tuple(mixed.bits.unshared),
                                     finetune=tied_finetune(steps, lr, batch))
             tuned = share_weights(model, tuned_cfg, None, data["train"], embeddings, on_step=step)
             tuned.bits = mixed.bits

@@ -365,7 +365,7 @@ def test_auto_granularity_chooses_per_channel_where_it_pays_and_counts_codebooks
     common = dict(target_ratio=7.0, candidate_bits=(2, 3, 4, 8), protect_first_last=False)
     auto = share_weights(model, ShareConfig(granularity="auto", **common), probe)
     per_layer = share_weights(model, ShareConfig(granularity="layer", **common), probe)
-    assert auto.bits.layer_granularity == {"0": "channel", "3": "layer"}
+    assert auto.bits.layer_granularity == {"0": "channel", "3": "layer"} and auto.bits.unshared == []
     assert set(per_layer.bits.layer_granularity.values()) == {"layer"}
     assert auto.bits.target_met and auto.result.compression_ratio >= 7.0
     assert auto.bits.predicted_ratio == pytest.approx(auto.result.compression_ratio)  # codebook bytes included
@@ -378,6 +378,20 @@ def test_auto_granularity_chooses_per_channel_where_it_pays_and_counts_codebooks
     loaded = load_shared(tmp_path / "m.npz", _scaled_rows_model())
     for a, b in zip(auto.model.state_dict().values(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_auto_granularity_leaves_a_layer_fp32_when_sharing_it_is_not_needed():
+    from trtopt.compress.distill import fidelity_probe
+    from trtopt.compress.share import share_weights
+
+    model = _scaled_rows_model()
+    probe = fidelity_probe(model, (torch.randn(64, 256), None), embeddings=True)
+    out = share_weights(model, ShareConfig(granularity="auto", target_ratio=1.2, candidate_bits=(2, 4, 8),
+                                           protect_first_last=False), probe)
+    # layer "3" at 8 bits per layer costs almost no output error and alone reaches 1.2×; "0" stays exact
+    assert out.bits.unshared == ["0"] and out.bits.layer_bits == {"3": 8}
+    assert torch.equal(out.model[0].weight, model[0].weight) and "0.weight" not in out.model.trtopt_share
+    assert out.bits.predicted_ratio == pytest.approx(out.result.compression_ratio) and out.bits.target_met
 
 
 def test_auto_granularity_needs_a_target():

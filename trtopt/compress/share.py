@@ -286,11 +286,14 @@ class BitChoice:
         layer_bits: module name → bits for every clustered layer (protected ones included).
         layer_granularity: module name → "layer" or "channel" for every clustered layer (all the config's
             granularity unless it is "auto").
+        unshared: module names the choice leaves in FP32 (granularity "auto" only: where no codebook is
+            worth its error, e.g. a depthwise convolution whose per-layer codebook is too coarse and whose
+            per-channel ones cost more than its FP32 weights).
         protected: module name → why it is kept at ``protected_bits`` (first/last layer, depthwise).
         sensitivity: per unprotected layer, ``{"name", "parameters", "output_rel_error": {bits: value}}``:
-            the relative output error with only that layer clustered at those bits (granularity "auto":
-            per-layer codebooks there, per-channel ones in ``"output_rel_error_per_channel"``; an option
-            that would store more bytes than the largest bits per layer is not measured).
+            the relative output error with only that layer clustered at those bits; granularity "auto": per
+            layer (protected ones too), per-layer codebooks there, per-channel ones in
+            ``"output_rel_error_per_channel"``; an option storing no fewer bytes than its start is not measured.
         predicted_ratio: FP32 state bytes / shared state bytes of the choice (exact: sizes are computed).
         measured: the probe's result for the whole model clustered with ``layer_bits``.
         evaluations: probe calls spent (sensitivity + search).
@@ -299,6 +302,7 @@ class BitChoice:
 
     layer_bits: dict[str, int]
     layer_granularity: dict[str, str]
+    unshared: list[str]
     protected: dict[str, str]
     sensitivity: list[dict[str, Any]]
     predicted_ratio: float
@@ -318,10 +322,13 @@ def choose_bits(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[
 
     Method: (1) one probe with forward hooks finds the Conv/Linear layers' execution order, so the first
     and last are protected (``protect_first_last``), as are depthwise convolutions (``protect_depthwise``);
-    (2) each other layer starts at the largest candidate bits (per layer, or at the config's granularity),
-    taken as lossless, and its options - each smaller candidate bit-width at each granularity allowed, whose
-    exact size (indices + FP32 codebooks) is below the start - are clustered alone and the relative output
-    error e(l, option) measured (``probe(model)["output_rel_error"]``; the model is restored after each);
+    (2) each other layer starts at the largest candidate bits (at the config's granularity), taken as
+    lossless, and its options - each smaller candidate bit-width - are clustered alone and the relative
+    output error e(l, option) measured (``probe(model)["output_rel_error"]``; the model is restored after
+    each). With granularity "auto" every layer starts in FP32 (exact, unshared) and its options are every
+    candidate bit-width (protected layers: ``protected_bits`` and above) per layer and per channel whose
+    exact size (packed indices + FP32 codebooks) is below its FP32 bytes, all measured - so a protected
+    layer whose 8-bit per-layer codebook is too coarse stays FP32 or gets per-channel codebooks;
     (3) per layer, the options' (bytes saved, e²) points are reduced to their lower convex hull from the
     start, and the layers move along their hulls greedily, always taking the step with the smallest added
     output error power Δe² per byte saved (errors of different layers add roughly as independent noise -
@@ -375,22 +382,31 @@ def choose_bits(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[
     params = {n: m.weight.numel() for n, m in usable}
     channels = {n: m.weight.shape[0] for n, m in usable}
 
-    def size(n: str, option: tuple[int, str]) -> int:
+    auto = config.granularity == "auto"
+    start: dict[str, tuple[int, str] | None] = {  # None: FP32, not shared
+        n: None if auto else ((config.protected_bits if n in protected else top), config.granularity) for n in params}
+
+    def size(n: str, option: tuple[int, str] | None) -> int:
+        if option is None:
+            return 4 * params[n]
         bits, granularity = option
         return _shared_bytes(params[n], 1 if granularity == "layer" else channels[n], bits)
 
-    start = {n: ((config.protected_bits if n in protected else top), layer_granularity(config, n)) for n in params}
-    free = [(n, m) for n, m in usable if n not in protected]
+    def candidates(n: str) -> list[tuple[int, str]]:
+        allowed = sorted({*config.candidate_bits, config.protected_bits})
+        bits = [b for b in allowed if b >= config.protected_bits] if n in protected else list(config.candidate_bits)
+        return [(b, g) for g in granularities for b in bits if (b, g) != start[n] and size(n, (b, g)) < size(n, start[n])]
+
+    free = [(n, m) for n, m in usable if auto or n not in protected]
     sensitivity = []
-    hulls: dict[str, list[tuple[int, float, tuple[int, str]]]] = {}  # name → [(bytes saved, e², option)] convex
+    hulls: dict[str, list[tuple[int, float, Any]]] = {}  # name → [(bytes saved, e², option)] convex
     # Sensitivity only ranks layers: 30 Lloyd iterations after k-means++ seeding are within a few percent of
     # the converged error and ~10× cheaper on large tensors; the chosen bits are then clustered fully.
     quick = replace(config, max_iterations=min(config.max_iterations, 30))
     for n, m in free:
         step(f"sensitivity of {n}")
-        options = [(b, g) for g in granularities for b in config.candidate_bits
-                   if (b, g) != start[n] and size(n, (b, g)) < size(n, start[n])]
-        errors: dict[tuple[int, str], float] = {start[n]: 0.0}
+        options = candidates(n)
+        errors: dict[tuple[int, str] | None, float] = {start[n]: 0.0}
         original = m.weight.detach().clone()
         try:
             for b, g in options:
@@ -402,12 +418,13 @@ def choose_bits(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[
         finally:
             with torch.no_grad():
                 m.weight.copy_(original)
-        points = sorted((size(n, start[n]) - size(n, o), e * e, o) for o, e in errors.items())
+        points = sorted(((size(n, start[n]) - size(n, o), e * e, o) for o, e in errors.items()), key=lambda p: p[:2])
         hulls[n] = _lower_hull(points)
+        measured_options = {o: e for o, e in errors.items() if o is not None}
         entry = {"name": n, "parameters": params[n],
-                 "output_rel_error": {b: e for (b, g), e in errors.items() if g == start[n][1]}}
-        if len(granularities) > 1:
-            entry["output_rel_error_per_channel"] = {b: e for (b, g), e in errors.items() if g == "channel"}
+                 "output_rel_error": {b: e for (b, g), e in measured_options.items() if g != "channel" or not auto}}
+        if auto:
+            entry["output_rel_error_per_channel"] = {b: e for (b, g), e in measured_options.items() if g == "channel"}
         sensitivity.append(entry)
     fp32_total = sum(t.numel() * (4 if t.is_floating_point() else t.element_size()) for t in model.state_dict().values())
     fixed = fp32_total - sum(4 * p for p in params.values())  # state that stays FP32
@@ -444,15 +461,17 @@ def choose_bits(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[
                               "lower target_ratio, add lower candidate_bits, or turn off protect_first_last/protect_depthwise")
         index = reach[0] if reach else index
 
-    def split(i: int) -> tuple[dict[str, int], dict[str, str]]:
-        return {n: o[0] for n, o in path[i].items()}, {n: o[1] for n, o in path[i].items()}
+    def split(i: int) -> tuple[dict[str, int], dict[str, str], list[str]]:
+        shared = {n: o for n, o in path[i].items() if o is not None}
+        return ({n: o[0] for n, o in shared.items()}, {n: o[1] for n, o in shared.items()},
+                [n for n, o in path[i].items() if o is None])
 
     def measure(i: int) -> dict[str, Any]:
         nonlocal evaluations
         trial = copy.deepcopy(model)
-        bits, grans = split(i)
+        bits, grans, unshared = split(i)
         cluster_weights_(trial, replace(config, layer_bits=bits, layer_granularity=grans, target_ratio=None,
-                                        max_accuracy_drop=None))
+                                        max_accuracy_drop=None, exclude=(*config.exclude, *unshared)))
         evaluations += 1
         step(f"measuring {ratios[i]:.2f}× ({i}/{len(path) - 1} steps along the allocation path)")
         return dict(probe(trial))
@@ -475,8 +494,8 @@ def choose_bits(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[
     measured = measured or measure(index)
     met = ((config.target_ratio is None or ratios[index] >= config.target_ratio) and
            (config.max_accuracy_drop is None or measured["drop"] <= config.max_accuracy_drop))
-    bits, grans = split(index)
-    return BitChoice(layer_bits=bits, layer_granularity=grans, protected=protected, sensitivity=sensitivity,
+    bits, grans, unshared = split(index)
+    return BitChoice(layer_bits=bits, layer_granularity=grans, unshared=unshared, protected=protected, sensitivity=sensitivity,
                      predicted_ratio=ratios[index], measured=measured, evaluations=evaluations, target_met=met)
 
 
@@ -582,7 +601,8 @@ def share_weights(model: Any, config: ShareConfig, probe: Callable[[Any], Mappin
                           "give training data (trtopt cluster --train-data or --data), or no finetune")
     choice = choose_bits(model, config, probe, on_step) if mixed else None
     if choice is not None:
-        config = replace(config, layer_bits=choice.layer_bits, layer_granularity=choice.layer_granularity)
+        config = replace(config, layer_bits=choice.layer_bits, layer_granularity=choice.layer_granularity,
+                         exclude=(*config.exclude, *choice.unshared))
     clustered, result = cluster_weights_(copy.deepcopy(model), config, on_step)
     outcome = ShareOutcome(clustered, result, choice, dict(probe(clustered)) if probe else None)
     if config.finetune is not None:
