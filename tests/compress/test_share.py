@@ -53,10 +53,11 @@ def test_never_more_than_2_to_the_b_values_per_group(out_f, in_f, bits, granular
 
 
 @settings(max_examples=30, deadline=None)
-@given(n=st.integers(1, 500), k=st.sampled_from([1, 2, 3, 4, 16, 64]), seed=st.integers(0, 1000))
-def test_kmeans_is_a_lloyd_fixpoint_with_nearest_labels(n, k, seed):
+@given(n=st.integers(1, 500), k=st.sampled_from([1, 2, 3, 4, 16, 64]), seed=st.integers(0, 1000),
+       init=st.sampled_from(["kmeans++", "blend"]))
+def test_kmeans_is_a_lloyd_fixpoint_with_nearest_labels(n, k, seed, init):
     x = np.random.default_rng(seed).standard_normal((2, n))
-    centroids, labels, _ = kmeans_1d(x, k, max_iterations=1000)
+    centroids, labels, _ = kmeans_1d(x, k, max_iterations=1000, init=init)
     c, lab = centroids.numpy(), labels.numpy()
     assert np.all(np.diff(c, axis=1) >= 0)
     dist = np.abs(x[:, :, None] - c[:, None, :])
