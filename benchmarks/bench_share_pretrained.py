@@ -107,6 +107,21 @@ def with_interval(fidelity: dict[str, Any]) -> dict[str, Any]:
     return {**fidelity, "ci95_wilson": [float(ci.low), float(ci.high)]}
 
 
+def reference_confidence(model: Any, inputs: np.ndarray) -> dict[str, Any]:
+    """How decided the FP32 model is on ``inputs`` (N, C, H, W): its top-1 softmax probability and top-1 minus
+    top-2 logit margin (quartiles), and the fraction of samples it gives its top-1 class under 0.5 - small
+    margins are what makes top-1 agreement fragile under small output errors."""
+    with torch.no_grad():
+        logits = torch.cat([model.eval()(torch.from_numpy(np.ascontiguousarray(inputs[i:i + 32])))
+                            for i in range(0, len(inputs), 32)]).double()
+    top2 = logits.topk(2, dim=1).values
+    prob = torch.softmax(logits, dim=1).amax(dim=1).numpy()
+    margin = (top2[:, 0] - top2[:, 1]).numpy()
+    return {"samples": len(inputs), "top1_probability_quartiles": np.percentile(prob, [25, 50, 75]).tolist(),
+            "top1_top2_logit_margin_quartiles": np.percentile(margin, [25, 50, 75]).tolist(),
+            "fraction_top1_probability_below_0.5": float((prob < 0.5).mean())}
+
+
 def row(outcome: Any, held_out: Any, tmp: Path, name: str) -> dict[str, Any]:
     info = save_shared(outcome.model, tmp / f"{name}.npz", force=True)
     r = outcome.result
@@ -134,7 +149,8 @@ def row(outcome: Any, held_out: Any, tmp: Path, name: str) -> dict[str, Any]:
 def run_model(spec: str, target: float, steps: int, lr: float, batch: int, data: dict[str, Any], embeddings: bool,
               candidate_bits: tuple[int, ...], tmp: Path, save: Callable[[dict[str, Any]], None], combined: bool,
               variants: tuple[str, ...], granularity: str) -> None:
-    """Measure the chosen ``variants`` ("ceilings", "uniform", "mixed", "finetune"; "finetune" needs "mixed")
+    """Measure the chosen ``variants`` ("confidence": the FP32 model's own margins on the held-out data, CNNs;
+    "ceilings", "uniform", "mixed", "finetune"; "finetune" needs "mixed")
     of one model, calling ``save(result)`` after every row."""
     from trtopt.models.load import load_model
 
@@ -151,6 +167,10 @@ def run_model(spec: str, target: float, steps: int, lr: float, batch: int, data:
         result["seconds"] = time.perf_counter() - start
         save(result)
 
+    if "confidence" in variants and not embeddings:
+        result["held_out_reference_confidence"] = reference_confidence(model, data["held_out"][0])
+        result["seconds"] = time.perf_counter() - start
+        save(result)
     if "ceilings" in variants:
         for bits, gran in CEILINGS:
             add(row(share_weights(model, ShareConfig(bits=bits, granularity=gran)), held_out, tmp,
@@ -200,7 +220,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", nargs="+", default=["lite0", "minilm"], choices=(*CNNS, "minilm"))
     parser.add_argument("--variants", nargs="+", default=["uniform", "mixed", "finetune"],
-                        choices=("ceilings", "uniform", "mixed", "finetune"))
+                        choices=("confidence", "ceilings", "uniform", "mixed", "finetune"))
     parser.add_argument("--granularity", default="auto", choices=("layer", "channel", "auto"),
                         help="codebook granularity of the mixed rows (auto: chosen per layer with the bits)")
     parser.add_argument("--cnn-steps", type=int, default=300)
