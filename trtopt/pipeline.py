@@ -512,6 +512,8 @@ def _compression_summary(run: _Run) -> dict[str, Any]:
             summary[name] = {k: result[k] for k in wanted if k in result}
             if name == "cluster" and result.get("bit_choice"):  # mixed bits: the chosen bits per layer
                 summary[name]["layer_bits"] = result["bit_choice"]["layer_bits"]
+                if set(result["bit_choice"]["layer_granularity"].values()) != {result["config"]["granularity"]}:
+                    summary[name]["layer_granularity"] = result["bit_choice"]["layer_granularity"]
             if name == "cluster":
                 summary[name]["storage"] = {k: result["storage"][k] for k in ("path", "file_bytes", "state_bytes_fp32",
                                                                              "compression_ratio")}

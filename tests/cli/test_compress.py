@@ -83,13 +83,17 @@ def test_a_missed_speedup_target_keeps_the_closest_model_warns_and_exits_1(tmp_p
 @pytest.mark.slow
 def test_cluster_reports_fidelity_on_data_and_mixed_bits(tmp_path, cli_env):
     r = run(["cluster", "zoo:digits_cnn", "-o", "m.npz", "--data", "dataset:digits:test", "--labels",
-             "--target-ratio", "5", "--json", "r.json"], tmp_path, cli_env)
+             "--target-ratio", "5", "--granularity", "auto", "--json", "r.json"], tmp_path, cli_env)
     assert r.returncode == 0, r.stderr
     assert "fidelity on dataset:digits:test (359 samples): top1 agreement" in r.stdout and "mixed bits: target met" in r.stdout
+    assert "per-channel codebooks: " in r.stdout and "left FP32 (no codebook worth its error): " in r.stdout
     report = json.loads((tmp_path / "r.json").read_text())["report"]
     assert report["compression_ratio"] >= 5.0 and report["bit_choice"]["target_met"]
     assert report["fidelity"]["metric"] == "top1_agreement" and report["fidelity"]["samples"] == 359
-    assert report["bit_choice"]["layer_bits"]["conv1"] == 8  # first layer protected
+    choice = report["bit_choice"]
+    # first layer protected: FP32 or at least 8 bits; every shared layer has its granularity
+    assert "conv1" in choice["unshared"] or choice["layer_bits"]["conv1"] == 8
+    assert set(choice["layer_granularity"]) == set(choice["layer_bits"]) and set(choice["layer_granularity"].values()) <= {"layer", "channel"}
 
 
 def test_cluster_without_data_says_fidelity_was_not_measured_and_needs_data_to_fine_tune(tmp_path, cli_env):
@@ -99,6 +103,8 @@ def test_cluster_without_data_says_fidelity_was_not_measured_and_needs_data_to_f
                               tmp_path, cli_env), "need real data")
     assert_one_line_error(run(["cluster", "tests.helpers.tiny_models:tiny_cnn", "-o", "x.npz", "--target-ratio", "0.5",
                                "--data", "random"], tmp_path, cli_env), "target_ratio")
+    assert_one_line_error(run(["cluster", "tests.helpers.tiny_models:tiny_cnn", "-o", "x.npz", "--granularity", "auto"],
+                              tmp_path, cli_env), "granularity='auto' is chosen per layer by mixed allocation")
     assert not (tmp_path / "x.npz").exists()
 
 

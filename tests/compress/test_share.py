@@ -53,10 +53,11 @@ def test_never_more_than_2_to_the_b_values_per_group(out_f, in_f, bits, granular
 
 
 @settings(max_examples=30, deadline=None)
-@given(n=st.integers(1, 500), k=st.sampled_from([1, 2, 3, 4, 16, 64]), seed=st.integers(0, 1000))
-def test_kmeans_is_a_lloyd_fixpoint_with_nearest_labels(n, k, seed):
+@given(n=st.integers(1, 500), k=st.sampled_from([1, 2, 3, 4, 16, 64]), seed=st.integers(0, 1000),
+       init=st.sampled_from(["kmeans++", "blend"]))
+def test_kmeans_is_a_lloyd_fixpoint_with_nearest_labels(n, k, seed, init):
     x = np.random.default_rng(seed).standard_normal((2, n))
-    centroids, labels, _ = kmeans_1d(x, k, max_iterations=1000)
+    centroids, labels, _ = kmeans_1d(x, k, max_iterations=1000, init=init)
     c, lab = centroids.numpy(), labels.numpy()
     assert np.all(np.diff(c, axis=1) >= 0)
     dist = np.abs(x[:, :, None] - c[:, None, :])
@@ -329,6 +330,76 @@ def test_mixed_bits_keep_the_measured_drop_within_the_limit(digits):
     assert out.bits.target_met and out.fidelity["drop"] <= 0.01
     assert out.fidelity == pytest.approx(probe(out.model))
     assert out.result.compression_ratio > 4.0
+
+
+class _ChannelScale(nn.Module):
+    """Multiplies each feature by a fixed factor (what a BatchNorm after a convolution does)."""
+
+    def __init__(self, factors: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("factors", factors)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factors
+
+
+def _scaled_rows_model() -> nn.Module:
+    """Linear "0" (256 → 32) whose output channels' scales span 1000×, undone by the per-feature scale after
+    it (as BatchNorm does), so every channel matters: a per-layer codebook spends its values on the largest
+    rows, per-channel codebooks are cheap (256 values per channel). Linear "3" (8 → 256): 8 values per
+    channel, where a per-channel codebook would cost more than the weight saves."""
+    torch.manual_seed(0)
+    scales = torch.logspace(-3, 0, 32)
+    model = nn.Sequential(nn.Linear(256, 32), _ChannelScale(1 / scales), nn.ReLU(), nn.Linear(32, 256, bias=False))
+    with torch.no_grad():
+        model[0].weight.mul_(scales.unsqueeze(1))
+        model[0].bias.mul_(scales)
+    return model.eval()
+
+
+def test_auto_granularity_chooses_per_channel_where_it_pays_and_counts_codebooks_exactly(tmp_path):
+    from trtopt.compress.distill import fidelity_probe
+    from trtopt.compress.share import share_weights
+
+    model = _scaled_rows_model()
+    probe = fidelity_probe(model, (torch.randn(64, 256), None), embeddings=True)
+    common = dict(target_ratio=7.0, candidate_bits=(2, 3, 4, 8), protect_first_last=False)
+    auto = share_weights(model, ShareConfig(granularity="auto", **common), probe)
+    per_layer = share_weights(model, ShareConfig(granularity="layer", **common), probe)
+    assert auto.bits.layer_granularity == {"0": "channel", "3": "layer"} and auto.bits.unshared == []
+    assert set(per_layer.bits.layer_granularity.values()) == {"layer"}
+    assert auto.bits.target_met and auto.result.compression_ratio >= 7.0
+    assert auto.bits.predicted_ratio == pytest.approx(auto.result.compression_ratio)  # codebook bytes included
+    assert auto.fidelity["output_rel_error"] < per_layer.fidelity["output_rel_error"] / 2
+    row = next(r for r in auto.bits.sensitivity if r["name"] == "0")
+    assert row["output_rel_error_per_channel"][2] < row["output_rel_error"][2]
+    assert auto.model.trtopt_share["0.weight"]["granularity"] == "channel"
+    assert _distinct(auto.model[0].weight, "channel") <= 2 ** auto.bits.layer_bits["0"]
+    save_shared(auto.model, tmp_path / "m.npz")
+    loaded = load_shared(tmp_path / "m.npz", _scaled_rows_model())
+    for a, b in zip(auto.model.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_auto_granularity_leaves_a_layer_fp32_when_sharing_it_is_not_needed():
+    from trtopt.compress.distill import fidelity_probe
+    from trtopt.compress.share import share_weights
+
+    model = _scaled_rows_model()
+    probe = fidelity_probe(model, (torch.randn(64, 256), None), embeddings=True)
+    out = share_weights(model, ShareConfig(granularity="auto", target_ratio=1.2, candidate_bits=(2, 4, 8),
+                                           protect_first_last=False), probe)
+    # layer "3" at 8 bits per layer costs almost no output error and alone reaches 1.2×; "0" stays exact
+    assert out.bits.unshared == ["0"] and out.bits.layer_bits == {"3": 8}
+    assert torch.equal(out.model[0].weight, model[0].weight) and "0.weight" not in out.model.trtopt_share
+    assert out.bits.predicted_ratio == pytest.approx(out.result.compression_ratio) and out.bits.target_met
+
+
+def test_auto_granularity_needs_a_target():
+    with pytest.raises(TrtoptError, match="granularity='auto' is chosen per layer by mixed allocation.*target_ratio"):
+        ShareConfig(granularity="auto")
+    with pytest.raises(TrtoptError, match="layer_granularity.fc='row' is not one of layer, channel"):
+        ShareConfig(layer_granularity={"fc": "row"})
 
 
 def test_an_unreachable_target_ratio_names_the_reachable_one(digits):

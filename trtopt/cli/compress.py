@@ -28,7 +28,7 @@ from trtopt.cli._common import (
 )
 from trtopt.compress.config import (
     CONV_SCHEMES,
-    GRANULARITIES,
+    SHARE_GRANULARITIES,
     TIED_FINETUNE_BATCH_SIZE,
     TIED_FINETUNE_LR,
     DistillConfig,
@@ -154,6 +154,11 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         kept = sum(1 for la in report.layers if la.bits is None)
         print("  layers per bit-width: " + ", ".join(f"{b} bits × {counts[b]}" for b in sorted(counts))
               + (f", FP32 × {kept}" if kept else ""))
+        if config.granularity == "auto":
+            per_channel = sorted(n for n, g in bc.layer_granularity.items() if g == "channel")
+            print(f"  per-channel codebooks: {len(per_channel)} of {len(bc.layer_granularity)} shared layers"
+                  + (f" ({', '.join(per_channel[:4])}{' …' if len(per_channel) > 4 else ''})" if per_channel else "")
+                  + f"; left FP32 (too small, or no codebook worth its error): {len(bc.unshared)}")
     for la in report.layers:
         if la.skipped and not la.skipped[:1].isdigit():
             print(f"  skipped {la.name}: {la.skipped}")
@@ -298,8 +303,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="shared-weights file to write (.npz: codebooks + packed indices)")
     p.add_argument("--bits", type=int, default=ShareConfig.bits,
                    help="index bits b in 1..8: 2^b shared values per group (default %(default)s)")
-    p.add_argument("--granularity", choices=GRANULARITIES, default=ShareConfig.granularity,
-                   help="one codebook per layer (smallest file) or per output channel (lower error) (default %(default)s)")
+    p.add_argument("--granularity", choices=SHARE_GRANULARITIES, default=ShareConfig.granularity,
+                   help="one codebook per layer (smallest file), per output channel (lower error), or auto: chosen "
+                        "per layer with the bits by --target-ratio/--max-accuracy-drop (default %(default)s)")
     p.add_argument("--int8-grid", action="store_true", help="snap codebooks to the symmetric INT8 grid (exact INT8 afterwards)")
     p.add_argument("--min-elements", type=int, default=ShareConfig.min_elements,
                    help="weights with fewer elements stay FP32 (default %(default)s)")

@@ -238,6 +238,7 @@ class DistillConfig:
 # -- cluster (weight sharing) -----------------------------------------
 
 GRANULARITIES = ("layer", "channel")
+SHARE_GRANULARITIES = (*GRANULARITIES, "auto")  # auto: chosen per layer by mixed allocation
 
 @dataclass(frozen=True)
 class ShareConfig:
@@ -246,7 +247,9 @@ class ShareConfig:
     Attributes:
         bits: index width b in 1..8; each group keeps at most 2^b distinct values.
         granularity: "layer" (one codebook per weight tensor: smallest file) or "channel" (one codebook
-            per output channel, axis 0: lower error, 2^b FP32 values of codebook per channel).
+            per output channel, axis 0: lower error, 2^b FP32 values of codebook per channel), or "auto" (mixed
+            allocation only: chosen per layer together with its bits, both granularities measured and their
+            storage, codebooks included, counted exactly; a layer without a choice is shared per layer).
         layers: module names to cluster (empty: every module of a clusterable type). Naming a module of
             another type is an error.
         exclude: module names left in FP32.
@@ -257,6 +260,8 @@ class ShareConfig:
         init_sample: k-means++ seeding looks at at most this many values per group (random subset).
         seed: seed of the k-means++ sampling (results are deterministic for a seed).
         layer_bits: module name → bits for that layer's weight (overrides ``bits``; mixed bit-widths).
+        layer_granularity: module name → "layer" or "channel" for that layer's weight (overrides
+            ``granularity``; what mixed allocation with granularity "auto" chose).
         target_ratio: mixed bits chosen from measured per-layer sensitivity so the stored state is at
             least this many times smaller than FP32 (needs data; `trtopt.compress.share.choose_bits`).
         max_accuracy_drop: mixed bits chosen so the task metric (top-1 accuracy with labels, else
@@ -284,6 +289,7 @@ class ShareConfig:
     init_sample: int = 16384
     seed: int = 0
     layer_bits: dict[str, int] = field(default_factory=dict)
+    layer_granularity: dict[str, str] = field(default_factory=dict)
     target_ratio: float | None = None
     max_accuracy_drop: float | None = None
     candidate_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
@@ -303,8 +309,15 @@ class ShareConfig:
                      fix="give the storage ratio vs FP32 to reach, e.g. 6")
         check_number("max_accuracy_drop", self.max_accuracy_drop, 0, 1, optional=True,
                      fix="give the allowed drop as a fraction, e.g. 0.02")
-        check_choice("granularity", self.granularity, GRANULARITIES,
-                     fix="use 'layer' (smallest file) or 'channel' (lower error)")
+        check_choice("granularity", self.granularity, SHARE_GRANULARITIES,
+                     fix="use 'layer' (smallest file), 'channel' (lower error) or 'auto' (chosen per layer, mixed bits)")
+        for name, g in self.layer_granularity.items():
+            check_choice(f"layer_granularity.{name}", g, GRANULARITIES, fix="give 'layer' or 'channel' per layer")
+        if self.granularity == "auto" and self.target_ratio is None and self.max_accuracy_drop is None \
+                and not self.layer_granularity:
+            raise field_error("granularity", "auto", "is chosen per layer by mixed allocation, but no target was given",
+                              "set target_ratio or max_accuracy_drop (trtopt cluster --target-ratio 6), "
+                              "or use granularity 'layer' or 'channel'")
         check_int("min_elements", self.min_elements, minimum=0, fix="e.g. 64")
         check_int("max_iterations", self.max_iterations, fix="e.g. 300")
         check_int("init_sample", self.init_sample, fix="e.g. 16384")

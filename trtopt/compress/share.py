@@ -106,7 +106,7 @@ class ShareResult:
                 "layers": [dict(vars(la), shape=list(la.shape)) for la in self.layers]}
 
 def kmeans_1d(values: Any, k: int, max_iterations: int = 300, init_sample: int = 16384,
-              seed: int = 0) -> tuple[Any, Any, int]:
+              seed: int = 0, init: str = "kmeans++") -> tuple[Any, Any, int]:
     """Lloyd's k-means on each row of ``values`` (G, n), seeded by k-means++; returns (centroids, labels, iters).
 
     Args:
@@ -115,6 +115,10 @@ def kmeans_1d(values: Any, k: int, max_iterations: int = 300, init_sample: int =
         max_iterations: upper bound on Lloyd iterations; stops early when no assignment changes.
         init_sample: k-means++ D² sampling runs on at most this many values per group.
         seed: seed of the sampling.
+        init: "kmeans++" (D² sampling: k passes over each group), or "blend" (for quick estimates with many
+            groups and large k: seed i is the mean of the group's (i + 0.5) / k quantile and of the value
+            (i + 0.5) / k of the way from its min to its max; one gather, and after 30 Lloyd iterations within
+            ~2× of k-means++'s inertia on Gaussian rows at k = 256, lower at k = 16-64).
 
     Returns:
         centroids: float64 tensor (G, k), ascending per row (an unused centroid keeps its seed value);
@@ -134,7 +138,12 @@ def kmeans_1d(values: Any, k: int, max_iterations: int = 300, init_sample: int =
     g, n = x.shape
     sorted_x, _ = torch.sort(x, dim=1)
     prefix = torch.nn.functional.pad(torch.cumsum(sorted_x, dim=1), (1, 0))
-    centroids = _kmeans_pp(sorted_x, k, init_sample, seed)
+    if init == "blend":
+        t = (torch.arange(k, dtype=torch.float64) + 0.5) / k
+        spaced = sorted_x[:, :1] + (sorted_x[:, -1:] - sorted_x[:, :1]) * t
+        centroids = (sorted_x[:, (t * n).long().clamp(max=n - 1)] + spaced) / 2
+    else:
+        centroids = _kmeans_pp(sorted_x, k, init_sample, seed)
     rows = torch.arange(g).unsqueeze(1)
     cuts = None
     iterations = 0
@@ -224,6 +233,7 @@ def cluster_weights_(model: Any, config: ShareConfig = ShareConfig(),
         numel = weight.numel()
         fp32 = numel * 4
         bits = config.layer_bits.get(mod_name, config.bits)
+        granularity = layer_granularity(config, mod_name)
         k = 2 ** bits
         if problem:
             layers.append(LayerShare(name, kind, tuple(weight.shape), numel, None, 0, 0, None, fp32, fp32,
@@ -237,11 +247,11 @@ def cluster_weights_(model: Any, config: ShareConfig = ShareConfig(),
         if on_step:
             on_step(f"clustering {name}")
         with torch.no_grad():
-            shared, err = _cluster_tensor(weight, bits, config)
+            shared, err = _cluster_tensor(weight, bits, config, granularity)
             weight.copy_(shared.to(weight.device, weight.dtype))
-            distinct = _distinct_per_group(weight.detach().cpu(), config.granularity)
-        groups = _grouped(weight, config.granularity).shape[0]
-        spec[name] = {"bits": bits, "granularity": config.granularity}
+            distinct = _distinct_per_group(weight.detach().cpu(), granularity)
+        groups = _grouped(weight, granularity).shape[0]
+        spec[name] = {"bits": bits, "granularity": granularity}
         layers.append(LayerShare(name, kind, tuple(weight.shape), numel, bits, groups, distinct, err,
                                  fp32, _shared_bytes(numel, groups, bits)))
     if not any(la.skipped is None for la in layers):
@@ -251,14 +261,23 @@ def cluster_weights_(model: Any, config: ShareConfig = ShareConfig(),
     fp32_total, shared_total = _state_sizes(model, spec)
     return model, ShareResult(config, layers, fp32_total, shared_total, time.perf_counter() - start)
 
-def _cluster_tensor(weight: Any, bits: int, config: ShareConfig) -> tuple[Any, float]:
-    """(the weight with each value replaced by its group's nearest of 2^bits k-means centroids, as float64 on
-    the CPU, in the weight's shape; relative error ||W - W_shared||_F / ||W||_F)."""
+def layer_granularity(config: ShareConfig, module_name: str) -> str:
+    """The codebook granularity ("layer" or "channel") of one module's weight under ``config``: its entry in
+    ``layer_granularity``, else ``granularity`` ("auto" without a per-layer choice: "layer")."""
+    chosen = config.layer_granularity.get(module_name, config.granularity)
+    return "layer" if chosen == "auto" else chosen
+
+
+def _cluster_tensor(weight: Any, bits: int, config: ShareConfig, granularity: str,
+                    init: str = "kmeans++") -> tuple[Any, float]:
+    """(the weight with each value of a group (``granularity``) replaced by the group's nearest of 2^bits k-means
+    centroids (``init``: their seeding, see `kmeans_1d`), as float64 on the CPU, in the weight's shape; relative
+    error ||W - W_shared||_F / ||W||_F)."""
     import torch
 
     original = weight.detach().cpu().to(torch.float64)
-    grouped = _grouped(original, config.granularity)
-    centroids, _, _ = kmeans_1d(grouped, 2 ** bits, config.max_iterations, config.init_sample, config.seed)
+    grouped = _grouped(original, granularity)
+    centroids, _, _ = kmeans_1d(grouped, 2 ** bits, config.max_iterations, config.init_sample, config.seed, init)
     if config.int8_grid:
         centroids = torch.sort(snap_to_int8_grid(centroids), dim=1).values
     # Round the codebook to the weight's dtype first, then assign: the stored values are exactly these.
@@ -271,13 +290,22 @@ def _cluster_tensor(weight: Any, bits: int, config: ShareConfig) -> tuple[Any, f
 
 @dataclass
 class BitChoice:
-    """Per-layer bits chosen by :func:`choose_bits` from measured sensitivity (JSON-ready via :meth:`to_dict`).
+    """Per-layer bits (and codebook granularity) chosen by :func:`choose_bits` from measured sensitivity
+    (JSON-ready via :meth:`to_dict`).
 
     Attributes:
         layer_bits: module name → bits for every clustered layer (protected ones included).
+        layer_granularity: module name → "layer" or "channel" for every clustered layer (all the config's
+            granularity unless it is "auto").
+        unshared: module names the choice leaves in FP32: layers with fewer weights than the largest
+            candidate's codebook, and (granularity "auto") layers where no codebook is worth its error, e.g. a
+            depthwise convolution whose per-layer codebook is too coarse and whose per-channel ones cost more
+            than its FP32 weights.
         protected: module name → why it is kept at ``protected_bits`` (first/last layer, depthwise).
         sensitivity: per unprotected layer, ``{"name", "parameters", "output_rel_error": {bits: value}}``:
-            the relative output error with only that layer clustered at those bits.
+            the relative output error with only that layer clustered at those bits; granularity "auto": per
+            layer (protected ones too), per-layer codebooks there, per-channel ones in
+            ``"output_rel_error_per_channel"``; an option storing no fewer bytes than its start is not measured.
         predicted_ratio: FP32 state bytes / shared state bytes of the choice (exact: sizes are computed).
         measured: the probe's result for the whole model clustered with ``layer_bits``.
         evaluations: probe calls spent (sensitivity + search).
@@ -285,6 +313,8 @@ class BitChoice:
     """
 
     layer_bits: dict[str, int]
+    layer_granularity: dict[str, str]
+    unshared: list[str]
     protected: dict[str, str]
     sensitivity: list[dict[str, Any]]
     predicted_ratio: float
@@ -298,18 +328,26 @@ class BitChoice:
 
 def choose_bits(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[str, Any]],
                 on_step: StepCallback | None = None) -> BitChoice:
-    """Mixed bit-widths for weight sharing: per-layer bits from measured sensitivity, to meet
-    ``config.target_ratio`` (storage) and/or ``config.max_accuracy_drop`` (task metric).
+    """Mixed bit-widths for weight sharing: per-layer bits (and, with granularity "auto", per-layer or
+    per-channel codebooks) from measured sensitivity, to meet ``config.target_ratio`` (storage) and/or
+    ``config.max_accuracy_drop`` (task metric).
 
     Method: (1) one probe with forward hooks finds the Conv/Linear layers' execution order, so the first
     and last are protected (``protect_first_last``), as are depthwise convolutions (``protect_depthwise``);
-    (2) each other layer is clustered alone at each of ``candidate_bits`` below the largest and its relative
-    output error e(l, b) measured (``probe(model)["output_rel_error"]``; the model is restored after each);
-    (3) starting from every layer at the largest candidate, bits are lowered greedily one step at a time
-    where the added output error power Δe² per byte saved is smallest (errors of different layers add
-    roughly as independent noise - the assumption of HAWQ-style allocation); (4) on that path the first
-    state reaching ``target_ratio`` is taken, and with ``max_accuracy_drop`` the furthest state whose
-    *measured* drop (whole model clustered) is within the limit, found by bisection.
+    (2) each other layer starts at the largest candidate bits (at the config's granularity), taken as
+    lossless, and its options - each smaller candidate bit-width - are clustered alone and the relative
+    output error e(l, option) measured (``probe(model)["output_rel_error"]``; the model is restored after
+    each). With granularity "auto" every layer starts in FP32 (exact, unshared) and its options are every
+    candidate bit-width (protected layers: ``protected_bits`` and above) per layer and per channel whose
+    exact size (packed indices + FP32 codebooks) is below its FP32 bytes, all measured - so a protected
+    layer whose 8-bit per-layer codebook is too coarse stays FP32 or gets per-channel codebooks;
+    (3) per layer, the options' (bytes saved, e²) points are reduced to their lower convex hull from the
+    start, and the layers move along their hulls greedily, always taking the step with the smallest added
+    output error power Δe² per byte saved (errors of different layers add roughly as independent noise -
+    the assumption of HAWQ-style allocation; on convex hulls this greedy order is the Lagrangian-optimal
+    path of the multiple-choice knapsack); (4) on that path the first state reaching ``target_ratio`` is
+    taken, and with ``max_accuracy_drop`` the furthest state whose *measured* drop (whole model clustered)
+    is within the limit, found by bisection.
 
     Args:
         model: the original ``nn.Module``; left unchanged.
@@ -328,6 +366,8 @@ def choose_bits(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[
 
     import torch
 
+    from trtopt.compress.config import GRANULARITIES
+
     if config.target_ratio is None and config.max_accuracy_drop is None:
         raise TrtoptError("mixed bit-widths need a target", "set target_ratio or max_accuracy_drop")
     step = on_step or (lambda _m: None)
@@ -335,8 +375,8 @@ def choose_bits(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[
     clusterable = [(n, m) for n, m, problem in select_layers(model, CLUSTERABLE, config.layers, config.exclude,
                                                              "weight sharing")
                    if problem is None and m.weight.numel() >= config.min_elements]
-    # Layers too small for a codebook at the largest candidate stay FP32 (bits = top: cluster_weights_ skips
-    # them), as state_bytes counts them; they still count for "first" and "last".
+    # Layers too small for a codebook at the largest candidate stay FP32 (left out of the choice, listed as
+    # unshared, counted as FP32 state); they still count for "first" and "last".
     usable = [(n, m) for n, m in clusterable if m.weight.numel() >= 2 ** top + 1]
     small = [n for n, m in clusterable if m.weight.numel() < 2 ** top + 1]
     if small and not usable:
@@ -359,57 +399,81 @@ def choose_bits(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[
     if config.protect_depthwise:
         protected.update({n: "depthwise convolution" for n, m in usable
                           if getattr(m, "groups", 1) > 1 and m.groups == getattr(m, "in_channels", 0)})
-    lower = [b for b in config.candidate_bits if b < top]
-    free = [(n, m) for n, m in usable if n not in protected]
+    granularities = GRANULARITIES if config.granularity == "auto" else (config.granularity,)
+    params = {n: m.weight.numel() for n, m in usable}
+    channels = {n: m.weight.shape[0] for n, m in usable}
+
+    auto = config.granularity == "auto"
+    start: dict[str, tuple[int, str] | None] = {  # None: FP32, not shared
+        n: None if auto else ((config.protected_bits if n in protected else top), config.granularity) for n in params}
+
+    def size(n: str, option: tuple[int, str] | None) -> int:
+        if option is None:
+            return 4 * params[n]
+        bits, granularity = option
+        return _shared_bytes(params[n], 1 if granularity == "layer" else channels[n], bits)
+
+    def candidates(n: str) -> list[tuple[int, str]]:
+        allowed = sorted({*config.candidate_bits, config.protected_bits})
+        bits = [b for b in allowed if b >= config.protected_bits] if n in protected else list(config.candidate_bits)
+        return [(b, g) for g in granularities for b in bits if (b, g) != start[n] and size(n, (b, g)) < size(n, start[n])]
+
+    free = [(n, m) for n, m in usable if auto or n not in protected]
     sensitivity = []
-    noise: dict[str, dict[int, float]] = {}
-    # Sensitivity only ranks layers: 30 Lloyd iterations after k-means++ seeding are within a few percent of
-    # the converged error and ~10× cheaper on large tensors; the chosen bits are then clustered fully.
+    hulls: dict[str, list[tuple[int, float, Any]]] = {}  # name → [(bytes saved, e², option)] convex
+    # Sensitivity only ranks layers: 30 Lloyd iterations from blended quantile / evenly spaced seeds are within a few percent of the
+    # converged error and far cheaper on large tensors (k-means++ seeding makes k passes over every group: minutes
+    # for 8-bit per-channel codebooks); the chosen bits are then clustered fully.
     quick = replace(config, max_iterations=min(config.max_iterations, 30))
     for n, m in free:
         step(f"sensitivity of {n}")
-        errors = {top: 0.0}
+        options = candidates(n)
+        errors: dict[tuple[int, str] | None, float] = {start[n]: 0.0}
         original = m.weight.detach().clone()
         try:
-            for b in lower:
+            for b, g in options:
                 with torch.no_grad():
-                    shared, _ = _cluster_tensor(original, b, quick)
+                    shared, _ = _cluster_tensor(original, b, quick, g, init="blend")
                     m.weight.copy_(shared.to(m.weight.device, m.weight.dtype))
-                errors[b] = float(probe(model)["output_rel_error"])
+                errors[(b, g)] = float(probe(model)["output_rel_error"])
                 evaluations += 1
         finally:
             with torch.no_grad():
                 m.weight.copy_(original)
-        noise[n] = {b: e * e for b, e in errors.items()}
-        sensitivity.append({"name": n, "parameters": m.weight.numel(), "output_rel_error": errors})
-    params = {n: m.weight.numel() for n, m in usable}
-    groups = {n: _grouped(m.weight, config.granularity).shape[0] for n, m in usable}
+        points = sorted(((size(n, start[n]) - size(n, o), e * e, o) for o, e in errors.items()), key=lambda p: p[:2])
+        hulls[n] = _lower_hull(points)
+        measured_options = {o: e for o, e in errors.items() if o is not None}
+        entry = {"name": n, "parameters": params[n],
+                 "output_rel_error": {b: e for (b, g), e in measured_options.items() if g != "channel" or not auto}}
+        if auto:
+            entry["output_rel_error_per_channel"] = {b: e for (b, g), e in measured_options.items() if g == "channel"}
+        sensitivity.append(entry)
     fp32_total = sum(t.numel() * (4 if t.is_floating_point() else t.element_size()) for t in model.state_dict().values())
     fixed = fp32_total - sum(4 * p for p in params.values())  # state that stays FP32
 
-    def state_bytes(bits: Mapping[str, int]) -> int:
-        return fixed + sum(_shared_bytes(params[n], groups[n], bits[n]) for n in params)
+    def state_bytes(choice: Mapping[str, tuple[int, str]]) -> int:
+        return fixed + sum(size(n, choice[n]) for n in params)
 
-    bits = {n: top for n in small} | {n: (config.protected_bits if n in protected else top) for n in params}
-    path = [dict(bits)]
-    heap: list[tuple[float, str, int]] = []
+    current = dict(start)
+    position = {n: 0 for n in hulls}
+    path = [dict(current)]
+    heap: list[tuple[float, str]] = []
 
     def push(n: str) -> None:
-        below = [b for b in lower if b < bits[n]]
-        if below:
-            nb = below[-1]
-            saved = _shared_bytes(params[n], groups[n], bits[n]) - _shared_bytes(params[n], groups[n], nb)
-            if saved > 0:
-                heapq.heappush(heap, (max(noise[n][nb] - noise[n][bits[n]], 0.0) / saved, n, nb))
+        hull, i = hulls[n], position[n]
+        if i + 1 < len(hull):
+            (saved0, noise0, _), (saved1, noise1, _) = hull[i], hull[i + 1]
+            heapq.heappush(heap, ((noise1 - noise0) / (saved1 - saved0), n))
 
-    for n, _ in free:
+    for n in hulls:
         push(n)
     while heap:
-        _, n, nb = heapq.heappop(heap)
-        bits[n] = nb
-        path.append(dict(bits))
+        _, n = heapq.heappop(heap)
+        position[n] += 1
+        current[n] = hulls[n][position[n]][2]
+        path.append(dict(current))
         push(n)
-    ratios = [fp32_total / state_bytes(b) for b in path]
+    ratios = [fp32_total / state_bytes(c) for c in path]
     index = len(path) - 1
     if config.target_ratio is not None:
         reach = [i for i, r in enumerate(ratios) if r >= config.target_ratio]
@@ -419,10 +483,17 @@ def choose_bits(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[
                               "lower target_ratio, add lower candidate_bits, or turn off protect_first_last/protect_depthwise")
         index = reach[0] if reach else index
 
+    def split(i: int) -> tuple[dict[str, int], dict[str, str], list[str]]:
+        shared = {n: o for n, o in path[i].items() if o is not None}
+        return ({n: o[0] for n, o in shared.items()}, {n: o[1] for n, o in shared.items()},
+                [*small, *(n for n, o in path[i].items() if o is None)])
+
     def measure(i: int) -> dict[str, Any]:
         nonlocal evaluations
         trial = copy.deepcopy(model)
-        cluster_weights_(trial, replace(config, layer_bits=path[i], target_ratio=None, max_accuracy_drop=None))
+        bits, grans, unshared = split(i)
+        cluster_weights_(trial, replace(config, layer_bits=bits, layer_granularity=grans, target_ratio=None,
+                                        max_accuracy_drop=None, exclude=(*config.exclude, *unshared)))
         evaluations += 1
         step(f"measuring {ratios[i]:.2f}× ({i}/{len(path) - 1} steps along the allocation path)")
         return dict(probe(trial))
@@ -445,7 +516,23 @@ def choose_bits(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[
     measured = measured or measure(index)
     met = ((config.target_ratio is None or ratios[index] >= config.target_ratio) and
            (config.max_accuracy_drop is None or measured["drop"] <= config.max_accuracy_drop))
-    return BitChoice(path[index], protected, sensitivity, ratios[index], measured, evaluations, met)
+    bits, grans, unshared = split(index)
+    return BitChoice(layer_bits=bits, layer_granularity=grans, unshared=unshared, protected=protected, sensitivity=sensitivity,
+                     predicted_ratio=ratios[index], measured=measured, evaluations=evaluations, target_met=met)
+
+
+def _lower_hull(points: list[tuple[int, float, Any]]) -> list[tuple[int, float, Any]]:
+    """The lower convex hull of (x, y, payload) points sorted by x, from the first point on (x ascending,
+    slopes ascending): the options worth taking in a greedy trade of y for x. Ties in x keep the lowest y."""
+    hull: list[tuple[int, float, Any]] = []
+    for p in points:
+        if hull and p[0] == hull[-1][0]:  # sorted: the earlier point has the lower y
+            continue
+        while len(hull) >= 2 and ((hull[-1][1] - hull[-2][1]) * (p[0] - hull[-2][0])
+                                  >= (p[1] - hull[-2][1]) * (hull[-1][0] - hull[-2][0])):
+            hull.pop()
+        hull.append(p)
+    return hull
 
 
 def _is_embedding(module: Any) -> bool:
@@ -536,7 +623,8 @@ def share_weights(model: Any, config: ShareConfig, probe: Callable[[Any], Mappin
                           "give training data (trtopt cluster --train-data or --data), or no finetune")
     choice = choose_bits(model, config, probe, on_step) if mixed else None
     if choice is not None:
-        config = replace(config, layer_bits=choice.layer_bits)
+        config = replace(config, layer_bits=choice.layer_bits, layer_granularity=choice.layer_granularity,
+                         exclude=(*config.exclude, *choice.unshared))
     clustered, result = cluster_weights_(copy.deepcopy(model), config, on_step)
     outcome = ShareOutcome(clustered, result, choice, dict(probe(clustered)) if probe else None)
     if config.finetune is not None:
