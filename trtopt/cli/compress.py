@@ -158,7 +158,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             per_channel = sorted(n for n, g in bc.layer_granularity.items() if g == "channel")
             print(f"  per-channel codebooks: {len(per_channel)} of {len(bc.layer_granularity)} shared layers"
                   + (f" ({', '.join(per_channel[:4])}{' …' if len(per_channel) > 4 else ''})" if per_channel else "")
-                  + f"; left FP32 (too small, or no codebook worth its error): {len(bc.unshared)}")
+                  + f"; left FP32 (no codebook worth its error): {len(bc.unshared)}")
     for la in report.layers:
         if la.skipped and not la.skipped[:1].isdigit():
             print(f"  skipped {la.name}: {la.skipped}")

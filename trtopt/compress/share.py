@@ -297,10 +297,10 @@ class BitChoice:
         layer_bits: module name → bits for every clustered layer (protected ones included).
         layer_granularity: module name → "layer" or "channel" for every clustered layer (all the config's
             granularity unless it is "auto").
-        unshared: module names the choice leaves in FP32: layers with fewer weights than the largest
-            candidate's codebook, and (granularity "auto") layers where no codebook is worth its error, e.g. a
-            depthwise convolution whose per-layer codebook is too coarse and whose per-channel ones cost more
-            than its FP32 weights.
+        unshared: module names the choice leaves in FP32 (granularity "auto" only: where no codebook is
+            worth its error, e.g. a depthwise convolution whose per-layer codebook is too coarse and whose
+            per-channel ones cost more than its FP32 weights). Layers with fewer weights than the largest
+            candidate's codebook are in ``layer_bits`` at that size and stay FP32 (skipped by clustering).
         protected: module name → why it is kept at ``protected_bits`` (first/last layer, depthwise).
         sensitivity: per unprotected layer, ``{"name", "parameters", "output_rel_error": {bits: value}}``:
             the relative output error with only that layer clustered at those bits; granularity "auto": per
@@ -375,8 +375,8 @@ def choose_bits(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[
     clusterable = [(n, m) for n, m, problem in select_layers(model, CLUSTERABLE, config.layers, config.exclude,
                                                              "weight sharing")
                    if problem is None and m.weight.numel() >= config.min_elements]
-    # Layers too small for a codebook at the largest candidate stay FP32 (left out of the choice, listed as
-    # unshared, counted as FP32 state); they still count for "first" and "last".
+    # Layers too small for a codebook at the largest candidate stay FP32 (left out of the choice, counted as
+    # FP32 state, given the top bits so that cluster_weights_ skips and lists them); they count for first/last.
     usable = [(n, m) for n, m in clusterable if m.weight.numel() >= 2 ** top + 1]
     small = [n for n, m in clusterable if m.weight.numel() < 2 ** top + 1]
     if small and not usable:
@@ -484,9 +484,10 @@ def choose_bits(model: Any, config: ShareConfig, probe: Callable[[Any], Mapping[
         index = reach[0] if reach else index
 
     def split(i: int) -> tuple[dict[str, int], dict[str, str], list[str]]:
-        shared = {n: o for n, o in path[i].items() if o is not None}
+        # too-small layers get the top bits, which cluster_weights_ skips and lists as too small for a codebook
+        shared = {n: (top, "layer") for n in small} | {n: o for n, o in path[i].items() if o is not None}
         return ({n: o[0] for n, o in shared.items()}, {n: o[1] for n, o in shared.items()},
-                [*small, *(n for n, o in path[i].items() if o is None)])
+                [n for n, o in path[i].items() if o is None])
 
     def measure(i: int) -> dict[str, Any]:
         nonlocal evaluations
