@@ -103,6 +103,9 @@ def test_cluster_without_data_says_fidelity_was_not_measured_and_needs_data_to_f
                               tmp_path, cli_env), "need real data")
     assert_one_line_error(run(["cluster", "tests.helpers.tiny_models:tiny_cnn", "-o", "x.npz", "--target-ratio", "0.5",
                                "--data", "random"], tmp_path, cli_env), "target_ratio")
+    # random inputs are not "no --data": the error said so although --data random was given
+    assert_one_line_error(run(["cluster", "tests.helpers.tiny_models:tiny_cnn", "-o", "x.npz", "--max-accuracy-drop",
+                               "0.01", "--data", "random"], tmp_path, cli_env), "--data random is made-up inputs")
     assert_one_line_error(run(["cluster", "tests.helpers.tiny_models:tiny_cnn", "-o", "x.npz", "--granularity", "auto"],
                               tmp_path, cli_env), "granularity='auto' is chosen per layer by mixed allocation")
     assert not (tmp_path / "x.npz").exists()

@@ -86,7 +86,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
                          finetune=tied_finetune(args.finetune_steps, args.lr, args.batch_size))
     needs_data = config.target_ratio is not None or config.max_accuracy_drop is not None or config.finetune is not None
     if needs_data and args.data in (None, "random") and args.train_data is None:
-        raise TrtoptError("mixed bits and fine-tuning need real data, but no --data was given",
+        given = "--data random is made-up inputs" if args.data == "random" else "no --data was given"
+        raise TrtoptError(f"mixed bits and fine-tuning need real data, but {given}",
                           "give --data (evaluation) and --train-data (fine-tuning), e.g. --data skimage:photos --train-data skimage:crops:256")
     if args.labels and not all(str(s).startswith("dataset:") for s in (args.data, args.train_data or args.data)):
         raise TrtoptError("--labels needs labelled sources (dataset:NAME:SPLIT)", "use e.g. --data dataset:digits:test, or drop --labels")
@@ -251,7 +252,8 @@ def _fidelity_reference(args: argparse.Namespace, loaded) -> tuple[Any, Any]:
     from trtopt.compress.distill import fidelity_probe
 
     if args.distill_steps and args.data in (None, "random") and args.train_data is None:
-        raise TrtoptError("--distill-steps needs real data, but no --data / --train-data was given",
+        given = "--data random is made-up inputs" if args.data == "random" else "no --data / --train-data was given"
+        raise TrtoptError(f"--distill-steps needs real data, but {given}",
                           "give --train-data (distillation) and --data (held-out fidelity)")
     original = copy.deepcopy(loaded.module) if args.distill_steps else None
     probe = None
