@@ -18,12 +18,12 @@ from trtopt._config import field_default
 from trtopt.cli.main import build_parser
 from trtopt.compress.config import (
     CONV_SCHEMES,
-    GRANULARITIES,
     IMPORTANCES,
     OPTIMIZERS,
     OUTPUT_LOSSES,
     PRUNE_METHODS,
     SCHEDULERS,
+    SHARE_GRANULARITIES,
     DistillConfig,
     LowRankConfig,
     PruneConfig,
@@ -119,7 +119,7 @@ CHOICES = [
         ("--target", BUILD_TARGETS))],
     ("prune", "--method", PRUNE_METHODS), ("prune", "--importance", IMPORTANCES),
     ("distill", "--optimizer", OPTIMIZERS), ("distill", "--scheduler", SCHEDULERS),
-    ("cluster", "--granularity", GRANULARITIES), ("factorize", "--conv", CONV_SCHEMES),
+    ("cluster", "--granularity", SHARE_GRANULARITIES), ("factorize", "--conv", CONV_SCHEMES),
 ]
 
 #: store_true flags that switch a config field away from its default (a flag equal to the default does nothing).

@@ -65,13 +65,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from trtopt import workspace
     from trtopt.files import atomic_output, check_outputs, check_suffix, sha256_file, write_json
 
-    check_suffix(args.output, (".json",), "a ranges JSON")
     output = args.output or str(workspace.calibration_ranges_path(args.model))
     cache = args.cache
     if cache == "":  # --cache without a path: calibration/<model>.trt<version>.cache
         cache = str(workspace.calibration_cache_path(args.model, args.trt_version))
     manifest = workspace.data_manifest_path(output) if Path(output).name else None  # "-o ." is refused below
     check_outputs([output, cache, manifest], args.force, inputs=[args.model, args.data])
+    check_suffix(args.output, (".json",), "a ranges JSON")  # after check_outputs: a folder or device is named as such
     trt_cache = None
     if cache:  # a cache for a TensorRT without calibrators is refused before any work
         from trtopt.trt.calibration_cache import calibrating_version, ranges_to_cache, write_cache
