@@ -395,14 +395,12 @@ def first_layer_nodes(model: Any, model_name: str = "the model") -> list[str]:
             consumers.setdefault(name, []).append(node)
     frontier = [i.name for i in model.graph.input
                 if i.name not in initializers and i.type.tensor_type.elem_type in floats]
-    seen: set[int] = set()
-    found: set[int] = set()
+    found: set[int] = set()  # ids of the nodes walked: the first layers and the ops on the way
     layers = 0
     while frontier:
         for node in consumers.get(frontier.pop(), []):
-            if id(node) in seen or node.op_type in ("Shape", "Size"):  # metadata, not the input's values: a
+            if id(node) in found or node.op_type in ("Shape", "Size"):  # metadata, not the input's values: a
                 continue  # Reshape to x.size(0) rows would lead the walk into the classifier
-            seen.add(id(node))
             found.add(id(node))
             if node.op_type in COMPUTE_OP_TYPES:
                 layers += 1
